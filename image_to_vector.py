@@ -1,0 +1,233 @@
+"""The query side: image → caption → mood words chosen for that image → CLAP text vector."""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# The words a photo's mood is described with. Each is scored for every image (see choose_mood_words); the
+# README lists them. Kept to single adjectives a music caption would use, so CLAP reads them as music moods.
+MOOD_VOCABULARY = (
+    "happy", "joyful", "playful", "energetic", "upbeat", "triumphant", "epic", "dramatic",
+    "tense", "mysterious", "dark", "melancholic", "sad", "lonely", "nostalgic", "tender",
+    "romantic", "dreamy", "calm", "peaceful", "serene", "warm", "cozy", "festive",
+)  # fmt: skip
+MOOD_PROMPT_PREFIX = "a photo with a"  # the word follows, then "mood": "a photo with a calm mood"
+MOOD_WORDS_PER_IMAGE = 3
+MAX_CAPTION_TOKENS = 30
+
+
+class ImageError(ValueError):
+    """The input is not an image we can read safely; the message says why."""
+
+
+@dataclass
+class Query:
+    """What a photo and/or text became: the explanation shown to the user and the CLAP vector, float32 (D,)."""
+
+    caption: str
+    mood_words: list[str]
+    query_text: str
+    vector: np.ndarray
+
+
+def open_image(source) -> Image.Image:
+    """Open a path, bytes, numpy array or PIL image as an upright 8-bit RGB image.
+
+    EXIF orientation is applied; CMYK, alpha, palette, 16-bit and float images are converted; an animated image
+    gives its first frame. A non-image, a truncated file or a decompression bomb raises ImageError.
+    """
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the image"
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its pixel limit; a bomb is refused outright.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if isinstance(source, Image.Image):
+                image = source
+            elif isinstance(source, np.ndarray):
+                image = Image.fromarray(source)
+            elif isinstance(source, (bytes, bytearray)):
+                image = Image.open(io.BytesIO(source))
+            else:
+                image = Image.open(source)
+            image.seek(0)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{name} is too large to open safely ({e})") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name} is not an image (Pillow cannot identify it)") from e
+    except FileNotFoundError as e:
+        raise ImageError(f"{name} does not exist") from e
+    except (OSError, ValueError, TypeError, SyntaxError) as e:  # Pillow's truncated/corrupt-data errors
+        raise ImageError(f"{name} is truncated or corrupt ({e})") from e
+    image = ImageOps.exif_transpose(image)
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        pixels = np.asarray(image, dtype=np.float32)
+        top = 1.0 if image.mode == "F" and pixels.max(initial=0) <= 1.0 else 255.0 if pixels.max(initial=0) <= 255 else 65535.0
+        gray = np.clip(pixels / top * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+        # Transparent areas become white, as an image viewer shows them, not the black of a raw drop.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _vision_features(blip, image: Image.Image):
+    """BLIP's vision tower on one image: (1, patches + 1, hidden) in the model's dtype."""
+    pixel_values = blip.processor(images=image, return_tensors="pt").pixel_values
+    pixel_values = pixel_values.to(blip.device, blip.dtype)
+    return blip.model.vision_model(pixel_values=pixel_values)[0]
+
+
+def _special_ids(blip) -> tuple[int, int, int]:
+    text_config = blip.model.config.text_config
+    return text_config.bos_token_id, text_config.sep_token_id, text_config.pad_token_id
+
+
+def caption_image(blip, image_embeds, max_new_tokens: int = MAX_CAPTION_TOKENS, min_new_tokens: int = 0,
+                  prompt: str = "") -> str:
+    """Greedy BLIP caption from precomputed vision features; a conditional `prompt` is stripped from the output."""
+    import torch
+
+    bos, sep, pad = _special_ids(blip)
+    tokenizer = blip.processor.tokenizer
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids if prompt else []
+    input_ids = torch.tensor([[bos, *prompt_ids]], device=blip.device)
+    output = blip.model.text_decoder.generate(
+        input_ids=input_ids,
+        encoder_hidden_states=image_embeds,
+        eos_token_id=sep,
+        pad_token_id=pad,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        do_sample=False,
+        num_beams=1,
+    )
+    return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def _mood_log_likelihoods(blip, image_embeds, vocabulary) -> np.ndarray:
+    """Mean log-probability of each vocabulary word completing "a photo with a ___" given the image: (V,) float64.
+
+    The prefix and the image's cross-attention keys/values are computed once; the words then run as one batch
+    whose cross-attention broadcasts over that single cached image.
+    """
+    import torch
+    from transformers import DynamicCache, EncoderDecoderCache
+
+    bos, _, pad = _special_ids(blip)
+    tokenizer = blip.processor.tokenizer
+    decoder = blip.model.text_decoder
+    prefix = torch.tensor([[bos, *tokenizer(MOOD_PROMPT_PREFIX, add_special_tokens=False).input_ids]],
+                          device=blip.device)
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    out = decoder(input_ids=prefix, encoder_hidden_states=image_embeds, cache=cache, use_cache=True)
+    first_log_probs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+
+    words = [tokenizer(word, add_special_tokens=False).input_ids for word in vocabulary]
+    longest = max(len(w) for w in words)
+    scores = np.array([first_log_probs[w[0]].item() for w in words], dtype=np.float64)
+    if longest > 1:
+        # Right padding is harmless under a causal mask: pads come after every real token.
+        batch = torch.tensor([w + [pad] * (longest - len(w)) for w in words], device=blip.device)
+        cache.self_attention_cache.batch_repeat_interleave(len(words))
+        out = decoder(input_ids=batch, encoder_hidden_states=image_embeds, cache=cache, use_cache=True)
+        log_probs = torch.log_softmax(out.logits.float(), dim=-1)
+        for i, word in enumerate(words):
+            for j in range(1, len(word)):
+                scores[i] += log_probs[i, j - 1, word[j]].item()
+    return scores / np.array([len(w) for w in words])
+
+
+_neutral_scores: dict[int, np.ndarray] = {}
+
+
+def choose_mood_words(blip, image_embeds, k: int = MOOD_WORDS_PER_IMAGE, vocabulary=MOOD_VOCABULARY) -> list[str]:
+    """The k words of `vocabulary` whose likelihood this image raises most over a neutral grey image.
+
+    Score = log p(word | "a photo with a", image) - log p(word | "a photo with a", grey image), each averaged over
+    the word's tokens. Subtracting the grey baseline removes BLIP's prior for common words, so the words are
+    chosen by what is in this image. Ties keep vocabulary order.
+    """
+    import torch
+
+    key = id(blip)
+    if key not in _neutral_scores:
+        grey = torch.zeros((1, 3, *_processor_size(blip)), device=blip.device, dtype=blip.dtype)
+        grey_embeds = blip.model.vision_model(pixel_values=grey)[0]  # zeros = the dataset mean after normalisation
+        _neutral_scores[key] = _mood_log_likelihoods(blip, grey_embeds, vocabulary)
+    scores = _mood_log_likelihoods(blip, image_embeds, vocabulary) - _neutral_scores[key]
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [vocabulary[i] for i in order]
+
+
+def _processor_size(blip) -> tuple[int, int]:
+    size = blip.processor.image_processor.size
+    return size["height"], size["width"]
+
+
+def describe_image(blip, image: Image.Image, max_new_tokens: int = MAX_CAPTION_TOKENS,
+                   min_new_tokens: int = 0) -> tuple[str, list[str]]:
+    """Caption and mood words for one RGB image; BLIP's vision tower runs once for both."""
+    import torch
+
+    with torch.inference_mode():
+        image_embeds = _vision_features(blip, image)
+        caption = caption_image(blip, image_embeds, max_new_tokens, min_new_tokens)
+        mood_words = choose_mood_words(blip, image_embeds)
+    return caption, mood_words
+
+
+def compose_query_text(caption: str = "", mood_words=(), text: str = "") -> str:
+    """The exact text CLAP embeds: the user's words, the caption, then the mood words.
+
+    Never empty when there are mood words, so an empty caption still gives a usable query.
+    """
+    parts = [part.strip() for part in (text, caption) if part and part.strip()]
+    if mood_words:
+        parts.append(f"{', '.join(mood_words)} mood")
+    return "; ".join(parts)
+
+
+def embed_text(clap, texts) -> np.ndarray:
+    """CLAP text embeddings for a list of strings: float32 (n, D), each row L2-normalised."""
+    import torch
+
+    tokenizer = clap.processor.tokenizer
+    inputs = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
+                       max_length=min(tokenizer.model_max_length, 512))
+    with torch.inference_mode():
+        out = clap.model(input_ids=inputs.input_ids.to(clap.device),
+                         attention_mask=inputs.attention_mask.to(clap.device))
+        vectors = torch.nn.functional.normalize(out.text_embeds.float(), dim=-1)
+    return vectors.cpu().numpy().astype(np.float32)
+
+
+def image_to_query(blip, clap, image=None, text: str = "") -> Query:
+    """Turn an image and/or a text into one CLAP query vector, with the caption and mood words that explain it.
+
+    `image` is anything open_image accepts, or None for a text-only query (then `blip` may be None).
+    """
+    if image is None and not (text and text.strip()):
+        raise ValueError("give an image, a text, or both")
+    caption, mood_words = "", []
+    if image is not None:
+        caption, mood_words = describe_image(blip, open_image(image))
+    query_text = compose_query_text(caption, mood_words, text)
+    return Query(caption=caption, mood_words=mood_words, query_text=query_text,
+                 vector=embed_text(clap, [query_text])[0])
+

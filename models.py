@@ -1,0 +1,110 @@
+"""Model loading: which checkpoints, on which device and in which precision, loaded lazily and once."""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_BLIP_MODEL = "Salesforce/blip-image-captioning-base"
+DEFAULT_CLAP_MODEL = "laion/clap-htsat-unfused"
+BLIP_MODEL_ENV = "MUSIC_MOOD_BLIP_MODEL"
+CLAP_MODEL_ENV = "MUSIC_MOOD_CLAP_MODEL"
+PRECISION_ENV = "MUSIC_MOOD_PRECISION"
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class ModelLoadError(RuntimeError):
+    """A checkpoint could not be loaded; the message says which one and how to fix it."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model with its processor, and where it runs.
+
+    `name` is the hub id or local directory it came from; `device` and `dtype` are torch objects.
+    """
+
+    name: str
+    model: Any
+    processor: Any
+    device: Any
+    dtype: Any
+
+
+def default_blip_model() -> str:
+    return os.environ.get(BLIP_MODEL_ENV) or DEFAULT_BLIP_MODEL
+
+
+def default_clap_model() -> str:
+    return os.environ.get(CLAP_MODEL_ENV) or DEFAULT_CLAP_MODEL
+
+
+def default_precision() -> str:
+    return os.environ.get(PRECISION_ENV) or "auto"
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (AMX or AVX512-BF16); elsewhere bf16 is emulated and slow."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device_dtype(precision: str = "auto"):
+    """The device and dtype every model runs in.
+
+    Device: CUDA when available, else CPU. Precision "auto" means bf16 on CUDA and on CPUs with native bf16,
+    fp32 elsewhere; "fp32" and "bf16" force it.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if precision == "auto":
+        native = device.type == "cuda" or cpu_has_native_bf16()
+        precision = "bf16" if native else "fp32"
+    return device, torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def _load(kind: str, name: str, model_class: str, precision: str) -> LoadedModel:
+    import transformers
+
+    device, dtype = resolve_device_dtype(precision)
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(name)
+        model = getattr(transformers, model_class).from_pretrained(name, dtype=dtype)
+    except Exception as e:  # transformers raises OSError, ValueError, HF hub errors... all mean "not loadable"
+        flag = "--blip-model" if kind == "BLIP" else "--clap-model"
+        env = BLIP_MODEL_ENV if kind == "BLIP" else CLAP_MODEL_ENV
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"cannot load the {kind} model {name!r} ({reason}). Download it once while online "
+            f"(hf download {name}) so it is in the Hugging Face cache, or pass a local directory "
+            f"written by save_pretrained with {flag} or {env}."
+        ) from e
+    model.to(device).eval()
+    return LoadedModel(name=name, model=model, processor=processor, device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=4)
+def load_blip(name: str, precision: str = "auto") -> LoadedModel:
+    """BLIP captioning model (BlipForConditionalGeneration) and its processor, by hub id or local directory."""
+    return _load("BLIP", name, "BlipForConditionalGeneration", precision)
+
+
+@functools.lru_cache(maxsize=4)
+def load_clap_text(name: str, precision: str = "auto") -> LoadedModel:
+    """Only CLAP's text tower and projection (ClapTextModelWithProjection): what a query needs."""
+    return _load("CLAP", name, "ClapTextModelWithProjection", precision)
+
+
+@functools.lru_cache(maxsize=4)
+def load_clap_audio(name: str, precision: str = "auto") -> LoadedModel:
+    """Only CLAP's audio tower and projection (ClapAudioModelWithProjection): what the database builder needs."""
+    return _load("CLAP", name, "ClapAudioModelWithProjection", precision)
+

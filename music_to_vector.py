@@ -1,0 +1,620 @@
+"""The library side: audio files → whole-track CLAP vectors → the music database, written so no music is lost.
+
+Database contract (checked by load_database):
+- music_database.npy: float32 (N, D), every row L2-normalised; row i is track i of the metadata.
+- music_database_segments.npy: float32 (S, D), one unit row per 10 s window, track i owning rows
+  [segment_offset, segment_offset + segment_count).
+- music_database_metadata.json: {"format", "version", "clap_model", "embedding": {method, sample_rate,
+  window_s, dim}, "tracks": [{id, title, artist, mood, genre, file_path, duration_s, sha256, segment_offset,
+  segment_count}]}. file_path is relative to the library folder. A seed-format file (a bare list of
+  {id, file_path, title, mood, genre}) still loads, without segments.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models import CLAP_MODEL_ENV, PRECISIONS, default_clap_model, default_precision
+
+FORMAT_NAME = "music-mood-database"
+FORMAT_VERSION = 1
+EMBEDDING_METHOD = "whole-track: mean of 10 s windows weighted by audio in each, L2-normalised"
+AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".opus", ".m4a")
+GENRE_WORDS = ("acoustic", "electronic", "ambient", "classical", "jazz", "rock", "pop", "folk", "piano",
+               "orchestral", "hiphop", "lofi", "blues", "country", "metal", "reggae", "soul", "funk")
+WINDOWS_PER_BATCH = 8
+HOME_ENV = "MUSIC_MOOD_HOME"
+NORM_TOLERANCE = 1e-3
+SAMPLE_PACKAGE = "immich-memories-music"
+
+
+class DatabaseError(RuntimeError):
+    """The database files are missing pieces, corrupt, or were made by another model; the message says what to do."""
+
+
+class AudioError(ValueError):
+    """An audio file cannot be decoded or holds no audio."""
+
+
+class LibraryBusyError(RuntimeError):
+    """Another builder holds the library lock."""
+
+
+@dataclass(frozen=True)
+class LibraryPaths:
+    """Where one music library lives. file_path in the metadata is relative to `root`."""
+
+    root: Path
+    vectors: Path
+    metadata: Path
+    new_music: Path
+    processed_music: Path
+
+    @property
+    def segments(self) -> Path:
+        return self.vectors.with_name(self.vectors.stem + "_segments.npy")
+
+    @property
+    def lock(self) -> Path:
+        return self.vectors.with_name(self.vectors.stem + ".lock")
+
+    @classmethod
+    def at(cls, root=None, vectors=None, metadata=None) -> "LibraryPaths":
+        """The library in `root` (default: $MUSIC_MOOD_HOME, else this project's folder); files may be overridden."""
+        root = Path(root or os.environ.get(HOME_ENV) or Path(__file__).resolve().parent).resolve()
+        return cls(
+            root=root,
+            vectors=Path(vectors).resolve() if vectors else root / "music_database.npy",
+            metadata=Path(metadata).resolve() if metadata else root / "music_database_metadata.json",
+            new_music=root / "new_music",
+            processed_music=root / "processed_music",
+        )
+
+
+@dataclass
+class Database:
+    """The loaded library: vectors float32 (N, D), tracks (N records), segments float32 (S, D) or None."""
+
+    vectors: np.ndarray
+    tracks: list[dict]
+    segments: np.ndarray | None = None
+    clap_model: str | None = None
+    root: Path = field(default_factory=Path)
+    window_s: float = 10.0  # length of one segment, so segment j starts at j * window_s
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def track_path(self, i: int) -> Path:
+        return (self.root / self.tracks[i]["file_path"]).resolve()
+
+
+def empty_database(root: Path, clap_model: str | None = None, dim: int = 0) -> Database:
+    return Database(vectors=np.zeros((0, dim), np.float32), tracks=[], segments=np.zeros((0, dim), np.float32),
+                    clap_model=clap_model, root=root)
+
+
+# ---------------------------------------------------------------------------------------------- load / save
+
+
+def load_database(paths: LibraryPaths, clap_model: str | None = None, dim: int | None = None) -> Database:
+    """Load and check the database. No files at all is an empty library; anything inconsistent is a DatabaseError.
+
+    With `clap_model`/`dim`, a database made by another CLAP checkpoint or of another dimension is refused.
+    """
+    if not paths.vectors.exists() and not paths.metadata.exists():
+        return empty_database(paths.root, clap_model, dim or 0)
+    rebuild = "rebuild it with: python music_to_vector.py --rebuild"
+    for path in (paths.vectors, paths.metadata):
+        if not path.exists():
+            raise DatabaseError(f"{path} is missing while its partner exists; {rebuild}")
+    try:
+        meta = json.loads(paths.metadata.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatabaseError(f"cannot read {paths.metadata} ({e}); {rebuild}") from e
+    try:
+        vectors = np.load(paths.vectors, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DatabaseError(f"cannot read {paths.vectors} ({e}); {rebuild}") from e
+
+    if isinstance(meta, list):  # the seed's format: no checkpoint recorded, no segments
+        tracks, made_by, segments = meta, None, None
+    elif isinstance(meta, dict) and meta.get("format") == FORMAT_NAME and isinstance(meta.get("tracks"), list):
+        if meta.get("version") != FORMAT_VERSION:
+            raise DatabaseError(f"{paths.metadata} has format version {meta.get('version')}, this program reads "
+                                f"{FORMAT_VERSION}; {rebuild}")
+        tracks, made_by = meta["tracks"], meta.get("clap_model")
+        segments = _load_segments(paths, tracks, rebuild)
+    else:
+        raise DatabaseError(f"{paths.metadata} is not a music database metadata file; {rebuild}")
+
+    if vectors.ndim != 2 or vectors.dtype != np.float32:
+        raise DatabaseError(f"{paths.vectors} holds {vectors.dtype} {vectors.shape}, not a float32 (N, D) matrix; "
+                            f"{rebuild}")
+    if len(vectors) != len(tracks):
+        raise DatabaseError(f"{paths.vectors} has {len(vectors)} rows but {paths.metadata} lists {len(tracks)} "
+                            f"tracks; {rebuild}")
+    if not all(isinstance(t, dict) and "file_path" in t for t in tracks):
+        raise DatabaseError(f"{paths.metadata} has a track without a file_path; {rebuild}")
+    norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.ones(0)
+    if not np.all(np.abs(norms - 1) < NORM_TOLERANCE):
+        raise DatabaseError(f"{paths.vectors} has rows that are not unit-length (or not finite); {rebuild}")
+    if dim is not None and len(vectors) and vectors.shape[1] != dim:
+        raise DatabaseError(f"the database holds {vectors.shape[1]}-d vectors but the CLAP model gives {dim}-d; "
+                            f"{rebuild}")
+    if clap_model is not None and made_by is not None and made_by != clap_model:
+        raise DatabaseError(f"the database was made with CLAP model {made_by!r}, not {clap_model!r}; {rebuild} "
+                            f"--clap-model {clap_model}, or pass --clap-model {made_by}")
+    window_s = float(meta.get("embedding", {}).get("window_s", 10.0)) if isinstance(meta, dict) else 10.0
+    return Database(vectors=vectors, tracks=tracks, segments=segments, clap_model=made_by, root=paths.root,
+                    window_s=window_s)
+
+
+def _load_segments(paths: LibraryPaths, tracks: list[dict], rebuild: str) -> np.ndarray:
+    try:
+        segments = np.load(paths.segments, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DatabaseError(f"cannot read {paths.segments} ({e}); {rebuild}") from e
+    expected = sum(int(t.get("segment_count", 0)) for t in tracks)
+    if segments.ndim != 2 or segments.dtype != np.float32 or len(segments) != expected:
+        raise DatabaseError(f"{paths.segments} does not match the metadata ({segments.shape} for {expected} "
+                            f"segments); {rebuild}")
+    return segments
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Write through a temp file in the same folder, fsync it, then os.replace: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name == "posix":  # makes the rename itself durable; Windows cannot open a folder for this
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_database(db: Database, paths: LibraryPaths, sample_rate: int) -> None:
+    """Write the three files atomically; the metadata goes last, so it never lists rows that are not on disk."""
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "clap_model": db.clap_model,
+        "embedding": {"method": EMBEDDING_METHOD, "sample_rate": sample_rate, "window_s": db.window_s,
+                      "dim": db.dim},
+        "tracks": db.tracks,
+    }
+    _write_atomically(paths.segments, lambda f: np.save(f, np.ascontiguousarray(db.segments, dtype=np.float32)))
+    _write_atomically(paths.vectors, lambda f: np.save(f, np.ascontiguousarray(db.vectors, dtype=np.float32)))
+    _write_atomically(paths.metadata, lambda f: f.write(json.dumps(meta, indent=1, ensure_ascii=False).encode()))
+
+
+# ---------------------------------------------------------------------------------------------- read (decode)
+
+
+@dataclass
+class DecodedTrack:
+    """One audio file read for embedding: mono float32 samples at the model's rate, tags, and identity."""
+
+    source: Path
+    sha256: str
+    audio: np.ndarray
+    sample_rate: int
+    tags: dict
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+def find_audio_files(folder: Path) -> list[Path]:
+    """Audio files below `folder`, recursively, sorted so every run sees them in the same order."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                  and not p.name.startswith("."))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
+    """Decode to mono float32 at `sample_rate` (deterministic soxr resampling). Raises AudioError."""
+    import librosa
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # librosa warns on its audioread fallback; failure is reported below
+            audio, _ = librosa.load(path, sr=sample_rate, mono=True)
+    except Exception as e:  # soundfile, audioread and ffmpeg each raise their own types
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if path.suffix.lower() == ".m4a" and type(e).__name__ == "NoBackendError":
+            reason = "no m4a decoder on this machine (install ffmpeg)"
+        raise AudioError(f"cannot decode {path.name}: {reason}") from e
+    if audio.size == 0:
+        raise AudioError(f"{path.name} holds no audio (zero length)")
+    if not np.all(np.isfinite(audio)):
+        raise AudioError(f"{path.name} decodes to non-finite samples")
+    return audio.astype(np.float32, copy=False)
+
+
+def read_tags(path: Path, library_folder: Path) -> dict:
+    """title/artist/genre from the file's tags, else from its name; mood from its first folder under the library."""
+    import mutagen
+
+    tags = {}
+    try:
+        found = mutagen.File(path, easy=True)
+        if found is not None and found.tags is not None:
+            tags = {key: str(found.tags[key][0]).strip() for key in ("title", "artist", "genre")
+                    if key in found.tags and found.tags[key]}
+    except Exception:  # a tag reader failing must not stop an otherwise decodable file
+        tags = {}
+    words = path.stem.lower().replace("-", "_").replace(" ", "_").split("_")
+    relative = path.relative_to(library_folder) if path.is_relative_to(library_folder) else Path(path.name)
+    return {
+        "title": tags.get("title") or path.stem.replace("_", " "),
+        "artist": tags.get("artist", ""),
+        "genre": tags.get("genre") or next((w for w in words if w in GENRE_WORDS), ""),
+        "mood": relative.parts[0] if len(relative.parts) > 1 else "",
+    }
+
+
+def read_track(path: Path, library_folder: Path, sample_rate: int) -> DecodedTrack:
+    """Reader: hash, decode and tag one file."""
+    return DecodedTrack(source=path, sha256=file_sha256(path), audio=decode_audio(path, sample_rate),
+                        sample_rate=sample_rate, tags=read_tags(path, library_folder))
+
+
+# ---------------------------------------------------------------------------------------------- embed
+
+
+def split_windows(audio: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact `window`-sample windows covering the whole track: (W, window) float32 and each window's audio share.
+
+    The last window is zero-padded; a track shorter than one window is repeated to fill it, as CLAP's repeatpad.
+    """
+    if len(audio) == 0:
+        raise AudioError("zero-length audio")
+    if len(audio) < window:
+        repeated = np.tile(audio, math.ceil(window / len(audio)))[:window]
+        return repeated[None, :].astype(np.float32), np.ones(1)
+    count = math.ceil(len(audio) / window)
+    padded = np.zeros(count * window, np.float32)
+    padded[: len(audio)] = audio
+    share = np.minimum(1.0, (len(audio) - np.arange(count) * window) / window)
+    return padded.reshape(count, window), share
+
+
+def embed_windows(clap, windows: np.ndarray) -> np.ndarray:
+    """CLAP audio embeddings of exact-length windows: float32 (W, D), rows L2-normalised.
+
+    Windows are exactly the feature extractor's max length, so its random crop (rand_trunc) never fires: the same
+    audio gives the same vectors on every run. Batches hold windows of one track only, for the same reason.
+    """
+    import torch
+
+    extractor = clap.processor.feature_extractor
+    if windows.shape[1] != extractor.nb_max_samples:
+        raise ValueError(f"windows must be {extractor.nb_max_samples} samples, got {windows.shape[1]}")
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(windows), WINDOWS_PER_BATCH):
+            batch = list(windows[start:start + WINDOWS_PER_BATCH])
+            features = extractor(batch, sampling_rate=extractor.sampling_rate, return_tensors="pt")
+            embeds = clap.model(input_features=features.input_features.to(clap.device, clap.dtype)).audio_embeds
+            out.append(torch.nn.functional.normalize(embeds.float(), dim=-1).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def embed_track(clap, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mapper: one track → (track vector float32 (D,), window vectors float32 (W, D)), all unit-length.
+
+    The track vector is the mean of the window vectors weighted by how much audio each window holds, so the
+    zero padding of a short last window does not pull the track towards silence.
+    """
+    windows, share = split_windows(audio, clap.processor.feature_extractor.nb_max_samples)
+    segments = embed_windows(clap, windows)
+    mean = (segments * share[:, None]).sum(axis=0)
+    return (mean / np.linalg.norm(mean)).astype(np.float32), segments
+
+
+# ---------------------------------------------------------------------------------------------- build (write)
+
+
+@dataclass
+class BuildReport:
+    added: list[dict] = field(default_factory=list)
+    duplicates: list[tuple[Path, str]] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _prefetch(function, items, ahead: int = 2):
+    """Yield (item, result or exception) in order while the next `ahead` items are computed in a thread.
+
+    Decoding is I/O and C code that releases the GIL, so it overlaps with embedding the previous track.
+    """
+    items = list(items)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = [pool.submit(function, item) for item in items[:ahead]]
+        for i, item in enumerate(items):
+            if i + ahead < len(items):
+                pending.append(pool.submit(function, items[i + ahead]))
+            future = pending[i]
+            try:
+                yield item, future.result()
+            except Exception as e:
+                yield item, e
+            pending[i] = None  # let the decoded audio go
+
+
+def _destination(source: Path, paths: LibraryPaths, taken: set[Path]) -> Path:
+    """Where a file from new_music/ goes in processed_music/: same sub-folders, never over another file."""
+    target = paths.processed_music / source.relative_to(paths.new_music)
+    stem, n = target.stem, 2
+    while target.exists() or target in taken:
+        target = target.with_name(f"{stem} ({n}){target.suffix}")
+        n += 1
+    return target
+
+
+def _lock(paths: LibraryPaths, timeout: float):
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(paths.lock)
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout as e:
+        raise LibraryBusyError(f"another music_to_vector run holds {paths.lock}; wait for it to finish") from e
+    return lock
+
+
+def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout: float = 600,
+                  progress: bool = True, files: list[Path] | None = None) -> BuildReport:
+    """Add every new audio file to the database, then move the files from new_music/ into processed_music/.
+
+    Scans new_music/ and any file in processed_music/ the database does not list yet; `rebuild` re-embeds every
+    file from scratch (after a model change). `files` restricts the run to those files of new_music/. Files are
+    moved only after the database listing them is on disk; a file that fails stays where it is and is named in
+    the report. Holds the library lock throughout, so two builders cannot interleave.
+    """
+    from tqdm import tqdm
+
+    extractor = clap.processor.feature_extractor
+    sample_rate, window_s = extractor.sampling_rate, extractor.nb_max_samples / extractor.sampling_rate
+    lock = _lock(paths, lock_timeout)
+    try:
+        old = load_database(paths)
+        if rebuild or len(old) == 0:
+            db, known = empty_database(paths.root, clap.name), {}
+        else:
+            load_database(paths, clap_model=clap.name)  # refuse to mix vectors of two checkpoints
+            db, known = old, {t.get("sha256"): t for t in old.tracks}
+        listed = {t["file_path"] for t in db.tracks}
+        # What the old database knew about a file is kept on rebuild (a hand-fixed title, say).
+        previous = {t.get("sha256"): t for t in old.tracks}
+
+        candidates = files if files is not None else find_audio_files(paths.new_music)
+        candidates = list(candidates) + [p for p in find_audio_files(paths.processed_music)
+                                         if p.relative_to(paths.root).as_posix() not in listed]
+        report, new_rows, new_segments, moves, taken = BuildReport(), [], [], [], set()
+        offset = len(db.segments) if db.segments is not None else 0
+
+        def read(path: Path):
+            folder = paths.new_music if path.is_relative_to(paths.new_music) else paths.processed_music
+            return read_track(path, folder, sample_rate)
+
+        for path, track in tqdm(_prefetch(read, candidates), total=len(candidates), desc="Embedding music",
+                                unit="file", file=sys.stderr, disable=not progress or None):
+            if isinstance(track, Exception):
+                report.failed.append((path, str(track)))
+                continue
+            if track.sha256 in known:
+                report.duplicates.append((path, known[track.sha256]["file_path"]))
+                continue
+            try:
+                vector, segments = embed_track(clap, track.audio)
+            except Exception as e:  # one bad file must not cost the others
+                report.failed.append((path, f"cannot embed {path.name}: {e}"))
+                continue
+            in_new = path.is_relative_to(paths.new_music)
+            final = _destination(path, paths, taken) if in_new else path
+            taken.add(final)
+            if in_new:
+                moves.append((path, final))
+            record = {
+                "id": track.sha256[:16],
+                **track.tags,
+                "file_path": final.relative_to(paths.root).as_posix(),
+                "duration_s": round(track.duration_s, 3),
+                "sha256": track.sha256,
+                "segment_offset": offset,
+                "segment_count": len(segments),
+            }
+            for key in ("title", "artist", "genre", "mood"):
+                if key in previous.get(track.sha256, {}):
+                    record[key] = previous[track.sha256][key]
+            offset += len(segments)
+            known[track.sha256] = record
+            new_rows.append(vector)
+            new_segments.append(segments)
+            report.added.append(record)
+
+        if new_rows:
+            dim = len(new_rows[0])
+            base_segments = db.segments if db.segments is not None and len(db.segments) else np.zeros((0, dim))
+            db = Database(
+                vectors=np.vstack([db.vectors.reshape(-1, dim), *new_rows]).astype(np.float32),
+                tracks=db.tracks + report.added,
+                segments=np.vstack([base_segments, *new_segments]).astype(np.float32),
+                clap_model=clap.name,
+                root=paths.root,
+                window_s=window_s,
+            )
+        if new_rows or rebuild:
+            save_database(db, paths, sample_rate)
+        _finish_moves(report, paths, moves)
+    finally:
+        lock.release()
+    return report
+
+
+def _finish_moves(report: BuildReport, paths: LibraryPaths, moves: list[tuple[Path, Path]]) -> None:
+    """Move files the saved database lists, and any left in new_music/ by a run that stopped after saving."""
+    for source, target in moves:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, target)
+    still_here = []
+    for source, listed_as in report.duplicates:
+        target = paths.root / listed_as
+        if source.is_relative_to(paths.new_music) and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, target)
+        else:
+            still_here.append((source, listed_as))
+    report.duplicates = still_here
+
+
+def import_sample_library(paths: LibraryPaths) -> list[Path]:
+    """Copy the tracks of the immich-memories-music package into new_music/<mood>/, with its licence.
+
+    Tracks already in the library are not copied again. Returns the copied files (to pass to build_library).
+    """
+    try:
+        import immich_memories_music
+    except ImportError as e:
+        raise RuntimeError(f"the sample library needs the {SAMPLE_PACKAGE} package: pip install "
+                           f"{SAMPLE_PACKAGE}") from e
+    from importlib import metadata
+
+    have = {t.get("sha256") for t in load_database(paths).tracks}
+    copied = []
+    for source in sorted(immich_memories_music.tracks_dir().glob("*/*")):
+        if source.suffix.lower() not in AUDIO_EXTENSIONS or file_sha256(source) in have:
+            continue
+        target = paths.new_music / source.parent.name / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        copied.append(target)
+    licence = next(f for f in metadata.distribution(SAMPLE_PACKAGE).files if f.name.startswith("LICENSE"))
+    paths.processed_music.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(licence.locate(), paths.processed_music / f"{SAMPLE_PACKAGE}-{licence.name}.txt")
+    return copied
+
+
+def format_library(db: Database) -> str:
+    """The library as a readable table, one track a line."""
+    header = f"{'#':>4}  {'title':<32} {'artist':<20} {'mood':<12} {'genre':<12} {'length':>7}  file"
+    lines = [header]
+    for i, t in enumerate(db.tracks, 1):
+        minutes, seconds = divmod(round(float(t.get("duration_s", 0) or 0)), 60)
+        lines.append(f"{i:>4}  {str(t.get('title', ''))[:32]:<32} {str(t.get('artist', ''))[:20]:<20} "
+                     f"{str(t.get('mood', ''))[:12]:<12} {str(t.get('genre', ''))[:12]:<12} "
+                     f"{minutes:>4}:{seconds:02d}  {t['file_path']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="music_to_vector.py",
+        description="Embed the audio files dropped into new_music/ with CLAP, add them to the music database and "
+                    "move them to processed_music/.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: cp ~/Music/*.mp3 new_music/calm/ && python music_to_vector.py",
+    )
+    parser.add_argument("--library", default=None,
+                        help=f"library folder holding new_music/, processed_music/ and the database "
+                             f"(default: ${HOME_ENV}, else this program's folder)")
+    parser.add_argument("--vectors", default=None, help="database matrix (default: LIBRARY/music_database.npy)")
+    parser.add_argument("--meta", default=None,
+                        help="database metadata (default: LIBRARY/music_database_metadata.json)")
+    parser.add_argument("--clap-model", default=default_clap_model(),
+                        help=f"CLAP checkpoint: hub id or local directory (env {CLAP_MODEL_ENV})")
+    parser.add_argument("--precision", choices=PRECISIONS, default=default_precision(),
+                        help="model precision; auto = bf16 where the hardware has it natively, else fp32")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--rebuild", action="store_true",
+                        help="re-embed every file in processed_music/ and new_music/ (after a model change)")
+    action.add_argument("--list", action="store_true", help="print the library and exit")
+    action.add_argument("--sample", action="store_true",
+                        help=f"import the 28 MIT-licensed tracks of the {SAMPLE_PACKAGE} package")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    paths = LibraryPaths.at(args.library, args.vectors, args.meta)
+    try:
+        if args.list:
+            db = load_database(paths)
+            if not len(db):
+                print("The library is empty: put audio files in new_music/ and run python music_to_vector.py "
+                      "(or --sample for the bundled tracks).", file=sys.stderr)
+                return 0
+            print(format_library(db))
+            return 0
+        files = import_sample_library(paths) if args.sample else None
+        if files is not None and not files:
+            print("The sample tracks are already in the library.", file=sys.stderr)
+            return 0
+        from models import load_clap_audio
+
+        clap = load_clap_audio(args.clap_model, args.precision)
+        report = build_library(clap, paths, rebuild=args.rebuild, files=files)
+    except Exception as e:
+        known = (DatabaseError, LibraryBusyError, RuntimeError, OSError, ValueError)
+        if not isinstance(e, known):
+            raise
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    for source, listed_as in report.duplicates:
+        print(f"Note: {source} is already in the library as {listed_as}; left where it is.", file=sys.stderr)
+    for source, reason in report.failed:
+        print(f"Error: {source}: {reason} (left where it is)", file=sys.stderr)
+    for record in report.added:
+        print(f"added  {record['file_path']}  ({record['duration_s']:.1f} s, {record['segment_count']} windows)")
+    total = len(load_database(paths))
+    print(f"{len(report.added)} added, {len(report.failed)} failed, {total} tracks in the library.",
+          file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

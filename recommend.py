@@ -1,0 +1,250 @@
+"""The one recommend() that the CLI and the web app share, and the command line around it."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from image_to_vector import ImageError
+from models import (BLIP_MODEL_ENV, CLAP_MODEL_ENV, PRECISIONS, ModelLoadError, default_blip_model,
+                    default_clap_model, default_precision)
+from music_to_vector import HOME_ENV, Database, DatabaseError, LibraryPaths, load_database
+
+EMPTY_LIBRARY = ("the music library is empty: put audio files in new_music/ and run python music_to_vector.py, "
+                 "or import the bundled tracks with python music_to_vector.py --sample")
+
+
+class EmptyLibraryError(DatabaseError):
+    """There is nothing to recommend from (no tracks, or none left after the filters)."""
+
+
+@dataclass
+class Track:
+    """One ranked result; best_segment_start_s is where in the track the query matches best."""
+
+    rank: int
+    title: str
+    artist: str
+    mood: str
+    genre: str
+    file_path: str
+    score: float
+    best_segment_start_s: float | None
+
+
+@dataclass
+class Recommendation:
+    """Everything a user sees: what the photo was read as, the exact text embedded, and the ranked tracks."""
+
+    caption: str
+    mood_words: list[str]
+    query_text: str
+    results: list[Track] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _normalise_filter(values) -> set[str] | None:
+    if values is None or values == "":
+        return None
+    values = [values] if isinstance(values, str) else list(values)
+    values = {str(v).strip().lower() for v in values if str(v).strip()}
+    return values or None
+
+
+def rank_tracks(db: Database, vector: np.ndarray, topk: int, moods=None, genres=None) -> list[tuple[int, float]]:
+    """Exact cosine ranking: (row, score) for the top k rows, best first, ties broken by row order.
+
+    `vector` is a unit float32 (D,); the database rows are unit-length, so the dot product is the cosine.
+    """
+    scores = db.vectors @ vector.astype(np.float32)
+    allowed = np.ones(len(db), bool)
+    for key, wanted in (("mood", _normalise_filter(moods)), ("genre", _normalise_filter(genres))):
+        if wanted is not None:
+            allowed &= np.array([str(t.get(key, "")).lower() in wanted for t in db.tracks], bool)
+    candidates = np.flatnonzero(allowed)
+    if len(candidates) == 0:
+        return []
+    k = min(topk, len(candidates))
+    top = candidates[np.argpartition(-scores[candidates], k - 1)[:k]] if k < len(candidates) else candidates
+    order = sorted(top, key=lambda i: (-scores[i], i))
+    return [(int(i), float(scores[i])) for i in order]
+
+
+def best_segment_start(db: Database, row: int, vector: np.ndarray) -> float | None:
+    """Start (seconds) of the track's window closest to the query; None for a database without segments."""
+    track = db.tracks[row]
+    count = int(track.get("segment_count", 0))
+    if db.segments is None or count == 0:
+        return None
+    start = int(track["segment_offset"])
+    return float(np.argmax(db.segments[start:start + count] @ vector) * db.window_s)
+
+
+def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 10, moods=None, genres=None) -> Recommendation:
+    """Recommend tracks of `db` for an image and/or a text.
+
+    `blip` and `clap` are models from models.load_blip / load_clap_text (blip may be None for text alone);
+    `image` is a path, bytes, numpy array or PIL image; `moods`/`genres` keep only tracks with those tags.
+    Raises ImageError for an unreadable image and EmptyLibraryError when nothing can be recommended.
+    """
+    from image_to_vector import image_to_query
+
+    if topk < 1:
+        raise ValueError("topk must be at least 1")
+    if len(db) == 0:
+        raise EmptyLibraryError(EMPTY_LIBRARY)
+    query = image_to_query(blip, clap, image=image, text=text)
+    if query.vector.shape[0] != db.dim:
+        raise DatabaseError(f"the database holds {db.dim}-d vectors but the CLAP model gives "
+                            f"{query.vector.shape[0]}-d; rebuild it with: python music_to_vector.py --rebuild")
+    ranked = rank_tracks(db, query.vector, topk, moods, genres)
+    if not ranked:
+        raise EmptyLibraryError("no track in the library matches the mood/genre filters")
+    results = []
+    for rank, (row, score) in enumerate(ranked, 1):
+        t = db.tracks[row]
+        results.append(Track(rank=rank, title=str(t.get("title", "")), artist=str(t.get("artist", "")),
+                             mood=str(t.get("mood", "")), genre=str(t.get("genre", "")),
+                             file_path=str(t["file_path"]), score=round(score, 6),
+                             best_segment_start_s=best_segment_start(db, row, query.vector)))
+    return Recommendation(caption=query.caption, mood_words=query.mood_words, query_text=query.query_text,
+                          results=results)
+
+
+# ---------------------------------------------------------------------------------------------- playing
+
+
+def player_command(path: str, start_s: float | None) -> list[str] | None:
+    """A command that plays `path` from `start_s` with a player found on this machine, or None."""
+    start = f"{start_s or 0:.1f}"
+    if shutil.which("mpv"):
+        return ["mpv", "--no-video", f"--start={start}", path]
+    if shutil.which("ffplay"):
+        return ["ffplay", "-nodisp", "-autoexit", "-loglevel", "error", "-ss", start, path]
+    if shutil.which("cvlc"):
+        return ["cvlc", "--play-and-exit", f"--start-time={start}", path]
+    if sys.platform == "darwin" and shutil.which("afplay"):
+        return ["afplay", path]  # afplay cannot seek; it plays from the start
+    return None
+
+
+def play(path: str, start_s: float | None) -> None:
+    """Play a track in the foreground; raises RuntimeError saying why it cannot."""
+    if not os.path.exists(path):
+        raise RuntimeError(f"cannot play {path}: the file is not there")
+    command = player_command(path, start_s)
+    if command is None and sys.platform == "win32":
+        os.startfile(path)  # the default player; it cannot be told where to start
+        return
+    if command is None:
+        raise RuntimeError("cannot play: no audio player found (install mpv or ffmpeg, which has ffplay)")
+    subprocess.run(command, check=False)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recommend.py",
+        description="Recommend music from your library that fits the mood of a photo (and/or a text).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: python recommend.py beach.jpg --topk 5 --text 'sunset, slow' --play",
+    )
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="photos to find music for")
+    parser.add_argument("--text", default="", help="words to search by, alone or together with the photo")
+    parser.add_argument("--topk", type=positive_int, default=10, help="how many tracks to list")
+    parser.add_argument("--mood", action="append", help="only tracks of this mood (repeat for several)")
+    parser.add_argument("--genre", action="append", help="only tracks of this genre (repeat for several)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per image, one per line")
+    parser.add_argument("--play", action="store_true", help="play the top track from its best moment")
+    parser.add_argument("--library", default=None,
+                        help=f"library folder (default: ${HOME_ENV}, else this program's folder)")
+    parser.add_argument("--vectors", default=None, help="database matrix (default: LIBRARY/music_database.npy)")
+    parser.add_argument("--meta", default=None,
+                        help="database metadata (default: LIBRARY/music_database_metadata.json)")
+    parser.add_argument("--blip-model", default=default_blip_model(),
+                        help=f"BLIP captioning checkpoint: hub id or local directory (env {BLIP_MODEL_ENV})")
+    parser.add_argument("--clap-model", default=default_clap_model(),
+                        help=f"CLAP checkpoint: hub id or local directory (env {CLAP_MODEL_ENV})")
+    parser.add_argument("--precision", choices=PRECISIONS, default=default_precision(),
+                        help="model precision; auto = bf16 where the hardware has it natively, else fp32")
+    return parser
+
+
+def format_table(label: str, rec: Recommendation) -> str:
+    """The readable result for one image: what it was read as, then the ranked tracks."""
+    lines = [label] if label else []
+    if rec.caption:
+        lines.append(f"  caption: {rec.caption}")
+    if rec.mood_words:
+        lines.append(f"  mood:    {', '.join(rec.mood_words)}")
+    lines.append(f"  query:   {rec.query_text}")
+    lines.append(f"  {'#':>3}  {'score':>6}  {'title':<30} {'artist':<18} {'mood':<10} {'genre':<11} {'best at':>7}  file")
+    for t in rec.results:
+        best = "" if t.best_segment_start_s is None else "{}:{:02d}".format(*divmod(int(t.best_segment_start_s), 60))
+        lines.append(f"  {t.rank:>3}  {t.score:>6.3f}  {t.title[:30]:<30} {t.artist[:18]:<18} {t.mood[:10]:<10} "
+                     f"{t.genre[:11]:<11} {best:>7}  {t.file_path}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.images and not args.text.strip():
+        parser.error("give at least one IMAGE or --text")
+    paths = LibraryPaths.at(args.library, args.vectors, args.meta)
+    status = 0
+    try:
+        from models import load_blip, load_clap_text
+
+        db = load_database(paths, clap_model=args.clap_model)
+        if len(db) == 0:
+            raise EmptyLibraryError(EMPTY_LIBRARY)
+        clap = load_clap_text(args.clap_model, args.precision)
+        blip = load_blip(args.blip_model, args.precision) if args.images else None
+        first = None
+        for image in args.images or [None]:
+            try:
+                rec = recommend(blip, clap, db, image=image, text=args.text, topk=args.topk,
+                                moods=args.mood, genres=args.genre)
+            except ImageError as e:
+                print(f"Error: {e}", file=sys.stderr)
+                status = 1
+                continue
+            first = first or rec
+            if args.json:
+                print(json.dumps({"image": image, **rec.to_dict()}, ensure_ascii=False), flush=True)
+            else:
+                print(format_table(image or "", rec) + "\n", flush=True)
+        if args.play and first is not None:
+            top = first.results[0]
+            play(str(db.root / top.file_path), top.best_segment_start_s)
+    except (DatabaseError, ModelLoadError, RuntimeError, OSError) as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
