@@ -75,7 +75,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         pixels = np.asarray(image, dtype=np.float32)
         top = 1.0 if image.mode == "F" and pixels.max(initial=0) <= 1.0 else 255.0 if pixels.max(initial=0) <= 255 else 65535.0
         gray = np.clip(pixels / top * 255.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
+        return Image.fromarray(gray).convert("RGB")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "La", "RGBa", "PA"):

@@ -75,6 +75,10 @@ def _load(kind: str, name: str, model_class: str, precision: str) -> LoadedModel
     import transformers
 
     device, dtype = resolve_device_dtype(precision)
+    # Loading one tower of CLAP reports the other tower's weights as "unexpected": true, and noise to a user.
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     try:
         processor = transformers.AutoProcessor.from_pretrained(name)
         model = getattr(transformers, model_class).from_pretrained(name, dtype=dtype)
@@ -87,6 +91,9 @@ def _load(kind: str, name: str, model_class: str, precision: str) -> LoadedModel
             f"(hf download {name}) so it is in the Hugging Face cache, or pass a local directory "
             f"written by save_pretrained with {flag} or {env}."
         ) from e
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        transformers.logging.enable_progress_bar()
     model.to(device).eval()
     return LoadedModel(name=name, model=model, processor=processor, device=device, dtype=dtype)
 

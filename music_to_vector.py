@@ -498,6 +498,7 @@ def _finish_moves(report: BuildReport, paths: LibraryPaths, moves: list[tuple[Pa
     for source, target in moves:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(source, target)
+        _remove_empty_folders(source.parent, paths.new_music)
     still_here = []
     for source, listed_as in report.duplicates:
         target = paths.root / listed_as
@@ -507,6 +508,16 @@ def _finish_moves(report: BuildReport, paths: LibraryPaths, moves: list[tuple[Pa
         else:
             still_here.append((source, listed_as))
     report.duplicates = still_here
+
+
+def _remove_empty_folders(folder: Path, top: Path) -> None:
+    """Remove `folder` and its parents up to (not including) `top` while they are empty."""
+    while folder != top and folder.is_relative_to(top):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: a file the run could not add is still there
+            return
+        folder = folder.parent
 
 
 def import_sample_library(paths: LibraryPaths) -> list[Path]:

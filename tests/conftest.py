@@ -1,0 +1,130 @@
+"""Shared fixtures: tiny real-architecture checkpoints, real photos, real music, and an isolated library."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.model_factory import build_blip_checkpoint, build_clap_checkpoint  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption("--real-models", action="store_true",
+                     help="also run the tests that load the released BLIP and CLAP checkpoints (needs them cached)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_models: loads the released checkpoints; run with --real-models")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--real-models"):
+        return
+    for item in items:
+        if "real_models" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs the released checkpoints: pytest --real-models"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_library(tmp_path, monkeypatch):
+    """Every test gets its own library folder and Hugging Face cache; nothing touches the user's."""
+    library = tmp_path / "library"
+    library.mkdir()
+    monkeypatch.setenv("MUSIC_MOOD_HOME", str(library))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("MUSIC_MOOD_BLIP_MODEL", "MUSIC_MOOD_CLAP_MODEL", "MUSIC_MOOD_PRECISION"):
+        monkeypatch.delenv(name, raising=False)
+    return library
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """Tiny BLIP and CLAP checkpoints (real classes, random weights, real processors), saved to disk."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    return {"blip": str(build_blip_checkpoint(folder / "blip")), "clap": str(build_clap_checkpoint(folder / "clap"))}
+
+
+@pytest.fixture(scope="session")
+def blip(checkpoints):
+    from models import load_blip
+
+    return load_blip(checkpoints["blip"], "fp32")
+
+
+@pytest.fixture(scope="session")
+def clap_text(checkpoints):
+    from models import load_clap_text
+
+    return load_clap_text(checkpoints["clap"], "fp32")
+
+
+@pytest.fixture(scope="session")
+def clap_audio(checkpoints):
+    from models import load_clap_audio
+
+    return load_clap_audio(checkpoints["clap"], "fp32")
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, Path]:
+    """Real photographs shipped with scikit-image."""
+    import skimage
+
+    data = Path(skimage.__file__).parent / "data"
+    return {name: data / f"{name}" for name in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg",
+                                                "motorcycle_left.png", "hubble_deep_field.jpg")}
+
+
+@pytest.fixture(scope="session")
+def sample_tracks() -> list[Path]:
+    """The 28 real MIT-licensed tracks of immich-memories-music, sorted."""
+    import immich_memories_music
+
+    return sorted(immich_memories_music.tracks_dir().glob("*/*.opus"))
+
+
+def put_in_new_music(library: Path, tracks, mood_from_folder: bool = True) -> list[Path]:
+    """Copy tracks into library/new_music/<their mood folder>/, as a user would drop them."""
+    copied = []
+    for track in tracks:
+        target = library / "new_music" / (track.parent.name if mood_from_folder else "") / track.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(track, target)
+        copied.append(target)
+    return copied
+
+
+@pytest.fixture(scope="session")
+def built_library(tmp_path_factory, clap_audio, sample_tracks):
+    """A library built once from six real tracks (one or two of each mood); copy it before changing it."""
+    from music_to_vector import LibraryPaths, build_library
+
+    library = tmp_path_factory.mktemp("built") / "library"
+    put_in_new_music(library, sample_tracks[::5])
+    report = build_library(clap_audio, LibraryPaths.at(library), progress=False)
+    assert not report.failed and len(report.added) == len(sample_tracks[::5])
+    return library
+
+
+@pytest.fixture
+def library_copy(built_library, isolated_library):
+    """The built library copied into this test's own library folder."""
+    shutil.rmtree(isolated_library)
+    shutil.copytree(built_library, isolated_library)
+    return isolated_library
+
+
+def run_cli(module: str, *args, env_extra=None, cwd=None):
+    """Run one of the project's scripts as a user would: a new process; returns CompletedProcess."""
+    import subprocess
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, str(ROOT / module), *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd or ROOT, timeout=600)

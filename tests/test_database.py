@@ -1,0 +1,338 @@
+"""The music database: whole-track deterministic vectors, incremental adds, nothing lost, and a checked contract."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+
+import music_to_vector as mtv
+from music_to_vector import (AudioError, DatabaseError, LibraryBusyError, LibraryPaths, build_library,
+                             embed_track, load_database, split_windows)
+from tests.conftest import put_in_new_music, run_cli
+
+
+def _snapshot(paths: LibraryPaths) -> dict:
+    return {p.name: p.read_bytes() for p in (paths.vectors, paths.metadata, paths.segments)}
+
+
+# ---------------------------------------------------------------------------------------------- windows
+
+
+def test_windows_cover_the_whole_track_and_pad_the_last():
+    audio = np.arange(25, dtype=np.float32) + 1
+    windows, share = split_windows(audio, 10)
+    assert windows.shape == (3, 10)
+    np.testing.assert_array_equal(windows.reshape(-1)[:25], audio)
+    np.testing.assert_array_equal(windows[2, 5:], 0)
+    np.testing.assert_allclose(share, [1, 1, 0.5])
+
+
+def test_short_track_is_repeat_padded():
+    windows, share = split_windows(np.array([1, 2, 3], np.float32), 10)
+    np.testing.assert_array_equal(windows, [[1, 2, 3, 1, 2, 3, 1, 2, 3, 1]])
+    np.testing.assert_array_equal(share, [1])
+
+
+def test_exact_multiple_has_no_padding_window():
+    windows, share = split_windows(np.ones(20, np.float32), 10)
+    assert windows.shape == (2, 10) and list(share) == [1, 1]
+
+
+def test_zero_length_audio_is_an_error_not_a_crash():
+    with pytest.raises(AudioError):
+        split_windows(np.zeros(0, np.float32), 10)
+
+
+# ---------------------------------------------------------------------------------------------- vectors
+
+
+def test_same_file_gives_identical_vector_across_runs(clap_audio, sample_tracks, tmp_path):
+    """Two separate builds of the same real track: byte-identical vectors (no random crop anywhere)."""
+    rows = []
+    for run in ("first", "second"):
+        paths = LibraryPaths.at(tmp_path / run)
+        put_in_new_music(paths.root, sample_tracks[:1])
+        build_library(clap_audio, paths, progress=False)
+        rows.append((np.load(paths.vectors), np.load(paths.segments)))
+    np.testing.assert_array_equal(rows[0][0], rows[1][0])
+    np.testing.assert_array_equal(rows[0][1], rows[1][1])
+
+
+def test_track_vector_is_weighted_mean_of_its_windows(clap_audio, sample_tracks):
+    audio = mtv.decode_audio(sample_tracks[0], 48_000)
+    vector, segments = embed_track(clap_audio, audio)
+    assert len(segments) == int(np.ceil(len(audio) / 480_000))  # whole track, 10 s windows
+    share = np.minimum(1, (len(audio) - np.arange(len(segments)) * 480_000) / 480_000)
+    mean = (segments * share[:, None]).sum(0)
+    np.testing.assert_allclose(vector, mean / np.linalg.norm(mean), atol=1e-6)
+
+
+def test_built_database_meets_its_contract(built_library, clap_audio):
+    paths = LibraryPaths.at(built_library)
+    db = load_database(paths, clap_model=clap_audio.name, dim=clap_audio.model.config.projection_dim)
+    assert db.vectors.dtype == np.float32 and db.vectors.shape == (len(db.tracks), db.dim)
+    np.testing.assert_allclose(np.linalg.norm(db.vectors, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(db.segments, axis=1), 1, atol=1e-5)
+    meta = json.loads(paths.metadata.read_text())
+    assert meta["clap_model"] == clap_audio.name and meta["embedding"]["dim"] == db.dim
+    for track in db.tracks:
+        assert {"id", "title", "artist", "mood", "genre", "file_path", "duration_s", "sha256"} <= track.keys()
+        assert track["file_path"].startswith("processed_music/")
+        assert (built_library / track["file_path"]).is_file()
+        assert track["mood"] == track["file_path"].split("/")[1]  # the folder under new_music/
+        assert track["genre"] in ("acoustic", "electronic")  # from the file name: the files carry no tags
+        assert track["sha256"] == mtv.file_sha256(built_library / track["file_path"])
+        assert 29 < track["duration_s"] < 34
+    assert not any((built_library / "new_music").rglob("*.opus"))
+
+
+def test_tags_name_the_track(clap_audio, isolated_library, sample_tracks):
+    import mutagen.flac
+
+    audio, rate = soundfile.read(sample_tracks[0])
+    target = isolated_library / "new_music" / "evening" / "untitled.flac"
+    target.parent.mkdir(parents=True)
+    soundfile.write(target, audio[: rate * 3], rate)
+    tags = mutagen.flac.FLAC(target)
+    tags.update({"title": "Dusk Walk", "artist": "The Testers", "genre": "Jazz"})
+    tags.save()
+    report = build_library(clap_audio, LibraryPaths.at(isolated_library), progress=False)
+    (record,) = report.added
+    assert (record["title"], record["artist"], record["genre"], record["mood"]) == ("Dusk Walk", "The Testers",
+                                                                                    "Jazz", "evening")
+    assert record["segment_count"] == 1  # a 3 s file: one repeat-padded window
+
+
+# ---------------------------------------------------------------------------------------------- incremental
+
+
+def test_incremental_add_does_not_re_embed(library_copy, clap_audio, sample_tracks, monkeypatch):
+    paths = LibraryPaths.at(library_copy)
+    before = load_database(paths)
+    embedded = []
+    real = mtv.embed_track
+    monkeypatch.setattr(mtv, "embed_track", lambda clap, audio: embedded.append(len(audio)) or real(clap, audio))
+    new = [t for t in sample_tracks if t.name not in {p.name for p in (library_copy / "processed_music").rglob("*")}]
+    put_in_new_music(library_copy, new[:1])
+    report = build_library(clap_audio, paths, progress=False)
+    after = load_database(paths)
+    assert len(embedded) == 1 and len(report.added) == 1
+    np.testing.assert_array_equal(after.vectors[: len(before)], before.vectors)
+    np.testing.assert_array_equal(after.segments[: len(before.segments)], before.segments)
+    assert after.tracks[: len(before)] == before.tracks
+
+
+def test_file_already_in_library_is_not_embedded_again(library_copy, clap_audio, monkeypatch):
+    paths = LibraryPaths.at(library_copy)
+    before = _snapshot(paths)
+    existing = next((library_copy / "processed_music").rglob("*.opus"))
+    copy = library_copy / "new_music" / "again" / existing.name
+    copy.parent.mkdir(parents=True)
+    shutil.copyfile(existing, copy)
+    monkeypatch.setattr(mtv, "embed_track", lambda *a: pytest.fail("re-embedded a known file"))
+    report = build_library(clap_audio, paths, progress=False)
+    assert report.added == [] and [d[0] for d in report.duplicates] == [copy]
+    assert _snapshot(paths) == before and copy.exists()
+
+
+def test_interrupted_run_finishes_its_moves(library_copy, clap_audio):
+    """A run that saved the database but stopped before moving a file: the next run moves it, embeds nothing."""
+    paths = LibraryPaths.at(library_copy)
+    listed = library_copy / load_database(paths).tracks[0]["file_path"]
+    stranded = library_copy / "new_music" / listed.relative_to(library_copy / "processed_music")
+    stranded.parent.mkdir(parents=True, exist_ok=True)
+    listed.rename(stranded)
+    before = _snapshot(paths)
+    report = build_library(clap_audio, paths, progress=False)
+    assert report.added == [] and report.duplicates == []
+    assert listed.is_file() and not stranded.exists()
+    assert _snapshot(paths) == before
+
+
+# ---------------------------------------------------------------------------------------------- failures
+
+
+def _bad_files(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "corrupt.mp3").write_bytes(b"\xff\xfb" + bytes(range(256)) * 20)
+    soundfile.write(folder / "empty.wav", np.zeros(0, np.float32), 48_000)
+    (folder / "fake.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A not really")
+    return sorted(folder.iterdir())
+
+
+def test_failing_files_leave_database_and_other_files_intact(library_copy, clap_audio, sample_tracks):
+    paths = LibraryPaths.at(library_copy)
+    before = load_database(paths)
+    bad = _bad_files(library_copy / "new_music" / "broken")
+    good = put_in_new_music(library_copy, [sample_tracks[1]])
+    report = build_library(clap_audio, paths, progress=False)
+    assert sorted(p for p, _ in report.failed) == bad
+    reasons = dict(report.failed)
+    assert "zero length" in reasons[library_copy / "new_music/broken/empty.wav"]
+    assert all(p.exists() for p in bad)  # failed files stay where they were
+    after = load_database(paths)
+    assert [r["file_path"] for r in report.added] == ["processed_music/" + good[0].relative_to(
+        library_copy / "new_music").as_posix()]
+    assert after.tracks[: len(before)] == before.tracks and len(after) == len(before) + 1
+    assert not good[0].exists() and (library_copy / report.added[0]["file_path"]).exists()
+
+
+def test_cli_names_each_failed_file_and_exits_1(library_copy, checkpoints):
+    _bad_files(library_copy / "new_music" / "broken")
+    done = run_cli("music_to_vector.py", "--clap-model", checkpoints["clap"])
+    assert done.returncode == 1
+    for name in ("corrupt.mp3", "empty.wav", "fake.m4a"):
+        assert any(name in line and line.startswith("Error:") for line in done.stderr.splitlines())
+    assert done.stdout == ""  # nothing added, nothing on stdout
+
+
+def test_error_while_saving_loses_nothing(library_copy, clap_audio, sample_tracks, monkeypatch):
+    paths = LibraryPaths.at(library_copy)
+    before = _snapshot(paths)
+    dropped = put_in_new_music(library_copy, [sample_tracks[2]])
+
+    def disk_full(path, write):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mtv, "_write_atomically", disk_full)
+    with pytest.raises(OSError):
+        build_library(clap_audio, paths, progress=False)
+    assert _snapshot(paths) == before and dropped[0].exists()
+    assert not list(library_copy.glob(".*.tmp"))
+
+
+def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
+    (tmp_path / "atomic").mkdir()
+    target = tmp_path / "atomic" / "db.json"
+    target.write_text("old")
+
+    def half_then_fail(f):
+        f.write(b"new but incomp")
+        raise OSError("interrupted")
+
+    with pytest.raises(OSError):
+        mtv._write_atomically(target, half_then_fail)
+    assert target.read_text() == "old" and list(target.parent.iterdir()) == [target]
+
+
+def test_lock_keeps_two_builders_apart(library_copy, clap_audio, sample_tracks, checkpoints):
+    from filelock import FileLock
+
+    paths = LibraryPaths.at(library_copy)
+    put_in_new_music(library_copy, [sample_tracks[3]])
+    before = _snapshot(paths)
+    with FileLock(paths.lock):
+        with pytest.raises(LibraryBusyError, match="another music_to_vector run"):
+            build_library(clap_audio, paths, progress=False, lock_timeout=0.2)
+    assert _snapshot(paths) == before
+    assert len(build_library(clap_audio, paths, progress=False).added) == 1  # free again
+
+
+# ---------------------------------------------------------------------------------------------- contract
+
+
+def test_database_of_another_checkpoint_is_refused(library_copy, clap_audio):
+    paths = LibraryPaths.at(library_copy)
+    with pytest.raises(DatabaseError, match="made with CLAP model .* rebuild"):
+        load_database(paths, clap_model="laion/some-other-clap")
+    with pytest.raises(DatabaseError, match="512-d.*rebuild"):
+        load_database(paths, dim=512)
+    with pytest.raises(DatabaseError, match="made with CLAP model"):
+        build_library(type(clap_audio)(name="other", model=None, processor=clap_audio.processor, device=None,
+                                       dtype=None), paths, progress=False)
+
+
+@pytest.mark.parametrize("damage", ["truncated vectors", "bad json", "misaligned", "not unit", "float64",
+                                    "missing metadata", "missing segments", "wrong version"])
+def test_broken_database_is_a_clear_error(library_copy, damage):
+    paths = LibraryPaths.at(library_copy)
+    vectors = np.load(paths.vectors)
+    meta = json.loads(paths.metadata.read_text())
+    if damage == "truncated vectors":
+        paths.vectors.write_bytes(paths.vectors.read_bytes()[:100])
+    elif damage == "bad json":
+        paths.metadata.write_text("{not json")
+    elif damage == "misaligned":
+        np.save(paths.vectors, vectors[:-1])
+    elif damage == "not unit":
+        np.save(paths.vectors, vectors * 2)
+    elif damage == "float64":
+        np.save(paths.vectors, vectors.astype(np.float64))
+    elif damage == "missing metadata":
+        paths.metadata.unlink()
+    elif damage == "missing segments":
+        paths.segments.unlink()
+    elif damage == "wrong version":
+        paths.metadata.write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(DatabaseError, match="rebuild"):
+        load_database(paths)
+
+
+def test_seed_format_metadata_still_loads(tmp_path):
+    paths = LibraryPaths.at(tmp_path)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3, 8)).astype(np.float32)
+    np.save(paths.vectors, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    seed = [{"id": i, "file_path": f"music/{i}.mp3", "title": f"t{i}", "mood": "calm", "genre": "jazz"}
+            for i in range(3)]
+    paths.metadata.write_text(json.dumps(seed))
+    db = load_database(paths, clap_model="anything", dim=8)
+    assert db.tracks == seed and db.segments is None and db.clap_model is None
+
+
+def test_rebuild_re_embeds_everything_from_processed_music(library_copy, clap_audio, monkeypatch):
+    paths = LibraryPaths.at(library_copy)
+    before = load_database(paths)
+    meta = json.loads(paths.metadata.read_text())
+    meta["tracks"][0]["title"] = "A title fixed by hand"
+    paths.metadata.write_text(json.dumps(meta))
+    report = build_library(clap_audio, paths, rebuild=True, progress=False)
+    after = load_database(paths)
+    assert len(report.added) == len(before)
+    assert sorted(t["sha256"] for t in after.tracks) == sorted(t["sha256"] for t in before.tracks)
+    assert "A title fixed by hand" in [t["title"] for t in after.tracks]
+    order = {t["sha256"]: i for i, t in enumerate(before.tracks)}
+    for i, t in enumerate(after.tracks):
+        np.testing.assert_array_equal(after.vectors[i], before.vectors[order[t["sha256"]]])
+
+
+def test_deleted_database_is_rebuilt_from_processed_music(library_copy, clap_audio):
+    paths = LibraryPaths.at(library_copy)
+    count = len(load_database(paths))
+    for path in (paths.vectors, paths.metadata, paths.segments):
+        path.unlink()
+    assert len(build_library(clap_audio, paths, progress=False).added) == count
+
+
+def test_list_prints_the_library(library_copy):
+    done = run_cli("music_to_vector.py", "--list")
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[:3] == ["#", "title", "artist"] and len(lines) == 1 + len(load_database(
+        LibraryPaths.at(library_copy)))
+
+
+def test_sample_import_brings_the_bundled_tracks_with_licence(isolated_library, checkpoints, sample_tracks):
+    done = run_cli("music_to_vector.py", "--sample", "--clap-model", checkpoints["clap"])
+    assert done.returncode == 0, done.stderr
+    db = load_database(LibraryPaths.at(isolated_library))
+    assert len(db) == len(sample_tracks) == 28
+    assert {t["mood"] for t in db.tracks} == {"calm", "energetic", "happy", "nostalgic", "tender"}
+    assert {t["genre"] for t in db.tracks} == {"acoustic", "electronic"}
+    licence = isolated_library / "processed_music" / "immich-memories-music-LICENSE-MUSIC.txt"
+    assert "MIT" in licence.read_text()
+    again = run_cli("music_to_vector.py", "--sample", "--clap-model", checkpoints["clap"])
+    assert again.returncode == 0 and "already in the library" in again.stderr
+    assert len(load_database(LibraryPaths.at(isolated_library))) == 28
+
+
+def test_bad_model_path_is_one_clear_line(isolated_library, sample_tracks, tmp_path):
+    put_in_new_music(isolated_library, sample_tracks[:1])
+    done = run_cli("music_to_vector.py", "--clap-model", str(tmp_path / "no-such-model"))
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("Error: cannot load the CLAP model") and "--clap-model" in line
+    assert (isolated_library / "new_music" / sample_tracks[0].parent.name / sample_tracks[0].name).exists()

@@ -1,0 +1,128 @@
+"""Image/text → query: caption, mood words chosen per image, and the CLAP text vector, on tiny real checkpoints."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from image_to_vector import (MOOD_PROMPT_PREFIX, MOOD_VOCABULARY, MOOD_WORDS_PER_IMAGE, ImageError,
+                             _vision_features, choose_mood_words, compose_query_text, describe_image, embed_text,
+                             image_to_query, open_image)
+
+
+def _reference_word_scores(blip, image_embeds) -> np.ndarray:
+    """Brute force: one full decoder pass per word, no cache, no batching."""
+    tokenizer = blip.processor.tokenizer
+    bos = blip.model.config.text_config.bos_token_id
+    prefix = tokenizer(MOOD_PROMPT_PREFIX, add_special_tokens=False).input_ids
+    scores = []
+    for word in MOOD_VOCABULARY:
+        word_ids = tokenizer(word, add_special_tokens=False).input_ids
+        ids = torch.tensor([[bos, *prefix, *word_ids]])
+        with torch.inference_mode():
+            logits = blip.model.text_decoder(input_ids=ids, encoder_hidden_states=image_embeds).logits[0]
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        start = 1 + len(prefix)
+        scores.append(np.mean([log_probs[start + j - 1, t].item() for j, t in enumerate(word_ids)]))
+    return np.array(scores)
+
+
+def test_mood_words_match_brute_force_reference(blip, photos):
+    with torch.inference_mode():
+        image_embeds = _vision_features(blip, open_image(photos["astronaut.png"]))
+        size = blip.processor.image_processor.size
+        grey = blip.model.vision_model(pixel_values=torch.zeros(1, 3, size["height"], size["width"]))[0]
+    expected = _reference_word_scores(blip, image_embeds) - _reference_word_scores(blip, grey)
+    with torch.inference_mode():
+        chosen = choose_mood_words(blip, image_embeds)
+    order = np.argsort(-expected, kind="stable")
+    assert chosen == [MOOD_VOCABULARY[i] for i in order[:MOOD_WORDS_PER_IMAGE]]
+    assert all(word in MOOD_VOCABULARY for word in chosen) and len(set(chosen)) == MOOD_WORDS_PER_IMAGE
+
+
+def test_mood_words_depend_on_the_image(blip, photos):
+    """Not a fixed suffix: each photo's own features move the word scores the choice is made from."""
+    with torch.inference_mode():
+        scores = [_reference_word_scores(blip, _vision_features(blip, open_image(photos[name])))
+                  for name in ("astronaut.png", "hubble_deep_field.jpg")]
+    assert np.abs(scores[0] - scores[1]).max() > 1e-6
+
+
+def test_caption_is_a_bounded_string(blip, photos):
+    caption, moods = describe_image(blip, open_image(photos["coffee.png"]), max_new_tokens=5)
+    assert isinstance(caption, str) and caption == caption.strip()
+    assert len(blip.processor.tokenizer(caption, add_special_tokens=False).input_ids) <= 5 + 2  # wordpiece slack
+
+
+def test_forced_caption_length(blip, photos):
+    with torch.inference_mode():
+        image_embeds = _vision_features(blip, open_image(photos["coffee.png"]))
+        from image_to_vector import caption_image
+
+        free = caption_image(blip, image_embeds, max_new_tokens=12, min_new_tokens=12)
+    assert len(free.split()) >= 1
+
+
+def test_prompt_is_stripped_from_caption(blip, photos):
+    from image_to_vector import caption_image
+
+    with torch.inference_mode():
+        image_embeds = _vision_features(blip, open_image(photos["coffee.png"]))
+        caption = caption_image(blip, image_embeds, max_new_tokens=4, prompt="a photo of")
+    assert not caption.startswith("a photo of")
+
+
+def test_query_text_composition():
+    assert compose_query_text("a dog on a beach", ["calm", "warm"]) == "a dog on a beach; calm, warm mood"
+    assert compose_query_text("", ["calm", "warm"]) == "calm, warm mood"  # empty caption still usable
+    assert compose_query_text("a dog", ["calm"], "rainy night, jazz") == "rainy night, jazz; a dog; calm mood"
+    assert compose_query_text("", [], "jazz") == "jazz"
+
+
+def test_text_vectors_are_unit_float32_of_checkpoint_dimension(clap_text):
+    vectors = embed_text(clap_text, ["a calm piano", "an energetic drum beat"])
+    assert vectors.dtype == np.float32
+    assert vectors.shape == (2, clap_text.model.config.projection_dim) and vectors.shape[1] != 512
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-6)
+    assert not np.allclose(vectors[0], vectors[1])
+
+
+def test_text_tower_alone_equals_full_clap_model(checkpoints, clap_text):
+    """Loading only the text half gives exactly the full model's text features."""
+    from transformers import ClapModel
+
+    full = ClapModel.from_pretrained(checkpoints["clap"]).eval()
+    tokens = clap_text.processor.tokenizer(["a calm photo; warm mood"], return_tensors="pt")
+    with torch.inference_mode():
+        expected = full.get_text_features(**tokens).pooler_output  # transformers 5: an output object
+    expected = torch.nn.functional.normalize(expected, dim=-1).numpy()
+    np.testing.assert_allclose(embed_text(clap_text, ["a calm photo; warm mood"]), expected, atol=1e-6)
+
+
+def test_image_and_text_combine_into_one_query(blip, clap_text, photos):
+    image_only = image_to_query(blip, clap_text, image=photos["rocket.jpg"])
+    both = image_to_query(blip, clap_text, image=photos["rocket.jpg"], text="rainy night, jazz")
+    text_only = image_to_query(None, clap_text, text="rainy night, jazz")
+    assert both.query_text == f"rainy night, jazz; {image_only.query_text}"
+    assert text_only.caption == "" and text_only.mood_words == [] and text_only.query_text == "rainy night, jazz"
+    np.testing.assert_allclose(both.vector, embed_text(clap_text, [both.query_text])[0], atol=1e-6)
+    assert not np.allclose(both.vector, image_only.vector)
+
+
+def test_same_image_gives_same_query(blip, clap_text, photos):
+    first = image_to_query(blip, clap_text, image=photos["chelsea.png"])
+    second = image_to_query(blip, clap_text, image=photos["chelsea.png"])
+    assert first.query_text == second.query_text
+    np.testing.assert_array_equal(first.vector, second.vector)
+
+
+def test_no_input_is_an_error(clap_text):
+    with pytest.raises(ValueError):
+        image_to_query(None, clap_text)
+
+
+def test_bad_image_raises_image_error(blip, clap_text, tmp_path):
+    bad = tmp_path / "song.mp3.png"
+    bad.write_bytes(b"ID3\x03\x00 not an image")
+    with pytest.raises(ImageError):
+        image_to_query(blip, clap_text, image=bad)
