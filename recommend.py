@@ -73,8 +73,11 @@ def rank_tracks(db: Database, vector: np.ndarray, topk: int, moods=None, genres=
     if len(candidates) == 0:
         return []
     k = min(topk, len(candidates))
-    top = candidates[np.argpartition(-scores[candidates], k - 1)[:k]] if k < len(candidates) else candidates
-    order = sorted(top, key=lambda i: (-scores[i], i))
+    if k < len(candidates):
+        # Keep every row tied with the k-th score, so the tie-break below, not argpartition, picks among them.
+        kth = np.partition(-scores[candidates], k - 1)[k - 1]
+        candidates = candidates[-scores[candidates] <= kth]
+    order = candidates[np.lexsort((candidates, -scores[candidates]))][:k]
     return [(int(i), float(scores[i])) for i in order]
 
 

@@ -1,0 +1,214 @@
+"""recommend() and the CLI: exact ranking, filters, best moments, the JSON contract, exit codes and messages."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from image_to_vector import image_to_query
+from music_to_vector import LibraryPaths, load_database
+from recommend import EmptyLibraryError, rank_tracks, recommend
+from tests.conftest import ROOT, run_cli
+
+RESULT_KEYS = {"rank", "title", "artist", "mood", "genre", "file_path", "score", "best_segment_start_s"}
+
+
+def _random_db(n=50, d=16, seed=0):
+    from music_to_vector import Database
+
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, d)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    tracks = [{"file_path": f"processed_music/{i}.mp3", "title": f"t{i}", "mood": ["calm", "happy"][i % 2],
+               "genre": ["jazz", "rock", "folk"][i % 3]} for i in range(n)]
+    return Database(vectors=vectors, tracks=tracks), rng
+
+
+@pytest.mark.parametrize("topk", [1, 5, 50, 80])
+def test_ranking_equals_brute_force_cosine(topk):
+    db, rng = _random_db()
+    for _ in range(5):
+        q = rng.normal(size=16).astype(np.float32)
+        q /= np.linalg.norm(q)
+        cosine = db.vectors @ q / np.linalg.norm(db.vectors, axis=1)
+        expected = sorted(range(len(db)), key=lambda i: (-cosine[i], i))[:topk]
+        ranked = rank_tracks(db, q, topk)
+        assert [i for i, _ in ranked] == expected
+        np.testing.assert_allclose([s for _, s in ranked], cosine[expected], atol=1e-6)
+
+
+def test_ties_keep_library_order():
+    db, _ = _random_db(n=6)
+    db.vectors[:] = 0
+    db.vectors[:, 0] = 1  # one-hot rows: every dot product is exactly 1.0, a true tie
+    assert [i for i, _ in rank_tracks(db, db.vectors[0], 4)] == [0, 1, 2, 3]
+
+
+def test_filters_keep_only_matching_tracks():
+    db, rng = _random_db()
+    q = db.vectors[7]
+    ranked = rank_tracks(db, q, 10, moods=["Happy"], genres="rock")
+    assert ranked and all(db.tracks[i]["mood"] == "happy" and db.tracks[i]["genre"] == "rock" for i, _ in ranked)
+    allowed = [i for i, t in enumerate(db.tracks) if t["mood"] == "happy" and t["genre"] == "rock"]
+    scores = db.vectors @ q
+    assert [i for i, _ in ranked] == sorted(allowed, key=lambda i: (-scores[i], i))[:10]
+    assert rank_tracks(db, q, 10, moods=["no such mood"]) == []
+
+
+def test_recommend_on_real_library_matches_brute_force(library_copy, blip, clap_text, photos):
+    db = load_database(LibraryPaths.at(library_copy))
+    for name in ("astronaut.png", "rocket.jpg"):
+        rec = recommend(blip, clap_text, db, image=photos[name], topk=4)
+        query = image_to_query(blip, clap_text, image=photos[name])
+        assert (rec.caption, rec.mood_words, rec.query_text) == (query.caption, query.mood_words, query.query_text)
+        scores = db.vectors @ query.vector
+        expected = np.argsort(-scores, kind="stable")[:4]
+        assert [r.file_path for r in rec.results] == [db.tracks[i]["file_path"] for i in expected]
+        assert [r.rank for r in rec.results] == [1, 2, 3, 4]
+        for r, i in zip(rec.results, expected):
+            track = db.tracks[i]
+            segments = db.segments[track["segment_offset"]: track["segment_offset"] + track["segment_count"]]
+            assert r.best_segment_start_s == 10.0 * int(np.argmax(segments @ query.vector))
+            assert r.score == pytest.approx(float(scores[i]), abs=1e-5)
+            assert (r.title, r.mood, r.genre) == (track["title"], track["mood"], track["genre"])
+
+
+def test_text_only_recommendation(library_copy, clap_text):
+    db = load_database(LibraryPaths.at(library_copy))
+    rec = recommend(None, clap_text, db, text="slow piano for a rainy night", topk=3)
+    assert rec.caption == "" and rec.query_text == "slow piano for a rainy night" and len(rec.results) == 3
+
+
+def test_empty_library_says_how_to_add_music(clap_text):
+    db = load_database(LibraryPaths.at())
+    with pytest.raises(EmptyLibraryError, match="new_music/.*music_to_vector.py"):
+        recommend(None, clap_text, db, text="jazz")
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _cli(checkpoints, *args):
+    return run_cli("recommend.py", *args, "--blip-model", checkpoints["blip"], "--clap-model", checkpoints["clap"])
+
+
+def test_cli_json_schema_one_line_per_image(library_copy, checkpoints, photos):
+    done = _cli(checkpoints, photos["coffee.png"], photos["chelsea.png"], "--json", "--topk", "3")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2
+    for line, name in zip(lines, ("coffee.png", "chelsea.png")):
+        obj = json.loads(line)
+        assert set(obj) == {"image", "caption", "mood_words", "query_text", "results"}
+        assert obj["image"].endswith(name) and isinstance(obj["caption"], str)
+        assert len(obj["mood_words"]) == 3 and obj["query_text"].endswith("mood")
+        assert len(obj["results"]) == 3 and all(set(r) == RESULT_KEYS for r in obj["results"])
+        assert [r["rank"] for r in obj["results"]] == [1, 2, 3]
+        assert obj["results"][0]["score"] >= obj["results"][1]["score"] >= obj["results"][2]["score"]
+        assert all((library_copy / r["file_path"]).is_file() for r in obj["results"])
+
+
+def test_cli_table_explains_the_pick(library_copy, checkpoints, photos):
+    done = _cli(checkpoints, photos["rocket.jpg"], "--topk", "2", "--text", "space launch")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "caption:" in out and "mood:" in out and "query:   space launch; " in out
+    rows = [line for line in out.splitlines() if line.strip()[:2] in ("1 ", "2 ")]
+    assert len(rows) == 2 and all("processed_music/" in row for row in rows)
+
+
+def test_cli_seed_flags_still_work(library_copy, checkpoints, photos, tmp_path):
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    paths = LibraryPaths.at(library_copy)
+    vectors, meta = moved / "vectors.npy", moved / "meta.json"
+    vectors.write_bytes(paths.vectors.read_bytes())
+    meta.write_bytes(paths.metadata.read_bytes())
+    (moved / "vectors_segments.npy").write_bytes(paths.segments.read_bytes())
+    done = _cli(checkpoints, photos["coffee.png"], "--topk", "1", "--json", "--vectors", vectors, "--meta", meta)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["results"]) == 1
+
+
+def test_cli_bad_image_is_one_line_and_others_still_run(library_copy, checkpoints, photos, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    done = _cli(checkpoints, bad, photos["coffee.png"], "--json")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"Error: {bad} is not an image (Pillow cannot identify it)"]
+    assert len(done.stdout.splitlines()) == 1 and json.loads(done.stdout)["image"].endswith("coffee.png")
+
+
+def test_cli_empty_library_exits_1_with_advice(checkpoints, photos):
+    done = _cli(checkpoints, photos["coffee.png"])
+    assert done.returncode == 1 and done.stdout == ""
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("Error: the music library is empty") and "music_to_vector.py" in line
+
+
+def test_cli_mismatched_database_exits_1(library_copy, checkpoints, photos, tmp_path):
+    import shutil
+
+    other = tmp_path / "other-clap"
+    shutil.copytree(checkpoints["clap"], other)
+    done = run_cli("recommend.py", photos["coffee.png"], "--blip-model", checkpoints["blip"], "--clap-model", other)
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert "made with CLAP model" in line and "--rebuild" in line
+
+
+def test_cli_missing_model_is_one_clear_line(library_copy, checkpoints, photos, tmp_path):
+    done = run_cli("recommend.py", photos["coffee.png"], "--blip-model", tmp_path / "nope",
+                   "--clap-model", checkpoints["clap"])
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("Error: cannot load the BLIP model") and "--blip-model" in line
+
+
+@pytest.mark.parametrize("args", [[], ["x.jpg", "--topk", "0"], ["x.jpg", "--topk", "many"],
+                                  ["x.jpg", "--precision", "fp8"]])
+def test_cli_usage_errors_exit_2(args):
+    done = run_cli("recommend.py", *args)
+    assert done.returncode == 2 and "usage:" in done.stderr and done.stdout == ""
+
+
+@pytest.mark.parametrize("script", ["recommend.py", "music_to_vector.py", "app.py"])
+def test_help_imports_no_torch(script):
+    code = (f"import runpy, sys; sys.argv = ['{script}', '--help']\n"
+            f"try:\n    runpy.run_path({str(ROOT / script)!r}, run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout and "--clap-model" in done.stdout
+
+
+def test_play_uses_a_player_from_the_best_moment(library_copy, checkpoints, photos, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "played.txt"
+    fake = bin_dir / "mpv"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {log}\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    done = run_cli("recommend.py", photos["coffee.png"], "--play", "--json", "--blip-model", checkpoints["blip"],
+                   "--clap-model", checkpoints["clap"], env_extra={"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    top = json.loads(done.stdout)["results"][0]
+    played = log.read_text().split()
+    assert played[-1] == str(library_copy / top["file_path"])
+    assert f"--start={top['best_segment_start_s']:.1f}" in played
+
+
+def test_play_without_a_player_says_why(library_copy, checkpoints, photos, tmp_path):
+    empty = tmp_path / "no-players"
+    empty.mkdir()
+    done = run_cli("recommend.py", photos["coffee.png"], "--play", "--blip-model", checkpoints["blip"],
+                   "--clap-model", checkpoints["clap"], env_extra={"PATH": str(empty)})
+    assert done.returncode == 1
+    assert "caption:" in done.stdout  # the results still came
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: cannot play: no audio player found")
