@@ -1,6 +1,7 @@
 """Model loading: which checkpoints, on which device and in which precision, loaded lazily and once."""
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 from dataclasses import dataclass
@@ -42,6 +43,26 @@ def default_clap_model() -> str:
 
 def default_precision() -> str:
     return os.environ.get(PRECISION_ENV) or "auto"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it has none (None or "") or its help already says what it is."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, "") or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, blip: bool = True) -> None:
+    """The model options every command shares: --blip-model (if it captions), --clap-model, --precision."""
+    if blip:
+        parser.add_argument("--blip-model", default=default_blip_model(),
+                            help=f"BLIP captioning checkpoint: hub id or local directory (env {BLIP_MODEL_ENV})")
+    parser.add_argument("--clap-model", default=default_clap_model(),
+                        help=f"CLAP checkpoint: hub id or local directory (env {CLAP_MODEL_ENV})")
+    parser.add_argument("--precision", choices=PRECISIONS, default=default_precision(),
+                        help="model precision; auto = bf16 where the hardware has it natively, else fp32")
 
 
 def cpu_has_native_bf16() -> bool:

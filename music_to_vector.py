@@ -8,6 +8,9 @@ Database contract (checked by load_database):
   window_s, dim}, "tracks": [{id, title, artist, mood, genre, file_path, duration_s, sha256, segment_offset,
   segment_count}]}. file_path is relative to the library folder. A seed-format file (a bare list of
   {id, file_path, title, mood, genre}) still loads, without segments.
+- music_database_index.faiss (libraries of SEARCH_INDEX_MIN_TRACKS or more): a cache of the approximate search
+  index, derived from music_database.npy; it starts with the SHA-256 of the vectors it indexes and is rebuilt
+  whenever they differ. Deleting it is always safe.
 """
 from __future__ import annotations
 
@@ -20,13 +23,14 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from models import CLAP_MODEL_ENV, PRECISIONS, default_clap_model, default_precision
+from models import HelpFormatter, add_model_arguments
 
 FORMAT_NAME = "music-mood-database"
 FORMAT_VERSION = 1
@@ -38,6 +42,10 @@ WINDOWS_PER_BATCH = 8
 HOME_ENV = "MUSIC_MOOD_HOME"
 NORM_TOLERANCE = 1e-3
 SAMPLE_PACKAGE = "immich-memories-music"
+# From this many tracks on, a query is answered by a faiss index instead of a scan of every row: an exact scan of
+# 200 000 x 512 float32 rows already reads 400 MB per query. Below it, exact search is fast and stays the default.
+SEARCH_INDEX_MIN_TRACKS = 200_000
+INDEX_FORMAT = b"music-mood-ivf-sq8-v1"
 
 
 class DatabaseError(RuntimeError):
@@ -93,9 +101,34 @@ class Database:
     clap_model: str | None = None
     root: Path = field(default_factory=Path)
     window_s: float = 10.0  # length of one segment, so segment j starts at j * window_s
+    vectors_path: Path | None = None  # where `vectors` was loaded from; the search index is cached next to it
+    _index: object = field(default=None, repr=False, compare=False)
+    _tag_codes: dict = field(default_factory=dict, repr=False, compare=False)
+    _lock: object = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.tracks)
+
+    def search_index(self):
+        """The faiss index over `vectors` when the library has SEARCH_INDEX_MIN_TRACKS or more, else None.
+
+        Loaded from its cache file (or built, then cached) on first use, once per Database.
+        """
+        if len(self) < SEARCH_INDEX_MIN_TRACKS:
+            return None
+        with self._lock:
+            if self._index is None:
+                self._index = load_search_index(self.vectors, self.vectors_path)
+        return self._index
+
+    def tag_codes(self, key: str) -> tuple[dict[str, int], np.ndarray]:
+        """A tag (mood, genre...) of every track, lower-cased, as ({value: code}, int32 (N,) codes); cached."""
+        with self._lock:
+            if key not in self._tag_codes:
+                values = [str(t.get(key, "")).lower() for t in self.tracks]
+                labels, codes = np.unique(np.array(values, dtype=object), return_inverse=True)
+                self._tag_codes[key] = ({v: i for i, v in enumerate(labels)}, codes.astype(np.int32))
+            return self._tag_codes[key]
 
     @property
     def dim(self) -> int:
@@ -129,7 +162,10 @@ def load_database(paths: LibraryPaths, clap_model: str | None = None, dim: int |
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DatabaseError(f"cannot read {paths.metadata} ({e}); {rebuild}") from e
     try:
-        vectors = np.load(paths.vectors, allow_pickle=False)
+        # A large library stays memory-mapped: the index answers queries, and only the rows it proposes are read.
+        vectors = np.load(paths.vectors, mmap_mode="r", allow_pickle=False)
+        if vectors.ndim != 2 or len(vectors) < SEARCH_INDEX_MIN_TRACKS:
+            vectors = np.array(vectors)
     except (OSError, ValueError, EOFError) as e:
         raise DatabaseError(f"cannot read {paths.vectors} ({e}); {rebuild}") from e
 
@@ -152,8 +188,7 @@ def load_database(paths: LibraryPaths, clap_model: str | None = None, dim: int |
                             f"tracks; {rebuild}")
     if not all(isinstance(t, dict) and "file_path" in t for t in tracks):
         raise DatabaseError(f"{paths.metadata} has a track without a file_path; {rebuild}")
-    norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.ones(0)
-    if not np.all(np.abs(norms - 1) < NORM_TOLERANCE):
+    if not _rows_are_unit(vectors):
         raise DatabaseError(f"{paths.vectors} has rows that are not unit-length (or not finite); {rebuild}")
     if dim is not None and len(vectors) and vectors.shape[1] != dim:
         raise DatabaseError(f"the database holds {vectors.shape[1]}-d vectors but the CLAP model gives {dim}-d; "
@@ -163,7 +198,17 @@ def load_database(paths: LibraryPaths, clap_model: str | None = None, dim: int |
                             f"--clap-model {clap_model}, or pass --clap-model {made_by}")
     window_s = float(meta.get("embedding", {}).get("window_s", 10.0)) if isinstance(meta, dict) else 10.0
     return Database(vectors=vectors, tracks=tracks, segments=segments, clap_model=made_by, root=paths.root,
-                    window_s=window_s)
+                    window_s=window_s, vectors_path=paths.vectors)
+
+
+def _rows_are_unit(vectors: np.ndarray, chunk: int = 65_536) -> bool:
+    """Every row finite and of length 1 within NORM_TOLERANCE; in chunks, so no (N, D) temporary is made."""
+    for start in range(0, len(vectors), chunk):
+        rows = np.asarray(vectors[start:start + chunk], dtype=np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+        if not np.all(np.abs(norms - 1) < NORM_TOLERANCE):
+            return False
+    return True
 
 
 def _load_segments(paths: LibraryPaths, tracks: list[dict], rebuild: str) -> np.ndarray:
@@ -216,6 +261,67 @@ def save_database(db: Database, paths: LibraryPaths, sample_rate: int) -> None:
     _write_atomically(paths.segments, lambda f: np.save(f, np.ascontiguousarray(db.segments, dtype=np.float32)))
     _write_atomically(paths.vectors, lambda f: np.save(f, np.ascontiguousarray(db.vectors, dtype=np.float32)))
     _write_atomically(paths.metadata, lambda f: f.write(json.dumps(meta, indent=1, ensure_ascii=False).encode()))
+
+
+# ---------------------------------------------------------------------------------------------- search index
+
+
+def index_path(vectors_path: Path) -> Path:
+    return vectors_path.with_name(vectors_path.stem + "_index.faiss")
+
+
+def vectors_fingerprint(vectors: np.ndarray, chunk: int = 1 << 16) -> bytes:
+    """SHA-256 of the matrix's shape and float32 bytes: the identity of what an index was built from."""
+    digest = hashlib.sha256(f"{INDEX_FORMAT.decode()} {vectors.shape}".encode())
+    for start in range(0, len(vectors), chunk):
+        digest.update(np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32).data)
+    return digest.digest()
+
+
+def build_search_index(vectors: np.ndarray):
+    """A faiss inner-product index over unit float32 rows (N, D): IVF with about sqrt(N) lists, 8-bit codes.
+
+    Its codes take 1 byte per dimension (a quarter of float32), and a query scans only the nearest lists; the
+    caller re-scores the proposed rows exactly against `vectors`. Training uses a fixed-seed sample, so the same
+    vectors always give the same index.
+    """
+    import faiss
+
+    n, dim = vectors.shape
+    lists = max(1, int(math.sqrt(n)))
+    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_8bit,
+                                          faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = 0
+    sample = np.sort(np.random.default_rng(0).choice(n, min(n, 40 * lists), replace=False))  # 39/list: faiss
+    index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+    for start in range(0, n, 65_536):
+        index.add(np.ascontiguousarray(vectors[start:start + 65_536], dtype=np.float32))
+    index.nprobe = min(lists, 32)
+    return index
+
+
+def load_search_index(vectors: np.ndarray, vectors_path: Path | None = None):
+    """The index for `vectors`: read from the cache next to `vectors_path` when it was built from exactly these
+    vectors, else built (and cached there when the folder is writable)."""
+    import faiss
+
+    fingerprint = vectors_fingerprint(vectors)
+    cache = index_path(vectors_path) if vectors_path is not None else None
+    if cache is not None and cache.exists():
+        try:
+            data = cache.read_bytes()
+            if data[:len(INDEX_FORMAT)] == INDEX_FORMAT and data[len(INDEX_FORMAT):][:32] == fingerprint:
+                return faiss.deserialize_index(np.frombuffer(data, np.uint8, offset=len(INDEX_FORMAT) + 32))
+        except (OSError, RuntimeError):  # unreadable or corrupt cache: rebuild it below
+            pass
+    index = build_search_index(vectors)
+    if cache is not None:
+        try:
+            blob = faiss.serialize_index(index)
+            _write_atomically(cache, lambda f: (f.write(INDEX_FORMAT), f.write(fingerprint), f.write(blob.data)))
+        except OSError as e:  # a read-only library still works; it just rebuilds the index next time
+            print(f"Warning: cannot cache the search index in {cache} ({e})", file=sys.stderr)
+    return index
 
 
 # ---------------------------------------------------------------------------------------------- read (decode)
@@ -419,6 +525,7 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
     lock = _lock(paths, lock_timeout)
     try:
         old = load_database(paths)
+        old.vectors = np.array(old.vectors)  # not a memory map: save_database replaces that file below
         if rebuild or len(old) == 0:
             db, known = empty_database(paths.root, clap.name), {}
         else:
@@ -562,24 +669,26 @@ def format_library(db: Database) -> str:
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="music_to_vector.py",
-        description="Embed the audio files dropped into new_music/ with CLAP, add them to the music database and "
-                    "move them to processed_music/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="example: cp ~/Music/*.mp3 new_music/calm/ && python music_to_vector.py",
-    )
+def add_library_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say where the library is: --library, --vectors, --meta (see LibraryPaths.at)."""
     parser.add_argument("--library", default=None,
                         help=f"library folder holding new_music/, processed_music/ and the database "
                              f"(default: ${HOME_ENV}, else this program's folder)")
     parser.add_argument("--vectors", default=None, help="database matrix (default: LIBRARY/music_database.npy)")
     parser.add_argument("--meta", default=None,
                         help="database metadata (default: LIBRARY/music_database_metadata.json)")
-    parser.add_argument("--clap-model", default=default_clap_model(),
-                        help=f"CLAP checkpoint: hub id or local directory (env {CLAP_MODEL_ENV})")
-    parser.add_argument("--precision", choices=PRECISIONS, default=default_precision(),
-                        help="model precision; auto = bf16 where the hardware has it natively, else fp32")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="music_to_vector.py",
+        description="Embed the audio files dropped into new_music/ with CLAP, add them to the music database and "
+                    "move them to processed_music/.",
+        formatter_class=HelpFormatter,
+        epilog="example: cp ~/Music/*.mp3 new_music/calm/ && python music_to_vector.py",
+    )
+    add_library_arguments(parser)
+    add_model_arguments(parser, blip=False)
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--rebuild", action="store_true",
                         help="re-embed every file in processed_music/ and new_music/ (after a model change)")

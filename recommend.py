@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -12,9 +13,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from image_to_vector import ImageError
-from models import (BLIP_MODEL_ENV, CLAP_MODEL_ENV, PRECISIONS, ModelLoadError, default_blip_model,
-                    default_clap_model, default_precision)
-from music_to_vector import HOME_ENV, Database, DatabaseError, LibraryPaths, load_database
+from models import HelpFormatter, ModelLoadError, add_model_arguments
+from music_to_vector import Database, DatabaseError, LibraryPaths, add_library_arguments, load_database
 
 EMPTY_LIBRARY = ("the music library is empty: put audio files in new_music/ and run python music_to_vector.py, "
                  "or import the bundled tracks with python music_to_vector.py --sample")
@@ -59,26 +59,66 @@ def _normalise_filter(values) -> set[str] | None:
     return values or None
 
 
-def rank_tracks(db: Database, vector: np.ndarray, topk: int, moods=None, genres=None) -> list[tuple[int, float]]:
-    """Exact cosine ranking: (row, score) for the top k rows, best first, ties broken by row order.
-
-    `vector` is a unit float32 (D,); the database rows are unit-length, so the dot product is the cosine.
-    """
-    scores = db.vectors @ vector.astype(np.float32)
-    allowed = np.ones(len(db), bool)
+def _allowed_rows(db: Database, moods=None, genres=None) -> np.ndarray | None:
+    """Boolean (N,) mask of the tracks the mood/genre filters keep, or None when there is no filter."""
+    allowed = None
     for key, wanted in (("mood", _normalise_filter(moods)), ("genre", _normalise_filter(genres))):
         if wanted is not None:
-            allowed &= np.array([str(t.get(key, "")).lower() in wanted for t in db.tracks], bool)
-    candidates = np.flatnonzero(allowed)
-    if len(candidates) == 0:
-        return []
+            codes_of, codes = db.tag_codes(key)
+            mask = np.isin(codes, [codes_of[w] for w in wanted if w in codes_of])
+            allowed = mask if allowed is None else allowed & mask
+    return allowed
+
+
+def _exact_top(vectors: np.ndarray, vector: np.ndarray, topk: int, candidates: np.ndarray | None = None):
+    """The top k of `candidates` (default: every row) by dot product, best first, ties broken by row order."""
+    if candidates is None:
+        scores_all = vectors @ vector
+        candidates, scores = np.arange(len(scores_all)), scores_all
+    else:
+        candidates = np.sort(candidates)
+        scores = vectors[candidates] @ vector
     k = min(topk, len(candidates))
     if k < len(candidates):
         # Keep every row tied with the k-th score, so the tie-break below, not argpartition, picks among them.
-        kth = np.partition(-scores[candidates], k - 1)[k - 1]
-        candidates = candidates[-scores[candidates] <= kth]
-    order = candidates[np.lexsort((candidates, -scores[candidates]))][:k]
-    return [(int(i), float(scores[i])) for i in order]
+        kth = np.partition(-scores, k - 1)[k - 1]
+        keep = -scores <= kth
+        candidates, scores = candidates[keep], scores[keep]
+    order = np.lexsort((candidates, -scores))[:k]
+    return [(int(candidates[i]), float(scores[i])) for i in order]
+
+
+# How many rows the index proposes for each wanted result; they are then re-scored exactly.
+INDEX_CANDIDATES_PER_RESULT = 10
+INDEX_MIN_CANDIDATES = 100
+
+
+def rank_tracks(db: Database, vector: np.ndarray, topk: int, moods=None, genres=None) -> list[tuple[int, float]]:
+    """Cosine ranking: (row, score) for the top k rows, best first, ties broken by row order.
+
+    `vector` is a unit float32 (D,); the database rows are unit-length, so the dot product is the cosine.
+    Small libraries (and filters that leave fewer than SEARCH_INDEX_MIN_TRACKS rows) are ranked exactly. Larger
+    ones ask the faiss index (db.search_index()) for candidates, oversampled by how much the filters remove,
+    and re-score those exactly; if the filters leave fewer than k of them, the exact ranking is used instead.
+    """
+    from music_to_vector import SEARCH_INDEX_MIN_TRACKS
+
+    vector = np.asarray(vector, dtype=np.float32)
+    allowed = _allowed_rows(db, moods, genres)
+    kept = len(db) if allowed is None else int(allowed.sum())
+    if kept == 0:
+        return []
+    index = db.search_index() if kept >= SEARCH_INDEX_MIN_TRACKS else None
+    if index is not None:
+        wanted = max(INDEX_MIN_CANDIDATES, INDEX_CANDIDATES_PER_RESULT * topk)
+        wanted = min(len(db), math.ceil(wanted * len(db) / kept))
+        _, rows = index.search(vector[None, :], wanted)
+        rows = rows[0][rows[0] >= 0]
+        if allowed is not None:
+            rows = rows[allowed[rows]]
+        if len(rows) >= min(topk, kept):
+            return _exact_top(db.vectors, vector, topk, rows)
+    return _exact_top(db.vectors, vector, topk, None if allowed is None else np.flatnonzero(allowed))
 
 
 def best_segment_start(db: Database, row: int, vector: np.ndarray) -> float | None:
@@ -169,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recommend.py",
         description="Recommend music from your library that fits the mood of a photo (and/or a text).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="example: python recommend.py beach.jpg --topk 5 --text 'sunset, slow' --play",
     )
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="photos to find music for")
@@ -179,17 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--genre", action="append", help="only tracks of this genre (repeat for several)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image, one per line")
     parser.add_argument("--play", action="store_true", help="play the top track from its best moment")
-    parser.add_argument("--library", default=None,
-                        help=f"library folder (default: ${HOME_ENV}, else this program's folder)")
-    parser.add_argument("--vectors", default=None, help="database matrix (default: LIBRARY/music_database.npy)")
-    parser.add_argument("--meta", default=None,
-                        help="database metadata (default: LIBRARY/music_database_metadata.json)")
-    parser.add_argument("--blip-model", default=default_blip_model(),
-                        help=f"BLIP captioning checkpoint: hub id or local directory (env {BLIP_MODEL_ENV})")
-    parser.add_argument("--clap-model", default=default_clap_model(),
-                        help=f"CLAP checkpoint: hub id or local directory (env {CLAP_MODEL_ENV})")
-    parser.add_argument("--precision", choices=PRECISIONS, default=default_precision(),
-                        help="model precision; auto = bf16 where the hardware has it natively, else fp32")
+    add_library_arguments(parser)
+    add_model_arguments(parser)
     return parser
 
 
