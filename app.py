@@ -1,0 +1,385 @@
+"""The web page: a Gradio UI around recommend() and the library builder; it serves only the library's audio files."""
+from __future__ import annotations
+
+import argparse
+import html
+import mimetypes
+import re
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+from image_to_vector import ImageError
+from models import (BLIP_MODEL_ENV, CLAP_MODEL_ENV, PRECISIONS, ModelLoadError, default_blip_model,
+                    default_clap_model, default_precision)
+from music_to_vector import (AUDIO_EXTENSIONS, HOME_ENV, SAMPLE_PACKAGE, Database, DatabaseError, LibraryBusyError,
+                             LibraryPaths, build_library, find_audio_files, import_sample_library, load_database)
+from recommend import EMPTY_LIBRARY, EmptyLibraryError, recommend
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+MAX_UPLOAD = "200mb"
+QUEUE_SIZE = 16  # waiting requests beyond this are refused at once rather than left to time out
+TOPK_MAX = 20
+FILE_ROUTE = "/gradio_api/file="
+EXAMPLES = Path(__file__).resolve().parent / "examples"
+EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")
+LIBRARY_COLUMNS = ["#", "title", "artist", "mood", "genre", "length", "file"]
+
+# The file route sends the type mimetypes guesses; without /etc/mime.types Python knows no .opus or .m4a, and
+# the browser would get application/octet-stream.
+mimetypes.add_type("audio/ogg", ".opus")
+mimetypes.add_type("audio/mp4", ".m4a")
+mimetypes.add_type("audio/flac", ".flac")
+
+CSS = """
+.tracks { list-style: none; padding: 0; margin: 0; }
+.track { padding: 0.6em 0; border-bottom: 1px solid var(--border-color-primary); }
+.track .rank { display: inline-block; min-width: 1.8em; font-weight: bold; }
+.track .meta { font-size: 0.9em; opacity: 0.8; margin: 0.2em 0 0.4em 1.8em; }
+.track audio { width: calc(100% - 1.8em); margin-left: 1.8em; }
+"""
+
+
+class Library:
+    """The database the page recommends from; replaced whole after tracks are added, so a request sees one version."""
+
+    def __init__(self, paths: LibraryPaths, clap_model: str):
+        self.paths = paths
+        self.clap_model = clap_model
+        self.db = self.load()
+
+    def load(self) -> Database:
+        return load_database(self.paths, clap_model=self.clap_model)
+
+    def reload(self) -> Database:
+        self.db = self.load()
+        return self.db
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+def audio_url(path: Path, start_s: float | None = None) -> str:
+    """The URL the page plays a library file from; `#t=` makes the browser start at `start_s` seconds."""
+    url = FILE_ROUTE + quote(str(path))
+    return url if start_s is None else f"{url}#t={start_s:g}"
+
+
+def format_time(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{seconds:02d}"
+
+
+def render_tracks(result: dict) -> str:
+    """The ranked tracks as HTML, each with its own player starting at its best moment; all text escaped."""
+    results = result.get("results") or []
+    if not results:
+        return "<p>No recommendations yet: upload a photo and press Recommend.</p>"
+    items = []
+    for track in results:
+        start = track.get("best_segment_start_s")
+        url = track["audio_url"] + ("" if start is None else f"#t={start:g}")
+        best = "" if start is None else f" · best moment {format_time(start)}"
+        by = f" — {html.escape(track['artist'])}" if track.get("artist") else ""
+        # The top track downloads at once so it plays without a wait; the others fetch only their length.
+        preload = "auto" if track["rank"] == 1 else "metadata"
+        items.append(
+            f'<li class="track" data-rank="{track["rank"]}" data-file="{html.escape(track["file_path"])}" '
+            f'data-best-start="{"" if start is None else f"{start:g}"}">'
+            f'<span class="rank">{track["rank"]}.</span><b class="title">{html.escape(track["title"])}</b>{by}'
+            f'<div class="meta">mood: {html.escape(track.get("mood") or "–")} · genre: '
+            f'{html.escape(track.get("genre") or "–")} · score {track["score"]:.3f}{best}</div>'
+            f'<audio controls preload="{preload}" src="{html.escape(url)}"></audio></li>'
+        )
+    return f'<ol class="tracks">{"".join(items)}</ol>'
+
+
+def render_analysis(result: dict) -> tuple[str, str, str, str]:
+    """caption, mood words, query text and the tracks' HTML, for the page's output components."""
+    return (result.get("caption", ""), ", ".join(result.get("mood_words", [])), result.get("query_text", ""),
+            render_tracks(result))
+
+
+def library_rows(db: Database) -> list[list]:
+    return [[i, str(t.get("title", "")), str(t.get("artist", "")), str(t.get("mood", "")), str(t.get("genre", "")),
+             format_time(float(t.get("duration_s", 0) or 0)), str(t["file_path"])]
+            for i, t in enumerate(db.tracks, 1)]
+
+
+def tag_choices(db: Database, key: str) -> list[str]:
+    """The distinct non-empty values of one tag in the library, sorted case-insensitively."""
+    return sorted({str(t.get(key, "")).strip() for t in db.tracks} - {""}, key=str.lower)
+
+
+# ---------------------------------------------------------------------------------------------- handlers
+
+
+def recommend_photo(library: Library, blip, clap, image, text: str = "", topk: int = 10, moods=None,
+                    genres=None) -> dict:
+    """The /recommend endpoint: Recommendation.to_dict() plus each track's audio_url on this server.
+
+    Raises gr.Error with a message for the user for anything the user can fix; the server keeps serving.
+    """
+    import gradio as gr
+
+    text = (text or "").strip()
+    if image is None and not text:
+        raise gr.Error("Upload a photo (or type some words) first.")
+    db = library.db  # one version of the library for the whole request, even if an upload replaces it meanwhile
+    try:
+        rec = recommend(blip, clap, db, image=image, text=text, topk=int(topk), moods=moods or None,
+                        genres=genres or None)
+    except ImageError as e:
+        # The message names the upload's temporary path on the server; the user knows it by its file name.
+        message = str(e).replace(str(image), Path(str(image)).name) if isinstance(image, str) else str(e)
+        raise gr.Error(f"That file is not a photo we can read: {message}.") from e
+    except EmptyLibraryError as e:
+        raise gr.Error(str(e)) from e
+    except DatabaseError as e:
+        raise gr.Error(f"The music database cannot be used: {e}") from e
+    result = rec.to_dict()
+    for track in result["results"]:
+        track["audio_url"] = audio_url((db.root / track["file_path"]).resolve())
+    return result
+
+
+def _upload_name(name: str) -> str:
+    """A safe file name for an upload: no folders, no leading dot."""
+    name = Path(name).name.lstrip(".")
+    return re.sub(r"[^\w .()+,=-]", "_", name) or "upload"
+
+
+def _mood_folder(mood: str) -> str:
+    """The one folder level under new_music/ that becomes a track's mood; never a path."""
+    mood = re.sub(r"[^\w -]", "", (mood or "").strip()).strip()
+    return mood.lower()
+
+
+def add_music(library: Library, clap_audio, files, mood: str = "", progress=None) -> tuple[dict, list[str]]:
+    """Copy uploaded audio files into new_music/[mood/], embed them with the shared builder, reload the database.
+
+    Returns (the builder's result as counts and names, messages for the user about files that were not added).
+    Files that fail or are already in the library are removed from new_music/ again: they were copies.
+    """
+    paths = library.paths
+    folder = paths.new_music / _mood_folder(mood) if _mood_folder(mood) else paths.new_music
+    problems, copied = [], []
+    for source in files or []:
+        source = Path(source)
+        name = _upload_name(source.name)
+        if Path(name).suffix.lower() not in AUDIO_EXTENSIONS:
+            problems.append(f"{name}: not an audio file (the library takes {', '.join(AUDIO_EXTENSIONS)})")
+            continue
+        target, n = folder / name, 2
+        while target.exists():
+            target = target.with_name(f"{Path(name).stem} ({n}){Path(name).suffix}")
+            n += 1
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        copied.append(target)
+    if not copied:
+        return {"added": [], "failed": 0}, problems
+    if progress is not None:
+        progress(0, desc=f"Embedding {len(copied)} file(s)")
+    try:
+        report = build_library(clap_audio, paths, files=copied, lock_timeout=10, progress=progress is not None)
+    except (DatabaseError, LibraryBusyError):
+        for path in copied:
+            path.unlink(missing_ok=True)
+        raise
+    for source, reason in report.failed:
+        problems.append(f"{source.name}: {reason}")
+        source.unlink(missing_ok=True)
+    for source, listed_as in report.duplicates:
+        problems.append(f"{source.name}: already in the library as {listed_as}")
+        source.unlink(missing_ok=True)
+    library.reload()
+    return {"added": [r["file_path"] for r in report.added], "failed": len(report.failed)}, problems
+
+
+# ---------------------------------------------------------------------------------------------- the page
+
+
+def build_app(library: Library, blip, clap, clap_audio):
+    """The Gradio Blocks of the page; models are passed in, loaded once by the caller."""
+    import gradio as gr
+
+    class PhotoInput(gr.Image):
+        """gr.Image that answers a file Pillow cannot open with a message, not a bare "Error"."""
+
+        is_template = True  # drawn by the frontend's Image component
+
+        def preprocess(self, payload):
+            try:
+                return super().preprocess(payload)
+            except Exception as e:  # Pillow raises UnidentifiedImageError, OSError, DecompressionBombError...
+                name = getattr(payload, "orig_name", None) or "the file"
+                raise gr.Error(f"{name} is not an image we can read ({type(e).__name__}). "
+                               f"Upload a JPEG, PNG, WebP or similar photo.") from e
+
+    def on_recommend(image, text, topk, moods, genres):
+        return recommend_photo(library, blip, clap, image, text, topk, moods, genres)
+
+    def on_add_music(files, mood, progress=gr.Progress(track_tqdm=True)):
+        if not files:
+            raise gr.Error("Choose one or more audio files first.")
+        try:
+            result, problems = add_music(library, clap_audio, files, mood, progress)
+        except (DatabaseError, LibraryBusyError) as e:
+            raise gr.Error(str(e)) from e
+        for problem in problems:
+            gr.Warning(problem)
+        db = library.db
+        status = f"Added {len(result['added'])} track(s); the library holds {len(db)}."
+        return (*library_outputs(db), status, None)
+
+    def library_outputs(db):
+        return (gr.update(choices=tag_choices(db, "mood")), gr.update(choices=tag_choices(db, "genre")),
+                library_rows(db))
+
+    def on_load():
+        return library_outputs(library.db)
+
+    db = library.db
+    with gr.Blocks(title="Music for a photo", analytics_enabled=False) as demo:
+        gr.Markdown("# Music for a photo\nUpload a photo: it is captioned, given mood words, and matched against "
+                    "your music library. Each track plays from its best-matching moment.")
+        with gr.Tab("Recommend"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    image = PhotoInput(label="Photo", type="filepath", image_mode=None,
+                                       sources=["upload", "webcam", "clipboard"], elem_id="photo")
+                    text = gr.Textbox("", label="Words (optional)", placeholder="rainy night, jazz", elem_id="text")
+                    topk = gr.Slider(1, TOPK_MAX, value=10, step=1, label="How many tracks", elem_id="topk")
+                    moods = gr.Dropdown(tag_choices(db, "mood"), value=[], multiselect=True, allow_custom_value=True,
+                                        label="Only these moods", elem_id="moods")
+                    genres = gr.Dropdown(tag_choices(db, "genre"), value=[], multiselect=True,
+                                         allow_custom_value=True, label="Only these genres", elem_id="genres")
+                    button = gr.Button("Recommend", variant="primary", elem_id="recommend")
+                    examples = [[str(EXAMPLES / name)] for name in EXAMPLE_PHOTOS if (EXAMPLES / name).exists()]
+                    if examples:
+                        gr.Examples(examples, inputs=[image], label="Example photos")
+                with gr.Column(scale=2):
+                    caption = gr.Textbox(label="Caption", interactive=False, elem_id="caption")
+                    mood_words = gr.Textbox(label="Mood words", interactive=False, elem_id="mood-words")
+                    query_text = gr.Textbox(label="Query text (exactly what CLAP embeds)", interactive=False,
+                                            elem_id="query-text")
+                    tracks = gr.HTML(render_tracks({}), elem_id="tracks")
+                    with gr.Accordion("As JSON (what the /recommend API returns)", open=False):
+                        result = gr.JSON(label="Recommendation", elem_id="result")
+        with gr.Tab("Library"):
+            gr.Markdown("Add audio files: they are embedded with the same code as `python music_to_vector.py`, "
+                        "moved to `processed_music/`, and recommendable at once.")
+            with gr.Row():
+                uploads = gr.File(label="Audio files", file_count="multiple", type="filepath",
+                                  file_types=list(AUDIO_EXTENSIONS), elem_id="uploads")
+                with gr.Column():
+                    mood_folder = gr.Textbox(label="Mood of these files (optional)", placeholder="calm",
+                                             elem_id="upload-mood")
+                    add = gr.Button("Add to library", variant="primary", elem_id="add-music")
+                    status = gr.Markdown(f"The library holds {len(db)} track(s).", elem_id="library-status")
+            table = gr.Dataframe(library_rows(db), headers=LIBRARY_COLUMNS, interactive=False, elem_id="library")
+
+        button.click(on_recommend, inputs=[image, text, topk, moods, genres], outputs=result, api_name="recommend",
+                     concurrency_id="models").success(
+            render_analysis, inputs=result, outputs=[caption, mood_words, query_text, tracks],
+            api_visibility="private", queue=False)
+        add.click(on_add_music, inputs=[uploads, mood_folder], outputs=[moods, genres, table, status, uploads],
+                  api_name="add_music", concurrency_id="models")
+        demo.load(on_load, outputs=[moods, genres, table], api_visibility="private", queue=False)
+    # One model call at a time (they use every core anyway), and a bounded wait line.
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    return demo
+
+
+# ---------------------------------------------------------------------------------------------- start-up
+
+
+def prepare_library(paths: LibraryPaths, clap_model: str, precision: str) -> None:
+    """Before serving: add whatever waits in new_music/ (or unlisted in processed_music/); if the library has
+    nothing at all, import the bundled sample tracks first. Progress goes to stderr."""
+    db = load_database(paths)
+    listed = {t["file_path"] for t in db.tracks}
+    pending = find_audio_files(paths.new_music) + [
+        p for p in find_audio_files(paths.processed_music) if p.relative_to(paths.root).as_posix() not in listed]
+    if not len(db) and not pending:
+        print(f"The library is empty: importing the sample tracks of {SAMPLE_PACKAGE}.", file=sys.stderr)
+        try:
+            pending = import_sample_library(paths)
+        except RuntimeError as e:
+            print(f"Warning: {e}; serving an empty library (add music in the Library tab).", file=sys.stderr)
+            return
+    if not pending:
+        return
+    from models import load_clap_audio
+
+    print(f"Adding {len(pending)} audio file(s) to the library in {paths.root}.", file=sys.stderr)
+    report = build_library(load_clap_audio(clap_model, precision), paths, progress=True)
+    for source, reason in report.failed:
+        print(f"Error: {source}: {reason} (left where it is)", file=sys.stderr)
+    print(f"{len(report.added)} added, {len(report.failed)} failed.", file=sys.stderr)
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is not between 1 and 65535")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="app.py",
+        description="Serve the web page: upload a photo, hear the music of your library that fits it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: python app.py --port 8080   (then open http://127.0.0.1:8080)",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help="address to listen on; 0.0.0.0 opens the page to your network")
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="port to listen on")
+    parser.add_argument("--share", action="store_true",
+                        help="also publish the page through a public gradio.live link (anyone with it can use it)")
+    parser.add_argument("--library", default=None,
+                        help=f"library folder (default: ${HOME_ENV}, else this program's folder)")
+    parser.add_argument("--blip-model", default=default_blip_model(),
+                        help=f"BLIP captioning checkpoint: hub id or local directory (env {BLIP_MODEL_ENV})")
+    parser.add_argument("--clap-model", default=default_clap_model(),
+                        help=f"CLAP checkpoint: hub id or local directory (env {CLAP_MODEL_ENV})")
+    parser.add_argument("--precision", choices=PRECISIONS, default=default_precision(),
+                        help="model precision; auto = bf16 where the hardware has it natively, else fp32")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    paths = LibraryPaths.at(args.library)
+    try:
+        prepare_library(paths, args.clap_model, args.precision)
+        library = Library(paths, args.clap_model)
+        from models import load_blip, load_clap_audio, load_clap_text
+
+        print(f"Loading models: {args.blip_model}, {args.clap_model} ({args.precision})...", file=sys.stderr)
+        blip = load_blip(args.blip_model, args.precision)
+        clap = load_clap_text(args.clap_model, args.precision)
+        clap_audio = load_clap_audio(args.clap_model, args.precision)
+        print(f"Models loaded; {len(library.db)} tracks in {paths.root}.", file=sys.stderr)
+        if not len(library.db):
+            print(f"Warning: {EMPTY_LIBRARY}", file=sys.stderr)
+    except (DatabaseError, ModelLoadError, LibraryBusyError, OSError) as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    paths.processed_music.mkdir(parents=True, exist_ok=True)
+    demo = build_app(library, blip, clap, clap_audio)
+    # Only the library's audio is served: the database files sit beside processed_music/, not in it.
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                allowed_paths=[str(paths.processed_music)], max_file_size=MAX_UPLOAD, css=CSS, ssr_mode=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
