@@ -11,10 +11,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 from image_to_vector import ImageError
-from models import (BLIP_MODEL_ENV, CLAP_MODEL_ENV, PRECISIONS, ModelLoadError, default_blip_model,
-                    default_clap_model, default_precision)
-from music_to_vector import (AUDIO_EXTENSIONS, HOME_ENV, SAMPLE_PACKAGE, Database, DatabaseError, LibraryBusyError,
-                             LibraryPaths, build_library, find_audio_files, import_sample_library, load_database)
+from models import HelpFormatter, ModelLoadError, add_model_arguments
+from music_to_vector import (AUDIO_EXTENSIONS, SAMPLE_PACKAGE, Database, DatabaseError, LibraryBusyError,
+                             LibraryPaths, add_library_arguments, build_library, find_audio_files,
+                             import_sample_library, load_database)
 from recommend import EMPTY_LIBRARY, EmptyLibraryError, recommend
 
 DEFAULT_HOST = "127.0.0.1"
@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="app.py",
         description="Serve the web page: upload a photo, hear the music of your library that fits it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="example: python app.py --port 8080   (then open http://127.0.0.1:8080)",
     )
     parser.add_argument("--host", default=DEFAULT_HOST,
@@ -344,20 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="port to listen on")
     parser.add_argument("--share", action="store_true",
                         help="also publish the page through a public gradio.live link (anyone with it can use it)")
-    parser.add_argument("--library", default=None,
-                        help=f"library folder (default: ${HOME_ENV}, else this program's folder)")
-    parser.add_argument("--blip-model", default=default_blip_model(),
-                        help=f"BLIP captioning checkpoint: hub id or local directory (env {BLIP_MODEL_ENV})")
-    parser.add_argument("--clap-model", default=default_clap_model(),
-                        help=f"CLAP checkpoint: hub id or local directory (env {CLAP_MODEL_ENV})")
-    parser.add_argument("--precision", choices=PRECISIONS, default=default_precision(),
-                        help="model precision; auto = bf16 where the hardware has it natively, else fp32")
+    add_library_arguments(parser)
+    add_model_arguments(parser)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    paths = LibraryPaths.at(args.library)
+    paths = LibraryPaths.at(args.library, args.vectors, args.meta)
     try:
         prepare_library(paths, args.clap_model, args.precision)
         library = Library(paths, args.clap_model)

@@ -1,0 +1,76 @@
+"""Start app.py as a user would, in a process of its own, and wait until its page answers."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+START_TIMEOUT_S = 300
+
+
+@dataclass
+class RunningApp:
+    url: str  # http://127.0.0.1:PORT/ with the trailing slash
+    port: int
+    process: subprocess.Popen
+    log: Path  # the app's stdout and stderr
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(library: Path, checkpoints: dict, work: Path, *args: str):
+    """`python app.py` serving `library` with the tiny checkpoints, run from `work` (not the source tree)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSIC_MOOD_", "GRADIO_"))}
+    env.update(MUSIC_MOOD_HOME=str(library), HF_HOME=str(work / "hf-home"), HF_HUB_OFFLINE="1",
+               GRADIO_TEMP_DIR=str(work / "gradio-uploads"), GRADIO_ANALYTICS_ENABLED="False")
+    log = work / "app.log"
+    command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--blip-model", checkpoints["blip"],
+               "--clap-model", checkpoints["clap"], "--precision", "fp32", *args]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work,
+                                   start_new_session=True)
+    app = RunningApp(url=f"http://127.0.0.1:{port}/", port=port, process=process, log=log)
+    try:
+        _wait_until_serving(app)
+        yield app
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _wait_until_serving(app: RunningApp) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if app.process.poll() is not None:
+            raise RuntimeError(f"app.py exited with {app.process.returncode}:\n{app.log_text()}")
+        try:
+            with urllib.request.urlopen(app.url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"app.py did not answer within {START_TIMEOUT_S} s:\n{app.log_text()}")

@@ -1,0 +1,254 @@
+"""The web app: its /recommend and /add_music API, which files it serves, where it listens, and its errors."""
+from __future__ import annotations
+
+import http.client
+import shutil
+import socket
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from music_to_vector import LibraryPaths, load_database
+from recommend import recommend
+from tests.app_server import running_app
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def app_library(built_library, tmp_path_factory) -> Path:
+    library = tmp_path_factory.mktemp("app") / "library"
+    shutil.copytree(built_library, library)
+    return library
+
+
+@pytest.fixture(scope="module")
+def app(app_library, checkpoints, tmp_path_factory):
+    """One app.py process for the module, started with default --host, serving a library built from real tracks."""
+    with running_app(app_library, checkpoints, tmp_path_factory.mktemp("app-run")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from gradio_client import Client
+
+    return Client(app.url, verbose=False)
+
+
+def get(app, path: str) -> http.client.HTTPResponse:
+    """GET `path` exactly as written: no client-side normalisation of `..` or of percent-escapes."""
+    connection = http.client.HTTPConnection("127.0.0.1", app.port, timeout=30)
+    connection.request("GET", path)
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response
+
+
+def expected_result(library: Path, blip, clap_text, image, topk: int) -> dict:
+    """What /recommend must answer: recommend() on the same library and image, plus each track's URL."""
+    db = load_database(LibraryPaths.at(library))
+    result = recommend(blip, clap_text, db, image=image, topk=topk).to_dict()
+    for track in result["results"]:
+        track["audio_url"] = "/gradio_api/file=" + quote(str(library.resolve() / track["file_path"]))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- the API
+
+
+def test_recommend_api_answers_what_recommend_answers(app, client, app_library, blip, clap_text, photos):
+    from gradio_client import handle_file
+
+    for name, topk in (("rocket.jpg", 4), ("chelsea.png", 20)):
+        result = client.predict(image=handle_file(str(photos[name])), text="", topk=topk, api_name="/recommend")
+        assert result == expected_result(app_library, blip, clap_text, photos[name], topk)
+        assert len(result["results"]) == min(topk, len(load_database(LibraryPaths.at(app_library))))
+        for track in result["results"]:
+            response = get(app, track["audio_url"])
+            assert response.status == 200 and response.getheader("content-type").startswith("audio/")
+
+
+def test_recommend_api_takes_text_and_filters(client, app_library):
+    db = load_database(LibraryPaths.at(app_library))
+    mood = db.tracks[0]["mood"]
+    result = client.predict(image=None, text="slow piano, rain", topk=20, moods=[mood], api_name="/recommend")
+    assert result["caption"] == "" and result["query_text"] == "slow piano, rain"
+    assert {t["mood"] for t in result["results"]} == {mood}
+    assert len(result["results"]) == sum(t["mood"] == mood for t in db.tracks)
+
+
+# ---------------------------------------------------------------------------------------------- files served
+
+
+def test_library_audio_is_served(app, app_library):
+    track = next((app_library / "processed_music").rglob("*.opus"))
+    response = get(app, "/gradio_api/file=" + quote(str(track)))
+    assert response.status == 200 and response.getheader("content-type") == "audio/ogg"
+
+
+@pytest.mark.parametrize("path", [
+    "{library}/music_database.npy",
+    "{library}/music_database_segments.npy",
+    "{library}/music_database_metadata.json",
+    "{root}/app.py",
+    "{root}/recommend.py",
+    "/etc/passwd",
+    "{library}/processed_music/../music_database.npy",
+    "{library}/processed_music/%2e%2e/music_database_metadata.json",
+    "{library}/processed_music/{mood}/../../music_database.npy",
+    "{library}/processed_music/../../../../../../etc/passwd",
+    "processed_music/../music_database.npy",
+    "app.py",
+])
+def test_nothing_but_library_audio_is_served(app, app_library, path):
+    mood = next((app_library / "processed_music").iterdir()).name
+    path = path.format(library=app_library, root=ROOT, mood=mood)
+    assert get(app, "/gradio_api/file=" + path).status == 403
+
+
+def test_listens_on_loopback_only_by_default(app):
+    """app.py was started without --host: its listening sockets are on 127.0.0.1 and nowhere else."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port = local.split(":")
+            if state == "0A" and int(port, 16) == app.port:  # 0A = LISTEN
+                listening.add(address)
+    assert listening == {"0100007F"}  # 127.0.0.1, little-endian hex; 0.0.0.0 would be 00000000
+    for address in _non_loopback_addresses():
+        with socket.socket() as s, pytest.raises(OSError):
+            s.settimeout(5)
+            s.connect((address, app.port))
+
+
+def _non_loopback_addresses() -> list[str]:
+    """This machine's IPv4 address on its default route, if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent, the kernel only picks a source address
+        except OSError:
+            return []
+        address = s.getsockname()[0]
+    return [] if address.startswith("127.") else [address]
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated"])
+def test_non_image_upload_is_an_error_and_the_next_request_works(client, photos, tmp_path, kind):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    if kind == "text":
+        bad = tmp_path / "notes.txt"
+        bad.write_text("not a photo\n")
+    else:
+        bad = tmp_path / "cut.png"
+        bad.write_bytes(photos["coffee.png"].read_bytes()[:2000])
+    with pytest.raises(AppError, match=rf"{bad.name} is (not an image|truncated or corrupt)") as raised:
+        client.predict(image=handle_file(str(bad)), text="", topk=3, api_name="/recommend")
+    assert "gradio" not in str(raised.value)  # the user sees their file's name, not the server's temporary path
+    result = client.predict(image=handle_file(str(photos["coffee.png"])), text="", topk=3, api_name="/recommend")
+    assert len(result["results"]) == 3
+
+
+def test_nothing_to_search_by_is_an_error(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Upload a photo"):
+        client.predict(image=None, text="  ", topk=3, api_name="/recommend")
+
+
+def test_filter_matching_nothing_is_an_error(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="no track in the library matches"):
+        client.predict(image=None, text="calm", topk=3, moods=["no such mood"], api_name="/recommend")
+
+
+# ---------------------------------------------------------------------------------------------- the library tab
+
+
+def test_uploaded_audio_is_recommendable_at_once(app, client, app_library, sample_tracks):
+    from gradio_client import handle_file
+
+    paths = LibraryPaths.at(app_library)
+    before = load_database(paths)
+    listed = {Path(t["file_path"]).name for t in before.tracks}
+    new = next(t for t in sample_tracks if t.name not in listed)
+    *_, status, _ = client.predict(files=[handle_file(str(new))], mood="Rainy Day", api_name="/add_music")
+    assert status.startswith("Added 1 track(s)")
+
+    after = load_database(paths)
+    assert len(after) == len(before) + 1
+    assert after.tracks[-1]["file_path"] == f"processed_music/rainy day/{new.name}"
+    assert not any(paths.new_music.rglob("*.*"))  # moved into processed_music/, nothing left behind
+    # No restart: the running app recommends it, filtered by the mood it was given.
+    result = client.predict(image=None, text="rain", topk=20, moods=["rainy day"], api_name="/recommend")
+    assert [t["file_path"] for t in result["results"]] == [f"processed_music/rainy day/{new.name}"]
+    assert get(app, result["results"][0]["audio_url"]).status == 200
+
+
+# ---------------------------------------------------------------------------------------------- in process
+
+
+def test_empty_library_is_an_error_in_the_page(blip, clap_text, checkpoints, isolated_library, photos):
+    import gradio as gr
+
+    from app import Library, recommend_photo
+
+    library = Library(LibraryPaths.at(isolated_library), checkpoints["clap"])
+    with pytest.raises(gr.Error, match="the music library is empty"):
+        recommend_photo(library, blip, clap_text, str(photos["coffee.png"]))
+
+
+def test_bad_uploads_are_named_and_leave_the_library_unchanged(library_copy, checkpoints, clap_audio, tmp_path,
+                                                               sample_tracks):
+    from app import Library, add_music
+
+    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    before = library.db
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(b"this is no mp3" * 100)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    already = library_copy / before.tracks[0]["file_path"]
+    result, problems = add_music(library, clap_audio, [broken, notes, already])
+    assert result == {"added": [], "failed": 1}
+    assert [p.split(":")[0] for p in problems] == ["notes.txt", "broken.mp3", already.name]
+    assert "cannot decode broken.mp3" in problems[1]
+    assert f"already in the library as {before.tracks[0]['file_path']}" in problems[2]
+    assert [t["sha256"] for t in library.db.tracks] == [t["sha256"] for t in before.tracks]
+    assert not any(library.paths.new_music.rglob("*.*"))  # the failed copies are not left to fail again
+
+
+def test_uploads_cannot_choose_where_they_go(library_copy, checkpoints, clap_audio, sample_tracks, tmp_path):
+    from app import Library, add_music
+
+    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    listed = {Path(t["file_path"]).name for t in library.db.tracks}
+    new = next(t for t in sample_tracks if t.name not in listed)
+    renamed = tmp_path / ".hidden.opus"
+    shutil.copyfile(new, renamed)
+    result, problems = add_music(library, clap_audio, [renamed], mood="../../etc")
+    assert not problems and result["added"] == ["processed_music/etc/hidden.opus"]
+
+
+def test_results_are_escaped_and_play_from_their_best_moment(tmp_path):
+    from app import audio_url, render_tracks
+
+    path = tmp_path / "a b#c?.opus"
+    track = {"rank": 1, "title": "<script>alert(1)</script>", "artist": 'A "&" B', "mood": "<b>", "genre": "",
+             "score": 0.5, "best_segment_start_s": 30.0, "file_path": "x", "audio_url": audio_url(path)}
+    second = {**track, "rank": 2, "best_segment_start_s": None}
+    page = render_tracks({"results": [track, second]})
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "A &quot;&amp;&quot; B" in page and "mood: &lt;b&gt;" in page
+    src = f'/gradio_api/file={quote(str(path))}'
+    assert f'<audio controls preload="auto" src="{src}#t=30">' in page
+    assert f'<audio controls preload="metadata" src="{src}">' in page
+    assert "%23" in src and "#" not in src.split("file=")[1]
