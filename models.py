@@ -96,6 +96,12 @@ def _load(kind: str, name: str, model_class: str, precision: str) -> LoadedModel
     import transformers
 
     device, dtype = resolve_device_dtype(precision)
+    flag, env = ("--blip-model", BLIP_MODEL_ENV) if kind == "BLIP" else ("--clap-model", CLAP_MODEL_ENV)
+    if (os.path.isabs(name) or name.startswith((".", "~"))) and not os.path.isdir(os.path.expanduser(name)):
+        # A path, not a hub id: the hub's "Repo id must use alphanumeric chars" would only confuse.
+        raise ModelLoadError(f"cannot load the {kind} model {name!r}: no such directory. Pass a directory written "
+                             f"by save_pretrained, or a hub id, with {flag} or {env}.")
+    name = os.path.expanduser(name)
     # Loading one tower of CLAP reports the other tower's weights as "unexpected": true, and noise to a user.
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
@@ -104,8 +110,6 @@ def _load(kind: str, name: str, model_class: str, precision: str) -> LoadedModel
         processor = transformers.AutoProcessor.from_pretrained(name)
         model = getattr(transformers, model_class).from_pretrained(name, dtype=dtype)
     except Exception as e:  # transformers raises OSError, ValueError, HF hub errors... all mean "not loadable"
-        flag = "--blip-model" if kind == "BLIP" else "--clap-model"
-        env = BLIP_MODEL_ENV if kind == "BLIP" else CLAP_MODEL_ENV
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(
             f"cannot load the {kind} model {name!r} ({reason}). Download it once while online "

@@ -189,7 +189,11 @@ def play(path: str, start_s: float | None) -> None:
         return
     if command is None:
         raise RuntimeError("cannot play: no audio player found (install mpv or ffmpeg, which has ffplay)")
-    subprocess.run(command, check=False)
+    result = subprocess.run(command, check=False, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:  # no audio device, say, or a file the player cannot decode
+        detail = (result.stderr or "").strip().splitlines()
+        raise RuntimeError(f"cannot play {path}: {command[0]} failed (exit {result.returncode})"
+                           + (f": {detail[-1]}" if detail else ""))
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -168,6 +168,7 @@ def test_cli_missing_model_is_one_clear_line(library_copy, checkpoints, photos, 
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("Error: cannot load the BLIP model") and "--blip-model" in line
+    assert "no such directory" in line  # not the hub's complaint about repo id characters
 
 
 @pytest.mark.parametrize("args", [[], ["x.jpg", "--topk", "0"], ["x.jpg", "--topk", "many"],
@@ -212,3 +213,17 @@ def test_play_without_a_player_says_why(library_copy, checkpoints, photos, tmp_p
     assert done.returncode == 1
     assert "caption:" in done.stdout  # the results still came
     assert done.stderr.strip().splitlines()[-1].startswith("Error: cannot play: no audio player found")
+
+
+def test_play_reports_a_player_that_fails(library_copy, checkpoints, photos, tmp_path):
+    """A player that cannot play (no sound device, say) is an error, not a silent success."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "mpv"
+    fake.write_text("#!/bin/sh\necho 'AO: no audio device' >&2\nexit 2\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    done = run_cli("recommend.py", photos["coffee.png"], "--play", "--blip-model", checkpoints["blip"],
+                   "--clap-model", checkpoints["clap"], env_extra={"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin"})
+    assert done.returncode == 1
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error: cannot play") and "mpv failed (exit 2): AO: no audio device" in line
