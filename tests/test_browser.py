@@ -1,0 +1,134 @@
+"""The page in a real browser (Debian's Chromium driven by Playwright): a photo in, K players out, each starting at
+its track's best moment."""
+from __future__ import annotations
+
+import http.client
+import shutil
+from urllib.parse import quote, unquote, urlsplit
+
+import pytest
+
+from music_to_vector import LibraryPaths, load_database
+from recommend import recommend
+from tests.app_server import running_app
+from tests.conftest import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOT = ROOT / "test-artifacts" / "app.png"
+WAIT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def app(built_library, checkpoints, tmp_path_factory):
+    library = tmp_path_factory.mktemp("browser") / "library"
+    shutil.copytree(built_library, library)
+    with running_app(library, checkpoints, tmp_path_factory.mktemp("browser-run")) as running:
+        running.library = library
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(app.url)
+    page.wait_for_selector("#recommend", timeout=WAIT_MS)
+    yield page
+    page.close()
+
+
+def upload_photo(page, path) -> None:
+    page.locator("#photo input[type=file]").set_input_files(str(path))
+    page.wait_for_selector("#photo img", timeout=WAIT_MS)  # the preview appears once the upload has finished
+
+
+def fetch_start(app, url: str) -> http.client.HTTPResponse:
+    """GET the first kilobyte of `url`, as a browser's player does first."""
+    connection = http.client.HTTPConnection("127.0.0.1", app.port, timeout=30)
+    connection.request("GET", url, headers={"Range": "bytes=0-1023"})
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response
+
+
+def test_photo_gives_players_that_start_at_the_best_moment(page, app, blip, clap_text, photos):
+    db = load_database(LibraryPaths.at(app.library))
+    expected = recommend(blip, clap_text, db, image=photos["chelsea.png"], topk=10)
+    k = min(10, len(db))  # the slider's default, or the whole library when it is smaller
+
+    upload_photo(page, photos["chelsea.png"])
+    page.click("#recommend")
+    page.wait_for_function(f"document.querySelectorAll('#tracks audio').length === {k}", timeout=WAIT_MS)
+
+    assert page.locator("#caption textarea").input_value() == expected.caption
+    assert page.locator("#mood-words textarea").input_value() == ", ".join(expected.mood_words)
+    assert page.locator("#query-text textarea").input_value() == expected.query_text
+    players = page.locator("#tracks audio")
+    assert [players.nth(i).get_attribute("preload") for i in range(k)] == ["auto"] + ["metadata"] * (k - 1)
+    starts = []
+    for i, track in enumerate(expected.results):
+        src = players.nth(i).get_attribute("src")
+        url = urlsplit(src)
+        assert unquote(url.path) == f"/gradio_api/file={(db.root / track.file_path).resolve()}"
+        assert url.fragment == f"t={track.best_segment_start_s:g}"
+        response = fetch_start(app, src.split("#")[0])
+        assert response.status in (200, 206) and response.getheader("content-type").startswith("audio/")
+        starts.append(track.best_segment_start_s)
+    assert len(starts) == k
+
+    # The browser itself loaded every player and put it at its best moment (the media fragment #t=).
+    page.wait_for_function(
+        "starts => [...document.querySelectorAll('#tracks audio')].every((a, i) => a.readyState >= 1 && "
+        "Math.abs(a.currentTime - starts[i]) < 0.5)", arg=starts, timeout=WAIT_MS)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_non_image_shows_an_error_and_the_page_keeps_working(page, tmp_path, photos):
+    bad = tmp_path / "notes.png"
+    bad.write_text("this is text, not a photo\n")
+    page.locator("#photo input[type=file]").set_input_files(str(bad))
+    page.wait_for_timeout(1000)
+    page.click("#recommend")
+    error = page.get_by_text("notes.png is not an image we can read")
+    error.first.wait_for(timeout=WAIT_MS)
+
+    page.locator("#photo button[aria-label='Remove Image']").first.click()
+    upload_photo(page, photos["coffee.png"])
+    page.click("#recommend")
+    page.wait_for_selector("#tracks audio", timeout=WAIT_MS)
+    assert page.locator("#caption textarea").input_value() != ""
+
+
+def test_uploading_music_in_the_library_tab_makes_it_recommendable(page, app, sample_tracks):
+    listed = {t["file_path"].rsplit("/", 1)[-1] for t in load_database(LibraryPaths.at(app.library)).tracks}
+    new = next(t for t in sample_tracks if t.name not in listed)
+    page.get_by_role("tab", name="Library").click()
+    page.locator("#uploads input[type=file]").set_input_files(str(new))
+    page.fill("#upload-mood textarea", "browser upload")
+    page.wait_for_timeout(1000)
+    page.click("#add-music")
+    page.get_by_text("Added 1 track(s)").wait_for(timeout=WAIT_MS)
+    assert page.locator("#library").get_by_text(new.stem.replace("_", " ")).count() >= 1
+
+    page.get_by_role("tab", name="Recommend").click()
+    page.fill("#text textarea", "anything")
+    page.locator("#moods input").fill("browser upload")
+    page.keyboard.press("Enter")
+    page.click("#recommend")
+    page.wait_for_function("document.querySelectorAll('#tracks audio').length === 1", timeout=WAIT_MS)
+    src = page.locator("#tracks audio").first.get_attribute("src")
+    assert unquote(src).split("#")[0].endswith(f"/processed_music/browser upload/{new.name}")
+    assert quote(new.name) in src
