@@ -362,14 +362,19 @@ def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
     """Decode to mono float32 at `sample_rate` (deterministic soxr resampling). Raises AudioError."""
     import librosa
 
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path.name} is an empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # librosa warns on its audioread fallback; failure is reported below
             audio, _ = librosa.load(path, sr=sample_rate, mono=True)
     except Exception as e:  # soundfile, audioread and ffmpeg each raise their own types
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if path.suffix.lower() == ".m4a" and type(e).__name__ == "NoBackendError":
-            reason = "no m4a decoder on this machine (install ffmpeg)"
+        if type(e).__name__ == "NoBackendError":  # neither libsndfile nor audioread/ffmpeg could read it
+            reason = ("no m4a decoder on this machine (install ffmpeg)" if path.suffix.lower() == ".m4a"
+                      else "not an audio file this machine can decode (corrupt, or not audio)")
+        elif isinstance(e, EOFError):
+            reason = "the file ends before its audio does (truncated?)"
         raise AudioError(f"cannot decode {path.name}: {reason}") from e
     if audio.size == 0:
         raise AudioError(f"{path.name} holds no audio (zero length)")
@@ -524,7 +529,13 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
     sample_rate, window_s = extractor.sampling_rate, extractor.nb_max_samples / extractor.sampling_rate
     lock = _lock(paths, lock_timeout)
     try:
-        old = load_database(paths)
+        try:
+            old = load_database(paths)
+        except DatabaseError:
+            if not rebuild:
+                raise
+            # A broken database is what --rebuild is for: the music in processed_music/ is all it needs.
+            old = empty_database(paths.root)
         old.vectors = np.array(old.vectors)  # not a memory map: save_database replaces that file below
         if rebuild or len(old) == 0:
             db, known = empty_database(paths.root, clap.name), {}

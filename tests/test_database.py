@@ -160,6 +160,7 @@ def _bad_files(folder):
     (folder / "corrupt.mp3").write_bytes(b"\xff\xfb" + bytes(range(256)) * 20)
     soundfile.write(folder / "empty.wav", np.zeros(0, np.float32), 48_000)
     (folder / "fake.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A not really")
+    (folder / "zero-bytes.flac").write_bytes(b"")
     return sorted(folder.iterdir())
 
 
@@ -172,6 +173,8 @@ def test_failing_files_leave_database_and_other_files_intact(library_copy, clap_
     assert sorted(p for p, _ in report.failed) == bad
     reasons = dict(report.failed)
     assert "zero length" in reasons[library_copy / "new_music/broken/empty.wav"]
+    assert "empty file (0 bytes)" in reasons[library_copy / "new_music/broken/zero-bytes.flac"]
+    assert "not an audio file this machine can decode" in reasons[library_copy / "new_music/broken/corrupt.mp3"]
     assert all(p.exists() for p in bad)  # failed files stay where they were
     after = load_database(paths)
     assert [r["file_path"] for r in report.added] == ["processed_music/" + good[0].relative_to(
@@ -184,7 +187,7 @@ def test_cli_names_each_failed_file_and_exits_1(library_copy, checkpoints):
     _bad_files(library_copy / "new_music" / "broken")
     done = run_cli("music_to_vector.py", "--clap-model", checkpoints["clap"])
     assert done.returncode == 1
-    for name in ("corrupt.mp3", "empty.wav", "fake.m4a"):
+    for name in ("corrupt.mp3", "empty.wav", "fake.m4a", "zero-bytes.flac"):
         assert any(name in line and line.startswith("Error:") for line in done.stderr.splitlines())
     assert done.stdout == ""  # nothing added, nothing on stdout
 
@@ -336,3 +339,16 @@ def test_bad_model_path_is_one_clear_line(isolated_library, sample_tracks, tmp_p
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("Error: cannot load the CLAP model") and "--clap-model" in line
     assert (isolated_library / "new_music" / sample_tracks[0].parent.name / sample_tracks[0].name).exists()
+
+
+def test_rebuild_repairs_a_broken_database(library_copy, clap_audio):
+    """The error for a damaged database says to run --rebuild; that must then work from the music alone."""
+    paths = LibraryPaths.at(library_copy)
+    before = load_database(paths)
+    paths.metadata.write_text("{not json")
+    with pytest.raises(DatabaseError, match="rebuild"):
+        build_library(clap_audio, paths, progress=False)
+    report = build_library(clap_audio, paths, rebuild=True, progress=False)
+    after = load_database(paths, clap_model=clap_audio.name)
+    assert len(report.added) == len(before) and not report.failed
+    assert sorted(t["sha256"] for t in after.tracks) == sorted(t["sha256"] for t in before.tracks)
