@@ -206,18 +206,24 @@ def build_app(library: Library, blip, clap, clap_audio):
     """The Gradio Blocks of the page; models are passed in, loaded once by the caller."""
     import gradio as gr
 
-    class PhotoInput(gr.Image):
-        """gr.Image that answers a file Pillow cannot open with a message, not a bare "Error"."""
+    def photo_input(**kwargs):
+        """gr.Image that answers a file Pillow cannot open with a message, not a bare "Error".
 
-        is_template = True  # drawn by the frontend's Image component
+        The check wraps this one instance: subclassing gr.Image would make Gradio write app.pyi beside app.py.
+        """
+        image = gr.Image(**kwargs)
+        preprocess = image.preprocess
 
-        def preprocess(self, payload):
+        def checked(payload):
             try:
-                return super().preprocess(payload)
+                return preprocess(payload)
             except Exception as e:  # Pillow raises UnidentifiedImageError, OSError, DecompressionBombError...
                 name = getattr(payload, "orig_name", None) or "the file"
                 raise gr.Error(f"{name} is not an image we can read ({type(e).__name__}). "
                                f"Upload a JPEG, PNG, WebP or similar photo.") from e
+
+        image.preprocess = checked
+        return image
 
     def on_recommend(image, text, topk, moods, genres):
         return recommend_photo(library, blip, clap, image, text, topk, moods, genres)
@@ -249,8 +255,8 @@ def build_app(library: Library, blip, clap, clap_audio):
         with gr.Tab("Recommend"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    image = PhotoInput(label="Photo", type="filepath", image_mode=None,
-                                       sources=["upload", "webcam", "clipboard"], elem_id="photo")
+                    image = photo_input(label="Photo", type="filepath", image_mode=None,
+                                        sources=["upload", "webcam", "clipboard"], elem_id="photo")
                     text = gr.Textbox("", label="Words (optional)", placeholder="rainy night, jazz", elem_id="text")
                     topk = gr.Slider(1, TOPK_MAX, value=10, step=1, label="How many tracks", elem_id="topk")
                     moods = gr.Dropdown(tag_choices(db, "mood"), value=[], multiselect=True, allow_custom_value=True,

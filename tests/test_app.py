@@ -82,6 +82,10 @@ def test_recommend_api_takes_text_and_filters(client, app_library):
 # ---------------------------------------------------------------------------------------------- files served
 
 
+def test_app_writes_nothing_into_the_source_tree(app):
+    assert not (ROOT / "app.pyi").exists()  # Gradio writes one beside any module that subclasses a component
+
+
 def test_library_audio_is_served(app, app_library):
     track = next((app_library / "processed_music").rglob("*.opus"))
     response = get(app, "/gradio_api/file=" + quote(str(track)))
