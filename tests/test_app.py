@@ -9,10 +9,11 @@ from urllib.parse import quote
 
 import pytest
 
+import music_to_vector
 from music_to_vector import LibraryPaths, load_database
 from recommend import recommend
 from tests.app_server import running_app
-from tests.conftest import ROOT
+from tests.conftest import ROOT, put_in_new_music
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +257,42 @@ def test_results_are_escaped_and_play_from_their_best_moment(tmp_path):
     assert f'<audio controls preload="auto" src="{src}#t=30">' in page
     assert f'<audio controls preload="metadata" src="{src}">' in page
     assert "%23" in src and "#" not in src.split("file=")[1]
+
+
+# ---------------------------------------------------------------------------------------------- start-up
+
+
+def test_start_builds_the_database_from_new_music(isolated_library, checkpoints, sample_tracks, capsys):
+    from app import prepare_library
+
+    put_in_new_music(isolated_library, sample_tracks[:2])
+    prepare_library(LibraryPaths.at(isolated_library), checkpoints["clap"], "fp32")
+    db = load_database(LibraryPaths.at(isolated_library))
+    assert sorted(Path(t["file_path"]).name for t in db.tracks) == sorted(t.name for t in sample_tracks[:2])
+    assert not any((isolated_library / "new_music").rglob("*.*"))
+    assert "Adding 2 audio file(s)" in capsys.readouterr().err
+
+
+def test_start_imports_the_sample_library_when_there_is_no_music(isolated_library, checkpoints, monkeypatch, capsys):
+    import app
+
+    def import_two(paths):  # the real import, then all but two files removed, to keep the test fast
+        copied = music_to_vector.import_sample_library(paths)
+        for extra in copied[2:]:
+            extra.unlink()
+        return copied[:2]
+
+    monkeypatch.setattr(app, "import_sample_library", import_two)
+    app.prepare_library(LibraryPaths.at(isolated_library), checkpoints["clap"], "fp32")
+    assert len(load_database(LibraryPaths.at(isolated_library))) == 2
+    assert (isolated_library / "processed_music" / "immich-memories-music-LICENSE-MUSIC.txt").exists()
+    assert "importing the sample tracks of immich-memories-music" in capsys.readouterr().err
+
+
+def test_start_leaves_a_built_library_alone(library_copy, checkpoints, capsys):
+    from app import prepare_library
+
+    before = (library_copy / "music_database_metadata.json").read_bytes()
+    prepare_library(LibraryPaths.at(library_copy), checkpoints["clap"], "fp32")
+    assert (library_copy / "music_database_metadata.json").read_bytes() == before
+    assert capsys.readouterr().err == ""
