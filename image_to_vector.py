@@ -98,43 +98,58 @@ def _special_ids(blip) -> tuple[int, int, int]:
     return text_config.bos_token_id, text_config.sep_token_id, text_config.pad_token_id
 
 
+def _decoder_cache(cross_attention=None):
+    """A cache for BLIP's text decoder. Pass the cross-attention part of an earlier cache for the same image to
+    reuse its keys/values over the image (12 layers x 577 positions) instead of computing them again."""
+    from transformers import DynamicCache, EncoderDecoderCache
+
+    return EncoderDecoderCache(DynamicCache(), cross_attention if cross_attention is not None else DynamicCache())
+
+
 def caption_image(blip, image_embeds, max_new_tokens: int = MAX_CAPTION_TOKENS, min_new_tokens: int = 0,
-                  prompt: str = "") -> str:
-    """Greedy BLIP caption from precomputed vision features; a conditional `prompt` is stripped from the output."""
-    import torch
+                  prompt: str = "", cross_attention=None) -> str:
+    """Greedy BLIP caption from precomputed vision features; a conditional `prompt` is stripped from the output.
 
-    bos, sep, pad = _special_ids(blip)
-    tokenizer = blip.processor.tokenizer
-    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids if prompt else []
-    input_ids = torch.tensor([[bos, *prompt_ids]], device=blip.device)
-    output = blip.model.text_decoder.generate(
-        input_ids=input_ids,
-        encoder_hidden_states=image_embeds,
-        eos_token_id=sep,
-        pad_token_id=pad,
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
-        do_sample=False,
-        num_beams=1,
-    )
-    return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
-
-
-def _mood_log_likelihoods(blip, image_embeds, vocabulary) -> np.ndarray:
-    """Mean log-probability of each vocabulary word completing "a photo with a ___" given the image: (V,) float64.
-
-    The prefix and the image's cross-attention keys/values are computed once; the words then run as one batch
-    whose cross-attention broadcasts over that single cached image.
+    A plain greedy loop rather than generate(): generate() on BLIP's text decoder keeps no cross-attention cache,
+    so it recomputes the keys/values over the image at every token. Here they are computed once, into
+    `cross_attention` when given (an empty DynamicCache to fill, or one already filled for this image).
     """
     import torch
-    from transformers import DynamicCache, EncoderDecoderCache
+
+    bos, sep, _ = _special_ids(blip)
+    tokenizer = blip.processor.tokenizer
+    decoder = blip.model.text_decoder
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids if prompt else []
+    cache = _decoder_cache(cross_attention)
+    step_ids = torch.tensor([[bos, *prompt_ids]], device=blip.device)
+    caption_ids = []
+    for step in range(max_new_tokens):
+        logits = decoder(input_ids=step_ids, encoder_hidden_states=image_embeds, cache=cache, use_cache=True,
+                         logits_to_keep=1).logits[0, -1]
+        if step < min_new_tokens:
+            logits[sep] = -torch.inf
+        token = int(logits.argmax())
+        if token == sep:
+            break
+        caption_ids.append(token)
+        step_ids = torch.tensor([[token]], device=blip.device)
+    return tokenizer.decode(caption_ids, skip_special_tokens=True).strip()
+
+
+def _mood_log_likelihoods(blip, image_embeds, vocabulary, cross_attention=None) -> np.ndarray:
+    """Mean log-probability of each vocabulary word completing "a photo with a ___" given the image: (V,) float64.
+
+    The prefix and the image's cross-attention keys/values are computed once (or reused from `cross_attention`);
+    the words then run as one batch whose cross-attention broadcasts over that single cached image.
+    """
+    import torch
 
     bos, _, pad = _special_ids(blip)
     tokenizer = blip.processor.tokenizer
     decoder = blip.model.text_decoder
     prefix = torch.tensor([[bos, *tokenizer(MOOD_PROMPT_PREFIX, add_special_tokens=False).input_ids]],
                           device=blip.device)
-    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    cache = _decoder_cache(cross_attention)
     out = decoder(input_ids=prefix, encoder_hidden_states=image_embeds, cache=cache, use_cache=True)
     first_log_probs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
 
@@ -156,12 +171,13 @@ def _mood_log_likelihoods(blip, image_embeds, vocabulary) -> np.ndarray:
 _neutral_scores: dict[int, np.ndarray] = {}
 
 
-def choose_mood_words(blip, image_embeds, k: int = MOOD_WORDS_PER_IMAGE, vocabulary=MOOD_VOCABULARY) -> list[str]:
+def choose_mood_words(blip, image_embeds, k: int = MOOD_WORDS_PER_IMAGE, vocabulary=MOOD_VOCABULARY,
+                      cross_attention=None) -> list[str]:
     """The k words of `vocabulary` whose likelihood this image raises most over a neutral grey image.
 
     Score = log p(word | "a photo with a", image) - log p(word | "a photo with a", grey image), each averaged over
     the word's tokens. Subtracting the grey baseline removes BLIP's prior for common words, so the words are
-    chosen by what is in this image. Ties keep vocabulary order.
+    chosen by what is in this image. Ties keep vocabulary order. `cross_attention`: as in caption_image.
     """
     import torch
 
@@ -170,7 +186,7 @@ def choose_mood_words(blip, image_embeds, k: int = MOOD_WORDS_PER_IMAGE, vocabul
         grey = torch.zeros((1, 3, *_processor_size(blip)), device=blip.device, dtype=blip.dtype)
         grey_embeds = blip.model.vision_model(pixel_values=grey)[0]  # zeros = the dataset mean after normalisation
         _neutral_scores[key] = _mood_log_likelihoods(blip, grey_embeds, vocabulary)
-    scores = _mood_log_likelihoods(blip, image_embeds, vocabulary) - _neutral_scores[key]
+    scores = _mood_log_likelihoods(blip, image_embeds, vocabulary, cross_attention) - _neutral_scores[key]
     order = np.argsort(-scores, kind="stable")[:k]
     return [vocabulary[i] for i in order]
 
@@ -182,13 +198,16 @@ def _processor_size(blip) -> tuple[int, int]:
 
 def describe_image(blip, image: Image.Image, max_new_tokens: int = MAX_CAPTION_TOKENS,
                    min_new_tokens: int = 0) -> tuple[str, list[str]]:
-    """Caption and mood words for one RGB image; BLIP's vision tower runs once for both."""
+    """Caption and mood words for one RGB image; BLIP's vision tower and the decoder's cross-attention over the
+    image run once for both."""
     import torch
+    from transformers import DynamicCache
 
     with torch.inference_mode():
         image_embeds = _vision_features(blip, image)
-        caption = caption_image(blip, image_embeds, max_new_tokens, min_new_tokens)
-        mood_words = choose_mood_words(blip, image_embeds)
+        cross_attention = DynamicCache()  # filled by the caption, reused by the mood words
+        caption = caption_image(blip, image_embeds, max_new_tokens, min_new_tokens, cross_attention=cross_attention)
+        mood_words = choose_mood_words(blip, image_embeds, cross_attention=cross_attention)
     return caption, mood_words
 
 

@@ -63,6 +63,29 @@ def test_forced_caption_length(blip, photos):
     assert len(free.split()) >= 1
 
 
+@pytest.mark.parametrize("photo, min_new, max_new", [("coffee.png", 12, 12), ("astronaut.png", 0, 30),
+                                                     ("rocket.jpg", 3, 8)])
+def test_greedy_loop_gives_what_generate_gives(blip, photos, photo, min_new, max_new):
+    """caption_image's own loop (cross-attention cached once, shared with the mood words) is a faithful greedy
+    decode: the same tokens as transformers' generate(), and the shared cache leaves the mood words unchanged."""
+    from transformers import DynamicCache
+
+    from image_to_vector import caption_image, choose_mood_words
+
+    bos, sep, pad = blip.model.config.text_config.bos_token_id, blip.model.config.text_config.sep_token_id, \
+        blip.model.config.text_config.pad_token_id
+    with torch.inference_mode():
+        image_embeds = _vision_features(blip, open_image(photos[photo]))
+        out = blip.model.text_decoder.generate(input_ids=torch.tensor([[bos]]), encoder_hidden_states=image_embeds,
+                                               eos_token_id=sep, pad_token_id=pad, max_new_tokens=max_new,
+                                               min_new_tokens=min_new, do_sample=False, num_beams=1)
+        reference = blip.processor.tokenizer.decode(out[0, 1:], skip_special_tokens=True).strip()
+        cross_attention = DynamicCache()
+        assert caption_image(blip, image_embeds, max_new, min_new, cross_attention=cross_attention) == reference
+        assert choose_mood_words(blip, image_embeds, cross_attention=cross_attention) == \
+            choose_mood_words(blip, image_embeds)
+
+
 def test_prompt_is_stripped_from_caption(blip, photos):
     from image_to_vector import caption_image
 
