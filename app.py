@@ -238,7 +238,8 @@ def build_app(library: Library, blip, clap, clap_audio):
         for problem in problems:
             gr.Warning(problem)
         db = library.db
-        status = f"Added {len(result['added'])} track(s); the library holds {len(db)}."
+        skipped = f"; {len(problems)} not added (see the warnings)" if problems else ""
+        status = f"Added {len(result['added'])} track(s){skipped}; the library holds {len(db)}."
         return (*library_outputs(db), status, None)
 
     def library_outputs(db):

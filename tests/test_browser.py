@@ -112,15 +112,18 @@ def test_non_image_shows_an_error_and_the_page_keeps_working(page, tmp_path, pho
     assert page.locator("#caption textarea").input_value() != ""
 
 
-def test_uploading_music_in_the_library_tab_makes_it_recommendable(page, app, sample_tracks):
+def test_uploading_music_in_the_library_tab_makes_it_recommendable(page, app, sample_tracks, tmp_path):
     listed = {t["file_path"].rsplit("/", 1)[-1] for t in load_database(LibraryPaths.at(app.library)).tracks}
     new = next(t for t in sample_tracks if t.name not in listed)
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(b"no audio here" * 100)
     page.get_by_role("tab", name="Library").click()
-    page.locator("#uploads input[type=file]").set_input_files(str(new))
+    page.locator("#uploads input[type=file]").set_input_files([str(new), str(broken)])
     page.fill("#upload-mood textarea", "browser upload")
     page.wait_for_timeout(1000)
     page.click("#add-music")
-    page.get_by_text("Added 1 track(s)").wait_for(timeout=WAIT_MS)
+    page.get_by_text("Added 1 track(s); 1 not added").wait_for(timeout=WAIT_MS)
+    page.get_by_text("broken.mp3: cannot decode broken.mp3").first.wait_for(timeout=WAIT_MS)  # the warning
     assert page.locator("#library").get_by_text(new.stem.replace("_", " ")).count() >= 1
 
     page.get_by_role("tab", name="Recommend").click()
