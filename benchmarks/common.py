@@ -60,6 +60,21 @@ def timed(function, repeats: int, warmup: int = 1) -> list[float]:
     return times
 
 
+def interleaved(functions: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall seconds of each function, run in turn (a, b, a, b...) so that load from other processes on a shared
+    machine falls on all of them alike."""
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def percentile(values, q: float) -> float:
     values = sorted(values)
     if len(values) == 1:

@@ -149,3 +149,27 @@ def test_bad_image_raises_image_error(blip, clap_text, tmp_path):
     bad.write_bytes(b"ID3\x03\x00 not an image")
     with pytest.raises(ImageError):
         image_to_query(blip, clap_text, image=bad)
+
+
+def test_int8_precision_stays_close_to_fp32(checkpoints, photos):
+    """--precision int8 quantises the linear layers; the query vector for a text stays within cosine 0.99."""
+    from models import load_blip, load_clap_text
+
+    text = ["a cat on a red blanket; calm, warm, cozy mood"]
+    int8, fp32 = load_clap_text(checkpoints["clap"], "int8"), load_clap_text(checkpoints["clap"], "fp32")
+    assert int8.device.type == "cpu" and type(int8.model.text_projection.linear1).__name__ == "Linear" and \
+        "quantized" in type(int8.model.text_projection.linear1).__module__
+    assert float(embed_text(int8, text)[0] @ embed_text(fp32, text)[0]) > 0.99
+    caption, moods = describe_image(load_blip(checkpoints["blip"], "int8"), open_image(photos["coffee.png"]))
+    assert isinstance(caption, str) and len(moods) == MOOD_WORDS_PER_IMAGE
+
+
+def test_fused_vision_attention_matches_transformers(checkpoints, blip, photos):
+    """load_blip runs the vision tower's attention through the fused kernel; the features stay transformers'."""
+    from transformers import BlipForConditionalGeneration
+
+    reference = BlipForConditionalGeneration.from_pretrained(checkpoints["blip"]).eval()
+    pixels = blip.processor(images=open_image(photos["astronaut.png"]), return_tensors="pt").pixel_values
+    with torch.inference_mode():
+        torch.testing.assert_close(blip.model.vision_model(pixel_values=pixels)[0],
+                                   reference.vision_model(pixel_values=pixels)[0], rtol=1e-4, atol=1e-5)

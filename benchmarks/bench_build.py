@@ -1,0 +1,105 @@
+"""Building the music database from the 28 tracks of immich-memories-music: audio seconds embedded per wall second.
+
+(a) seed-equivalent: the full ClapModel, one random 10 s crop per track, tracks one after another.
+(b) the product: music_to_vector.build_library with load_clap_audio (audio tower only), every 10 s window of
+    every track (whole-track coverage), decoding overlapped with embedding.
+
+    python benchmarks/bench_build.py            # all 28 tracks
+    python benchmarks/bench_build.py --quick    # 4 tracks
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.common import full_checkpoints, sample_tracks  # noqa: E402
+
+CROP_S = 10.0
+
+
+def seed_build(checkpoint: str, tracks: list[Path]) -> tuple[float, float]:
+    """The seed's builder, rebuilt: (audio seconds embedded, wall seconds)."""
+    import librosa
+    import torch
+    from transformers import ClapModel, ClapProcessor
+
+    processor = ClapProcessor.from_pretrained(checkpoint)
+    model = ClapModel.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    extractor = processor.feature_extractor
+    rng = np.random.default_rng(0)
+    with torch.inference_mode():  # warm-up, untimed: librosa's first resample and the first forward pass
+        warm = librosa.load(tracks[0], sr=extractor.sampling_rate, mono=True)[0][:extractor.nb_max_samples]
+        model.get_audio_features(input_features=extractor(warm, sampling_rate=extractor.sampling_rate,
+                                                          return_tensors="pt").input_features)
+    embedded, start = 0.0, time.perf_counter()
+    vectors = []
+    with torch.inference_mode():
+        for path in tracks:
+            audio, _ = librosa.load(path, sr=extractor.sampling_rate, mono=True)
+            length = int(CROP_S * extractor.sampling_rate)
+            offset = int(rng.integers(0, max(1, len(audio) - length)))
+            crop = audio[offset:offset + length]
+            features = extractor(crop, sampling_rate=extractor.sampling_rate, return_tensors="pt")
+            out = model.get_audio_features(input_features=features.input_features)
+            vectors.append(torch.nn.functional.normalize(getattr(out, "pooler_output", out), dim=-1))
+            embedded += len(crop) / extractor.sampling_rate
+    return embedded, time.perf_counter() - start
+
+
+def product_build(checkpoint: str, tracks: list[Path], precision: str) -> tuple[float, float, int]:
+    """(audio seconds embedded, wall seconds, windows) for build_library on a fresh library of `tracks`."""
+    from models import load_clap_audio
+    from music_to_vector import LibraryPaths, build_library, decode_audio, embed_windows, split_windows
+
+    clap = load_clap_audio(checkpoint, precision)
+    warm = decode_audio(tracks[0], clap.processor.feature_extractor.sampling_rate)  # warm-up, untimed
+    embed_windows(clap, split_windows(warm, clap.processor.feature_extractor.nb_max_samples)[0][:1])
+    with tempfile.TemporaryDirectory(prefix="bench_build.") as folder:
+        paths = LibraryPaths.at(folder)
+        for track in tracks:
+            target = paths.new_music / track.parent.name / track.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(track, target)
+        start = time.perf_counter()
+        report = build_library(clap, paths, progress=False)
+        wall = time.perf_counter() - start
+    if report.failed:
+        raise RuntimeError(f"build failed: {report.failed}")
+    audio_s = sum(r["duration_s"] for r in report.added)
+    windows = sum(r["segment_count"] for r in report.added)
+    return audio_s, wall, windows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="4 tracks (one in seven) instead of all 28")
+    parser.add_argument("--precision", default="auto", help="the product path's precision")
+    args = parser.parse_args(argv)
+    tracks = sample_tracks()[::7] if args.quick else sample_tracks()
+    checkpoint = full_checkpoints()["clap"]
+    import torch
+
+    print(f"load average {os.getloadavg()[0]:.1f}; torch {torch.get_num_threads()} threads; {len(tracks)} tracks")
+    seed_audio, seed_wall = seed_build(checkpoint, tracks)
+    print(f"(a) seed-equivalent (one {CROP_S:.0f} s crop per track): {seed_audio:.0f} s of audio in {seed_wall:.1f} s "
+          f"= {seed_audio / seed_wall:.1f}x real time; coverage {seed_audio:.0f} s", flush=True)
+    audio, wall, windows = product_build(checkpoint, tracks, args.precision)
+    print(f"(b) product, precision {args.precision} (whole tracks, {windows} windows): {audio:.0f} s of audio in "
+          f"{wall:.1f} s = {audio / wall:.1f}x real time; {wall / windows * 1e3:.0f} ms per window")
+    print(f"speed-up in audio seconds per wall second: {(audio / wall) / (seed_audio / seed_wall):.2f}x")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""Cold start: wall time and peak RSS of `python recommend.py photo.jpg --json` in a new process, against the seed's
+query script (benchmarks/seed_cold.py) on the same full-size models, photo and 10 000-track library.
+
+    python benchmarks/bench_cold.py            # 3 runs of each, interleaved
+    python benchmarks/bench_cold.py --quick    # 1 run of each
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.common import ROOT, full_checkpoints, percentile, photo  # noqa: E402
+
+LIBRARY_SIZE = 10_000
+
+
+def make_library(folder: Path, clap_model: str, dim: int) -> Path:
+    from music_to_vector import Database, LibraryPaths, save_database
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((LIBRARY_SIZE, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    tracks = [{"file_path": f"processed_music/{i}.opus", "title": f"track {i}", "mood": "calm"}
+              for i in range(LIBRARY_SIZE)]
+    save_database(Database(vectors=vectors, tracks=tracks, segments=np.zeros((0, dim), np.float32),
+                           clap_model=clap_model), LibraryPaths.at(folder), 48_000)
+    return folder
+
+
+def run(command: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one process, which must succeed."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=ROOT,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        _, status, usage = os.wait4(process.pid, 0)  # reaps it, with its own rusage
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{command} failed: {err.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 run of each instead of --repeats")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each command")
+    args = parser.parse_args(argv)
+    repeats = 1 if args.quick else args.repeats
+    checkpoints = full_checkpoints()
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory(prefix="bench_cold.") as folder:
+        folder = Path(folder)
+        jpg = folder / "photo.jpg"
+        Image.open(photo()).convert("RGB").save(jpg, quality=95)
+        library = make_library(folder / "library", checkpoints["clap"], 512)
+        product = [sys.executable, str(ROOT / "recommend.py"), str(jpg), "--json", "--library", str(library),
+                   "--blip-model", checkpoints["blip"], "--clap-model", checkpoints["clap"]]
+        seed = [sys.executable, str(ROOT / "benchmarks" / "seed_cold.py"), str(jpg), checkpoints["blip"],
+                checkpoints["clap"], str(library)]
+        run(product)  # fills the page cache with the weights for both: "cold" is a new process, not a cold disk
+        run(seed)
+        print(f"load average {os.getloadavg()[0]:.1f}; {LIBRARY_SIZE} tracks; {repeats} runs each, interleaved")
+        results = {"seed": [], "product": []}
+        for _ in range(repeats):
+            for name, command in (("seed", seed), ("product", product)):
+                results[name].append(run(command))
+    for name, label in (("seed", "(a) seed-equivalent cold script"), ("product", "(b) recommend.py IMAGE --json")):
+        walls, rss = [w for w, _ in results[name]], [r for _, r in results[name]]
+        print(f"{label:<33} p50 {percentile(walls, 50):.2f} s  min {min(walls):.2f} s  peak RSS {max(rss):.0f} MB")
+    ratio = percentile([w for w, _ in results["product"]], 50) / percentile([w for w, _ in results["seed"]], 50)
+    print(f"product / seed at p50: {ratio:.2f}")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

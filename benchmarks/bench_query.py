@@ -1,0 +1,125 @@
+"""Warm latency of one photo query against a 10 000-track library: the seed's pipeline against the product's.
+
+(a) seed-equivalent: fp32; BLIP generate() on the photo, then the full ClapModel's get_text_features on the
+    caption plus a fixed mood suffix, then a full argsort of the scores.
+(b) the product's default: recommend() with models from models.load_blip / load_clap_text at their default
+    precision (caption, mood words chosen by BLIP likelihoods, CLAP text tower, ranking).
+Both generate exactly 12 caption tokens, so random weights do not make either stop early. Also printed: the
+cosine between the default path's query vector and the fp32 one for the same text.
+
+    python benchmarks/bench_query.py            # 20 timed runs of each
+    python benchmarks/bench_query.py --quick    # 5 timed runs of each
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.common import full_checkpoints, interleaved, peak_rss_mb, percentile, photo  # noqa: E402
+
+CAPTION_TOKENS = 12
+SEED_SUFFIX = ", calm mood"
+LIBRARY_SIZE = 10_000
+
+
+def synthetic_database(n: int, dim: int):
+    from music_to_vector import Database
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    tracks = [{"file_path": f"processed_music/{i}.opus", "title": f"track {i}", "mood": "calm"} for i in range(n)]
+    return Database(vectors=vectors, tracks=tracks)
+
+
+def seed_pipeline(checkpoints: dict, db):
+    """The seed's query path, rebuilt: returns a function photo → top-10 rows."""
+    import torch
+    from PIL import Image
+    from transformers import BlipForConditionalGeneration, BlipProcessor, ClapModel, ClapProcessor
+
+    blip_processor = BlipProcessor.from_pretrained(checkpoints["blip"])
+    blip = BlipForConditionalGeneration.from_pretrained(checkpoints["blip"], dtype=torch.float32).eval()
+    clap_processor = ClapProcessor.from_pretrained(checkpoints["clap"])
+    clap = ClapModel.from_pretrained(checkpoints["clap"], dtype=torch.float32).eval()
+
+    def query(path):
+        with torch.inference_mode():
+            image = Image.open(path).convert("RGB")
+            inputs = blip_processor(images=image, return_tensors="pt")
+            out = blip.generate(**inputs, min_new_tokens=CAPTION_TOKENS, max_new_tokens=CAPTION_TOKENS)
+            caption = blip_processor.decode(out[0], skip_special_tokens=True)
+            tokens = clap_processor.tokenizer([caption + SEED_SUFFIX], return_tensors="pt", padding=True)
+            vector = clap.get_text_features(**tokens).pooler_output[0].numpy()
+            scores = db.vectors @ vector
+            return np.argsort(-scores)[:10]
+
+    return query
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="5 timed runs instead of --repeats")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs of each path")
+    parser.add_argument("--precision", default=None,
+                        help="the product path's precision (default: the product's own default)")
+    args = parser.parse_args(argv)
+    repeats = 5 if args.quick else args.repeats
+
+    import torch
+
+    import image_to_vector
+    from image_to_vector import embed_text
+    from models import default_precision, load_blip, load_clap_text
+    from recommend import recommend
+
+    checkpoints = full_checkpoints()
+    precision = args.precision or default_precision()
+    blip = load_blip(checkpoints["blip"], precision)
+    clap = load_clap_text(checkpoints["clap"], precision)
+    clap_fp32 = load_clap_text(checkpoints["clap"], "fp32")
+    db = synthetic_database(LIBRARY_SIZE, clap.model.config.projection_dim)
+    image = photo()
+    print(f"load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, {torch.get_num_threads()} threads; {LIBRARY_SIZE} tracks; photo {image.name}; "
+          f"{CAPTION_TOKENS} caption tokens; product precision {precision!r} -> {blip.dtype}")
+
+    seed = seed_pipeline(checkpoints, db)
+
+    # Force the caption length for the product path the same way (its default stops at 30 tokens or [SEP]).
+    forced = functools.partial(image_to_vector.describe_image, max_new_tokens=CAPTION_TOKENS,
+                               min_new_tokens=CAPTION_TOKENS)
+    original, image_to_vector.describe_image = image_to_vector.describe_image, forced
+    try:
+        times = interleaved({"seed": lambda: seed(image), "fast": lambda: recommend(blip, clap, db, image=image)},
+                            repeats)
+        rec = recommend(blip, clap, db, image=image)
+        seed_times, fast_times = times["seed"], times["fast"]
+    finally:
+        image_to_vector.describe_image = original
+
+    fast_vector = embed_text(clap, [rec.query_text])[0]
+    fp32_vector = embed_text(clap_fp32, [rec.query_text])[0]
+    cosine = float(fast_vector @ fp32_vector)
+    seed_p50, fast_p50 = percentile(seed_times, 50), percentile(fast_times, 50)
+    for label, t in (("(a) seed-equivalent", seed_times), (f"(b) product {precision:<7}", fast_times)):
+        print(f"{label}  p50 {percentile(t, 50):.3f} s  p95 {percentile(t, 95):.3f} s  min {min(t):.3f} s  "
+              f"({repeats} runs, interleaved)")
+    print(f"speed-up (a)/(b) at p50: {seed_p50 / fast_p50:.2f}x; at min: {min(seed_times) / min(fast_times):.2f}x")
+    print(f"cosine(default-path vector, fp32 vector) for the same text: {cosine:.5f}")
+    print(f"query text: {rec.query_text!r}")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    print(f"peak RSS of this process (both pipelines + 3 text towers): {peak_rss_mb():.0f} MB", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
