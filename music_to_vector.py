@@ -514,6 +514,15 @@ def _lock(paths: LibraryPaths, timeout: float):
     return lock
 
 
+def pending_files(paths: LibraryPaths, db: Database, files: list[Path] | None = None) -> list[Path]:
+    """What a build would add: `files` (default: every audio file in new_music/), plus any audio file in
+    processed_music/ that `db` does not list (moved there by hand, or by a run that stopped before saving)."""
+    listed = {t["file_path"] for t in db.tracks}
+    candidates = list(files) if files is not None else find_audio_files(paths.new_music)
+    return candidates + [p for p in find_audio_files(paths.processed_music)
+                         if p.relative_to(paths.root).as_posix() not in listed]
+
+
 def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout: float = 600,
                   progress: bool = True, files: list[Path] | None = None) -> BuildReport:
     """Add every new audio file to the database, then move the files from new_music/ into processed_music/.
@@ -542,13 +551,10 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
         else:
             load_database(paths, clap_model=clap.name)  # refuse to mix vectors of two checkpoints
             db, known = old, {t.get("sha256"): t for t in old.tracks}
-        listed = {t["file_path"] for t in db.tracks}
         # What the old database knew about a file is kept on rebuild (a hand-fixed title, say).
         previous = {t.get("sha256"): t for t in old.tracks}
 
-        candidates = files if files is not None else find_audio_files(paths.new_music)
-        candidates = list(candidates) + [p for p in find_audio_files(paths.processed_music)
-                                         if p.relative_to(paths.root).as_posix() not in listed]
+        candidates = pending_files(paths, db, files)
         report, new_rows, new_segments, moves, taken = BuildReport(), [], [], [], set()
         offset = len(db.segments) if db.segments is not None else 0
 
