@@ -7,14 +7,15 @@ import mimetypes
 import re
 import shutil
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import quote
 
 from image_to_vector import ImageError
 from models import HelpFormatter, ModelLoadError, add_model_arguments
 from music_to_vector import (AUDIO_EXTENSIONS, SAMPLE_PACKAGE, Database, DatabaseError, LibraryBusyError,
-                             LibraryPaths, add_library_arguments, build_library, find_audio_files,
-                             import_sample_library, load_database)
+                             LibraryPaths, add_library_arguments, build_library, import_sample_library,
+                             load_database, pending_files)
 from recommend import EMPTY_LIBRARY, EmptyLibraryError, recommend
 
 DEFAULT_HOST = "127.0.0.1"
@@ -56,6 +57,50 @@ class Library:
     def reload(self) -> Database:
         self.db = self.load()
         return self.db
+
+
+class Models:
+    """The page's models, loaded once; the page is served while they load and says so.
+
+    BLIP and CLAP's text tower are loaded by load(); CLAP's audio tower only when music is first added, since
+    nothing else on the page needs it.
+    """
+
+    def __init__(self, blip_model: str, clap_model: str, precision: str):
+        self.blip_model, self.clap_model, self.precision = blip_model, clap_model, precision
+        self.blip = self.clap = None
+        self.error: Exception | None = None
+        self.ready = threading.Event()
+
+    def load(self) -> None:
+        from models import load_blip, load_clap_text
+
+        try:
+            self.blip = load_blip(self.blip_model, self.precision)
+            self.clap = load_clap_text(self.clap_model, self.precision)
+        except ModelLoadError as e:
+            self.error = e
+        finally:
+            self.ready.set()
+
+    def status(self) -> str:
+        if not self.ready.is_set():
+            return "⏳ Loading the models (once, at start): recommendations start as soon as they are ready."
+        return f"Models could not be loaded: {self.error}" if self.error else ""
+
+    def query_models(self):
+        """(blip, clap text model), waiting for them if they are still loading."""
+        import gradio as gr
+
+        self.ready.wait()
+        if self.error:
+            raise gr.Error(f"The models could not be loaded: {self.error}")
+        return self.blip, self.clap
+
+    def audio_model(self):
+        from models import load_clap_audio
+
+        return load_clap_audio(self.clap_model, self.precision)
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -202,8 +247,8 @@ def add_music(library: Library, clap_audio, files, mood: str = "", progress=None
 # ---------------------------------------------------------------------------------------------- the page
 
 
-def build_app(library: Library, blip, clap, clap_audio):
-    """The Gradio Blocks of the page; models are passed in, loaded once by the caller."""
+def build_app(library: Library, models: Models):
+    """The Gradio Blocks of the page; `models` may still be loading when it is served."""
     import gradio as gr
 
     def photo_input(**kwargs):
@@ -226,14 +271,15 @@ def build_app(library: Library, blip, clap, clap_audio):
         return image
 
     def on_recommend(image, text, topk, moods, genres):
+        blip, clap = models.query_models()
         return recommend_photo(library, blip, clap, image, text, topk, moods, genres)
 
     def on_add_music(files, mood, progress=gr.Progress(track_tqdm=True)):
         if not files:
             raise gr.Error("Choose one or more audio files first.")
         try:
-            result, problems = add_music(library, clap_audio, files, mood, progress)
-        except (DatabaseError, LibraryBusyError) as e:
+            result, problems = add_music(library, models.audio_model(), files, mood, progress)
+        except (DatabaseError, LibraryBusyError, ModelLoadError) as e:
             raise gr.Error(str(e)) from e
         for problem in problems:
             gr.Warning(problem)
@@ -249,10 +295,16 @@ def build_app(library: Library, blip, clap, clap_audio):
     def on_load():
         return library_outputs(library.db)
 
+    def on_tick():
+        """Shows the models' state until they are loaded, then stops polling."""
+        return gr.update(value=models.status(), visible=bool(models.status())), gr.Timer(active=not models.ready.is_set())
+
     db = library.db
     with gr.Blocks(title="Music for a photo", analytics_enabled=False) as demo:
         gr.Markdown("# Music for a photo\nUpload a photo: it is captioned, given mood words, and matched against "
                     "your music library. Each track plays from its best-matching moment.")
+        model_status = gr.Markdown(models.status(), visible=bool(models.status()), elem_id="model-status")
+        model_timer = gr.Timer(1.0, active=not models.ready.is_set())
         with gr.Tab("Recommend"):
             with gr.Row():
                 with gr.Column(scale=1):
@@ -296,6 +348,8 @@ def build_app(library: Library, blip, clap, clap_audio):
         add.click(on_add_music, inputs=[uploads, mood_folder], outputs=[moods, genres, table, status, uploads],
                   api_name="add_music", concurrency_id="models")
         demo.load(on_load, outputs=[moods, genres, table], api_visibility="private", queue=False)
+        demo.load(on_tick, outputs=[model_status, model_timer], api_visibility="private", queue=False)
+        model_timer.tick(on_tick, outputs=[model_status, model_timer], api_visibility="private", queue=False)
     # One model call at a time (they use every core anyway), and a bounded wait line.
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     return demo
@@ -308,9 +362,7 @@ def prepare_library(paths: LibraryPaths, clap_model: str, precision: str) -> Non
     """Before serving: add whatever waits in new_music/ (or unlisted in processed_music/); if the library has
     nothing at all, import the bundled sample tracks first. Progress goes to stderr."""
     db = load_database(paths)
-    listed = {t["file_path"] for t in db.tracks}
-    pending = find_audio_files(paths.new_music) + [
-        p for p in find_audio_files(paths.processed_music) if p.relative_to(paths.root).as_posix() not in listed]
+    pending = pending_files(paths, db)
     if not len(db) and not pending:
         print(f"The library is empty: importing the sample tracks of {SAMPLE_PACKAGE}.", file=sys.stderr)
         try:
@@ -327,6 +379,15 @@ def prepare_library(paths: LibraryPaths, clap_model: str, precision: str) -> Non
     for source, reason in report.failed:
         print(f"Error: {source}: {reason} (left where it is)", file=sys.stderr)
     print(f"{len(report.added)} added, {len(report.failed)} failed.", file=sys.stderr)
+
+
+def not_audio(folder: Path) -> list[str]:
+    """The files in `folder` that are not audio (its README, the sample licence), for Gradio's blocked_paths.
+
+    Gradio allows whole folders, so processed_music/ is allowed and these are blocked; the database files sit
+    beside it, not in it. The builder only ever moves audio files in, so the list is complete at start.
+    """
+    return [str(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() not in AUDIO_EXTENSIONS]
 
 
 def port_number(text: str) -> int:
@@ -362,23 +423,26 @@ def main(argv=None) -> int:
     try:
         prepare_library(paths, args.clap_model, args.precision)
         library = Library(paths, args.clap_model)
-        from models import load_blip, load_clap_audio, load_clap_text
-
-        print(f"Loading models: {args.blip_model}, {args.clap_model} ({args.precision})...", file=sys.stderr)
-        blip = load_blip(args.blip_model, args.precision)
-        clap = load_clap_text(args.clap_model, args.precision)
-        clap_audio = load_clap_audio(args.clap_model, args.precision)
-        print(f"Models loaded; {len(library.db)} tracks in {paths.root}.", file=sys.stderr)
-        if not len(library.db):
-            print(f"Warning: {EMPTY_LIBRARY}", file=sys.stderr)
     except (DatabaseError, ModelLoadError, LibraryBusyError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
     paths.processed_music.mkdir(parents=True, exist_ok=True)
-    demo = build_app(library, blip, clap, clap_audio)
-    # Only the library's audio is served: the database files sit beside processed_music/, not in it.
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                allowed_paths=[str(paths.processed_music)], max_file_size=MAX_UPLOAD, css=CSS, ssr_mode=False)
+    models = Models(args.blip_model, args.clap_model, args.precision)
+    demo = build_app(library, models)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
+                allowed_paths=[str(paths.processed_music)], blocked_paths=not_audio(paths.processed_music),
+                max_file_size=MAX_UPLOAD, css=CSS, ssr_mode=False)
+    # Loaded while the page is up, so a visitor sees that it is loading rather than no page at all.
+    print(f"Loading models: {args.blip_model}, {args.clap_model} ({args.precision})...", file=sys.stderr)
+    models.load()
+    if models.error:
+        print(f"Error: {models.error}", file=sys.stderr)
+        demo.close()
+        return 1
+    print(f"Models loaded; {len(library.db)} tracks in {paths.root}.", file=sys.stderr)
+    if not len(library.db):
+        print(f"Warning: {EMPTY_LIBRARY}", file=sys.stderr)
+    demo.block_thread()
     return 0
 
 

@@ -20,6 +20,9 @@ from tests.conftest import ROOT, put_in_new_music
 def app_library(built_library, tmp_path_factory) -> Path:
     library = tmp_path_factory.mktemp("app") / "library"
     shutil.copytree(built_library, library)
+    # What a real library holds beside its audio in processed_music/: the repo's README, the sample licence.
+    (library / "processed_music" / "README.md").write_text("Music that is in the database.\n")
+    (library / "processed_music" / "immich-memories-music-LICENSE-MUSIC.txt").write_text("MIT\n")
     return library
 
 
@@ -97,6 +100,8 @@ def test_library_audio_is_served(app, app_library):
     "{library}/music_database.npy",
     "{library}/music_database_segments.npy",
     "{library}/music_database_metadata.json",
+    "{library}/processed_music/README.md",
+    "{library}/processed_music/immich-memories-music-LICENSE-MUSIC.txt",
     "{root}/app.py",
     "{root}/recommend.py",
     "/etc/passwd",
@@ -108,7 +113,7 @@ def test_library_audio_is_served(app, app_library):
     "app.py",
 ])
 def test_nothing_but_library_audio_is_served(app, app_library, path):
-    mood = next((app_library / "processed_music").iterdir()).name
+    mood = next(p for p in (app_library / "processed_music").iterdir() if p.is_dir()).name
     path = path.format(library=app_library, root=ROOT, mood=mood)
     assert get(app, "/gradio_api/file=" + path).status == 403
 
@@ -296,3 +301,48 @@ def test_start_leaves_a_built_library_alone(library_copy, checkpoints, capsys):
     prepare_library(LibraryPaths.at(library_copy), checkpoints["clap"], "fp32")
     assert (library_copy / "music_database_metadata.json").read_bytes() == before
     assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def test_page_says_models_are_loading_and_requests_wait_for_them(checkpoints, library_copy, photos):
+    """The page is served while the models load: it says so, and a request made meanwhile waits, then answers."""
+    import threading
+
+    from app import Library, Models, build_app
+
+    models = Models(checkpoints["blip"], checkpoints["clap"], "fp32")
+    assert "Loading the models" in models.status()
+    build_app(Library(LibraryPaths.at(library_copy), checkpoints["clap"]), models)  # builds while loading
+    answered = []
+    waiter = threading.Thread(target=lambda: answered.append(models.query_models()))
+    waiter.start()
+    waiter.join(timeout=0.5)
+    assert waiter.is_alive() and not answered  # still waiting: nothing loaded yet
+    models.load()
+    waiter.join(timeout=60)
+    assert answered and answered[0] == (models.blip, models.clap) and models.blip is not None
+    assert models.status() == ""
+
+
+def test_model_that_cannot_load_is_an_error_in_the_page(checkpoints, tmp_path):
+    import gradio as gr
+
+    from app import Models
+
+    models = Models(str(tmp_path / "no-such-blip"), checkpoints["clap"], "fp32")
+    models.load()
+    assert "cannot load the BLIP model" in models.status()
+    with pytest.raises(gr.Error, match="cannot load the BLIP model"):
+        models.query_models()
+
+
+def test_app_with_a_missing_model_exits_1_with_one_line(library_copy, checkpoints, tmp_path):
+    from tests.app_server import free_port
+    from tests.conftest import run_cli
+
+    done = run_cli("app.py", "--port", free_port(), "--blip-model", tmp_path / "nope", "--clap-model", checkpoints["clap"])
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "cannot load the BLIP model" in errors[0] and "--blip-model" in errors[0]
