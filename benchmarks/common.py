@@ -87,9 +87,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def current_rss_mb() -> float:
+def current_rss_mb(kind: str = "VmRSS") -> float:
+    """This process's resident memory in MB: VmRSS (all), RssAnon (its own allocations) or RssFile (mapped files,
+    such as safetensors weights, which the kernel can drop and read again)."""
     with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(kind + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
