@@ -85,7 +85,7 @@ class Models:
 
     def status(self) -> str:
         if not self.ready.is_set():
-            return "⏳ Loading the models (once, at start): recommendations start as soon as they are ready."
+            return "Loading the models (once, at start): recommendations start as soon as they are ready."
         return f"Models could not be loaded: {self.error}" if self.error else ""
 
     def query_models(self):
@@ -431,7 +431,11 @@ def main(argv=None) -> int:
     demo = build_app(library, models)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
                 allowed_paths=[str(paths.processed_music)], blocked_paths=not_audio(paths.processed_music),
-                max_file_size=MAX_UPLOAD, css=CSS, ssr_mode=False)
+                max_file_size=MAX_UPLOAD, css=CSS, ssr_mode=False, quiet=True)
+    # Gradio's own banner would tell users to edit launch(); this one names the flags.
+    print(f"Serving at {demo.local_url}" + (f" and {demo.share_url}" if demo.share_url else
+                                            " (this machine only; --host 0.0.0.0 or --share to open it)"),
+          file=sys.stderr)
     # Loaded while the page is up, so a visitor sees that it is loading rather than no page at all.
     print(f"Loading models: {args.blip_model}, {args.clap_model} ({args.precision})...", file=sys.stderr)
     models.load()
