@@ -7,6 +7,7 @@ queries are drawn the same way.
 
     python benchmarks/bench_search.py            # N = 10 000, 100 000, 1 000 000
     python benchmarks/bench_search.py --quick    # N = 10 000, 100 000; fewer queries
+    python benchmarks/bench_search.py --distribution uniform --sizes 1000000   # the worst case: no clusters
 """
 from __future__ import annotations
 
@@ -53,14 +54,17 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, chunk: int = 100_000) ->
     return best[1]
 
 
-def measure(n: int, queries_count: int, folder: Path) -> dict:
+def measure(n: int, queries_count: int, folder: Path, distribution: str = "clustered") -> dict:
     import music_to_vector
     from music_to_vector import Database, LibraryPaths, load_database, save_database
     from recommend import rank_tracks
 
     rng = np.random.default_rng(n)
-    centres = rng.standard_normal((max(100, n // 1000), DIM)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    if distribution == "clustered":
+        centres = rng.standard_normal((max(100, n // 1000), DIM)).astype(np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    else:  # uniform on the sphere: no structure at all, the hardest case for any index
+        centres = np.zeros((1, DIM), np.float32)
     vectors, queries = clustered(rng, n, centres), clustered(rng, queries_count, centres)
     truth = exact_top(vectors, queries)
     paths = LibraryPaths.at(folder / f"n{n}")
@@ -128,15 +132,18 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="N = 10k and 100k only, 50 queries")
     parser.add_argument("--queries", type=int, default=200, help="queries per size")
     parser.add_argument("--sizes", type=int, nargs="*", help="override the library sizes")
+    parser.add_argument("--distribution", choices=("clustered", "uniform"), default="clustered",
+                        help="clustered like real embeddings, or uniform on the sphere (worst case)")
     args = parser.parse_args(argv)
     sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
     queries = 50 if args.quick else args.queries
     from music_to_vector import SEARCH_INDEX_MIN_TRACKS
 
-    print(f"top-{TOPK}, D={DIM}, {queries} queries per size; index from N >= {SEARCH_INDEX_MIN_TRACKS}")
+    print(f"top-{TOPK}, D={DIM}, {args.distribution} vectors, {queries} queries per size; index from "
+          f"N >= {SEARCH_INDEX_MIN_TRACKS}")
     with tempfile.TemporaryDirectory(prefix="bench_search.") as folder:
         for n in sizes:
-            r = measure(n, queries, Path(folder))
+            r = measure(n, queries, Path(folder), args.distribution)
             for label in ("default", "exact", "index"):
                 if label not in r:
                     continue
