@@ -109,7 +109,21 @@ def _quantize_linear_layers(model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao on every call
         # In place: a copy would hold the fp32 and the int8 model at once.
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    _return_freed_memory()
+    return model
+
+
+def _return_freed_memory() -> None:
+    """Hand memory freed inside the process back to the OS (glibc keeps freed weight-sized blocks otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
+        pass
 
 
 def _fuse_vision_attention(blip_model) -> None:
@@ -149,7 +163,10 @@ def _load(kind: str, name: str, model_class: str, precision: str) -> LoadedModel
     transformers.logging.disable_progress_bar()
     try:
         processor = transformers.AutoProcessor.from_pretrained(name)
-        model = getattr(transformers, model_class).from_pretrained(name, dtype=dtype)
+        # int8 replaces the fp32 linear weights; read into memory, they are freed then, whereas a memory-mapped
+        # checkpoint file would stay mapped with all its pages resident.
+        extra = {"disable_mmap": True} if precision == "int8" else {}
+        model = getattr(transformers, model_class).from_pretrained(name, dtype=dtype, **extra)
     except Exception as e:  # transformers raises OSError, ValueError, HF hub errors... all mean "not loadable"
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(
