@@ -46,10 +46,11 @@ def default_precision() -> str:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default unless it has none (None or "") or its help already says what it is."""
+    """Shows an option's default unless it has none (None, "", or an off switch) or its help already says it."""
 
     def _get_help_string(self, action):
-        if action.default in (None, "") or "(default:" in (action.help or ""):
+        if action.default is None or action.default is False or action.default == "" \
+                or "(default:" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
