@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,9 +149,46 @@ def _fuse_vision_attention(blip_model) -> None:
         layer.self_attn.forward = fused(layer.self_attn)
 
 
-def _load(kind: str, name: str, model_class: str, precision: str) -> LoadedModel:
-    import transformers
+def _from_pretrained(kind: str, name: str, model_class: str, dtype, precision: str):
+    """(processor, model) from a local directory or the Hugging Face cache, else downloaded from the hub.
 
+    The cache is tried first with no network at all, so a cached model loads at once offline (the hub client
+    would otherwise retry its update check for minutes on a machine without network). Only a download shows
+    progress; loading from disk is quiet.
+    """
+    import huggingface_hub
+    import transformers
+    from huggingface_hub import constants as hub_constants
+
+    # int8 replaces the fp32 linear weights; read into memory, they are freed then, whereas a memory-mapped
+    # checkpoint file would stay mapped with all its pages resident.
+    extra = {"disable_mmap": True} if precision == "int8" else {}
+    hub_verbosity = huggingface_hub.utils.logging.get_verbosity()
+    verbosity = transformers.logging.get_verbosity()
+    # Loading one tower of CLAP reports the other tower's weights as "unexpected": true, and noise to a user.
+    transformers.logging.set_verbosity_error()
+    huggingface_hub.utils.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        try:
+            return (transformers.AutoProcessor.from_pretrained(name, local_files_only=True),
+                    getattr(transformers, model_class).from_pretrained(name, dtype=dtype, local_files_only=True,
+                                                                       **extra))
+        except OSError:  # not in the cache (or only partly): fetch what is missing, unless that cannot work
+            if os.path.isdir(name) or hub_constants.HF_HUB_OFFLINE:
+                raise
+        print(f"Downloading the {kind} model {name} from the Hugging Face Hub (once; then it is cached)...",
+              file=sys.stderr)
+        transformers.logging.enable_progress_bar()
+        return (transformers.AutoProcessor.from_pretrained(name),
+                getattr(transformers, model_class).from_pretrained(name, dtype=dtype, **extra))
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        huggingface_hub.utils.logging.set_verbosity(hub_verbosity)
+        transformers.logging.enable_progress_bar()
+
+
+def _load(kind: str, name: str, model_class: str, precision: str) -> LoadedModel:
     device, dtype = resolve_device_dtype(precision)
     flag, env = ("--blip-model", BLIP_MODEL_ENV) if kind == "BLIP" else ("--clap-model", CLAP_MODEL_ENV)
     if (os.path.isabs(name) or name.startswith((".", "~"))) and not os.path.isdir(os.path.expanduser(name)):
@@ -158,16 +196,8 @@ def _load(kind: str, name: str, model_class: str, precision: str) -> LoadedModel
         raise ModelLoadError(f"cannot load the {kind} model {name!r}: no such directory. Pass a directory written "
                              f"by save_pretrained, or a hub id, with {flag} or {env}.")
     name = os.path.expanduser(name)
-    # Loading one tower of CLAP reports the other tower's weights as "unexpected": true, and noise to a user.
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
     try:
-        processor = transformers.AutoProcessor.from_pretrained(name)
-        # int8 replaces the fp32 linear weights; read into memory, they are freed then, whereas a memory-mapped
-        # checkpoint file would stay mapped with all its pages resident.
-        extra = {"disable_mmap": True} if precision == "int8" else {}
-        model = getattr(transformers, model_class).from_pretrained(name, dtype=dtype, **extra)
+        processor, model = _from_pretrained(kind, name, model_class, dtype, precision)
     except Exception as e:  # transformers raises OSError, ValueError, HF hub errors... all mean "not loadable"
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(
@@ -175,9 +205,6 @@ def _load(kind: str, name: str, model_class: str, precision: str) -> LoadedModel
             f"(hf download {name}) so it is in the Hugging Face cache, or pass a local directory "
             f"written by save_pretrained with {flag} or {env}."
         ) from e
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-        transformers.logging.enable_progress_bar()
     model.to(device).eval()
     if model_class == "BlipForConditionalGeneration":
         _fuse_vision_attention(model)

@@ -1,0 +1,77 @@
+"""Model loading by hub id: from the Hugging Face cache without touching the network, else a download."""
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.conftest import ROOT
+
+SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
+LOAD = ("import models; m = models.load_clap_text({name!r}, 'fp32'); "
+        "print(m.model.config.projection_dim)")
+
+
+@pytest.fixture
+def fake_hub():
+    """A local stand-in for huggingface.co that answers 404 to everything and records what was asked."""
+    asked = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            asked.append(f"{self.command} {self.path}")
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    server.shutdown()
+
+
+def _cache_as_hub_model(checkpoint: str, hf_home, repo: str) -> None:
+    """Put a saved checkpoint into the Hugging Face cache as if `hf download repo` had fetched it."""
+    folder = hf_home / "hub" / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(checkpoint, folder / "snapshots" / SNAPSHOT)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(SNAPSHOT)
+
+
+def _load_online(name: str, hf_home, endpoint: str) -> subprocess.CompletedProcess:
+    """Load a model in a new process with the hub reachable (at `endpoint`) and HF_HUB_OFFLINE unset."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_HOME=str(hf_home), HF_ENDPOINT=endpoint)
+    return subprocess.run([sys.executable, "-c", LOAD.format(name=name)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+
+
+def test_cached_model_loads_without_asking_the_hub(checkpoints, tmp_path, fake_hub):
+    endpoint, asked = fake_hub
+    _cache_as_hub_model(checkpoints["clap"], tmp_path / "hf", "tiny-org/tiny-clap")
+    done = _load_online("tiny-org/tiny-clap", tmp_path / "hf", endpoint)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) > 0
+    # No update check: a cached model loads the same with or without a network. (huggingface_hub's own
+    # best-effort fetch of its agent registry, made whenever it builds request headers, is not about the model.)
+    assert [request for request in asked if "tiny-org" in request] == []
+    assert "Downloading" not in done.stderr
+
+
+def test_model_not_in_the_cache_is_downloaded_with_a_notice(tmp_path, fake_hub):
+    endpoint, asked = fake_hub
+    done = _load_online("tiny-org/not-cached", tmp_path / "hf", endpoint)
+    assert any("/tiny-org/not-cached/" in request for request in asked)  # it did go to the hub for it
+    assert done.returncode == 1
+    assert "Downloading the CLAP model tiny-org/not-cached from the Hugging Face Hub" in done.stderr
+    assert "ModelLoadError: cannot load the CLAP model 'tiny-org/not-cached'" in done.stderr
