@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from image_to_vector import ImageError
-from models import HelpFormatter, ModelLoadError, add_model_arguments
+from models import HelpFormatter, ModelLoadError, add_model_arguments, release_freed_memory
 from music_to_vector import (AUDIO_EXTENSIONS, SAMPLE_PACKAGE, Database, DatabaseError, LibraryBusyError,
                              LibraryPaths, add_library_arguments, build_library, import_sample_library,
                              load_database, pending_files)
@@ -272,7 +272,10 @@ def build_app(library: Library, models: Models):
 
     def on_recommend(image, text, topk, moods, genres):
         blip, clap = models.query_models()
-        return recommend_photo(library, blip, clap, image, text, topk, moods, genres)
+        try:
+            return recommend_photo(library, blip, clap, image, text, topk, moods, genres)
+        finally:
+            release_freed_memory()  # a query's activations, ~200 MB, would otherwise stay in the server's RSS
 
     def on_add_music(files, mood, progress=gr.Progress(track_tqdm=True)):
         if not files:

@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     checkpoints = full_checkpoints()  # built (or found) before anything is measured
 
     from benchmarks.bench_query import LIBRARY_SIZE, synthetic_database
-    from models import default_precision, load_blip, load_clap_text
+    from models import default_precision, load_blip, load_clap_text, release_freed_memory
     from recommend import recommend
 
     precision = args.precision or default_precision()
@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     db = synthetic_database(LIBRARY_SIZE, clap.model.config.projection_dim)
     for _ in range(1 if args.quick else 3):
         recommend(blip, clap, db, image=photo())
+        release_freed_memory()  # as app.py's Recommend handler does after every request
     print(f"precision {precision}: RSS {base:.0f} MB before loading, {loaded:.0f} MB with BLIP + CLAP text loaded, "
           f"{current_rss_mb():.0f} MB after warm-up queries ({LIBRARY_SIZE} tracks, {db.vectors.nbytes / 2**20:.0f} MB); "
           f"peak RSS {peak_rss_mb():.0f} MB")
