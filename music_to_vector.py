@@ -193,12 +193,18 @@ def load_database(paths: LibraryPaths, clap_model: str | None = None, dim: int |
     if dim is not None and len(vectors) and vectors.shape[1] != dim:
         raise DatabaseError(f"the database holds {vectors.shape[1]}-d vectors but the CLAP model gives {dim}-d; "
                             f"{rebuild}")
-    if clap_model is not None and made_by is not None and made_by != clap_model:
-        raise DatabaseError(f"the database was made with CLAP model {made_by!r}, not {clap_model!r}; {rebuild} "
-                            f"--clap-model {clap_model}, or pass --clap-model {made_by}")
+    check_clap_model(made_by, clap_model)
     window_s = float(meta.get("embedding", {}).get("window_s", 10.0)) if isinstance(meta, dict) else 10.0
     return Database(vectors=vectors, tracks=tracks, segments=segments, clap_model=made_by, root=paths.root,
                     window_s=window_s, vectors_path=paths.vectors)
+
+
+def check_clap_model(made_by: str | None, clap_model: str | None) -> None:
+    """Refuse a database made by another CLAP checkpoint (either name None: nothing is known, nothing refused)."""
+    if clap_model is not None and made_by is not None and made_by != clap_model:
+        raise DatabaseError(f"the database was made with CLAP model {made_by!r}, not {clap_model!r}; rebuild it "
+                            f"with: python music_to_vector.py --rebuild --clap-model {clap_model}, or pass "
+                            f"--clap-model {made_by}")
 
 
 def _rows_are_unit(vectors: np.ndarray, chunk: int = 65_536) -> bool:
@@ -549,7 +555,7 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
         if rebuild or len(old) == 0:
             db, known = empty_database(paths.root, clap.name), {}
         else:
-            load_database(paths, clap_model=clap.name)  # refuse to mix vectors of two checkpoints
+            check_clap_model(old.clap_model, clap.name)  # refuse to mix vectors of two checkpoints
             db, known = old, {t.get("sha256"): t for t in old.tracks}
         # What the old database knew about a file is kept on rebuild (a hand-fixed title, say).
         previous = {t.get("sha256"): t for t in old.tracks}
