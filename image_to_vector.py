@@ -1,10 +1,13 @@
 """The query side: image → caption → mood words chosen for that image → CLAP text vector."""
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -19,6 +22,7 @@ MOOD_VOCABULARY = (
 MOOD_PROMPT_PREFIX = "a photo with a"  # the word follows, then "mood": "a photo with a calm mood"
 MOOD_WORDS_PER_IMAGE = 3
 MAX_CAPTION_TOKENS = 30
+CACHE_ENV = "MUSIC_MOOD_CACHE"
 
 
 class ImageError(ValueError):
@@ -168,7 +172,82 @@ def _mood_log_likelihoods(blip, image_embeds, vocabulary, cross_attention=None) 
     return scores / np.array([len(w) for w in words])
 
 
-_neutral_scores: dict[int, np.ndarray] = {}
+def cache_dir() -> Path:
+    """Where results derived from a model alone are kept between runs: $MUSIC_MOOD_CACHE, else the user's cache
+    folder ($XDG_CACHE_HOME or ~/.cache) / music-mood. Deleting it is always safe."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "music-mood"
+
+
+def model_fingerprint(model) -> str:
+    """A content hash of a model's weights, cheap enough to take at every start (~20 ms for BLIP-base in RAM): each
+    parameter's name, shape and 4096 evenly spaced values. Checkpoints trained or initialised differently differ
+    in it; so do fp32 and int8 loads of one checkpoint (int8 layers hold no float parameters)."""
+    digest = hashlib.sha256()
+    for name, parameter in model.named_parameters():
+        flat = parameter.detach().reshape(-1)
+        sample = flat[::max(1, flat.numel() // 4096)][:4096].float().cpu().numpy()
+        digest.update(f"{name}{tuple(parameter.shape)}".encode())
+        digest.update(sample.tobytes())
+    return digest.hexdigest()
+
+
+def _neutral_cache_path(blip, vocabulary) -> Path:
+    import torch
+    import transformers
+
+    key = json.dumps({"model": model_fingerprint(blip.model), "dtype": str(blip.dtype), "device": blip.device.type,
+                      "vocabulary": list(vocabulary), "prompt": MOOD_PROMPT_PREFIX, "size": _processor_size(blip),
+                      "torch": torch.__version__, "transformers": transformers.__version__}, sort_keys=True)
+    return cache_dir() / f"mood-baseline-{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+
+def _read_neutral_scores(path: Path, vocabulary) -> np.ndarray | None:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        scores = np.array(saved["scores"], dtype=np.float64)
+        if saved["vocabulary"] == list(vocabulary) and scores.shape == (len(vocabulary),) and np.isfinite(scores).all():
+            return scores
+    except (OSError, ValueError, KeyError, TypeError):  # missing, unreadable or damaged: compute it again
+        pass
+    return None
+
+
+def _write_neutral_scores(path: Path, vocabulary, scores: np.ndarray) -> None:
+    from music_to_vector import write_atomically
+
+    try:
+        write_atomically(path, lambda f: f.write(json.dumps({"vocabulary": list(vocabulary),
+                                                             "scores": scores.tolist()}).encode()))
+    except OSError:  # a read-only or full disk only costs the next run the grey-image pass again
+        pass
+
+
+_neutral_scores: dict[tuple, np.ndarray] = {}
+
+
+def neutral_mood_scores(blip, vocabulary=MOOD_VOCABULARY) -> np.ndarray:
+    """The mood words' scores for a neutral grey image: (V,) float64, BLIP's prior for each word.
+
+    A property of the model alone, so it is computed once (one vision pass, ~0.9 s for BLIP-base on a 2-core
+    CPU) and kept in memory and in cache_dir(), keyed by model_fingerprint, precision, vocabulary and library
+    versions: a new process reads it instead of paying for the pass again.
+    """
+    import torch
+
+    key = (id(blip), tuple(vocabulary))
+    if key not in _neutral_scores:
+        path = _neutral_cache_path(blip, vocabulary)
+        scores = _read_neutral_scores(path, vocabulary)
+        if scores is None:
+            with torch.inference_mode():
+                grey = torch.zeros((1, 3, *_processor_size(blip)), device=blip.device, dtype=blip.dtype)
+                grey_embeds = blip.model.vision_model(pixel_values=grey)[0]  # zeros = the dataset mean, normalised
+                scores = _mood_log_likelihoods(blip, grey_embeds, vocabulary)
+            _write_neutral_scores(path, vocabulary, scores)
+        _neutral_scores[key] = scores
+    return _neutral_scores[key]
 
 
 def choose_mood_words(blip, image_embeds, k: int = MOOD_WORDS_PER_IMAGE, vocabulary=MOOD_VOCABULARY,
@@ -179,14 +258,8 @@ def choose_mood_words(blip, image_embeds, k: int = MOOD_WORDS_PER_IMAGE, vocabul
     the word's tokens. Subtracting the grey baseline removes BLIP's prior for common words, so the words are
     chosen by what is in this image. Ties keep vocabulary order. `cross_attention`: as in caption_image.
     """
-    import torch
-
-    key = id(blip)
-    if key not in _neutral_scores:
-        grey = torch.zeros((1, 3, *_processor_size(blip)), device=blip.device, dtype=blip.dtype)
-        grey_embeds = blip.model.vision_model(pixel_values=grey)[0]  # zeros = the dataset mean after normalisation
-        _neutral_scores[key] = _mood_log_likelihoods(blip, grey_embeds, vocabulary)
-    scores = _mood_log_likelihoods(blip, image_embeds, vocabulary, cross_attention) - _neutral_scores[key]
+    scores = _mood_log_likelihoods(blip, image_embeds, vocabulary, cross_attention) - neutral_mood_scores(blip,
+                                                                                                          vocabulary)
     order = np.argsort(-scores, kind="stable")[:k]
     return [vocabulary[i] for i in order]
 

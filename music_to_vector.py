@@ -229,7 +229,7 @@ def _load_segments(paths: LibraryPaths, tracks: list[dict], rebuild: str) -> np.
     return segments
 
 
-def _write_atomically(path: Path, write) -> None:
+def write_atomically(path: Path, write) -> None:
     """Write through a temp file in the same folder, fsync it, then os.replace: readers see old or new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -264,9 +264,9 @@ def save_database(db: Database, paths: LibraryPaths, sample_rate: int) -> None:
                       "dim": db.dim},
         "tracks": db.tracks,
     }
-    _write_atomically(paths.segments, lambda f: np.save(f, np.ascontiguousarray(db.segments, dtype=np.float32)))
-    _write_atomically(paths.vectors, lambda f: np.save(f, np.ascontiguousarray(db.vectors, dtype=np.float32)))
-    _write_atomically(paths.metadata, lambda f: f.write(json.dumps(meta, indent=1, ensure_ascii=False).encode()))
+    write_atomically(paths.segments, lambda f: np.save(f, np.ascontiguousarray(db.segments, dtype=np.float32)))
+    write_atomically(paths.vectors, lambda f: np.save(f, np.ascontiguousarray(db.vectors, dtype=np.float32)))
+    write_atomically(paths.metadata, lambda f: f.write(json.dumps(meta, indent=1, ensure_ascii=False).encode()))
 
 
 # ---------------------------------------------------------------------------------------------- search index
@@ -324,7 +324,7 @@ def load_search_index(vectors: np.ndarray, vectors_path: Path | None = None):
     if cache is not None:
         try:
             blob = faiss.serialize_index(index)
-            _write_atomically(cache, lambda f: (f.write(INDEX_FORMAT), f.write(fingerprint), f.write(blob.data)))
+            write_atomically(cache, lambda f: (f.write(INDEX_FORMAT), f.write(fingerprint), f.write(blob.data)))
         except OSError as e:  # a read-only library still works; it just rebuilds the index next time
             print(f"Warning: cannot cache the search index in {cache} ({e})", file=sys.stderr)
     return index

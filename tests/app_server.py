@@ -39,8 +39,8 @@ def running_app(library: Path, checkpoints: dict, work: Path, *args: str):
     """`python app.py` serving `library` with the tiny checkpoints, run from `work` (not the source tree)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSIC_MOOD_", "GRADIO_"))}
-    env.update(MUSIC_MOOD_HOME=str(library), HF_HOME=str(work / "hf-home"), HF_HUB_OFFLINE="1",
-               GRADIO_TEMP_DIR=str(work / "gradio-uploads"), GRADIO_ANALYTICS_ENABLED="False")
+    env.update(MUSIC_MOOD_HOME=str(library), MUSIC_MOOD_CACHE=str(work / "cache"), HF_HOME=str(work / "hf-home"),
+               HF_HUB_OFFLINE="1", GRADIO_TEMP_DIR=str(work / "gradio-uploads"), GRADIO_ANALYTICS_ENABLED="False")
     log = work / "app.log"
     command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--blip-model", checkpoints["blip"],
                "--clap-model", checkpoints["clap"], "--precision", "fp32", *args]

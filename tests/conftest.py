@@ -35,12 +35,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def isolated_library(tmp_path, monkeypatch):
-    """Every test gets its own library folder and Hugging Face cache; nothing touches the user's."""
+    """Every test gets its own library folder, Hugging Face cache and our cache; nothing touches the user's."""
     library = tmp_path / "library"
     library.mkdir()
     monkeypatch.setenv("MUSIC_MOOD_HOME", str(library))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MUSIC_MOOD_CACHE", str(tmp_path / "cache"))
     for name in ("MUSIC_MOOD_BLIP_MODEL", "MUSIC_MOOD_CLAP_MODEL", "MUSIC_MOOD_PRECISION"):
         monkeypatch.delenv(name, raising=False)
     return library

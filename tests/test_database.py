@@ -200,7 +200,7 @@ def test_error_while_saving_loses_nothing(library_copy, clap_audio, sample_track
     def disk_full(path, write):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(mtv, "_write_atomically", disk_full)
+    monkeypatch.setattr(mtv, "write_atomically", disk_full)
     with pytest.raises(OSError):
         build_library(clap_audio, paths, progress=False)
     assert _snapshot(paths) == before and dropped[0].exists()
@@ -217,7 +217,7 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
         raise OSError("interrupted")
 
     with pytest.raises(OSError):
-        mtv._write_atomically(target, half_then_fail)
+        mtv.write_atomically(target, half_then_fail)
     assert target.read_text() == "old" and list(target.parent.iterdir()) == [target]
 
 

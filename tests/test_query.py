@@ -1,6 +1,8 @@
 """Image/text → query: caption, mood words chosen per image, and the CLAP text vector, on tiny real checkpoints."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -173,3 +175,67 @@ def test_fused_vision_attention_matches_transformers(checkpoints, blip, photos):
     with torch.inference_mode():
         torch.testing.assert_close(blip.model.vision_model(pixel_values=pixels)[0],
                                    reference.vision_model(pixel_values=pixels)[0], rtol=1e-4, atol=1e-5)
+
+
+def _grey_embeds(blip):
+    size = blip.processor.image_processor.size
+    with torch.inference_mode():
+        return blip.model.vision_model(pixel_values=torch.zeros(1, 3, size["height"], size["width"]))[0]
+
+
+def test_grey_baseline_is_kept_on_disk_and_read_back(blip, monkeypatch):
+    """The grey-image scores are computed once per model and read back by a new process, not computed again."""
+    import image_to_vector
+
+    monkeypatch.setattr(image_to_vector, "_neutral_scores", {})  # as in a new process
+    computed = image_to_vector.neutral_mood_scores(blip)
+    np.testing.assert_allclose(computed, _reference_word_scores(blip, _grey_embeds(blip)), rtol=1e-5, atol=1e-6)
+    (saved,) = image_to_vector.cache_dir().glob("mood-baseline-*.json")
+
+    def no_vision_pass(*args, **kwargs):
+        raise AssertionError("the vision tower ran although the baseline was cached")
+
+    monkeypatch.setattr(image_to_vector, "_neutral_scores", {})
+    monkeypatch.setattr(blip.model.vision_model, "forward", no_vision_pass)
+    np.testing.assert_array_equal(image_to_vector.neutral_mood_scores(blip), computed)
+    assert list(image_to_vector.cache_dir().glob("mood-baseline-*.json")) == [saved]
+
+
+@pytest.mark.parametrize("damage", ["{", '{"vocabulary": ["calm"], "scores": [1.0]}', ""])
+def test_damaged_baseline_file_is_computed_again(blip, monkeypatch, damage):
+    import image_to_vector
+
+    monkeypatch.setattr(image_to_vector, "_neutral_scores", {})
+    computed = image_to_vector.neutral_mood_scores(blip)
+    (saved,) = image_to_vector.cache_dir().glob("mood-baseline-*.json")
+    saved.write_text(damage)
+    monkeypatch.setattr(image_to_vector, "_neutral_scores", {})
+    np.testing.assert_array_equal(image_to_vector.neutral_mood_scores(blip), computed)
+    assert json.loads(saved.read_text())["scores"] == computed.tolist()  # and repaired on disk
+
+
+def test_unwritable_cache_only_costs_time(blip, monkeypatch, tmp_path):
+    import image_to_vector
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("MUSIC_MOOD_CACHE", str(blocker))
+    monkeypatch.setattr(image_to_vector, "_neutral_scores", {})
+    np.testing.assert_allclose(image_to_vector.neutral_mood_scores(blip),
+                               _reference_word_scores(blip, _grey_embeds(blip)), rtol=1e-5, atol=1e-6)
+
+
+def test_baseline_cache_key_follows_the_weights(checkpoints, blip, tmp_path):
+    """The same checkpoint loaded again shares the file; other weights, int8 or another vocabulary do not."""
+    import models
+    from image_to_vector import _neutral_cache_path
+    from tests.model_factory import build_blip_checkpoint
+
+    path = _neutral_cache_path(blip, MOOD_VOCABULARY)
+    assert _neutral_cache_path(models._load("BLIP", checkpoints["blip"], "BlipForConditionalGeneration", "fp32"),
+                               MOOD_VOCABULARY) == path
+    other = models._load("BLIP", str(build_blip_checkpoint(tmp_path / "other", seed=1)),
+                         "BlipForConditionalGeneration", "fp32")
+    int8 = models._load("BLIP", checkpoints["blip"], "BlipForConditionalGeneration", "int8")
+    assert len({path, _neutral_cache_path(other, MOOD_VOCABULARY), _neutral_cache_path(int8, MOOD_VOCABULARY),
+                _neutral_cache_path(blip, MOOD_VOCABULARY[:-1])}) == 4
