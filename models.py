@@ -197,6 +197,8 @@ def _load(kind: str, name: str, model_class: str, precision: str) -> LoadedModel
         raise ModelLoadError(f"cannot load the {kind} model {name!r}: no such directory. Pass a directory written "
                              f"by save_pretrained, or a hub id, with {flag} or {env}.")
     name = os.path.expanduser(name)
+    if os.path.isdir(name):  # recorded in the database: it must name the same folder from any working directory
+        name = os.path.abspath(name)
     try:
         processor, model = _from_pretrained(kind, name, model_class, dtype, precision)
     except Exception as e:  # transformers raises OSError, ValueError, HF hub errors... all mean "not loadable"

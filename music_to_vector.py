@@ -200,8 +200,15 @@ def load_database(paths: LibraryPaths, clap_model: str | None = None, dim: int |
 
 
 def check_clap_model(made_by: str | None, clap_model: str | None) -> None:
-    """Refuse a database made by another CLAP checkpoint (either name None: nothing is known, nothing refused)."""
-    if clap_model is not None and made_by is not None and made_by != clap_model:
+    """Refuse a database made by another CLAP checkpoint (either name None: nothing is known, nothing refused).
+
+    A local directory is the same model however it is written: relative or absolute, through a symlink.
+    """
+    def identity(name: str) -> str:
+        path = os.path.expanduser(name)
+        return os.path.realpath(path) if os.path.isdir(path) else name
+
+    if clap_model is not None and made_by is not None and identity(made_by) != identity(clap_model):
         raise DatabaseError(f"the database was made with CLAP model {made_by!r}, not {clap_model!r}; rebuild it "
                             f"with: python music_to_vector.py --rebuild --clap-model {clap_model}, or pass "
                             f"--clap-model {made_by}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,6 +247,19 @@ def test_database_of_another_checkpoint_is_refused(library_copy, clap_audio):
     with pytest.raises(DatabaseError, match="made with CLAP model"):
         build_library(type(clap_audio)(name="other", model=None, processor=clap_audio.processor, device=None,
                                        dtype=None), paths, progress=False)
+
+
+def test_local_checkpoint_is_the_same_model_however_it_is_written(library_copy, checkpoints, monkeypatch, tmp_path):
+    """A database built from a local directory loads when the CLI names that directory relatively or via a link."""
+    paths = LibraryPaths.at(library_copy)
+    assert load_database(paths).clap_model == checkpoints["clap"]
+    folder = Path(checkpoints["clap"])
+    monkeypatch.chdir(folder.parent)
+    (tmp_path / "link").symlink_to(folder)
+    for name in (folder.name, f"./{folder.name}/", str(tmp_path / "link")):
+        assert len(load_database(paths, clap_model=name)) == len(load_database(paths))
+    with pytest.raises(DatabaseError, match="made with CLAP model"):
+        load_database(paths, clap_model=str(tmp_path))  # another folder
 
 
 @pytest.mark.parametrize("damage", ["truncated vectors", "bad json", "misaligned", "not unit", "float64",
