@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 
 import numpy as np
 import pytest
@@ -187,7 +188,7 @@ def test_grey_baseline_is_kept_on_disk_and_read_back(blip, monkeypatch):
     """The grey-image scores are computed once per model and read back by a new process, not computed again."""
     import image_to_vector
 
-    monkeypatch.setattr(image_to_vector, "_neutral_scores", {})  # as in a new process
+    monkeypatch.setattr(image_to_vector, "_neutral_scores", weakref.WeakKeyDictionary())  # as in a new process
     computed = image_to_vector.neutral_mood_scores(blip)
     np.testing.assert_allclose(computed, _reference_word_scores(blip, _grey_embeds(blip)), rtol=1e-5, atol=1e-6)
     (saved,) = image_to_vector.cache_dir().glob("mood-baseline-*.json")
@@ -195,7 +196,7 @@ def test_grey_baseline_is_kept_on_disk_and_read_back(blip, monkeypatch):
     def no_vision_pass(*args, **kwargs):
         raise AssertionError("the vision tower ran although the baseline was cached")
 
-    monkeypatch.setattr(image_to_vector, "_neutral_scores", {})
+    monkeypatch.setattr(image_to_vector, "_neutral_scores", weakref.WeakKeyDictionary())
     monkeypatch.setattr(blip.model.vision_model, "forward", no_vision_pass)
     np.testing.assert_array_equal(image_to_vector.neutral_mood_scores(blip), computed)
     assert list(image_to_vector.cache_dir().glob("mood-baseline-*.json")) == [saved]
@@ -205,11 +206,11 @@ def test_grey_baseline_is_kept_on_disk_and_read_back(blip, monkeypatch):
 def test_damaged_baseline_file_is_computed_again(blip, monkeypatch, damage):
     import image_to_vector
 
-    monkeypatch.setattr(image_to_vector, "_neutral_scores", {})
+    monkeypatch.setattr(image_to_vector, "_neutral_scores", weakref.WeakKeyDictionary())
     computed = image_to_vector.neutral_mood_scores(blip)
     (saved,) = image_to_vector.cache_dir().glob("mood-baseline-*.json")
     saved.write_text(damage)
-    monkeypatch.setattr(image_to_vector, "_neutral_scores", {})
+    monkeypatch.setattr(image_to_vector, "_neutral_scores", weakref.WeakKeyDictionary())
     np.testing.assert_array_equal(image_to_vector.neutral_mood_scores(blip), computed)
     assert json.loads(saved.read_text())["scores"] == computed.tolist()  # and repaired on disk
 
@@ -220,7 +221,7 @@ def test_unwritable_cache_only_costs_time(blip, monkeypatch, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder would be")
     monkeypatch.setenv("MUSIC_MOOD_CACHE", str(blocker))
-    monkeypatch.setattr(image_to_vector, "_neutral_scores", {})
+    monkeypatch.setattr(image_to_vector, "_neutral_scores", weakref.WeakKeyDictionary())
     np.testing.assert_allclose(image_to_vector.neutral_mood_scores(blip),
                                _reference_word_scores(blip, _grey_embeds(blip)), rtol=1e-5, atol=1e-6)
 
@@ -239,3 +240,38 @@ def test_baseline_cache_key_follows_the_weights(checkpoints, blip, tmp_path):
     int8 = models._load("BLIP", checkpoints["blip"], "BlipForConditionalGeneration", "int8")
     assert len({path, _neutral_cache_path(other, MOOD_VOCABULARY), _neutral_cache_path(int8, MOOD_VOCABULARY),
                 _neutral_cache_path(blip, MOOD_VOCABULARY[:-1])}) == 4
+
+
+def _count_vision_passes(blip, monkeypatch) -> list:
+    calls = []
+    forward = blip.model.vision_model.forward
+    monkeypatch.setattr(blip.model.vision_model, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    return calls
+
+
+def test_same_photo_again_skips_blip(blip, photos, monkeypatch):
+    """Asking again about a photo (the app: another top-k, filter or text) reuses its caption and mood words."""
+    import image_to_vector
+
+    image_to_vector.forget_descriptions()
+    image_to_vector.neutral_mood_scores(blip)  # computed now, so its grey pass is not counted below
+    calls = _count_vision_passes(blip, monkeypatch)
+    first = describe_image(blip, open_image(photos["coffee.png"]))
+    first[1].append("changed by the caller")
+    again = describe_image(blip, open_image(photos["coffee.png"]))
+    assert len(calls) == 1 and again[0] == first[0] and "changed by the caller" not in again[1]
+    assert describe_image(blip, open_image(photos["astronaut.png"])) != again and len(calls) == 2
+    image_to_vector.forget_descriptions()
+    assert describe_image(blip, open_image(photos["coffee.png"])) == again and len(calls) == 3
+
+
+def test_remembered_photos_are_bounded(blip, photos, monkeypatch):
+    import image_to_vector
+
+    image_to_vector.forget_descriptions()
+    image_to_vector.neutral_mood_scores(blip)
+    monkeypatch.setattr(image_to_vector, "DESCRIPTIONS_KEPT", 2)
+    calls = _count_vision_passes(blip, monkeypatch)
+    for name in ("coffee.png", "astronaut.png", "rocket.jpg", "rocket.jpg", "coffee.png"):
+        describe_image(blip, open_image(photos[name]))
+    assert len(calls) == 4  # rocket was remembered; coffee had been pushed out by astronaut and rocket
