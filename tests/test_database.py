@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile
+import torch
 
 import music_to_vector as mtv
 from music_to_vector import (AudioError, DatabaseError, LibraryBusyError, LibraryPaths, build_library,
@@ -68,6 +69,32 @@ def test_track_vector_is_weighted_mean_of_its_windows(clap_audio, sample_tracks)
     share = np.minimum(1, (len(audio) - np.arange(len(segments)) * 480_000) / 480_000)
     mean = (segments * share[:, None]).sum(0)
     np.testing.assert_allclose(vector, mean / np.linalg.norm(mean), atol=1e-6)
+
+
+def test_log_mel_features_are_the_extractors(clap_audio, sample_tracks):
+    """The torch log-mel of real windows (a full one, the zero-padded last one) is the extractor's input_features."""
+    extractor = clap_audio.processor.feature_extractor
+    audio = mtv.decode_audio(sample_tracks[21], extractor.sampling_rate)
+    windows = split_windows(audio, extractor.nb_max_samples)[0][[0, -1]]
+    expected = extractor(list(windows), sampling_rate=extractor.sampling_rate, return_tensors="pt").input_features
+    # The extractor's STFT is float64, ours float32, whose rounding is ~1e-7 of a frame's loudest bin: bins 60-80 dB
+    # below it differ by up to 2.2e-3 dB on the 28 sample tracks (louder ones by < 1e-4 dB), in values spanning
+    # -100..+25 dB. 1e-2 dB leaves a margin and still fails a symmetric Hann window (0.8 dB) or zero padding (35 dB).
+    torch.testing.assert_close(mtv.log_mel_features(extractor, windows), expected, rtol=0, atol=1e-2)
+
+
+def test_fused_checkpoint_features_come_from_its_extractor(clap_audio, sample_tracks):
+    """A "fusion" extractor stacks four views with other mel filters; those features are left to the extractor."""
+    from transformers import ClapFeatureExtractor
+
+    unfused = clap_audio.processor.feature_extractor
+    fusion = ClapFeatureExtractor(**{**unfused.to_dict(), "truncation": "fusion"})
+    audio = mtv.decode_audio(sample_tracks[0], fusion.sampling_rate)
+    windows = split_windows(audio, fusion.nb_max_samples)[0][:2]
+    features = mtv.log_mel_features(fusion, windows)
+    assert features.shape[:2] == (2, 4)
+    torch.testing.assert_close(features, fusion(list(windows), sampling_rate=fusion.sampling_rate,
+                                                return_tensors="pt").input_features, rtol=0, atol=0)
 
 
 def test_built_database_meets_its_contract(built_library, clap_audio):
