@@ -97,6 +97,48 @@ def test_fused_checkpoint_features_come_from_its_extractor(clap_audio, sample_tr
                                                 return_tensors="pt").input_features, rtol=0, atol=0)
 
 
+def _clap_with_shifted_windows(checkpoints, folder):
+    """The tiny CLAP with two blocks in its first stages, so the second block attends in shifted windows (the
+    tiny checkpoint has one block per stage: no mask), and non-zero relative position biases (random init: zero)."""
+    from transformers import AutoProcessor, ClapAudioModelWithProjection
+
+    config = ClapAudioModelWithProjection.config_class.from_pretrained(checkpoints["clap"])
+    config.depths = [2, 2, 1, 1]
+    torch.manual_seed(0)
+    model = ClapAudioModelWithProjection(config)
+    with torch.no_grad():
+        for stage in model.audio_model.audio_encoder.layers:
+            for block in stage.blocks:
+                block.attention.self.relative_position_bias_table.normal_()
+    model.save_pretrained(folder)
+    AutoProcessor.from_pretrained(checkpoints["clap"]).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("shifted_windows", [False, True])
+def test_fused_audio_attention_matches_transformers(checkpoints, clap_audio, sample_tracks, tmp_path,
+                                                     shifted_windows):
+    """load_clap_audio runs the audio tower's window attention through the fused kernel; the embeddings of real
+    windows stay transformers', with and without the shifted-window mask."""
+    from transformers import ClapAudioModelWithProjection
+
+    from models import load_clap_audio
+
+    name = _clap_with_shifted_windows(checkpoints, tmp_path / "clap") if shifted_windows else checkpoints["clap"]
+    fused = load_clap_audio(name, "fp32") if shifted_windows else clap_audio
+    reference = ClapAudioModelWithProjection.from_pretrained(name).eval()
+    extractor = fused.processor.feature_extractor
+    audio = mtv.decode_audio(sample_tracks[0], extractor.sampling_rate)
+    features = mtv.log_mel_features(extractor, split_windows(audio, extractor.nb_max_samples)[0][:3])
+    with torch.inference_mode():
+        embeds = fused.model(input_features=features).audio_embeds
+        # They differ by ~2e-8 (scores scaled before vs after q @ k, bias and mask added in one pass) in values of
+        # 0.03-0.3; dropping the shifted-window mask moves them by ~1e-3.
+        torch.testing.assert_close(embeds, reference(input_features=features).audio_embeds, rtol=1e-5, atol=1e-6)
+    blocks = [block for stage in fused.model.audio_model.audio_encoder.layers for block in stage.blocks]
+    assert any(block.shift_size > 0 for block in blocks) == shifted_windows
+
+
 def test_built_database_meets_its_contract(built_library, clap_audio):
     paths = LibraryPaths.at(built_library)
     db = load_database(paths, clap_model=clap_audio.name, dim=clap_audio.model.config.projection_dim)
