@@ -372,27 +372,42 @@ def file_sha256(path: Path) -> str:
 
 
 def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
-    """Decode to mono float32 at `sample_rate` (deterministic soxr resampling). Raises AudioError."""
+    """Decode to mono float32 at `sample_rate`. Raises AudioError with a reason a user can act on.
+
+    FFmpeg's decoders, in process through PyAV (its wheel bundles them): every format, m4a/AAC included, with no
+    system ffmpeg, and Opus twice as fast as libsndfile. The channels are averaged and the audio resampled with
+    soxr (librosa.resample, "soxr_hq"), so the same file always gives the same samples.
+    """
+    import av
     import librosa
 
     if path.stat().st_size == 0:
         raise AudioError(f"{path.name} is an empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # librosa warns on its audioread fallback; failure is reported below
-            audio, _ = librosa.load(path, sr=sample_rate, mono=True)
-    except Exception as e:  # soundfile, audioread and ffmpeg each raise their own types
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{path.name} holds no audio stream")
+            stream = container.streams.audio[0]
+            rate = stream.codec_context.sample_rate
+            # Planar float at the stream's own rate and layout: a format change only, exact for integer PCM.
+            to_float = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=rate)
+            chunks = [planes for frame in container.decode(stream) for planes in
+                      (f.to_ndarray() for f in to_float.resample(frame))]
+            chunks += [f.to_ndarray() for f in to_float.resample(None)]
+    except AudioError:
+        raise
+    except (av.FFmpegError, ValueError, OSError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if type(e).__name__ == "NoBackendError":  # neither libsndfile nor audioread/ffmpeg could read it
-            reason = ("no m4a decoder on this machine (install ffmpeg)" if path.suffix.lower() == ".m4a"
-                      else "not an audio file this machine can decode (corrupt, or not audio)")
-        elif isinstance(e, EOFError):
-            reason = "the file ends before its audio does (truncated?)"
+        if isinstance(e, av.InvalidDataError):
+            reason = "not an audio file this machine can decode (corrupt, or not audio)"
         raise AudioError(f"cannot decode {path.name}: {reason}") from e
+    audio = np.concatenate(chunks, axis=1).mean(axis=0) if chunks else np.zeros(0, np.float32)
     if audio.size == 0:
         raise AudioError(f"{path.name} holds no audio (zero length)")
     if not np.all(np.isfinite(audio)):
         raise AudioError(f"{path.name} decodes to non-finite samples")
+    if rate != sample_rate:
+        audio = librosa.resample(audio, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq")
     return audio.astype(np.float32, copy=False)
 
 

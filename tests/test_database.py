@@ -63,6 +63,41 @@ def test_same_file_gives_identical_vector_across_runs(clap_audio, sample_tracks,
     np.testing.assert_array_equal(rows[0][1], rows[1][1])
 
 
+def _encode(source: np.ndarray, rate: int, path, codec: str, layout: str = "mono"):
+    """Write float32 audio (channels, samples) to `path` with PyAV, as another program would have."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(source, np.float32), format="fltp", layout=layout)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+
+
+def test_decoding_averages_the_channels_and_resamples_with_soxr(sample_tracks, tmp_path):
+    """A stereo 44.1 kHz wav of real music: the decoded audio is exactly the mean of its channels, resampled."""
+    import librosa
+
+    music = mtv.decode_audio(sample_tracks[3], 44_100)[: 44_100 * 4]
+    stereo = np.stack([music, 0.5 * music[::-1]])
+    soundfile.write(tmp_path / "stereo.wav", stereo.T, 44_100, subtype="FLOAT")
+    expected = librosa.resample(stereo.mean(axis=0), orig_sr=44_100, target_sr=48_000, res_type="soxr_hq")
+    np.testing.assert_allclose(mtv.decode_audio(tmp_path / "stereo.wav", 48_000), expected, atol=1e-6)
+
+
+def test_m4a_is_decoded_without_a_system_ffmpeg(sample_tracks, tmp_path, monkeypatch):
+    """AAC in an .m4a (what a Mac or an iTunes library holds) decodes in process: no ffmpeg on PATH needed."""
+    music = mtv.decode_audio(sample_tracks[3], 48_000)
+    _encode(music[None], 48_000, tmp_path / "track.m4a", "aac")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ffmpeg, no other program
+    decoded = mtv.decode_audio(tmp_path / "track.m4a", 48_000)
+    assert abs(len(decoded) - len(music)) < 48_000 * 0.1  # within 0.1 s (encoder padding)
+    second = music[48_000 * 5:48_000 * 6]  # the same music through a lossy codec, after the encoder's priming
+    lag = max(range(0, 4096), key=lambda shift: float(second @ decoded[48_000 * 5 + shift:48_000 * 6 + shift]))
+    assert np.corrcoef(second, decoded[48_000 * 5 + lag:48_000 * 6 + lag])[0, 1] > 0.95
+
+
 def test_track_vector_is_weighted_mean_of_its_windows(clap_audio, sample_tracks):
     audio = mtv.decode_audio(sample_tracks[0], 48_000)
     vector, segments = embed_track(clap_audio, audio)
