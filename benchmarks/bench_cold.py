@@ -36,12 +36,12 @@ def make_library(folder: Path, clap_model: str, dim: int) -> Path:
     return folder
 
 
-def run(command: list[str]) -> tuple[float, float]:
+def run(command: list[str], env: dict | None = None) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of one process, which must succeed."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         process = subprocess.Popen(command, stdout=out, stderr=err, cwd=ROOT,
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
         _, status, usage = os.wait4(process.pid, 0)  # reaps it, with its own rusage
         wall = time.perf_counter() - start
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -70,16 +70,20 @@ def main(argv=None) -> int:
                    "--blip-model", checkpoints["blip"], "--clap-model", checkpoints["clap"]]
         seed = [sys.executable, str(ROOT / "benchmarks" / "seed_cold.py"), str(jpg), checkpoints["blip"],
                 checkpoints["clap"], str(library)]
-        run(product)  # fills the page cache with the weights for both: "cold" is a new process, not a cold disk
+        # The first run fills the page cache with the weights for both ("cold" is a new process, not a cold disk)
+        # and, for the product, its cache of the mood words' grey-image baseline, as a user's first query does.
+        cache = {"MUSIC_MOOD_CACHE": str(folder / "cache")}
+        first_wall, _ = run(product, cache)
         run(seed)
         print(f"load average {os.getloadavg()[0]:.1f}; {LIBRARY_SIZE} tracks; {repeats} runs each, interleaved")
         results = {"seed": [], "product": []}
         for _ in range(repeats):
             for name, command in (("seed", seed), ("product", product)):
-                results[name].append(run(command))
+                results[name].append(run(command, cache))
     for name, label in (("seed", "(a) seed-equivalent cold script"), ("product", "(b) recommend.py IMAGE --json")):
         walls, rss = [w for w, _ in results[name]], [r for _, r in results[name]]
         print(f"{label:<33} p50 {percentile(walls, 50):.2f} s  min {min(walls):.2f} s  peak RSS {max(rss):.0f} MB")
+    print(f"(b) its first run, untimed above, which computes and caches the grey-image baseline: {first_wall:.2f} s")
     ratio = percentile([w for w, _ in results["product"]], 50) / percentile([w for w, _ in results["seed"]], 50)
     print(f"product / seed at p50: {ratio:.2f}")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
