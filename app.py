@@ -73,11 +73,13 @@ class Models:
         self.ready = threading.Event()
 
     def load(self) -> None:
+        from image_to_vector import neutral_mood_scores
         from models import load_blip, load_clap_text
 
         try:
             self.blip = load_blip(self.blip_model, self.precision)
             self.clap = load_clap_text(self.clap_model, self.precision)
+            neutral_mood_scores(self.blip)  # read from the cache, or computed now rather than in the first request
         except ModelLoadError as e:
             self.error = e
         finally:

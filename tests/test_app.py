@@ -326,6 +326,20 @@ def test_page_says_models_are_loading_and_requests_wait_for_them(checkpoints, li
     assert models.status() == ""
 
 
+def test_loading_prepares_the_mood_baseline_before_the_first_request(checkpoints, monkeypatch):
+    """The grey-image pass (or reading its cache) happens while the page says the models are loading."""
+    import weakref
+
+    import image_to_vector
+    from app import Models
+
+    monkeypatch.setattr(image_to_vector, "_neutral_scores", weakref.WeakKeyDictionary())  # as in a new process
+    models = Models(checkpoints["blip"], checkpoints["clap"], "fp32")
+    models.load()
+    assert models.blip.model in image_to_vector._neutral_scores
+    assert list(image_to_vector.cache_dir().glob("mood-baseline-*.json"))
+
+
 def test_model_that_cannot_load_is_an_error_in_the_page(checkpoints, tmp_path):
     import gradio as gr
 
