@@ -24,7 +24,6 @@ import shutil
 import sys
 import tempfile
 import threading
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -396,7 +395,7 @@ def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
             chunks += [f.to_ndarray() for f in to_float.resample(None)]
     except AudioError:
         raise
-    except (av.FFmpegError, ValueError, OSError) as e:
+    except Exception as e:  # whatever FFmpeg or PyAV raise, this one file cannot be decoded
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, av.InvalidDataError):
             reason = "not an audio file this machine can decode (corrupt, or not audio)"
