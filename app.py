@@ -279,6 +279,12 @@ def build_app(library: Library, models: Models):
         finally:
             release_freed_memory()  # a query's activations, ~200 MB, would otherwise stay in the server's RSS
 
+    def on_photo(image, text, topk, moods, genres):
+        """A new photo (upload, webcam, paste, example) is answered at once; clearing it changes nothing."""
+        if image is None:
+            return gr.skip()
+        return on_recommend(image, text, topk, moods, genres)
+
     def on_add_music(files, mood, progress=gr.Progress(track_tqdm=True)):
         if not files:
             raise gr.Error("Choose one or more audio files first.")
@@ -347,6 +353,12 @@ def build_app(library: Library, models: Models):
             table = gr.Dataframe(library_rows(db), headers=LIBRARY_COLUMNS, interactive=False, elem_id="library")
 
         button.click(on_recommend, inputs=[image, text, topk, moods, genres], outputs=result, api_name="recommend",
+                     concurrency_id="models").success(
+            render_analysis, inputs=result, outputs=[caption, mood_words, query_text, tracks],
+            api_visibility="private", queue=False)
+        # Dropping in a photo is asking for its music; the button then re-asks with other words, top-k or
+        # filters, which is quick because the photo's caption and mood words are remembered.
+        image.change(on_photo, inputs=[image, text, topk, moods, genres], outputs=result, api_visibility="private",
                      concurrency_id="models").success(
             render_analysis, inputs=result, outputs=[caption, mood_words, query_text, tracks],
             api_visibility="private", queue=False)

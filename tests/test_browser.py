@@ -96,6 +96,22 @@ def test_photo_gives_players_that_start_at_the_best_moment(page, app, blip, clap
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
 
+def test_dropping_in_a_photo_is_enough(page, app, blip, clap_text, photos):
+    """No button to find: the photo alone brings its music, and the button then re-asks with other settings."""
+    db = load_database(LibraryPaths.at(app.library))
+    expected = recommend(blip, clap_text, db, image=photos["astronaut.png"], topk=10)
+    upload_photo(page, photos["astronaut.png"])
+    page.wait_for_function(f"document.querySelectorAll('#tracks audio').length === {min(10, len(db))}",
+                           timeout=WAIT_MS)
+    assert page.locator("#caption textarea").input_value() == expected.caption
+
+    page.locator("#topk input[type=number]").fill("2")
+    page.locator("#topk input[type=number]").press("Enter")
+    page.click("#recommend")
+    page.wait_for_function("document.querySelectorAll('#tracks audio').length === 2", timeout=WAIT_MS)
+    assert page.locator("#caption textarea").input_value() == expected.caption
+
+
 def test_non_image_shows_an_error_and_the_page_keeps_working(page, tmp_path, photos):
     bad = tmp_path / "notes.png"
     bad.write_text("this is text, not a photo\n")
