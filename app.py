@@ -393,9 +393,10 @@ def prepare_library(paths: LibraryPaths, clap_model: str, precision: str) -> Non
 
     print(f"Adding {len(pending)} audio file(s) to the library in {paths.root}.", file=sys.stderr)
     report = build_library(load_clap_audio(clap_model, precision), paths, progress=True)
-    for source, reason in report.failed:
-        print(f"Error: {source}: {reason} (left where it is)", file=sys.stderr)
-    print(f"{len(report.added)} added, {len(report.failed)} failed.", file=sys.stderr)
+    for line in report.problem_lines():
+        print(line, file=sys.stderr)
+    print(f"{len(report.added)} added, {len(report.failed)} failed, {len(report.duplicates)} already there.",
+          file=sys.stderr)
 
 
 def not_audio(folder: Path) -> list[str]:

@@ -523,6 +523,12 @@ class BuildReport:
     duplicates: list[tuple[Path, str]] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
+    def problem_lines(self) -> list[str]:
+        """One line for stderr per file that was not added, and why."""
+        return ([f"Note: {source} is already in the library as {listed_as}; left where it is."
+                 for source, listed_as in self.duplicates] +
+                [f"Error: {source}: {reason} (left where it is)" for source, reason in self.failed])
+
 
 def _prefetch(function, items, ahead: int = 2):
     """Yield (item, result or exception) in order while the next `ahead` items are computed in a thread.
@@ -791,10 +797,8 @@ def main(argv=None) -> int:
             raise
         print(f"Error: {e}", file=sys.stderr)
         return 1
-    for source, listed_as in report.duplicates:
-        print(f"Note: {source} is already in the library as {listed_as}; left where it is.", file=sys.stderr)
-    for source, reason in report.failed:
-        print(f"Error: {source}: {reason} (left where it is)", file=sys.stderr)
+    for line in report.problem_lines():
+        print(line, file=sys.stderr)
     for record in report.added:
         print(f"added  {record['file_path']}  ({record['duration_s']:.1f} s, {record['segment_count']} windows)")
     total = len(load_database(paths))

@@ -278,6 +278,23 @@ def test_start_builds_the_database_from_new_music(isolated_library, checkpoints,
     assert "Adding 2 audio file(s)" in capsys.readouterr().err
 
 
+def test_start_names_each_file_it_did_not_add(library_copy, checkpoints, capsys):
+    """A copy of a listed track and a broken file in new_music/: both named on stderr, with why, and left there."""
+    from app import prepare_library
+
+    listed = load_database(LibraryPaths.at(library_copy)).tracks[0]["file_path"]
+    copy = library_copy / "new_music" / "again.opus"
+    broken = library_copy / "new_music" / "broken.mp3"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(library_copy / listed, copy)
+    broken.write_bytes(b"not audio" * 100)
+    prepare_library(LibraryPaths.at(library_copy), checkpoints["clap"], "fp32")
+    err = capsys.readouterr().err
+    assert f"Note: {copy} is already in the library as {listed}; left where it is." in err
+    assert f"Error: {broken}: cannot decode broken.mp3" in err
+    assert "0 added, 1 failed, 1 already there." in err and copy.exists() and broken.exists()
+
+
 def test_start_imports_the_sample_library_when_there_is_no_music(isolated_library, checkpoints, monkeypatch, capsys):
     import app
 
