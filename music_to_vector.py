@@ -389,10 +389,11 @@ def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
             stream = container.streams.audio[0]
             rate = stream.codec_context.sample_rate
             # Planar float at the stream's own rate and layout: a format change only, exact for integer PCM.
+            # Channels are averaged frame by frame, so a long stereo file never sits in memory twice over.
             to_float = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=rate)
-            chunks = [planes for frame in container.decode(stream) for planes in
-                      (f.to_ndarray() for f in to_float.resample(frame))]
-            chunks += [f.to_ndarray() for f in to_float.resample(None)]
+            chunks = [f.to_ndarray().mean(axis=0) for frame in container.decode(stream)
+                      for f in to_float.resample(frame)]
+            chunks += [f.to_ndarray().mean(axis=0) for f in to_float.resample(None)]
     except AudioError:
         raise
     except Exception as e:  # whatever FFmpeg or PyAV raise, this one file cannot be decoded
@@ -400,7 +401,7 @@ def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
         if isinstance(e, av.InvalidDataError):
             reason = "not an audio file this machine can decode (corrupt, or not audio)"
         raise AudioError(f"cannot decode {path.name}: {reason}") from e
-    audio = np.concatenate(chunks, axis=1).mean(axis=0) if chunks else np.zeros(0, np.float32)
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     if audio.size == 0:
         raise AudioError(f"{path.name} holds no audio (zero length)")
     if not np.all(np.isfinite(audio)):
