@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -38,6 +39,7 @@ AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".opus", ".m4a")
 GENRE_WORDS = ("acoustic", "electronic", "ambient", "classical", "jazz", "rock", "pop", "folk", "piano",
                "orchestral", "hiphop", "lofi", "blues", "country", "metal", "reggae", "soul", "funk")
 WINDOWS_PER_BATCH = 8
+MIX_FRAMES = 256  # decoded frames whose channels are averaged at once (~5 s of Opus)
 HOME_ENV = "MUSIC_MOOD_HOME"
 NORM_TOLERANCE = 1e-3
 SAMPLE_PACKAGE = "immich-memories-music"
@@ -389,11 +391,15 @@ def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
             stream = container.streams.audio[0]
             rate = stream.codec_context.sample_rate
             # Planar float at the stream's own rate and layout: a format change only, exact for integer PCM.
-            # Channels are averaged frame by frame, so a long stereo file never sits in memory twice over.
             to_float = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=rate)
-            chunks = [f.to_ndarray().mean(axis=0) for frame in container.decode(stream)
-                      for f in to_float.resample(frame)]
-            chunks += [f.to_ndarray().mean(axis=0) for f in to_float.resample(None)]
+            chunks, block = [], []
+            for frame in itertools.chain(container.decode(stream), [None]):  # None flushes the converter
+                block += [f.to_ndarray() for f in to_float.resample(frame)]
+                # The channels are averaged a few hundred frames at a time: a long stereo file is never held
+                # as all its channels, and one mean per frame would cost a quarter more decoding time.
+                if block and (len(block) >= MIX_FRAMES or frame is None):
+                    chunks.append(np.concatenate(block, axis=1).mean(axis=0))
+                    block = []
     except AudioError:
         raise
     except Exception as e:  # whatever FFmpeg or PyAV raise, this one file cannot be decoded
