@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from image_to_vector import ImageError
-from models import HelpFormatter, ModelLoadError, add_model_arguments, release_freed_memory
+from models import HelpFormatter, ModelLoadError, add_model_arguments, int_argument, release_freed_memory
 from music_to_vector import (AUDIO_EXTENSIONS, SAMPLE_PACKAGE, Database, DatabaseError, LibraryBusyError,
                              LibraryPaths, add_library_arguments, build_library, import_sample_library,
                              load_database, pending_files)
@@ -408,16 +408,6 @@ def not_audio(folder: Path) -> list[str]:
     return [str(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() not in AUDIO_EXTENSIONS]
 
 
-def port_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"{value} is not between 1 and 65535")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="app.py",
@@ -427,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="address to listen on; 0.0.0.0 opens the page to your network")
-    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="port to listen on")
+    parser.add_argument("--port", type=int_argument(1, 65535, "a port number"), default=DEFAULT_PORT, help="port to listen on")
     parser.add_argument("--share", action="store_true",
                         help="also publish the page through a public gradio.live link (anyone with it can use it)")
     add_library_arguments(parser)

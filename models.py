@@ -56,6 +56,21 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def int_argument(low: int, high: int | None = None, noun: str = "a whole number"):
+    """An argparse `type` for a whole number from `low` (to `high`), refusing anything else with a plain message."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"{value} is less than {low}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+    return parse
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, blip: bool = True) -> None:
     """The model options every command shares: --blip-model (if it captions), --clap-model, --precision."""
     if blip:

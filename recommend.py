@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from image_to_vector import ImageError
-from models import HelpFormatter, ModelLoadError, add_model_arguments
+from models import HelpFormatter, ModelLoadError, add_model_arguments, int_argument
 from music_to_vector import Database, DatabaseError, LibraryPaths, add_library_arguments, load_database
 
 EMPTY_LIBRARY = ("the music library is empty: put audio files in new_music/ and run python music_to_vector.py, "
@@ -199,16 +199,6 @@ def play(path: str, start_s: float | None) -> None:
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is less than 1")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recommend.py",
@@ -218,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="photos to find music for")
     parser.add_argument("--text", default="", help="words to search by, alone or together with the photo")
-    parser.add_argument("--topk", type=positive_int, default=10, help="how many tracks to list")
+    parser.add_argument("--topk", type=int_argument(1), default=10, help="how many tracks to list")
     parser.add_argument("--mood", action="append", help="only tracks of this mood (repeat for several)")
     parser.add_argument("--genre", action="append", help="only tracks of this genre (repeat for several)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image, one per line")

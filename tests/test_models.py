@@ -75,3 +75,19 @@ def test_model_not_in_the_cache_is_downloaded_with_a_notice(tmp_path, fake_hub):
     assert done.returncode == 1
     assert "Downloading the CLAP model tiny-org/not-cached from the Hugging Face Hub" in done.stderr
     assert "ModelLoadError: cannot load the CLAP model 'tiny-org/not-cached'" in done.stderr
+
+
+def test_int_argument_accepts_its_range_and_says_what_is_wrong():
+    import argparse
+    import re
+
+    from models import int_argument
+
+    topk, port = int_argument(1), int_argument(1, 65535, "a port number")
+    assert topk("3") == 3 and topk("1000") == 1000 and port("1") == 1 and port("65535") == 65535
+    for parse, text, message in [(topk, "0", "0 is less than 1"), (topk, "x", "'x' is not a whole number"),
+                                 (port, "0", "0 is not between 1 and 65535"),
+                                 (port, "65536", "65536 is not between 1 and 65535"),
+                                 (port, "abc", "'abc' is not a port number")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
+            parse(text)
