@@ -352,16 +352,16 @@ def build_app(library: Library, models: Models):
                     status = gr.Markdown(f"The library holds {len(db)} track(s).", elem_id="library-status")
             table = gr.Dataframe(library_rows(db), headers=LIBRARY_COLUMNS, interactive=False, elem_id="library")
 
-        button.click(on_recommend, inputs=[image, text, topk, moods, genres], outputs=result, api_name="recommend",
-                     concurrency_id="models").success(
-            render_analysis, inputs=result, outputs=[caption, mood_words, query_text, tracks],
-            api_visibility="private", queue=False)
+        def answer(event, handler, **api):
+            """Run `handler` on the query inputs when `event` fires, then show its result."""
+            event(handler, inputs=[image, text, topk, moods, genres], outputs=result, concurrency_id="models",
+                  **api).success(render_analysis, inputs=result, outputs=[caption, mood_words, query_text, tracks],
+                                 api_visibility="private", queue=False)
+
+        answer(button.click, on_recommend, api_name="recommend")
         # Dropping in a photo is asking for its music; the button then re-asks with other words, top-k or
         # filters, which is quick because the photo's caption and mood words are remembered.
-        image.change(on_photo, inputs=[image, text, topk, moods, genres], outputs=result, api_visibility="private",
-                     concurrency_id="models").success(
-            render_analysis, inputs=result, outputs=[caption, mood_words, query_text, tracks],
-            api_visibility="private", queue=False)
+        answer(image.change, on_photo, api_visibility="private")
         add.click(on_add_music, inputs=[uploads, mood_folder], outputs=[moods, genres, table, status, uploads],
                   api_name="add_music", concurrency_id="models")
         demo.load(on_load, outputs=[moods, genres, table], api_visibility="private", queue=False)
