@@ -123,7 +123,7 @@ def render_tracks(result: dict) -> str:
     """The ranked tracks as HTML, each with its own player starting at its best moment; all text escaped."""
     results = result.get("results") or []
     if not results:
-        return "<p>No recommendations yet: upload a photo and press Recommend.</p>"
+        return "<p>No recommendations yet: drop in a photo (or type some words and press Recommend).</p>"
     items = []
     for track in results:
         start = track.get("best_segment_start_s")
