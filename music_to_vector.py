@@ -5,9 +5,13 @@ Database contract (checked by load_database):
 - music_database_segments.npy: float32 (S, D), one unit row per 10 s window, track i owning rows
   [segment_offset, segment_offset + segment_count).
 - music_database_metadata.json: {"format", "version", "clap_model", "embedding": {method, sample_rate,
-  window_s, dim}, "tracks": [{id, title, artist, mood, genre, file_path, duration_s, sha256, segment_offset,
-  segment_count}]}. file_path is relative to the library folder. A seed-format file (a bare list of
+  window_s, dim}, "commit": {id, vectors_bytes, segments_bytes, moves}, "tracks": [{id, title, artist, mood,
+  genre, file_path, duration_s, sha256, segment_offset, segment_count, from_file}]}. file_path is relative to
+  the library folder; from_file holds the tags the file itself gave. A seed-format file (a bare list of
   {id, file_path, title, mood, genre}) still loads, without segments.
+- One commit point (save_database): the data files of a change are written under new names first; replacing the
+  metadata, which names them, commits the change; they are renamed into place after. A reader sees the old
+  library or the new one, and a crash after the commit is finished from the metadata (finish_commit).
 - music_database_index.faiss (libraries of SEARCH_INDEX_MIN_TRACKS or more): a cache of the approximate search
   index, derived from music_database.npy; it starts with the SHA-256 of the vectors it indexes and is rebuilt
   whenever they differ. Deleting it is always safe.
@@ -21,16 +25,19 @@ import itertools
 import json
 import math
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from models import HelpFormatter, add_model_arguments
+from music_mood.storage import (LibraryBusyError, acquire_lock, fsync_dir, move_file, remove, rename,
+                                write_atomically, write_new_file)
 
 FORMAT_NAME = "music-mood-database"
 FORMAT_VERSION = 1
@@ -47,6 +54,8 @@ SAMPLE_PACKAGE = "immich-memories-music"
 # 200 000 x 512 float32 rows already reads 400 MB per query. Below it, exact search is fast and stays the default.
 SEARCH_INDEX_MIN_TRACKS = 200_000
 INDEX_FORMAT = b"music-mood-ivf-sq8-v1"
+REBUILD = "rebuild it with: python music_to_vector.py --rebuild"
+READ_ATTEMPTS = 5  # reads of a library that a builder keeps committing to, before giving up
 
 
 class DatabaseError(RuntimeError):
@@ -55,10 +64,6 @@ class DatabaseError(RuntimeError):
 
 class AudioError(ValueError):
     """An audio file cannot be decoded or holds no audio."""
-
-
-class LibraryBusyError(RuntimeError):
-    """Another builder holds the library lock."""
 
 
 @dataclass(frozen=True)
@@ -148,56 +153,189 @@ def empty_database(root: Path, clap_model: str | None = None, dim: int = 0) -> D
 
 
 def load_database(paths: LibraryPaths, clap_model: str | None = None, dim: int | None = None) -> Database:
-    """Load and check the database. No files at all is an empty library; anything inconsistent is a DatabaseError.
+    """Load and check the last committed database. No files at all is an empty library; anything inconsistent is
+    a DatabaseError.
 
+    A commit that a crash left half done (its data files not yet renamed into place, its moves not yet made) is
+    read as committed, and finished here when the library lock is free. A commit made while the files are being
+    read is noticed (the metadata changed) and the read starts again, so the result is one committed state.
     With `clap_model`/`dim`, a database made by another CLAP checkpoint or of another dimension is refused.
     """
+    for _ in range(READ_ATTEMPTS):
+        before = committed_state(paths)
+        db = _load_committed(paths, clap_model, dim)
+        if committed_state(paths) == before:
+            return db
+    raise DatabaseError(f"{paths.metadata} kept changing while it was read (a builder is committing); try again")
+
+
+def committed_state(paths: LibraryPaths) -> tuple | None:
+    """A cheap identity of the committed library (the metadata file's inode, mtime and size): every commit
+    replaces that file, so this changes exactly when the library does. None when there is no database."""
+    try:
+        st = os.stat(paths.metadata)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _load_committed(paths: LibraryPaths, clap_model: str | None, dim: int | None) -> Database:
     if not paths.vectors.exists() and not paths.metadata.exists():
         return empty_database(paths.root, clap_model, dim or 0)
-    rebuild = "rebuild it with: python music_to_vector.py --rebuild"
-    for path in (paths.vectors, paths.metadata):
-        if not path.exists():
-            raise DatabaseError(f"{path} is missing while its partner exists; {rebuild}")
-    try:
-        meta = json.loads(paths.metadata.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatabaseError(f"cannot read {paths.metadata} ({e}); {rebuild}") from e
-    try:
-        # A large library stays memory-mapped: the index answers queries, and only the rows it proposes are read.
-        vectors = np.load(paths.vectors, mmap_mode="r", allow_pickle=False)
-        if vectors.ndim != 2 or len(vectors) < SEARCH_INDEX_MIN_TRACKS:
-            vectors = np.array(vectors)
-    except (OSError, ValueError, EOFError) as e:
-        raise DatabaseError(f"cannot read {paths.vectors} ({e}); {rebuild}") from e
+    if not paths.metadata.exists():
+        raise DatabaseError(f"{paths.metadata} is missing while {paths.vectors} exists; {REBUILD}")
+    meta = _read_metadata(paths)
+    commit = meta.get("commit") if isinstance(meta, dict) else None
+    if commit and _unfinished(paths, commit):
+        _finish_if_free(paths, commit)
+    vectors = _load_array(paths.vectors, commit, "vectors", mmap=True)
 
     if isinstance(meta, list):  # the seed's format: no checkpoint recorded, no segments
         tracks, made_by, segments = meta, None, None
     elif isinstance(meta, dict) and meta.get("format") == FORMAT_NAME and isinstance(meta.get("tracks"), list):
         if meta.get("version") != FORMAT_VERSION:
             raise DatabaseError(f"{paths.metadata} has format version {meta.get('version')}, this program reads "
-                                f"{FORMAT_VERSION}; {rebuild}")
+                                f"{FORMAT_VERSION}; {REBUILD}")
         tracks, made_by = meta["tracks"], meta.get("clap_model")
-        segments = _load_segments(paths, tracks, rebuild)
+        segments = _load_array(paths.segments, commit, "segments")
+        expected = sum(int(t.get("segment_count", 0)) for t in tracks)
+        if segments.ndim != 2 or segments.dtype != np.float32 or len(segments) != expected:
+            raise DatabaseError(f"{paths.segments} does not match the metadata ({segments.shape} for {expected} "
+                                f"segments); {REBUILD}")
     else:
-        raise DatabaseError(f"{paths.metadata} is not a music database metadata file; {rebuild}")
+        raise DatabaseError(f"{paths.metadata} is not a music database metadata file; {REBUILD}")
 
     if vectors.ndim != 2 or vectors.dtype != np.float32:
         raise DatabaseError(f"{paths.vectors} holds {vectors.dtype} {vectors.shape}, not a float32 (N, D) matrix; "
-                            f"{rebuild}")
+                            f"{REBUILD}")
     if len(vectors) != len(tracks):
         raise DatabaseError(f"{paths.vectors} has {len(vectors)} rows but {paths.metadata} lists {len(tracks)} "
-                            f"tracks; {rebuild}")
+                            f"tracks; {REBUILD}")
     if not all(isinstance(t, dict) and "file_path" in t for t in tracks):
-        raise DatabaseError(f"{paths.metadata} has a track without a file_path; {rebuild}")
+        raise DatabaseError(f"{paths.metadata} has a track without a file_path; {REBUILD}")
     if not _rows_are_unit(vectors):
-        raise DatabaseError(f"{paths.vectors} has rows that are not unit-length (or not finite); {rebuild}")
+        raise DatabaseError(f"{paths.vectors} has rows that are not unit-length (or not finite); {REBUILD}")
     if dim is not None and len(vectors) and vectors.shape[1] != dim:
         raise DatabaseError(f"the database holds {vectors.shape[1]}-d vectors but the CLAP model gives {dim}-d; "
-                            f"{rebuild}")
+                            f"{REBUILD}")
     check_clap_model(made_by, clap_model)
     window_s = float(meta.get("embedding", {}).get("window_s", 10.0)) if isinstance(meta, dict) else 10.0
     return Database(vectors=vectors, tracks=tracks, segments=segments, clap_model=made_by, root=paths.root,
                     window_s=window_s, vectors_path=paths.vectors)
+
+
+def _read_metadata(paths: LibraryPaths):
+    try:
+        return json.loads(paths.metadata.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatabaseError(f"cannot read {paths.metadata} ({e}); {REBUILD}") from e
+
+
+def staged_path(final: Path, commit_id: str) -> Path:
+    """Where a commit's new data file is written before the commit names it; renamed to `final` after."""
+    return final.with_name(f".{final.name}.commit-{commit_id}")
+
+
+def _load_array(final: Path, commit: dict | None, kind: str, mmap: bool = False) -> np.ndarray:
+    """One data file of the committed state: its staged file while that is not yet renamed into place, else
+    `final`. Its size must be the one the commit recorded (a commit's files are never mixed with another's)."""
+    candidates = [final] if not commit else [staged_path(final, commit["id"]), final]
+    for path in candidates:
+        try:
+            size = path.stat().st_size
+            # A large library stays memory-mapped: the index answers queries, and only the rows it proposes are read.
+            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except FileNotFoundError as e:
+            if path != final:
+                continue  # renamed into place since we looked: `final` is that file now
+            raise DatabaseError(f"{final} is missing while the metadata lists it; {REBUILD}") from e
+        except (OSError, ValueError, EOFError) as e:
+            raise DatabaseError(f"cannot read {path} ({e}); {REBUILD}") from e
+        expected = commit.get(f"{kind}_bytes") if commit else None
+        if expected is not None and size != expected:
+            raise DatabaseError(f"{final} ({size} bytes) is not the file the metadata's last commit wrote "
+                                f"({expected} bytes); {REBUILD}")
+        if mmap and (array.ndim != 2 or len(array) < SEARCH_INDEX_MIN_TRACKS):
+            array = np.array(array)
+        return array
+    raise AssertionError("unreachable: the last candidate is `final`")
+
+
+def _committed_id(paths: LibraryPaths) -> str | None:
+    try:
+        meta = json.loads(paths.metadata.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return (meta.get("commit") or {}).get("id") if isinstance(meta, dict) else None
+
+
+def _unfinished(paths: LibraryPaths, commit: dict) -> bool:
+    """Whether a crash stopped `commit` after its commit point: a staged file or a recorded move still waits."""
+    return (any(staged_path(final, commit["id"]).exists() for final in (paths.vectors, paths.segments))
+            or any(os.path.lexists(paths.root / source) for source, _ in commit.get("moves", [])))
+
+
+def _finish_if_free(paths: LibraryPaths, commit: dict) -> None:
+    """Finish a half-done commit from a reader, unless a builder holds the lock (it finishes it) or the library
+    cannot be written (then the staged files are read where they are)."""
+    try:
+        lock = acquire_lock(paths.lock, timeout=0)
+    except (LibraryBusyError, OSError):
+        return
+    try:
+        meta = _read_metadata(paths)  # the lock was free: it may have been finished and superseded meanwhile
+        if isinstance(meta, dict) and meta.get("commit"):
+            for line in finish_commit(paths, meta["commit"]):
+                print(line, file=sys.stderr)
+    finally:
+        lock.release()
+
+
+def finish_commit(paths: LibraryPaths, commit: dict) -> list[str]:
+    """Roll the committed state forward (under the library lock): rename its staged data files into place, make
+    the file moves it records, and remove what crashed writes left (staged files of commits that never
+    happened, temp files of the database's own names). Idempotent. Returns a line per move it could not make."""
+    renamed = False
+    for final in (paths.vectors, paths.segments):
+        staged = staged_path(final, commit["id"])
+        if staged.exists():
+            rename(staged, final)
+            renamed = True
+    if renamed:
+        fsync_dir(paths.vectors.parent)
+    problems = []
+    for source, target in commit.get("moves", []):
+        source, target = paths.root / source, paths.root / target
+        if not os.path.lexists(source):
+            continue
+        if not os.path.lexists(target):
+            move_file(source, target)
+        elif source.is_file() and target.is_file() and file_sha256(source) == file_sha256(target):
+            remove(source)  # a copy across file systems finished, its source not yet removed: finish the move
+        else:
+            problems.append(f"Warning: {source} should have moved to {target}, which is another file now; "
+                            f"left where it is.")
+            continue
+        _remove_empty_folders(source.parent, paths.new_music)
+    for final in (paths.vectors, paths.segments, paths.metadata):
+        for leftover in final.parent.glob(f".{final.name}.*"):
+            if leftover.name.endswith(".tmp") or ".commit-" in leftover.name:
+                remove(leftover)
+    return problems
+
+
+def recover_library(paths: LibraryPaths) -> list[str]:
+    """Under the library lock, before a change: finish the last commit if a crash left it half done."""
+    if not paths.metadata.exists():
+        for final in (paths.vectors, paths.segments):  # staged files of a first commit that never happened
+            for leftover in final.parent.glob(f".{final.name}.commit-*"):
+                remove(leftover)
+        return []
+    try:
+        meta = _read_metadata(paths)
+    except DatabaseError:
+        return []  # nothing committed can be read: the load after this says so (or --rebuild starts afresh)
+    return finish_commit(paths, meta["commit"]) if isinstance(meta, dict) and meta.get("commit") else []
 
 
 def check_clap_model(made_by: str | None, clap_model: str | None) -> None:
@@ -225,56 +363,45 @@ def _rows_are_unit(vectors: np.ndarray, chunk: int = 65_536) -> bool:
     return True
 
 
-def _load_segments(paths: LibraryPaths, tracks: list[dict], rebuild: str) -> np.ndarray:
-    try:
-        segments = np.load(paths.segments, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise DatabaseError(f"cannot read {paths.segments} ({e}); {rebuild}") from e
-    expected = sum(int(t.get("segment_count", 0)) for t in tracks)
-    if segments.ndim != 2 or segments.dtype != np.float32 or len(segments) != expected:
-        raise DatabaseError(f"{paths.segments} does not match the metadata ({segments.shape} for {expected} "
-                            f"segments); {rebuild}")
-    return segments
+def save_database(db: Database, paths: LibraryPaths, sample_rate: int,
+                  moves: list[tuple[Path, Path]] = ()) -> list[str]:
+    """Commit `db`, and the moves of files from new_music/ into processed_music/ that it lists, in one step.
 
-
-def write_atomically(path: Path, write) -> None:
-    """Write through a temp file in the same folder, fsync it, then os.replace: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    1. The vectors and segments are written under new names (staged_path) and fsynced; nothing names them yet.
+    2. The commit point: the metadata, naming the commit, its files' sizes and the moves, replaces the old one
+       atomically. Before it a reader sees the old library, after it the new one.
+    3. finish_commit renames the staged files into place and makes the moves. A crash there is finished by the
+       next load or build, from the metadata alone: nothing is embedded again.
+    Must be called under the library lock. Returns finish_commit's problem lines.
+    """
+    commit = {"id": time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4),
+              "moves": [[source.relative_to(paths.root).as_posix(), target.relative_to(paths.root).as_posix()]
+                        for source, target in moves]}
+    staged = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for kind, final, array in (("vectors", paths.vectors, db.vectors), ("segments", paths.segments, db.segments)):
+            path = staged_path(final, commit["id"])
+            staged.append(path)
+            write_new_file(path, lambda f: np.save(f, np.ascontiguousarray(array, dtype=np.float32)))
+            commit[f"{kind}_bytes"] = path.stat().st_size
+        fsync_dir(paths.vectors.parent)
+        meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "clap_model": db.clap_model,
+            "embedding": {"method": EMBEDDING_METHOD, "sample_rate": sample_rate, "window_s": db.window_s,
+                          "dim": db.dim},
+            "commit": commit,
+            "tracks": db.tracks,
+        }
+        write_atomically(paths.metadata, lambda f: f.write(json.dumps(meta, indent=1, ensure_ascii=False).encode()))
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        # Not committed (unless the failure came after the rename, while syncing the folder): drop what we staged.
+        if _committed_id(paths) != commit["id"]:
+            for path in staged:
+                path.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name == "posix":  # makes the rename itself durable; Windows cannot open a folder for this
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def save_database(db: Database, paths: LibraryPaths, sample_rate: int) -> None:
-    """Write the three files atomically; the metadata goes last, so it never lists rows that are not on disk."""
-    meta = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "clap_model": db.clap_model,
-        "embedding": {"method": EMBEDDING_METHOD, "sample_rate": sample_rate, "window_s": db.window_s,
-                      "dim": db.dim},
-        "tracks": db.tracks,
-    }
-    write_atomically(paths.segments, lambda f: np.save(f, np.ascontiguousarray(db.segments, dtype=np.float32)))
-    write_atomically(paths.vectors, lambda f: np.save(f, np.ascontiguousarray(db.vectors, dtype=np.float32)))
-    write_atomically(paths.metadata, lambda f: f.write(json.dumps(meta, indent=1, ensure_ascii=False).encode()))
+    return finish_commit(paths, commit)
 
 
 # ---------------------------------------------------------------------------------------------- search index
@@ -417,18 +544,24 @@ def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
     return audio.astype(np.float32, copy=False)
 
 
-def read_tags(path: Path, library_folder: Path) -> dict:
-    """title/artist/genre from the file's tags, else from its name; mood from its first folder under the library."""
+def file_tags(path: Path) -> dict:
+    """title/artist/genre as the file's own tags give them (missing keys are absent); {} when it has none."""
     import mutagen
 
-    tags = {}
     try:
         found = mutagen.File(path, easy=True)
         if found is not None and found.tags is not None:
-            tags = {key: str(found.tags[key][0]).strip() for key in ("title", "artist", "genre")
+            return {key: str(found.tags[key][0]).strip() for key in ("title", "artist", "genre")
                     if key in found.tags and found.tags[key]}
     except Exception:  # a tag reader failing must not stop an otherwise decodable file
-        tags = {}
+        pass
+    return {}
+
+
+def read_tags(path: Path, library_folder: Path, tags: dict | None = None) -> dict:
+    """title/artist/genre from the file's tags (`tags`, default: read now), else from its name; mood from its
+    first folder under `library_folder`."""
+    tags = file_tags(path) if tags is None else tags
     words = path.stem.lower().replace("-", "_").replace(" ", "_").split("_")
     relative = path.relative_to(library_folder) if path.is_relative_to(library_folder) else Path(path.name)
     return {
@@ -439,9 +572,21 @@ def read_tags(path: Path, library_folder: Path) -> dict:
     }
 
 
-def read_track(path: Path, library_folder: Path, sample_rate: int) -> DecodedTrack:
-    """Reader: hash, decode and tag one file."""
-    return DecodedTrack(source=path, sha256=file_sha256(path), audio=decode_audio(path, sample_rate),
+@dataclass
+class KnownFile:
+    """A file whose content the library already holds (found by its hash): not decoded again."""
+
+    source: Path
+    sha256: str
+
+
+def read_track(path: Path, library_folder: Path, sample_rate: int,
+               known: frozenset[str] | set[str] = frozenset()) -> DecodedTrack | KnownFile:
+    """Reader: hash one file; unless its hash is in `known`, decode and tag it."""
+    sha256 = file_sha256(path)
+    if sha256 in known:
+        return KnownFile(source=path, sha256=sha256)
+    return DecodedTrack(source=path, sha256=sha256, audio=decode_audio(path, sample_rate),
                         sample_rate=sample_rate, tags=read_tags(path, library_folder))
 
 
@@ -524,17 +669,32 @@ def embed_track(clap, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------------------------- build (write)
 
 
+TAG_KEYS = ("title", "artist", "genre", "mood")
+
+
 @dataclass
 class BuildReport:
+    """What a build did. Paths in `duplicates`/`failed` are files it left where they are."""
+
     added: list[dict] = field(default_factory=list)
     duplicates: list[tuple[Path, str]] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    relocated: list[tuple[str, str]] = field(default_factory=list)  # (old file_path, new file_path)
+    dropped: list[str] = field(default_factory=list)  # file_paths of tracks whose file is gone
+    warnings: list[str] = field(default_factory=list)
 
     def problem_lines(self) -> list[str]:
-        """One line for stderr per file that was not added, and why."""
+        """One line for stderr per file that was not added (and why), moved, or gone."""
         return ([f"Note: {source} is already in the library as {listed_as}; left where it is."
                  for source, listed_as in self.duplicates] +
+                [f"Note: {old} was moved to {new}; the library now lists it there." for old, new in self.relocated] +
+                [f"Note: {gone} is no longer there; removed from the library." for gone in self.dropped] +
+                self.warnings +
                 [f"Error: {source}: {reason} (left where it is)" for source, reason in self.failed])
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.relocated or self.dropped)
 
 
 def _prefetch(function, items, ahead: int = 2):
@@ -560,21 +720,10 @@ def _destination(source: Path, paths: LibraryPaths, taken: set[Path]) -> Path:
     """Where a file from new_music/ goes in processed_music/: same sub-folders, never over another file."""
     target = paths.processed_music / source.relative_to(paths.new_music)
     stem, n = target.stem, 2
-    while target.exists() or target in taken:
+    while os.path.lexists(target) or target in taken:
         target = target.with_name(f"{stem} ({n}){target.suffix}")
         n += 1
     return target
-
-
-def _lock(paths: LibraryPaths, timeout: float):
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(paths.lock)
-    try:
-        lock.acquire(timeout=timeout)
-    except Timeout as e:
-        raise LibraryBusyError(f"another music_to_vector run holds {paths.lock}; wait for it to finish") from e
-    return lock
 
 
 def pending_files(paths: LibraryPaths, db: Database, files: list[Path] | None = None) -> list[Path]:
@@ -588,19 +737,22 @@ def pending_files(paths: LibraryPaths, db: Database, files: list[Path] | None = 
 
 def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout: float = 600,
                   progress: bool = True, files: list[Path] | None = None) -> BuildReport:
-    """Add every new audio file to the database, then move the files from new_music/ into processed_music/.
+    """Bring the database up to date with the music, in one commit, then move the added files into processed_music/.
 
-    Scans new_music/ and any file in processed_music/ the database does not list yet; `rebuild` re-embeds every
-    file from scratch (after a model change). `files` restricts the run to those files of new_music/. Files are
-    moved only after the database listing them is on disk; a file that fails stays where it is and is named in
-    the report. Holds the library lock throughout, so two builders cannot interleave.
+    Reads (read_track) every file of new_music/ and every file of processed_music/ the database does not list;
+    embeds (embed_track) those whose content is new; then commits (save_database) the added tracks, the tracks
+    found again at another place (a file moved or renamed by hand, matched by its hash) and the removal of tracks
+    whose file is gone, together with the moves. `rebuild` re-embeds every file (after a model change); `files`
+    restricts the run to those files of new_music/. A file that fails stays where it is and is named in the
+    report. Holds the library lock throughout, and first finishes a commit that a crash left half done.
     """
     from tqdm import tqdm
 
     extractor = clap.processor.feature_extractor
     sample_rate, window_s = extractor.sampling_rate, extractor.nb_max_samples / extractor.sampling_rate
-    lock = _lock(paths, lock_timeout)
+    lock = acquire_lock(paths.lock, lock_timeout)
     try:
+        report = BuildReport(warnings=recover_library(paths))
         try:
             old = load_database(paths)
         except DatabaseError:
@@ -608,93 +760,145 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
                 raise
             # A broken database is what --rebuild is for: the music in processed_music/ is all it needs.
             old = empty_database(paths.root)
-        old.vectors = np.array(old.vectors)  # not a memory map: save_database replaces that file below
         if rebuild or len(old) == 0:
-            db, known = empty_database(paths.root, clap.name), {}
+            db = empty_database(paths.root, clap.name)
         else:
             check_clap_model(old.clap_model, clap.name)  # refuse to mix vectors of two checkpoints
-            db, known = old, {t.get("sha256"): t for t in old.tracks}
-        # What the old database knew about a file is kept on rebuild (a hand-fixed title, say).
+            db = old
+        # What the old database knew about a file is kept on rebuild (a title fixed by hand, say).
         previous = {t.get("sha256"): t for t in old.tracks}
-
-        candidates = pending_files(paths, db, files)
-        report, new_rows, new_segments, moves, taken = BuildReport(), [], [], [], set()
-        offset = len(db.segments) if db.segments is not None else 0
+        tracks = [dict(t) for t in db.tracks]  # copies: a relocated track's record changes
+        known = {t.get("sha256"): t for t in tracks}
+        moves, taken, new_rows, new_segments = [], set(), [], []
 
         def read(path: Path):
             folder = paths.new_music if path.is_relative_to(paths.new_music) else paths.processed_music
-            return read_track(path, folder, sample_rate)
+            return read_track(path, folder, sample_rate, known.keys())
 
-        for path, track in tqdm(_prefetch(read, candidates), total=len(candidates), desc="Embedding music",
-                                unit="file", file=sys.stderr, disable=not progress or None):
-            if isinstance(track, Exception):
-                report.failed.append((path, str(track)))
-                continue
-            if track.sha256 in known:
-                report.duplicates.append((path, known[track.sha256]["file_path"]))
-                continue
-            try:
-                vector, segments = embed_track(clap, track.audio)
-            except Exception as e:  # one bad file must not cost the others
-                report.failed.append((path, f"cannot embed {path.name}: {e}"))
-                continue
-            in_new = path.is_relative_to(paths.new_music)
-            final = _destination(path, paths, taken) if in_new else path
-            taken.add(final)
-            if in_new:
-                moves.append((path, final))
-            record = {
-                "id": track.sha256[:16],
-                **track.tags,
-                "file_path": final.relative_to(paths.root).as_posix(),
-                "duration_s": round(track.duration_s, 3),
-                "sha256": track.sha256,
-                "segment_offset": offset,
-                "segment_count": len(segments),
-            }
-            for key in ("title", "artist", "genre", "mood"):
-                if key in previous.get(track.sha256, {}):
-                    record[key] = previous[track.sha256][key]
-            offset += len(segments)
-            known[track.sha256] = record
-            new_rows.append(vector)
-            new_segments.append(segments)
-            report.added.append(record)
+        candidates = pending_files(paths, db, files)
+        for path, item in tqdm(_prefetch(read, candidates), total=len(candidates), desc="Embedding music",
+                               unit="file", file=sys.stderr, disable=not progress or None):
+            if isinstance(item, Exception):
+                report.failed.append((path, str(item)))
+            elif item.sha256 in known:
+                _found_again(known[item.sha256], path, paths, report, moves, taken)
+            else:
+                try:
+                    vector, segments = embed_track(clap, item.audio)
+                except Exception as e:  # one bad file must not cost the others
+                    report.failed.append((path, f"cannot embed {path.name}: {e}"))
+                    continue
+                final = _destination(path, paths, taken) if path.is_relative_to(paths.new_music) else path
+                taken.add(final)
+                if final != path:
+                    moves.append((path, final))
+                record = _new_record(item, final, paths, len(segments), previous.get(item.sha256))
+                known[item.sha256] = record
+                new_rows.append(vector)
+                new_segments.append(segments)
+                report.added.append(record)
 
-        if new_rows:
-            dim = len(new_rows[0])
-            base_segments = db.segments if db.segments is not None and len(db.segments) else np.zeros((0, dim))
-            db = Database(
-                vectors=np.vstack([db.vectors.reshape(-1, dim), *new_rows]).astype(np.float32),
-                tracks=db.tracks + report.added,
-                segments=np.vstack([base_segments, *new_segments]).astype(np.float32),
-                clap_model=clap.name,
-                root=paths.root,
-                window_s=window_s,
-            )
-        if new_rows or rebuild:
-            save_database(db, paths, sample_rate)
-        _finish_moves(report, paths, moves)
+        keep = _tracks_still_there(tracks, paths, taken, report)
+        if report.changed or rebuild:
+            db = _compose(db, [tracks[i] for i in keep], keep, report.added, new_rows, new_segments, clap.name,
+                          window_s)
+            report.warnings += save_database(db, paths, sample_rate, moves)
+        else:  # only files of a commit that a crash stopped before its moves: the database already lists them
+            for source, target in moves:
+                move_file(source, target)
+                _remove_empty_folders(source.parent, paths.new_music)
     finally:
         lock.release()
     return report
 
 
-def _finish_moves(report: BuildReport, paths: LibraryPaths, moves: list[tuple[Path, Path]]) -> None:
-    """Move files the saved database lists, and any left in new_music/ by a run that stopped after saving."""
-    for source, target in moves:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(source, target)
-        _remove_empty_folders(source.parent, paths.new_music)
-    still_here = []
-    for source, listed_as in report.duplicates:
-        target = paths.root / listed_as
-        if source.is_relative_to(paths.new_music) and not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(source, target)
-        else:
-            still_here.append((source, listed_as))
-    report.duplicates = still_here
+def _found_again(record: dict, path: Path, paths: LibraryPaths, report: BuildReport, moves: list,
+                 taken: set[Path]) -> None:
+    """A file whose content the library lists as `record`: a copy (left alone), the listed file moved or renamed
+    by hand inside processed_music/ (the record follows it), or a file a crashed run had not moved yet."""
+    listed = paths.root / record["file_path"]
+    if os.path.lexists(listed) or listed in taken:
+        report.duplicates.append((path, record["file_path"]))
+    elif path.is_relative_to(paths.processed_music):
+        old_path = record["file_path"]
+        tags = file_tags(path)
+        was = record.get("from_file") or read_tags(listed, paths.processed_music, tags)
+        now = read_tags(path, paths.processed_music, tags)
+        for key in TAG_KEYS:  # what came from the old name or folder follows the file; a hand edit stays
+            if record.get(key) == was.get(key):
+                record[key] = now[key]
+        record["from_file"] = now
+        record["file_path"] = path.relative_to(paths.root).as_posix()
+        taken.add(path)
+        report.relocated.append((old_path, record["file_path"]))
+    else:
+        moves.append((path, listed))
+        taken.add(listed)
+
+
+def _new_record(track: DecodedTrack, final: Path, paths: LibraryPaths, segment_count: int,
+                previous: dict | None) -> dict:
+    """The metadata of a newly embedded track (segment_offset is set when the database is composed).
+
+    `from_file` keeps what the file's tags, name and folder gave, so a later change can tell a value fixed by hand
+    (kept on --rebuild) from one that follows the file.
+    """
+    record = {
+        "id": track.sha256[:16],
+        **track.tags,
+        "file_path": final.relative_to(paths.root).as_posix(),
+        "duration_s": round(track.duration_s, 3),
+        "sha256": track.sha256,
+        "segment_offset": 0,
+        "segment_count": segment_count,
+        "from_file": dict(track.tags),
+    }
+    for key in TAG_KEYS:
+        if previous and key in previous and previous[key] != (previous.get("from_file") or {}).get(key, object()):
+            record[key] = previous[key]
+    return record
+
+
+def _tracks_still_there(tracks: list[dict], paths: LibraryPaths, taken: set[Path], report: BuildReport) -> list[int]:
+    """The rows whose file is there (or about to be moved there); the others are named in report.dropped.
+
+    When no listed file at all is there, the library folder is more likely wrong (another --library, a drive not
+    mounted) than every file deleted: nothing is dropped and a warning says so.
+    """
+    there = [os.path.lexists(paths.root / t["file_path"]) or paths.root / t["file_path"] in taken for t in tracks]
+    if tracks and not any(there):
+        report.warnings.append(f"Warning: none of the {len(tracks)} tracks' files is in {paths.root}; is the "
+                               f"library folder right? The database is left as it is.")
+        return list(range(len(tracks)))
+    report.dropped += [t["file_path"] for t, ok in zip(tracks, there) if not ok]
+    return [i for i, ok in enumerate(there) if ok]
+
+
+def _compose(db: Database, kept: list[dict], keep: list[int], added: list[dict], new_rows: list[np.ndarray],
+             new_segments: list[np.ndarray], clap_name: str, window_s: float) -> Database:
+    """The next state of the library: the kept rows of `db` (with their records `kept`), then the added tracks;
+    segment offsets are numbered afresh in that order."""
+    dim = len(new_rows[0]) if new_rows else db.dim
+    segments, offset = [], 0
+    for record, i in zip(kept, keep):
+        count = int(record.get("segment_count", 0))
+        if db.segments is not None and count:
+            start = int(db.tracks[i]["segment_offset"])
+            segments.append(db.segments[start:start + count])
+        if "segment_count" in record:
+            record["segment_offset"] = offset
+        offset += count
+    for record, rows in zip(added, new_segments):
+        record["segment_offset"] = offset
+        offset += len(rows)
+    return Database(
+        vectors=np.vstack([np.asarray(db.vectors).reshape(-1, dim)[keep], *new_rows]).astype(np.float32),
+        tracks=kept + added,
+        segments=np.vstack([np.zeros((0, dim), np.float32), *segments, *new_segments]).astype(np.float32),
+        clap_model=clap_name,
+        root=db.root,
+        window_s=window_s,
+    )
 
 
 def _remove_empty_folders(folder: Path, top: Path) -> None:
@@ -798,6 +1002,11 @@ def main(argv=None) -> int:
 
         clap = load_clap_audio(args.clap_model, args.precision)
         report = build_library(clap, paths, rebuild=args.rebuild, files=files)
+    except KeyboardInterrupt:
+        # Every change is one commit: the library is whole, as before this run or as its commit left it.
+        print("Interrupted: nothing was lost; the library is as its last commit left it. Run again to finish.",
+              file=sys.stderr)
+        return 130
     except Exception as e:
         known = (DatabaseError, LibraryBusyError, RuntimeError, OSError, ValueError)
         if not isinstance(e, known):

@@ -1,0 +1,165 @@
+"""Crash-safe files: atomic replace, new files written whole before anything names them, moves that are never
+half done, the library lock, and the crash points at which the crash tests kill the writer.
+
+Every write, fsync, rename and move of the library goes through a function here, and each calls crash_point()
+just before its system call, so a test can kill the process at each of them in turn (MUSIC_MOOD_CRASH_AT=N
+kills at the N-th; MUSIC_MOOD_CRASH_LOG=FILE names every point passed, one line each, to count them first).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+CRASH_AT_ENV = "MUSIC_MOOD_CRASH_AT"
+CRASH_LOG_ENV = "MUSIC_MOOD_CRASH_LOG"
+_crash_points_passed = 0
+
+
+class LibraryBusyError(RuntimeError):
+    """Another process holds the library lock."""
+
+
+def crash_point(what: str) -> None:
+    """Fault injection for the crash tests: SIGKILL this process at the N-th point when MUSIC_MOOD_CRASH_AT=N.
+
+    Costs one environment look-up when neither variable is set (the normal case).
+    """
+    global _crash_points_passed
+    kill_at, log = os.environ.get(CRASH_AT_ENV), os.environ.get(CRASH_LOG_ENV)
+    if kill_at is None and log is None:
+        return
+    _crash_points_passed += 1
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{_crash_points_passed}\t{what}\n")
+    if kill_at is not None and _crash_points_passed == int(kill_at):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the renames and new names in `folder` durable (a no-op where folders cannot be opened: Windows)."""
+    if os.name != "posix":
+        return
+    crash_point(f"fsync {folder.name}/")
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_and_sync(f, path: Path, write) -> None:
+    crash_point(f"write {path.name}")
+    write(f)
+    f.flush()
+    crash_point(f"fsync {path.name}")
+    os.fsync(f.fileno())
+
+
+def write_atomically(path: Path, write) -> None:
+    """Replace `path` with what `write(f)` writes: a temp file in the same folder, fsync, then os.replace.
+
+    Readers see the old file or the new one, never half of one. The file gets the permissions the umask gives a
+    new file (mkstemp's 0600 would hide a shared library from its other users).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_and_sync(f, path, write)
+        os.chmod(tmp, 0o666 & ~_umask())
+        crash_point(f"rename {path.name}")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_new_file(path: Path, write) -> None:
+    """Write a file that nothing names yet (a staged data file), whole and fsynced; it must not exist already.
+
+    A crash midway leaves a torn file that no committed state refers to; cleaning such files is the
+    committer's job (see music_to_vector.finish_commit).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_and_sync(f, path, write)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def rename(source: Path, target: Path) -> None:
+    """os.replace with a crash point: atomic on one file system."""
+    crash_point(f"rename {source.name} -> {target.name}")
+    os.replace(source, target)
+
+
+def remove(path: Path) -> None:
+    """Remove one of our own files (a superseded staged file, a temp file left by a crash)."""
+    crash_point(f"remove {path.name}")
+    path.unlink(missing_ok=True)
+
+
+def move_file(source: Path, target: Path) -> None:
+    """Move a user's file to `target`, which must not exist; at no moment is the file in neither place.
+
+    On one file system this is a rename (atomic). A symbolic link is moved as a link to the same absolute
+    target, so a relative link keeps pointing at its file from its new folder. Across file systems the file is
+    copied to a temp name beside `target`, fsynced and renamed into place before the source is removed: a crash
+    leaves the file in both places, never in none, and the next run finishes the move.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, "will not move over an existing file", str(target))
+    if source.is_symlink():
+        tmp = target.with_name(f".{target.name}.link.tmp")
+        tmp.unlink(missing_ok=True)
+        os.symlink(os.path.realpath(source), tmp)
+        crash_point(f"move {source.name}")
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+        crash_point(f"remove link {source.name}")
+        source.unlink()
+        fsync_dir(source.parent)
+        return
+    crash_point(f"move {source.name}")
+    try:
+        os.rename(source, target)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        tmp = target.with_name(f".{target.name}.move.tmp")
+        with open(source, "rb") as src, open(tmp, "wb") as dst:
+            _write_and_sync(dst, target, lambda f: shutil.copyfileobj(src, f))
+        shutil.copystat(source, tmp)
+        rename(tmp, target)
+        fsync_dir(target.parent)
+        crash_point(f"remove moved {source.name}")
+        source.unlink()
+    fsync_dir(target.parent)
+    fsync_dir(source.parent)
+
+
+def acquire_lock(path: Path, timeout: float, holder: str = "another music_to_vector run"):
+    """The library's lock (a filelock.FileLock, acquired); LibraryBusyError after `timeout` seconds."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout as e:
+        raise LibraryBusyError(f"{holder} holds {path}; wait for it to finish") from e
+    return lock
