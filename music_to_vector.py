@@ -1001,6 +1001,7 @@ def main(argv=None) -> int:
         from models import load_clap_audio
 
         clap = load_clap_audio(args.clap_model, args.precision)
+        print(f"Updating the library in {paths.root} with {clap.name}...", file=sys.stderr)
         report = build_library(clap, paths, rebuild=args.rebuild, files=files)
     except KeyboardInterrupt:
         # Every change is one commit: the library is whole, as before this run or as its commit left it.

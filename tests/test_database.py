@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -470,3 +471,171 @@ def test_rebuild_repairs_a_broken_database(library_copy, clap_audio):
     after = load_database(paths, clap_model=clap_audio.name)
     assert len(report.added) == len(before) and not report.failed
     assert sorted(t["sha256"] for t in after.tracks) == sorted(t["sha256"] for t in before.tracks)
+
+
+# ---------------------------------------------------------------------------------------------- integrity
+
+
+def _new_track(library, sample_tracks):
+    """A real track that the library does not hold yet, dropped into new_music/calm/."""
+    listed = {p.name for p in (library / "processed_music").rglob("*")}
+    return put_in_new_music(library, [t for t in sample_tracks if t.name not in listed][:1])[0]
+
+
+def _leftovers(library):
+    return sorted(p.name for p in library.iterdir() if p.name.startswith("."))
+
+
+def test_a_commit_stopped_after_its_commit_point_is_finished_by_the_next_load(library_copy, clap_audio,
+                                                                            sample_tracks, monkeypatch):
+    """As a crash right after the metadata was replaced: readers see the new library, and the first load that can
+    take the lock renames the staged files into place and makes the moves, embedding nothing."""
+    from filelock import FileLock
+
+    paths = LibraryPaths.at(library_copy)
+    before = load_database(paths)
+    dropped = _new_track(library_copy, sample_tracks)
+    monkeypatch.setattr(mtv, "finish_commit", lambda paths, commit: [])  # "killed" after the commit point
+    build_library(clap_audio, paths, progress=False)
+    monkeypatch.undo()
+    assert dropped.exists() and any(".commit-" in name for name in _leftovers(library_copy))
+    assert np.load(paths.vectors).shape[0] == len(before)  # the old file is still in place
+
+    with FileLock(paths.lock):  # a builder is busy: the reader reads the staged files where they are
+        assert len(load_database(paths)) == len(before) + 1
+    assert any(".commit-" in name for name in _leftovers(library_copy))
+    monkeypatch.setattr(mtv, "embed_track", lambda *a: pytest.fail("re-embedded"))
+    after = load_database(paths)
+    assert len(after) == len(before) + 1 and _leftovers(library_copy) == []
+    assert np.load(paths.vectors).shape[0] == len(before) + 1
+    assert not dropped.exists() and (library_copy / after.tracks[-1]["file_path"]).is_file()
+    assert load_database(paths).tracks == after.tracks
+
+
+def test_a_read_during_a_commit_returns_one_whole_state(library_copy, clap_audio, sample_tracks, monkeypatch):
+    """A commit landing while a reader loads the files: the reader notices and reads again."""
+    paths = LibraryPaths.at(library_copy)
+    count = len(load_database(paths))
+    _new_track(library_copy, sample_tracks)
+    real, calls = mtv._load_committed, []
+
+    def load_then_commit(*args):
+        db = real(*args)
+        if not calls:
+            calls.append(len(db))
+            build_library(clap_audio, paths, progress=False)  # commits while this read is under way
+        return db
+
+    monkeypatch.setattr(mtv, "_load_committed", load_then_commit)
+    assert calls == [] and len(load_database(paths)) == count + 1 and calls == [count]
+
+
+def test_a_deleted_file_is_dropped_from_the_library(library_copy, clap_audio, monkeypatch):
+    paths = LibraryPaths.at(library_copy)
+    before = load_database(paths)
+    gone = before.tracks[1]
+    (library_copy / gone["file_path"]).unlink()
+    monkeypatch.setattr(mtv, "embed_track", lambda *a: pytest.fail("re-embedded"))
+    report = build_library(clap_audio, paths, progress=False)
+    assert report.dropped == [gone["file_path"]] and not report.added
+    assert f"Note: {gone['file_path']} is no longer there; removed from the library." in report.problem_lines()
+    after = load_database(paths)
+    assert [t["sha256"] for t in after.tracks] == [t["sha256"] for t in before.tracks if t is not gone]
+    for i, track in enumerate(after.tracks):  # every other track keeps its vector and its windows
+        j = next(k for k, t in enumerate(before.tracks) if t["sha256"] == track["sha256"])
+        np.testing.assert_array_equal(after.vectors[i], before.vectors[j])
+        a, b = track["segment_offset"], before.tracks[j]["segment_offset"]
+        np.testing.assert_array_equal(after.segments[a:a + track["segment_count"]],
+                                      before.segments[b:b + track["segment_count"]])
+
+
+def test_no_file_at_all_is_a_wrong_folder_not_an_empty_library(library_copy, clap_audio):
+    paths = LibraryPaths.at(library_copy)
+    before = _snapshot(paths)
+    shutil.move(library_copy / "processed_music", library_copy / "elsewhere")
+    report = build_library(clap_audio, paths, progress=False)
+    assert report.dropped == [] and any("is the library folder right?" in line for line in report.problem_lines())
+    assert _snapshot(paths) == before
+
+
+@pytest.mark.parametrize("old_records", [False, True], ids=["records with from_file", "records of an older version"])
+def test_a_file_moved_inside_the_library_is_found_again_by_its_hash(library_copy, clap_audio, monkeypatch,
+                                                                   old_records):
+    """Renamed and moved to another mood folder: the record follows it (path, mood, title from the name), keeps
+    what was fixed by hand, and is not embedded again nor reported as a duplicate on every run."""
+    paths = LibraryPaths.at(library_copy)
+    meta = json.loads(paths.metadata.read_text())
+    if old_records:
+        for track in meta["tracks"]:
+            track.pop("from_file")
+    moved, edited = meta["tracks"][0], meta["tracks"][1]
+    edited["title"] = "Fixed by hand"
+    paths.metadata.write_text(json.dumps(meta))
+    before = load_database(paths)
+    new_place = library_copy / "processed_music" / "wistful" / "Evening acoustic – été.opus"
+    new_place.parent.mkdir()
+    (library_copy / moved["file_path"]).rename(new_place)
+    other = library_copy / "processed_music" / "wistful" / "kept.opus"
+    (library_copy / edited["file_path"]).rename(other)
+    monkeypatch.setattr(mtv, "embed_track", lambda *a: pytest.fail("re-embedded"))
+
+    report = build_library(clap_audio, paths, progress=False)
+    assert report.relocated == [(moved["file_path"], "processed_music/wistful/Evening acoustic – été.opus"),
+                                (edited["file_path"], "processed_music/wistful/kept.opus")]
+    assert report.duplicates == [] and report.dropped == [] and report.added == []
+    after = load_database(paths)
+    record = after.tracks[0]
+    assert (record["file_path"], record["mood"], record["title"]) == (
+        "processed_music/wistful/Evening acoustic – été.opus", "wistful", "Evening acoustic – été")
+    assert record["genre"] == moved["genre"] and record["sha256"] == moved["sha256"]
+    assert (after.tracks[1]["title"], after.tracks[1]["mood"]) == ("Fixed by hand", "wistful")
+    np.testing.assert_array_equal(after.vectors, before.vectors)
+    again = build_library(clap_audio, paths, progress=False)
+    assert again.problem_lines() == [] and load_database(paths).tracks == after.tracks
+
+
+def test_interrupting_the_builder_is_one_line_and_loses_nothing(library_copy, checkpoints, sample_tracks,
+                                                                monkeypatch, capsys):
+    paths = LibraryPaths.at(library_copy)
+    before = _snapshot(paths)
+    dropped = _new_track(library_copy, sample_tracks)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for where in ("embed_track", "write_atomically"):  # while embedding; at the commit point itself
+        with monkeypatch.context() as patch:
+            patch.setattr(mtv, where, ctrl_c)
+            assert mtv.main(["--clap-model", checkpoints["clap"], "--precision", "fp32"]) == 130
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("Interrupted: nothing was lost") and "Traceback" not in "".join(err)
+        assert _snapshot(paths) == before and dropped.exists() and _leftovers(library_copy) == []
+    assert mtv.main(["--clap-model", checkpoints["clap"], "--precision", "fp32"]) == 0
+    assert not dropped.exists()
+
+
+def test_database_files_get_the_umask_permissions(library_copy, clap_audio, sample_tracks):
+    paths = LibraryPaths.at(library_copy)
+    _new_track(library_copy, sample_tracks)
+    old = os.umask(0o022)
+    try:
+        build_library(clap_audio, paths, progress=False)
+    finally:
+        os.umask(old)
+    for path in (paths.vectors, paths.segments, paths.metadata):
+        assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def test_a_symlinked_track_is_moved_as_a_link_that_still_plays(isolated_library, clap_audio, sample_tracks,
+                                                               tmp_path):
+    outside = tmp_path / "my music" / sample_tracks[0].name
+    outside.parent.mkdir()
+    shutil.copyfile(sample_tracks[0], outside)
+    link = isolated_library / "new_music" / "calm" / "linked.opus"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(os.path.relpath(outside, link.parent))  # relative: it would break if moved as it is
+    report = build_library(clap_audio, LibraryPaths.at(isolated_library), progress=False)
+    (record,) = report.added
+    moved = isolated_library / record["file_path"]
+    assert moved.is_symlink() and moved.resolve() == outside.resolve() and not os.path.lexists(link)
+    assert outside.read_bytes() == sample_tracks[0].read_bytes()

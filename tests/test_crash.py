@@ -1,0 +1,171 @@
+"""Crash safety, tested as storage engines test it: the builder is SIGKILLed at each write, fsync, rename and file
+move in turn (music_mood.storage's crash points), and at random moments after its model has loaded; after every
+kill the library must load whole, hold every track exactly once or still have it waiting in new_music/, and the
+next run must finish the job without embedding anything twice."""
+from __future__ import annotations
+
+import collections
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from music_mood.storage import CRASH_AT_ENV, CRASH_LOG_ENV
+from music_to_vector import LibraryPaths, build_library, file_sha256, find_audio_files, load_database
+from tests.conftest import ROOT, put_in_new_music, run_cli
+
+RANDOM_KILLS = 20
+STARTED = "Updating the library in"  # what music_to_vector.py prints once its model is loaded
+
+
+def _audio_shas(folder: Path) -> dict[str, Path]:
+    return {file_sha256(p): p for p in find_audio_files(folder)}
+
+
+def check_library(root: Path, expected: set[str]) -> None:
+    """The invariants after a crash (loading first, which finishes a half-done commit):
+    the library loads; every expected track is listed exactly once or still waits in new_music/, never both;
+    processed_music/ holds exactly the listed files, each with the content its record names."""
+    paths = LibraryPaths.at(root)
+    db = load_database(paths)
+    listed = collections.Counter(t["sha256"] for t in db.tracks)
+    assert max(listed.values(), default=1) == 1, f"a track is listed twice: {listed}"
+    waiting = _audio_shas(paths.new_music)
+    for sha in expected:
+        assert (sha in listed) != (sha in waiting), f"track {sha[:12]} is listed and waiting, or lost"
+    assert set(listed) <= expected
+    on_disk = {p.relative_to(root).as_posix() for p in find_audio_files(paths.processed_music)}
+    assert on_disk == {t["file_path"] for t in db.tracks}
+    for track in db.tracks:
+        assert file_sha256(root / track["file_path"]) == track["sha256"]
+
+
+def _no_leftovers(root: Path) -> None:
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".")], "staged or temp files left behind"
+
+
+def _clean_build(library: Path, clap_audio) -> dict[str, np.ndarray]:
+    """Finish the job in this process (the next run) and check it: nothing fails, nothing is left waiting."""
+    report = build_library(clap_audio, LibraryPaths.at(library), progress=False)
+    assert not report.failed and not report.duplicates
+    db = load_database(LibraryPaths.at(library))
+    assert not find_audio_files(library / "new_music")
+    _no_leftovers(library)
+    return {t["sha256"]: db.vectors[i] for i, t in enumerate(db.tracks)}
+
+
+def test_kill_at_every_write_fsync_rename_and_move(library_copy, clap_audio, checkpoints, sample_tracks, tmp_path):
+    library = library_copy
+    listed = {t.name for t in (library / "processed_music").rglob("*.opus")}
+    put_in_new_music(library, [t for t in sample_tracks if t.name not in listed][:2])
+    expected = {t["sha256"] for t in load_database(LibraryPaths.at(library)).tracks} | set(
+        _audio_shas(library / "new_music"))
+    base = tmp_path / "base"
+    shutil.copytree(library, base)
+
+    log = tmp_path / "points.txt"
+    done = run_cli("music_to_vector.py", "--clap-model", checkpoints["clap"], env_extra={CRASH_LOG_ENV: str(log)})
+    assert done.returncode == 0, done.stderr
+    points = [line.split("\t", 1) for line in log.read_text().splitlines()]
+    kinds = collections.Counter(what.split()[0] for _, what in points)
+    assert kinds["write"] >= 3 and kinds["fsync"] >= 5 and kinds["rename"] >= 3 and kinds["move"] == 2, kinds
+    reference = _clean_build(library, clap_audio)
+
+    for number, what in points:
+        shutil.rmtree(library)
+        shutil.copytree(base, library)
+        killed = run_cli("music_to_vector.py", "--clap-model", checkpoints["clap"],
+                         env_extra={CRASH_AT_ENV: number})
+        assert killed.returncode == -signal.SIGKILL, f"not killed at point {number} ({what}): {killed.stderr}"
+        check_library(library, expected)
+        vectors = _clean_build(library, clap_audio)
+        check_library(library, expected)
+        assert vectors.keys() == reference.keys() == expected, f"after a kill at {what}"
+        for sha, row in vectors.items():  # each track's own vector, as a run that was never killed made it
+            # (to float rounding: the killed run's rows come from another process, whose thread count may differ)
+            assert float(row @ reference[sha]) > 0.999
+
+
+def _phase(paths: LibraryPaths) -> str:
+    """Where a kill left the library, before anything repairs it."""
+    import json
+
+    from music_to_vector import staged_path
+
+    commit = json.loads(paths.metadata.read_text()).get("commit") or {}
+    if commit and any(staged_path(f, commit["id"]).exists() for f in (paths.vectors, paths.segments)):
+        return "after a commit point, before its renames"
+    if any((paths.root / source).exists() for source, _ in commit.get("moves", [])):
+        return "after a commit's renames, before its moves were done"
+    if any(".commit-" in p.name or p.name.endswith(".tmp") for p in paths.root.iterdir()):
+        return "while writing a commit, before its commit point"
+    return "while reading or embedding (nothing half done)"
+
+
+def _louder_copy(source: Path, target: Path, gain: float) -> None:
+    """A new track (other content, other hash) made from a real one."""
+    audio, rate = soundfile.read(source, dtype="float32")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(target, audio * gain, rate, subtype="FLOAT")
+
+
+def test_random_kills_after_the_model_loaded(library_copy, clap_audio, checkpoints, sample_tracks, tmp_path):
+    library = library_copy
+    paths = LibraryPaths.at(library)
+    rng = random.Random(int(os.environ.get("CRASH_TEST_SEED", "8")))
+    expected = {t["sha256"] for t in load_database(paths).tracks}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, str(ROOT / "music_to_vector.py"), "--clap-model", checkpoints["clap"]]
+    kills, runs, made, landed = 0, 0, 0, collections.Counter()
+    while kills < RANDOM_KILLS:
+        runs += 1
+        assert runs <= 3 * RANDOM_KILLS, f"only {kills} of {runs} runs could be killed while working"
+        if not find_audio_files(paths.new_music):
+            for _ in range(3):
+                made += 1
+                target = paths.new_music / rng.choice(["calm", "happy", ""]) / f"take {made}.wav"
+                _louder_copy(sample_tracks[made % len(sample_tracks)], target, 1 - made / 200)
+                expected.add(file_sha256(target))
+        err = tmp_path / f"run-{runs}.txt"
+        with open(err, "wb") as stderr:
+            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path)
+        while process.poll() is None and STARTED not in err.read_text(errors="replace"):
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, 1.5))  # somewhere in reading, embedding, committing or moving
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+        landed[_phase(paths)] += 1
+        check_library(library, expected)
+    _clean_build(library, clap_audio)
+    check_library(library, expected)
+    assert set(_audio_shas(paths.processed_music)) == expected
+    print(f"{kills} kills in {runs} runs; where they landed: {dict(landed)}")
+
+
+def test_ctrl_c_after_the_model_loaded_is_one_line(library_copy, checkpoints, sample_tracks, tmp_path):
+    """A real SIGINT, as Ctrl-C sends it, while the builder works: exit 130, one line, the library whole."""
+    library = library_copy
+    listed = {t.name for t in (library / "processed_music").rglob("*.opus")}
+    put_in_new_music(library, [t for t in sample_tracks if t.name not in listed][:3])
+    expected = {t["sha256"] for t in load_database(LibraryPaths.at(library)).tracks} | set(
+        _audio_shas(library / "new_music"))
+    err = tmp_path / "stderr.txt"
+    with open(err, "wb") as stderr:
+        process = subprocess.Popen([sys.executable, str(ROOT / "music_to_vector.py"), "--clap-model",
+                                    checkpoints["clap"]], stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path)
+    while process.poll() is None and STARTED not in err.read_text(errors="replace"):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    assert process.wait() == 130
+    lines = err.read_text().strip().splitlines()
+    assert lines[-1].startswith("Interrupted: nothing was lost") and "Traceback" not in err.read_text()
+    check_library(library, expected)
