@@ -109,6 +109,45 @@ def _phase(paths: LibraryPaths) -> str:
     return "while reading or embedding (nothing half done)"
 
 
+SYSCALLS = {"rename": "rename,renameat,renameat2", "fsync": "fsync,fdatasync"}
+
+
+def test_kill_at_each_real_rename_and_fsync_system_call(library_copy, clap_audio, checkpoints, sample_tracks,
+                                                        tmp_path):
+    """The same kills, injected by strace at the system calls themselves rather than at the code's crash points,
+    so a rename or fsync that no crash point announces would be caught too."""
+    strace = shutil.which("strace")
+    assert strace, "this test needs strace (apt-get install strace), as README's test command installs it"
+    library = library_copy
+    listed = {t.name for t in (library / "processed_music").rglob("*.opus")}
+    put_in_new_music(library, [t for t in sample_tracks if t.name not in listed][:2])
+    expected = {t["sha256"] for t in load_database(LibraryPaths.at(library)).tracks} | set(
+        _audio_shas(library / "new_music"))
+    base = tmp_path / "base"
+    shutil.copytree(library, base)
+    command = [sys.executable, str(ROOT / "music_to_vector.py"), "--clap-model", checkpoints["clap"]]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    trace = tmp_path / "trace.txt"
+    done = subprocess.run([strace, "-f", "-qq", "-o", str(trace), "-e", f"trace={','.join(SYSCALLS.values())}",
+                           *command], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    calls = {kind: sum(1 for line in trace.read_text().splitlines() if any(f" {name}(" in f" {line.split(' ', 1)[1]}"
+                                                                           for name in names.split(",")))
+             for kind, names in SYSCALLS.items()}
+    assert calls["rename"] >= 5 and calls["fsync"] >= 5, calls  # the commit, two staged files, two moves
+    for kind, names in SYSCALLS.items():
+        for number in range(1, calls[kind] + 1):
+            shutil.rmtree(library)
+            shutil.copytree(base, library)
+            killed = subprocess.run([strace, "-f", "-qq", "-o", os.devnull, "-e", f"trace={names}", "-e",
+                                     f"inject={names}:signal=KILL:when={number}", *command], env=env,
+                                    capture_output=True, text=True, cwd=tmp_path)
+            assert killed.returncode == -signal.SIGKILL, f"{kind} #{number}: {killed.stderr}"
+            check_library(library, expected)
+            _clean_build(library, clap_audio)
+            check_library(library, expected)
+
+
 def _louder_copy(source: Path, target: Path, gain: float) -> None:
     """A new track (other content, other hash) made from a real one."""
     audio, rate = soundfile.read(source, dtype="float32")
