@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -142,6 +143,19 @@ def test_cli_bad_image_is_one_line_and_others_still_run(library_copy, checkpoint
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [f"Error: {bad} is not an image (Pillow cannot identify it)"]
     assert len(done.stdout.splitlines()) == 1 and json.loads(done.stdout)["image"].endswith("coffee.png")
+
+
+def test_directory_as_image_says_it_is_a_directory(library_copy, blip, clap_text, checkpoints, tmp_path):
+    from image_to_vector import ImageError
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    db = load_database(LibraryPaths.at(library_copy))
+    with pytest.raises(ImageError, match=f"^{re.escape(str(folder))} is a directory, not an image file$"):
+        recommend(blip, clap_text, db, image=folder)
+    done = _cli(checkpoints, folder)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [f"Error: {folder} is a directory, not an image file"]
 
 
 def test_cli_empty_library_exits_1_with_advice(checkpoints, photos):
