@@ -70,6 +70,23 @@ def _allowed_rows(db: Database, moods=None, genres=None) -> np.ndarray | None:
     return allowed
 
 
+def check_filters(db: Database, moods=None, genres=None) -> None:
+    """Raise EmptyLibraryError when the mood/genre filters keep no track of `db`, naming the moods/genres it has.
+
+    Needs no model: callers run it before loading or asking one, so a mistyped filter fails at once.
+    """
+    allowed = _allowed_rows(db, moods, genres)
+    if allowed is None or allowed.any():
+        return
+    asked, offered = [], []
+    for key, wanted in (("mood", _normalise_filter(moods)), ("genre", _normalise_filter(genres))):
+        if wanted is not None:
+            existing = sorted({str(t.get(key, "")).strip() for t in db.tracks} - {""}, key=str.lower)
+            asked.append(f"the {key} {' or '.join(sorted(wanted))}")
+            offered.append(f"the {key}s it has: {', '.join(existing) or 'none'}")
+    raise EmptyLibraryError(f"no track in the library has {' and '.join(asked)}; {'; '.join(offered)}")
+
+
 def _exact_top(vectors: np.ndarray, vector: np.ndarray, topk: int, candidates: np.ndarray | None = None):
     """The top k of `candidates` (default: every row) by dot product, best first, ties broken by row order."""
     if candidates is None:
@@ -144,6 +161,7 @@ def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 
         raise ValueError("topk must be at least 1")
     if len(db) == 0:
         raise EmptyLibraryError(EMPTY_LIBRARY)
+    check_filters(db, moods, genres)
     query = image_to_query(blip, clap, image=image, text=text)
     if query.vector.shape[0] != db.dim:
         raise DatabaseError(f"the database holds {db.dim}-d vectors but the CLAP model gives "
@@ -247,6 +265,7 @@ def main(argv=None) -> int:
         db = load_database(paths, clap_model=args.clap_model)
         if len(db) == 0:
             raise EmptyLibraryError(EMPTY_LIBRARY)
+        check_filters(db, args.mood, args.genre)  # before the models: loading them takes seconds
         clap = load_clap_text(args.clap_model, args.precision)
         blip = load_blip(args.blip_model, args.precision) if args.images else None
         first = None

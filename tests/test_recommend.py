@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -59,6 +60,34 @@ def test_filters_keep_only_matching_tracks():
     scores = db.vectors @ q
     assert [i for i, _ in ranked] == sorted(allowed, key=lambda i: (-scores[i], i))[:10]
     assert rank_tracks(db, q, 10, moods=["no such mood"]) == []
+
+
+def _tag_values(db, key):
+    return ", ".join(sorted({t[key] for t in db.tracks}))
+
+
+@pytest.mark.parametrize("key", ["mood", "genre"])
+def test_unknown_filter_fails_before_any_model_work_and_lists_what_exists(library_copy, photos, key):
+    """No BLIP or CLAP is given: the filter is checked against the library before a model is asked anything."""
+    db = load_database(LibraryPaths.at(library_copy))
+    filters = {"moods": ["Dreamy", "sad"]} if key == "mood" else {"genres": "jazz"}
+    asked = "dreamy or sad" if key == "mood" else "jazz"
+    with pytest.raises(EmptyLibraryError) as refused:
+        recommend(None, None, db, image=photos["coffee.png"], **filters)
+    assert str(refused.value) == f"no track in the library has the {key} {asked}; " \
+                                 f"the {key}s it has: {_tag_values(db, key)}"
+
+
+def test_filters_that_exclude_each_other_fail_before_model_work():
+    from music_to_vector import Database
+
+    vectors = np.eye(2, dtype=np.float32)
+    db = Database(vectors=vectors, tracks=[{"file_path": "a.mp3", "mood": "calm", "genre": "Jazz"},
+                                           {"file_path": "b.mp3", "mood": "happy", "genre": "rock"}])
+    with pytest.raises(EmptyLibraryError) as refused:
+        recommend(None, None, db, text="anything", moods="calm", genres="rock")
+    assert str(refused.value) == ("no track in the library has the mood calm and the genre rock; "
+                                  "the moods it has: calm, happy; the genres it has: Jazz, rock")
 
 
 def test_recommend_on_real_library_matches_brute_force(library_copy, blip, clap_text, photos):
@@ -158,6 +187,23 @@ def test_directory_as_image_says_it_is_a_directory(library_copy, blip, clap_text
     assert done.stderr.strip().splitlines() == [f"Error: {folder} is a directory, not an image file"]
 
 
+def test_cli_unknown_mood_fails_before_loading_models(library_copy, checkpoints, photos, tmp_path):
+    """Neither model can load here, so only a check made before loading them can give the filter's message."""
+    broken = tmp_path / "clap-without-weights"
+    shutil.copytree(checkpoints["clap"], broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.unlink()
+    paths = LibraryPaths.at(library_copy)
+    meta = json.loads(paths.metadata.read_text())
+    meta["clap_model"] = str(broken)  # the database accepts this CLAP, so the run gets as far as the models
+    paths.metadata.write_text(json.dumps(meta))
+    done = run_cli("recommend.py", photos["coffee.png"], "--mood", "dreamy", "--blip-model", tmp_path / "nope",
+                   "--clap-model", broken)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"Error: no track in the library has the mood dreamy; the moods it has: {_tag_values(load_database(paths), 'mood')}"]
+
+
 def test_cli_empty_library_exits_1_with_advice(checkpoints, photos):
     done = _cli(checkpoints, photos["coffee.png"])
     assert done.returncode == 1 and done.stdout == ""
@@ -166,8 +212,6 @@ def test_cli_empty_library_exits_1_with_advice(checkpoints, photos):
 
 
 def test_cli_mismatched_database_exits_1(library_copy, checkpoints, photos, tmp_path):
-    import shutil
-
     other = tmp_path / "other-clap"
     shutil.copytree(checkpoints["clap"], other)
     done = run_cli("recommend.py", photos["coffee.png"], "--blip-model", checkpoints["blip"], "--clap-model", other)
