@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,6 +115,32 @@ def test_text_only_recommendation(library_copy, clap_text):
     assert rec.caption == "" and rec.query_text == "slow piano for a rainy night" and len(rec.results) == 3
 
 
+def test_tracks_whose_file_is_missing_are_skipped_and_named(library_copy, clap_text, monkeypatch):
+    """A deleted file is not recommended; the next tracks fill the top k, and only those candidates are looked at."""
+    db = load_database(LibraryPaths.at(library_copy))
+    text = "slow piano for a rainy night"
+    order = np.argsort(-(db.vectors @ image_to_query(None, clap_text, text=text).vector), kind="stable")
+    gone = [db.tracks[i]["file_path"] for i in order[[0, 2]]]
+    for path in gone:
+        (library_copy / path).unlink()
+    looked_at = []
+    isfile = os.path.isfile
+    monkeypatch.setattr(os.path, "isfile", lambda path: looked_at.append(path) or isfile(path))
+    rec = recommend(None, clap_text, db, text=text, topk=3)
+    expected = [db.tracks[i]["file_path"] for i in order if db.tracks[i]["file_path"] not in gone][:3]
+    assert [r.file_path for r in rec.results] == expected and [r.rank for r in rec.results] == [1, 2, 3]
+    assert rec.skipped_missing == gone and rec.to_dict()["skipped_missing"] == gone
+    assert sorted(Path(p).relative_to(library_copy).as_posix() for p in looked_at) == sorted(expected + gone)
+
+
+def test_nothing_to_recommend_when_every_file_is_missing(library_copy, clap_text):
+    db = load_database(LibraryPaths.at(library_copy))
+    for track in db.tracks:
+        (library_copy / track["file_path"]).unlink()
+    with pytest.raises(EmptyLibraryError, match="missing.*music_to_vector.py"):
+        recommend(None, clap_text, db, text="jazz", topk=2)
+
+
 def test_empty_library_says_how_to_add_music(clap_text):
     db = load_database(LibraryPaths.at())
     with pytest.raises(EmptyLibraryError, match="new_music/.*music_to_vector.py"):
@@ -134,13 +161,28 @@ def test_cli_json_schema_one_line_per_image(library_copy, checkpoints, photos):
     assert len(lines) == 2
     for line, name in zip(lines, ("coffee.png", "chelsea.png")):
         obj = json.loads(line)
-        assert set(obj) == {"image", "caption", "mood_words", "query_text", "results"}
+        assert set(obj) == {"image", "caption", "mood_words", "query_text", "results", "skipped_missing"}
         assert obj["image"].endswith(name) and isinstance(obj["caption"], str)
         assert len(obj["mood_words"]) == 3 and obj["query_text"].endswith("mood")
         assert len(obj["results"]) == 3 and all(set(r) == RESULT_KEYS for r in obj["results"])
         assert [r["rank"] for r in obj["results"]] == [1, 2, 3]
         assert obj["results"][0]["score"] >= obj["results"][1]["score"] >= obj["results"][2]["score"]
         assert all((library_copy / r["file_path"]).is_file() for r in obj["results"])
+
+
+def test_cli_warns_once_per_missing_file_and_lists_it_in_json(library_copy, checkpoints, photos):
+    db = load_database(LibraryPaths.at(library_copy))
+    gone = db.tracks[1]["file_path"]
+    (library_copy / gone).unlink()
+    done = _cli(checkpoints, photos["coffee.png"], photos["chelsea.png"], "--json", "--topk", str(len(db)))
+    assert done.returncode == 0, done.stderr
+    for line in done.stdout.splitlines():
+        obj = json.loads(line)
+        assert obj["skipped_missing"] == [gone] and len(obj["results"]) == len(db) - 1
+        assert gone not in [r["file_path"] for r in obj["results"]]
+    assert done.stderr.strip().splitlines() == [
+        f"Warning: {library_copy / gone} is in the library but its file is missing; skipped "
+        f"(run python music_to_vector.py to update the library)"]
 
 
 def test_cli_table_explains_the_pick(library_copy, checkpoints, photos):
