@@ -166,13 +166,25 @@ def rank_present_tracks(db: Database, vector: np.ndarray, topk: int, moods=None,
 
 
 def best_segment_start(db: Database, row: int, vector: np.ndarray) -> float | None:
-    """Start (seconds) of the track's window closest to the query; None for a database without segments."""
+    """Start (seconds) of the track's window closest to the query; None for a database without segments.
+
+    Window j starts at j * db.window_s, except the last, which ends at the track's end and starts at the record's
+    last_window_start_s. A record without it comes from an older build whose last window was zero-padded: that
+    window is left out (unless it is the only one), so the best moment never starts less than a window before
+    the end, where there would be only a few seconds of music to hear.
+    """
     track = db.tracks[row]
     count = int(track.get("segment_count", 0))
     if db.segments is None or count == 0:
         return None
-    start = int(track["segment_offset"])
-    return float(np.argmax(db.segments[start:start + count] @ vector) * db.window_s)
+    last_start = track.get("last_window_start_s")
+    if last_start is None and count > 1:
+        count -= 1
+    offset = int(track["segment_offset"])
+    best = int(np.argmax(db.segments[offset:offset + count] @ vector))
+    if last_start is not None and best == count - 1:
+        return float(last_start)
+    return best * db.window_s
 
 
 def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 10, moods=None, genres=None) -> Recommendation:

@@ -91,6 +91,39 @@ def test_filters_that_exclude_each_other_fail_before_model_work():
                                   "the moods it has: calm, happy; the genres it has: Jazz, rock")
 
 
+def _one_hot(*weights):
+    vector = np.array(weights, dtype=np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def test_best_moment_of_a_full_last_window_is_where_it_starts():
+    """Window j starts at j * window_s; the last one ends at the track's end, at its recorded start."""
+    from music_to_vector import Database
+    from recommend import best_segment_start
+
+    tracks = [{"file_path": "a.mp3", "duration_s": 25.0, "segment_offset": 0, "segment_count": 3,
+               "last_window_start_s": 15.0},
+              {"file_path": "b.mp3", "duration_s": 4.0, "segment_offset": 3, "segment_count": 1,
+               "last_window_start_s": 0.0}]
+    db = Database(vectors=np.eye(2, 4, dtype=np.float32), tracks=tracks, segments=np.eye(4, dtype=np.float32))
+    assert [best_segment_start(db, 0, _one_hot(*np.eye(4)[j])) for j in range(3)] == [0.0, 10.0, 15.0]
+    assert best_segment_start(db, 1, _one_hot(0, 0, 0, 1)) == 0.0
+
+
+def test_old_database_never_gives_its_zero_padded_last_window_as_best_moment():
+    """A record without last_window_start_s (an older build) has a padded last window: it is left out."""
+    from music_to_vector import Database
+    from recommend import best_segment_start
+
+    tracks = [{"file_path": "a.mp3", "duration_s": 25.0, "segment_offset": 0, "segment_count": 3},
+              {"file_path": "b.mp3", "duration_s": 4.0, "segment_offset": 3, "segment_count": 1}]
+    db = Database(vectors=np.eye(2, 4, dtype=np.float32), tracks=tracks, segments=np.eye(4, dtype=np.float32))
+    # The padded window (20-30 s, of which 5 s are music) matches best; the best full one starts at 10 s.
+    assert best_segment_start(db, 0, _one_hot(0.1, 0.3, 0.9, 0)) == 10.0
+    assert best_segment_start(db, 0, _one_hot(0.9, 0.3, 0.1, 0)) == 0.0
+    assert best_segment_start(db, 1, _one_hot(0, 0, 0, 1)) == 0.0  # a short track's one repeat-padded window
+
+
 def test_recommend_on_real_library_matches_brute_force(library_copy, blip, clap_text, photos):
     db = load_database(LibraryPaths.at(library_copy))
     for name in ("astronaut.png", "rocket.jpg"):
