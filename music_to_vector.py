@@ -448,21 +448,26 @@ def read_track(path: Path, library_folder: Path, sample_rate: int) -> DecodedTra
 # ---------------------------------------------------------------------------------------------- embed
 
 
-def split_windows(audio: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact `window`-sample windows covering the whole track: (W, window) float32 and each window's audio share.
+def split_windows(audio: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full `window`-sample windows covering the whole track: (W, window) float32, the share of new audio each
+    window adds (W,) float64, and where each starts, in samples (W,) int64.
 
-    The last window is zero-padded; a track shorter than one window is repeated to fill it, as CLAP's repeatpad.
+    Window j starts at j * window, except the last, which ends at the track's end, overlapping the one before it:
+    every window is music, never zero padding (whose window would be a poor best moment and a pull towards
+    silence). It adds (len - (W-1) * window) / window of new audio. A track shorter than one window is repeated
+    to fill it, as CLAP's repeatpad.
     """
     if len(audio) == 0:
         raise AudioError("zero-length audio")
     if len(audio) < window:
         repeated = np.tile(audio, math.ceil(window / len(audio)))[:window]
-        return repeated[None, :].astype(np.float32), np.ones(1)
+        return repeated[None, :].astype(np.float32), np.ones(1), np.zeros(1, np.int64)
     count = math.ceil(len(audio) / window)
-    padded = np.zeros(count * window, np.float32)
-    padded[: len(audio)] = audio
+    starts = np.arange(count, dtype=np.int64) * window
+    starts[-1] = len(audio) - window
+    windows = np.stack([audio[start:start + window] for start in starts]).astype(np.float32, copy=False)
     share = np.minimum(1.0, (len(audio) - np.arange(count) * window) / window)
-    return padded.reshape(count, window), share
+    return windows, share, starts
 
 
 def log_mel_features(extractor, windows: np.ndarray):
@@ -509,16 +514,17 @@ def embed_windows(clap, windows: np.ndarray) -> np.ndarray:
     return np.concatenate(out).astype(np.float32)
 
 
-def embed_track(clap, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mapper: one track → (track vector float32 (D,), window vectors float32 (W, D)), all unit-length.
+def embed_track(clap, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mapper: one track → (track vector float32 (D,), window vectors float32 (W, D), last window's start in s).
 
-    The track vector is the mean of the window vectors weighted by how much audio each window holds, so the
-    zero padding of a short last window does not pull the track towards silence.
+    Vectors are unit-length. The track vector is the mean of the window vectors weighted by the new audio each
+    window adds, so the last window, which overlaps the one before it, counts only for the music it adds.
     """
-    windows, share = split_windows(audio, clap.processor.feature_extractor.nb_max_samples)
+    extractor = clap.processor.feature_extractor
+    windows, share, starts = split_windows(audio, extractor.nb_max_samples)
     segments = embed_windows(clap, windows)
     mean = (segments * share[:, None]).sum(axis=0)
-    return (mean / np.linalg.norm(mean)).astype(np.float32), segments
+    return (mean / np.linalg.norm(mean)).astype(np.float32), segments, float(starts[-1] / extractor.sampling_rate)
 
 
 # ---------------------------------------------------------------------------------------------- build (write)
@@ -634,7 +640,7 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
                 report.duplicates.append((path, known[track.sha256]["file_path"]))
                 continue
             try:
-                vector, segments = embed_track(clap, track.audio)
+                vector, segments, last_window_start_s = embed_track(clap, track.audio)
             except Exception as e:  # one bad file must not cost the others
                 report.failed.append((path, f"cannot embed {path.name}: {e}"))
                 continue
@@ -651,6 +657,7 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
                 "sha256": track.sha256,
                 "segment_offset": offset,
                 "segment_count": len(segments),
+                "last_window_start_s": round(last_window_start_s, 3),
             }
             for key in ("title", "artist", "genre", "mood"):
                 if key in previous.get(track.sha256, {}):

@@ -124,6 +124,41 @@ def test_old_database_never_gives_its_zero_padded_last_window_as_best_moment():
     assert best_segment_start(db, 1, _one_hot(0, 0, 0, 1)) == 0.0  # a short track's one repeat-padded window
 
 
+def _window_starts(db, track) -> list[float]:
+    """Where each of a track's windows starts, as the database records them."""
+    count = track["segment_count"]
+    return [j * db.window_s for j in range(count - 1)] + [track["last_window_start_s"]]
+
+
+def test_best_moment_never_starts_less_than_a_window_before_the_end(library_copy, blip, clap_text, photos):
+    """Every window of every real track asked for, then real queries: the best moment always has a full window
+    of music after it, in a new database and in one written before last_window_start_s was recorded."""
+    from recommend import best_segment_start
+
+    paths = LibraryPaths.at(library_copy)
+    db = load_database(paths)
+    for row, track in enumerate(db.tracks):
+        assert track["duration_s"] > db.window_s  # every sample track is longer than one window
+        assert track["last_window_start_s"] == pytest.approx(track["duration_s"] - db.window_s, abs=1e-3)
+        segments = db.segments[track["segment_offset"]: track["segment_offset"] + track["segment_count"]]
+        for segment in segments:
+            start = best_segment_start(db, row, segment)
+            assert start == _window_starts(db, track)[int(np.argmax(segments @ segment))]
+            assert start <= track["duration_s"] - db.window_s + 1e-3
+    queries = [{"image": photos[name]} for name in ("coffee.png", "rocket.jpg", "astronaut.png")] + \
+              [{"text": text} for text in ("slow piano", "energetic drums", "a quiet ending")]
+    meta = json.loads(paths.metadata.read_text())
+    for track in meta["tracks"]:
+        del track["last_window_start_s"]
+    paths.metadata.write_text(json.dumps(meta))
+    old = load_database(paths)
+    for query in queries:
+        for library in (db, old):
+            for r in recommend(blip, clap_text, library, topk=len(db), **query).results:
+                track = next(t for t in library.tracks if t["file_path"] == r.file_path)
+                assert r.best_segment_start_s <= track["duration_s"] - db.window_s + 1e-3
+
+
 def test_recommend_on_real_library_matches_brute_force(library_copy, blip, clap_text, photos):
     db = load_database(LibraryPaths.at(library_copy))
     for name in ("astronaut.png", "rocket.jpg"):
@@ -137,7 +172,7 @@ def test_recommend_on_real_library_matches_brute_force(library_copy, blip, clap_
         for r, i in zip(rec.results, expected):
             track = db.tracks[i]
             segments = db.segments[track["segment_offset"]: track["segment_offset"] + track["segment_count"]]
-            assert r.best_segment_start_s == 10.0 * int(np.argmax(segments @ query.vector))
+            assert r.best_segment_start_s == _window_starts(db, track)[int(np.argmax(segments @ query.vector))]
             assert r.score == pytest.approx(float(scores[i]), abs=1e-5)
             assert (r.title, r.mood, r.genre) == (track["title"], track["mood"], track["genre"])
 
