@@ -249,8 +249,8 @@ def test_cli_warns_once_per_missing_file_and_lists_it_in_json(library_copy, chec
         assert obj["skipped_missing"] == [gone] and len(obj["results"]) == len(db) - 1
         assert gone not in [r["file_path"] for r in obj["results"]]
     assert done.stderr.strip().splitlines() == [
-        f"Warning: {library_copy / gone} is in the library but its file is missing; skipped "
-        f"(run python music_to_vector.py to update the library)"]
+        (f"Warning: {library_copy / gone} is in the library but its file is missing; skipped "
+         f"(run python music_to_vector.py to update the library)")]
 
 
 def test_cli_table_explains_the_pick(library_copy, checkpoints, photos):
