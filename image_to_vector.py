@@ -46,9 +46,12 @@ def open_image(source) -> Image.Image:
     """Open a path, bytes, numpy array or PIL image as an upright 8-bit RGB image.
 
     EXIF orientation is applied; CMYK, alpha, palette, 16-bit and float images are converted; an animated image
-    gives its first frame. A non-image, a truncated file or a decompression bomb raises ImageError.
+    gives its first frame. A directory, a non-image, a truncated file or a decompression bomb raises ImageError.
     """
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the image"
+    if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+        # Pillow would fail with "[Errno 21] Is a directory", which reads as a damaged file.
+        raise ImageError(f"{name} is a directory, not an image file")
     try:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its pixel limit; a bomb is refused outright.

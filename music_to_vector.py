@@ -6,9 +6,10 @@ Database contract (checked by load_database):
   [segment_offset, segment_offset + segment_count).
 - music_database_metadata.json: {"format", "version", "clap_model", "embedding": {method, sample_rate,
   window_s, dim}, "commit": {id, vectors_bytes, segments_bytes, moves}, "tracks": [{id, title, artist, mood,
-  genre, file_path, duration_s, sha256, segment_offset, segment_count, from_file}]}. file_path is relative to
-  the library folder; from_file holds the tags the file itself gave. A seed-format file (a bare list of
-  {id, file_path, title, mood, genre}) still loads, without segments.
+  genre, file_path, duration_s, sha256, segment_offset, segment_count, last_window_start_s, from_file}]}.
+  file_path is relative to the library folder; from_file holds the tags the file itself gave; a track's last
+  window starts at last_window_start_s (absent in older databases, whose last window is zero-padded). A
+  seed-format file (a bare list of {id, file_path, title, mood, genre}) still loads, without segments.
 - One commit point (save_database): the data files of a change are written under new names first; replacing the
   metadata, which names them, commits the change; they are renamed into place after. A reader sees the old
   library or the new one, and a crash after the commit is finished from the metadata (finish_commit).
@@ -41,7 +42,8 @@ from music_mood.storage import (LibraryBusyError, acquire_lock, fsync_dir, move_
 
 FORMAT_NAME = "music-mood-database"
 FORMAT_VERSION = 1
-EMBEDDING_METHOD = "whole-track: mean of 10 s windows weighted by audio in each, L2-normalised"
+EMBEDDING_METHOD = ("whole-track: mean of full 10 s windows (the last ends at the track's end) weighted by the new "
+                    "audio in each, L2-normalised")
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".opus", ".m4a")
 GENRE_WORDS = ("acoustic", "electronic", "ambient", "classical", "jazz", "rock", "pop", "folk", "piano",
                "orchestral", "hiphop", "lofi", "blues", "country", "metal", "reggae", "soul", "funk")
@@ -106,7 +108,8 @@ class Database:
     segments: np.ndarray | None = None
     clap_model: str | None = None
     root: Path = field(default_factory=Path)
-    window_s: float = 10.0  # length of one segment, so segment j starts at j * window_s
+    window_s: float = 10.0  # length of one segment: segment j starts at j * window_s, but a track's last one
+    # starts at its record's last_window_start_s (see recommend.best_segment_start)
     vectors_path: Path | None = None  # where `vectors` was loaded from; the search index is cached next to it
     _index: object = field(default=None, repr=False, compare=False)
     _tag_codes: dict = field(default_factory=dict, repr=False, compare=False)
@@ -593,21 +596,26 @@ def read_track(path: Path, library_folder: Path, sample_rate: int,
 # ---------------------------------------------------------------------------------------------- embed
 
 
-def split_windows(audio: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact `window`-sample windows covering the whole track: (W, window) float32 and each window's audio share.
+def split_windows(audio: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full `window`-sample windows covering the whole track: (W, window) float32, the share of new audio each
+    window adds (W,) float64, and where each starts, in samples (W,) int64.
 
-    The last window is zero-padded; a track shorter than one window is repeated to fill it, as CLAP's repeatpad.
+    Window j starts at j * window, except the last, which ends at the track's end, overlapping the one before it:
+    every window is music, never zero padding (whose window would be a poor best moment and a pull towards
+    silence). It adds (len - (W-1) * window) / window of new audio. A track shorter than one window is repeated
+    to fill it, as CLAP's repeatpad.
     """
     if len(audio) == 0:
         raise AudioError("zero-length audio")
     if len(audio) < window:
         repeated = np.tile(audio, math.ceil(window / len(audio)))[:window]
-        return repeated[None, :].astype(np.float32), np.ones(1)
+        return repeated[None, :].astype(np.float32), np.ones(1), np.zeros(1, np.int64)
     count = math.ceil(len(audio) / window)
-    padded = np.zeros(count * window, np.float32)
-    padded[: len(audio)] = audio
+    starts = np.arange(count, dtype=np.int64) * window
+    starts[-1] = len(audio) - window
+    windows = np.stack([audio[start:start + window] for start in starts]).astype(np.float32, copy=False)
     share = np.minimum(1.0, (len(audio) - np.arange(count) * window) / window)
-    return padded.reshape(count, window), share
+    return windows, share, starts
 
 
 def log_mel_features(extractor, windows: np.ndarray):
@@ -654,16 +662,17 @@ def embed_windows(clap, windows: np.ndarray) -> np.ndarray:
     return np.concatenate(out).astype(np.float32)
 
 
-def embed_track(clap, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mapper: one track → (track vector float32 (D,), window vectors float32 (W, D)), all unit-length.
+def embed_track(clap, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mapper: one track → (track vector float32 (D,), window vectors float32 (W, D), last window's start in s).
 
-    The track vector is the mean of the window vectors weighted by how much audio each window holds, so the
-    zero padding of a short last window does not pull the track towards silence.
+    Vectors are unit-length. The track vector is the mean of the window vectors weighted by the new audio each
+    window adds, so the last window, which overlaps the one before it, counts only for the music it adds.
     """
-    windows, share = split_windows(audio, clap.processor.feature_extractor.nb_max_samples)
+    extractor = clap.processor.feature_extractor
+    windows, share, starts = split_windows(audio, extractor.nb_max_samples)
     segments = embed_windows(clap, windows)
     mean = (segments * share[:, None]).sum(axis=0)
-    return (mean / np.linalg.norm(mean)).astype(np.float32), segments
+    return (mean / np.linalg.norm(mean)).astype(np.float32), segments, float(starts[-1] / extractor.sampling_rate)
 
 
 # ---------------------------------------------------------------------------------------------- build (write)
@@ -784,7 +793,7 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
                 _found_again(known[item.sha256], path, paths, report, moves, taken)
             else:
                 try:
-                    vector, segments = embed_track(clap, item.audio)
+                    vector, segments, last_window_start_s = embed_track(clap, item.audio)
                 except Exception as e:  # one bad file must not cost the others
                     report.failed.append((path, f"cannot embed {path.name}: {e}"))
                     continue
@@ -792,7 +801,8 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
                 taken.add(final)
                 if final != path:
                     moves.append((path, final))
-                record = _new_record(item, final, paths, len(segments), previous.get(item.sha256))
+                record = _new_record(item, final, paths, len(segments), last_window_start_s,
+                                     previous.get(item.sha256))
                 known[item.sha256] = record
                 new_rows.append(vector)
                 new_segments.append(segments)
@@ -837,7 +847,7 @@ def _found_again(record: dict, path: Path, paths: LibraryPaths, report: BuildRep
 
 
 def _new_record(track: DecodedTrack, final: Path, paths: LibraryPaths, segment_count: int,
-                previous: dict | None) -> dict:
+                last_window_start_s: float, previous: dict | None) -> dict:
     """The metadata of a newly embedded track (segment_offset is set when the database is composed).
 
     `from_file` keeps what the file's tags, name and folder gave, so a later change can tell a value fixed by hand
@@ -851,6 +861,7 @@ def _new_record(track: DecodedTrack, final: Path, paths: LibraryPaths, segment_c
         "sha256": track.sha256,
         "segment_offset": 0,
         "segment_count": segment_count,
+        "last_window_start_s": round(last_window_start_s, 3),
         "from_file": dict(track.tags),
     }
     for key in TAG_KEYS:

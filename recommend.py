@@ -40,12 +40,16 @@ class Track:
 
 @dataclass
 class Recommendation:
-    """Everything a user sees: what the photo was read as, the exact text embedded, and the ranked tracks."""
+    """Everything a user sees: what the photo was read as, the exact text embedded, and the ranked tracks.
+
+    skipped_missing: file_path of each track that ranked among these results but whose file is gone, best first.
+    """
 
     caption: str
     mood_words: list[str]
     query_text: str
     results: list[Track] = field(default_factory=list)
+    skipped_missing: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,6 +72,23 @@ def _allowed_rows(db: Database, moods=None, genres=None) -> np.ndarray | None:
             mask = np.isin(codes, [codes_of[w] for w in wanted if w in codes_of])
             allowed = mask if allowed is None else allowed & mask
     return allowed
+
+
+def check_filters(db: Database, moods=None, genres=None) -> None:
+    """Raise EmptyLibraryError when the mood/genre filters keep no track of `db`, naming the moods/genres it has.
+
+    Needs no model: callers run it before loading or asking one, so a mistyped filter fails at once.
+    """
+    allowed = _allowed_rows(db, moods, genres)
+    if allowed is None or allowed.any():
+        return
+    asked, offered = [], []
+    for key, wanted in (("mood", _normalise_filter(moods)), ("genre", _normalise_filter(genres))):
+        if wanted is not None:
+            existing = sorted({str(t.get(key, "")).strip() for t in db.tracks} - {""}, key=str.lower)
+            asked.append(f"the {key} {' or '.join(sorted(wanted))}")
+            offered.append(f"the {key}s it has: {', '.join(existing) or 'none'}")
+    raise EmptyLibraryError(f"no track in the library has {' and '.join(asked)}; {'; '.join(offered)}")
 
 
 def _exact_top(vectors: np.ndarray, vector: np.ndarray, topk: int, candidates: np.ndarray | None = None):
@@ -121,14 +142,49 @@ def rank_tracks(db: Database, vector: np.ndarray, topk: int, moods=None, genres=
     return _exact_top(db.vectors, vector, topk, None if allowed is None else np.flatnonzero(allowed))
 
 
+def rank_present_tracks(db: Database, vector: np.ndarray, topk: int, moods=None,
+                        genres=None) -> tuple[list[tuple[int, float]], list[int]]:
+    """rank_tracks without the tracks whose file is missing: ((row, score) for the top k, rows skipped), best first.
+
+    Only the files of ranked candidates are looked at (one stat each), in rank order until k are found; when
+    some are missing, rank_tracks is asked for twice as many and the next ones are looked at.
+    """
+    present: dict[int, bool] = {}
+    want = topk
+    while True:
+        ranked = rank_tracks(db, vector, want, moods, genres)
+        kept, skipped = [], []
+        for row, score in ranked:
+            if row not in present:
+                present[row] = os.path.isfile(db.root / db.tracks[row]["file_path"])
+            (kept if present[row] else skipped).append((row, score))
+            if len(kept) == topk:
+                return kept, [row for row, _ in skipped]
+        if len(ranked) < want:  # every allowed track was ranked: fewer than k are there
+            return kept, [row for row, _ in skipped]
+        want *= 2
+
+
 def best_segment_start(db: Database, row: int, vector: np.ndarray) -> float | None:
-    """Start (seconds) of the track's window closest to the query; None for a database without segments."""
+    """Start (seconds) of the track's window closest to the query; None for a database without segments.
+
+    Window j starts at j * db.window_s, except the last, which ends at the track's end and starts at the record's
+    last_window_start_s. A record without it comes from an older build whose last window was zero-padded: that
+    window is left out (unless it is the only one), so the best moment never starts less than a window before
+    the end, where there would be only a few seconds of music to hear.
+    """
     track = db.tracks[row]
     count = int(track.get("segment_count", 0))
     if db.segments is None or count == 0:
         return None
-    start = int(track["segment_offset"])
-    return float(np.argmax(db.segments[start:start + count] @ vector) * db.window_s)
+    last_start = track.get("last_window_start_s")
+    if last_start is None and count > 1:
+        count -= 1
+    offset = int(track["segment_offset"])
+    best = int(np.argmax(db.segments[offset:offset + count] @ vector))
+    if last_start is not None and best == count - 1:
+        return float(last_start)
+    return best * db.window_s
 
 
 def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 10, moods=None, genres=None) -> Recommendation:
@@ -136,7 +192,9 @@ def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 
 
     `blip` and `clap` are models from models.load_blip / load_clap_text (blip may be None for text alone);
     `image` is a path, bytes, numpy array or PIL image; `moods`/`genres` keep only tracks with those tags.
-    Raises ImageError for an unreadable image and EmptyLibraryError when nothing can be recommended.
+    Tracks whose file is missing are left out (the next ones take their places) and named in skipped_missing.
+    Raises ImageError for an unreadable image and EmptyLibraryError when nothing can be recommended (an empty
+    library, filters that keep no track, checked before any model work, or every matching file missing).
     """
     from image_to_vector import image_to_query
 
@@ -144,13 +202,16 @@ def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 
         raise ValueError("topk must be at least 1")
     if len(db) == 0:
         raise EmptyLibraryError(EMPTY_LIBRARY)
+    check_filters(db, moods, genres)
     query = image_to_query(blip, clap, image=image, text=text)
     if query.vector.shape[0] != db.dim:
         raise DatabaseError(f"the database holds {db.dim}-d vectors but the CLAP model gives "
                             f"{query.vector.shape[0]}-d; rebuild it with: python music_to_vector.py --rebuild")
-    ranked = rank_tracks(db, query.vector, topk, moods, genres)
+    ranked, missing = rank_present_tracks(db, query.vector, topk, moods, genres)
     if not ranked:
-        raise EmptyLibraryError("no track in the library matches the mood/genre filters")
+        raise EmptyLibraryError(f"every matching track's file is missing ({len(missing)} files, e.g. "
+                                f"{db.root / db.tracks[missing[0]]['file_path']}); run python music_to_vector.py "
+                                f"to update the library")
     results = []
     for rank, (row, score) in enumerate(ranked, 1):
         t = db.tracks[row]
@@ -159,7 +220,7 @@ def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 
                              file_path=str(t["file_path"]), score=round(score, 6),
                              best_segment_start_s=best_segment_start(db, row, query.vector)))
     return Recommendation(caption=query.caption, mood_words=query.mood_words, query_text=query.query_text,
-                          results=results)
+                          results=results, skipped_missing=[str(db.tracks[row]["file_path"]) for row in missing])
 
 
 # ---------------------------------------------------------------------------------------------- playing
@@ -247,9 +308,10 @@ def main(argv=None) -> int:
         db = load_database(paths, clap_model=args.clap_model)
         if len(db) == 0:
             raise EmptyLibraryError(EMPTY_LIBRARY)
+        check_filters(db, args.mood, args.genre)  # before the models: loading them takes seconds
         clap = load_clap_text(args.clap_model, args.precision)
         blip = load_blip(args.blip_model, args.precision) if args.images else None
-        first = None
+        first, warned = None, set()
         for image in args.images or [None]:
             try:
                 rec = recommend(blip, clap, db, image=image, text=args.text, topk=args.topk,
@@ -259,6 +321,11 @@ def main(argv=None) -> int:
                 status = 1
                 continue
             first = first or rec
+            for path in rec.skipped_missing:
+                if path not in warned:
+                    warned.add(path)
+                    print(f"Warning: {db.root / path} is in the library but its file is missing; skipped "
+                          f"(run python music_to_vector.py to update the library)", file=sys.stderr)
             if args.json:
                 print(json.dumps({"image": image, **rec.to_dict()}, ensure_ascii=False), flush=True)
             else:

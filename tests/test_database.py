@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -24,24 +25,37 @@ def _snapshot(paths: LibraryPaths) -> dict:
 # ---------------------------------------------------------------------------------------------- windows
 
 
-def test_windows_cover_the_whole_track_and_pad_the_last():
+def test_windows_cover_the_whole_track_and_the_last_ends_at_its_end():
+    """No zero padding: the last window overlaps the one before it, and weighs only the audio it adds."""
     audio = np.arange(25, dtype=np.float32) + 1
-    windows, share = split_windows(audio, 10)
-    assert windows.shape == (3, 10)
-    np.testing.assert_array_equal(windows.reshape(-1)[:25], audio)
-    np.testing.assert_array_equal(windows[2, 5:], 0)
+    windows, share = split_windows(audio, 10)[:2]
+    np.testing.assert_array_equal(windows, [audio[0:10], audio[10:20], audio[15:25]])
     np.testing.assert_allclose(share, [1, 1, 0.5])
+    np.testing.assert_array_equal(split_windows(audio, 10)[2], [0, 10, 15])
+
+
+def test_last_window_of_a_real_track_is_its_final_window_of_music(sample_tracks):
+    for track in (sample_tracks[2], sample_tracks[16]):  # 29.6 s and 32.65 s: three and four windows
+        audio = mtv.decode_audio(track, 48_000)
+        windows, share = split_windows(audio, 480_000)[:2]
+        assert len(windows) == math.ceil(len(audio) / 480_000)
+        np.testing.assert_array_equal(windows[-1], audio[-480_000:])
+        for j, window in enumerate(windows[:-1]):
+            np.testing.assert_array_equal(window, audio[j * 480_000:(j + 1) * 480_000])
+        assert share.sum() * 480_000 == pytest.approx(len(audio))  # every sample counted once
+        assert split_windows(audio, 480_000)[2][-1] == len(audio) - 480_000
 
 
 def test_short_track_is_repeat_padded():
-    windows, share = split_windows(np.array([1, 2, 3], np.float32), 10)
+    windows, share, starts = split_windows(np.array([1, 2, 3], np.float32), 10)
     np.testing.assert_array_equal(windows, [[1, 2, 3, 1, 2, 3, 1, 2, 3, 1]])
     np.testing.assert_array_equal(share, [1])
+    np.testing.assert_array_equal(starts, [0])
 
 
-def test_exact_multiple_has_no_padding_window():
-    windows, share = split_windows(np.ones(20, np.float32), 10)
-    assert windows.shape == (2, 10) and list(share) == [1, 1]
+def test_exact_multiple_has_no_extra_window():
+    windows, share, starts = split_windows(np.ones(20, np.float32), 10)
+    assert windows.shape == (2, 10) and list(share) == [1, 1] and list(starts) == [0, 10]
 
 
 def test_zero_length_audio_is_an_error_not_a_crash():
@@ -101,9 +115,11 @@ def test_m4a_is_decoded_without_a_system_ffmpeg(sample_tracks, tmp_path, monkeyp
 
 def test_track_vector_is_weighted_mean_of_its_windows(clap_audio, sample_tracks):
     audio = mtv.decode_audio(sample_tracks[0], 48_000)
-    vector, segments = embed_track(clap_audio, audio)
+    vector, segments, last_start_s = embed_track(clap_audio, audio)
     assert len(segments) == int(np.ceil(len(audio) / 480_000))  # whole track, 10 s windows
-    share = np.minimum(1, (len(audio) - np.arange(len(segments)) * 480_000) / 480_000)
+    assert last_start_s == (len(audio) - 480_000) / 48_000
+    np.testing.assert_allclose(segments[-1], mtv.embed_windows(clap_audio, audio[None, -480_000:])[0], atol=1e-6)
+    share = np.minimum(1, (len(audio) - np.arange(len(segments)) * 480_000) / 480_000)  # the new audio in each
     mean = (segments * share[:, None]).sum(0)
     np.testing.assert_allclose(vector, mean / np.linalg.norm(mean), atol=1e-6)
 

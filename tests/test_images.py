@@ -96,6 +96,15 @@ def test_missing_file_is_refused(tmp_path):
         open_image(tmp_path / "nowhere.png")
 
 
+@pytest.mark.parametrize("as_text", [False, True])
+def test_directory_is_refused_as_a_directory(tmp_path, as_text):
+    folder = tmp_path / "holiday photos"
+    folder.mkdir()
+    with pytest.raises(ImageError) as refused:
+        open_image(str(folder) if as_text else folder)
+    assert str(refused.value) == f"{folder} is a directory, not an image file"
+
+
 @pytest.mark.parametrize("factor", [1.5, 3])  # Pillow warns at 1-2x its limit and raises above 2x
 def test_decompression_bomb_is_refused(photos, monkeypatch, factor):
     image = Image.open(photos["astronaut.png"])
