@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from models import HelpFormatter, add_model_arguments
-from music_mood.storage import (LibraryBusyError, acquire_lock, fsync_dir, move_file, remove, rename,
+from music_mood.storage import (LibraryBusyError, acquire_lock, copy_file, fsync_dir, move_file, remove, rename,
                                 write_atomically, write_new_file)
 
 FORMAT_NAME = "music-mood-database"
@@ -940,12 +940,11 @@ def import_sample_library(paths: LibraryPaths) -> list[Path]:
         if source.suffix.lower() not in AUDIO_EXTENSIONS or file_sha256(source) in have:
             continue
         target = paths.new_music / source.parent.name / source.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        copy_file(source, target)
         copied.append(target)
     licence = next(f for f in metadata.distribution(SAMPLE_PACKAGE).files if f.name.startswith("LICENSE"))
     paths.processed_music.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(licence.locate(), paths.processed_music / f"{SAMPLE_PACKAGE}-{licence.name}.txt")
+    copy_file(Path(licence.locate()), paths.processed_music / f"{SAMPLE_PACKAGE}-{licence.name}.txt")
     return copied
 
 

@@ -86,6 +86,13 @@ def write_atomically(path: Path, write) -> None:
     fsync_dir(path.parent)
 
 
+def copy_file(source: Path, target: Path) -> None:
+    """Copy `source` to `target` whole or not at all (write_atomically): a crash midway never leaves a torn copy
+    in new_music/ that the next run would report as a broken file."""
+    with open(source, "rb") as src:
+        write_atomically(target, lambda f: shutil.copyfileobj(src, f, 1 << 20))
+
+
 def write_new_file(path: Path, write) -> None:
     """Write a file that nothing names yet (a staged data file), whole and fsynced; it must not exist already.
 
