@@ -27,7 +27,6 @@ import json
 import math
 import os
 import secrets
-import shutil
 import sys
 import threading
 import time
