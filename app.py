@@ -12,7 +12,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from image_to_vector import ImageError
-from models import HelpFormatter, ModelLoadError, add_model_arguments, int_argument, release_freed_memory
+from music_mood.cli import HelpFormatter, add_model_arguments, int_argument
+from music_mood.models import ModelLoadError, release_freed_memory
 from music_to_vector import (AUDIO_EXTENSIONS, SAMPLE_PACKAGE, Database, DatabaseError, LibraryBusyError,
                              LibraryPaths, add_library_arguments, build_library, import_sample_library,
                              load_database, pending_files)
@@ -74,7 +75,7 @@ class Models:
 
     def load(self) -> None:
         from image_to_vector import neutral_mood_scores
-        from models import load_blip, load_clap_text
+        from music_mood.models import load_blip, load_clap_text
 
         try:
             self.blip = load_blip(self.blip_model, self.precision)
@@ -100,7 +101,7 @@ class Models:
         return self.blip, self.clap
 
     def audio_model(self):
-        from models import load_clap_audio
+        from music_mood.models import load_clap_audio
 
         return load_clap_audio(self.clap_model, self.precision)
 
@@ -389,7 +390,7 @@ def prepare_library(paths: LibraryPaths, clap_model: str, precision: str) -> Non
             return
     if not pending:
         return
-    from models import load_clap_audio
+    from music_mood.models import load_clap_audio
 
     print(f"Adding {len(pending)} audio file(s) to the library in {paths.root}.", file=sys.stderr)
     report = build_library(load_clap_audio(clap_model, precision), paths, progress=True)

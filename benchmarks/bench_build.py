@@ -57,7 +57,7 @@ def seed_build(checkpoint: str, tracks: list[Path]) -> tuple[float, float]:
 
 def product_build(checkpoint: str, tracks: list[Path], precision: str) -> tuple[float, float, int]:
     """(audio seconds embedded, wall seconds, windows) for build_library on a fresh library of `tracks`."""
-    from models import load_clap_audio
+    from music_mood.models import load_clap_audio
     from music_to_vector import LibraryPaths, build_library, decode_audio, embed_windows, split_windows
 
     clap = load_clap_audio(checkpoint, precision)

@@ -31,6 +31,9 @@ def make_library(folder: Path, clap_model: str, dim: int) -> Path:
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     tracks = [{"file_path": f"processed_music/{i}.opus", "title": f"track {i}", "mood": "calm"}
               for i in range(LIBRARY_SIZE)]
+    (folder / "processed_music").mkdir(parents=True, exist_ok=True)
+    for track in tracks:  # empty files: recommend.py leaves out tracks whose file is gone
+        (folder / track["file_path"]).touch()
     save_database(Database(vectors=vectors, tracks=tracks, segments=np.zeros((0, dim), np.float32),
                            clap_model=clap_model), LibraryPaths.at(folder), 48_000)
     return folder

@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     checkpoints = full_checkpoints()  # built (or found) before anything is measured
 
     from benchmarks.bench_query import LIBRARY_SIZE, synthetic_database
-    from models import default_precision, load_blip, load_clap_text, release_freed_memory
+    from music_mood.models import default_precision, load_blip, load_clap_text, release_freed_memory
     from recommend import recommend
 
     precision = args.precision or default_precision()

@@ -15,10 +15,8 @@ again with another top-k (the app's re-query: the caption and mood words are rem
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,13 +31,20 @@ LIBRARY_SIZE = 10_000
 
 
 def synthetic_database(n: int, dim: int):
+    """n random unit vectors, each a track whose (empty) file exists, as recommend() skips tracks whose file is gone."""
+    import tempfile
+
     from music_to_vector import Database
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    root = Path(tempfile.mkdtemp(prefix="bench-library-"))
+    (root / "processed_music").mkdir()
     tracks = [{"file_path": f"processed_music/{i}.opus", "title": f"track {i}", "mood": "calm"} for i in range(n)]
-    return Database(vectors=vectors, tracks=tracks)
+    for track in tracks:
+        (root / track["file_path"]).touch()
+    return Database(vectors=vectors, tracks=tracks, root=root)
 
 
 def seed_pipeline(checkpoints: dict, db):
@@ -79,9 +84,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    import image_to_vector
-    from image_to_vector import embed_text
-    from models import default_precision, load_blip, load_clap_text
+    from image_to_vector import embed_text, forget_descriptions
+    from music_mood.models import default_precision, load_blip, load_clap_text
     from recommend import recommend
 
     checkpoints = full_checkpoints()
@@ -97,20 +101,17 @@ def main(argv=None) -> int:
     seed = seed_pipeline(checkpoints, db)
 
     # Force the caption length for the product path the same way (its default stops at 30 tokens or [SEP]).
-    forced = functools.partial(image_to_vector.describe_image, max_new_tokens=CAPTION_TOKENS,
-                               min_new_tokens=CAPTION_TOKENS)
-    original, image_to_vector.describe_image = image_to_vector.describe_image, forced
-    try:
-        def new_photo():
-            image_to_vector.forget_descriptions()
-            return recommend(blip, clap, db, image=image)
+    length = {"max_caption_tokens": CAPTION_TOKENS, "min_caption_tokens": CAPTION_TOKENS}
 
-        times = interleaved({"seed": lambda: seed(image), "fast": new_photo}, repeats)
-        rec = new_photo()
-        again = interleaved({"again": lambda: recommend(blip, clap, db, image=image, topk=5)}, repeats)["again"]
-        seed_times, fast_times = times["seed"], times["fast"]
-    finally:
-        image_to_vector.describe_image = original
+    def new_photo():
+        forget_descriptions(blip)
+        return recommend(blip, clap, db, image=image, **length)
+
+    times = interleaved({"seed": lambda: seed(image), "fast": new_photo}, repeats)
+    rec = new_photo()
+    again = interleaved({"again": lambda: recommend(blip, clap, db, image=image, topk=5, **length)},
+                        repeats)["again"]
+    seed_times, fast_times = times["seed"], times["fast"]
 
     fast_vector = embed_text(clap, [rec.query_text])[0]
     fp32_vector = embed_text(clap_fp32, [rec.query_text])[0]

@@ -55,8 +55,7 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, chunk: int = 100_000) ->
 
 
 def measure(n: int, queries_count: int, folder: Path, distribution: str = "clustered") -> dict:
-    import music_to_vector
-    from music_to_vector import Database, LibraryPaths, load_database, save_database
+    from music_to_vector import SEARCH_INDEX_MIN_TRACKS, Database, LibraryPaths, load_database, save_database
     from recommend import rank_tracks
 
     rng = np.random.default_rng(n)
@@ -106,23 +105,16 @@ def measure(n: int, queries_count: int, folder: Path, distribution: str = "clust
         results["default"]["cached_index_load_s"] = time.perf_counter() - start
     del db, index
 
-    # The other path, for comparison: exact at every size, the index below the threshold too.
-    threshold = music_to_vector.SEARCH_INDEX_MIN_TRACKS
-    try:
-        music_to_vector.SEARCH_INDEX_MIN_TRACKS = threshold if n >= threshold else 1
-        other = "exact" if n >= threshold else "index"
-        db = load_database(paths)
-        if n >= threshold:
-            db.vectors = np.array(db.vectors)  # exact search as a small library does it: in memory
-            db.search_index = lambda: None
-        run(db, other)
-        if other == "index":
-            import faiss
+    # The other path, for comparison: exact at every size (in memory, as a small library), the index below the
+    # threshold too.
+    other = "exact" if n >= SEARCH_INDEX_MIN_TRACKS else "index"
+    db = load_database(paths, index_min_tracks=n + 1 if other == "exact" else 1)
+    run(db, other)
+    if other == "index":
+        import faiss
 
-            results["index"]["index_mb"] = faiss.serialize_index(db.search_index()).nbytes / 2**20
-        results[other]["vectors_mb"] = db.vectors.nbytes / 2**20
-    finally:
-        music_to_vector.SEARCH_INDEX_MIN_TRACKS = threshold
+        results["index"]["index_mb"] = faiss.serialize_index(db.search_index()).nbytes / 2**20
+    results[other]["vectors_mb"] = db.vectors.nbytes / 2**20
     return results
 
 

@@ -170,3 +170,13 @@ def acquire_lock(path: Path, timeout: float, holder: str = "another music_to_vec
     except Timeout as e:
         raise LibraryBusyError(f"{holder} holds {path}; wait for it to finish") from e
     return lock
+
+
+def remove_empty_folders(folder: Path, top: Path) -> None:
+    """Remove `folder` and its parents up to (not including) `top` while they are empty (after moving files out)."""
+    while folder != top and folder.is_relative_to(top):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: a file the run could not add is still there
+            return
+        folder = folder.parent

@@ -56,21 +56,21 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def blip(checkpoints):
-    from models import load_blip
+    from music_mood.models import load_blip
 
     return load_blip(checkpoints["blip"], "fp32")
 
 
 @pytest.fixture(scope="session")
 def clap_text(checkpoints):
-    from models import load_clap_text
+    from music_mood.models import load_clap_text
 
     return load_clap_text(checkpoints["clap"], "fp32")
 
 
 @pytest.fixture(scope="session")
 def clap_audio(checkpoints):
-    from models import load_clap_audio
+    from music_mood.models import load_clap_audio
 
     return load_clap_audio(checkpoints["clap"], "fp32")
 

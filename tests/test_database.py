@@ -13,6 +13,7 @@ import soundfile
 import torch
 
 import music_to_vector as mtv
+from music_mood import build, library
 from music_to_vector import (AudioError, DatabaseError, LibraryBusyError, LibraryPaths, build_library,
                              embed_track, load_database, split_windows)
 from tests.conftest import put_in_new_music, run_cli
@@ -175,7 +176,7 @@ def test_fused_audio_attention_matches_transformers(checkpoints, clap_audio, sam
     windows stay transformers', with and without the shifted-window mask."""
     from transformers import ClapAudioModelWithProjection
 
-    from models import load_clap_audio
+    from music_mood.models import load_clap_audio
 
     name = _clap_with_shifted_windows(checkpoints, tmp_path / "clap") if shifted_windows else checkpoints["clap"]
     fused = load_clap_audio(name, "fp32") if shifted_windows else clap_audio
@@ -235,8 +236,8 @@ def test_incremental_add_does_not_re_embed(library_copy, clap_audio, sample_trac
     paths = LibraryPaths.at(library_copy)
     before = load_database(paths)
     embedded = []
-    real = mtv.embed_track
-    monkeypatch.setattr(mtv, "embed_track", lambda clap, audio: embedded.append(len(audio)) or real(clap, audio))
+    real = build.embed_track
+    monkeypatch.setattr(build, "embed_track", lambda clap, audio: embedded.append(len(audio)) or real(clap, audio))
     new = [t for t in sample_tracks if t.name not in {p.name for p in (library_copy / "processed_music").rglob("*")}]
     put_in_new_music(library_copy, new[:1])
     report = build_library(clap_audio, paths, progress=False)
@@ -254,7 +255,7 @@ def test_file_already_in_library_is_not_embedded_again(library_copy, clap_audio,
     copy = library_copy / "new_music" / "again" / existing.name
     copy.parent.mkdir(parents=True)
     shutil.copyfile(existing, copy)
-    monkeypatch.setattr(mtv, "embed_track", lambda *a: pytest.fail("re-embedded a known file"))
+    monkeypatch.setattr(build, "embed_track", lambda *a: pytest.fail("re-embedded a known file"))
     report = build_library(clap_audio, paths, progress=False)
     assert report.added == [] and [d[0] for d in report.duplicates] == [copy]
     assert _snapshot(paths) == before and copy.exists()
@@ -322,7 +323,7 @@ def test_error_while_saving_loses_nothing(library_copy, clap_audio, sample_track
     def disk_full(path, write):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(mtv, "write_atomically", disk_full)
+    monkeypatch.setattr(library, "write_atomically", disk_full)
     with pytest.raises(OSError):
         build_library(clap_audio, paths, progress=False)
     assert _snapshot(paths) == before and dropped[0].exists()
@@ -511,7 +512,7 @@ def test_a_commit_stopped_after_its_commit_point_is_finished_by_the_next_load(li
     paths = LibraryPaths.at(library_copy)
     before = load_database(paths)
     dropped = _new_track(library_copy, sample_tracks)
-    monkeypatch.setattr(mtv, "finish_commit", lambda paths, commit: [])  # "killed" after the commit point
+    monkeypatch.setattr(library, "finish_commit", lambda paths, commit: [])  # "killed" after the commit point
     build_library(clap_audio, paths, progress=False)
     monkeypatch.undo()
     assert dropped.exists() and any(".commit-" in name for name in _leftovers(library_copy))
@@ -520,7 +521,7 @@ def test_a_commit_stopped_after_its_commit_point_is_finished_by_the_next_load(li
     with FileLock(paths.lock):  # a builder is busy: the reader reads the staged files where they are
         assert len(load_database(paths)) == len(before) + 1
     assert any(".commit-" in name for name in _leftovers(library_copy))
-    monkeypatch.setattr(mtv, "embed_track", lambda *a: pytest.fail("re-embedded"))
+    monkeypatch.setattr(build, "embed_track", lambda *a: pytest.fail("re-embedded"))
     after = load_database(paths)
     assert len(after) == len(before) + 1 and _leftovers(library_copy) == []
     assert np.load(paths.vectors).shape[0] == len(before) + 1
@@ -533,7 +534,7 @@ def test_a_read_during_a_commit_returns_one_whole_state(library_copy, clap_audio
     paths = LibraryPaths.at(library_copy)
     count = len(load_database(paths))
     _new_track(library_copy, sample_tracks)
-    real, calls = mtv._load_committed, []
+    real, calls = library._load_committed, []
 
     def load_then_commit(*args):
         db = real(*args)
@@ -542,7 +543,7 @@ def test_a_read_during_a_commit_returns_one_whole_state(library_copy, clap_audio
             build_library(clap_audio, paths, progress=False)  # commits while this read is under way
         return db
 
-    monkeypatch.setattr(mtv, "_load_committed", load_then_commit)
+    monkeypatch.setattr(library, "_load_committed", load_then_commit)
     assert calls == [] and len(load_database(paths)) == count + 1 and calls == [count]
 
 
@@ -551,7 +552,7 @@ def test_a_deleted_file_is_dropped_from_the_library(library_copy, clap_audio, mo
     before = load_database(paths)
     gone = before.tracks[1]
     (library_copy / gone["file_path"]).unlink()
-    monkeypatch.setattr(mtv, "embed_track", lambda *a: pytest.fail("re-embedded"))
+    monkeypatch.setattr(build, "embed_track", lambda *a: pytest.fail("re-embedded"))
     report = build_library(clap_audio, paths, progress=False)
     assert report.dropped == [gone["file_path"]] and not report.added
     assert f"Note: {gone['file_path']} is no longer there; removed from the library." in report.problem_lines()
@@ -593,7 +594,7 @@ def test_a_file_moved_inside_the_library_is_found_again_by_its_hash(library_copy
     (library_copy / moved["file_path"]).rename(new_place)
     other = library_copy / "processed_music" / "wistful" / "kept.opus"
     (library_copy / edited["file_path"]).rename(other)
-    monkeypatch.setattr(mtv, "embed_track", lambda *a: pytest.fail("re-embedded"))
+    monkeypatch.setattr(build, "embed_track", lambda *a: pytest.fail("re-embedded"))
 
     report = build_library(clap_audio, paths, progress=False)
     assert report.relocated == [(moved["file_path"], "processed_music/wistful/Evening acoustic – été.opus"),
@@ -619,9 +620,9 @@ def test_interrupting_the_builder_is_one_line_and_loses_nothing(library_copy, ch
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    for where in ("embed_track", "write_atomically"):  # while embedding; at the commit point itself
+    for module, where in ((build, "embed_track"), (library, "write_atomically")):  # embedding; committing
         with monkeypatch.context() as patch:
-            patch.setattr(mtv, where, ctrl_c)
+            patch.setattr(module, where, ctrl_c)
             assert mtv.main(["--clap-model", checkpoints["clap"], "--precision", "fp32"]) == 130
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("Interrupted: nothing was lost") and "Traceback" not in "".join(err)

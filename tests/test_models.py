@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import ROOT
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
-LOAD = ("import models; m = models.load_clap_text({name!r}, 'fp32'); "
+LOAD = ("from music_mood import models; m = models.load_clap_text({name!r}, 'fp32'); "
         "print(m.model.config.projection_dim)")
 
 
@@ -81,7 +81,7 @@ def test_int_argument_accepts_its_range_and_says_what_is_wrong():
     import argparse
     import re
 
-    from models import int_argument
+    from music_mood.cli import int_argument
 
     topk, port = int_argument(1), int_argument(1, 65535, "a port number")
     assert topk("3") == 3 and topk("1000") == 1000 and port("1") == 1 and port("65535") == 65535

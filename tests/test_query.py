@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import json
-import weakref
 
 import numpy as np
 import pytest
 import torch
 
 from image_to_vector import (MOOD_PROMPT_PREFIX, MOOD_VOCABULARY, MOOD_WORDS_PER_IMAGE, ImageError,
-                             _vision_features, choose_mood_words, compose_query_text, describe_image, embed_text,
-                             image_to_query, open_image)
+                             choose_mood_words, compose_query_text, describe_image, embed_text, image_to_query,
+                             open_image)
+from music_mood.describe import _vision_features
 
 
 def _reference_word_scores(blip, image_embeds) -> np.ndarray:
@@ -156,7 +156,7 @@ def test_bad_image_raises_image_error(blip, clap_text, tmp_path):
 
 def test_int8_precision_stays_close_to_fp32(checkpoints, photos):
     """--precision int8 quantises the linear layers; the query vector for a text stays within cosine 0.99."""
-    from models import load_blip, load_clap_text
+    from music_mood.models import load_blip, load_clap_text
 
     text = ["a cat on a red blanket; calm, warm, cozy mood"]
     int8, fp32 = load_clap_text(checkpoints["clap"], "int8"), load_clap_text(checkpoints["clap"], "fp32")
@@ -188,7 +188,7 @@ def test_grey_baseline_is_kept_on_disk_and_read_back(blip, monkeypatch):
     """The grey-image scores are computed once per model and read back by a new process, not computed again."""
     import image_to_vector
 
-    monkeypatch.setattr(image_to_vector, "_neutral_scores", weakref.WeakKeyDictionary())  # as in a new process
+    image_to_vector.memory_of(blip).baselines.clear()  # as in a new process
     computed = image_to_vector.neutral_mood_scores(blip)
     np.testing.assert_allclose(computed, _reference_word_scores(blip, _grey_embeds(blip)), rtol=1e-5, atol=1e-6)
     (saved,) = image_to_vector.cache_dir().glob("mood-baseline-*.json")
@@ -196,7 +196,7 @@ def test_grey_baseline_is_kept_on_disk_and_read_back(blip, monkeypatch):
     def no_vision_pass(*args, **kwargs):
         raise AssertionError("the vision tower ran although the baseline was cached")
 
-    monkeypatch.setattr(image_to_vector, "_neutral_scores", weakref.WeakKeyDictionary())
+    image_to_vector.memory_of(blip).baselines.clear()
     monkeypatch.setattr(blip.model.vision_model, "forward", no_vision_pass)
     np.testing.assert_array_equal(image_to_vector.neutral_mood_scores(blip), computed)
     assert list(image_to_vector.cache_dir().glob("mood-baseline-*.json")) == [saved]
@@ -206,11 +206,11 @@ def test_grey_baseline_is_kept_on_disk_and_read_back(blip, monkeypatch):
 def test_damaged_baseline_file_is_computed_again(blip, monkeypatch, damage):
     import image_to_vector
 
-    monkeypatch.setattr(image_to_vector, "_neutral_scores", weakref.WeakKeyDictionary())
+    image_to_vector.memory_of(blip).baselines.clear()
     computed = image_to_vector.neutral_mood_scores(blip)
     (saved,) = image_to_vector.cache_dir().glob("mood-baseline-*.json")
     saved.write_text(damage)
-    monkeypatch.setattr(image_to_vector, "_neutral_scores", weakref.WeakKeyDictionary())
+    image_to_vector.memory_of(blip).baselines.clear()
     np.testing.assert_array_equal(image_to_vector.neutral_mood_scores(blip), computed)
     assert json.loads(saved.read_text())["scores"] == computed.tolist()  # and repaired on disk
 
@@ -221,15 +221,15 @@ def test_unwritable_cache_only_costs_time(blip, monkeypatch, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder would be")
     monkeypatch.setenv("MUSIC_MOOD_CACHE", str(blocker))
-    monkeypatch.setattr(image_to_vector, "_neutral_scores", weakref.WeakKeyDictionary())
+    image_to_vector.memory_of(blip).baselines.clear()
     np.testing.assert_allclose(image_to_vector.neutral_mood_scores(blip),
                                _reference_word_scores(blip, _grey_embeds(blip)), rtol=1e-5, atol=1e-6)
 
 
 def test_baseline_cache_key_follows_the_weights(checkpoints, blip, tmp_path):
     """The same checkpoint loaded again shares the file; other weights, int8 or another vocabulary do not."""
-    import models
-    from image_to_vector import _neutral_cache_path
+    from music_mood import models
+    from music_mood.describe import _neutral_cache_path
     from tests.model_factory import build_blip_checkpoint
 
     path = _neutral_cache_path(blip, MOOD_VOCABULARY)
@@ -253,7 +253,7 @@ def test_same_photo_again_skips_blip(blip, photos, monkeypatch):
     """Asking again about a photo (the app: another top-k, filter or text) reuses its caption and mood words."""
     import image_to_vector
 
-    image_to_vector.forget_descriptions()
+    image_to_vector.forget_descriptions(blip)
     image_to_vector.neutral_mood_scores(blip)  # computed now, so its grey pass is not counted below
     calls = _count_vision_passes(blip, monkeypatch)
     first = describe_image(blip, open_image(photos["coffee.png"]))
@@ -261,16 +261,16 @@ def test_same_photo_again_skips_blip(blip, photos, monkeypatch):
     again = describe_image(blip, open_image(photos["coffee.png"]))
     assert len(calls) == 1 and again[0] == first[0] and "changed by the caller" not in again[1]
     assert describe_image(blip, open_image(photos["astronaut.png"])) != again and len(calls) == 2
-    image_to_vector.forget_descriptions()
+    image_to_vector.forget_descriptions(blip)
     assert describe_image(blip, open_image(photos["coffee.png"])) == again and len(calls) == 3
 
 
 def test_remembered_photos_are_bounded(blip, photos, monkeypatch):
     import image_to_vector
 
-    image_to_vector.forget_descriptions()
+    image_to_vector.forget_descriptions(blip)
     image_to_vector.neutral_mood_scores(blip)
-    monkeypatch.setattr(image_to_vector, "DESCRIPTIONS_KEPT", 2)
+    monkeypatch.setattr(image_to_vector.memory_of(blip), "photos_kept", 2)
     calls = _count_vision_passes(blip, monkeypatch)
     for name in ("coffee.png", "astronaut.png", "rocket.jpg", "rocket.jpg", "coffee.png"):
         describe_image(blip, open_image(photos[name]))

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from models import DEFAULT_BLIP_MODEL, DEFAULT_CLAP_MODEL
+from music_mood.models import DEFAULT_BLIP_MODEL, DEFAULT_CLAP_MODEL
 
 pytestmark = pytest.mark.real_models
 
@@ -21,7 +21,7 @@ def real_cache(monkeypatch):
 
 def test_released_blip_captions_a_real_photo(photos):
     from image_to_vector import describe_image, open_image
-    from models import load_blip
+    from music_mood.models import load_blip
 
     caption, moods = describe_image(load_blip(DEFAULT_BLIP_MODEL), open_image(photos["chelsea.png"]))
     assert "cat" in caption
@@ -30,7 +30,7 @@ def test_released_blip_captions_a_real_photo(photos):
 
 def test_released_clap_ranks_calm_music_for_calm_words(clap_audio_real, sample_tracks):
     from image_to_vector import embed_text
-    from models import load_clap_text
+    from music_mood.models import load_clap_text
 
     calm = [t for t in sample_tracks if t.parent.name == "calm"][:2]
     energetic = [t for t in sample_tracks if t.parent.name == "energetic"][:2]
@@ -41,7 +41,7 @@ def test_released_clap_ranks_calm_music_for_calm_words(clap_audio_real, sample_t
 
 @pytest.fixture
 def clap_audio_real():
-    from models import load_clap_audio
+    from music_mood.models import load_clap_audio
     from music_to_vector import decode_audio, embed_track
 
     clap = load_clap_audio(DEFAULT_CLAP_MODEL)

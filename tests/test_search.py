@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import music_to_vector
 from music_to_vector import Database, LibraryPaths, index_path, load_database, save_database
 from recommend import rank_tracks
 
@@ -38,14 +37,9 @@ def _brute_force(vectors, query, topk, allowed=None):
     return [int(i) for i in order]
 
 
-@pytest.fixture
-def low_threshold(monkeypatch):
-    monkeypatch.setattr(music_to_vector, "SEARCH_INDEX_MIN_TRACKS", THRESHOLD)
-
-
-def test_index_path_returns_the_exact_top_k(library_vectors, low_threshold):
+def test_index_path_returns_the_exact_top_k(library_vectors):
     vectors, queries = library_vectors
-    db = Database(vectors=vectors, tracks=_tracks(N))
+    db = Database(vectors=vectors, tracks=_tracks(N), index_min_tracks=THRESHOLD)
     for query in queries:
         ranked = rank_tracks(db, query, 10)
         assert [row for row, _ in ranked] == _brute_force(vectors, query, 10)
@@ -60,9 +54,9 @@ def test_small_library_is_not_indexed(library_vectors):
     assert [row for row, _ in rank_tracks(db, queries[0], 10)] == _brute_force(vectors, queries[0], 10)
 
 
-def test_filters_on_the_index_path_keep_only_matching_tracks(library_vectors, low_threshold):
+def test_filters_on_the_index_path_keep_only_matching_tracks(library_vectors):
     vectors, queries = library_vectors
-    db = Database(vectors=vectors, tracks=_tracks(N))
+    db = Database(vectors=vectors, tracks=_tracks(N), index_min_tracks=THRESHOLD)
     mood = np.array([t["mood"] for t in db.tracks])
     for query in queries[:5]:
         ranked = rank_tracks(db, query, 10, moods=["Happy", "calm"])
@@ -70,39 +64,39 @@ def test_filters_on_the_index_path_keep_only_matching_tracks(library_vectors, lo
         assert {db.tracks[row]["mood"] for row, _ in ranked} <= {"happy", "calm"}
 
 
-def test_a_rare_filter_falls_back_to_exact_search(library_vectors, low_threshold):
+def test_a_rare_filter_falls_back_to_exact_search(library_vectors):
     vectors, queries = library_vectors
-    db = Database(vectors=vectors, tracks=_tracks(N))
+    db = Database(vectors=vectors, tracks=_tracks(N), index_min_tracks=THRESHOLD)
     genre = np.array([t["genre"] for t in db.tracks])
     ranked = rank_tracks(db, queries[0], 10, genres="jazz")  # 400 rows: fewer than the threshold
     assert [row for row, _ in ranked] == _brute_force(vectors, queries[0], 10, genre == "jazz")
 
 
-def test_filter_that_the_candidates_miss_falls_back_to_exact(library_vectors, low_threshold, monkeypatch):
+def test_filter_that_the_candidates_miss_falls_back_to_exact(library_vectors, monkeypatch):
     vectors, queries = library_vectors
     tracks = _tracks(N)
     nearest = set(_brute_force(vectors, queries[0], 2_000))
     for i, track in enumerate(tracks):
         track["mood"] = "far" if i not in nearest else "near"  # every candidate the index proposes is filtered out
-    db = Database(vectors=vectors, tracks=tracks)
+    db = Database(vectors=vectors, tracks=tracks, index_min_tracks=THRESHOLD)
     far = np.array([t["mood"] == "far" for t in tracks])
     ranked = rank_tracks(db, queries[0], 10, moods="far")
     assert [row for row, _ in ranked] == _brute_force(vectors, queries[0], 10, far)
 
 
-def test_index_is_cached_next_to_the_database_and_rebuilt_when_vectors_change(library_vectors, low_threshold,
+def test_index_is_cached_next_to_the_database_and_rebuilt_when_vectors_change(library_vectors,
                                                                               isolated_library):
     vectors, queries = library_vectors
     paths = LibraryPaths.at(isolated_library)
     save_database(Database(vectors=vectors, tracks=_tracks(N), segments=np.zeros((0, DIM), np.float32)), paths,
                   48_000)
-    db = load_database(paths)
+    db = load_database(paths, index_min_tracks=THRESHOLD)
     expected = rank_tracks(db, queries[0], 10)
     cache = index_path(paths.vectors)
     assert cache.exists()
     built = cache.stat().st_mtime_ns
 
-    again = load_database(paths)
+    again = load_database(paths, index_min_tracks=THRESHOLD)
     assert rank_tracks(again, queries[0], 10) == expected
     assert cache.stat().st_mtime_ns == built  # read from the cache, not rebuilt
 
@@ -110,16 +104,16 @@ def test_index_is_cached_next_to_the_database_and_rebuilt_when_vectors_change(li
     changed[_brute_force(vectors, queries[0], 1)[0]] *= -1  # the best match becomes the worst
     save_database(Database(vectors=changed, tracks=_tracks(N), segments=np.zeros((0, DIM), np.float32)), paths,
                   48_000)
-    ranked = rank_tracks(load_database(paths), queries[0], 10)
+    ranked = rank_tracks(load_database(paths, index_min_tracks=THRESHOLD), queries[0], 10)
     assert [row for row, _ in ranked] == _brute_force(changed, queries[0], 10)
     assert cache.stat().st_mtime_ns != built
 
 
-def test_corrupt_index_cache_is_rebuilt(library_vectors, low_threshold, isolated_library):
+def test_corrupt_index_cache_is_rebuilt(library_vectors, isolated_library):
     vectors, queries = library_vectors
     paths = LibraryPaths.at(isolated_library)
     save_database(Database(vectors=vectors, tracks=_tracks(N), segments=np.zeros((0, DIM), np.float32)), paths,
                   48_000)
     index_path(paths.vectors).write_bytes(b"not an index")
-    ranked = rank_tracks(load_database(paths), queries[0], 10)
+    ranked = rank_tracks(load_database(paths, index_min_tracks=THRESHOLD), queries[0], 10)
     assert [row for row, _ in ranked] == _brute_force(vectors, queries[0], 10)

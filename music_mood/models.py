@@ -1,11 +1,10 @@
 """Model loading: which checkpoints, on which device and in which precision, loaded lazily and once."""
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_BLIP_MODEL = "Salesforce/blip-image-captioning-base"
@@ -32,6 +31,8 @@ class LoadedModel:
     processor: Any
     device: Any
     dtype: Any
+    # What code using the model works out once and keeps with it (describe.memory_of: captions, mood baselines).
+    memory: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def default_blip_model() -> str:
@@ -44,43 +45,6 @@ def default_clap_model() -> str:
 
 def default_precision() -> str:
     return os.environ.get(PRECISION_ENV) or "auto"
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default unless it has none (None, "", or an off switch) or its help already says it."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default == "" \
-                or "(default:" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def int_argument(low: int, high: int | None = None, noun: str = "a whole number"):
-    """An argparse `type` for a whole number from `low` (to `high`), refusing anything else with a plain message."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
-        if high is None and value < low:
-            raise argparse.ArgumentTypeError(f"{value} is less than {low}")
-        if high is not None and not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
-        return value
-    return parse
-
-
-def add_model_arguments(parser: argparse.ArgumentParser, blip: bool = True) -> None:
-    """The model options every command shares: --blip-model (if it captions), --clap-model, --precision."""
-    if blip:
-        parser.add_argument("--blip-model", default=default_blip_model(),
-                            help=f"BLIP captioning checkpoint: hub id or local directory (env {BLIP_MODEL_ENV})")
-    parser.add_argument("--clap-model", default=default_clap_model(),
-                        help=f"CLAP checkpoint: hub id or local directory (env {CLAP_MODEL_ENV})")
-    parser.add_argument("--precision", choices=PRECISIONS, default=default_precision(),
-                        help="model precision; auto = bf16 where the hardware has it natively, else fp32; "
-                             "int8 = CPU, linear layers quantised to int8 (faster, approximate)")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -291,4 +255,3 @@ def load_clap_text(name: str, precision: str = "auto") -> LoadedModel:
 def load_clap_audio(name: str, precision: str = "auto") -> LoadedModel:
     """Only CLAP's audio tower and projection (ClapAudioModelWithProjection): what the database builder needs."""
     return _load("CLAP", name, "ClapAudioModelWithProjection", precision)
-

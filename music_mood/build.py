@@ -1,0 +1,276 @@
+"""Building the library: read (decode) → embed → commit, then the files move from new_music/ to processed_music/."""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from music_mood.audio import AUDIO_EXTENSIONS, DecodedTrack, file_sha256, file_tags, find_audio_files, read_tags, read_track
+from music_mood.embed import embed_track
+from music_mood.library import (Database, DatabaseError, LibraryPaths, check_clap_model, empty_database, load_database,
+                                recover_library, save_database)
+from music_mood.storage import acquire_lock, copy_file, move_file, remove_empty_folders
+
+SAMPLE_PACKAGE = "immich-memories-music"
+TAG_KEYS = ("title", "artist", "genre", "mood")
+
+
+@dataclass
+class BuildReport:
+    """What a build did. Paths in `duplicates`/`failed` are files it left where they are."""
+
+    added: list[dict] = field(default_factory=list)
+    duplicates: list[tuple[Path, str]] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    relocated: list[tuple[str, str]] = field(default_factory=list)  # (old file_path, new file_path)
+    dropped: list[str] = field(default_factory=list)  # file_paths of tracks whose file is gone
+    warnings: list[str] = field(default_factory=list)
+
+    def problem_lines(self) -> list[str]:
+        """One line for stderr per file that was not added (and why), moved, or gone."""
+        return ([f"Note: {source} is already in the library as {listed_as}; left where it is."
+                 for source, listed_as in self.duplicates] +
+                [f"Note: {old} was moved to {new}; the library now lists it there." for old, new in self.relocated] +
+                [f"Note: {gone} is no longer there; removed from the library." for gone in self.dropped] +
+                self.warnings +
+                [f"Error: {source}: {reason} (left where it is)" for source, reason in self.failed])
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.relocated or self.dropped)
+
+
+def _prefetch(function, items, ahead: int = 2):
+    """Yield (item, result or exception) in order while the next `ahead` items are computed in a thread.
+
+    Decoding is I/O and C code that releases the GIL, so it overlaps with embedding the previous track.
+    """
+    items = list(items)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = [pool.submit(function, item) for item in items[:ahead]]
+        for i, item in enumerate(items):
+            if i + ahead < len(items):
+                pending.append(pool.submit(function, items[i + ahead]))
+            future = pending[i]
+            try:
+                yield item, future.result()
+            except Exception as e:
+                yield item, e
+            pending[i] = None  # let the decoded audio go
+
+
+def _destination(source: Path, paths: LibraryPaths, taken: set[Path]) -> Path:
+    """Where a file from new_music/ goes in processed_music/: same sub-folders, never over another file."""
+    target = paths.processed_music / source.relative_to(paths.new_music)
+    stem, n = target.stem, 2
+    while os.path.lexists(target) or target in taken:
+        target = target.with_name(f"{stem} ({n}){target.suffix}")
+        n += 1
+    return target
+
+
+def pending_files(paths: LibraryPaths, db: Database, files: list[Path] | None = None) -> list[Path]:
+    """What a build would add: `files` (default: every audio file in new_music/), plus any audio file in
+    processed_music/ that `db` does not list (moved there by hand, or by a run that stopped before saving)."""
+    listed = {t["file_path"] for t in db.tracks}
+    candidates = list(files) if files is not None else find_audio_files(paths.new_music)
+    return candidates + [p for p in find_audio_files(paths.processed_music)
+                         if p.relative_to(paths.root).as_posix() not in listed]
+
+
+def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout: float = 600,
+                  progress: bool = True, files: list[Path] | None = None) -> BuildReport:
+    """Bring the database up to date with the music, in one commit, then move the added files into processed_music/.
+
+    Reads (read_track) every file of new_music/ and every file of processed_music/ the database does not list;
+    embeds (embed_track) those whose content is new; then commits (save_database) the added tracks, the tracks
+    found again at another place (a file moved or renamed by hand, matched by its hash) and the removal of tracks
+    whose file is gone, together with the moves. `rebuild` re-embeds every file (after a model change); `files`
+    restricts the run to those files of new_music/. A file that fails stays where it is and is named in the
+    report. Holds the library lock throughout, and first finishes a commit that a crash left half done.
+    """
+    from tqdm import tqdm
+
+    extractor = clap.processor.feature_extractor
+    sample_rate, window_s = extractor.sampling_rate, extractor.nb_max_samples / extractor.sampling_rate
+    lock = acquire_lock(paths.lock, lock_timeout)
+    try:
+        report = BuildReport(warnings=recover_library(paths))
+        try:
+            old = load_database(paths)
+        except DatabaseError:
+            if not rebuild:
+                raise
+            # A broken database is what --rebuild is for: the music in processed_music/ is all it needs.
+            old = empty_database(paths.root)
+        if rebuild or len(old) == 0:
+            db = empty_database(paths.root, clap.name)
+        else:
+            check_clap_model(old.clap_model, clap.name)  # refuse to mix vectors of two checkpoints
+            db = old
+        # What the old database knew about a file is kept on rebuild (a title fixed by hand, say).
+        previous = {t.get("sha256"): t for t in old.tracks}
+        tracks = [dict(t) for t in db.tracks]  # copies: a relocated track's record changes
+        known = {t.get("sha256"): t for t in tracks}
+        moves, taken, new_rows, new_segments = [], set(), [], []
+
+        def read(path: Path):
+            folder = paths.new_music if path.is_relative_to(paths.new_music) else paths.processed_music
+            return read_track(path, folder, sample_rate, known.keys())
+
+        candidates = pending_files(paths, db, files)
+        for path, item in tqdm(_prefetch(read, candidates), total=len(candidates), desc="Embedding music",
+                               unit="file", file=sys.stderr, disable=not progress or None):
+            if isinstance(item, Exception):
+                report.failed.append((path, str(item)))
+            elif item.sha256 in known:
+                _found_again(known[item.sha256], path, paths, report, moves, taken)
+            else:
+                try:
+                    vector, segments, last_window_start_s = embed_track(clap, item.audio)
+                except Exception as e:  # one bad file must not cost the others
+                    report.failed.append((path, f"cannot embed {path.name}: {e}"))
+                    continue
+                final = _destination(path, paths, taken) if path.is_relative_to(paths.new_music) else path
+                taken.add(final)
+                if final != path:
+                    moves.append((path, final))
+                record = _new_record(item, final, paths, len(segments), last_window_start_s,
+                                     previous.get(item.sha256))
+                known[item.sha256] = record
+                new_rows.append(vector)
+                new_segments.append(segments)
+                report.added.append(record)
+
+        keep = _tracks_still_there(tracks, paths, taken, report)
+        if report.changed or rebuild:
+            db = _compose(db, [tracks[i] for i in keep], keep, report.added, new_rows, new_segments, clap.name,
+                          window_s)
+            report.warnings += save_database(db, paths, sample_rate, moves)
+        else:  # only files of a commit that a crash stopped before its moves: the database already lists them
+            for source, target in moves:
+                move_file(source, target)
+                remove_empty_folders(source.parent, paths.new_music)
+    finally:
+        lock.release()
+    return report
+
+
+def _found_again(record: dict, path: Path, paths: LibraryPaths, report: BuildReport, moves: list,
+                 taken: set[Path]) -> None:
+    """A file whose content the library lists as `record`: a copy (left alone), the listed file moved or renamed
+    by hand inside processed_music/ (the record follows it), or a file a crashed run had not moved yet."""
+    listed = paths.root / record["file_path"]
+    if os.path.lexists(listed) or listed in taken:
+        report.duplicates.append((path, record["file_path"]))
+    elif path.is_relative_to(paths.processed_music):
+        old_path = record["file_path"]
+        tags = file_tags(path)
+        was = record.get("from_file") or read_tags(listed, paths.processed_music, tags)
+        now = read_tags(path, paths.processed_music, tags)
+        for key in TAG_KEYS:  # what came from the old name or folder follows the file; a hand edit stays
+            if record.get(key) == was.get(key):
+                record[key] = now[key]
+        record["from_file"] = now
+        record["file_path"] = path.relative_to(paths.root).as_posix()
+        taken.add(path)
+        report.relocated.append((old_path, record["file_path"]))
+    else:
+        moves.append((path, listed))
+        taken.add(listed)
+
+
+def _new_record(track: DecodedTrack, final: Path, paths: LibraryPaths, segment_count: int,
+                last_window_start_s: float, previous: dict | None) -> dict:
+    """The metadata of a newly embedded track (segment_offset is set when the database is composed).
+
+    `from_file` keeps what the file's tags, name and folder gave, so a later change can tell a value fixed by hand
+    (kept on --rebuild) from one that follows the file.
+    """
+    record = {
+        "id": track.sha256[:16],
+        **track.tags,
+        "file_path": final.relative_to(paths.root).as_posix(),
+        "duration_s": round(track.duration_s, 3),
+        "sha256": track.sha256,
+        "segment_offset": 0,
+        "segment_count": segment_count,
+        "last_window_start_s": round(last_window_start_s, 3),
+        "from_file": dict(track.tags),
+    }
+    for key in TAG_KEYS:
+        if previous and key in previous and previous[key] != (previous.get("from_file") or {}).get(key, object()):
+            record[key] = previous[key]
+    return record
+
+
+def _tracks_still_there(tracks: list[dict], paths: LibraryPaths, taken: set[Path], report: BuildReport) -> list[int]:
+    """The rows whose file is there (or about to be moved there); the others are named in report.dropped.
+
+    When no listed file at all is there, the library folder is more likely wrong (another --library, a drive not
+    mounted) than every file deleted: nothing is dropped and a warning says so.
+    """
+    there = [os.path.lexists(paths.root / t["file_path"]) or paths.root / t["file_path"] in taken for t in tracks]
+    if tracks and not any(there):
+        report.warnings.append(f"Warning: none of the {len(tracks)} tracks' files is in {paths.root}; is the "
+                               f"library folder right? The database is left as it is.")
+        return list(range(len(tracks)))
+    report.dropped += [t["file_path"] for t, ok in zip(tracks, there) if not ok]
+    return [i for i, ok in enumerate(there) if ok]
+
+
+def _compose(db: Database, kept: list[dict], keep: list[int], added: list[dict], new_rows: list[np.ndarray],
+             new_segments: list[np.ndarray], clap_name: str, window_s: float) -> Database:
+    """The next state of the library: the kept rows of `db` (with their records `kept`), then the added tracks;
+    segment offsets are numbered afresh in that order."""
+    dim = len(new_rows[0]) if new_rows else db.dim
+    segments, offset = [], 0
+    for record, i in zip(kept, keep):
+        count = int(record.get("segment_count", 0))
+        if db.segments is not None and count:
+            start = int(db.tracks[i]["segment_offset"])
+            segments.append(db.segments[start:start + count])
+        if "segment_count" in record:
+            record["segment_offset"] = offset
+        offset += count
+    for record, rows in zip(added, new_segments):
+        record["segment_offset"] = offset
+        offset += len(rows)
+    return Database(
+        vectors=np.vstack([np.asarray(db.vectors).reshape(-1, dim)[keep], *new_rows]).astype(np.float32),
+        tracks=kept + added,
+        segments=np.vstack([np.zeros((0, dim), np.float32), *segments, *new_segments]).astype(np.float32),
+        clap_model=clap_name,
+        root=db.root,
+        window_s=window_s,
+    )
+
+
+def import_sample_library(paths: LibraryPaths) -> list[Path]:
+    """Copy the tracks of the immich-memories-music package into new_music/<mood>/, with its licence.
+
+    Tracks already in the library are not copied again. Returns the copied files (to pass to build_library).
+    """
+    try:
+        import immich_memories_music
+    except ImportError as e:
+        raise RuntimeError(f"the sample library needs the {SAMPLE_PACKAGE} package: pip install "
+                           f"{SAMPLE_PACKAGE}") from e
+    from importlib import metadata
+
+    have = {t.get("sha256") for t in load_database(paths).tracks}
+    copied = []
+    for source in sorted(immich_memories_music.tracks_dir().glob("*/*")):
+        if source.suffix.lower() not in AUDIO_EXTENSIONS or file_sha256(source) in have:
+            continue
+        target = paths.new_music / source.parent.name / source.name
+        copy_file(source, target)
+        copied.append(target)
+    licence = next(f for f in metadata.distribution(SAMPLE_PACKAGE).files if f.name.startswith("LICENSE"))
+    paths.processed_music.mkdir(parents=True, exist_ok=True)
+    copy_file(Path(licence.locate()), paths.processed_music / f"{SAMPLE_PACKAGE}-{licence.name}.txt")
+    return copied

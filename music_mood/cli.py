@@ -1,0 +1,56 @@
+"""The command-line pieces the three programs share: help formatting, number validation, and the model and
+library options."""
+from __future__ import annotations
+
+import argparse
+
+from music_mood.library import HOME_ENV
+from music_mood.models import (BLIP_MODEL_ENV, CLAP_MODEL_ENV, PRECISIONS, default_blip_model, default_clap_model,
+                               default_precision)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it has none (None, "", or an off switch) or its help already says it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == "" \
+                or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def int_argument(low: int, high: int | None = None, noun: str = "a whole number"):
+    """An argparse `type` for a whole number from `low` (to `high`), refusing anything else with a plain message."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"{value} is less than {low}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+    return parse
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, blip: bool = True) -> None:
+    """The model options every command shares: --blip-model (if it captions), --clap-model, --precision."""
+    if blip:
+        parser.add_argument("--blip-model", default=default_blip_model(),
+                            help=f"BLIP captioning checkpoint: hub id or local directory (env {BLIP_MODEL_ENV})")
+    parser.add_argument("--clap-model", default=default_clap_model(),
+                        help=f"CLAP checkpoint: hub id or local directory (env {CLAP_MODEL_ENV})")
+    parser.add_argument("--precision", choices=PRECISIONS, default=default_precision(),
+                        help="model precision; auto = bf16 where the hardware has it natively, else fp32; "
+                             "int8 = CPU, linear layers quantised to int8 (faster, approximate)")
+
+
+def add_library_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say where the library is: --library, --vectors, --meta (see LibraryPaths.at)."""
+    parser.add_argument("--library", default=None,
+                        help=f"library folder holding new_music/, processed_music/ and the database "
+                             f"(default: ${HOME_ENV}, else this program's folder)")
+    parser.add_argument("--vectors", default=None, help="database matrix (default: LIBRARY/music_database.npy)")
+    parser.add_argument("--meta", default=None,
+                        help="database metadata (default: LIBRARY/music_database_metadata.json)")

@@ -1,0 +1,48 @@
+"""How tracks and times read in a terminal and on the page: one duration format and one layout of a track's tags."""
+from __future__ import annotations
+
+# (key, width) of the tag columns every track table shows, in order.
+TAG_COLUMNS = (("title", 30), ("artist", 18), ("mood", 10), ("genre", 11))
+
+
+def format_duration(seconds: float | None) -> str:
+    """Seconds as m:ss (rounded to the second); "" for None (no best moment known)."""
+    if seconds is None:
+        return ""
+    minutes, seconds = divmod(int(round(float(seconds))), 60)
+    return f"{minutes}:{seconds:02d}"
+
+
+def track_tags(track) -> list[str]:
+    """A track's title, artist, mood and genre as text (a metadata record or a recommend.Track)."""
+    get = track.get if isinstance(track, dict) else lambda key, default="": getattr(track, key, default)
+    return [str(get(key, "") or "") for key, _ in TAG_COLUMNS]
+
+
+def tag_columns(values: list[str]) -> str:
+    """The tag columns of one table line, each cut to its width."""
+    return " ".join(f"{value[:width]:<{width}}" for value, (_, width) in zip(values, TAG_COLUMNS))
+
+
+def format_library(tracks: list[dict]) -> str:
+    """The library as a readable table, one track a line (music_to_vector.py --list)."""
+    lines = [f"{'#':>4}  {tag_columns([key for key, _ in TAG_COLUMNS])} {'length':>7}  file"]
+    for i, track in enumerate(tracks, 1):
+        lines.append(f"{i:>4}  {tag_columns(track_tags(track))} "
+                     f"{format_duration(float(track.get('duration_s', 0) or 0)):>7}  {track['file_path']}")
+    return "\n".join(lines)
+
+
+def format_recommendation(label: str, rec) -> str:
+    """The readable result for one image (recommend.Recommendation): what it was read as, then the ranked tracks."""
+    lines = [label] if label else []
+    if rec.caption:
+        lines.append(f"  caption: {rec.caption}")
+    if rec.mood_words:
+        lines.append(f"  mood:    {', '.join(rec.mood_words)}")
+    lines.append(f"  query:   {rec.query_text}")
+    lines.append(f"  {'#':>3}  {'score':>6}  {tag_columns([key for key, _ in TAG_COLUMNS])} {'best at':>7}  file")
+    for t in rec.results:
+        lines.append(f"  {t.rank:>3}  {t.score:>6.3f}  {tag_columns(track_tags(t))} "
+                     f"{format_duration(t.best_segment_start_s):>7}  {t.file_path}")
+    return "\n".join(lines)

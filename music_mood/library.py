@@ -1,0 +1,401 @@
+"""The music database: where a library lives, its data contract, and loading and committing it.
+
+Database contract (checked by load_database):
+- music_database.npy: float32 (N, D), every row L2-normalised; row i is track i of the metadata.
+- music_database_segments.npy: float32 (S, D), one unit row per 10 s window, track i owning rows
+  [segment_offset, segment_offset + segment_count).
+- music_database_metadata.json: {"format", "version", "clap_model", "embedding": {method, sample_rate,
+  window_s, dim}, "commit": {id, vectors_bytes, segments_bytes, moves}, "tracks": [{id, title, artist, mood,
+  genre, file_path, duration_s, sha256, segment_offset, segment_count, last_window_start_s, from_file}]}.
+  file_path is relative to the library folder; from_file holds the tags the file itself gave; a track's last
+  window starts at last_window_start_s (absent in older databases, whose last window is zero-padded). A
+  seed-format file (a bare list of {id, file_path, title, mood, genre}) still loads, without segments.
+- One commit point (save_database): the data files of a change are written under new names first; replacing the
+  metadata, which names them, commits the change; they are renamed into place after. A reader sees the old
+  library or the new one, and a crash after the commit is finished from the metadata (finish_commit).
+- music_database_index.faiss (libraries of search.SEARCH_INDEX_MIN_TRACKS or more): a cache of the approximate
+  search index, derived from music_database.npy (see search.py). Deleting it is always safe.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from music_mood.audio import file_sha256
+from music_mood.storage import (LibraryBusyError, acquire_lock, fsync_dir, move_file, remove, remove_empty_folders,
+                                rename, write_atomically, write_new_file)
+
+FORMAT_NAME = "music-mood-database"
+FORMAT_VERSION = 1
+EMBEDDING_METHOD = ("whole-track: mean of full 10 s windows (the last ends at the track's end) weighted by the new "
+                    "audio in each, L2-normalised")
+HOME_ENV = "MUSIC_MOOD_HOME"
+PROJECT_FOLDER = Path(__file__).resolve().parents[1]  # the default library: the folder app.py and new_music/ are in
+NORM_TOLERANCE = 1e-3
+# From this many tracks on, a query is answered by a faiss index (search.py) instead of a scan of every row, and
+# the vectors stay memory-mapped: an exact scan of 200 000 x 512 float32 rows already reads 400 MB per query.
+# Below it, exact search is fast and stays the default.
+SEARCH_INDEX_MIN_TRACKS = 200_000
+REBUILD = "rebuild it with: python music_to_vector.py --rebuild"
+EMPTY_LIBRARY = ("the music library is empty: put audio files in new_music/ and run python music_to_vector.py, "
+                 "or import the bundled tracks with python music_to_vector.py --sample")
+READ_ATTEMPTS = 5  # reads of a library that a builder keeps committing to, before giving up
+
+
+class DatabaseError(RuntimeError):
+    """The database files are missing pieces, corrupt, or were made by another model; the message says what to do."""
+
+
+class EmptyLibraryError(DatabaseError):
+    """There is nothing to recommend from (no tracks, or none left after the filters)."""
+
+
+@dataclass(frozen=True)
+class LibraryPaths:
+    """Where one music library lives. file_path in the metadata is relative to `root`."""
+
+    root: Path
+    vectors: Path
+    metadata: Path
+    new_music: Path
+    processed_music: Path
+
+    @property
+    def segments(self) -> Path:
+        return self.vectors.with_name(self.vectors.stem + "_segments.npy")
+
+    @property
+    def lock(self) -> Path:
+        return self.vectors.with_name(self.vectors.stem + ".lock")
+
+    @classmethod
+    def at(cls, root=None, vectors=None, metadata=None) -> "LibraryPaths":
+        """The library in `root` (default: $MUSIC_MOOD_HOME, else this project's folder); files may be overridden."""
+        root = Path(root or os.environ.get(HOME_ENV) or PROJECT_FOLDER).resolve()
+        return cls(
+            root=root,
+            vectors=Path(vectors).resolve() if vectors else root / "music_database.npy",
+            metadata=Path(metadata).resolve() if metadata else root / "music_database_metadata.json",
+            new_music=root / "new_music",
+            processed_music=root / "processed_music",
+        )
+
+
+@dataclass
+class Database:
+    """The loaded library: vectors float32 (N, D), tracks (N records), segments float32 (S, D) or None."""
+
+    vectors: np.ndarray
+    tracks: list[dict]
+    segments: np.ndarray | None = None
+    clap_model: str | None = None
+    root: Path = field(default_factory=Path)
+    window_s: float = 10.0  # length of one segment: segment j starts at j * window_s, but a track's last one
+    # starts at its record's last_window_start_s (see recommend.best_segment_start)
+    vectors_path: Path | None = None  # where `vectors` was loaded from; the search index is cached next to it
+    index_min_tracks: int = SEARCH_INDEX_MIN_TRACKS  # from this many tracks on, search_index() gives an index
+    _index: object = field(default=None, repr=False, compare=False)
+    _tag_codes: dict = field(default_factory=dict, repr=False, compare=False)
+    _lock: object = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def search_index(self):
+        """The faiss index over `vectors` when the library has index_min_tracks or more, else None.
+
+        Loaded from its cache file (or built, then cached) on first use, once per Database.
+        """
+        from music_mood.search import load_search_index
+
+        if len(self) < self.index_min_tracks:
+            return None
+        with self._lock:
+            if self._index is None:
+                self._index = load_search_index(self.vectors, self.vectors_path)
+        return self._index
+
+    def tag_codes(self, key: str) -> tuple[dict[str, int], np.ndarray]:
+        """A tag (mood, genre...) of every track, lower-cased, as ({value: code}, int32 (N,) codes); cached."""
+        with self._lock:
+            if key not in self._tag_codes:
+                values = [str(t.get(key, "")).lower() for t in self.tracks]
+                labels, codes = np.unique(np.array(values, dtype=object), return_inverse=True)
+                self._tag_codes[key] = ({v: i for i, v in enumerate(labels)}, codes.astype(np.int32))
+            return self._tag_codes[key]
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def track_path(self, i: int) -> Path:
+        return (self.root / self.tracks[i]["file_path"]).resolve()
+
+
+def empty_database(root: Path, clap_model: str | None = None, dim: int = 0) -> Database:
+    return Database(vectors=np.zeros((0, dim), np.float32), tracks=[], segments=np.zeros((0, dim), np.float32),
+                    clap_model=clap_model, root=root)
+
+
+def load_database(paths: LibraryPaths, clap_model: str | None = None, dim: int | None = None,
+                  index_min_tracks: int = SEARCH_INDEX_MIN_TRACKS) -> Database:
+    """Load and check the last committed database. No files at all is an empty library; anything inconsistent is
+    a DatabaseError.
+
+    A commit that a crash left half done (its data files not yet renamed into place, its moves not yet made) is
+    read as committed, and finished here when the library lock is free. A commit made while the files are being
+    read is noticed (the metadata changed) and the read starts again, so the result is one committed state.
+    With `clap_model`/`dim`, a database made by another CLAP checkpoint or of another dimension is refused. A
+    library of `index_min_tracks` or more stays memory-mapped and is searched through an index.
+    """
+    for _ in range(READ_ATTEMPTS):
+        before = committed_state(paths)
+        db = _load_committed(paths, clap_model, dim, index_min_tracks)
+        if committed_state(paths) == before:
+            return db
+    raise DatabaseError(f"{paths.metadata} kept changing while it was read (a builder is committing); try again")
+
+
+def committed_state(paths: LibraryPaths) -> tuple | None:
+    """A cheap identity of the committed library (the metadata file's inode, mtime and size): every commit
+    replaces that file, so this changes exactly when the library does. None when there is no database."""
+    try:
+        st = os.stat(paths.metadata)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _load_committed(paths: LibraryPaths, clap_model: str | None, dim: int | None,
+                    index_min_tracks: int = SEARCH_INDEX_MIN_TRACKS) -> Database:
+    if not paths.vectors.exists() and not paths.metadata.exists():
+        return empty_database(paths.root, clap_model, dim or 0)
+    if not paths.metadata.exists():
+        raise DatabaseError(f"{paths.metadata} is missing while {paths.vectors} exists; {REBUILD}")
+    meta = _read_metadata(paths)
+    commit = meta.get("commit") if isinstance(meta, dict) else None
+    if commit and _unfinished(paths, commit):
+        _finish_if_free(paths, commit)
+    vectors = _load_array(paths.vectors, commit, "vectors", mmap_min_rows=index_min_tracks)
+
+    if isinstance(meta, list):  # the seed's format: no checkpoint recorded, no segments
+        tracks, made_by, segments = meta, None, None
+    elif isinstance(meta, dict) and meta.get("format") == FORMAT_NAME and isinstance(meta.get("tracks"), list):
+        if meta.get("version") != FORMAT_VERSION:
+            raise DatabaseError(f"{paths.metadata} has format version {meta.get('version')}, this program reads "
+                                f"{FORMAT_VERSION}; {REBUILD}")
+        tracks, made_by = meta["tracks"], meta.get("clap_model")
+        segments = _load_array(paths.segments, commit, "segments")
+        expected = sum(int(t.get("segment_count", 0)) for t in tracks)
+        if segments.ndim != 2 or segments.dtype != np.float32 or len(segments) != expected:
+            raise DatabaseError(f"{paths.segments} does not match the metadata ({segments.shape} for {expected} "
+                                f"segments); {REBUILD}")
+    else:
+        raise DatabaseError(f"{paths.metadata} is not a music database metadata file; {REBUILD}")
+
+    if vectors.ndim != 2 or vectors.dtype != np.float32:
+        raise DatabaseError(f"{paths.vectors} holds {vectors.dtype} {vectors.shape}, not a float32 (N, D) matrix; "
+                            f"{REBUILD}")
+    if len(vectors) != len(tracks):
+        raise DatabaseError(f"{paths.vectors} has {len(vectors)} rows but {paths.metadata} lists {len(tracks)} "
+                            f"tracks; {REBUILD}")
+    if not all(isinstance(t, dict) and "file_path" in t for t in tracks):
+        raise DatabaseError(f"{paths.metadata} has a track without a file_path; {REBUILD}")
+    if not _rows_are_unit(vectors):
+        raise DatabaseError(f"{paths.vectors} has rows that are not unit-length (or not finite); {REBUILD}")
+    if dim is not None and len(vectors) and vectors.shape[1] != dim:
+        raise DatabaseError(f"the database holds {vectors.shape[1]}-d vectors but the CLAP model gives {dim}-d; "
+                            f"{REBUILD}")
+    check_clap_model(made_by, clap_model)
+    window_s = float(meta.get("embedding", {}).get("window_s", 10.0)) if isinstance(meta, dict) else 10.0
+    return Database(vectors=vectors, tracks=tracks, segments=segments, clap_model=made_by, root=paths.root,
+                    window_s=window_s, vectors_path=paths.vectors, index_min_tracks=index_min_tracks)
+
+
+def _read_metadata(paths: LibraryPaths):
+    try:
+        return json.loads(paths.metadata.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatabaseError(f"cannot read {paths.metadata} ({e}); {REBUILD}") from e
+
+
+def staged_path(final: Path, commit_id: str) -> Path:
+    """Where a commit's new data file is written before the commit names it; renamed to `final` after."""
+    return final.with_name(f".{final.name}.commit-{commit_id}")
+
+
+def _load_array(final: Path, commit: dict | None, kind: str, mmap_min_rows: int | None = None) -> np.ndarray:
+    """One data file of the committed state: its staged file while that is not yet renamed into place, else
+    `final`. Its size must be the one the commit recorded (a commit's files are never mixed with another's).
+    A matrix of `mmap_min_rows` rows or more stays memory-mapped."""
+    candidates = [final] if not commit else [staged_path(final, commit["id"]), final]
+    for path in candidates:
+        try:
+            size = path.stat().st_size
+            # A large library stays memory-mapped: the index answers queries, and only the rows it proposes are read.
+            array = np.load(path, mmap_mode="r" if mmap_min_rows else None, allow_pickle=False)
+        except FileNotFoundError as e:
+            if path != final:
+                continue  # renamed into place since we looked: `final` is that file now
+            raise DatabaseError(f"{final} is missing while the metadata lists it; {REBUILD}") from e
+        except (OSError, ValueError, EOFError) as e:
+            raise DatabaseError(f"cannot read {path} ({e}); {REBUILD}") from e
+        expected = commit.get(f"{kind}_bytes") if commit else None
+        if expected is not None and size != expected:
+            raise DatabaseError(f"{final} ({size} bytes) is not the file the metadata's last commit wrote "
+                                f"({expected} bytes); {REBUILD}")
+        if mmap_min_rows and (array.ndim != 2 or len(array) < mmap_min_rows):
+            array = np.array(array)
+        return array
+    raise AssertionError("unreachable: the last candidate is `final`")
+
+
+def _committed_id(paths: LibraryPaths) -> str | None:
+    try:
+        meta = json.loads(paths.metadata.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return (meta.get("commit") or {}).get("id") if isinstance(meta, dict) else None
+
+
+def _unfinished(paths: LibraryPaths, commit: dict) -> bool:
+    """Whether a crash stopped `commit` after its commit point: a staged file or a recorded move still waits."""
+    return (any(staged_path(final, commit["id"]).exists() for final in (paths.vectors, paths.segments))
+            or any(os.path.lexists(paths.root / source) for source, _ in commit.get("moves", [])))
+
+
+def _finish_if_free(paths: LibraryPaths, commit: dict) -> None:
+    """Finish a half-done commit from a reader, unless a builder holds the lock (it finishes it) or the library
+    cannot be written (then the staged files are read where they are)."""
+    try:
+        lock = acquire_lock(paths.lock, timeout=0)
+    except (LibraryBusyError, OSError):
+        return
+    try:
+        meta = _read_metadata(paths)  # the lock was free: it may have been finished and superseded meanwhile
+        if isinstance(meta, dict) and meta.get("commit"):
+            for line in finish_commit(paths, meta["commit"]):
+                print(line, file=sys.stderr)
+    finally:
+        lock.release()
+
+
+def finish_commit(paths: LibraryPaths, commit: dict) -> list[str]:
+    """Roll the committed state forward (under the library lock): rename its staged data files into place, make
+    the file moves it records, and remove what crashed writes left (staged files of commits that never
+    happened, temp files of the database's own names). Idempotent. Returns a line per move it could not make."""
+    renamed = False
+    for final in (paths.vectors, paths.segments):
+        staged = staged_path(final, commit["id"])
+        if staged.exists():
+            rename(staged, final)
+            renamed = True
+    if renamed:
+        fsync_dir(paths.vectors.parent)
+    problems = []
+    for source, target in commit.get("moves", []):
+        source, target = paths.root / source, paths.root / target
+        if not os.path.lexists(source):
+            continue
+        if not os.path.lexists(target):
+            move_file(source, target)
+        elif source.is_file() and target.is_file() and file_sha256(source) == file_sha256(target):
+            remove(source)  # a copy across file systems finished, its source not yet removed: finish the move
+        else:
+            problems.append(f"Warning: {source} should have moved to {target}, which is another file now; "
+                            f"left where it is.")
+            continue
+        remove_empty_folders(source.parent, paths.new_music)
+    for final in (paths.vectors, paths.segments, paths.metadata):
+        for leftover in final.parent.glob(f".{final.name}.*"):
+            if leftover.name.endswith(".tmp") or ".commit-" in leftover.name:
+                remove(leftover)
+    return problems
+
+
+def recover_library(paths: LibraryPaths) -> list[str]:
+    """Under the library lock, before a change: finish the last commit if a crash left it half done."""
+    if not paths.metadata.exists():
+        for final in (paths.vectors, paths.segments):  # staged files of a first commit that never happened
+            for leftover in final.parent.glob(f".{final.name}.commit-*"):
+                remove(leftover)
+        return []
+    try:
+        meta = _read_metadata(paths)
+    except DatabaseError:
+        return []  # nothing committed can be read: the load after this says so (or --rebuild starts afresh)
+    return finish_commit(paths, meta["commit"]) if isinstance(meta, dict) and meta.get("commit") else []
+
+
+def check_clap_model(made_by: str | None, clap_model: str | None) -> None:
+    """Refuse a database made by another CLAP checkpoint (either name None: nothing is known, nothing refused).
+
+    A local directory is the same model however it is written: relative or absolute, through a symlink.
+    """
+    def identity(name: str) -> str:
+        path = os.path.expanduser(name)
+        return os.path.realpath(path) if os.path.isdir(path) else name
+
+    if clap_model is not None and made_by is not None and identity(made_by) != identity(clap_model):
+        raise DatabaseError(f"the database was made with CLAP model {made_by!r}, not {clap_model!r}; rebuild it "
+                            f"with: python music_to_vector.py --rebuild --clap-model {clap_model}, or pass "
+                            f"--clap-model {made_by}")
+
+
+def _rows_are_unit(vectors: np.ndarray, chunk: int = 65_536) -> bool:
+    """Every row finite and of length 1 within NORM_TOLERANCE; in chunks, so no (N, D) temporary is made."""
+    for start in range(0, len(vectors), chunk):
+        rows = np.asarray(vectors[start:start + chunk], dtype=np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+        if not np.all(np.abs(norms - 1) < NORM_TOLERANCE):
+            return False
+    return True
+
+
+def save_database(db: Database, paths: LibraryPaths, sample_rate: int,
+                  moves: list[tuple[Path, Path]] = ()) -> list[str]:
+    """Commit `db`, and the moves of files from new_music/ into processed_music/ that it lists, in one step.
+
+    1. The vectors and segments are written under new names (staged_path) and fsynced; nothing names them yet.
+    2. The commit point: the metadata, naming the commit, its files' sizes and the moves, replaces the old one
+       atomically. Before it a reader sees the old library, after it the new one.
+    3. finish_commit renames the staged files into place and makes the moves. A crash there is finished by the
+       next load or build, from the metadata alone: nothing is embedded again.
+    Must be called under the library lock. Returns finish_commit's problem lines.
+    """
+    commit = {"id": time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4),
+              "moves": [[source.relative_to(paths.root).as_posix(), target.relative_to(paths.root).as_posix()]
+                        for source, target in moves]}
+    staged = []
+    try:
+        for kind, final, array in (("vectors", paths.vectors, db.vectors), ("segments", paths.segments, db.segments)):
+            path = staged_path(final, commit["id"])
+            staged.append(path)
+            write_new_file(path, lambda f: np.save(f, np.ascontiguousarray(array, dtype=np.float32)))
+            commit[f"{kind}_bytes"] = path.stat().st_size
+        fsync_dir(paths.vectors.parent)
+        meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "clap_model": db.clap_model,
+            "embedding": {"method": EMBEDDING_METHOD, "sample_rate": sample_rate, "window_s": db.window_s,
+                          "dim": db.dim},
+            "commit": commit,
+            "tracks": db.tracks,
+        }
+        write_atomically(paths.metadata, lambda f: f.write(json.dumps(meta, indent=1, ensure_ascii=False).encode()))
+    except BaseException:
+        # Not committed (unless the failure came after the rename, while syncing the folder): drop what we staged.
+        if _committed_id(paths) != commit["id"]:
+            for path in staged:
+                path.unlink(missing_ok=True)
+        raise
+    return finish_commit(paths, commit)

@@ -1,0 +1,202 @@
+"""Ranking a library for a query vector: exact cosine search, a faiss index for large libraries, the mood and
+genre filters, and each result's best moment."""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from music_mood.library import Database, EmptyLibraryError
+from music_mood.storage import write_atomically
+
+INDEX_FORMAT = b"music-mood-ivf-sq8-v1"
+# How many rows the index proposes for each wanted result; they are then re-scored exactly.
+INDEX_CANDIDATES_PER_RESULT = 10
+INDEX_MIN_CANDIDATES = 100
+
+
+def index_path(vectors_path: Path) -> Path:
+    return vectors_path.with_name(vectors_path.stem + "_index.faiss")
+
+
+def vectors_fingerprint(vectors: np.ndarray, chunk: int = 1 << 16) -> bytes:
+    """SHA-256 of the matrix's shape and float32 bytes: the identity of what an index was built from."""
+    digest = hashlib.sha256(f"{INDEX_FORMAT.decode()} {vectors.shape}".encode())
+    for start in range(0, len(vectors), chunk):
+        digest.update(np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32).data)
+    return digest.digest()
+
+
+def build_search_index(vectors: np.ndarray):
+    """A faiss inner-product index over unit float32 rows (N, D): IVF with about sqrt(N) lists, 8-bit codes.
+
+    Its codes take 1 byte per dimension (a quarter of float32), and a query scans only the nearest lists; the
+    caller re-scores the proposed rows exactly against `vectors`. Training uses a fixed-seed sample, so the same
+    vectors always give the same index.
+    """
+    import faiss
+
+    n, dim = vectors.shape
+    lists = max(1, int(math.sqrt(n)))
+    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_8bit,
+                                          faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = 0
+    sample = np.sort(np.random.default_rng(0).choice(n, min(n, 40 * lists), replace=False))  # 39/list: faiss
+    index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+    for start in range(0, n, 65_536):
+        index.add(np.ascontiguousarray(vectors[start:start + 65_536], dtype=np.float32))
+    index.nprobe = min(lists, 32)
+    return index
+
+
+def load_search_index(vectors: np.ndarray, vectors_path: Path | None = None):
+    """The index for `vectors`: read from the cache next to `vectors_path` when it was built from exactly these
+    vectors, else built (and cached there when the folder is writable)."""
+    import faiss
+
+    fingerprint = vectors_fingerprint(vectors)
+    cache = index_path(vectors_path) if vectors_path is not None else None
+    if cache is not None and cache.exists():
+        try:
+            data = cache.read_bytes()
+            if data[:len(INDEX_FORMAT)] == INDEX_FORMAT and data[len(INDEX_FORMAT):][:32] == fingerprint:
+                return faiss.deserialize_index(np.frombuffer(data, np.uint8, offset=len(INDEX_FORMAT) + 32))
+        except (OSError, RuntimeError):  # unreadable or corrupt cache: rebuild it below
+            pass
+    index = build_search_index(vectors)
+    if cache is not None:
+        try:
+            blob = faiss.serialize_index(index)
+            write_atomically(cache, lambda f: (f.write(INDEX_FORMAT), f.write(fingerprint), f.write(blob.data)))
+        except OSError as e:  # a read-only library still works; it just rebuilds the index next time
+            print(f"Warning: cannot cache the search index in {cache} ({e})", file=sys.stderr)
+    return index
+
+
+def _normalise_filter(values) -> set[str] | None:
+    if values is None or values == "":
+        return None
+    values = [values] if isinstance(values, str) else list(values)
+    values = {str(v).strip().lower() for v in values if str(v).strip()}
+    return values or None
+
+
+def _allowed_rows(db: Database, moods=None, genres=None) -> np.ndarray | None:
+    """Boolean (N,) mask of the tracks the mood/genre filters keep, or None when there is no filter."""
+    allowed = None
+    for key, wanted in (("mood", _normalise_filter(moods)), ("genre", _normalise_filter(genres))):
+        if wanted is not None:
+            codes_of, codes = db.tag_codes(key)
+            mask = np.isin(codes, [codes_of[w] for w in wanted if w in codes_of])
+            allowed = mask if allowed is None else allowed & mask
+    return allowed
+
+
+def check_filters(db: Database, moods=None, genres=None) -> None:
+    """Raise EmptyLibraryError when the mood/genre filters keep no track of `db`, naming the moods/genres it has.
+
+    Needs no model: callers run it before loading or asking one, so a mistyped filter fails at once.
+    """
+    allowed = _allowed_rows(db, moods, genres)
+    if allowed is None or allowed.any():
+        return
+    asked, offered = [], []
+    for key, wanted in (("mood", _normalise_filter(moods)), ("genre", _normalise_filter(genres))):
+        if wanted is not None:
+            existing = sorted({str(t.get(key, "")).strip() for t in db.tracks} - {""}, key=str.lower)
+            asked.append(f"the {key} {' or '.join(sorted(wanted))}")
+            offered.append(f"the {key}s it has: {', '.join(existing) or 'none'}")
+    raise EmptyLibraryError(f"no track in the library has {' and '.join(asked)}; {'; '.join(offered)}")
+
+
+def _exact_top(vectors: np.ndarray, vector: np.ndarray, topk: int, candidates: np.ndarray | None = None):
+    """The top k of `candidates` (default: every row) by dot product, best first, ties broken by row order."""
+    if candidates is None:
+        scores_all = vectors @ vector
+        candidates, scores = np.arange(len(scores_all)), scores_all
+    else:
+        candidates = np.sort(candidates)
+        scores = vectors[candidates] @ vector
+    k = min(topk, len(candidates))
+    if k < len(candidates):
+        # Keep every row tied with the k-th score, so the tie-break below, not argpartition, picks among them.
+        kth = np.partition(-scores, k - 1)[k - 1]
+        keep = -scores <= kth
+        candidates, scores = candidates[keep], scores[keep]
+    order = np.lexsort((candidates, -scores))[:k]
+    return [(int(candidates[i]), float(scores[i])) for i in order]
+
+
+def rank_tracks(db: Database, vector: np.ndarray, topk: int, moods=None, genres=None) -> list[tuple[int, float]]:
+    """Cosine ranking: (row, score) for the top k rows, best first, ties broken by row order.
+
+    `vector` is a unit float32 (D,); the database rows are unit-length, so the dot product is the cosine.
+    Small libraries (and filters that leave fewer than db.index_min_tracks rows) are ranked exactly. Larger
+    ones ask the faiss index (db.search_index()) for candidates, oversampled by how much the filters remove,
+    and re-score those exactly; if the filters leave fewer than k of them, the exact ranking is used instead.
+    """
+    vector = np.asarray(vector, dtype=np.float32)
+    allowed = _allowed_rows(db, moods, genres)
+    kept = len(db) if allowed is None else int(allowed.sum())
+    if kept == 0:
+        return []
+    index = db.search_index() if kept >= db.index_min_tracks else None
+    if index is not None:
+        wanted = max(INDEX_MIN_CANDIDATES, INDEX_CANDIDATES_PER_RESULT * topk)
+        wanted = min(len(db), math.ceil(wanted * len(db) / kept))
+        _, rows = index.search(vector[None, :], wanted)
+        rows = rows[0][rows[0] >= 0]
+        if allowed is not None:
+            rows = rows[allowed[rows]]
+        if len(rows) >= min(topk, kept):
+            return _exact_top(db.vectors, vector, topk, rows)
+    return _exact_top(db.vectors, vector, topk, None if allowed is None else np.flatnonzero(allowed))
+
+
+def rank_present_tracks(db: Database, vector: np.ndarray, topk: int, moods=None,
+                        genres=None) -> tuple[list[tuple[int, float]], list[int]]:
+    """rank_tracks without the tracks whose file is missing: ((row, score) for the top k, rows skipped), best first.
+
+    Only the files of ranked candidates are looked at (one stat each), in rank order until k are found; when
+    some are missing, rank_tracks is asked for twice as many and the next ones are looked at.
+    """
+    present: dict[int, bool] = {}
+    want = topk
+    while True:
+        ranked = rank_tracks(db, vector, want, moods, genres)
+        kept, skipped = [], []
+        for row, score in ranked:
+            if row not in present:
+                present[row] = os.path.isfile(db.root / db.tracks[row]["file_path"])
+            (kept if present[row] else skipped).append((row, score))
+            if len(kept) == topk:
+                return kept, [row for row, _ in skipped]
+        if len(ranked) < want:  # every allowed track was ranked: fewer than k are there
+            return kept, [row for row, _ in skipped]
+        want *= 2
+
+
+def best_segment_start(db: Database, row: int, vector: np.ndarray) -> float | None:
+    """Start (seconds) of the track's window closest to the query; None for a database without segments.
+
+    Window j starts at j * db.window_s, except the last, which ends at the track's end and starts at the record's
+    last_window_start_s. A record without it comes from an older build whose last window was zero-padded: that
+    window is left out (unless it is the only one), so the best moment never starts less than a window before
+    the end, where there would be only a few seconds of music to hear.
+    """
+    track = db.tracks[row]
+    count = int(track.get("segment_count", 0))
+    if db.segments is None or count == 0:
+        return None
+    last_start = track.get("last_window_start_s")
+    if last_start is None and count > 1:
+        count -= 1
+    offset = int(track["segment_offset"])
+    best = int(np.argmax(db.segments[offset:offset + count] @ vector))
+    if last_start is not None and best == count - 1:
+        return float(last_start)
+    return best * db.window_s
