@@ -5,9 +5,19 @@ words, query.py composes the text and embeds it with CLAP. The names users impor
 """
 from __future__ import annotations
 
-from music_mood.describe import (MAX_CAPTION_TOKENS, MOOD_PROMPT_PREFIX, MOOD_VOCABULARY, MOOD_WORDS_PER_IMAGE,
-                                 cache_dir, caption_image, choose_mood_words, describe_image, forget_descriptions,
-                                 memory_of, neutral_mood_scores)
+from music_mood.describe import (
+                                 MAX_CAPTION_TOKENS,
+                                 MOOD_PROMPT_PREFIX,
+                                 MOOD_VOCABULARY,
+                                 MOOD_WORDS_PER_IMAGE,
+                                 cache_dir,
+                                 caption_image,
+                                 choose_mood_words,
+                                 describe_image,
+                                 forget_descriptions,
+                                 memory_of,
+                                 neutral_mood_scores,
+)
 from music_mood.images import ImageError, open_image
 from music_mood.query import Query, compose_query_text, embed_text, image_to_query
 

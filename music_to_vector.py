@@ -9,14 +9,30 @@ from __future__ import annotations
 import argparse
 import sys
 
-from music_mood.audio import (AUDIO_EXTENSIONS, AudioError, DecodedTrack, decode_audio, file_sha256, find_audio_files,
-                              read_tags, read_track)
+from music_mood.audio import (
+    AUDIO_EXTENSIONS,
+    AudioError,
+    DecodedTrack,
+    decode_audio,
+    file_sha256,
+    find_audio_files,
+    read_tags,
+    read_track,
+)
 from music_mood.build import SAMPLE_PACKAGE, BuildReport, build_library, import_sample_library, pending_files
 from music_mood.cli import HelpFormatter, add_library_arguments, add_model_arguments
 from music_mood.display import format_library
 from music_mood.embed import embed_track, embed_windows, log_mel_features, split_windows
-from music_mood.library import (SEARCH_INDEX_MIN_TRACKS, Database, DatabaseError, LibraryPaths, committed_state,
-                                empty_database, load_database, save_database)
+from music_mood.library import (
+    SEARCH_INDEX_MIN_TRACKS,
+    Database,
+    DatabaseError,
+    LibraryPaths,
+    committed_state,
+    empty_database,
+    load_database,
+    save_database,
+)
 from music_mood.search import index_path, load_search_index
 from music_mood.storage import LibraryBusyError, write_atomically
 

@@ -9,15 +9,22 @@ from dataclasses import asdict, dataclass, field
 from music_mood.cli import HelpFormatter, add_library_arguments, add_model_arguments, int_argument
 from music_mood.display import format_recommendation
 from music_mood.images import ImageError
-from music_mood.library import (EMPTY_LIBRARY, Database, DatabaseError, EmptyLibraryError, LibraryPaths,
-                                load_database)
+from music_mood.library import EMPTY_LIBRARY, Database, DatabaseError, EmptyLibraryError, LibraryPaths, load_database
 from music_mood.models import ModelLoadError
 from music_mood.player import play
 from music_mood.query import image_to_query
 from music_mood.search import best_segment_start, check_filters, rank_present_tracks, rank_tracks
 
-__all__ = ["EmptyLibraryError", "NoQueryError", "Recommendation", "Track", "check_can_recommend", "rank_tracks",
-           "recommend", "main"]
+__all__ = [
+    "EmptyLibraryError",
+    "NoQueryError",
+    "Recommendation",
+    "Track",
+    "check_can_recommend",
+    "main",
+    "rank_tracks",
+    "recommend",
+]
 
 
 class NoQueryError(ValueError):

@@ -4,24 +4,21 @@
 (b) the product: music_to_vector.build_library with load_clap_audio (audio tower only), every 10 s window of
     every track (whole-track coverage), decoding overlapped with embedding.
 
-    python benchmarks/bench_build.py            # all 28 tracks
-    python benchmarks/bench_build.py --quick    # 4 tracks
+    python -m benchmarks.bench_build            # all 28 tracks
+    python -m benchmarks.bench_build --quick    # 4 tracks
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks.common import full_checkpoints, sample_tracks  # noqa: E402
+from benchmarks.common import full_checkpoints, sample_tracks
 
 CROP_S = 10.0
 

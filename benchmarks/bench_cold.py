@@ -1,8 +1,8 @@
 """Cold start: wall time and peak RSS of `python recommend.py photo.jpg --json` in a new process, against the seed's
 query script (benchmarks/seed_cold.py) on the same full-size models, photo and 10 000-track library.
 
-    python benchmarks/bench_cold.py            # 3 runs of each, interleaved
-    python benchmarks/bench_cold.py --quick    # 1 run of each
+    python -m benchmarks.bench_cold            # 3 runs of each, interleaved
+    python -m benchmarks.bench_cold --quick    # 1 run of each
 """
 from __future__ import annotations
 
@@ -14,11 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks.common import ROOT, full_checkpoints, percentile, photo  # noqa: E402
+from benchmarks.common import ROOT, full_checkpoints, percentile, photo
 
 LIBRARY_SIZE = 10_000
 

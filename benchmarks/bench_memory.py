@@ -1,18 +1,14 @@
 """Resident memory of a process holding what the app holds (BLIP + CLAP's text tower), after warm-up queries.
 
-    python benchmarks/bench_memory.py                    # the default precision
-    python benchmarks/bench_memory.py --precision int8
-    python benchmarks/bench_memory.py --quick            # one warm-up query instead of three
+    python -m benchmarks.bench_memory                    # the default precision
+    python -m benchmarks.bench_memory --precision int8
+    python -m benchmarks.bench_memory --quick            # one warm-up query instead of three
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import current_rss_mb, full_checkpoints, peak_rss_mb, photo  # noqa: E402
+from benchmarks.common import current_rss_mb, full_checkpoints, peak_rss_mb, photo
 
 
 def main(argv=None) -> int:
@@ -37,7 +33,8 @@ def main(argv=None) -> int:
         recommend(blip, clap, db, image=photo())
         release_freed_memory()  # as app.py's Recommend handler does after every request
     print(f"precision {precision}: RSS {base:.0f} MB before loading, {loaded:.0f} MB with BLIP + CLAP text loaded, "
-          f"{current_rss_mb():.0f} MB after warm-up queries ({LIBRARY_SIZE} tracks, {db.vectors.nbytes / 2**20:.0f} MB); "
+          f"{current_rss_mb():.0f} MB after warm-up queries ({LIBRARY_SIZE} tracks, "
+          f"{db.vectors.nbytes / 2**20:.0f} MB); "
           f"peak RSS {peak_rss_mb():.0f} MB")
     print(f"after warm-up: RssAnon {current_rss_mb('RssAnon'):.0f} MB, RssFile {current_rss_mb('RssFile'):.0f} MB "
           f"(file pages are mapped weights and libraries, shared and reclaimable)")

@@ -9,8 +9,8 @@ captions it remembers before every run, so each run does the whole work, as for 
 cosine between the default path's query vector and the fp32 one for the same text, and (c), the same photo asked
 again with another top-k (the app's re-query: the caption and mood words are remembered).
 
-    python benchmarks/bench_query.py            # 20 timed runs of each
-    python benchmarks/bench_query.py --quick    # 5 timed runs of each
+    python -m benchmarks.bench_query            # 20 timed runs of each
+    python -m benchmarks.bench_query --quick    # 5 timed runs of each
 """
 from __future__ import annotations
 
@@ -19,11 +19,9 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks.common import full_checkpoints, interleaved, peak_rss_mb, percentile, photo  # noqa: E402
+from benchmarks.common import full_checkpoints, interleaved, peak_rss_mb, percentile, photo
 
 CAPTION_TOKENS = 12
 SEED_SUFFIX = ", calm mood"
@@ -95,7 +93,8 @@ def main(argv=None) -> int:
     clap_fp32 = load_clap_text(checkpoints["clap"], "fp32")
     db = synthetic_database(LIBRARY_SIZE, clap.model.config.projection_dim)
     image = photo()
-    print(f"load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, {torch.get_num_threads()} threads; {LIBRARY_SIZE} tracks; photo {image.name}; "
+    print(f"load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{LIBRARY_SIZE} tracks; photo {image.name}; "
           f"{CAPTION_TOKENS} caption tokens; product precision {precision!r} -> {blip.dtype}")
 
     seed = seed_pipeline(checkpoints, db)

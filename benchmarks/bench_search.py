@@ -5,9 +5,9 @@ so the figures include what the product does (memory map, index cache, exact re-
 (about 1 000 tracks per cluster, within-cluster cosine ~0.4), as real embeddings cluster by style and mood;
 queries are drawn the same way.
 
-    python benchmarks/bench_search.py            # N = 10 000, 100 000, 1 000 000
-    python benchmarks/bench_search.py --quick    # N = 10 000, 100 000; fewer queries
-    python benchmarks/bench_search.py --distribution uniform --sizes 1000000   # the worst case: no clusters
+    python -m benchmarks.bench_search            # N = 10 000, 100 000, 1 000 000
+    python -m benchmarks.bench_search --quick    # N = 10 000, 100 000; fewer queries
+    python -m benchmarks.bench_search --distribution uniform --sizes 1000000   # the worst case: no clusters
 """
 from __future__ import annotations
 
@@ -17,11 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks.common import current_rss_mb, percentile  # noqa: E402
+from benchmarks.common import current_rss_mb, percentile
 
 DIM, TOPK = 512, 10
 

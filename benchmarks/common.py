@@ -19,8 +19,6 @@ CACHE = Path(os.environ.get("MUSIC_MOOD_BENCH_CACHE") or ROOT / "benchmarks" / "
 # What the product caches for these random-weight models (the mood words' grey-image baseline) stays with them,
 # out of the user's ~/.cache/music-mood.
 os.environ.setdefault("MUSIC_MOOD_CACHE", str(CACHE / "music-mood"))
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def full_checkpoints() -> dict[str, str]:

@@ -110,7 +110,7 @@ def file_tags(path: Path) -> dict:
         found = mutagen.File(path, easy=True)
         if found is not None and found.tags is not None:
             return {key: str(found.tags[key][0]).strip() for key in ("title", "artist", "genre")
-                    if key in found.tags and found.tags[key]}
+                    if found.tags.get(key)}
     except Exception:  # a tag reader failing must not stop an otherwise decodable file
         pass
     return {}

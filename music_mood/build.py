@@ -9,10 +9,26 @@ from pathlib import Path
 
 import numpy as np
 
-from music_mood.audio import AUDIO_EXTENSIONS, DecodedTrack, file_sha256, file_tags, find_audio_files, read_tags, read_track
+from music_mood.audio import (
+    AUDIO_EXTENSIONS,
+    DecodedTrack,
+    file_sha256,
+    file_tags,
+    find_audio_files,
+    read_tags,
+    read_track,
+)
 from music_mood.embed import embed_track
-from music_mood.library import (Database, DatabaseError, LibraryPaths, check_clap_model, empty_database, load_database,
-                                recover_library, save_database)
+from music_mood.library import (
+    Database,
+    DatabaseError,
+    LibraryPaths,
+    check_clap_model,
+    empty_database,
+    load_database,
+    recover_library,
+    save_database,
+)
 from music_mood.storage import acquire_lock, copy_file, move_file, remove_empty_folders
 
 SAMPLE_PACKAGE = "immich-memories-music"

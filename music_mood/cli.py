@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 
 from music_mood.library import HOME_ENV
-from music_mood.models import (BLIP_MODEL_ENV, CLAP_MODEL_ENV, PRECISIONS, default_blip_model, default_clap_model,
-                               default_precision)
+from music_mood.models import (
+    BLIP_MODEL_ENV,
+    CLAP_MODEL_ENV,
+    PRECISIONS,
+    default_blip_model,
+    default_clap_model,
+    default_precision,
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

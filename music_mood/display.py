@@ -9,7 +9,7 @@ def format_duration(seconds: float | None) -> str:
     """Seconds as m:ss (rounded to the second); "" for None (no best moment known)."""
     if seconds is None:
         return ""
-    minutes, seconds = divmod(int(round(float(seconds))), 60)
+    minutes, seconds = divmod(round(float(seconds)), 60)
     return f"{minutes}:{seconds:02d}"
 
 

@@ -54,7 +54,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         pixels = np.asarray(image, dtype=np.float32)
-        top = 1.0 if image.mode == "F" and pixels.max(initial=0) <= 1.0 else 255.0 if pixels.max(initial=0) <= 255 else 65535.0
+        brightest = pixels.max(initial=0)
+        top = 1.0 if image.mode == "F" and brightest <= 1.0 else 255.0 if brightest <= 255 else 65535.0
         gray = np.clip(pixels / top * 255.0, 0, 255).astype(np.uint8)
         return Image.fromarray(gray).convert("RGB")
     if image.mode == "P":

@@ -30,8 +30,17 @@ from pathlib import Path
 import numpy as np
 
 from music_mood.audio import file_sha256
-from music_mood.storage import (LibraryBusyError, acquire_lock, fsync_dir, move_file, remove, remove_empty_folders,
-                                rename, write_atomically, write_new_file)
+from music_mood.storage import (
+    LibraryBusyError,
+    acquire_lock,
+    fsync_dir,
+    move_file,
+    remove,
+    remove_empty_folders,
+    rename,
+    write_atomically,
+    write_new_file,
+)
 
 FORMAT_NAME = "music-mood-database"
 FORMAT_VERSION = 1
@@ -77,7 +86,7 @@ class LibraryPaths:
         return self.vectors.with_name(self.vectors.stem + ".lock")
 
     @classmethod
-    def at(cls, root=None, vectors=None, metadata=None) -> "LibraryPaths":
+    def at(cls, root=None, vectors=None, metadata=None) -> LibraryPaths:
         """The library in `root` (default: $MUSIC_MOOD_HOME, else this project's folder); files may be overridden."""
         root = Path(root or os.environ.get(HOME_ENV) or PROJECT_FOLDER).resolve()
         return cls(

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tests.model_factory import build_blip_checkpoint, build_clap_checkpoint
 
-from tests.model_factory import build_blip_checkpoint, build_clap_checkpoint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_addoption(parser):

@@ -14,8 +14,16 @@ import torch
 
 import music_to_vector as mtv
 from music_mood import build, library
-from music_to_vector import (AudioError, DatabaseError, LibraryBusyError, LibraryPaths, build_library,
-                             embed_track, load_database, split_windows)
+from music_to_vector import (
+    AudioError,
+    DatabaseError,
+    LibraryBusyError,
+    LibraryPaths,
+    build_library,
+    embed_track,
+    load_database,
+    split_windows,
+)
 from tests.conftest import put_in_new_music, run_cli
 
 
@@ -362,9 +370,9 @@ def test_lock_keeps_two_builders_apart(library_copy, clap_audio, sample_tracks, 
 
 def test_database_of_another_checkpoint_is_refused(library_copy, clap_audio):
     paths = LibraryPaths.at(library_copy)
-    with pytest.raises(DatabaseError, match="made with CLAP model .* rebuild"):
+    with pytest.raises(DatabaseError, match=r"made with CLAP model .* rebuild"):
         load_database(paths, clap_model="laion/some-other-clap")
-    with pytest.raises(DatabaseError, match="512-d.*rebuild"):
+    with pytest.raises(DatabaseError, match=r"512-d.*rebuild"):
         load_database(paths, dim=512)
     with pytest.raises(DatabaseError, match="made with CLAP model"):
         build_library(type(clap_audio)(name="other", model=None, processor=clap_audio.processor, device=None,

@@ -7,9 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from image_to_vector import (MOOD_PROMPT_PREFIX, MOOD_VOCABULARY, MOOD_WORDS_PER_IMAGE, ImageError,
-                             choose_mood_words, compose_query_text, describe_image, embed_text, image_to_query,
-                             open_image)
+from image_to_vector import (
+    MOOD_PROMPT_PREFIX,
+    MOOD_VOCABULARY,
+    MOOD_WORDS_PER_IMAGE,
+    ImageError,
+    choose_mood_words,
+    compose_query_text,
+    describe_image,
+    embed_text,
+    image_to_query,
+    open_image,
+)
 from music_mood.describe import _vision_features
 
 
@@ -52,7 +61,7 @@ def test_mood_words_depend_on_the_image(blip, photos):
 
 
 def test_caption_is_a_bounded_string(blip, photos):
-    caption, moods = describe_image(blip, open_image(photos["coffee.png"]), max_new_tokens=5)
+    caption, _ = describe_image(blip, open_image(photos["coffee.png"]), max_new_tokens=5)
     assert isinstance(caption, str) and caption == caption.strip()
     assert len(blip.processor.tokenizer(caption, add_special_tokens=False).input_ids) <= 5 + 2  # wordpiece slack
 

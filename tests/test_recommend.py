@@ -53,7 +53,7 @@ def test_ties_keep_library_order():
 
 
 def test_filters_keep_only_matching_tracks():
-    db, rng = _random_db()
+    db, _ = _random_db()
     q = db.vectors[7]
     ranked = rank_tracks(db, q, 10, moods=["Happy"], genres="rock")
     assert ranked and all(db.tracks[i]["mood"] == "happy" and db.tracks[i]["genre"] == "rock" for i, _ in ranked)
@@ -75,8 +75,8 @@ def test_unknown_filter_fails_before_any_model_work_and_lists_what_exists(librar
     asked = "dreamy or sad" if key == "mood" else "jazz"
     with pytest.raises(EmptyLibraryError) as refused:
         recommend(None, None, db, image=photos["coffee.png"], **filters)
-    assert str(refused.value) == f"no track in the library has the {key} {asked}; " \
-                                 f"the {key}s it has: {_tag_values(db, key)}"
+    assert str(refused.value) == (f"no track in the library has the {key} {asked}; "
+                                  f"the {key}s it has: {_tag_values(db, key)}")
 
 
 def test_filters_that_exclude_each_other_fail_before_model_work():
@@ -205,13 +205,13 @@ def test_nothing_to_recommend_when_every_file_is_missing(library_copy, clap_text
     db = load_database(LibraryPaths.at(library_copy))
     for track in db.tracks:
         (library_copy / track["file_path"]).unlink()
-    with pytest.raises(EmptyLibraryError, match="missing.*music_to_vector.py"):
+    with pytest.raises(EmptyLibraryError, match=r"missing.*music_to_vector\.py"):
         recommend(None, clap_text, db, text="jazz", topk=2)
 
 
 def test_empty_library_says_how_to_add_music(clap_text):
     db = load_database(LibraryPaths.at())
-    with pytest.raises(EmptyLibraryError, match="new_music/.*music_to_vector.py"):
+    with pytest.raises(EmptyLibraryError, match=r"new_music/.*music_to_vector\.py"):
         recommend(None, clap_text, db, text="jazz")
 
 
@@ -311,7 +311,8 @@ def test_cli_unknown_mood_fails_before_loading_models(library_copy, checkpoints,
                    "--clap-model", broken)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [
-        f"Error: no track in the library has the mood dreamy; the moods it has: {_tag_values(load_database(paths), 'mood')}"]
+        ("Error: no track in the library has the mood dreamy; the moods it has: "
+         f"{_tag_values(load_database(paths), 'mood')}")]
 
 
 def test_cli_empty_library_exits_1_with_advice(checkpoints, photos):
