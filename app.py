@@ -207,12 +207,13 @@ def _mood_folder(mood: str) -> str:
 def add_music(library: Library, clap_audio, files, mood: str = "", progress=None) -> tuple[dict, list[str]]:
     """Copy uploaded audio files into new_music/[mood/], embed them with the shared builder, reload the database.
 
-    Returns (the builder's result as counts and names, messages for the user about files that were not added).
-    Files that fail or are already in the library are removed from new_music/ again: they were copies.
+    Returns (the builder's result for these files as counts and names, one line for the user per file that was
+    not added, and why). Only the copies this call made are removed again when they fail or are already in the
+    library; any other file the builder reports (a user's file in processed_music/) is named and left alone.
     """
     paths = library.paths
     folder = paths.new_music / _mood_folder(mood) if _mood_folder(mood) else paths.new_music
-    problems, copied = [], []
+    problems, copies = [], {}  # the copy in new_music/ -> the upload's name
     for source in files or []:
         source = Path(source)
         name = _upload_name(source.name)
@@ -225,25 +226,43 @@ def add_music(library: Library, clap_audio, files, mood: str = "", progress=None
             n += 1
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
-        copied.append(target)
-    if not copied:
+        copies[target] = name
+    if not copies:
         return {"added": [], "failed": 0}, problems
     if progress is not None:
-        progress(0, desc=f"Embedding {len(copied)} file(s)")
+        progress(0, desc=f"Embedding {len(copies)} file(s)")
     try:
-        report = build_library(clap_audio, paths, files=copied, lock_timeout=10, progress=progress is not None)
+        report = build_library(clap_audio, paths, files=list(copies), lock_timeout=10, progress=progress is not None)
     except (DatabaseError, LibraryBusyError):
-        for path in copied:
-            path.unlink(missing_ok=True)
+        _discard_copies(copies)
         raise
+    others, failed = [], 0
     for source, reason in report.failed:
-        problems.append(f"{source.name}: {reason}")
-        source.unlink(missing_ok=True)
+        if source in copies:
+            problems.append(f"{copies[source]}: {reason}")
+            failed += 1
+        else:
+            others.append(f"{_library_name(paths, source)}: {reason} (not part of this upload; left where it is)")
     for source, listed_as in report.duplicates:
-        problems.append(f"{source.name}: already in the library as {listed_as}")
-        source.unlink(missing_ok=True)
+        if source in copies:
+            problems.append(f"{copies[source]}: already in the library as {listed_as}")
+        else:
+            others.append(f"{_library_name(paths, source)}: already in the library as {listed_as} (not part of "
+                          f"this upload; left where it is)")
+    _discard_copies({source: copies[source] for source, _ in report.failed + report.duplicates if source in copies})
     library.reload()
-    return {"added": [r["file_path"] for r in report.added], "failed": len(report.failed)}, problems
+    return {"added": [r["file_path"] for r in report.added], "failed": failed}, problems + others
+
+
+def _discard_copies(copies) -> None:
+    """Remove copies this request made in new_music/ and that were not added: they would only fail again."""
+    for copy in copies:
+        copy.unlink(missing_ok=True)
+
+
+def _library_name(paths: LibraryPaths, path: Path) -> str:
+    """`path` as the user knows it: relative to the library folder when it is inside it."""
+    return path.relative_to(paths.root).as_posix() if path.is_relative_to(paths.root) else str(path)
 
 
 # ---------------------------------------------------------------------------------------------- the page

@@ -236,6 +236,33 @@ def test_bad_uploads_are_named_and_leave_the_library_unchanged(library_copy, che
     assert not any(library.paths.new_music.rglob("*.*"))  # the failed copies are not left to fail again
 
 
+def test_upload_never_removes_a_file_it_did_not_create(library_copy, checkpoints, clap_audio, sample_tracks,
+                                                         tmp_path):
+    """The user's own files in processed_music/calm/, a corrupt take and a backup copy of a listed track, are
+    reported by the builder during an upload; the upload leaves both exactly as they were."""
+    from app import Library, add_music
+
+    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    listed = load_database(library.paths).tracks
+    calm = library_copy / "processed_music" / "calm"
+    original = next(t for t in listed if t["file_path"].startswith("processed_music/calm/"))
+    demo_take = calm / "my_demo_take.flac"
+    demo_take.write_bytes(b"fLaC" + bytes(range(256)) * 20)
+    backup = calm / "x (backup).opus"
+    shutil.copyfile(library_copy / original["file_path"], backup)
+    users = {path: path.read_bytes() for path in (demo_take, backup)}
+    new = next(t for t in sample_tracks if t.name not in {Path(t["file_path"]).name for t in listed})
+    upload = tmp_path / new.name
+    shutil.copyfile(new, upload)
+
+    result, problems = add_music(library, clap_audio, [upload])
+    assert all(path.exists() for path in users), "the upload deleted a file of the user's"
+    assert {path: path.read_bytes() for path in users} == users
+    assert result == {"added": [f"processed_music/{new.name}"], "failed": 0}
+    assert len(problems) == 2 and all("left where it is" in p for p in problems)
+    assert "processed_music/calm/my_demo_take.flac" in " ".join(problems)
+
+
 def test_uploads_cannot_choose_where_they_go(library_copy, checkpoints, clap_audio, sample_tracks, tmp_path):
     from app import Library, add_music
 
