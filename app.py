@@ -214,6 +214,7 @@ def add_music(library: Library, clap_audio, files, mood: str = "", progress=None
     paths = library.paths
     folder = paths.new_music / _mood_folder(mood) if _mood_folder(mood) else paths.new_music
     problems, copies = [], {}  # the copy in new_music/ -> the upload's name
+    made_folder = folder != paths.new_music and not folder.exists()
     for source in files or []:
         source = Path(source)
         name = _upload_name(source.name)
@@ -234,7 +235,7 @@ def add_music(library: Library, clap_audio, files, mood: str = "", progress=None
     try:
         report = build_library(clap_audio, paths, files=list(copies), lock_timeout=10, progress=progress is not None)
     except (DatabaseError, LibraryBusyError):
-        _discard_copies(copies)
+        _discard_copies(copies, folder if made_folder else None)
         raise
     others, failed = [], 0
     for source, reason in report.failed:
@@ -249,15 +250,25 @@ def add_music(library: Library, clap_audio, files, mood: str = "", progress=None
         else:
             others.append(f"{_library_name(paths, source)}: already in the library as {listed_as} (not part of "
                           f"this upload; left where it is)")
-    _discard_copies({source: copies[source] for source, _ in report.failed + report.duplicates if source in copies})
+    _discard_copies([source for source, _ in report.failed + report.duplicates if source in copies],
+                    folder if made_folder else None)
     library.reload()
     return {"added": [r["file_path"] for r in report.added], "failed": failed}, problems + others
 
 
-def _discard_copies(copies) -> None:
-    """Remove copies this request made in new_music/ and that were not added: they would only fail again."""
+def _discard_copies(copies, made_folder: Path | None = None) -> None:
+    """Remove copies this request made in new_music/ and that were not added: they would only fail again.
+
+    `made_folder`, the mood folder this request created, goes too if that leaves it empty; rmdir refuses a
+    folder holding anything, so a file put there meanwhile keeps it.
+    """
     for copy in copies:
         copy.unlink(missing_ok=True)
+    if made_folder is not None:
+        try:
+            made_folder.rmdir()
+        except OSError:  # not empty (or already gone): nothing of ours to remove
+            pass
 
 
 def _library_name(paths: LibraryPaths, path: Path) -> str:

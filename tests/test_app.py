@@ -263,6 +263,23 @@ def test_upload_never_removes_a_file_it_did_not_create(library_copy, checkpoints
     assert "processed_music/calm/my_demo_take.flac" in " ".join(problems)
 
 
+def test_failed_upload_leaves_no_folder_it_made(library_copy, checkpoints, clap_audio, tmp_path):
+    """The mood folder an upload made in new_music/ goes when nothing in it was added; a folder that was there
+    before the upload stays, even when empty."""
+    from app import Library, add_music
+
+    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(b"this is no mp3" * 100)
+    kept = library_copy / "new_music" / "kept"
+    kept.mkdir(parents=True)
+
+    add_music(library, clap_audio, [broken], mood="Nope")
+    add_music(library, clap_audio, [broken], mood="kept")
+    assert sorted(p.name for p in (library_copy / "new_music").iterdir()) == ["kept"]
+    assert not any(kept.iterdir())
+
+
 def test_uploads_cannot_choose_where_they_go(library_copy, checkpoints, clap_audio, sample_tracks, tmp_path):
     from app import Library, add_music
 
