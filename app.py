@@ -8,6 +8,7 @@ import re
 import shutil
 import sys
 import threading
+import unicodedata
 from pathlib import Path
 from urllib.parse import quote
 
@@ -193,9 +194,10 @@ def recommend_photo(library: Library, blip, clap, image, text: str = "", topk: i
 
 
 def _upload_name(name: str) -> str:
-    """A safe file name for an upload: no folders, no leading dot."""
-    name = Path(name).name.lstrip(".")
-    return re.sub(r"[^\w .()+,=-]", "_", name) or "upload"
+    """The upload's own name, in any script the file system takes, made unable to name a folder or a hidden file:
+    folders (either slash) and leading dots go, and NUL and control characters, which no file name needs."""
+    name = re.split(r"[/\\]", name)[-1]
+    return "".join(c for c in name if unicodedata.category(c) != "Cc").lstrip(".") or "upload"
 
 
 def _mood_folder(mood: str) -> str:

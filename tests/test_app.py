@@ -292,6 +292,34 @@ def test_uploads_cannot_choose_where_they_go(library_copy, checkpoints, clap_aud
     assert not problems and result["added"] == ["processed_music/etc/hidden.opus"]
 
 
+def test_upload_names_keep_what_the_file_system_accepts(library_copy, checkpoints, clap_audio, sample_tracks,
+                                                         tmp_path):
+    from app import Library, add_music
+
+    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    listed = {Path(t["file_path"]).name for t in load_database(library.paths).tracks}
+    new = next(t for t in sample_tracks if t.name not in listed)
+    upload = tmp_path / "My Song – été (live) [2024] #1.opus"
+    shutil.copyfile(new, upload)
+    result, problems = add_music(library, clap_audio, [upload], mood="Café")
+    assert not problems and result["added"] == ["processed_music/café/My Song – été (live) [2024] #1.opus"]
+
+
+@pytest.mark.parametrize("name, kept", [
+    ("My Song – été.flac", "My Song – été.flac"),
+    ("日本語の歌.mp3", "日本語の歌.mp3"),
+    ("../../etc/x.mp3", "x.mp3"),
+    ("C:\\Users\\me\\song.mp3", "song.mp3"),
+    ("...hidden.mp3", "hidden.mp3"),
+    ("bell\x07\x00\x1b.mp3", "bell.mp3"),
+    ("..", "upload"),
+])
+def test_upload_name_strips_only_folders_dots_and_control_characters(name, kept):
+    from app import _upload_name
+
+    assert _upload_name(name) == kept
+
+
 def test_results_are_escaped_and_play_from_their_best_moment(tmp_path):
     from app import audio_url, render_tracks
 
