@@ -101,8 +101,11 @@ class Models:
         return self.blip, self.clap
 
     def audio_model(self):
+        """CLAP's audio tower, loaded after load() has finished: transformers models loaded by two threads at
+        once break each other (an upload during start-up killed the app)."""
         from models import load_clap_audio
 
+        self.ready.wait()
         return load_clap_audio(self.clap_model, self.precision)
 
 

@@ -415,6 +415,25 @@ def test_page_says_models_are_loading_and_requests_wait_for_them(checkpoints, li
     assert models.status() == ""
 
 
+def test_adding_music_waits_for_the_models_that_are_loading(checkpoints, monkeypatch):
+    """An upload made while the page's models load starts its CLAP audio model only once they are loaded: two
+    threads loading transformers models at once broke both (seen: the app died on such an upload)."""
+    import threading
+
+    import models as models_module
+    from app import Models
+
+    models = Models(checkpoints["blip"], checkpoints["clap"], "fp32")
+    loaded_first = []
+    monkeypatch.setattr(models_module, "load_clap_audio",
+                        lambda name, precision: loaded_first.append(models.ready.is_set()))
+    upload = threading.Thread(target=models.audio_model)
+    upload.start()
+    models.load()
+    upload.join()
+    assert loaded_first == [True]
+
+
 def test_loading_prepares_the_mood_baseline_before_the_first_request(checkpoints, monkeypatch):
     """The grey-image pass (or reading its cache) happens while the page says the models are loading."""
     import weakref
