@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import html
 import mimetypes
+import os
 import re
 import shutil
 import sys
@@ -45,19 +46,36 @@ CSS = """
 
 
 class Library:
-    """The database the page recommends from; replaced whole after tracks are added, so a request sees one version."""
+    """The library the page recommends from, as last committed: each request takes one Database from current()
+    and uses it throughout, so it sees one version even while a builder commits the next."""
 
     def __init__(self, paths: LibraryPaths, clap_model: str):
         self.paths = paths
         self.clap_model = clap_model
-        self.db = self.load()
+        self._lock = threading.Lock()
+        self._db: Database | None = None
+        self._version: tuple | None = None
+        self.current()  # a library that cannot be read is an error at start-up, not at the first request
 
-    def load(self) -> Database:
-        return load_database(self.paths, clap_model=self.clap_model)
+    def current(self) -> Database:
+        """The database as last committed, read again only when its commit point changed (after an upload, or
+        `python music_to_vector.py` run meanwhile); one stat per call otherwise. Raises DatabaseError."""
+        with self._lock:  # one reader loads a new version; the requests arriving meanwhile wait for it
+            version = committed_version(self.paths)  # taken before reading: a commit meanwhile is seen next time
+            if self._db is None or version != self._version:
+                self._db = load_database(self.paths, clap_model=self.clap_model)
+                self._version = version
+            return self._db
 
-    def reload(self) -> Database:
-        self.db = self.load()
-        return self.db
+
+def committed_version(paths: LibraryPaths) -> tuple[int, int, int] | None:
+    """(inode, mtime in ns, size) of the metadata file, which the builder replaces with os.replace on every
+    change to the library, so any commit changes it; None when there is none (an empty library)."""
+    try:
+        stat = os.stat(paths.metadata)
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 class Models:
@@ -178,8 +196,8 @@ def recommend_photo(library: Library, blip, clap, image, text: str = "", topk: i
     text = (text or "").strip()
     if image is None and not text:
         raise gr.Error("Upload a photo (or type some words) first.")
-    db = library.db  # one version of the library for the whole request, even if an upload replaces it meanwhile
     try:
+        db = library.current()  # one version of the library for the whole request
         rec = recommend(blip, clap, db, image=image, text=text, topk=int(topk), moods=moods or None,
                         genres=genres or None)
     except ImageError as e:
@@ -210,7 +228,7 @@ def _mood_folder(mood: str) -> str:
 
 
 def add_music(library: Library, clap_audio, files, mood: str = "", progress=None) -> tuple[dict, list[str]]:
-    """Copy uploaded audio files into new_music/[mood/], embed them with the shared builder, reload the database.
+    """Copy uploaded audio files into new_music/[mood/] and embed them with the shared builder, which commits them.
 
     Returns (the builder's result for these files as counts and names, one line for the user per file that was
     not added, and why). Only the copies this call made are removed again when they fail or are already in the
@@ -257,7 +275,6 @@ def add_music(library: Library, clap_audio, files, mood: str = "", progress=None
                           f"this upload; left where it is)")
     _discard_copies([source for source, _ in report.failed + report.duplicates if source in copies],
                     folder if made_folder else None)
-    library.reload()
     return {"added": [r["file_path"] for r in report.added], "failed": failed}, problems + others
 
 
@@ -329,23 +346,30 @@ def build_app(library: Library, models: Models):
             raise gr.Error(str(e)) from e
         for problem in problems:
             gr.Warning(problem)
-        db = library.db
+        db = current_library()
         skipped = f"; {len(problems)} not added (see the warnings)" if problems else ""
         status = f"Added {len(result['added'])} track(s){skipped}; the library holds {len(db)}."
         return (*library_outputs(db), status, None)
+
+    def current_library() -> Database:
+        try:
+            return library.current()
+        except DatabaseError as e:
+            raise gr.Error(f"The music database cannot be used: {e}") from e
 
     def library_outputs(db):
         return (gr.update(choices=tag_choices(db, "mood")), gr.update(choices=tag_choices(db, "genre")),
                 library_rows(db))
 
     def on_load():
-        return library_outputs(library.db)
+        """Every page shows the library as it is when it opens, not as it was when the server started."""
+        db = current_library()
+        return (*library_outputs(db), f"The library holds {len(db)} track(s).")
 
     def on_tick():
         """Shows the models' state until they are loaded, then stops polling."""
         return gr.update(value=models.status(), visible=bool(models.status())), gr.Timer(active=not models.ready.is_set())
 
-    db = library.db
     with gr.Blocks(title="Music for a photo", analytics_enabled=False) as demo:
         gr.Markdown("# Music for a photo\nUpload a photo: it is captioned, given mood words, and matched against "
                     "your music library. Each track plays from its best-matching moment.")
@@ -358,9 +382,9 @@ def build_app(library: Library, models: Models):
                                         sources=["upload", "webcam", "clipboard"], elem_id="photo")
                     text = gr.Textbox("", label="Words (optional)", placeholder="rainy night, jazz", elem_id="text")
                     topk = gr.Slider(1, TOPK_MAX, value=10, step=1, label="How many tracks", elem_id="topk")
-                    moods = gr.Dropdown(tag_choices(db, "mood"), value=[], multiselect=True, allow_custom_value=True,
+                    moods = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
                                         label="Only these moods", elem_id="moods")
-                    genres = gr.Dropdown(tag_choices(db, "genre"), value=[], multiselect=True,
+                    genres = gr.Dropdown([], value=[], multiselect=True,
                                          allow_custom_value=True, label="Only these genres", elem_id="genres")
                     button = gr.Button("Recommend", variant="primary", elem_id="recommend")
                     examples = [[str(EXAMPLES / name)] for name in EXAMPLE_PHOTOS if (EXAMPLES / name).exists()]
@@ -384,8 +408,8 @@ def build_app(library: Library, models: Models):
                     mood_folder = gr.Textbox(label="Mood of these files (optional)", placeholder="calm",
                                              elem_id="upload-mood")
                     add = gr.Button("Add to library", variant="primary", elem_id="add-music")
-                    status = gr.Markdown(f"The library holds {len(db)} track(s).", elem_id="library-status")
-            table = gr.Dataframe(library_rows(db), headers=LIBRARY_COLUMNS, interactive=False, elem_id="library")
+                    status = gr.Markdown("", elem_id="library-status")
+            table = gr.Dataframe([], headers=LIBRARY_COLUMNS, interactive=False, elem_id="library")
 
         def answer(event, handler, **api):
             """Run `handler` on the query inputs when `event` fires, then show its result."""
@@ -399,7 +423,7 @@ def build_app(library: Library, models: Models):
         answer(image.change, on_photo, api_visibility="private")
         add.click(on_add_music, inputs=[uploads, mood_folder], outputs=[moods, genres, table, status, uploads],
                   api_name="add_music", concurrency_id="models")
-        demo.load(on_load, outputs=[moods, genres, table], api_visibility="private", queue=False)
+        demo.load(on_load, outputs=[moods, genres, table, status], api_visibility="private", queue=False)
         demo.load(on_tick, outputs=[model_status, model_timer], api_visibility="private", queue=False)
         model_timer.tick(on_tick, outputs=[model_status, model_timer], api_visibility="private", queue=False)
     # One model call at a time (they use every core anyway), and a bounded wait line.
@@ -486,8 +510,9 @@ def main(argv=None) -> int:
         print(f"Error: {models.error}", file=sys.stderr)
         demo.close()
         return 1
-    print(f"Models loaded; {len(library.db)} tracks in {paths.root}.", file=sys.stderr)
-    if not len(library.db):
+    tracks = len(library.current())
+    print(f"Models loaded; {tracks} tracks in {paths.root}.", file=sys.stderr)
+    if not tracks:
         print(f"Warning: {EMPTY_LIBRARY}", file=sys.stderr)
     demo.block_thread()
     return 0

@@ -13,7 +13,7 @@ import music_to_vector
 from music_to_vector import LibraryPaths, load_database
 from recommend import recommend
 from tests.app_server import running_app
-from tests.conftest import ROOT, put_in_new_music
+from tests.conftest import ROOT, put_in_new_music, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +203,20 @@ def test_uploaded_audio_is_recommendable_at_once(app, client, app_library, sampl
     assert get(app, result["results"][0]["audio_url"]).status == 200
 
 
+def test_tracks_added_with_the_cli_while_the_app_runs_are_recommended(app, client, app_library, sample_tracks,
+                                                                      checkpoints):
+    track = sample_tracks[3]
+    (app_library / "new_music" / "added by cli").mkdir(parents=True)
+    shutil.copyfile(track, app_library / "new_music" / "added by cli" / track.name)
+    done = run_cli("music_to_vector.py", "--library", app_library, "--clap-model", checkpoints["clap"],
+                   "--precision", "fp32")
+    assert done.returncode == 0, done.stderr
+
+    result = client.predict(image=None, text="anything", topk=20, moods=["added by cli"], api_name="/recommend")
+    assert [t["file_path"] for t in result["results"]] == [f"processed_music/added by cli/{track.name}"]
+    assert get(app, result["results"][0]["audio_url"]).status == 200
+
+
 # ---------------------------------------------------------------------------------------------- in process
 
 
@@ -216,12 +230,29 @@ def test_empty_library_is_an_error_in_the_page(blip, clap_text, checkpoints, iso
         recommend_photo(library, blip, clap_text, str(photos["coffee.png"]))
 
 
+def test_library_is_read_again_only_when_a_commit_changed_it(library_copy, checkpoints, clap_audio):
+    """One stat of the metadata file per request; the same Database until a builder commits, then the new one."""
+    from app import Library
+
+    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    before = library.current()
+    assert library.current() is before
+    listed = music_to_vector.find_audio_files(library_copy / "processed_music")[0]
+    put_in_new_music(library_copy, [listed], mood_from_folder=False)  # already listed: the builder commits nothing
+    music_to_vector.build_library(clap_audio, library.paths, progress=False)
+    assert library.current() is before
+    shutil.rmtree(library_copy / "new_music")
+    music_to_vector.build_library(clap_audio, library.paths, rebuild=True, progress=False)
+    after = library.current()
+    assert after is not before and len(after) == len(before)
+
+
 def test_bad_uploads_are_named_and_leave_the_library_unchanged(library_copy, checkpoints, clap_audio, tmp_path,
                                                                sample_tracks):
     from app import Library, add_music
 
     library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
-    before = library.db
+    before = library.current()
     broken = tmp_path / "broken.mp3"
     broken.write_bytes(b"this is no mp3" * 100)
     notes = tmp_path / "notes.txt"
@@ -232,7 +263,7 @@ def test_bad_uploads_are_named_and_leave_the_library_unchanged(library_copy, che
     assert [p.split(":")[0] for p in problems] == ["notes.txt", "broken.mp3", already.name]
     assert "cannot decode broken.mp3" in problems[1]
     assert f"already in the library as {before.tracks[0]['file_path']}" in problems[2]
-    assert [t["sha256"] for t in library.db.tracks] == [t["sha256"] for t in before.tracks]
+    assert [t["sha256"] for t in library.current().tracks] == [t["sha256"] for t in before.tracks]
     assert not any(library.paths.new_music.rglob("*.*"))  # the failed copies are not left to fail again
 
 
@@ -284,7 +315,7 @@ def test_uploads_cannot_choose_where_they_go(library_copy, checkpoints, clap_aud
     from app import Library, add_music
 
     library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
-    listed = {Path(t["file_path"]).name for t in library.db.tracks}
+    listed = {Path(t["file_path"]).name for t in library.current().tracks}
     new = next(t for t in sample_tracks if t.name not in listed)
     renamed = tmp_path / ".hidden.opus"
     shutil.copyfile(new, renamed)

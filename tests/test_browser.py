@@ -11,7 +11,7 @@ import pytest
 from music_to_vector import LibraryPaths, load_database
 from recommend import recommend
 from tests.app_server import running_app
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -151,3 +151,20 @@ def test_uploading_music_in_the_library_tab_makes_it_recommendable(page, app, sa
     src = page.locator("#tracks audio").first.get_attribute("src")
     assert unquote(src).split("#")[0].endswith(f"/processed_music/browser upload/{new.name}")
     assert quote(new.name) in src
+
+
+def test_a_new_page_shows_the_library_as_it_is_now(page, app, sample_tracks, checkpoints):
+    """Tracks added with music_to_vector.py while the app runs are in the next page's status line and table."""
+    track = sample_tracks[2]
+    (app.library / "new_music" / "added meanwhile").mkdir(parents=True)
+    shutil.copyfile(track, app.library / "new_music" / "added meanwhile" / track.name)
+    done = run_cli("music_to_vector.py", "--library", app.library, "--clap-model", checkpoints["clap"],
+                   "--precision", "fp32")
+    assert done.returncode == 0, done.stderr
+    db = load_database(LibraryPaths.at(app.library))
+
+    page.reload()
+    page.wait_for_selector("#recommend", timeout=WAIT_MS)
+    page.get_by_role("tab", name="Library").click()
+    page.get_by_text(f"The library holds {len(db)} track(s).").wait_for(timeout=WAIT_MS)
+    assert page.locator("#library").get_by_text(db.tracks[-1]["title"]).count() >= 1
