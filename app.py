@@ -7,10 +7,11 @@ import mimetypes
 import os
 import re
 import shutil
+import stat
 import sys
 import threading
 import unicodedata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 from image_to_vector import ImageError
@@ -25,12 +26,12 @@ DEFAULT_PORT = 7860
 MAX_UPLOAD = "200mb"
 QUEUE_SIZE = 16  # waiting requests beyond this are refused at once rather than left to time out
 TOPK_MAX = 20
-FILE_ROUTE = "/gradio_api/file="
+TRACK_ROUTE = "/track/"  # + a track's file_path: the only files of the library the server sends
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")
 LIBRARY_COLUMNS = ["#", "title", "artist", "mood", "genre", "length", "file"]
 
-# The file route sends the type mimetypes guesses; without /etc/mime.types Python knows no .opus or .m4a, and
+# The track route sends the type mimetypes guesses; without /etc/mime.types Python knows no .opus or .m4a, and
 # the browser would get application/octet-stream.
 mimetypes.add_type("audio/ogg", ".opus")
 mimetypes.add_type("audio/mp4", ".m4a")
@@ -55,17 +56,39 @@ class Library:
         self._lock = threading.Lock()
         self._db: Database | None = None
         self._version: tuple | None = None
+        self._files: set[str] = set()  # the file_path of every track of _db, to answer the track route
         self.current()  # a library that cannot be read is an error at start-up, not at the first request
 
     def current(self) -> Database:
         """The database as last committed, read again only when its commit point changed (after an upload, or
         `python music_to_vector.py` run meanwhile); one stat per call otherwise. Raises DatabaseError."""
         with self._lock:  # one reader loads a new version; the requests arriving meanwhile wait for it
-            version = committed_version(self.paths)  # taken before reading: a commit meanwhile is seen next time
-            if self._db is None or version != self._version:
-                self._db = load_database(self.paths, clap_model=self.clap_model)
-                self._version = version
-            return self._db
+            return self._refresh()
+
+    def track_file(self, file_path: str) -> Path | None:
+        """The file to send for `file_path` when it names a track of the current library, else None.
+
+        A track is sent as listed, through a symlink too (it may point outside the library); a record that names
+        a place outside processed_music/ or a file that is not audio is never sent, whatever the metadata says.
+        """
+        with self._lock:
+            db = self._refresh()
+            listed = file_path in self._files
+        parts = PurePosixPath(file_path).parts
+        path = db.root / file_path
+        if (not listed or ".." in parts or path.suffix.lower() not in AUDIO_EXTENSIONS
+                or not path.is_relative_to(self.paths.processed_music)):
+            return None
+        return path
+
+    def _refresh(self) -> Database:
+        """The current Database, read again if the commit point changed; the caller holds the lock."""
+        version = committed_version(self.paths)  # taken before reading: a commit meanwhile is seen next time
+        if self._db is None or version != self._version:
+            self._db = load_database(self.paths, clap_model=self.clap_model)
+            self._files = {str(t["file_path"]) for t in self._db.tracks}
+            self._version = version
+        return self._db
 
 
 def committed_version(paths: LibraryPaths) -> tuple[int, int, int] | None:
@@ -130,9 +153,9 @@ class Models:
 # ---------------------------------------------------------------------------------------------- rendering
 
 
-def audio_url(path: Path, start_s: float | None = None) -> str:
-    """The URL the page plays a library file from; `#t=` makes the browser start at `start_s` seconds."""
-    url = FILE_ROUTE + quote(str(path))
+def audio_url(file_path: str, start_s: float | None = None) -> str:
+    """The URL the page plays a track from, by its file_path; `#t=` makes the browser start at `start_s` seconds."""
+    url = TRACK_ROUTE + quote(file_path)
     return url if start_s is None else f"{url}#t={start_s:g}"
 
 
@@ -210,7 +233,7 @@ def recommend_photo(library: Library, blip, clap, image, text: str = "", topk: i
         raise gr.Error(f"The music database cannot be used: {e}") from e
     result = rec.to_dict()
     for track in result["results"]:
-        track["audio_url"] = audio_url((db.root / track["file_path"]).resolve())
+        track["audio_url"] = audio_url(track["file_path"])
     return result
 
 
@@ -431,6 +454,44 @@ def build_app(library: Library, models: Models):
     return demo
 
 
+# ---------------------------------------------------------------------------------------------- serving audio
+
+
+def track_response(library: Library, file_path: str):
+    """GET /track/<file_path>: the audio of one track of the library as it is now, decided per request.
+
+    403 for anything that is not a track (the database, a note dropped into processed_music/, the rest of the
+    disk), 404 for a listed track whose file is gone. Starlette's FileResponse answers Range requests (206),
+    which players use to start at a track's best moment.
+    """
+    from starlette.responses import FileResponse, PlainTextResponse
+
+    try:
+        path = library.track_file(file_path)
+    except DatabaseError as e:
+        return PlainTextResponse(f"The music database cannot be used: {e}", status_code=503)
+    if path is None:
+        return PlainTextResponse("Not a track of this library.", status_code=403)
+    try:
+        found = os.stat(path)  # through a symlink: the track's audio, wherever it is kept
+    except OSError:
+        found = None
+    if found is None or not stat.S_ISREG(found.st_mode):
+        return PlainTextResponse("This track's file is missing from the library folder.", status_code=404)
+    return FileResponse(path, stat_result=found)
+
+
+def track_routes(library: Library) -> list:
+    """The server's route for the library's audio, in place of Gradio's file route, whose allowed and blocked
+    paths are fixed at launch and so could not follow the library as it changes."""
+    from starlette.routing import Route
+
+    def endpoint(request):
+        return track_response(library, request.path_params["file_path"])
+
+    return [Route(TRACK_ROUTE + "{file_path:path}", endpoint, methods=["GET"])]  # HEAD is answered too
+
+
 # ---------------------------------------------------------------------------------------------- start-up
 
 
@@ -456,15 +517,6 @@ def prepare_library(paths: LibraryPaths, clap_model: str, precision: str) -> Non
         print(line, file=sys.stderr)
     print(f"{len(report.added)} added, {len(report.failed)} failed, {len(report.duplicates)} already there.",
           file=sys.stderr)
-
-
-def not_audio(folder: Path) -> list[str]:
-    """The files in `folder` that are not audio (its README, the sample licence), for Gradio's blocked_paths.
-
-    Gradio allows whole folders, so processed_music/ is allowed and these are blocked; the database files sit
-    beside it, not in it. The builder only ever moves audio files in, so the list is complete at start.
-    """
-    return [str(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() not in AUDIO_EXTENSIONS]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -496,9 +548,10 @@ def main(argv=None) -> int:
     paths.processed_music.mkdir(parents=True, exist_ok=True)
     models = Models(args.blip_model, args.clap_model, args.precision)
     demo = build_app(library, models)
+    # No allowed_paths: Gradio serves nothing of the library; its audio goes through track_routes alone.
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
-                allowed_paths=[str(paths.processed_music)], blocked_paths=not_audio(paths.processed_music),
-                max_file_size=MAX_UPLOAD, css=CSS, ssr_mode=False, quiet=True)
+                app_kwargs={"routes": track_routes(library)}, max_file_size=MAX_UPLOAD, css=CSS, ssr_mode=False,
+                quiet=True)
     # Gradio's own banner would tell users to edit launch(); this one names the flags.
     print(f"Serving at {demo.local_url}" + (f" and {demo.share_url}" if demo.share_url else
                                             " (this machine only; --host 0.0.0.0 or --share to open it)"),

@@ -40,14 +40,19 @@ def client(app):
     return Client(app.url, verbose=False)
 
 
-def get(app, path: str) -> http.client.HTTPResponse:
-    """GET `path` exactly as written: no client-side normalisation of `..` or of percent-escapes."""
+def get(app, path: str, headers: dict | None = None) -> http.client.HTTPResponse:
+    """GET `path` exactly as written: no client-side normalisation of `..` or of percent-escapes. The body is in
+    the response's `body`."""
     connection = http.client.HTTPConnection("127.0.0.1", app.port, timeout=30)
-    connection.request("GET", path)
+    connection.request("GET", path, headers=headers or {})
     response = connection.getresponse()
-    response.read()
+    response.body = response.read()
     connection.close()
     return response
+
+
+def track_url(file_path: str) -> str:
+    return "/track/" + quote(file_path)
 
 
 def expected_result(library: Path, blip, clap_text, image, topk: int) -> dict:
@@ -55,7 +60,7 @@ def expected_result(library: Path, blip, clap_text, image, topk: int) -> dict:
     db = load_database(LibraryPaths.at(library))
     result = recommend(blip, clap_text, db, image=image, topk=topk).to_dict()
     for track in result["results"]:
-        track["audio_url"] = "/gradio_api/file=" + quote(str(library.resolve() / track["file_path"]))
+        track["audio_url"] = track_url(track["file_path"])
     return result
 
 
@@ -90,10 +95,47 @@ def test_app_writes_nothing_into_the_source_tree(app):
     assert not (ROOT / "app.pyi").exists()  # Gradio writes one beside any module that subclasses a component
 
 
-def test_library_audio_is_served(app, app_library):
-    track = next((app_library / "processed_music").rglob("*.opus"))
-    response = get(app, "/gradio_api/file=" + quote(str(track)))
-    assert response.status == 200 and response.getheader("content-type") == "audio/ogg"
+def test_library_audio_is_served_with_ranges(app, app_library):
+    """Players seek (to a track's best moment) with Range requests: the answer is the bytes asked for."""
+    file_path = load_database(LibraryPaths.at(app_library)).tracks[0]["file_path"]
+    data = (app_library / file_path).read_bytes()
+    response = get(app, track_url(file_path))
+    assert response.status == 200 and response.getheader("content-type") == "audio/ogg" and response.body == data
+    response = get(app, track_url(file_path), headers={"Range": "bytes=1000-1999"})
+    assert response.status == 206 and response.body == data[1000:2000]
+    assert response.getheader("content-range") == f"bytes 1000-1999/{len(data)}"
+
+
+def test_files_dropped_into_processed_music_after_start_are_not_served(app, app_library, sample_tracks):
+    """What is served is decided per request: a file that is not a track of the library now answers 403."""
+    mood = next(p for p in (app_library / "processed_music").iterdir() if p.is_dir())
+    notes, unlisted = app_library / "processed_music" / "notes.txt", mood / "not in the database.opus"
+    notes.write_text("my notes\n")
+    shutil.copyfile(sample_tracks[-2], unlisted)
+    try:
+        for path in (notes, unlisted):
+            assert get(app, "/gradio_api/file=" + quote(str(path))).status == 403
+            assert get(app, track_url(path.relative_to(app_library).as_posix())).status == 403
+    finally:  # an unlisted audio file would be added by the next build
+        notes.unlink()
+        unlisted.unlink()
+
+
+def test_symlinked_track_is_served(app, client, app_library, sample_tracks, checkpoints):
+    """A track that is a symlink in processed_music/ to a file elsewhere is listed, so its player plays it."""
+    mood = next(p for p in (app_library / "processed_music").iterdir() if p.is_dir())
+    target = sample_tracks[4]  # outside the library, in the package's folder
+    (mood / "linked.opus").symlink_to(target)
+    done = run_cli("music_to_vector.py", "--library", app_library, "--clap-model", checkpoints["clap"],
+                   "--precision", "fp32")
+    assert done.returncode == 0, done.stderr
+    file_path = f"processed_music/{mood.name}/linked.opus"
+    assert file_path in {t["file_path"] for t in load_database(LibraryPaths.at(app_library)).tracks}
+
+    result = client.predict(image=None, text="anything", topk=20, moods=[mood.name], api_name="/recommend")
+    linked = next(t for t in result["results"] if t["file_path"] == file_path)
+    response = get(app, linked["audio_url"])
+    assert response.status == 200 and response.body == target.read_bytes()
 
 
 @pytest.mark.parametrize("path", [
@@ -116,6 +158,7 @@ def test_nothing_but_library_audio_is_served(app, app_library, path):
     mood = next(p for p in (app_library / "processed_music").iterdir() if p.is_dir()).name
     path = path.format(library=app_library, root=ROOT, mood=mood)
     assert get(app, "/gradio_api/file=" + path).status == 403
+    assert get(app, "/track/" + path).status == 403
 
 
 def test_listens_on_loopback_only_by_default(app):
@@ -351,20 +394,20 @@ def test_upload_name_strips_only_folders_dots_and_control_characters(name, kept)
     assert _upload_name(name) == kept
 
 
-def test_results_are_escaped_and_play_from_their_best_moment(tmp_path):
+def test_results_are_escaped_and_play_from_their_best_moment():
     from app import audio_url, render_tracks
 
-    path = tmp_path / "a b#c?.opus"
+    file_path = "processed_music/calm/a b#c?.opus"
     track = {"rank": 1, "title": "<script>alert(1)</script>", "artist": 'A "&" B', "mood": "<b>", "genre": "",
-             "score": 0.5, "best_segment_start_s": 30.0, "file_path": "x", "audio_url": audio_url(path)}
+             "score": 0.5, "best_segment_start_s": 30.0, "file_path": file_path, "audio_url": audio_url(file_path)}
     second = {**track, "rank": 2, "best_segment_start_s": None}
     page = render_tracks({"results": [track, second]})
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "A &quot;&amp;&quot; B" in page and "mood: &lt;b&gt;" in page
-    src = f'/gradio_api/file={quote(str(path))}'
+    src = track_url(file_path)
     assert f'<audio controls preload="auto" src="{src}#t=30">' in page
     assert f'<audio controls preload="metadata" src="{src}">' in page
-    assert "%23" in src and "#" not in src.split("file=")[1]
+    assert "%23" in src and "#" not in src
 
 
 # ---------------------------------------------------------------------------------------------- start-up

@@ -81,7 +81,7 @@ def test_photo_gives_players_that_start_at_the_best_moment(page, app, blip, clap
     for i, track in enumerate(expected.results):
         src = players.nth(i).get_attribute("src")
         url = urlsplit(src)
-        assert unquote(url.path) == f"/gradio_api/file={(db.root / track.file_path).resolve()}"
+        assert unquote(url.path) == f"/track/{track.file_path}"
         assert url.fragment == f"t={track.best_segment_start_s:g}"
         response = fetch_start(app, src.split("#")[0])
         assert response.status in (200, 206) and response.getheader("content-type").startswith("audio/")
