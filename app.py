@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import html
 import mimetypes
 import os
@@ -321,6 +322,41 @@ def _library_name(paths: LibraryPaths, path: Path) -> str:
     return path.relative_to(paths.root).as_posix() if path.is_relative_to(paths.root) else str(path)
 
 
+def unreadable_photo_message(name: str, error: Exception) -> str:
+    """What the page says about an upload Pillow could not open: why, in words, never an exception's class."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(error, FileNotFoundError):
+        return f"{name} is no longer on the server; drop the photo in again."
+    if isinstance(error, UnidentifiedImageError):
+        why = "its format is not one of the picture formats we know"
+    elif isinstance(error, Image.DecompressionBombError):
+        why = "it has too many pixels to open safely"
+    else:
+        why = "it is damaged or cut short"
+    return f"{name} is not an image we can read: {why}. Upload a JPEG, PNG, WebP or similar photo."
+
+
+def logged_as_one_line(handler):
+    """`handler` with the gr.Error it raises logged as one line on stderr instead of Gradio's full traceback.
+
+    gr.Error is the page's answer to something the user can fix (no photo, a filter matching nothing, a file
+    that is not audio): a traceback would bury the real faults, which still get theirs.
+    """
+    import gradio as gr
+
+    @functools.wraps(handler)  # Gradio reads the handler's parameters (gr.Progress) through the wrapper
+    def logged(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error as e:
+            e.print_exception = False
+            print("User error: " + " ".join(str(e.message).split()), file=sys.stderr)
+            raise
+
+    return logged
+
+
 # ---------------------------------------------------------------------------------------------- the page
 
 
@@ -341,10 +377,9 @@ def build_app(library: Library, models: Models):
                 return preprocess(payload)
             except Exception as e:  # Pillow raises UnidentifiedImageError, OSError, DecompressionBombError...
                 name = getattr(payload, "orig_name", None) or "the file"
-                raise gr.Error(f"{name} is not an image we can read ({type(e).__name__}). "
-                               f"Upload a JPEG, PNG, WebP or similar photo.") from e
+                raise gr.Error(unreadable_photo_message(name, e)) from e
 
-        image.preprocess = checked
+        image.preprocess = logged_as_one_line(checked)
         return image
 
     def on_recommend(image, text, topk, moods, genres):
@@ -427,6 +462,7 @@ def build_app(library: Library, models: Models):
             with gr.Row():
                 uploads = gr.File(label="Audio files", file_count="multiple", type="filepath",
                                   file_types=list(AUDIO_EXTENSIONS), elem_id="uploads")
+                uploads.preprocess = logged_as_one_line(uploads.preprocess)  # its file-type check is the user's
                 with gr.Column():
                     mood_folder = gr.Textbox(label="Mood of these files (optional)", placeholder="calm",
                                              elem_id="upload-mood")
@@ -440,13 +476,14 @@ def build_app(library: Library, models: Models):
                   **api).success(render_analysis, inputs=result, outputs=[caption, mood_words, query_text, tracks],
                                  api_visibility="private", queue=False)
 
-        answer(button.click, on_recommend, api_name="recommend")
+        answer(button.click, logged_as_one_line(on_recommend), api_name="recommend")
         # Dropping in a photo is asking for its music; the button then re-asks with other words, top-k or
         # filters, which is quick because the photo's caption and mood words are remembered.
-        answer(image.change, on_photo, api_visibility="private")
-        add.click(on_add_music, inputs=[uploads, mood_folder], outputs=[moods, genres, table, status, uploads],
-                  api_name="add_music", concurrency_id="models")
-        demo.load(on_load, outputs=[moods, genres, table, status], api_visibility="private", queue=False)
+        answer(image.change, logged_as_one_line(on_photo), api_visibility="private")
+        add.click(logged_as_one_line(on_add_music), inputs=[uploads, mood_folder],
+                  outputs=[moods, genres, table, status, uploads], api_name="add_music", concurrency_id="models")
+        demo.load(logged_as_one_line(on_load), outputs=[moods, genres, table, status], api_visibility="private",
+                  queue=False)
         demo.load(on_tick, outputs=[model_status, model_timer], api_visibility="private", queue=False)
         model_timer.tick(on_tick, outputs=[model_status, model_timer], api_visibility="private", queue=False)
     # One model call at a time (they use every core anyway), and a bounded wait line.

@@ -1,7 +1,9 @@
 """The web app: its /recommend and /add_music API, which files it serves, where it listens, and its errors."""
 from __future__ import annotations
 
+import contextlib
 import http.client
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -205,6 +207,7 @@ def test_non_image_upload_is_an_error_and_the_next_request_works(client, photos,
     with pytest.raises(AppError, match=rf"{bad.name} is (not an image|truncated or corrupt)") as raised:
         client.predict(image=handle_file(str(bad)), text="", topk=3, api_name="/recommend")
     assert "gradio" not in str(raised.value)  # the user sees their file's name, not the server's temporary path
+    assert not re.search(r"[a-z](Error|Exception)\b", str(raised.value))  # words, not a Python class name
     result = client.predict(image=handle_file(str(photos["coffee.png"])), text="", topk=3, api_name="/recommend")
     assert len(result["results"]) == 3
 
@@ -221,6 +224,34 @@ def test_filter_matching_nothing_is_an_error(client):
 
     with pytest.raises(AppError, match="no track in the library matches"):
         client.predict(image=None, text="calm", topk=3, moods=["no such mood"], api_name="/recommend")
+
+
+def test_user_errors_are_one_line_each_in_the_server_log(app, client, tmp_path):
+    """A user's mistake is answered, not a fault of the program: one line in the log, no traceback."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo, not music\n")
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(b"no audio here" * 100)
+    start = len(app.log_text())
+    messages = []
+    for call in (dict(image=handle_file(str(notes)), text="", topk=3, api_name="/recommend"),
+                 dict(image=None, text=" ", topk=3, api_name="/recommend"),
+                 dict(image=None, text="calm", topk=3, moods=["no such mood"], api_name="/recommend"),
+                 dict(files=[], mood="", api_name="/add_music")):
+        with pytest.raises(AppError) as raised:
+            client.predict(**call)
+        messages.append(raised.value.message)
+    for files in ([notes], [broken]):  # files that are not music: said in the reply, or refused
+        with contextlib.suppress(AppError):
+            client.predict(files=[handle_file(str(f)) for f in files], mood="", api_name="/add_music")
+
+    log = app.log_text()[start:]
+    assert "Traceback" not in log
+    for message in messages:
+        assert sum(message in line for line in log.splitlines()) == 1, (message, log)
 
 
 # ---------------------------------------------------------------------------------------------- the library tab
