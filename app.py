@@ -254,8 +254,8 @@ def _mood_folder(mood: str) -> str:
 def add_music(library: Library, clap_audio, files, mood: str = "", progress=None) -> tuple[dict, list[str]]:
     """Copy uploaded audio files into new_music/[mood/] and embed them with the shared builder, which commits them.
 
-    Returns (the builder's result for these files as counts and names, one line for the user per file that was
-    not added, and why). Only the copies this call made are removed again when they fail or are already in the
+    Returns ({"added": their file_paths, "failed": how many failed, "not_added": how many of them were not
+    added}, one line for the user per file that was not added, and why). Only the copies this call made are removed again when they fail or are already in the
     library; any other file the builder reports (a user's file in processed_music/) is named and left alone.
     """
     paths = library.paths
@@ -276,7 +276,7 @@ def add_music(library: Library, clap_audio, files, mood: str = "", progress=None
         shutil.copyfile(source, target)
         copies[target] = name
     if not copies:
-        return {"added": [], "failed": 0}, problems
+        return {"added": [], "failed": 0, "not_added": len(problems)}, problems
     if progress is not None:
         progress(0, desc=f"Embedding {len(copies)} file(s)")
     try:
@@ -299,7 +299,8 @@ def add_music(library: Library, clap_audio, files, mood: str = "", progress=None
                           f"this upload; left where it is)")
     _discard_copies([source for source, _ in report.failed + report.duplicates if source in copies],
                     folder if made_folder else None)
-    return {"added": [r["file_path"] for r in report.added], "failed": failed}, problems + others
+    result = {"added": [r["file_path"] for r in report.added], "failed": failed, "not_added": len(problems)}
+    return result, problems + others
 
 
 def _discard_copies(copies, made_folder: Path | None = None) -> None:
@@ -320,6 +321,21 @@ def _discard_copies(copies, made_folder: Path | None = None) -> None:
 def _library_name(paths: LibraryPaths, path: Path) -> str:
     """`path` as the user knows it: relative to the library folder when it is inside it."""
     return path.relative_to(paths.root).as_posix() if path.is_relative_to(paths.root) else str(path)
+
+
+def upload_status(result: dict, problems: list[str], tracks: int) -> str:
+    """The Library tab's status after an upload, as Markdown: the counts, then every file not added and why,
+    so the /add_music reply carries the reasons and not only the page's warnings."""
+    skipped = f"; {result['not_added']} not added" if result["not_added"] else ""
+    status = f"Added {len(result['added'])} track(s){skipped}; the library holds {tracks}."
+    if problems:
+        status += "\n\n" + "\n".join(f"- {_markdown_text(problem)}" for problem in problems)
+    return status
+
+
+def _markdown_text(text: str) -> str:
+    """`text` shown as written in Markdown: a file name may hold *, _, [ or <."""
+    return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", text)
 
 
 def unreadable_photo_message(name: str, error: Exception) -> str:
@@ -405,9 +421,7 @@ def build_app(library: Library, models: Models):
         for problem in problems:
             gr.Warning(problem)
         db = current_library()
-        skipped = f"; {len(problems)} not added (see the warnings)" if problems else ""
-        status = f"Added {len(result['added'])} track(s){skipped}; the library holds {len(db)}."
-        return (*library_outputs(db), status, None)
+        return (*library_outputs(db), upload_status(result, problems, len(db)), None)
 
     def current_library() -> Database:
         try:

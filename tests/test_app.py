@@ -257,15 +257,19 @@ def test_user_errors_are_one_line_each_in_the_server_log(app, client, tmp_path):
 # ---------------------------------------------------------------------------------------------- the library tab
 
 
-def test_uploaded_audio_is_recommendable_at_once(app, client, app_library, sample_tracks):
+def test_uploaded_audio_is_recommendable_at_once(app, client, app_library, sample_tracks, tmp_path):
     from gradio_client import handle_file
 
     paths = LibraryPaths.at(app_library)
     before = load_database(paths)
     listed = {Path(t["file_path"]).name for t in before.tracks}
     new = next(t for t in sample_tracks if t.name not in listed)
-    *_, status, _ = client.predict(files=[handle_file(str(new))], mood="Rainy Day", api_name="/add_music")
-    assert status.startswith("Added 1 track(s)")
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(b"no audio here" * 100)
+    *_, status, _ = client.predict(files=[handle_file(str(new)), handle_file(str(broken))], mood="Rainy Day",
+                                   api_name="/add_music")
+    assert status.startswith("Added 1 track(s); 1 not added")
+    assert "broken.mp3: cannot decode broken.mp3" in status  # the reply says why, not only the page's warnings
 
     after = load_database(paths)
     assert len(after) == len(before) + 1
@@ -333,7 +337,7 @@ def test_bad_uploads_are_named_and_leave_the_library_unchanged(library_copy, che
     notes.write_text("hello")
     already = library_copy / before.tracks[0]["file_path"]
     result, problems = add_music(library, clap_audio, [broken, notes, already])
-    assert result == {"added": [], "failed": 1}
+    assert result == {"added": [], "failed": 1, "not_added": 3}
     assert [p.split(":")[0] for p in problems] == ["notes.txt", "broken.mp3", already.name]
     assert "cannot decode broken.mp3" in problems[1]
     assert f"already in the library as {before.tracks[0]['file_path']}" in problems[2]
@@ -363,7 +367,7 @@ def test_upload_never_removes_a_file_it_did_not_create(library_copy, checkpoints
     result, problems = add_music(library, clap_audio, [upload])
     assert all(path.exists() for path in users), "the upload deleted a file of the user's"
     assert {path: path.read_bytes() for path in users} == users
-    assert result == {"added": [f"processed_music/{new.name}"], "failed": 0}
+    assert result == {"added": [f"processed_music/{new.name}"], "failed": 0, "not_added": 0}
     assert len(problems) == 2 and all("left where it is" in p for p in problems)
     assert "processed_music/calm/my_demo_take.flac" in " ".join(problems)
 
