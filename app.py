@@ -8,6 +8,7 @@ import mimetypes
 import os
 import re
 import shutil
+import signal
 import stat
 import sys
 import threading
@@ -26,6 +27,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 MAX_UPLOAD = "200mb"
 QUEUE_SIZE = 16  # waiting requests beyond this are refused at once rather than left to time out
+UPLOAD_KEEP_S = 3600  # a photo can be asked about again for an hour; then Gradio removes it (checked every 10 min)
+UPLOAD_SWEEP_S = 600
 TOPK_MAX = 20
 TRACK_ROUTE = "/track/"  # + a track's file_path: the only files of the library the server sends
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -343,7 +346,7 @@ def unreadable_photo_message(name: str, error: Exception) -> str:
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(error, FileNotFoundError):
-        return f"{name} is no longer on the server; drop the photo in again."
+        return f"{name} is no longer on the server (uploads are kept for an hour); drop the photo in again."
     if isinstance(error, UnidentifiedImageError):
         why = "its format is not one of the picture formats we know"
     elif isinstance(error, Image.DecompressionBombError):
@@ -351,6 +354,36 @@ def unreadable_photo_message(name: str, error: Exception) -> str:
     else:
         why = "it is damaged or cut short"
     return f"{name} is not an image we can read: {why}. Upload a JPEG, PNG, WebP or similar photo."
+
+
+def upload_paths(payload) -> list[str]:
+    """The uploads component's preprocess: the uploaded files' paths, for add_music to check and copy.
+
+    Gradio's own makes an empty temporary file per upload that nothing removes, and refuses a file of another
+    type with an error where add_music names that file among the others instead.
+    """
+    if payload is None:
+        return []
+    return [file.path for file in getattr(payload, "root", [payload])]  # ListFiles, or one FileData
+
+
+def discard_uploads(files, upload_dir: Path, keep: set[str]) -> None:
+    """Remove uploaded files the page no longer needs, and the folder Gradio made for each once it is empty.
+
+    Only files inside Gradio's upload folder are touched, and never one in `keep`: Gradio's copy of an example
+    photo is the very file an upload of the same photo lands in.
+    """
+    upload_dir = upload_dir.resolve()
+    for file in files:
+        path = Path(file)
+        if str(path) in keep or not path.resolve().is_relative_to(upload_dir):
+            continue
+        path.unlink(missing_ok=True)
+        if path.parent.resolve() != upload_dir:
+            try:
+                path.parent.rmdir()
+            except OSError:  # another upload with the same content is still in it
+                pass
 
 
 def logged_as_one_line(handler):
@@ -418,10 +451,16 @@ def build_app(library: Library, models: Models):
             result, problems = add_music(library, models.audio_model(), files, mood, progress)
         except (DatabaseError, LibraryBusyError, ModelLoadError) as e:
             raise gr.Error(str(e)) from e
+        finally:
+            discard(files)  # copied into new_music/, or refused: the page clears them from the form anyway
         for problem in problems:
             gr.Warning(problem)
         db = current_library()
         return (*library_outputs(db), upload_status(result, problems, len(db)), None)
+
+    def discard(files):
+        keep = {str(p) for block in demo.blocks.values() for p in getattr(block, "keep_in_cache", ())}
+        discard_uploads(files, Path(demo.GRADIO_CACHE), keep)
 
     def current_library() -> Database:
         try:
@@ -442,7 +481,10 @@ def build_app(library: Library, models: Models):
         """Shows the models' state until they are loaded, then stops polling."""
         return gr.update(value=models.status(), visible=bool(models.status())), gr.Timer(active=not models.ready.is_set())
 
-    with gr.Blocks(title="Music for a photo", analytics_enabled=False) as demo:
+    # Gradio removes the uploads it keeps (photos, which the page may ask about again) after UPLOAD_KEEP_S, and
+    # all of them when the server stops; audio uploads are removed by on_add_music as soon as they are copied.
+    with gr.Blocks(title="Music for a photo", analytics_enabled=False,
+                   delete_cache=(UPLOAD_SWEEP_S, UPLOAD_KEEP_S)) as demo:
         gr.Markdown("# Music for a photo\nUpload a photo: it is captioned, given mood words, and matched against "
                     "your music library. Each track plays from its best-matching moment.")
         model_status = gr.Markdown(models.status(), visible=bool(models.status()), elem_id="model-status")
@@ -476,7 +518,7 @@ def build_app(library: Library, models: Models):
             with gr.Row():
                 uploads = gr.File(label="Audio files", file_count="multiple", type="filepath",
                                   file_types=list(AUDIO_EXTENSIONS), elem_id="uploads")
-                uploads.preprocess = logged_as_one_line(uploads.preprocess)  # its file-type check is the user's
+                uploads.preprocess = upload_paths
                 with gr.Column():
                     mood_folder = gr.Textbox(label="Mood of these files (optional)", placeholder="calm",
                                              elem_id="upload-mood")
@@ -607,18 +649,25 @@ def main(argv=None) -> int:
     print(f"Serving at {demo.local_url}" + (f" and {demo.share_url}" if demo.share_url else
                                             " (this machine only; --host 0.0.0.0 or --share to open it)"),
           file=sys.stderr)
-    # Loaded while the page is up, so a visitor sees that it is loading rather than no page at all.
-    print(f"Loading models: {args.blip_model}, {args.clap_model} ({args.precision})...", file=sys.stderr)
-    models.load()
-    if models.error:
-        print(f"Error: {models.error}", file=sys.stderr)
-        demo.close()
-        return 1
-    tracks = len(library.current())
-    print(f"Models loaded; {tracks} tracks in {paths.root}.", file=sys.stderr)
-    if not tracks:
-        print(f"Warning: {EMPTY_LIBRARY}", file=sys.stderr)
-    demo.block_thread()
+    # A stop request (kill, a service manager) closes the server as Ctrl-C does, so that Gradio's shutdown
+    # removes the uploads it still keeps instead of leaving them in its temp folder.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        # Loaded while the page is up, so a visitor sees that it is loading rather than no page at all.
+        print(f"Loading models: {args.blip_model}, {args.clap_model} ({args.precision})...", file=sys.stderr)
+        models.load()
+        if models.error:
+            print(f"Error: {models.error}", file=sys.stderr)
+            return 1
+        tracks = len(library.current())
+        print(f"Models loaded; {tracks} tracks in {paths.root}.", file=sys.stderr)
+        if not tracks:
+            print(f"Warning: {EMPTY_LIBRARY}", file=sys.stderr)
+        threading.Event().wait()  # serve until interrupted
+    except KeyboardInterrupt:
+        print("Stopping the server.", file=sys.stderr)
+    finally:
+        demo.close(verbose=False)
     return 0
 
 

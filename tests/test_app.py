@@ -295,6 +295,36 @@ def test_tracks_added_with_the_cli_while_the_app_runs_are_recommended(app, clien
     assert get(app, result["results"][0]["audio_url"]).status == 200
 
 
+def test_uploads_do_not_pile_up_in_the_temp_folder(library_copy, checkpoints, sample_tracks, photos, tmp_path):
+    """Uploaded audio is removed as soon as it is added or refused; a photo stays while the page may ask about it
+    again, and goes when the server stops. What may stay is Gradio's copy of the example photos."""
+    from gradio_client import Client, handle_file
+
+    from app import EXAMPLE_PHOTOS
+
+    def kept(folder: Path) -> set[str]:
+        return {p.name for p in folder.rglob("*") if p.is_file()}
+
+    listed = {Path(t["file_path"]).name for t in load_database(LibraryPaths.at(library_copy)).tracks}
+    new = next(t for t in sample_tracks if t.name not in listed)
+    broken, notes = tmp_path / "broken.mp3", tmp_path / "notes.txt"
+    broken.write_bytes(b"no audio here" * 100)
+    notes.write_text("not music\n")
+    work = tmp_path / "run"
+    work.mkdir()
+    uploads = work / "gradio-uploads"  # GRADIO_TEMP_DIR of the app
+    with running_app(library_copy, checkpoints, work) as app:
+        client = Client(app.url, verbose=False)
+        *_, status, _ = client.predict(files=[handle_file(str(f)) for f in (new, broken, notes)], mood="",
+                                       api_name="/add_music")
+        assert status.startswith("Added 1 track(s); 2 not added")
+        assert kept(uploads) <= set(EXAMPLE_PHOTOS)
+        client.predict(image=handle_file(str(photos["motorcycle_left.png"])), text="", topk=3,
+                       api_name="/recommend")
+        assert "motorcycle_left.png" in kept(uploads)  # the Recommend button asks about it again
+    assert kept(uploads) <= set(EXAMPLE_PHOTOS)
+
+
 # ---------------------------------------------------------------------------------------------- in process
 
 
