@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import html
 import mimetypes
@@ -9,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import sys
 import threading
@@ -612,6 +614,27 @@ def prepare_library(paths: LibraryPaths, clap_model: str, precision: str) -> Non
           file=sys.stderr)
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on host:port. Asked before the start-up work, which can take minutes,
+    and so that the user reads which flag to change rather than Gradio's advice to edit launch()."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror:
+        return False  # not a port question: launch() reports the address
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as e:
+            return e.errno == errno.EADDRINUSE
+    return False
+
+
+def port_busy_message(port: int) -> str:
+    return f"port {port} is in use (another app.py?); pass --port, e.g. --port {port + 1 if port < 65535 else port - 1}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="app.py",
@@ -632,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     paths = LibraryPaths.at(args.library, args.vectors, args.meta)
+    if port_in_use(args.host, args.port):
+        print(f"Error: {port_busy_message(args.port)}", file=sys.stderr)
+        return 1
     try:
         prepare_library(paths, args.clap_model, args.precision)
         library = Library(paths, args.clap_model)
@@ -641,10 +667,16 @@ def main(argv=None) -> int:
     paths.processed_music.mkdir(parents=True, exist_ok=True)
     models = Models(args.blip_model, args.clap_model, args.precision)
     demo = build_app(library, models)
-    # No allowed_paths: Gradio serves nothing of the library; its audio goes through track_routes alone.
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
-                app_kwargs={"routes": track_routes(library)}, max_file_size=MAX_UPLOAD, css=CSS, ssr_mode=False,
-                quiet=True)
+    try:
+        # No allowed_paths: Gradio serves nothing of the library; its audio goes through track_routes alone.
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
+                    app_kwargs={"routes": track_routes(library)}, max_file_size=MAX_UPLOAD, css=CSS,
+                    ssr_mode=False, quiet=True)
+    except OSError:  # Gradio's message tells to edit launch(); the user has flags
+        reason = (port_busy_message(args.port) if port_in_use(args.host, args.port) else
+                  f"cannot listen on {args.host}:{args.port}; check --host and --port")
+        print(f"Error: {reason}", file=sys.stderr)
+        return 1
     # Gradio's own banner would tell users to edit launch(); this one names the flags.
     print(f"Serving at {demo.local_url}" + (f" and {demo.share_url}" if demo.share_url else
                                             " (this machine only; --host 0.0.0.0 or --share to open it)"),

@@ -607,3 +607,13 @@ def test_app_with_a_missing_model_exits_1_with_one_line(library_copy, checkpoint
     assert done.returncode == 1
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "cannot load the BLIP model" in errors[0] and "--blip-model" in errors[0]
+
+
+def test_busy_port_is_one_line_naming_the_flag(app, library_copy, checkpoints):
+    """A second app.py on the port of a running one says so in one line, before any start-up work."""
+    done = run_cli("app.py", "--port", app.port, "--library", library_copy, "--blip-model", checkpoints["blip"],
+                   "--clap-model", checkpoints["clap"])
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "server_port" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [f"Error: port {app.port} is in use (another app.py?); pass --port, e.g. --port {app.port + 1}"]
