@@ -260,8 +260,9 @@ def add_music(library: Library, clap_audio, files, mood: str = "", progress=None
     """Copy uploaded audio files into new_music/[mood/] and embed them with the shared builder, which commits them.
 
     Returns ({"added": their file_paths, "failed": how many failed, "not_added": how many of them were not
-    added}, one line for the user per file that was not added, and why). Only the copies this call made are removed again when they fail or are already in the
-    library; any other file the builder reports (a user's file in processed_music/) is named and left alone.
+    added}, one line for the user per file that was not added, and why). Only the copies this call made are
+    removed again when they fail or are already in the library; any other file the builder reports (a user's
+    file in processed_music/) is named and left alone.
     """
     paths = library.paths
     folder = paths.new_music / _mood_folder(mood) if _mood_folder(mood) else paths.new_music
