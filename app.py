@@ -101,10 +101,10 @@ def committed_version(paths: LibraryPaths) -> tuple[int, int, int] | None:
     """(inode, mtime in ns, size) of the metadata file, which the builder replaces with os.replace on every
     change to the library, so any commit changes it; None when there is none (an empty library)."""
     try:
-        stat = os.stat(paths.metadata)
+        found = os.stat(paths.metadata)
     except FileNotFoundError:
         return None
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+    return found.st_ino, found.st_mtime_ns, found.st_size
 
 
 class Models:
