@@ -279,9 +279,14 @@ def add_music(library: Library, clap_audio, files, mood: str = "", progress=None
             target = target.with_name(f"{Path(name).stem} ({n}){Path(name).suffix}")
             n += 1
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        try:
+            shutil.copyfile(source, target)
+        except FileNotFoundError:  # the same file uploaded twice at once: the first request took it
+            problems.append(f"{name}: the uploaded file is gone from the server; upload it again")
+            continue
         copies[target] = name
     if not copies:
+        _discard_copies([], folder if made_folder else None)
         return {"added": [], "failed": 0, "not_added": len(problems)}, problems
     if progress is not None:
         progress(0, desc=f"Embedding {len(copies)} file(s)")

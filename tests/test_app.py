@@ -419,6 +419,18 @@ def test_failed_upload_leaves_no_folder_it_made(library_copy, checkpoints, clap_
     assert not any(kept.iterdir())
 
 
+def test_upload_gone_before_its_turn_is_named(library_copy, checkpoints, clap_audio, tmp_path):
+    """An upload removed before its request ran (the same file uploaded twice at once, the first request took
+    it) is a line for the user, not a server fault, and leaves no folder behind."""
+    from app import Library, add_music
+
+    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    result, problems = add_music(library, clap_audio, [tmp_path / "gone.opus"], mood="gone")
+    assert result == {"added": [], "failed": 0, "not_added": 1}
+    assert problems == ["gone.opus: the uploaded file is gone from the server; upload it again"]
+    assert not (library_copy / "new_music" / "gone").exists()
+
+
 def test_uploads_cannot_choose_where_they_go(library_copy, checkpoints, clap_audio, sample_tracks, tmp_path):
     from app import Library, add_music
 
