@@ -263,7 +263,8 @@ def test_uploaded_audio_is_recommendable_at_once(app, client, app_library, sampl
     paths = LibraryPaths.at(app_library)
     before = load_database(paths)
     listed = {Path(t["file_path"]).name for t in before.tracks}
-    new = next(t for t in sample_tracks if t.name not in listed)
+    new = tmp_path / "My Song – été.opus"  # its name is kept as it is
+    shutil.copyfile(next(t for t in sample_tracks if t.name not in listed), new)
     broken = tmp_path / "broken.mp3"
     broken.write_bytes(b"no audio here" * 100)
     *_, status, _ = client.predict(files=[handle_file(str(new)), handle_file(str(broken))], mood="Rainy Day",
