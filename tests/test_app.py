@@ -1,7 +1,9 @@
 """The web app: its /recommend and /add_music API, which files it serves, where it listens, and its errors."""
 from __future__ import annotations
 
+import contextlib
 import http.client
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -13,7 +15,7 @@ import music_to_vector
 from music_to_vector import LibraryPaths, load_database
 from recommend import recommend
 from tests.app_server import running_app
-from tests.conftest import ROOT, put_in_new_music
+from tests.conftest import ROOT, put_in_new_music, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +42,19 @@ def client(app):
     return Client(app.url, verbose=False)
 
 
-def get(app, path: str) -> http.client.HTTPResponse:
-    """GET `path` exactly as written: no client-side normalisation of `..` or of percent-escapes."""
+def get(app, path: str, headers: dict | None = None) -> http.client.HTTPResponse:
+    """GET `path` exactly as written: no client-side normalisation of `..` or of percent-escapes. The body is in
+    the response's `body`."""
     connection = http.client.HTTPConnection("127.0.0.1", app.port, timeout=30)
-    connection.request("GET", path)
+    connection.request("GET", path, headers=headers or {})
     response = connection.getresponse()
-    response.read()
+    response.body = response.read()
     connection.close()
     return response
+
+
+def track_url(file_path: str) -> str:
+    return "/track/" + quote(file_path)
 
 
 def expected_result(library: Path, blip, clap_text, image, topk: int) -> dict:
@@ -55,7 +62,7 @@ def expected_result(library: Path, blip, clap_text, image, topk: int) -> dict:
     db = load_database(LibraryPaths.at(library))
     result = recommend(blip, clap_text, db, image=image, topk=topk).to_dict()
     for track in result["results"]:
-        track["audio_url"] = "/gradio_api/file=" + quote(str(library.resolve() / track["file_path"]))
+        track["audio_url"] = track_url(track["file_path"])
     return result
 
 
@@ -90,10 +97,47 @@ def test_app_writes_nothing_into_the_source_tree(app):
     assert not (ROOT / "app.pyi").exists()  # Gradio writes one beside any module that subclasses a component
 
 
-def test_library_audio_is_served(app, app_library):
-    track = next((app_library / "processed_music").rglob("*.opus"))
-    response = get(app, "/gradio_api/file=" + quote(str(track)))
-    assert response.status == 200 and response.getheader("content-type") == "audio/ogg"
+def test_library_audio_is_served_with_ranges(app, app_library):
+    """Players seek (to a track's best moment) with Range requests: the answer is the bytes asked for."""
+    file_path = load_database(LibraryPaths.at(app_library)).tracks[0]["file_path"]
+    data = (app_library / file_path).read_bytes()
+    response = get(app, track_url(file_path))
+    assert response.status == 200 and response.getheader("content-type") == "audio/ogg" and response.body == data
+    response = get(app, track_url(file_path), headers={"Range": "bytes=1000-1999"})
+    assert response.status == 206 and response.body == data[1000:2000]
+    assert response.getheader("content-range") == f"bytes 1000-1999/{len(data)}"
+
+
+def test_files_dropped_into_processed_music_after_start_are_not_served(app, app_library, sample_tracks):
+    """What is served is decided per request: a file that is not a track of the library now answers 403."""
+    mood = next(p for p in (app_library / "processed_music").iterdir() if p.is_dir())
+    notes, unlisted = app_library / "processed_music" / "notes.txt", mood / "not in the database.opus"
+    notes.write_text("my notes\n")
+    shutil.copyfile(sample_tracks[-2], unlisted)
+    try:
+        for path in (notes, unlisted):
+            assert get(app, "/gradio_api/file=" + quote(str(path))).status == 403
+            assert get(app, track_url(path.relative_to(app_library).as_posix())).status == 403
+    finally:  # an unlisted audio file would be added by the next build
+        notes.unlink()
+        unlisted.unlink()
+
+
+def test_symlinked_track_is_served(app, client, app_library, sample_tracks, checkpoints):
+    """A track that is a symlink in processed_music/ to a file elsewhere is listed, so its player plays it."""
+    mood = next(p for p in (app_library / "processed_music").iterdir() if p.is_dir())
+    target = sample_tracks[4]  # outside the library, in the package's folder
+    (mood / "linked.opus").symlink_to(target)
+    done = run_cli("music_to_vector.py", "--library", app_library, "--clap-model", checkpoints["clap"],
+                   "--precision", "fp32")
+    assert done.returncode == 0, done.stderr
+    file_path = f"processed_music/{mood.name}/linked.opus"
+    assert file_path in {t["file_path"] for t in load_database(LibraryPaths.at(app_library)).tracks}
+
+    result = client.predict(image=None, text="anything", topk=20, moods=[mood.name], api_name="/recommend")
+    linked = next(t for t in result["results"] if t["file_path"] == file_path)
+    response = get(app, linked["audio_url"])
+    assert response.status == 200 and response.body == target.read_bytes()
 
 
 @pytest.mark.parametrize("path", [
@@ -116,6 +160,7 @@ def test_nothing_but_library_audio_is_served(app, app_library, path):
     mood = next(p for p in (app_library / "processed_music").iterdir() if p.is_dir()).name
     path = path.format(library=app_library, root=ROOT, mood=mood)
     assert get(app, "/gradio_api/file=" + path).status == 403
+    assert get(app, "/track/" + path).status == 403
 
 
 def test_listens_on_loopback_only_by_default(app):
@@ -162,6 +207,7 @@ def test_non_image_upload_is_an_error_and_the_next_request_works(client, photos,
     with pytest.raises(AppError, match=rf"{bad.name} is (not an image|truncated or corrupt)") as raised:
         client.predict(image=handle_file(str(bad)), text="", topk=3, api_name="/recommend")
     assert "gradio" not in str(raised.value)  # the user sees their file's name, not the server's temporary path
+    assert not re.search(r"[a-z](Error|Exception)\b", str(raised.value))  # words, not a Python class name
     result = client.predict(image=handle_file(str(photos["coffee.png"])), text="", topk=3, api_name="/recommend")
     assert len(result["results"]) == 3
 
@@ -180,18 +226,51 @@ def test_filter_matching_nothing_is_an_error(client):
         client.predict(image=None, text="calm", topk=3, moods=["no such mood"], api_name="/recommend")
 
 
+def test_user_errors_are_one_line_each_in_the_server_log(app, client, tmp_path):
+    """A user's mistake is answered, not a fault of the program: one line in the log, no traceback."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo, not music\n")
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(b"no audio here" * 100)
+    start = len(app.log_text())
+    messages = []
+    for call in (dict(image=handle_file(str(notes)), text="", topk=3, api_name="/recommend"),
+                 dict(image=None, text=" ", topk=3, api_name="/recommend"),
+                 dict(image=None, text="calm", topk=3, moods=["no such mood"], api_name="/recommend"),
+                 dict(files=[], mood="", api_name="/add_music")):
+        with pytest.raises(AppError) as raised:
+            client.predict(**call)
+        messages.append(raised.value.message)
+    for files in ([notes], [broken]):  # files that are not music: said in the reply, or refused
+        with contextlib.suppress(AppError):
+            client.predict(files=[handle_file(str(f)) for f in files], mood="", api_name="/add_music")
+
+    log = app.log_text()[start:]
+    assert "Traceback" not in log
+    for message in messages:
+        assert sum(message in line for line in log.splitlines()) == 1, (message, log)
+
+
 # ---------------------------------------------------------------------------------------------- the library tab
 
 
-def test_uploaded_audio_is_recommendable_at_once(app, client, app_library, sample_tracks):
+def test_uploaded_audio_is_recommendable_at_once(app, client, app_library, sample_tracks, tmp_path):
     from gradio_client import handle_file
 
     paths = LibraryPaths.at(app_library)
     before = load_database(paths)
     listed = {Path(t["file_path"]).name for t in before.tracks}
-    new = next(t for t in sample_tracks if t.name not in listed)
-    *_, status, _ = client.predict(files=[handle_file(str(new))], mood="Rainy Day", api_name="/add_music")
-    assert status.startswith("Added 1 track(s)")
+    new = tmp_path / "My Song – été.opus"  # its name is kept as it is
+    shutil.copyfile(next(t for t in sample_tracks if t.name not in listed), new)
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(b"no audio here" * 100)
+    *_, status, _ = client.predict(files=[handle_file(str(new)), handle_file(str(broken))], mood="Rainy Day",
+                                   api_name="/add_music")
+    assert status.startswith("Added 1 track(s); 1 not added")
+    assert "broken.mp3: cannot decode broken.mp3" in status  # the reply says why, not only the page's warnings
 
     after = load_database(paths)
     assert len(after) == len(before) + 1
@@ -201,6 +280,50 @@ def test_uploaded_audio_is_recommendable_at_once(app, client, app_library, sampl
     result = client.predict(image=None, text="rain", topk=20, moods=["rainy day"], api_name="/recommend")
     assert [t["file_path"] for t in result["results"]] == [f"processed_music/rainy day/{new.name}"]
     assert get(app, result["results"][0]["audio_url"]).status == 200
+
+
+def test_tracks_added_with_the_cli_while_the_app_runs_are_recommended(app, client, app_library, sample_tracks,
+                                                                      checkpoints):
+    track = sample_tracks[3]
+    (app_library / "new_music" / "added by cli").mkdir(parents=True)
+    shutil.copyfile(track, app_library / "new_music" / "added by cli" / track.name)
+    done = run_cli("music_to_vector.py", "--library", app_library, "--clap-model", checkpoints["clap"],
+                   "--precision", "fp32")
+    assert done.returncode == 0, done.stderr
+
+    result = client.predict(image=None, text="anything", topk=20, moods=["added by cli"], api_name="/recommend")
+    assert [t["file_path"] for t in result["results"]] == [f"processed_music/added by cli/{track.name}"]
+    assert get(app, result["results"][0]["audio_url"]).status == 200
+
+
+def test_uploads_do_not_pile_up_in_the_temp_folder(library_copy, checkpoints, sample_tracks, photos, tmp_path):
+    """Uploaded audio is removed as soon as it is added or refused; a photo stays while the page may ask about it
+    again, and goes when the server stops. What may stay is Gradio's copy of the example photos."""
+    from gradio_client import Client, handle_file
+
+    from app import EXAMPLE_PHOTOS
+
+    def kept(folder: Path) -> set[str]:
+        return {p.name for p in folder.rglob("*") if p.is_file()}
+
+    listed = {Path(t["file_path"]).name for t in load_database(LibraryPaths.at(library_copy)).tracks}
+    new = next(t for t in sample_tracks if t.name not in listed)
+    broken, notes = tmp_path / "broken.mp3", tmp_path / "notes.txt"
+    broken.write_bytes(b"no audio here" * 100)
+    notes.write_text("not music\n")
+    work = tmp_path / "run"
+    work.mkdir()
+    uploads = work / "gradio-uploads"  # GRADIO_TEMP_DIR of the app
+    with running_app(library_copy, checkpoints, work) as app:
+        client = Client(app.url, verbose=False)
+        *_, status, _ = client.predict(files=[handle_file(str(f)) for f in (new, broken, notes)], mood="",
+                                       api_name="/add_music")
+        assert status.startswith("Added 1 track(s); 2 not added")
+        assert kept(uploads) <= set(EXAMPLE_PHOTOS)
+        client.predict(image=handle_file(str(photos["motorcycle_left.png"])), text="", topk=3,
+                       api_name="/recommend")
+        assert "motorcycle_left.png" in kept(uploads)  # the Recommend button asks about it again
+    assert kept(uploads) <= set(EXAMPLE_PHOTOS)
 
 
 # ---------------------------------------------------------------------------------------------- in process
@@ -216,31 +339,104 @@ def test_empty_library_is_an_error_in_the_page(blip, clap_text, checkpoints, iso
         recommend_photo(library, blip, clap_text, str(photos["coffee.png"]))
 
 
+def test_library_is_read_again_only_when_a_commit_changed_it(library_copy, checkpoints, clap_audio):
+    """One stat of the metadata file per request; the same Database until a builder commits, then the new one."""
+    from app import Library
+
+    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    before = library.current()
+    assert library.current() is before
+    listed = music_to_vector.find_audio_files(library_copy / "processed_music")[0]
+    put_in_new_music(library_copy, [listed], mood_from_folder=False)  # already listed: the builder commits nothing
+    music_to_vector.build_library(clap_audio, library.paths, progress=False)
+    assert library.current() is before
+    shutil.rmtree(library_copy / "new_music")
+    music_to_vector.build_library(clap_audio, library.paths, rebuild=True, progress=False)
+    after = library.current()
+    assert after is not before and len(after) == len(before)
+
+
 def test_bad_uploads_are_named_and_leave_the_library_unchanged(library_copy, checkpoints, clap_audio, tmp_path,
                                                                sample_tracks):
     from app import Library, add_music
 
     library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
-    before = library.db
+    before = library.current()
     broken = tmp_path / "broken.mp3"
     broken.write_bytes(b"this is no mp3" * 100)
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
     already = library_copy / before.tracks[0]["file_path"]
     result, problems = add_music(library, clap_audio, [broken, notes, already])
-    assert result == {"added": [], "failed": 1}
+    assert result == {"added": [], "failed": 1, "not_added": 3}
     assert [p.split(":")[0] for p in problems] == ["notes.txt", "broken.mp3", already.name]
     assert "cannot decode broken.mp3" in problems[1]
     assert f"already in the library as {before.tracks[0]['file_path']}" in problems[2]
-    assert [t["sha256"] for t in library.db.tracks] == [t["sha256"] for t in before.tracks]
+    assert [t["sha256"] for t in library.current().tracks] == [t["sha256"] for t in before.tracks]
     assert not any(library.paths.new_music.rglob("*.*"))  # the failed copies are not left to fail again
+
+
+def test_upload_never_removes_a_file_it_did_not_create(library_copy, checkpoints, clap_audio, sample_tracks,
+                                                         tmp_path):
+    """The user's own files in processed_music/calm/, a corrupt take and a backup copy of a listed track, are
+    reported by the builder during an upload; the upload leaves both exactly as they were."""
+    from app import Library, add_music
+
+    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    listed = load_database(library.paths).tracks
+    calm = library_copy / "processed_music" / "calm"
+    original = next(t for t in listed if t["file_path"].startswith("processed_music/calm/"))
+    demo_take = calm / "my_demo_take.flac"
+    demo_take.write_bytes(b"fLaC" + bytes(range(256)) * 20)
+    backup = calm / "x (backup).opus"
+    shutil.copyfile(library_copy / original["file_path"], backup)
+    users = {path: path.read_bytes() for path in (demo_take, backup)}
+    new = next(t for t in sample_tracks if t.name not in {Path(t["file_path"]).name for t in listed})
+    upload = tmp_path / new.name
+    shutil.copyfile(new, upload)
+
+    result, problems = add_music(library, clap_audio, [upload])
+    assert all(path.exists() for path in users), "the upload deleted a file of the user's"
+    assert {path: path.read_bytes() for path in users} == users
+    assert result == {"added": [f"processed_music/{new.name}"], "failed": 0, "not_added": 0}
+    assert len(problems) == 2 and all("left where it is" in p for p in problems)
+    assert "processed_music/calm/my_demo_take.flac" in " ".join(problems)
+
+
+def test_failed_upload_leaves_no_folder_it_made(library_copy, checkpoints, clap_audio, tmp_path):
+    """The mood folder an upload made in new_music/ goes when nothing in it was added; a folder that was there
+    before the upload stays, even when empty."""
+    from app import Library, add_music
+
+    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(b"this is no mp3" * 100)
+    kept = library_copy / "new_music" / "kept"
+    kept.mkdir(parents=True)
+
+    add_music(library, clap_audio, [broken], mood="Nope")
+    add_music(library, clap_audio, [broken], mood="kept")
+    assert sorted(p.name for p in (library_copy / "new_music").iterdir()) == ["kept"]
+    assert not any(kept.iterdir())
+
+
+def test_upload_gone_before_its_turn_is_named(library_copy, checkpoints, clap_audio, tmp_path):
+    """An upload removed before its request ran (the same file uploaded twice at once, the first request took
+    it) is a line for the user, not a server fault, and leaves no folder behind."""
+    from app import Library, add_music
+
+    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    result, problems = add_music(library, clap_audio, [tmp_path / "gone.opus"], mood="gone")
+    assert result == {"added": [], "failed": 0, "not_added": 1}
+    assert problems == ["gone.opus: the uploaded file is gone from the server; upload it again"]
+    assert not (library_copy / "new_music" / "gone").exists()
 
 
 def test_uploads_cannot_choose_where_they_go(library_copy, checkpoints, clap_audio, sample_tracks, tmp_path):
     from app import Library, add_music
 
     library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
-    listed = {Path(t["file_path"]).name for t in library.db.tracks}
+    listed = {Path(t["file_path"]).name for t in library.current().tracks}
     new = next(t for t in sample_tracks if t.name not in listed)
     renamed = tmp_path / ".hidden.opus"
     shutil.copyfile(new, renamed)
@@ -248,20 +444,48 @@ def test_uploads_cannot_choose_where_they_go(library_copy, checkpoints, clap_aud
     assert not problems and result["added"] == ["processed_music/etc/hidden.opus"]
 
 
-def test_results_are_escaped_and_play_from_their_best_moment(tmp_path):
+def test_upload_names_keep_what_the_file_system_accepts(library_copy, checkpoints, clap_audio, sample_tracks,
+                                                         tmp_path):
+    from app import Library, add_music
+
+    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    listed = {Path(t["file_path"]).name for t in load_database(library.paths).tracks}
+    new = next(t for t in sample_tracks if t.name not in listed)
+    upload = tmp_path / "My Song – été (live) [2024] #1.opus"
+    shutil.copyfile(new, upload)
+    result, problems = add_music(library, clap_audio, [upload], mood="Café")
+    assert not problems and result["added"] == ["processed_music/café/My Song – été (live) [2024] #1.opus"]
+
+
+@pytest.mark.parametrize("name, kept", [
+    ("My Song – été.flac", "My Song – été.flac"),
+    ("日本語の歌.mp3", "日本語の歌.mp3"),
+    ("../../etc/x.mp3", "x.mp3"),
+    ("C:\\Users\\me\\song.mp3", "song.mp3"),
+    ("...hidden.mp3", "hidden.mp3"),
+    ("bell\x07\x00\x1b.mp3", "bell.mp3"),
+    ("..", "upload"),
+])
+def test_upload_name_strips_only_folders_dots_and_control_characters(name, kept):
+    from app import _upload_name
+
+    assert _upload_name(name) == kept
+
+
+def test_results_are_escaped_and_play_from_their_best_moment():
     from app import audio_url, render_tracks
 
-    path = tmp_path / "a b#c?.opus"
+    file_path = "processed_music/calm/a b#c?.opus"
     track = {"rank": 1, "title": "<script>alert(1)</script>", "artist": 'A "&" B', "mood": "<b>", "genre": "",
-             "score": 0.5, "best_segment_start_s": 30.0, "file_path": "x", "audio_url": audio_url(path)}
+             "score": 0.5, "best_segment_start_s": 30.0, "file_path": file_path, "audio_url": audio_url(file_path)}
     second = {**track, "rank": 2, "best_segment_start_s": None}
     page = render_tracks({"results": [track, second]})
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "A &quot;&amp;&quot; B" in page and "mood: &lt;b&gt;" in page
-    src = f'/gradio_api/file={quote(str(path))}'
+    src = track_url(file_path)
     assert f'<audio controls preload="auto" src="{src}#t=30">' in page
     assert f'<audio controls preload="metadata" src="{src}">' in page
-    assert "%23" in src and "#" not in src.split("file=")[1]
+    assert "%23" in src and "#" not in src
 
 
 # ---------------------------------------------------------------------------------------------- start-up
@@ -343,11 +567,29 @@ def test_page_says_models_are_loading_and_requests_wait_for_them(checkpoints, li
     assert models.status() == ""
 
 
+def test_adding_music_waits_for_the_models_that_are_loading(checkpoints, monkeypatch):
+    """An upload made while the page's models load starts its CLAP audio model only once they are loaded: two
+    threads loading transformers models at once broke both (seen: the app died on such an upload)."""
+    import threading
+
+    from app import Models
+    from music_mood import models as models_module
+
+    models = Models(checkpoints["blip"], checkpoints["clap"], "fp32")
+    loaded_first = []
+    monkeypatch.setattr(models_module, "load_clap_audio",
+                        lambda name, precision: loaded_first.append(models.ready.is_set()))
+    upload = threading.Thread(target=models.audio_model)
+    upload.start()
+    models.load()
+    upload.join()
+    assert loaded_first == [True]
+
+
 def test_loading_prepares_the_mood_baseline_before_the_first_request(checkpoints, monkeypatch):
     """The grey-image pass (or reading its cache) happens while the page says the models are loading."""
     import image_to_vector
     from app import Models
-
     from music_mood.models import load_blip
 
     load_blip(checkpoints["blip"], "fp32").memory.clear()  # as in a new process
@@ -377,3 +619,13 @@ def test_app_with_a_missing_model_exits_1_with_one_line(library_copy, checkpoint
     assert done.returncode == 1
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "cannot load the BLIP model" in errors[0] and "--blip-model" in errors[0]
+
+
+def test_busy_port_is_one_line_naming_the_flag(app, library_copy, checkpoints):
+    """A second app.py on the port of a running one says so in one line, before any start-up work."""
+    done = run_cli("app.py", "--port", app.port, "--library", library_copy, "--blip-model", checkpoints["blip"],
+                   "--clap-model", checkpoints["clap"])
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "server_port" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [f"Error: port {app.port} is in use (another app.py?); pass --port, e.g. --port {app.port + 1}"]

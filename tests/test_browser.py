@@ -11,7 +11,7 @@ import pytest
 from music_to_vector import LibraryPaths, load_database
 from recommend import recommend
 from tests.app_server import running_app
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -81,7 +81,7 @@ def test_photo_gives_players_that_start_at_the_best_moment(page, app, blip, clap
     for i, track in enumerate(expected.results):
         src = players.nth(i).get_attribute("src")
         url = urlsplit(src)
-        assert unquote(url.path) == f"/gradio_api/file={(db.root / track.file_path).resolve()}"
+        assert unquote(url.path) == f"/track/{track.file_path}"
         assert url.fragment == f"t={track.best_segment_start_s:g}"
         response = fetch_start(app, src.split("#")[0])
         assert response.status in (200, 206) and response.getheader("content-type").startswith("audio/")
@@ -151,3 +151,20 @@ def test_uploading_music_in_the_library_tab_makes_it_recommendable(page, app, sa
     src = page.locator("#tracks audio").first.get_attribute("src")
     assert unquote(src).split("#")[0].endswith(f"/processed_music/browser upload/{new.name}")
     assert quote(new.name) in src
+
+
+def test_a_new_page_shows_the_library_as_it_is_now(page, app, sample_tracks, checkpoints):
+    """Tracks added with music_to_vector.py while the app runs are in the next page's status line and table."""
+    track = sample_tracks[2]
+    (app.library / "new_music" / "added meanwhile").mkdir(parents=True)
+    shutil.copyfile(track, app.library / "new_music" / "added meanwhile" / track.name)
+    done = run_cli("music_to_vector.py", "--library", app.library, "--clap-model", checkpoints["clap"],
+                   "--precision", "fp32")
+    assert done.returncode == 0, done.stderr
+    db = load_database(LibraryPaths.at(app.library))
+
+    page.reload()
+    page.wait_for_selector("#recommend", timeout=WAIT_MS)
+    page.get_by_role("tab", name="Library").click()
+    page.get_by_text(f"The library holds {len(db)} track(s).").wait_for(timeout=WAIT_MS)
+    assert page.locator("#library").get_by_text(db.tracks[-1]["title"]).count() >= 1
