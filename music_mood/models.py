@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,3 +256,47 @@ def load_clap_text(name: str, precision: str = "auto") -> LoadedModel:
 def load_clap_audio(name: str, precision: str = "auto") -> LoadedModel:
     """Only CLAP's audio tower and projection (ClapAudioModelWithProjection): what the database builder needs."""
     return _load("CLAP", name, "ClapAudioModelWithProjection", precision)
+
+
+class BackgroundModels:
+    """A server's models, loaded once in the background; the web page is served while they load and says so.
+
+    BLIP and CLAP's text tower are loaded by load(); CLAP's audio tower only when music is first added, since
+    nothing else on the page needs it.
+    """
+
+    def __init__(self, blip_model: str, clap_model: str, precision: str):
+        self.blip_model, self.clap_model, self.precision = blip_model, clap_model, precision
+        self.blip = self.clap = None
+        self.error: Exception | None = None
+        self.ready = threading.Event()
+
+    def load(self) -> None:
+        from music_mood.describe import neutral_mood_scores
+
+        try:
+            self.blip = load_blip(self.blip_model, self.precision)
+            self.clap = load_clap_text(self.clap_model, self.precision)
+            neutral_mood_scores(self.blip)  # read from the cache, or computed now rather than in the first request
+        except ModelLoadError as e:
+            self.error = e
+        finally:
+            self.ready.set()
+
+    def status(self) -> str:
+        if not self.ready.is_set():
+            return "Loading the models (once, at start): recommendations start as soon as they are ready."
+        return f"Models could not be loaded: {self.error}" if self.error else ""
+
+    def query_models(self):
+        """(blip, clap text model), waiting for them if they are still loading; ModelLoadError if they failed."""
+        self.ready.wait()
+        if self.error:
+            raise ModelLoadError(f"The models could not be loaded: {self.error}")
+        return self.blip, self.clap
+
+    def audio_model(self):
+        """CLAP's audio tower, loaded after load() has finished: transformers models loaded by two threads at
+        once break each other (an upload during start-up killed the app)."""
+        self.ready.wait()
+        return load_clap_audio(self.clap_model, self.precision)

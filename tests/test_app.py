@@ -12,6 +12,7 @@ from urllib.parse import quote
 import pytest
 
 import music_to_vector
+from music_mood.library import LiveLibrary
 from music_to_vector import LibraryPaths, load_database
 from recommend import recommend
 from tests.app_server import running_app
@@ -332,18 +333,17 @@ def test_uploads_do_not_pile_up_in_the_temp_folder(library_copy, checkpoints, sa
 def test_empty_library_is_an_error_in_the_page(blip, clap_text, checkpoints, isolated_library, photos):
     import gradio as gr
 
-    from app import Library, recommend_photo
+    from app import recommend_photo
 
-    library = Library(LibraryPaths.at(isolated_library), checkpoints["clap"])
+    library = LiveLibrary(LibraryPaths.at(isolated_library), checkpoints["clap"])
     with pytest.raises(gr.Error, match="the music library is empty"):
         recommend_photo(library, blip, clap_text, str(photos["coffee.png"]))
 
 
 def test_library_is_read_again_only_when_a_commit_changed_it(library_copy, checkpoints, clap_audio):
     """One stat of the metadata file per request; the same Database until a builder commits, then the new one."""
-    from app import Library
 
-    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    library = LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"])
     before = library.current()
     assert library.current() is before
     listed = music_to_vector.find_audio_files(library_copy / "processed_music")[0]
@@ -358,16 +358,16 @@ def test_library_is_read_again_only_when_a_commit_changed_it(library_copy, check
 
 def test_bad_uploads_are_named_and_leave_the_library_unchanged(library_copy, checkpoints, clap_audio, tmp_path,
                                                                sample_tracks):
-    from app import Library, add_music
+    from music_mood.uploads import add_uploads
 
-    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    library = LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"])
     before = library.current()
     broken = tmp_path / "broken.mp3"
     broken.write_bytes(b"this is no mp3" * 100)
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
     already = library_copy / before.tracks[0]["file_path"]
-    result, problems = add_music(library, clap_audio, [broken, notes, already])
+    result, problems = add_uploads(library.paths, clap_audio, [broken, notes, already])
     assert result == {"added": [], "failed": 1, "not_added": 3}
     assert [p.split(":")[0] for p in problems] == ["notes.txt", "broken.mp3", already.name]
     assert "cannot decode broken.mp3" in problems[1]
@@ -380,9 +380,9 @@ def test_upload_never_removes_a_file_it_did_not_create(library_copy, checkpoints
                                                          tmp_path):
     """The user's own files in processed_music/calm/, a corrupt take and a backup copy of a listed track, are
     reported by the builder during an upload; the upload leaves both exactly as they were."""
-    from app import Library, add_music
+    from music_mood.uploads import add_uploads
 
-    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    library = LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"])
     listed = load_database(library.paths).tracks
     calm = library_copy / "processed_music" / "calm"
     original = next(t for t in listed if t["file_path"].startswith("processed_music/calm/"))
@@ -395,7 +395,7 @@ def test_upload_never_removes_a_file_it_did_not_create(library_copy, checkpoints
     upload = tmp_path / new.name
     shutil.copyfile(new, upload)
 
-    result, problems = add_music(library, clap_audio, [upload])
+    result, problems = add_uploads(library.paths, clap_audio, [upload])
     assert all(path.exists() for path in users), "the upload deleted a file of the user's"
     assert {path: path.read_bytes() for path in users} == users
     assert result == {"added": [f"processed_music/{new.name}"], "failed": 0, "not_added": 0}
@@ -406,16 +406,16 @@ def test_upload_never_removes_a_file_it_did_not_create(library_copy, checkpoints
 def test_failed_upload_leaves_no_folder_it_made(library_copy, checkpoints, clap_audio, tmp_path):
     """The mood folder an upload made in new_music/ goes when nothing in it was added; a folder that was there
     before the upload stays, even when empty."""
-    from app import Library, add_music
+    from music_mood.uploads import add_uploads
 
-    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    library = LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"])
     broken = tmp_path / "broken.mp3"
     broken.write_bytes(b"this is no mp3" * 100)
     kept = library_copy / "new_music" / "kept"
     kept.mkdir(parents=True)
 
-    add_music(library, clap_audio, [broken], mood="Nope")
-    add_music(library, clap_audio, [broken], mood="kept")
+    add_uploads(library.paths, clap_audio, [broken], mood="Nope")
+    add_uploads(library.paths, clap_audio, [broken], mood="kept")
     assert sorted(p.name for p in (library_copy / "new_music").iterdir()) == ["kept"]
     assert not any(kept.iterdir())
 
@@ -423,37 +423,37 @@ def test_failed_upload_leaves_no_folder_it_made(library_copy, checkpoints, clap_
 def test_upload_gone_before_its_turn_is_named(library_copy, checkpoints, clap_audio, tmp_path):
     """An upload removed before its request ran (the same file uploaded twice at once, the first request took
     it) is a line for the user, not a server fault, and leaves no folder behind."""
-    from app import Library, add_music
+    from music_mood.uploads import add_uploads
 
-    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
-    result, problems = add_music(library, clap_audio, [tmp_path / "gone.opus"], mood="gone")
+    library = LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"])
+    result, problems = add_uploads(library.paths, clap_audio, [tmp_path / "gone.opus"], mood="gone")
     assert result == {"added": [], "failed": 0, "not_added": 1}
     assert problems == ["gone.opus: the uploaded file is gone from the server; upload it again"]
     assert not (library_copy / "new_music" / "gone").exists()
 
 
 def test_uploads_cannot_choose_where_they_go(library_copy, checkpoints, clap_audio, sample_tracks, tmp_path):
-    from app import Library, add_music
+    from music_mood.uploads import add_uploads
 
-    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    library = LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"])
     listed = {Path(t["file_path"]).name for t in library.current().tracks}
     new = next(t for t in sample_tracks if t.name not in listed)
     renamed = tmp_path / ".hidden.opus"
     shutil.copyfile(new, renamed)
-    result, problems = add_music(library, clap_audio, [renamed], mood="../../etc")
+    result, problems = add_uploads(library.paths, clap_audio, [renamed], mood="../../etc")
     assert not problems and result["added"] == ["processed_music/etc/hidden.opus"]
 
 
 def test_upload_names_keep_what_the_file_system_accepts(library_copy, checkpoints, clap_audio, sample_tracks,
                                                          tmp_path):
-    from app import Library, add_music
+    from music_mood.uploads import add_uploads
 
-    library = Library(LibraryPaths.at(library_copy), checkpoints["clap"])
+    library = LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"])
     listed = {Path(t["file_path"]).name for t in load_database(library.paths).tracks}
     new = next(t for t in sample_tracks if t.name not in listed)
     upload = tmp_path / "My Song – été (live) [2024] #1.opus"
     shutil.copyfile(new, upload)
-    result, problems = add_music(library, clap_audio, [upload], mood="Café")
+    result, problems = add_uploads(library.paths, clap_audio, [upload], mood="Café")
     assert not problems and result["added"] == ["processed_music/café/My Song – été (live) [2024] #1.opus"]
 
 
@@ -467,9 +467,9 @@ def test_upload_names_keep_what_the_file_system_accepts(library_copy, checkpoint
     ("..", "upload"),
 ])
 def test_upload_name_strips_only_folders_dots_and_control_characters(name, kept):
-    from app import _upload_name
+    from music_mood.uploads import upload_name
 
-    assert _upload_name(name) == kept
+    assert upload_name(name) == kept
 
 
 def test_results_are_escaped_and_play_from_their_best_moment():
@@ -495,7 +495,7 @@ def test_start_builds_the_database_from_new_music(isolated_library, checkpoints,
     from app import prepare_library
 
     put_in_new_music(isolated_library, sample_tracks[:2])
-    prepare_library(LibraryPaths.at(isolated_library), checkpoints["clap"], "fp32")
+    prepare_library(LiveLibrary(LibraryPaths.at(isolated_library), checkpoints["clap"]), "fp32")
     db = load_database(LibraryPaths.at(isolated_library))
     assert sorted(Path(t["file_path"]).name for t in db.tracks) == sorted(t.name for t in sample_tracks[:2])
     assert not any((isolated_library / "new_music").rglob("*.*"))
@@ -512,7 +512,7 @@ def test_start_names_each_file_it_did_not_add(library_copy, checkpoints, capsys)
     copy.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(library_copy / listed, copy)
     broken.write_bytes(b"not audio" * 100)
-    prepare_library(LibraryPaths.at(library_copy), checkpoints["clap"], "fp32")
+    prepare_library(LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"]), "fp32")
     err = capsys.readouterr().err
     assert f"Note: {copy} is already in the library as {listed}; left where it is." in err
     assert f"Error: {broken}: cannot decode broken.mp3" in err
@@ -529,7 +529,7 @@ def test_start_imports_the_sample_library_when_there_is_no_music(isolated_librar
         return copied[:2]
 
     monkeypatch.setattr(app, "import_sample_library", import_two)
-    app.prepare_library(LibraryPaths.at(isolated_library), checkpoints["clap"], "fp32")
+    app.prepare_library(LiveLibrary(LibraryPaths.at(isolated_library), checkpoints["clap"]), "fp32")
     assert len(load_database(LibraryPaths.at(isolated_library))) == 2
     assert (isolated_library / "processed_music" / "immich-memories-music-LICENSE-MUSIC.txt").exists()
     assert "importing the sample tracks of immich-memories-music" in capsys.readouterr().err
@@ -539,7 +539,7 @@ def test_start_leaves_a_built_library_alone(library_copy, checkpoints, capsys):
     from app import prepare_library
 
     before = (library_copy / "music_database_metadata.json").read_bytes()
-    prepare_library(LibraryPaths.at(library_copy), checkpoints["clap"], "fp32")
+    prepare_library(LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"]), "fp32")
     assert (library_copy / "music_database_metadata.json").read_bytes() == before
     assert capsys.readouterr().err == ""
 
@@ -551,11 +551,12 @@ def test_page_says_models_are_loading_and_requests_wait_for_them(checkpoints, li
     """The page is served while the models load: it says so, and a request made meanwhile waits, then answers."""
     import threading
 
-    from app import Library, Models, build_app
+    from app import build_app
+    from music_mood.models import BackgroundModels as Models
 
     models = Models(checkpoints["blip"], checkpoints["clap"], "fp32")
     assert "Loading the models" in models.status()
-    build_app(Library(LibraryPaths.at(library_copy), checkpoints["clap"]), models)  # builds while loading
+    build_app(LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"]), models)  # builds while loading
     answered = []
     waiter = threading.Thread(target=lambda: answered.append(models.query_models()))
     waiter.start()
@@ -572,8 +573,8 @@ def test_adding_music_waits_for_the_models_that_are_loading(checkpoints, monkeyp
     threads loading transformers models at once broke both (seen: the app died on such an upload)."""
     import threading
 
-    from app import Models
     from music_mood import models as models_module
+    from music_mood.models import BackgroundModels as Models
 
     models = Models(checkpoints["blip"], checkpoints["clap"], "fp32")
     loaded_first = []
@@ -589,7 +590,7 @@ def test_adding_music_waits_for_the_models_that_are_loading(checkpoints, monkeyp
 def test_loading_prepares_the_mood_baseline_before_the_first_request(checkpoints, monkeypatch):
     """The grey-image pass (or reading its cache) happens while the page says the models are loading."""
     import image_to_vector
-    from app import Models
+    from music_mood.models import BackgroundModels as Models
     from music_mood.models import load_blip
 
     load_blip(checkpoints["blip"], "fp32").memory.clear()  # as in a new process
@@ -600,14 +601,14 @@ def test_loading_prepares_the_mood_baseline_before_the_first_request(checkpoints
 
 
 def test_model_that_cannot_load_is_an_error_in_the_page(checkpoints, tmp_path):
-    import gradio as gr
-
-    from app import Models
+    """The page's status says so, and a request gets the reason (wire_page shows ModelLoadError as gr.Error)."""
+    from music_mood.models import BackgroundModels as Models
+    from music_mood.models import ModelLoadError
 
     models = Models(str(tmp_path / "no-such-blip"), checkpoints["clap"], "fp32")
     models.load()
     assert "cannot load the BLIP model" in models.status()
-    with pytest.raises(gr.Error, match="cannot load the BLIP model"):
+    with pytest.raises(ModelLoadError, match="cannot load the BLIP model"):
         models.query_models()
 
 
@@ -615,7 +616,8 @@ def test_app_with_a_missing_model_exits_1_with_one_line(library_copy, checkpoint
     from tests.app_server import free_port
     from tests.conftest import run_cli
 
-    done = run_cli("app.py", "--port", free_port(), "--blip-model", tmp_path / "nope", "--clap-model", checkpoints["clap"])
+    done = run_cli("app.py", "--port", free_port(), "--blip-model", tmp_path / "nope",
+                   "--clap-model", checkpoints["clap"])
     assert done.returncode == 1
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "cannot load the BLIP model" in errors[0] and "--blip-model" in errors[0]
