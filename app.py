@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from music_mood.audio import AUDIO_EXTENSIONS
 from music_mood.build import SAMPLE_PACKAGE, build_library, import_sample_library, pending_files
-from music_mood.cli import HelpFormatter, add_library_arguments, add_model_arguments, int_argument
+from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser
 from music_mood.display import TAG_COLUMNS, format_duration, track_tags
 from music_mood.images import ImageError
 from music_mood.library import EMPTY_LIBRARY, Database, DatabaseError, EmptyLibraryError, LibraryPaths, LiveLibrary
@@ -449,12 +449,8 @@ def prepare_library(library: LiveLibrary, precision: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="app.py",
-        description="Serve the web page: upload a photo, hear the music of your library that fits it.",
-        formatter_class=HelpFormatter,
-        epilog="example: python app.py --port 8080   (then open http://127.0.0.1:8080)",
-    )
+    parser = new_parser("app.py", "Serve the web page: upload a photo, hear the music of your library that fits it.",
+                        "python app.py --port 8080   (then open http://127.0.0.1:8080)")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="address to listen on; 0.0.0.0 opens the page to your network")
     parser.add_argument("--port", type=int_argument(1, 65535, "a port number"), default=DEFAULT_PORT,

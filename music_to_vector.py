@@ -20,7 +20,7 @@ from music_mood.audio import (
     read_track,
 )
 from music_mood.build import SAMPLE_PACKAGE, BuildReport, build_library, import_sample_library, pending_files
-from music_mood.cli import HelpFormatter, add_library_arguments, add_model_arguments
+from music_mood.cli import add_library_arguments, add_model_arguments, new_parser
 from music_mood.display import format_library
 from music_mood.embed import embed_track, embed_windows, log_mel_features, split_windows
 from music_mood.library import (
@@ -45,13 +45,10 @@ __all__ = ["AUDIO_EXTENSIONS", "SAMPLE_PACKAGE", "SEARCH_INDEX_MIN_TRACKS", "Aud
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="music_to_vector.py",
-        description="Embed the audio files dropped into new_music/ with CLAP, add them to the music database and "
-                    "move them to processed_music/.",
-        formatter_class=HelpFormatter,
-        epilog="example: cp ~/Music/*.mp3 new_music/calm/ && python music_to_vector.py",
-    )
+    parser = new_parser("music_to_vector.py",
+                        "Embed the audio files dropped into new_music/ with CLAP, add them to the music database and "
+                        "move them to processed_music/.",
+                        "cp ~/Music/*.mp3 new_music/calm/ && python music_to_vector.py")
     add_library_arguments(parser)
     add_model_arguments(parser, blip=False)
     action = parser.add_mutually_exclusive_group()
@@ -99,8 +96,7 @@ def main(argv=None) -> int:
         print(line, file=sys.stderr)
     for record in report.added:
         print(f"added  {record['file_path']}  ({record['duration_s']:.1f} s, {record['segment_count']} windows)")
-    total = len(load_database(paths))
-    print(f"{len(report.added)} added, {len(report.failed)} failed, {total} tracks in the library.",
+    print(f"{len(report.added)} added, {len(report.failed)} failed, {report.tracks} tracks in the library.",
           file=sys.stderr)
     return 1 if report.failed else 0
 

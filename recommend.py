@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 
-from music_mood.cli import HelpFormatter, add_library_arguments, add_model_arguments, int_argument
+from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser
 from music_mood.display import format_recommendation
 from music_mood.images import ImageError
 from music_mood.library import EMPTY_LIBRARY, Database, DatabaseError, EmptyLibraryError, LibraryPaths, load_database
@@ -111,12 +111,9 @@ def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="recommend.py",
-        description="Recommend music from your library that fits the mood of a photo (and/or a text).",
-        formatter_class=HelpFormatter,
-        epilog="example: python recommend.py beach.jpg --topk 5 --text 'sunset, slow' --play",
-    )
+    parser = new_parser("recommend.py",
+                        "Recommend music from your library that fits the mood of a photo (and/or a text).",
+                        "python recommend.py beach.jpg --topk 5 --text 'sunset, slow' --play")
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="photos to find music for")
     parser.add_argument("--text", default="", help="words to search by, alone or together with the photo")
     parser.add_argument("--topk", type=int_argument(1), default=10, help="how many tracks to list")

@@ -45,6 +45,7 @@ class BuildReport:
     relocated: list[tuple[str, str]] = field(default_factory=list)  # (old file_path, new file_path)
     dropped: list[str] = field(default_factory=list)  # file_paths of tracks whose file is gone
     warnings: list[str] = field(default_factory=list)
+    tracks: int = 0  # how many tracks the library holds after the build
 
     def problem_lines(self) -> list[str]:
         """One line for stderr per file that was not added (and why), moved, or gone."""
@@ -171,6 +172,7 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
             for source, target in moves:
                 move_file(source, target)
                 remove_empty_folders(source.parent, paths.new_music)
+        report.tracks = len(db)
     finally:
         lock.release()
     return report

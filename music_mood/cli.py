@@ -60,3 +60,9 @@ def add_library_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vectors", default=None, help="database matrix (default: LIBRARY/music_database.npy)")
     parser.add_argument("--meta", default=None,
                         help="database metadata (default: LIBRARY/music_database_metadata.json)")
+
+
+def new_parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:
+    """A program's parser as all three are made: its help formatted by HelpFormatter, ending with an example."""
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter,
+                                   epilog=f"example: {example}")

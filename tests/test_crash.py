@@ -51,6 +51,18 @@ def _no_leftovers(root: Path) -> None:
     assert not [p.name for p in root.iterdir() if p.name.startswith(".")], "staged or temp files left behind"
 
 
+def _with_new_tracks(library: Path, sample_tracks, count: int, base: Path | None = None) -> tuple[set[str], Path]:
+    """`count` real tracks the library does not hold, dropped into new_music/; returns the hashes of every track
+    that must end up listed, and a copy of this starting state at `base` (when given) to reset to."""
+    listed = {t.name for t in (library / "processed_music").rglob("*.opus")}
+    put_in_new_music(library, [t for t in sample_tracks if t.name not in listed][:count])
+    expected = {t["sha256"] for t in load_database(LibraryPaths.at(library)).tracks} | set(
+        _audio_shas(library / "new_music"))
+    if base is not None:
+        shutil.copytree(library, base)
+    return expected, base
+
+
 def _clean_build(library: Path, clap_audio) -> dict[str, np.ndarray]:
     """Finish the job in this process (the next run) and check it: nothing fails, nothing is left waiting."""
     report = build_library(clap_audio, LibraryPaths.at(library), progress=False)
@@ -63,12 +75,7 @@ def _clean_build(library: Path, clap_audio) -> dict[str, np.ndarray]:
 
 def test_kill_at_every_write_fsync_rename_and_move(library_copy, clap_audio, checkpoints, sample_tracks, tmp_path):
     library = library_copy
-    listed = {t.name for t in (library / "processed_music").rglob("*.opus")}
-    put_in_new_music(library, [t for t in sample_tracks if t.name not in listed][:2])
-    expected = {t["sha256"] for t in load_database(LibraryPaths.at(library)).tracks} | set(
-        _audio_shas(library / "new_music"))
-    base = tmp_path / "base"
-    shutil.copytree(library, base)
+    expected, base = _with_new_tracks(library, sample_tracks, 2, tmp_path / "base")
 
     log = tmp_path / "points.txt"
     done = run_cli("music_to_vector.py", "--clap-model", checkpoints["clap"], env_extra={CRASH_LOG_ENV: str(log)})
@@ -119,12 +126,7 @@ def test_kill_at_each_real_rename_and_fsync_system_call(library_copy, clap_audio
     strace = shutil.which("strace")
     assert strace, "this test needs strace (apt-get install strace), as README's test command installs it"
     library = library_copy
-    listed = {t.name for t in (library / "processed_music").rglob("*.opus")}
-    put_in_new_music(library, [t for t in sample_tracks if t.name not in listed][:2])
-    expected = {t["sha256"] for t in load_database(LibraryPaths.at(library)).tracks} | set(
-        _audio_shas(library / "new_music"))
-    base = tmp_path / "base"
-    shutil.copytree(library, base)
+    expected, base = _with_new_tracks(library, sample_tracks, 2, tmp_path / "base")
     command = [sys.executable, str(ROOT / "music_to_vector.py"), "--clap-model", checkpoints["clap"]]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     trace = tmp_path / "trace.txt"
@@ -193,10 +195,7 @@ def test_random_kills_after_the_model_loaded(library_copy, clap_audio, checkpoin
 def test_ctrl_c_after_the_model_loaded_is_one_line(library_copy, checkpoints, sample_tracks, tmp_path):
     """A real SIGINT, as Ctrl-C sends it, while the builder works: exit 130, one line, the library whole."""
     library = library_copy
-    listed = {t.name for t in (library / "processed_music").rglob("*.opus")}
-    put_in_new_music(library, [t for t in sample_tracks if t.name not in listed][:3])
-    expected = {t["sha256"] for t in load_database(LibraryPaths.at(library)).tracks} | set(
-        _audio_shas(library / "new_music"))
+    expected, _ = _with_new_tracks(library, sample_tracks, 3)
     err = tmp_path / "stderr.txt"
     with open(err, "wb") as stderr:
         process = subprocess.Popen([sys.executable, str(ROOT / "music_to_vector.py"), "--clap-model",

@@ -250,7 +250,7 @@ def test_incremental_add_does_not_re_embed(library_copy, clap_audio, sample_trac
     put_in_new_music(library_copy, new[:1])
     report = build_library(clap_audio, paths, progress=False)
     after = load_database(paths)
-    assert len(embedded) == 1 and len(report.added) == 1
+    assert len(embedded) == 1 and len(report.added) == 1 and report.tracks == len(after) == len(before) + 1
     np.testing.assert_array_equal(after.vectors[: len(before)], before.vectors)
     np.testing.assert_array_equal(after.segments[: len(before.segments)], before.segments)
     assert after.tracks[: len(before)] == before.tracks
