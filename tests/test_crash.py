@@ -104,7 +104,7 @@ def _phase(paths: LibraryPaths) -> str:
     """Where a kill left the library, before anything repairs it."""
     import json
 
-    from music_to_vector import staged_path
+    from music_mood.library import staged_path
 
     commit = json.loads(paths.metadata.read_text()).get("commit") or {}
     if commit and any(staged_path(f, commit["id"]).exists() for f in (paths.vectors, paths.segments)):
@@ -158,6 +158,7 @@ def _louder_copy(source: Path, target: Path, gain: float) -> None:
 
 
 def test_random_kills_after_the_model_loaded(library_copy, clap_audio, checkpoints, sample_tracks, tmp_path):
+    """20 kills at random moments of runs that keep adding music, each followed by the invariants' check."""
     library = library_copy
     paths = LibraryPaths.at(library)
     rng = random.Random(int(os.environ.get("CRASH_TEST_SEED", "8")))
@@ -175,16 +176,21 @@ def test_random_kills_after_the_model_loaded(library_copy, clap_audio, checkpoin
                 _louder_copy(sample_tracks[made % len(sample_tracks)], target, 1 - made / 200)
                 expected.add(file_sha256(target))
         err = tmp_path / f"run-{runs}.txt"
+        # Every other run dies at a random one of its writes, fsyncs, renames and moves (they take milliseconds
+        # of a run, so a random time alone would almost never land there); the others at a random time.
+        at_point = {CRASH_AT_ENV: str(rng.randint(1, 24))} if runs % 2 else {}
         with open(err, "wb") as stderr:
-            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path)
+            process = subprocess.Popen(command, env={**env, **at_point}, stdout=subprocess.DEVNULL, stderr=stderr,
+                                       cwd=tmp_path)
         while process.poll() is None and STARTED not in err.read_text(errors="replace"):
             time.sleep(0.02)
-        time.sleep(rng.uniform(0, 1.5))  # somewhere in reading, embedding, committing or moving
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
+        if not at_point:
+            time.sleep(rng.uniform(0, 1.5))  # somewhere in reading, embedding, committing or moving
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+        if process.wait() == -signal.SIGKILL:
             kills += 1
-        process.wait()
-        landed[_phase(paths)] += 1
+            landed[_phase(paths)] += 1
         check_library(library, expected)
     _clean_build(library, clap_audio)
     check_library(library, expected)
