@@ -298,6 +298,7 @@ def build_page(models: BackgroundModels) -> Page:
                                         sources=["upload", "webcam", "clipboard"], elem_id="photo")
                     text = gr.Textbox("", label="Words (optional)", placeholder="rainy night, jazz", elem_id="text")
                     topk = gr.Slider(1, TOPK_MAX, value=10, step=1, label="How many tracks", elem_id="topk")
+                    topk.preprocess = logged_as_one_line(topk.preprocess)  # an API call may ask for more
                     moods = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
                                         label="Only these moods", elem_id="moods")
                     genres = gr.Dropdown([], value=[], multiselect=True,

@@ -241,6 +241,7 @@ def test_user_errors_are_one_line_each_in_the_server_log(app, client, tmp_path):
     for call in (dict(image=handle_file(str(notes)), text="", topk=3, api_name="/recommend"),
                  dict(image=None, text=" ", topk=3, api_name="/recommend"),
                  dict(image=None, text="calm", topk=3, moods=["no such mood"], api_name="/recommend"),
+                 dict(image=None, text="calm", topk=30, api_name="/recommend"),  # the page's slider stops at 20
                  dict(files=[], mood="", api_name="/add_music")):
         with pytest.raises(AppError) as raised:
             client.predict(**call)
