@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -124,9 +126,67 @@ def library_copy(built_library, isolated_library):
 
 
 def run_cli(module: str, *args, env_extra=None, cwd=None):
-    """Run one of the project's scripts as a user would: a new process; returns CompletedProcess."""
+    """Run one of the project's scripts as a user would: a new process; returns CompletedProcess.
+
+    For the few tests whose point is the process itself; the others use call_cli, which spares each call the
+    seconds a new process spends importing torch and loading the models.
+    """
     import subprocess
 
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, str(ROOT / module), *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd or ROOT, timeout=600)
+
+
+class Result(NamedTuple):
+    """What a CLI run left, as subprocess.run(capture_output=True, text=True) gives it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+# Python's own warning filters when no -W option or PYTHONWARNINGS is given: what a user's process runs with.
+PYTHON_DEFAULT_WARNING_FILTERS = [("default", DeprecationWarning, "__main__"), ("ignore", DeprecationWarning, ""),
+                                  ("ignore", PendingDeprecationWarning, ""), ("ignore", ImportWarning, ""),
+                                  ("ignore", ResourceWarning, "")]
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+@pytest.fixture
+def call_cli(capfd, monkeypatch):
+    """Run a script's main(argv) in this process as run_cli would run the script; returns a Result.
+
+    The same argv, environment (env_extra is set for the call only), working directory and exit code: argparse's
+    SystemExit (2 for usage, 0 for --help) is caught and turned into the code a process would exit with. capfd
+    takes file descriptors 1 and 2, so what C libraries and child processes write there is captured too, as in a
+    subprocess; warnings print to stderr under Python's default filters instead of being collected by pytest, so a
+    stray warning still breaks an "exactly one line on stderr" assertion. Any other exception propagates.
+    What differs from a new process: modules are imported and models loaded (lru_cache) once per session, and
+    huggingface_hub read HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE when conftest first imported it, so a test of
+    the hub or of what a fresh process imports still needs run_cli.
+    """
+    def call(main, *args, env_extra=None, cwd=None) -> Result:
+        capfd.readouterr()  # what the test printed before is not this run's output
+        with monkeypatch.context() as scope, warnings.catch_warnings():
+            for name, value in (env_extra or {}).items():
+                scope.setenv(name, value)
+            scope.chdir(cwd or ROOT)
+            warnings.resetwarnings()
+            for action, category, module in PYTHON_DEFAULT_WARNING_FILTERS:
+                warnings.filterwarnings(action, category=category, module=module, append=True)
+            warnings.showwarning = _print_warning  # catch_warnings puts pytest's own recorder back afterwards
+            try:
+                code = main([str(arg) for arg in args])
+            except SystemExit as e:
+                code = e.code
+        if code is not None and not isinstance(code, int):  # what `raise SystemExit(...)` does at a script's top
+            print(code, file=sys.stderr)
+            code = 1
+        captured = capfd.readouterr()
+        return Result(code or 0, captured.out, captured.err)
+
+    return call

@@ -315,6 +315,8 @@ def test_failing_files_leave_database_and_other_files_intact(library_copy, clap_
 
 
 def test_cli_names_each_failed_file_and_exits_1(library_copy, checkpoints):
+    # A new process on purpose: the one end-to-end run of the script as a user runs it, so the exit code is the one
+    # `raise SystemExit(main())` gives the shell, and stdout is empty at the descriptor, decoders' output included.
     _bad_files(library_copy / "new_music" / "broken")
     done = run_cli("music_to_vector.py", "--clap-model", checkpoints["clap"])
     assert done.returncode == 1
@@ -454,16 +456,16 @@ def test_deleted_database_is_rebuilt_from_processed_music(library_copy, clap_aud
     assert len(build_library(clap_audio, paths, progress=False).added) == count
 
 
-def test_list_prints_the_library(library_copy):
-    done = run_cli("music_to_vector.py", "--list")
+def test_list_prints_the_library(library_copy, call_cli):
+    done = call_cli(mtv.main, "--list")
     assert done.returncode == 0
     lines = done.stdout.splitlines()
     assert lines[0].split()[:3] == ["#", "title", "artist"] and len(lines) == 1 + len(load_database(
         LibraryPaths.at(library_copy)))
 
 
-def test_sample_import_brings_the_bundled_tracks_with_licence(isolated_library, checkpoints, sample_tracks):
-    done = run_cli("music_to_vector.py", "--sample", "--clap-model", checkpoints["clap"])
+def test_sample_import_brings_the_bundled_tracks_with_licence(isolated_library, checkpoints, sample_tracks, call_cli):
+    done = call_cli(mtv.main, "--sample", "--clap-model", checkpoints["clap"])
     assert done.returncode == 0, done.stderr
     db = load_database(LibraryPaths.at(isolated_library))
     assert len(db) == len(sample_tracks) == 28
@@ -471,14 +473,14 @@ def test_sample_import_brings_the_bundled_tracks_with_licence(isolated_library, 
     assert {t["genre"] for t in db.tracks} == {"acoustic", "electronic"}
     licence = isolated_library / "processed_music" / "immich-memories-music-LICENSE-MUSIC.txt"
     assert "MIT" in licence.read_text()
-    again = run_cli("music_to_vector.py", "--sample", "--clap-model", checkpoints["clap"])
+    again = call_cli(mtv.main, "--sample", "--clap-model", checkpoints["clap"])
     assert again.returncode == 0 and "already in the library" in again.stderr
     assert len(load_database(LibraryPaths.at(isolated_library))) == 28
 
 
-def test_bad_model_path_is_one_clear_line(isolated_library, sample_tracks, tmp_path):
+def test_bad_model_path_is_one_clear_line(isolated_library, sample_tracks, tmp_path, call_cli):
     put_in_new_music(isolated_library, sample_tracks[:1])
-    done = run_cli("music_to_vector.py", "--clap-model", str(tmp_path / "no-such-model"))
+    done = call_cli(mtv.main, "--clap-model", str(tmp_path / "no-such-model"))
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("Error: cannot load the CLAP model") and "--clap-model" in line

@@ -49,7 +49,11 @@ def _cache_as_hub_model(checkpoint: str, hf_home, repo: str) -> None:
 
 
 def _load_online(name: str, hf_home, endpoint: str) -> subprocess.CompletedProcess:
-    """Load a model in a new process with the hub reachable (at `endpoint`) and HF_HUB_OFFLINE unset."""
+    """Load a model in a new process with the hub reachable (at `endpoint`) and HF_HUB_OFFLINE unset.
+
+    A new process on purpose: huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE once, into
+    huggingface_hub.constants when it is imported, and this process imported it before any test set them.
+    """
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     env.update(HF_HOME=str(hf_home), HF_ENDPOINT=endpoint)
     return subprocess.run([sys.executable, "-c", LOAD.format(name=name)], capture_output=True, text=True,

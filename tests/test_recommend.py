@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import recommend as recommend_cli
 from image_to_vector import image_to_query
 from music_to_vector import LibraryPaths, load_database
 from recommend import EmptyLibraryError, rank_tracks, recommend
@@ -218,12 +219,13 @@ def test_empty_library_says_how_to_add_music(clap_text):
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _cli(checkpoints, *args):
-    return run_cli("recommend.py", *args, "--blip-model", checkpoints["blip"], "--clap-model", checkpoints["clap"])
+def _cli(call_cli, checkpoints, *args, **kwargs):
+    return call_cli(recommend_cli.main, *args, "--blip-model", checkpoints["blip"], "--clap-model", checkpoints["clap"],
+                    **kwargs)
 
 
-def test_cli_json_schema_one_line_per_image(library_copy, checkpoints, photos):
-    done = _cli(checkpoints, photos["coffee.png"], photos["chelsea.png"], "--json", "--topk", "3")
+def test_cli_json_schema_one_line_per_image(library_copy, checkpoints, photos, call_cli):
+    done = _cli(call_cli, checkpoints, photos["coffee.png"], photos["chelsea.png"], "--json", "--topk", "3")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 2
@@ -238,11 +240,11 @@ def test_cli_json_schema_one_line_per_image(library_copy, checkpoints, photos):
         assert all((library_copy / r["file_path"]).is_file() for r in obj["results"])
 
 
-def test_cli_warns_once_per_missing_file_and_lists_it_in_json(library_copy, checkpoints, photos):
+def test_cli_warns_once_per_missing_file_and_lists_it_in_json(library_copy, checkpoints, photos, call_cli):
     db = load_database(LibraryPaths.at(library_copy))
     gone = db.tracks[1]["file_path"]
     (library_copy / gone).unlink()
-    done = _cli(checkpoints, photos["coffee.png"], photos["chelsea.png"], "--json", "--topk", str(len(db)))
+    done = _cli(call_cli, checkpoints, photos["coffee.png"], photos["chelsea.png"], "--json", "--topk", str(len(db)))
     assert done.returncode == 0, done.stderr
     for line in done.stdout.splitlines():
         obj = json.loads(line)
@@ -253,8 +255,8 @@ def test_cli_warns_once_per_missing_file_and_lists_it_in_json(library_copy, chec
          f"(run python music_to_vector.py to update the library)")]
 
 
-def test_cli_table_explains_the_pick(library_copy, checkpoints, photos):
-    done = _cli(checkpoints, photos["rocket.jpg"], "--topk", "2", "--text", "space launch")
+def test_cli_table_explains_the_pick(library_copy, checkpoints, photos, call_cli):
+    done = _cli(call_cli, checkpoints, photos["rocket.jpg"], "--topk", "2", "--text", "space launch")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "caption:" in out and "mood:" in out and "query:   space launch; " in out
@@ -262,7 +264,7 @@ def test_cli_table_explains_the_pick(library_copy, checkpoints, photos):
     assert len(rows) == 2 and all("processed_music/" in row for row in rows)
 
 
-def test_cli_seed_flags_still_work(library_copy, checkpoints, photos, tmp_path):
+def test_cli_seed_flags_still_work(library_copy, checkpoints, photos, tmp_path, call_cli):
     moved = tmp_path / "elsewhere"
     moved.mkdir()
     paths = LibraryPaths.at(library_copy)
@@ -270,21 +272,25 @@ def test_cli_seed_flags_still_work(library_copy, checkpoints, photos, tmp_path):
     vectors.write_bytes(paths.vectors.read_bytes())
     meta.write_bytes(paths.metadata.read_bytes())
     (moved / "vectors_segments.npy").write_bytes(paths.segments.read_bytes())
-    done = _cli(checkpoints, photos["coffee.png"], "--topk", "1", "--json", "--vectors", vectors, "--meta", meta)
+    done = _cli(call_cli, checkpoints, photos["coffee.png"], "--topk", "1", "--json", "--vectors", vectors,
+                "--meta", meta)
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["results"]) == 1
 
 
 def test_cli_bad_image_is_one_line_and_others_still_run(library_copy, checkpoints, photos, tmp_path):
+    # A new process on purpose: the one end-to-end run of the script as a user runs it (both models, a query, JSON
+    # on stdout), and exit 1 as the shell gets it from `raise SystemExit(main())`.
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
-    done = _cli(checkpoints, bad, photos["coffee.png"], "--json")
+    done = run_cli("recommend.py", bad, photos["coffee.png"], "--json", "--blip-model", checkpoints["blip"],
+                   "--clap-model", checkpoints["clap"])
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [f"Error: {bad} is not an image (Pillow cannot identify it)"]
     assert len(done.stdout.splitlines()) == 1 and json.loads(done.stdout)["image"].endswith("coffee.png")
 
 
-def test_directory_as_image_says_it_is_a_directory(library_copy, blip, clap_text, checkpoints, tmp_path):
+def test_directory_as_image_says_it_is_a_directory(library_copy, blip, clap_text, checkpoints, tmp_path, call_cli):
     from image_to_vector import ImageError
 
     folder = tmp_path / "photos"
@@ -292,12 +298,12 @@ def test_directory_as_image_says_it_is_a_directory(library_copy, blip, clap_text
     db = load_database(LibraryPaths.at(library_copy))
     with pytest.raises(ImageError, match=f"^{re.escape(str(folder))} is a directory, not an image file$"):
         recommend(blip, clap_text, db, image=folder)
-    done = _cli(checkpoints, folder)
+    done = _cli(call_cli, checkpoints, folder)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [f"Error: {folder} is a directory, not an image file"]
 
 
-def test_cli_unknown_mood_fails_before_loading_models(library_copy, checkpoints, photos, tmp_path):
+def test_cli_unknown_mood_fails_before_loading_models(library_copy, checkpoints, photos, tmp_path, call_cli):
     """Neither model can load here, so only a check made before loading them can give the filter's message."""
     broken = tmp_path / "clap-without-weights"
     shutil.copytree(checkpoints["clap"], broken)
@@ -307,33 +313,34 @@ def test_cli_unknown_mood_fails_before_loading_models(library_copy, checkpoints,
     meta = json.loads(paths.metadata.read_text())
     meta["clap_model"] = str(broken)  # the database accepts this CLAP, so the run gets as far as the models
     paths.metadata.write_text(json.dumps(meta))
-    done = run_cli("recommend.py", photos["coffee.png"], "--mood", "dreamy", "--blip-model", tmp_path / "nope",
-                   "--clap-model", broken)
+    done = call_cli(recommend_cli.main, photos["coffee.png"], "--mood", "dreamy", "--blip-model", tmp_path / "nope",
+                    "--clap-model", broken)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [
         ("Error: no track in the library has the mood dreamy; the moods it has: "
          f"{_tag_values(load_database(paths), 'mood')}")]
 
 
-def test_cli_empty_library_exits_1_with_advice(checkpoints, photos):
-    done = _cli(checkpoints, photos["coffee.png"])
+def test_cli_empty_library_exits_1_with_advice(checkpoints, photos, call_cli):
+    done = _cli(call_cli, checkpoints, photos["coffee.png"])
     assert done.returncode == 1 and done.stdout == ""
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("Error: the music library is empty") and "music_to_vector.py" in line
 
 
-def test_cli_mismatched_database_exits_1(library_copy, checkpoints, photos, tmp_path):
+def test_cli_mismatched_database_exits_1(library_copy, checkpoints, photos, tmp_path, call_cli):
     other = tmp_path / "other-clap"
     shutil.copytree(checkpoints["clap"], other)
-    done = run_cli("recommend.py", photos["coffee.png"], "--blip-model", checkpoints["blip"], "--clap-model", other)
+    done = call_cli(recommend_cli.main, photos["coffee.png"], "--blip-model", checkpoints["blip"],
+                    "--clap-model", other)
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
     assert "made with CLAP model" in line and "--rebuild" in line
 
 
-def test_cli_missing_model_is_one_clear_line(library_copy, checkpoints, photos, tmp_path):
-    done = run_cli("recommend.py", photos["coffee.png"], "--blip-model", tmp_path / "nope",
-                   "--clap-model", checkpoints["clap"])
+def test_cli_missing_model_is_one_clear_line(library_copy, checkpoints, photos, tmp_path, call_cli):
+    done = call_cli(recommend_cli.main, photos["coffee.png"], "--blip-model", tmp_path / "nope",
+                    "--clap-model", checkpoints["clap"])
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("Error: cannot load the BLIP model") and "--blip-model" in line
@@ -342,13 +349,14 @@ def test_cli_missing_model_is_one_clear_line(library_copy, checkpoints, photos, 
 
 @pytest.mark.parametrize("args", [[], ["x.jpg", "--topk", "0"], ["x.jpg", "--topk", "many"],
                                   ["x.jpg", "--precision", "fp8"]])
-def test_cli_usage_errors_exit_2(args):
-    done = run_cli("recommend.py", *args)
+def test_cli_usage_errors_exit_2(args, call_cli):
+    done = call_cli(recommend_cli.main, *args)
     assert done.returncode == 2 and "usage:" in done.stderr and done.stdout == ""
 
 
 @pytest.mark.parametrize("script", ["recommend.py", "music_to_vector.py", "app.py"])
 def test_help_imports_no_torch(script):
+    # A new process on purpose: only a fresh interpreter shows what --help imports (this one has torch already).
     code = (f"import runpy, sys; sys.argv = ['{script}', '--help']\n"
             f"try:\n    runpy.run_path({str(ROOT / script)!r}, run_name='__main__')\n"
             "except SystemExit as e:\n    assert e.code == 0, e.code\n"
@@ -358,15 +366,15 @@ def test_help_imports_no_torch(script):
     assert "usage:" in done.stdout and "--clap-model" in done.stdout
 
 
-def test_play_uses_a_player_from_the_best_moment(library_copy, checkpoints, photos, tmp_path):
+def test_play_uses_a_player_from_the_best_moment(library_copy, checkpoints, photos, tmp_path, call_cli):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "played.txt"
     fake = bin_dir / "mpv"
     fake.write_text(f"#!/bin/sh\necho \"$@\" > {log}\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    done = run_cli("recommend.py", photos["coffee.png"], "--play", "--json", "--blip-model", checkpoints["blip"],
-                   "--clap-model", checkpoints["clap"], env_extra={"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin"})
+    done = _cli(call_cli, checkpoints, photos["coffee.png"], "--play", "--json",
+                env_extra={"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     top = json.loads(done.stdout)["results"][0]
     played = log.read_text().split()
@@ -374,25 +382,24 @@ def test_play_uses_a_player_from_the_best_moment(library_copy, checkpoints, phot
     assert f"--start={top['best_segment_start_s']:.1f}" in played
 
 
-def test_play_without_a_player_says_why(library_copy, checkpoints, photos, tmp_path):
+def test_play_without_a_player_says_why(library_copy, checkpoints, photos, tmp_path, call_cli):
     empty = tmp_path / "no-players"
     empty.mkdir()
-    done = run_cli("recommend.py", photos["coffee.png"], "--play", "--blip-model", checkpoints["blip"],
-                   "--clap-model", checkpoints["clap"], env_extra={"PATH": str(empty)})
+    done = _cli(call_cli, checkpoints, photos["coffee.png"], "--play", env_extra={"PATH": str(empty)})
     assert done.returncode == 1
     assert "caption:" in done.stdout  # the results still came
     assert done.stderr.strip().splitlines()[-1].startswith("Error: cannot play: no audio player found")
 
 
-def test_play_reports_a_player_that_fails(library_copy, checkpoints, photos, tmp_path):
+def test_play_reports_a_player_that_fails(library_copy, checkpoints, photos, tmp_path, call_cli):
     """A player that cannot play (no sound device, say) is an error, not a silent success."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "mpv"
     fake.write_text("#!/bin/sh\necho 'AO: no audio device' >&2\nexit 2\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    done = run_cli("recommend.py", photos["coffee.png"], "--play", "--blip-model", checkpoints["blip"],
-                   "--clap-model", checkpoints["clap"], env_extra={"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin"})
+    done = _cli(call_cli, checkpoints, photos["coffee.png"], "--play",
+                env_extra={"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin"})
     assert done.returncode == 1
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("Error: cannot play") and "mpv failed (exit 2): AO: no audio device" in line
