@@ -4,11 +4,19 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+
+# huggingface_hub reads these once, when it is first imported (just below, through transformers): set them before,
+# so models loaded in the test process never look at the hub or the user's cache (each test also gets its own).
+# The --real-models tier is the exception: it loads the released checkpoints from the user's cache.
+if "--real-models" not in sys.argv:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="music-mood-tests-hf-")
 
 from tests.model_factory import build_blip_checkpoint, build_clap_checkpoint
 
