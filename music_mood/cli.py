@@ -56,7 +56,8 @@ def add_library_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that say where the library is: --library, --vectors, --meta (see LibraryPaths.at)."""
     parser.add_argument("--library", default=None,
                         help=f"library folder holding new_music/, processed_music/ and the database "
-                             f"(default: ${HOME_ENV}, else this program's folder)")
+                             f"(default: ${HOME_ENV}, else this program's folder; ~/music-mood when installed "
+                             f"with pip)")
     parser.add_argument("--vectors", default=None, help="database matrix (default: LIBRARY/music_database.npy)")
     parser.add_argument("--meta", default=None,
                         help="database metadata (default: LIBRARY/music_database_metadata.json)")

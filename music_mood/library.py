@@ -47,7 +47,8 @@ FORMAT_VERSION = 1
 EMBEDDING_METHOD = ("whole-track: mean of full 10 s windows (the last ends at the track's end) weighted by the new "
                     "audio in each, L2-normalised")
 HOME_ENV = "MUSIC_MOOD_HOME"
-PROJECT_FOLDER = Path(__file__).resolve().parents[1]  # the default library: the folder app.py and new_music/ are in
+PROJECT_FOLDER = Path(__file__).resolve().parents[1]  # the source tree: app.py, new_music/ and the package
+INSTALLED_LIBRARY = Path("~/music-mood")  # the default library of a pip-installed copy, which has no new_music/
 NORM_TOLERANCE = 1e-3
 # From this many tracks on, a query is answered by a faiss index (search.py) instead of a scan of every row, and
 # the vectors stay memory-mapped: an exact scan of 200 000 x 512 float32 rows already reads 400 MB per query.
@@ -65,6 +66,12 @@ class DatabaseError(RuntimeError):
 
 class EmptyLibraryError(DatabaseError):
     """There is nothing to recommend from (no tracks, or none left after the filters)."""
+
+
+def default_library_folder() -> Path:
+    """The source tree's own folder when run from it (it has new_music/), else ~/music-mood: an installed copy
+    lives in site-packages, which is no place for a user's music."""
+    return PROJECT_FOLDER if (PROJECT_FOLDER / "new_music").is_dir() else INSTALLED_LIBRARY.expanduser()
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,7 @@ class LibraryPaths:
     @classmethod
     def at(cls, root=None, vectors=None, metadata=None) -> LibraryPaths:
         """The library in `root` (default: $MUSIC_MOOD_HOME, else this project's folder); files may be overridden."""
-        root = Path(root or os.environ.get(HOME_ENV) or PROJECT_FOLDER).resolve()
+        root = Path(root or os.environ.get(HOME_ENV) or default_library_folder()).resolve()
         return cls(
             root=root,
             vectors=Path(vectors).resolve() if vectors else root / "music_database.npy",

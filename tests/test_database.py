@@ -666,3 +666,13 @@ def test_a_symlinked_track_is_moved_as_a_link_that_still_plays(isolated_library,
     moved = isolated_library / record["file_path"]
     assert moved.is_symlink() and moved.resolve() == outside.resolve() and not os.path.lexists(link)
     assert outside.read_bytes() == sample_tracks[0].read_bytes()
+
+
+def test_an_installed_copy_keeps_its_library_in_the_home_folder(tmp_path, monkeypatch):
+    """Run from the source tree the library is that folder; a pip-installed copy (no new_music/ beside the package,
+    which lives in site-packages) uses ~/music-mood, never site-packages."""
+    monkeypatch.delenv("MUSIC_MOOD_HOME")
+    assert LibraryPaths.at().root == library.PROJECT_FOLDER
+    monkeypatch.setattr(library, "PROJECT_FOLDER", tmp_path / "site-packages")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert LibraryPaths.at().root == tmp_path / "home" / "music-mood"
