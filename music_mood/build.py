@@ -4,6 +4,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from music_mood.storage import acquire_lock, copy_file, move_file, remove_empty_
 
 SAMPLE_PACKAGE = "immich-memories-music"
 TAG_KEYS = ("title", "artist", "genre", "mood")
+COMMIT_EVERY_S = 300.0  # a long build commits what it has embedded this often (see build_library)
 
 
 @dataclass
@@ -55,10 +57,6 @@ class BuildReport:
                 [f"Note: {gone} is no longer there; removed from the library." for gone in self.dropped] +
                 self.warnings +
                 [f"Error: {source}: {reason} (left where it is)" for source, reason in self.failed])
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.added or self.relocated or self.dropped)
 
 
 def _prefetch(function, items, ahead: int = 2):
@@ -100,15 +98,18 @@ def pending_files(paths: LibraryPaths, db: Database, files: list[Path] | None = 
 
 
 def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout: float = 600,
-                  progress: bool = True, files: list[Path] | None = None) -> BuildReport:
-    """Bring the database up to date with the music, in one commit, then move the added files into processed_music/.
+                  progress: bool = True, files: list[Path] | None = None,
+                  commit_every_s: float = COMMIT_EVERY_S) -> BuildReport:
+    """Bring the database up to date with the music, then move the added files into processed_music/.
 
     Reads (read_track) every file of new_music/ and every file of processed_music/ the database does not list;
     embeds (embed_track) those whose content is new; then commits (save_database) the added tracks, the tracks
     found again at another place (a file moved or renamed by hand, matched by its hash) and the removal of tracks
-    whose file is gone, together with the moves. `rebuild` re-embeds every file (after a model change); `files`
-    restricts the run to those files of new_music/. A file that fails stays where it is and is named in the
-    report. Holds the library lock throughout, and first finishes a commit that a crash left half done.
+    whose file is gone, together with the moves. A long build also commits what it has embedded every
+    `commit_every_s` seconds, so an interruption keeps that work (not during `rebuild`, which re-embeds every
+    file after a model change and commits once). `files` restricts the run to those files of new_music/. A file
+    that fails stays where it is and is named in the report. Holds the library lock throughout, and first
+    finishes a commit that a crash left half done.
     """
     from tqdm import tqdm
 
@@ -133,7 +134,18 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
         previous = {t.get("sha256"): t for t in old.tracks}
         tracks = [dict(t) for t in db.tracks]  # copies: a relocated track's record changes
         known = {t.get("sha256"): t for t in tracks}
-        moves, taken, new_rows, new_segments = [], set(), [], []
+        moves, taken, new_rows, new_segments, added = [], set(), [], [], []
+        committed = {"at": time.monotonic(), "changes": 0}
+
+        def commit(keep: list[int]) -> None:
+            """Commit the tracks kept, the ones added since the last commit and the moves that go with them."""
+            nonlocal db, tracks
+            db = _compose(db, [tracks[i] for i in keep], keep, added, new_rows, new_segments, clap.name, window_s)
+            report.warnings.extend(save_database(db, paths, sample_rate, moves))
+            tracks = db.tracks
+            for pending in (moves, added, new_rows, new_segments):
+                pending.clear()
+            committed.update(at=time.monotonic(), changes=len(report.added) + len(report.relocated))
 
         def read(path: Path):
             folder = paths.new_music if path.is_relative_to(paths.new_music) else paths.processed_music
@@ -161,13 +173,15 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
                 known[item.sha256] = record
                 new_rows.append(vector)
                 new_segments.append(segments)
+                added.append(record)
                 report.added.append(record)
+                if not rebuild and time.monotonic() - committed["at"] >= commit_every_s:
+                    commit(list(range(len(tracks))))  # tracks whose file is gone are dropped at the end only
 
         keep = _tracks_still_there(tracks, paths, taken, report)
-        if report.changed or rebuild:
-            db = _compose(db, [tracks[i] for i in keep], keep, report.added, new_rows, new_segments, clap.name,
-                          window_s)
-            report.warnings += save_database(db, paths, sample_rate, moves)
+        uncommitted = len(report.added) + len(report.relocated) > committed["changes"]
+        if uncommitted or len(keep) < len(tracks) or rebuild:
+            commit(keep)
         else:  # only files of a commit that a crash stopped before its moves: the database already lists them
             for source, target in moves:
                 move_file(source, target)

@@ -676,3 +676,30 @@ def test_an_installed_copy_keeps_its_library_in_the_home_folder(tmp_path, monkey
     monkeypatch.setattr(library, "PROJECT_FOLDER", tmp_path / "site-packages")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert LibraryPaths.at().root == tmp_path / "home" / "music-mood"
+
+
+def test_a_long_build_keeps_what_it_embedded_when_interrupted(library_copy, clap_audio, sample_tracks, monkeypatch):
+    """A build commits as it goes (every commit_every_s): Ctrl-C during the second track keeps the first, added
+    and moved; the next run adds only the second."""
+    paths = LibraryPaths.at(library_copy)
+    count = len(load_database(paths))
+    listed = {p.name for p in (library_copy / "processed_music").rglob("*")}
+    first, second = put_in_new_music(library_copy, [t for t in sample_tracks if t.name not in listed][:2])
+    real, calls = build.embed_track, []
+
+    def interrupted_at_the_second(clap, audio):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(clap, audio)
+
+    monkeypatch.setattr(build, "embed_track", interrupted_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        build_library(clap_audio, paths, progress=False, commit_every_s=0)
+    after = load_database(paths)
+    assert len(after) == count + 1 and after.tracks[-1]["file_path"].endswith(first.name)
+    assert not first.exists() and (library_copy / after.tracks[-1]["file_path"]).is_file() and second.exists()
+    assert _leftovers(library_copy) == []
+    monkeypatch.setattr(build, "embed_track", real)
+    report = build_library(clap_audio, paths, progress=False)
+    assert [Path(r["file_path"]).name for r in report.added] == [second.name] and len(load_database(paths)) == count + 2
