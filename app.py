@@ -21,6 +21,7 @@ from music_mood.display import TAG_COLUMNS, format_duration, track_tags
 from music_mood.images import ImageError
 from music_mood.library import EMPTY_LIBRARY, Database, DatabaseError, EmptyLibraryError, LibraryPaths, LiveLibrary
 from music_mood.models import BackgroundModels, ModelLoadError, load_clap_audio, release_freed_memory
+from music_mood.search import tag_values
 from music_mood.serve import TRACK_ROUTE, port_busy_message, port_in_use, track_routes
 from music_mood.storage import LibraryBusyError
 from music_mood.uploads import add_uploads
@@ -99,11 +100,6 @@ def library_rows(db: Database) -> list[list]:
     """The Library tab's table: number, the tag columns, length and file of every track."""
     return [[i, *track_tags(t), format_duration(float(t.get("duration_s", 0) or 0)), str(t["file_path"])]
             for i, t in enumerate(db.tracks, 1)]
-
-
-def tag_choices(db: Database, key: str) -> list[str]:
-    """The distinct non-empty values of one tag in the library, sorted case-insensitively."""
-    return sorted({str(t.get(key, "")).strip() for t in db.tracks} - {""}, key=str.lower)
 
 
 # ---------------------------------------------------------------------------------------------- handlers
@@ -379,7 +375,7 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
             raise gr.Error(f"The music database cannot be used: {e}") from e
 
     def library_outputs(db):
-        return (gr.update(choices=tag_choices(db, "mood")), gr.update(choices=tag_choices(db, "genre")),
+        return (gr.update(choices=tag_values(db, "mood")), gr.update(choices=tag_values(db, "genre")),
                 library_rows(db))
 
     def on_load():

@@ -199,7 +199,7 @@ def _load_committed(paths: LibraryPaths, clap_model: str | None, dim: int | None
     meta = _read_metadata(paths)
     commit = meta.get("commit") if isinstance(meta, dict) else None
     if commit and _unfinished(paths, commit):
-        _finish_if_free(paths, commit)
+        _finish_if_free(paths)
     vectors = _load_array(paths.vectors, commit, "vectors", mmap_min_rows=index_min_tracks)
 
     if isinstance(meta, list):  # the seed's format: no checkpoint recorded, no segments
@@ -276,8 +276,8 @@ def _load_array(final: Path, commit: dict | None, kind: str, mmap_min_rows: int 
 
 def _committed_id(paths: LibraryPaths) -> str | None:
     try:
-        meta = json.loads(paths.metadata.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = _read_metadata(paths)
+    except DatabaseError:
         return None
     return (meta.get("commit") or {}).get("id") if isinstance(meta, dict) else None
 
@@ -288,7 +288,7 @@ def _unfinished(paths: LibraryPaths, commit: dict) -> bool:
             or any(os.path.lexists(paths.root / source) for source, _ in commit.get("moves", [])))
 
 
-def _finish_if_free(paths: LibraryPaths, commit: dict) -> None:
+def _finish_if_free(paths: LibraryPaths) -> None:
     """Finish a half-done commit from a reader, unless a builder holds the lock (it finishes it) or the library
     cannot be written (then the staged files are read where they are)."""
     try:
@@ -296,10 +296,8 @@ def _finish_if_free(paths: LibraryPaths, commit: dict) -> None:
     except (LibraryBusyError, OSError):
         return
     try:
-        meta = _read_metadata(paths)  # the lock was free: it may have been finished and superseded meanwhile
-        if isinstance(meta, dict) and meta.get("commit"):
-            for line in finish_commit(paths, meta["commit"]):
-                print(line, file=sys.stderr)
+        for line in recover_library(paths):  # reads the commit again: it may have been superseded meanwhile
+            print(line, file=sys.stderr)
     finally:
         lock.release()
 
@@ -330,19 +328,23 @@ def finish_commit(paths: LibraryPaths, commit: dict) -> list[str]:
                             f"left where it is.")
             continue
         remove_empty_folders(source.parent, paths.new_music)
+    _remove_leftovers(paths)
+    return problems
+
+
+def _remove_leftovers(paths: LibraryPaths) -> None:
+    """Remove what crashed writes left: staged files of commits that never happened, temp files of the
+    database's own names. Only files of those exact names; called under the lock, after the commit is done."""
     for final in (paths.vectors, paths.segments, paths.metadata):
         for leftover in final.parent.glob(f".{final.name}.*"):
             if leftover.name.endswith(".tmp") or ".commit-" in leftover.name:
                 remove(leftover)
-    return problems
 
 
 def recover_library(paths: LibraryPaths) -> list[str]:
     """Under the library lock, before a change: finish the last commit if a crash left it half done."""
     if not paths.metadata.exists():
-        for final in (paths.vectors, paths.segments):  # staged files of a first commit that never happened
-            for leftover in final.parent.glob(f".{final.name}.commit-*"):
-                remove(leftover)
+        _remove_leftovers(paths)  # of a first commit that never happened
         return []
     try:
         meta = _read_metadata(paths)

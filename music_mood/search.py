@@ -96,6 +96,11 @@ def _allowed_rows(db: Database, moods=None, genres=None) -> np.ndarray | None:
     return allowed
 
 
+def tag_values(db: Database, key: str) -> list[str]:
+    """The distinct non-empty values of one tag (mood, genre) in the library, sorted case-insensitively."""
+    return sorted({str(t.get(key, "")).strip() for t in db.tracks} - {""}, key=str.lower)
+
+
 def check_filters(db: Database, moods=None, genres=None) -> None:
     """Raise EmptyLibraryError when the mood/genre filters keep no track of `db`, naming the moods/genres it has.
 
@@ -107,7 +112,7 @@ def check_filters(db: Database, moods=None, genres=None) -> None:
     asked, offered = [], []
     for key, wanted in (("mood", _normalise_filter(moods)), ("genre", _normalise_filter(genres))):
         if wanted is not None:
-            existing = sorted({str(t.get(key, "")).strip() for t in db.tracks} - {""}, key=str.lower)
+            existing = tag_values(db, key)
             asked.append(f"the {key} {' or '.join(sorted(wanted))}")
             offered.append(f"the {key}s it has: {', '.join(existing) or 'none'}")
     raise EmptyLibraryError(f"no track in the library has {' and '.join(asked)}; {'; '.join(offered)}")
