@@ -422,7 +422,7 @@ def build_app(library: LiveLibrary, models: BackgroundModels):
 # ---------------------------------------------------------------------------------------------- start-up
 
 
-def prepare_library(library: LiveLibrary, precision: str) -> None:
+def prepare_library(library: LiveLibrary, precision: str, backend: str = "auto") -> None:
     """Before serving: add whatever waits in new_music/ (or unlisted in processed_music/); if the library has
     nothing at all, import the bundled sample tracks first. Progress goes to stderr."""
     paths = library.paths
@@ -438,7 +438,7 @@ def prepare_library(library: LiveLibrary, precision: str) -> None:
     if not pending:
         return
     print(f"Adding {len(pending)} audio file(s) to the library in {paths.root}.", file=sys.stderr)
-    report = build_library(load_clap_audio(library.clap_model, precision), paths, progress=True)
+    report = build_library(load_clap_audio(library.clap_model, precision, backend), paths, progress=True)
     for line in report.problem_lines():
         print(line, file=sys.stderr)
     print(f"{len(report.added)} added, {len(report.failed)} failed, {len(report.duplicates)} already there.",
@@ -467,7 +467,7 @@ def main(argv=None) -> int:
         return 1
     try:
         library = LiveLibrary(paths, args.clap_model)
-        prepare_library(library, args.precision)
+        prepare_library(library, args.precision, args.backend)
     except (DatabaseError, ModelLoadError, LibraryBusyError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
@@ -475,7 +475,7 @@ def main(argv=None) -> int:
         print("Interrupted: nothing was lost; the library is as its last commit left it.", file=sys.stderr)
         return 130
     paths.processed_music.mkdir(parents=True, exist_ok=True)
-    models = BackgroundModels(args.blip_model, args.clap_model, args.precision)
+    models = BackgroundModels(args.blip_model, args.clap_model, args.precision, args.backend)
     demo = build_app(library, models)
     try:
         # No allowed_paths: Gradio serves nothing of the library; its audio goes through track_routes alone.
@@ -496,7 +496,8 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         # Loaded while the page is up, so a visitor sees that it is loading rather than no page at all.
-        print(f"Loading models: {args.blip_model}, {args.clap_model} ({args.precision})...", file=sys.stderr)
+        print(f"Loading models: {args.blip_model}, {args.clap_model} ({args.precision}, backend {args.backend})...",
+              file=sys.stderr)
         models.load()
         if models.error:
             print(f"Error: {models.error}", file=sys.stderr)

@@ -22,7 +22,7 @@ from music_mood.audio import (
 from music_mood.build import SAMPLE_PACKAGE, BuildReport, build_library, import_sample_library, pending_files
 from music_mood.cli import add_library_arguments, add_model_arguments, new_parser
 from music_mood.display import format_library
-from music_mood.embed import embed_track, embed_windows, log_mel_features, split_windows
+from music_mood.embed import embed_track, embed_windows, split_windows
 from music_mood.library import (
     SEARCH_INDEX_MIN_TRACKS,
     Database,
@@ -40,7 +40,7 @@ __all__ = ["AUDIO_EXTENSIONS", "SAMPLE_PACKAGE", "SEARCH_INDEX_MIN_TRACKS", "Aud
            "DatabaseError", "DecodedTrack", "LibraryBusyError", "LibraryPaths", "add_library_arguments",
            "build_library", "committed_state", "decode_audio", "embed_track", "embed_windows", "empty_database",
            "file_sha256", "find_audio_files", "import_sample_library", "index_path", "load_database",
-           "load_search_index", "log_mel_features", "main", "pending_files", "read_tags", "read_track",
+           "load_search_index", "main", "pending_files", "read_tags", "read_track",
            "save_database", "split_windows", "write_atomically"]
 
 
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
             return 0
         from music_mood.models import load_clap_audio
 
-        clap = load_clap_audio(args.clap_model, args.precision)
+        clap = load_clap_audio(args.clap_model, args.precision, args.backend)
         print(f"Updating the library in {paths.root} with {clap.name}...", file=sys.stderr)
         report = build_library(clap, paths, rebuild=args.rebuild, files=files)
     except KeyboardInterrupt:

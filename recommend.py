@@ -138,8 +138,8 @@ def main(argv=None) -> int:
 
         db = load_database(paths, clap_model=args.clap_model)
         check_can_recommend(db, args.mood, args.genre)  # before the models: loading them takes seconds
-        clap = load_clap_text(args.clap_model, args.precision)
-        blip = load_blip(args.blip_model, args.precision) if args.images else None
+        clap = load_clap_text(args.clap_model, args.precision, args.backend)
+        blip = load_blip(args.blip_model, args.precision, args.backend) if args.images else None
         first, warned = None, set()
         for image in args.images or [None]:
             try:

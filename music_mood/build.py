@@ -113,8 +113,8 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
     """
     from tqdm import tqdm
 
-    extractor = clap.processor.feature_extractor
-    sample_rate, window_s = extractor.sampling_rate, extractor.nb_max_samples / extractor.sampling_rate
+    sample_rate = clap.runtime.sampling_rate
+    window_s = clap.runtime.window_samples / sample_rate
     lock = acquire_lock(paths.lock, lock_timeout)
     try:
         report = BuildReport(warnings=recover_library(paths))
@@ -169,7 +169,7 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
                 if final != path:
                     moves.append((path, final))
                 record = _new_record(item, final, paths, len(segments), last_window_start_s,
-                                     previous.get(item.sha256))
+                                     previous.get(item.sha256), clap.embedded_by)
                 known[item.sha256] = record
                 new_rows.append(vector)
                 new_segments.append(segments)
@@ -217,8 +217,12 @@ def _found_again(record: dict, path: Path, paths: LibraryPaths, report: BuildRep
 
 
 def _new_record(track: DecodedTrack, final: Path, paths: LibraryPaths, segment_count: int,
-                last_window_start_s: float, previous: dict | None) -> dict:
+                last_window_start_s: float, previous: dict | None, embedded_by: str) -> dict:
     """The metadata of a newly embedded track (segment_offset is set when the database is composed).
+
+    `embedded_by` is the backend and precision that made its vectors ("onnx-fp32", "torch-bf16"...): vectors of
+    one checkpoint are interchangeable across them (the fidelity gate holds every window within cosine 0.999 of
+    torch fp32), so a library mixes them freely; the label says how each track was embedded.
 
     `from_file` keeps what the file's tags, name and folder gave, so a later change can tell a value fixed by hand
     (kept on --rebuild) from one that follows the file.
@@ -232,6 +236,7 @@ def _new_record(track: DecodedTrack, final: Path, paths: LibraryPaths, segment_c
         "segment_offset": 0,
         "segment_count": segment_count,
         "last_window_start_s": round(last_window_start_s, 3),
+        "embedded_by": embedded_by,
         "from_file": dict(track.tags),
     }
     for key in TAG_KEYS:

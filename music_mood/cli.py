@@ -6,9 +6,13 @@ import argparse
 
 from music_mood.library import HOME_ENV
 from music_mood.models import (
+    BACKEND_ENV,
+    BACKENDS,
     BLIP_MODEL_ENV,
     CLAP_MODEL_ENV,
+    PRECISION_ENV,
     PRECISIONS,
+    default_backend,
     default_blip_model,
     default_clap_model,
     default_precision,
@@ -48,8 +52,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, blip: bool = True) -> N
     parser.add_argument("--clap-model", default=default_clap_model(),
                         help=f"CLAP checkpoint: hub id or local directory (env {CLAP_MODEL_ENV})")
     parser.add_argument("--precision", choices=PRECISIONS, default=default_precision(),
-                        help="model precision; auto = bf16 where the hardware has it natively, else fp32; "
-                             "int8 = CPU, linear layers quantised to int8 (faster, approximate)")
+                        help=f"model precision (env {PRECISION_ENV}); auto = bf16 on torch where the hardware has "
+                             "it natively, else ONNX Runtime with an int8 text decoder; fp32 = exact; int8 = "
+                             "quantised weights (faster, within the fidelity gate)")
+    parser.add_argument("--backend", choices=BACKENDS, default=default_backend(),
+                        help=f"inference engine (env {BACKEND_ENV}); auto = torch on a GPU or a CPU with native "
+                             "bf16 and for --precision fp32/bf16, ONNX Runtime on other CPUs (exported once per "
+                             "checkpoint into the cache folder)")
 
 
 def add_library_arguments(parser: argparse.ArgumentParser) -> None:

@@ -27,89 +27,58 @@ DESCRIPTIONS_KEPT = 32  # photos whose caption and mood words are remembered, pe
 CACHE_ENV = "MUSIC_MOOD_CACHE"
 
 
-def _pixel_values(blip, image: Image.Image):
-    """What BLIP's vision tower sees of an RGB image: float32 (1, 3, H, W), resized and normalised."""
-    return blip.processor(images=image, return_tensors="pt").pixel_values
+def caption_image(blip, cross, max_new_tokens: int = MAX_CAPTION_TOKENS, min_new_tokens: int = 0,
+                  prompt: str = "") -> str:
+    """Greedy BLIP caption of the photo whose cross-attention `cross` is (blip.runtime.cross_attention of its
+    vision features); a conditional `prompt` is stripped from the output.
 
-
-def _vision_features(blip, image: Image.Image, pixel_values=None):
-    """BLIP's vision tower on one image: (1, patches + 1, hidden) in the model's dtype."""
-    pixel_values = _pixel_values(blip, image) if pixel_values is None else pixel_values
-    return blip.model.vision_model(pixel_values=pixel_values.to(blip.device, blip.dtype))[0]
-
-
-def _special_ids(blip) -> tuple[int, int, int]:
-    text_config = blip.model.config.text_config
-    return text_config.bos_token_id, text_config.sep_token_id, text_config.pad_token_id
-
-
-def _decoder_cache(cross_attention=None):
-    """A cache for BLIP's text decoder. Pass the cross-attention part of an earlier cache for the same image to
-    reuse its keys/values over the image (12 layers x 577 positions) instead of computing them again."""
-    from transformers import DynamicCache, EncoderDecoderCache
-
-    return EncoderDecoderCache(DynamicCache(), cross_attention if cross_attention is not None else DynamicCache())
-
-
-def caption_image(blip, image_embeds, max_new_tokens: int = MAX_CAPTION_TOKENS, min_new_tokens: int = 0,
-                  prompt: str = "", cross_attention=None) -> str:
-    """Greedy BLIP caption from precomputed vision features; a conditional `prompt` is stripped from the output.
-
-    A plain greedy loop rather than generate(): generate() on BLIP's text decoder keeps no cross-attention cache,
-    so it recomputes the keys/values over the image at every token. Here they are computed once, into
-    `cross_attention` when given (an empty DynamicCache to fill, or one already filled for this image).
+    A plain greedy loop over the runtime's decoder with its self-attention cache: the keys/values over the image
+    are computed once per photo and shared with the mood words, where generate() would compute them at every token.
     """
-    import torch
-
-    bos, sep, _ = _special_ids(blip)
-    tokenizer = blip.processor.tokenizer
-    decoder = blip.model.text_decoder
-    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids if prompt else []
-    cache = _decoder_cache(cross_attention)
-    step_ids = torch.tensor([[bos, *prompt_ids]], device=blip.device)
-    caption_ids = []
+    runtime = blip.runtime
+    ids = np.array([[runtime.bos_token_id, *(runtime.encode(prompt) if prompt else [])]], dtype=np.int64)
+    past, caption_ids = None, []
     for step in range(max_new_tokens):
-        logits = decoder(input_ids=step_ids, encoder_hidden_states=image_embeds, cache=cache, use_cache=True,
-                         logits_to_keep=1).logits[0, -1]
+        logits, past = runtime.decode(ids, cross, past)
+        logits = logits[0, -1]
         if step < min_new_tokens:
-            logits[sep] = -torch.inf
+            logits[runtime.sep_token_id] = -np.inf
         token = int(logits.argmax())
-        if token == sep:
+        if token == runtime.sep_token_id:
             break
         caption_ids.append(token)
-        step_ids = torch.tensor([[token]], device=blip.device)
-    return tokenizer.decode(caption_ids, skip_special_tokens=True).strip()
+        ids = np.array([[token]], dtype=np.int64)
+    return runtime.decode_tokens(caption_ids)
 
 
-def _mood_log_likelihoods(blip, image_embeds, vocabulary, cross_attention=None) -> np.ndarray:
-    """Mean log-probability of each vocabulary word completing "a photo with a ___" given the image: (V,) float64.
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
-    The prefix and the image's cross-attention keys/values are computed once (or reused from `cross_attention`);
-    the words then run as one batch whose cross-attention broadcasts over that single cached image.
+
+def _mood_log_likelihoods(blip, cross, vocabulary) -> np.ndarray:
+    """Mean log-probability of each vocabulary word completing "a photo with a ___" given the photo whose
+    cross-attention `cross` is: (V,) float64.
+
+    The prefix runs once; the words then run as one batch after it, whose cross-attention broadcasts over the one
+    photo. Right padding is harmless under a causal mask: pads come after every real token.
     """
-    import torch
+    runtime = blip.runtime
+    prefix = np.array([[runtime.bos_token_id, *runtime.encode(MOOD_PROMPT_PREFIX)]], dtype=np.int64)
+    logits, past = runtime.decode(prefix, cross)
+    first_log_probs = _log_softmax(logits[0, -1])
 
-    bos, _, pad = _special_ids(blip)
-    tokenizer = blip.processor.tokenizer
-    decoder = blip.model.text_decoder
-    prefix = torch.tensor([[bos, *tokenizer(MOOD_PROMPT_PREFIX, add_special_tokens=False).input_ids]],
-                          device=blip.device)
-    cache = _decoder_cache(cross_attention)
-    out = decoder(input_ids=prefix, encoder_hidden_states=image_embeds, cache=cache, use_cache=True)
-    first_log_probs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-
-    words = [tokenizer(word, add_special_tokens=False).input_ids for word in vocabulary]
+    words = [runtime.encode(word) for word in vocabulary]
     longest = max(len(w) for w in words)
-    scores = np.array([first_log_probs[w[0]].item() for w in words], dtype=np.float64)
+    scores = np.array([first_log_probs[w[0]] for w in words], dtype=np.float64)
     if longest > 1:
-        # Right padding is harmless under a causal mask: pads come after every real token.
-        batch = torch.tensor([w + [pad] * (longest - len(w)) for w in words], device=blip.device)
-        cache.self_attention_cache.batch_repeat_interleave(len(words))
-        out = decoder(input_ids=batch, encoder_hidden_states=image_embeds, cache=cache, use_cache=True)
-        log_probs = torch.log_softmax(out.logits.float(), dim=-1)
+        batch = np.array([w + [runtime.pad_token_id] * (longest - len(w)) for w in words], dtype=np.int64)
+        logits, _ = runtime.decode(batch, cross, runtime.repeat(past, len(words)))
+        log_probs = _log_softmax(logits)
         for i, word in enumerate(words):
             for j in range(1, len(word)):
-                scores[i] += log_probs[i, j - 1, word[j]].item()
+                scores[i] += log_probs[i, j - 1, word[j]]
     return scores / np.array([len(w) for w in words])
 
 
@@ -121,26 +90,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "music-mood"
 
 
-def model_fingerprint(model) -> str:
-    """A content hash of a model's weights, cheap enough to take at every start (~20 ms for BLIP-base in RAM): each
-    parameter's name, shape and 4096 evenly spaced values. Checkpoints trained or initialised differently differ
-    in it; so do fp32 and int8 loads of one checkpoint (int8 layers hold no float parameters)."""
-    digest = hashlib.sha256()
-    for name, parameter in model.named_parameters():
-        flat = parameter.detach().reshape(-1)
-        sample = flat[::max(1, flat.numel() // 4096)][:4096].float().cpu().numpy()
-        digest.update(f"{name}{tuple(parameter.shape)}".encode())
-        digest.update(sample.tobytes())
-    return digest.hexdigest()
-
-
 def _neutral_cache_path(blip, vocabulary) -> Path:
-    import torch
-    import transformers
-
-    key = json.dumps({"model": model_fingerprint(blip.model), "dtype": str(blip.dtype), "device": blip.device.type,
-                      "vocabulary": list(vocabulary), "prompt": MOOD_PROMPT_PREFIX, "size": _processor_size(blip),
-                      "torch": torch.__version__, "transformers": transformers.__version__}, sort_keys=True)
+    key = json.dumps({**blip.runtime.cache_key(), "vocabulary": list(vocabulary), "prompt": MOOD_PROMPT_PREFIX,
+                      "size": blip.runtime.image_size}, sort_keys=True)
     return cache_dir() / f"mood-baseline-{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
@@ -195,42 +147,32 @@ def neutral_mood_scores(blip, vocabulary=MOOD_VOCABULARY) -> np.ndarray:
     """The mood words' scores for a neutral grey image: (V,) float64, BLIP's prior for each word.
 
     A property of the model alone, so it is computed once (one vision pass, ~0.9 s for BLIP-base on a 2-core
-    CPU) and kept in memory and in cache_dir(), keyed by model_fingerprint, precision, vocabulary and library
-    versions: a new process reads it instead of paying for the pass again.
+    CPU) and kept in memory and in cache_dir(), keyed by the runtime's cache_key (the weights, the precision, the
+    library versions) and the vocabulary: a new process reads it instead of paying for the pass again.
     """
-    import torch
-
     known = memory_of(blip).baselines
     if tuple(vocabulary) not in known:
         path = _neutral_cache_path(blip, vocabulary)
         scores = _read_neutral_scores(path, vocabulary)
         if scores is None:
-            with torch.inference_mode():
-                grey = torch.zeros((1, 3, *_processor_size(blip)), device=blip.device, dtype=blip.dtype)
-                grey_embeds = blip.model.vision_model(pixel_values=grey)[0]  # zeros = the dataset mean, normalised
-                scores = _mood_log_likelihoods(blip, grey_embeds, vocabulary)
+            runtime = blip.runtime
+            grey = np.zeros((1, 3, *runtime.image_size), dtype=np.float32)  # zeros = the dataset mean, normalised
+            scores = _mood_log_likelihoods(blip, runtime.cross_attention(runtime.image_features(grey)), vocabulary)
             _write_neutral_scores(path, vocabulary, scores)
         known[tuple(vocabulary)] = scores
     return known[tuple(vocabulary)]
 
 
-def choose_mood_words(blip, image_embeds, k: int = MOOD_WORDS_PER_IMAGE, vocabulary=MOOD_VOCABULARY,
-                      cross_attention=None) -> list[str]:
+def choose_mood_words(blip, cross, k: int = MOOD_WORDS_PER_IMAGE, vocabulary=MOOD_VOCABULARY) -> list[str]:
     """The k words of `vocabulary` whose likelihood this image raises most over a neutral grey image.
 
     Score = log p(word | "a photo with a", image) - log p(word | "a photo with a", grey image), each averaged over
     the word's tokens. Subtracting the grey baseline removes BLIP's prior for common words, so the words are
-    chosen by what is in this image. Ties keep vocabulary order. `cross_attention`: as in caption_image.
+    chosen by what is in this image. Ties keep vocabulary order. `cross`: as in caption_image.
     """
-    scores = _mood_log_likelihoods(blip, image_embeds, vocabulary, cross_attention) - neutral_mood_scores(blip,
-                                                                                                          vocabulary)
+    scores = _mood_log_likelihoods(blip, cross, vocabulary) - neutral_mood_scores(blip, vocabulary)
     order = np.argsort(-scores, kind="stable")[:k]
     return [vocabulary[i] for i in order]
-
-
-def _processor_size(blip) -> tuple[int, int]:
-    size = blip.processor.image_processor.size
-    return size["height"], size["width"]
 
 
 def describe_image(blip, image: Image.Image, max_new_tokens: int = MAX_CAPTION_TOKENS,
@@ -242,20 +184,16 @@ def describe_image(blip, image: Image.Image, max_new_tokens: int = MAX_CAPTION_T
     sees: asking about the same photo again (another top-k, filter or text in the app) skips BLIP, ~1.5 s on a
     2-core CPU, and gives the same words it would compute.
     """
-    import torch
-    from transformers import DynamicCache
-
-    pixel_values = _pixel_values(blip, image)
-    key = (hashlib.sha256(pixel_values.numpy().tobytes()).hexdigest(), max_new_tokens, min_new_tokens)
+    runtime = blip.runtime
+    pixel_values = runtime.pixel_values(image)
+    key = (hashlib.sha256(pixel_values.tobytes()).hexdigest(), max_new_tokens, min_new_tokens)
     memory = memory_of(blip)
     remembered = memory.recall(key)
     if remembered is not None:
         return remembered
-    with torch.inference_mode():
-        image_embeds = _vision_features(blip, image, pixel_values)
-        cross_attention = DynamicCache()  # filled by the caption, reused by the mood words
-        caption = caption_image(blip, image_embeds, max_new_tokens, min_new_tokens, cross_attention=cross_attention)
-        mood_words = choose_mood_words(blip, image_embeds, cross_attention=cross_attention)
+    cross = runtime.cross_attention(runtime.image_features(pixel_values))  # shared by the caption and mood words
+    caption = caption_image(blip, cross, max_new_tokens, min_new_tokens)
+    mood_words = choose_mood_words(blip, cross)
     memory.remember(key, caption, mood_words)
     return caption, mood_words
 

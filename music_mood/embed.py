@@ -32,47 +32,17 @@ def split_windows(audio: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarra
     return windows, share, starts
 
 
-def log_mel_features(extractor, windows: np.ndarray):
-    """The CLAP model's input for exact-length windows float32 (B, N): a float32 tensor (B, C, frames, mels).
-
-    What `extractor(...).input_features` gives, to float32 rounding. For the unfused checkpoint's extractor
-    (rand_trunc, no top_db) it is computed here with one batched torch.stft in a third of the time or less:
-    transformers' extractor loops over the 1001 frames of a window in Python, in float64. Any other configuration
-    (a fused checkpoint's "fusion" stacks four views) is left to the extractor itself.
-    """
-    import torch
-    from transformers import ClapFeatureExtractor
-
-    if not (isinstance(extractor, ClapFeatureExtractor) and extractor.truncation == "rand_trunc"
-            and extractor.top_db is None and windows.shape[1] == extractor.nb_max_samples):
-        return extractor(list(windows), sampling_rate=extractor.sampling_rate, return_tensors="pt").input_features
-    # Mirrors ClapFeatureExtractor._np_extract_fbank_features with mel_filters_slaney: periodic Hann window,
-    # centred frames with reflect padding, power 2, then 10 * log10(max(mel, 1e-10)) with reference 1.
-    audio = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
-    window = torch.hann_window(extractor.fft_window_size, periodic=True)
-    power = torch.stft(audio, extractor.fft_window_size, extractor.hop_length, window=window, center=True,
-                       pad_mode="reflect", return_complex=True).abs() ** 2
-    mel = power.transpose(1, 2) @ torch.from_numpy(extractor.mel_filters_slaney).float()
-    return (10 * torch.log10(torch.clamp(mel, min=1e-10)))[:, None]
-
-
 def embed_windows(clap, windows: np.ndarray) -> np.ndarray:
     """CLAP audio embeddings of exact-length windows: float32 (W, D), rows L2-normalised.
 
     Windows are exactly the feature extractor's max length, so its random crop (rand_trunc) never fires: the same
     audio gives the same vectors on every run. Batches hold windows of one track only, for the same reason.
     """
-    import torch
-
-    extractor = clap.processor.feature_extractor
-    if windows.shape[1] != extractor.nb_max_samples:
-        raise ValueError(f"windows must be {extractor.nb_max_samples} samples, got {windows.shape[1]}")
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(windows), WINDOWS_PER_BATCH):
-            features = log_mel_features(extractor, windows[start:start + WINDOWS_PER_BATCH])
-            embeds = clap.model(input_features=features.to(clap.device, clap.dtype)).audio_embeds
-            out.append(torch.nn.functional.normalize(embeds.float(), dim=-1).cpu().numpy())
+    runtime = clap.runtime
+    if windows.shape[1] != runtime.window_samples:
+        raise ValueError(f"windows must be {runtime.window_samples} samples, got {windows.shape[1]}")
+    out = [runtime.embed_windows(windows[start:start + WINDOWS_PER_BATCH])
+           for start in range(0, len(windows), WINDOWS_PER_BATCH)]
     return np.concatenate(out).astype(np.float32)
 
 
@@ -82,8 +52,8 @@ def embed_track(clap, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]
     Vectors are unit-length. The track vector is the mean of the window vectors weighted by the new audio each
     window adds, so the last window, which overlaps the one before it, counts only for the music it adds.
     """
-    extractor = clap.processor.feature_extractor
-    windows, share, starts = split_windows(audio, extractor.nb_max_samples)
+    runtime = clap.runtime
+    windows, share, starts = split_windows(audio, runtime.window_samples)
     segments = embed_windows(clap, windows)
     mean = (segments * share[:, None]).sum(axis=0)
-    return (mean / np.linalg.norm(mean)).astype(np.float32), segments, float(starts[-1] / extractor.sampling_rate)
+    return (mean / np.linalg.norm(mean)).astype(np.float32), segments, float(starts[-1] / runtime.sampling_rate)

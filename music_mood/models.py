@@ -1,4 +1,4 @@
-"""Model loading: which checkpoints, on which device and in which precision, loaded lazily and once."""
+"""Model loading: which checkpoints, on which backend (torch or ONNX Runtime), device and precision; loaded once."""
 from __future__ import annotations
 
 import functools
@@ -13,7 +13,12 @@ DEFAULT_CLAP_MODEL = "laion/clap-htsat-unfused"
 BLIP_MODEL_ENV = "MUSIC_MOOD_BLIP_MODEL"
 CLAP_MODEL_ENV = "MUSIC_MOOD_CLAP_MODEL"
 PRECISION_ENV = "MUSIC_MOOD_PRECISION"
+BACKEND_ENV = "MUSIC_MOOD_BACKEND"
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
+BACKENDS = ("auto", "torch", "onnx")
+# BLIP, CLAP's text tower and CLAP's audio tower: the transformers class each loads as, and the ONNX export's name.
+MODEL_CLASSES = {"blip": "BlipForConditionalGeneration", "clap-text": "ClapTextModelWithProjection",
+                 "clap-audio": "ClapAudioModelWithProjection"}
 
 
 class ModelLoadError(RuntimeError):
@@ -22,18 +27,28 @@ class ModelLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model with its processor, and where it runs.
+    """A model ready to run: `runtime` is what the product calls (numpy in, numpy out; torch_runtime.TorchBlip or
+    onnx_blip.OnnxBlip, and the CLAP towers' equivalents), on `backend` ("torch" or "onnx") in `precision`.
 
-    `name` is the hub id or local directory it came from; `device` and `dtype` are torch objects.
+    `name` is the hub id or local directory it came from. On torch, `model`, `processor`, `device` and `dtype`
+    are the transformers model, its processor and torch's device and dtype; on ONNX Runtime they are None.
     """
 
     name: str
-    model: Any
-    processor: Any
-    device: Any
-    dtype: Any
+    runtime: Any
+    backend: str
+    precision: str
+    model: Any = None
+    processor: Any = None
+    device: Any = None
+    dtype: Any = None
     # What code using the model works out once and keeps with it (describe.memory_of: captions, mood baselines).
     memory: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def embedded_by(self) -> str:
+        """How vectors made by this model are labelled in the database: backend-precision, e.g. "onnx-fp32"."""
+        return f"{self.backend}-{self.precision}"
 
 
 def default_blip_model() -> str:
@@ -48,6 +63,10 @@ def default_precision() -> str:
     return os.environ.get(PRECISION_ENV) or "auto"
 
 
+def default_backend() -> str:
+    return os.environ.get(BACKEND_ENV) or "auto"
+
+
 def cpu_has_native_bf16() -> bool:
     """True when this CPU multiplies bf16 natively (AMX or AVX512-BF16); elsewhere bf16 is emulated and slow."""
     try:
@@ -58,12 +77,50 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def has_nvidia_gpu() -> bool:
+    """Whether an NVIDIA driver is loaded, known without importing torch (a cold start on ONNX Runtime never does)."""
+    return os.path.exists("/proc/driver/nvidia/version")
+
+
+def resolve_backend(precision: str = "auto", backend: str = "auto") -> tuple[str, str]:
+    """(backend, precision) that a model runs in, from the user's --precision and --backend.
+
+    With backend "auto": a CUDA GPU or a CPU with native bf16 (AMX, AVX512-BF16) runs torch in bf16, as before
+    (benchmarks/RESULTS.md says what is and is not measured on such CPUs); any other CPU runs ONNX Runtime with
+    the int8 decoder that passes the fidelity gate (faster decoder steps on AVX2, RESULTS.md); "fp32" and
+    "bf16" run torch ("fp32" stays exact); "int8" runs ONNX Runtime. With backend "torch" everything is as before
+    ("auto" = bf16 where native, else fp32; "int8" = torch's dynamic quantisation). With backend "onnx": "auto"
+    and "int8" are the int8 decoder, "fp32" is ONNX Runtime in fp32; bf16 is torch's alone.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "auto":
+        if precision in ("fp32", "bf16"):
+            backend = "torch"
+        elif precision == "int8":
+            backend = "onnx"
+        else:
+            backend = "torch" if has_nvidia_gpu() or cpu_has_native_bf16() else "onnx"
+    if backend == "onnx":
+        if precision == "bf16":
+            raise ValueError("bf16 runs on torch only: use --backend torch (or auto) with --precision bf16")
+        return "onnx", "fp32" if precision == "fp32" else "int8"
+    if precision == "auto":
+        import torch
+
+        native = torch.cuda.is_available() or cpu_has_native_bf16()
+        precision = "bf16" if native else "fp32"
+    return "torch", precision
+
+
 def resolve_device_dtype(precision: str = "auto"):
     """The device and dtype every model runs in.
 
     Device: CUDA when available, else CPU. Precision "auto" means bf16 on CUDA and on CPUs with native bf16,
     fp32 elsewhere; "fp32" and "bf16" force it. "int8" runs on the CPU with fp32 activations (the linear layers'
-    weights are quantised after loading, see _quantize_linear_layers).
+    weights are quantised after loading, see torch_runtime.quantize_linear_layers).
     """
     import torch
 
@@ -78,24 +135,6 @@ def resolve_device_dtype(precision: str = "auto"):
     return device, torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def _quantize_linear_layers(model):
-    """Dynamic int8 quantisation of every nn.Linear: int8 weights, activations quantised per batch at run time.
-
-    On a CPU without native bf16 this is the low-precision option that pays: one-token decoder steps are bound by
-    reading the weights, which int8 makes 4x smaller. Opt-in, because it changes outputs slightly.
-    """
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao on every call
-        # In place: a copy would hold the fp32 and the int8 model at once.
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-    release_freed_memory()
-    return model
-
-
 def release_freed_memory() -> None:
     """Hand memory freed inside the process back to the OS: glibc keeps freed blocks (replaced weights, a query's
     activations) in its arenas otherwise, and a long-running process's RSS only grows. Costs a few milliseconds."""
@@ -107,69 +146,6 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
         pass
-
-
-def _fuse_vision_attention(blip_model) -> None:
-    """Run BLIP's vision self-attention through torch's fused scaled_dot_product_attention.
-
-    transformers' BlipAttention multiplies, softmaxes and multiplies again in separate ops over the 577 x 577
-    scores of every head; the fused kernel gives the same result (to float rounding) in about half the time,
-    which is ~0.3 s per photo on a 2-core CPU. Attention weights are no longer returned (nothing here asks).
-    """
-    import torch
-
-    def fused(attention):
-        def forward(hidden_states, **kwargs):
-            batch, length, width = hidden_states.shape
-            qkv = attention.qkv(hidden_states).reshape(batch, length, 3, attention.num_heads, -1).permute(2, 0, 3, 1, 4)
-            context = torch.nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=attention.scale)
-            return attention.projection(context.transpose(1, 2).reshape(batch, length, width)), None
-        return forward
-
-    for layer in blip_model.vision_model.encoder.layers:
-        layer.self_attn.forward = fused(layer.self_attn)
-
-
-def _fuse_audio_attention(clap_model) -> None:
-    """Run CLAP's audio-tower (HTSAT, Swin) window attention through torch's fused scaled_dot_product_attention.
-
-    transformers' ClapAudioSelfAttention materialises the 64 x 64 scores of every head of every window, adds the
-    relative position bias and the shifted-window mask in separate passes, then softmaxes and multiplies; the fused
-    kernel takes bias + mask as one additive attn_mask and gives the same result to float rounding. On a 2-core CPU
-    the tower takes 10-20 % less time on batches of 8 windows, whose first-stage scores (32 MB) the kernel never
-    writes out, and 1-3 % less on batches of 4 or fewer. A caller that asks for attention weights gets
-    transformers' own forward, which returns them.
-    """
-    import torch
-
-    def fused(attention):
-        original = attention.forward
-
-        def forward(hidden_states, attention_mask=None, output_attentions=False):
-            if output_attentions:
-                return original(hidden_states, attention_mask, output_attentions)
-            windows, length, width = hidden_states.shape
-            heads = attention.num_attention_heads
-            shape = (windows, length, heads, attention.attention_head_size)
-            query, key, value = (projection(hidden_states).view(shape).transpose(1, 2)
-                                 for projection in (attention.query, attention.key, attention.value))
-            bias = attention.relative_position_bias_table[attention.relative_position_index.view(-1)]
-            bias = bias.view(length, length, heads).permute(2, 0, 1)  # (heads, length, length)
-            if attention_mask is None:
-                mask = bias[None]  # broadcast over windows
-            else:
-                # attention_mask is one (length, length) mask per window position of an image, (windows per
-                # image, length, length), and the batch holds those windows image after image. Broadcasting
-                # cannot fold the image index into the window index, so the sum is repeated per image.
-                mask = (attention_mask[:, None] + bias).repeat(windows // len(attention_mask), 1, 1, 1)
-            context = torch.nn.functional.scaled_dot_product_attention(
-                query, key, value, attn_mask=mask.to(query.dtype), scale=attention.attention_head_size ** -0.5)
-            return (context.transpose(1, 2).reshape(windows, length, width),)
-        return forward
-
-    for stage in clap_model.audio_model.audio_encoder.layers:
-        for block in stage.blocks:
-            block.attention.self.forward = fused(block.attention.self)
 
 
 def _from_pretrained(kind: str, name: str, model_class: str, dtype, precision: str):
@@ -211,8 +187,8 @@ def _from_pretrained(kind: str, name: str, model_class: str, dtype, precision: s
         transformers.logging.enable_progress_bar()
 
 
-def _load(kind: str, name: str, model_class: str, precision: str) -> LoadedModel:
-    device, dtype = resolve_device_dtype(precision)
+def _checked_name(kind: str, name: str) -> str:
+    """The hub id, or the absolute local directory, a --blip-model/--clap-model value names."""
     flag, env = ("--blip-model", BLIP_MODEL_ENV) if kind == "BLIP" else ("--clap-model", CLAP_MODEL_ENV)
     if (os.path.isabs(name) or name.startswith((".", "~"))) and not os.path.isdir(os.path.expanduser(name)):
         # A path, not a hub id: the hub's "Repo id must use alphanumeric chars" would only confuse.
@@ -221,6 +197,14 @@ def _load(kind: str, name: str, model_class: str, precision: str) -> LoadedModel
     name = os.path.expanduser(name)
     if os.path.isdir(name):  # recorded in the database: it must name the same folder from any working directory
         name = os.path.abspath(name)
+    return name
+
+
+def load_transformers(kind: str, name: str, model_class: str, precision: str):
+    """(processor, model) in torch, on the device and in the dtype `precision` gives, in eval mode; ModelLoadError
+    with what to do when the checkpoint cannot be loaded. Also what an ONNX export is made from (in fp32)."""
+    device, dtype = resolve_device_dtype(precision)
+    flag, env = ("--blip-model", BLIP_MODEL_ENV) if kind == "BLIP" else ("--clap-model", CLAP_MODEL_ENV)
     try:
         processor, model = _from_pretrained(kind, name, model_class, dtype, precision)
     except Exception as e:  # transformers raises OSError, ValueError, HF hub errors... all mean "not loadable"
@@ -230,32 +214,77 @@ def _load(kind: str, name: str, model_class: str, precision: str) -> LoadedModel
             f"(hf download {name}) so it is in the Hugging Face cache, or pass a local directory "
             f"written by save_pretrained with {flag} or {env}."
         ) from e
-    model.to(device).eval()
-    if model_class == "BlipForConditionalGeneration":
-        _fuse_vision_attention(model)
-    if model_class == "ClapAudioModelWithProjection":
-        _fuse_audio_attention(model)
+    return processor, model.to(device).eval()
+
+
+def _load_torch(kind: str, name: str, part: str, precision: str) -> LoadedModel:
+    from music_mood import torch_runtime
+
+    device, dtype = resolve_device_dtype(precision)
+    processor, model = load_transformers(kind, name, MODEL_CLASSES[part], precision)
+    if part == "blip":
+        torch_runtime.fuse_vision_attention(model)
+    if part == "clap-audio":
+        torch_runtime.fuse_audio_attention(model)
     if precision == "int8":
-        model = _quantize_linear_layers(model)
-    return LoadedModel(name=name, model=model, processor=processor, device=device, dtype=dtype)
+        model = torch_runtime.quantize_linear_layers(model)
+    runtime_class = {"blip": torch_runtime.TorchBlip, "clap-text": torch_runtime.TorchClapText,
+                     "clap-audio": torch_runtime.TorchClapAudio}[part]
+    return LoadedModel(name=name, runtime=runtime_class(model, processor, device, dtype), backend="torch",
+                       precision=precision, model=model, processor=processor, device=device, dtype=dtype)
 
 
-@functools.lru_cache(maxsize=4)
-def load_blip(name: str, precision: str = "auto") -> LoadedModel:
-    """BLIP captioning model (BlipForConditionalGeneration) and its processor, by hub id or local directory."""
-    return _load("BLIP", name, "BlipForConditionalGeneration", precision)
+def _load_onnx(kind: str, name: str, part: str, precision: str) -> LoadedModel:
+    from music_mood.exports import ExportError, load_export
+
+    try:
+        runtime = load_export(part, name, precision,
+                              lambda: load_transformers(kind, name, MODEL_CLASSES[part], "fp32"))
+    except ExportError as e:
+        print(f"The {kind} model {name} runs on torch: {e}", file=sys.stderr)
+        return _load_torch(kind, name, part, resolve_backend("auto", "torch")[1])
+    return LoadedModel(name=name, runtime=runtime, backend="onnx", precision=precision)
 
 
-@functools.lru_cache(maxsize=4)
-def load_clap_text(name: str, precision: str = "auto") -> LoadedModel:
+def _load(kind: str, name: str, part: str, precision: str, backend: str) -> LoadedModel:
+    """Load a part ("blip", "clap-text", "clap-audio") afresh; the load_* functions keep what this returns."""
+    try:
+        backend, precision = resolve_backend(precision, backend)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from e
+    name = _checked_name(kind, name)
+    if backend == "onnx":
+        return _load_onnx(kind, name, part, precision)
+    return _load_torch(kind, name, part, precision)
+
+
+@functools.lru_cache(maxsize=8)
+def _loaded(kind: str, name: str, part: str, backend: str, precision: str) -> LoadedModel:
+    return _load(kind, name, part, precision, backend)
+
+
+def _load_once(kind: str, name: str, part: str, precision: str, backend: str) -> LoadedModel:
+    """The part loaded once per process for what it resolves to: "auto" and the precision it means share one."""
+    try:
+        backend, precision = resolve_backend(precision, backend)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from e
+    return _loaded(kind, _checked_name(kind, name), part, backend, precision)
+
+
+def load_blip(name: str, precision: str = "auto", backend: str = "auto") -> LoadedModel:
+    """BLIP captioning model (BlipForConditionalGeneration), by hub id or local directory; see resolve_backend."""
+    return _load_once("BLIP", name, "blip", precision, backend)
+
+
+def load_clap_text(name: str, precision: str = "auto", backend: str = "auto") -> LoadedModel:
     """Only CLAP's text tower and projection (ClapTextModelWithProjection): what a query needs."""
-    return _load("CLAP", name, "ClapTextModelWithProjection", precision)
+    return _load_once("CLAP", name, "clap-text", precision, backend)
 
 
-@functools.lru_cache(maxsize=4)
-def load_clap_audio(name: str, precision: str = "auto") -> LoadedModel:
+def load_clap_audio(name: str, precision: str = "auto", backend: str = "auto") -> LoadedModel:
     """Only CLAP's audio tower and projection (ClapAudioModelWithProjection): what the database builder needs."""
-    return _load("CLAP", name, "ClapAudioModelWithProjection", precision)
+    return _load_once("CLAP", name, "clap-audio", precision, backend)
 
 
 class BackgroundModels:
@@ -265,8 +294,8 @@ class BackgroundModels:
     nothing else on the page needs it.
     """
 
-    def __init__(self, blip_model: str, clap_model: str, precision: str):
-        self.blip_model, self.clap_model, self.precision = blip_model, clap_model, precision
+    def __init__(self, blip_model: str, clap_model: str, precision: str, backend: str = "auto"):
+        self.blip_model, self.clap_model, self.precision, self.backend = blip_model, clap_model, precision, backend
         self.blip = self.clap = None
         self.error: Exception | None = None
         self.ready = threading.Event()
@@ -275,8 +304,8 @@ class BackgroundModels:
         from music_mood.describe import neutral_mood_scores
 
         try:
-            self.blip = load_blip(self.blip_model, self.precision)
-            self.clap = load_clap_text(self.clap_model, self.precision)
+            self.blip = load_blip(self.blip_model, self.precision, self.backend)
+            self.clap = load_clap_text(self.clap_model, self.precision, self.backend)
             neutral_mood_scores(self.blip)  # read from the cache, or computed now rather than in the first request
         except ModelLoadError as e:
             self.error = e
@@ -299,4 +328,4 @@ class BackgroundModels:
         """CLAP's audio tower, loaded after load() has finished: transformers models loaded by two threads at
         once break each other (an upload during start-up killed the app)."""
         self.ready.wait()
-        return load_clap_audio(self.clap_model, self.precision)
+        return load_clap_audio(self.clap_model, self.precision, self.backend)

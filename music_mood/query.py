@@ -32,16 +32,7 @@ def compose_query_text(caption: str = "", mood_words=(), text: str = "") -> str:
 
 def embed_text(clap, texts) -> np.ndarray:
     """CLAP text embeddings for a list of strings: float32 (n, D), each row L2-normalised."""
-    import torch
-
-    tokenizer = clap.processor.tokenizer
-    inputs = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
-                       max_length=min(tokenizer.model_max_length, 512))
-    with torch.inference_mode():
-        out = clap.model(input_ids=inputs.input_ids.to(clap.device),
-                         attention_mask=inputs.attention_mask.to(clap.device))
-        vectors = torch.nn.functional.normalize(out.text_embeds.float(), dim=-1)
-    return vectors.cpu().numpy().astype(np.float32)
+    return clap.runtime.embed_text(list(texts))
 
 
 def image_to_query(blip, clap, image=None, text: str = "", max_caption_tokens: int = MAX_CAPTION_TOKENS,

@@ -35,15 +35,20 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(library: Path, checkpoints: dict, work: Path, *args: str):
-    """`python app.py` serving `library` with the tiny checkpoints, run from `work` (not the source tree)."""
+def running_app(library: Path, checkpoints: dict, work: Path, *args: str, exports: Path | None = None):
+    """`python app.py` serving `library` with the tiny checkpoints, run from `work` (not the source tree); its
+    ONNX exports come from `exports` (the run's shared folder) when given."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSIC_MOOD_", "GRADIO_"))}
     env.update(MUSIC_MOOD_HOME=str(library), MUSIC_MOOD_CACHE=str(work / "cache"), HF_HOME=str(work / "hf-home"),
                HF_HUB_OFFLINE="1", GRADIO_TEMP_DIR=str(work / "gradio-uploads"), GRADIO_ANALYTICS_ENABLED="False")
+    if exports is not None and not (work / "cache" / "onnx").exists():
+        (work / "cache").mkdir(parents=True, exist_ok=True)
+        (work / "cache" / "onnx").symlink_to(exports, target_is_directory=True)
     log = work / "app.log"
+    # No --precision or --backend: the app runs as a user starts it, on this machine's default backend.
     command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--blip-model", checkpoints["blip"],
-               "--clap-model", checkpoints["clap"], "--precision", "fp32", *args]
+               "--clap-model", checkpoints["clap"], *args]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work,
                                    start_new_session=True)

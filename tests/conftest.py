@@ -42,16 +42,27 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if "real_models" not in item.keywords]
 
 
+@pytest.fixture(scope="session")
+def shared_exports(tmp_path_factory) -> Path:
+    """One folder of ONNX exports for the whole run: the tiny checkpoints are exported once, not once per test."""
+    return tmp_path_factory.mktemp("onnx-exports")
+
+
 @pytest.fixture(autouse=True)
-def isolated_library(tmp_path, monkeypatch):
-    """Every test gets its own library folder, Hugging Face cache and our cache; nothing touches the user's."""
+def isolated_library(tmp_path, monkeypatch, shared_exports):
+    """Every test gets its own library folder, Hugging Face cache and our cache; nothing touches the user's.
+
+    Our cache's onnx/ is a link to the run's shared exports (a test of the export cache itself replaces it)."""
     library = tmp_path / "library"
     library.mkdir()
     monkeypatch.setenv("MUSIC_MOOD_HOME", str(library))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("MUSIC_MOOD_CACHE", str(tmp_path / "cache"))
-    for name in ("MUSIC_MOOD_BLIP_MODEL", "MUSIC_MOOD_CLAP_MODEL", "MUSIC_MOOD_PRECISION"):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "onnx").symlink_to(shared_exports, target_is_directory=True)
+    for name in ("MUSIC_MOOD_BLIP_MODEL", "MUSIC_MOOD_CLAP_MODEL", "MUSIC_MOOD_PRECISION", "MUSIC_MOOD_BACKEND",
+                 "MUSIC_MOOD_THREADS"):
         monkeypatch.delenv(name, raising=False)
     return library
 
@@ -75,6 +86,14 @@ def clap_text(checkpoints):
     from music_mood.models import load_clap_text
 
     return load_clap_text(checkpoints["clap"], "fp32")
+
+
+@pytest.fixture(scope="session")
+def default_models(checkpoints):
+    """(BLIP, CLAP text) at the default precision and backend, as `python app.py` runs them on this machine."""
+    from music_mood.models import load_blip, load_clap_text
+
+    return load_blip(checkpoints["blip"]), load_clap_text(checkpoints["clap"])
 
 
 @pytest.fixture(scope="session")

@@ -30,9 +30,9 @@ def app_library(built_library, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def app(app_library, checkpoints, tmp_path_factory):
+def app(app_library, checkpoints, tmp_path_factory, shared_exports):
     """One app.py process for the module, started with default --host, serving a library built from real tracks."""
-    with running_app(app_library, checkpoints, tmp_path_factory.mktemp("app-run")) as running:
+    with running_app(app_library, checkpoints, tmp_path_factory.mktemp("app-run"), exports=shared_exports) as running:
         yield running
 
 
@@ -70,12 +70,12 @@ def expected_result(library: Path, blip, clap_text, image, topk: int) -> dict:
 # ---------------------------------------------------------------------------------------------- the API
 
 
-def test_recommend_api_answers_what_recommend_answers(app, client, app_library, blip, clap_text, photos):
+def test_recommend_api_answers_what_recommend_answers(app, client, app_library, default_models, photos):
     from gradio_client import handle_file
 
     for name, topk in (("rocket.jpg", 4), ("chelsea.png", 20)):
         result = client.predict(image=handle_file(str(photos[name])), text="", topk=topk, api_name="/recommend")
-        assert result == expected_result(app_library, blip, clap_text, photos[name], topk)
+        assert result == expected_result(app_library, *default_models, photos[name], topk)
         assert len(result["results"]) == min(topk, len(load_database(LibraryPaths.at(app_library))))
         for track in result["results"]:
             response = get(app, track["audio_url"])
@@ -129,8 +129,7 @@ def test_symlinked_track_is_served(app, client, app_library, sample_tracks, chec
     mood = next(p for p in (app_library / "processed_music").iterdir() if p.is_dir())
     target = sample_tracks[4]  # outside the library, in the package's folder
     (mood / "linked.opus").symlink_to(target)
-    done = run_cli("music_to_vector.py", "--library", app_library, "--clap-model", checkpoints["clap"],
-                   "--precision", "fp32")
+    done = run_cli("music_to_vector.py", "--library", app_library, "--clap-model", checkpoints["clap"])
     assert done.returncode == 0, done.stderr
     file_path = f"processed_music/{mood.name}/linked.opus"
     assert file_path in {t["file_path"] for t in load_database(LibraryPaths.at(app_library)).tracks}
@@ -289,8 +288,7 @@ def test_tracks_added_with_the_cli_while_the_app_runs_are_recommended(app, clien
     track = sample_tracks[3]
     (app_library / "new_music" / "added by cli").mkdir(parents=True)
     shutil.copyfile(track, app_library / "new_music" / "added by cli" / track.name)
-    done = run_cli("music_to_vector.py", "--library", app_library, "--clap-model", checkpoints["clap"],
-                   "--precision", "fp32")
+    done = run_cli("music_to_vector.py", "--library", app_library, "--clap-model", checkpoints["clap"])
     assert done.returncode == 0, done.stderr
 
     result = client.predict(image=None, text="anything", topk=20, moods=["added by cli"], api_name="/recommend")
@@ -298,7 +296,8 @@ def test_tracks_added_with_the_cli_while_the_app_runs_are_recommended(app, clien
     assert get(app, result["results"][0]["audio_url"]).status == 200
 
 
-def test_uploads_do_not_pile_up_in_the_temp_folder(library_copy, checkpoints, sample_tracks, photos, tmp_path):
+def test_uploads_do_not_pile_up_in_the_temp_folder(library_copy, checkpoints, sample_tracks, photos, tmp_path,
+                                                   shared_exports):
     """Uploaded audio is removed as soon as it is added or refused; a photo stays while the page may ask about it
     again, and goes when the server stops. What may stay is Gradio's copy of the example photos."""
     from gradio_client import Client, handle_file
@@ -316,7 +315,7 @@ def test_uploads_do_not_pile_up_in_the_temp_folder(library_copy, checkpoints, sa
     work = tmp_path / "run"
     work.mkdir()
     uploads = work / "gradio-uploads"  # GRADIO_TEMP_DIR of the app
-    with running_app(library_copy, checkpoints, work) as app:
+    with running_app(library_copy, checkpoints, work, exports=shared_exports) as app:
         client = Client(app.url, verbose=False)
         *_, status, _ = client.predict(files=[handle_file(str(f)) for f in (new, broken, notes)], mood="",
                                        api_name="/add_music")
@@ -580,7 +579,7 @@ def test_adding_music_waits_for_the_models_that_are_loading(checkpoints, monkeyp
     models = Models(checkpoints["blip"], checkpoints["clap"], "fp32")
     loaded_first = []
     monkeypatch.setattr(models_module, "load_clap_audio",
-                        lambda name, precision: loaded_first.append(models.ready.is_set()))
+                        lambda name, precision, backend: loaded_first.append(models.ready.is_set()))
     upload = threading.Thread(target=models.audio_model)
     upload.start()
     models.load()

@@ -21,10 +21,10 @@ WAIT_MS = 120_000
 
 
 @pytest.fixture(scope="module")
-def app(built_library, checkpoints, tmp_path_factory):
+def app(built_library, checkpoints, tmp_path_factory, shared_exports):
     library = tmp_path_factory.mktemp("browser") / "library"
     shutil.copytree(built_library, library)
-    with running_app(library, checkpoints, tmp_path_factory.mktemp("browser-run")) as running:
+    with running_app(library, checkpoints, tmp_path_factory.mktemp("browser-run"), exports=shared_exports) as running:
         running.library = library
         yield running
 
@@ -63,9 +63,9 @@ def fetch_start(app, url: str) -> http.client.HTTPResponse:
     return response
 
 
-def test_photo_gives_players_that_start_at_the_best_moment(page, app, blip, clap_text, photos):
+def test_photo_gives_players_that_start_at_the_best_moment(page, app, default_models, photos):
     db = load_database(LibraryPaths.at(app.library))
-    expected = recommend(blip, clap_text, db, image=photos["chelsea.png"], topk=10)
+    expected = recommend(*default_models, db, image=photos["chelsea.png"], topk=10)
     k = min(10, len(db))  # the slider's default, or the whole library when it is smaller
 
     upload_photo(page, photos["chelsea.png"])
@@ -96,10 +96,10 @@ def test_photo_gives_players_that_start_at_the_best_moment(page, app, blip, clap
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
 
-def test_dropping_in_a_photo_is_enough(page, app, blip, clap_text, photos):
+def test_dropping_in_a_photo_is_enough(page, app, default_models, photos):
     """No button to find: the photo alone brings its music, and the button then re-asks with other settings."""
     db = load_database(LibraryPaths.at(app.library))
-    expected = recommend(blip, clap_text, db, image=photos["astronaut.png"], topk=10)
+    expected = recommend(*default_models, db, image=photos["astronaut.png"], topk=10)
     upload_photo(page, photos["astronaut.png"])
     page.wait_for_function(f"document.querySelectorAll('#tracks audio').length === {min(10, len(db))}",
                            timeout=WAIT_MS)
@@ -158,8 +158,7 @@ def test_a_new_page_shows_the_library_as_it_is_now(page, app, sample_tracks, che
     track = sample_tracks[2]
     (app.library / "new_music" / "added meanwhile").mkdir(parents=True)
     shutil.copyfile(track, app.library / "new_music" / "added meanwhile" / track.name)
-    done = run_cli("music_to_vector.py", "--library", app.library, "--clap-model", checkpoints["clap"],
-                   "--precision", "fp32")
+    done = run_cli("music_to_vector.py", "--library", app.library, "--clap-model", checkpoints["clap"])
     assert done.returncode == 0, done.stderr
     db = load_database(LibraryPaths.at(app.library))
 

@@ -19,7 +19,15 @@ from image_to_vector import (
     image_to_query,
     open_image,
 )
-from music_mood.describe import _vision_features
+
+
+def _vision_features(blip, image):
+    """BLIP's vision tower on one image, through the runtime the product uses."""
+    return blip.runtime.image_features(blip.runtime.pixel_values(image))
+
+
+def _cross(blip, image_embeds):
+    return blip.runtime.cross_attention(image_embeds)
 
 
 def _reference_word_scores(blip, image_embeds) -> np.ndarray:
@@ -45,8 +53,7 @@ def test_mood_words_match_brute_force_reference(blip, photos):
         size = blip.processor.image_processor.size
         grey = blip.model.vision_model(pixel_values=torch.zeros(1, 3, size["height"], size["width"]))[0]
     expected = _reference_word_scores(blip, image_embeds) - _reference_word_scores(blip, grey)
-    with torch.inference_mode():
-        chosen = choose_mood_words(blip, image_embeds)
+    chosen = choose_mood_words(blip, _cross(blip, image_embeds))
     order = np.argsort(-expected, kind="stable")
     assert chosen == [MOOD_VOCABULARY[i] for i in order[:MOOD_WORDS_PER_IMAGE]]
     assert all(word in MOOD_VOCABULARY for word in chosen) and len(set(chosen)) == MOOD_WORDS_PER_IMAGE
@@ -71,7 +78,7 @@ def test_forced_caption_length(blip, photos):
         image_embeds = _vision_features(blip, open_image(photos["coffee.png"]))
         from image_to_vector import caption_image
 
-        free = caption_image(blip, image_embeds, max_new_tokens=12, min_new_tokens=12)
+        free = caption_image(blip, _cross(blip, image_embeds), max_new_tokens=12, min_new_tokens=12)
     assert len(free.split()) >= 1
 
 
@@ -80,8 +87,6 @@ def test_forced_caption_length(blip, photos):
 def test_greedy_loop_gives_what_generate_gives(blip, photos, photo, min_new, max_new):
     """caption_image's own loop (cross-attention cached once, shared with the mood words) is a faithful greedy
     decode: the same tokens as transformers' generate(), and the shared cache leaves the mood words unchanged."""
-    from transformers import DynamicCache
-
     from image_to_vector import caption_image, choose_mood_words
 
     bos, sep, pad = blip.model.config.text_config.bos_token_id, blip.model.config.text_config.sep_token_id, \
@@ -92,10 +97,9 @@ def test_greedy_loop_gives_what_generate_gives(blip, photos, photo, min_new, max
                                                eos_token_id=sep, pad_token_id=pad, max_new_tokens=max_new,
                                                min_new_tokens=min_new, do_sample=False, num_beams=1)
         reference = blip.processor.tokenizer.decode(out[0, 1:], skip_special_tokens=True).strip()
-        cross_attention = DynamicCache()
-        assert caption_image(blip, image_embeds, max_new, min_new, cross_attention=cross_attention) == reference
-        assert choose_mood_words(blip, image_embeds, cross_attention=cross_attention) == \
-            choose_mood_words(blip, image_embeds)
+        cross = _cross(blip, image_embeds)
+        assert caption_image(blip, cross, max_new, min_new) == reference
+        assert choose_mood_words(blip, cross) == choose_mood_words(blip, _cross(blip, image_embeds))
 
 
 def test_prompt_is_stripped_from_caption(blip, photos):
@@ -103,7 +107,7 @@ def test_prompt_is_stripped_from_caption(blip, photos):
 
     with torch.inference_mode():
         image_embeds = _vision_features(blip, open_image(photos["coffee.png"]))
-        caption = caption_image(blip, image_embeds, max_new_tokens=4, prompt="a photo of")
+        caption = caption_image(blip, _cross(blip, image_embeds), max_new_tokens=4, prompt="a photo of")
     assert not caption.startswith("a photo of")
 
 
@@ -168,11 +172,12 @@ def test_int8_precision_stays_close_to_fp32(checkpoints, photos):
     from music_mood.models import load_blip, load_clap_text
 
     text = ["a cat on a red blanket; calm, warm, cozy mood"]
-    int8, fp32 = load_clap_text(checkpoints["clap"], "int8"), load_clap_text(checkpoints["clap"], "fp32")
+    int8, fp32 = load_clap_text(checkpoints["clap"], "int8", "torch"), load_clap_text(checkpoints["clap"], "fp32")
     assert int8.device.type == "cpu" and type(int8.model.text_projection.linear1).__name__ == "Linear" and \
         "quantized" in type(int8.model.text_projection.linear1).__module__
     assert float(embed_text(int8, text)[0] @ embed_text(fp32, text)[0]) > 0.99
-    caption, moods = describe_image(load_blip(checkpoints["blip"], "int8"), open_image(photos["coffee.png"]))
+    caption, moods = describe_image(load_blip(checkpoints["blip"], "int8", "torch"),
+                                    open_image(photos["coffee.png"]))
     assert isinstance(caption, str) and len(moods) == MOOD_WORDS_PER_IMAGE
 
 
@@ -242,11 +247,11 @@ def test_baseline_cache_key_follows_the_weights(checkpoints, blip, tmp_path):
     from tests.model_factory import build_blip_checkpoint
 
     path = _neutral_cache_path(blip, MOOD_VOCABULARY)
-    assert _neutral_cache_path(models._load("BLIP", checkpoints["blip"], "BlipForConditionalGeneration", "fp32"),
+    assert _neutral_cache_path(models._load("BLIP", checkpoints["blip"], "blip", "fp32", "torch"),
                                MOOD_VOCABULARY) == path
     other = models._load("BLIP", str(build_blip_checkpoint(tmp_path / "other", seed=1)),
-                         "BlipForConditionalGeneration", "fp32")
-    int8 = models._load("BLIP", checkpoints["blip"], "BlipForConditionalGeneration", "int8")
+                         "blip", "fp32", "torch")
+    int8 = models._load("BLIP", checkpoints["blip"], "blip", "int8", "torch")
     assert len({path, _neutral_cache_path(other, MOOD_VOCABULARY), _neutral_cache_path(int8, MOOD_VOCABULARY),
                 _neutral_cache_path(blip, MOOD_VOCABULARY[:-1])}) == 4
 
