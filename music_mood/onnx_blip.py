@@ -29,10 +29,11 @@ TOKENIZER_FILE = "tokenizer.json"
 VISION_FILE, CROSS_FILE, DECODER_FILE = "vision.onnx", "cross.onnx", "decoder.onnx"
 FORMAT_VERSION = 1
 OPSET = 17
-# MatMulNBits settings for precision "int8". Symmetric 8-bit weights, 32 per block along the input dimension:
-# on full-size BLIP this keeps the teacher-forced logit error at ~0.5 % of the logits' std, whereas blocks of 128
-# double it for no measurable speed gain (benchmarks/bench_onnx_blip.py measures both). accuracy_level 4 lets
-# ORT multiply with int8 activations (AVX2 VNNI-less int8 kernels), the fast path on this CPU.
+# MatMulNBits settings for precision "int8", from benchmarks/bench_onnx_blip.py on full-size BLIP (2-core AVX2):
+# accuracy_level 4 (int8 activations) is the only fast kernel here; level 0 (fp32 activations) made a decoder
+# step ~30x slower (570 ms vs 18 ms, 1 thread). Blocks of 32 rather than 128 cut the teacher-forced logit error
+# (RMS / logits' std 0.020 vs 0.026, max 0.094 vs 0.129) for ~3 % of step time and 13 MB; asymmetric blocks
+# gained nothing measurable.
 INT8_BLOCK_SIZE = 32
 INT8_SYMMETRIC = True
 INT8_ACCURACY_LEVEL = 4
@@ -45,7 +46,8 @@ class OnnxExportError(RuntimeError):
 # ----------------------------------------------------------------------------------------------------- export
 
 
-def export_blip(model, processor, folder: Path, precision: str) -> None:
+def export_blip(model, processor, folder: Path, precision: str, *, block_size: int = INT8_BLOCK_SIZE,
+                symmetric: bool = INT8_SYMMETRIC, accuracy_level: int = INT8_ACCURACY_LEVEL) -> None:
     """Write into `folder` (an existing, empty temp folder; the caller renames it into place) everything
     OnnxBlip.load needs: the three graphs, tokenizer.json and blip.json.
 
@@ -53,6 +55,8 @@ def export_blip(model, processor, folder: Path, precision: str) -> None:
     fp32. "int8": the text decoder's MatMul weights (self- and cross-attention, FFN, LM head; in decoder.onnx and
     cross.onnx) 8-bit weight-only (MatMulNBits, see INT8_BLOCK_SIZE), its word embeddings int8 per row (a Gather
     cannot read MatMulNBits weights, and fp32 embeddings would be the largest tensor left); the vision tower fp32.
+    block_size, symmetric, accuracy_level: MatMulNBits' settings for "int8" (the defaults are the chosen ones;
+    the benchmark varies them).
     """
     import torch
 
@@ -70,7 +74,7 @@ def export_blip(model, processor, folder: Path, precision: str) -> None:
         _export_decoder(decoder, folder / DECODER_FILE, quantize_embeddings=precision == "int8")
     if precision == "int8":
         for name in (CROSS_FILE, DECODER_FILE):
-            _quantize_matmuls(folder / name)
+            _quantize_matmuls(folder / name, block_size, symmetric, accuracy_level)
 
     tokenizer = processor.tokenizer
     (folder / TOKENIZER_FILE).write_text(tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
@@ -78,6 +82,8 @@ def export_blip(model, processor, folder: Path, precision: str) -> None:
     config = {
         "format_version": FORMAT_VERSION,
         "precision": precision,
+        "int8": {"block_size": block_size, "symmetric": symmetric, "accuracy_level": accuracy_level}
+        if precision == "int8" else None,
         "bos_token_id": text_config.bos_token_id,
         "sep_token_id": text_config.sep_token_id,
         "pad_token_id": text_config.pad_token_id,
@@ -262,7 +268,7 @@ def _export_decoder(text_decoder, path: Path, quantize_embeddings: bool) -> None
             ["logits", "last_hidden_state", *present_names], axes)
 
 
-def _quantize_matmuls(path: Path) -> None:
+def _quantize_matmuls(path: Path, block_size: int, symmetric: bool, accuracy_level: int) -> None:
     """Replace every MatMul with a constant weight in the graph at `path` by an 8-bit weight-only MatMulNBits."""
     import logging
 
@@ -280,10 +286,10 @@ def _quantize_matmuls(path: Path) -> None:
     logger.setLevel(logging.WARNING)
     try:
         config = matmul_nbits_quantizer.DefaultWeightOnlyQuantConfig(
-            block_size=INT8_BLOCK_SIZE, is_symmetric=INT8_SYMMETRIC, accuracy_level=INT8_ACCURACY_LEVEL, bits=8)
+            block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level, bits=8)
         quantizer = matmul_nbits_quantizer.MatMulNBitsQuantizer(
-            onnx.load(str(path)), bits=8, block_size=INT8_BLOCK_SIZE, is_symmetric=INT8_SYMMETRIC,
-            accuracy_level=INT8_ACCURACY_LEVEL, algo_config=config)
+            onnx.load(str(path)), bits=8, block_size=block_size, is_symmetric=symmetric,
+            accuracy_level=accuracy_level, algo_config=config)
         quantizer.process()
     finally:
         logger.setLevel(logger_level)
@@ -300,6 +306,10 @@ def _session(path: Path, threads: int | None):
     if threads is not None:
         options.intra_op_num_threads = threads
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle pool threads would otherwise spin after each run, taking a core from the next session (vision, cross,
+    # decoder and CLAP run one after another on 2 cores): without spinning a decoder step took 28 ms instead of
+    # 34 and the vision tower 1.61 s instead of 1.68 (2 threads, full-size, int8 decoder).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
