@@ -63,7 +63,7 @@ def export_blip(model, processor, folder: Path, precision: str, *, block_size: i
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     folder = Path(folder)
-    model = model.float().eval()
+    model.eval()
     text_config, vision_config = model.config.text_config, model.config.vision_config
     size = processor.image_processor.size
     height, width = size["height"], size["width"]
@@ -407,6 +407,10 @@ class OnnxBlip:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.ndim != 2:
             raise ValueError(f"ids must be (batch, tokens), got shape {ids.shape}")
+        past_length = 0 if past is None else past[0].shape[2]
+        if past_length + ids.shape[1] > self.config["max_positions"]:
+            raise ValueError(f"{past_length} past + {ids.shape[1]} new tokens exceed BLIP's "
+                             f"{self.config['max_positions']} positions")
         if past is None:
             empty = np.zeros((ids.shape[0], self._heads, 0, self._head_dim), np.float32)
             past = (empty,) * (2 * self._layers)
