@@ -31,9 +31,10 @@ FORMAT_VERSION = 1
 OPSET = 17
 # MatMulNBits settings for precision "int8", from benchmarks/bench_onnx_blip.py on full-size BLIP (2-core AVX2):
 # accuracy_level 4 (int8 activations) is the only fast kernel here; level 0 (fp32 activations) made a decoder
-# step ~30x slower (570 ms vs 18 ms, 1 thread). Blocks of 32 rather than 128 cut the teacher-forced logit error
-# (RMS / logits' std 0.020 vs 0.026, max 0.094 vs 0.129) for ~3 % of step time and 13 MB; asymmetric blocks
-# gained nothing measurable.
+# step ~27x slower (488 ms vs 18 ms, 1 thread). Blocks of 32 rather than 128 cut the teacher-forced logit error
+# (RMS / logits' std 0.020 vs 0.026, max 0.094 vs 0.129; hidden state 0.016 vs 0.020) for 13 MB and 3-18 % of
+# a step (18.2 vs 14.9 ms in one run, 18.5 vs 17.9 in another; ~0.1 s over a 30-token caption, against 1.4 s of
+# vision): fidelity is the scarcer of the two. Asymmetric blocks gained nothing measurable.
 INT8_BLOCK_SIZE = 32
 INT8_SYMMETRIC = True
 INT8_ACCURACY_LEVEL = 4
