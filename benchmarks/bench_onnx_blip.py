@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -112,17 +113,25 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     repeats = 5 if args.quick else args.repeats
 
-    import torch
-    from PIL import Image
-
-    from music_mood.describe import _decoder_cache
     from music_mood.models import load_blip
-    from music_mood.onnx_blip import OnnxBlip, export_blip
 
     blip = load_blip(args.checkpoint, "fp32")
     model, processor = blip.model, blip.processor
     realistic_vision_weights(model.vision_model)
-    work = Path(tempfile.mkdtemp(prefix="bench-onnx-blip-"))
+    work = Path(tempfile.mkdtemp(prefix="bench-onnx-blip-"))  # ~2.7 GB of exports, removed at the end
+    try:
+        return _measure(args.checkpoint, repeats, model, processor, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _measure(checkpoint: str, repeats: int, model, processor, work: Path) -> int:
+    import torch
+    from PIL import Image
+
+    from music_mood.describe import _decoder_cache
+    from music_mood.onnx_blip import OnnxBlip, export_blip
+
     folders = {"ORT fp32": work / "fp32"}
     folders.update({name: work / name.replace(" ", "-") for name in INT8_VARIANTS})
     for name, folder in folders.items():
@@ -192,7 +201,7 @@ def main(argv=None) -> int:
                          statistics.median(steps["torch fp32"]) / statistics.median(times)))
         runtimes = crosses = pasts = vision = steps = None  # this thread count's sessions, freed before the next
 
-    print(f"checkpoint {args.checkpoint}; photo {photo().name}; {repeats} runs (decoder steps {repeats * 2}, "
+    print(f"checkpoint {checkpoint}; photo {photo().name}; {repeats} runs (decoder steps {repeats * 2}, "
           f"vision {max(3, repeats // 2)}); vision features photo-vs-grey relative difference {photo_vs_grey:.3f}")
     print(f"\n{'what':28} {'threads':>7} {'contender':20} {'median ms':>10} {'torch/this':>10}")
     for what, threads, name, median, ratio in rows:
