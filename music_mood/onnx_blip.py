@@ -1,0 +1,448 @@
+"""BLIP on ONNX Runtime: its export from transformers and a torch-free runtime.
+
+export_blip writes three graphs and what the runtime needs besides them into one folder:
+
+- vision.onnx: pixel_values float32 (B, 3, H, W) -> last_hidden_state float32 (B, P, E), BLIP's vision tower.
+- cross.onnx: image_features float32 (1, P, E) -> cross_key_<i>, cross_value_<i> float32 (1, heads, P, head_dim)
+  for every decoder layer i: the decoder's keys/values over the image, computed once per photo.
+- decoder.onnx: input_ids int64 (B, T), past_key_<i>/past_value_<i> float32 (B, heads, past, head_dim) (past may
+  be 0), cross_key_<i>/cross_value_<i> (1, heads, P, head_dim) -> logits float32 (B, T, vocab),
+  last_hidden_state float32 (B, T, hidden), present_key_<i>/present_value_<i> (B, heads, past + T, head_dim).
+- tokenizer.json (the Rust tokenizer's own file) and blip.json (special ids, image preprocessing constants,
+  dimensions, precision).
+
+OnnxBlip.load reads only that folder: importing this module or running OnnxBlip imports neither torch nor
+transformers (numpy, PIL, onnxruntime and tokenizers only).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+PRECISIONS = ("fp32", "int8")
+CONFIG_FILE = "blip.json"
+TOKENIZER_FILE = "tokenizer.json"
+VISION_FILE, CROSS_FILE, DECODER_FILE = "vision.onnx", "cross.onnx", "decoder.onnx"
+FORMAT_VERSION = 1
+OPSET = 17
+# MatMulNBits settings for precision "int8", from benchmarks/bench_onnx_blip.py on full-size BLIP (2-core AVX2):
+# accuracy_level 4 (int8 activations) is the only fast kernel here; level 0 (fp32 activations) made a decoder
+# step ~27x slower (488 ms vs 18 ms, 1 thread). Blocks of 32 rather than 128 cut the teacher-forced logit error
+# (RMS / logits' std 0.020 vs 0.026, max 0.094 vs 0.129; hidden state 0.016 vs 0.020) for 13 MB and 3-18 % of
+# a step (18.2 vs 14.9 ms in one run, 18.5 vs 17.9 in another; ~0.1 s over a 30-token caption, against 1.4 s of
+# vision): fidelity is the scarcer of the two. Asymmetric blocks gained nothing measurable.
+INT8_BLOCK_SIZE = 32
+INT8_SYMMETRIC = True
+INT8_ACCURACY_LEVEL = 4
+
+
+class OnnxExportError(RuntimeError):
+    """A folder could not be read as an exported BLIP; the message says what is wrong and what to do."""
+
+
+# ----------------------------------------------------------------------------------------------------- export
+
+
+def export_blip(model, processor, folder: Path, precision: str, *, block_size: int = INT8_BLOCK_SIZE,
+                symmetric: bool = INT8_SYMMETRIC, accuracy_level: int = INT8_ACCURACY_LEVEL) -> None:
+    """Write into `folder` (an existing, empty temp folder; the caller renames it into place) everything
+    OnnxBlip.load needs: the three graphs, tokenizer.json and blip.json.
+
+    model: BlipForConditionalGeneration, fp32, eval. processor: its BlipProcessor. precision "fp32": all graphs
+    fp32. "int8": the text decoder's MatMul weights (self- and cross-attention, FFN, LM head; in decoder.onnx and
+    cross.onnx) 8-bit weight-only (MatMulNBits, see INT8_BLOCK_SIZE), its word embeddings int8 per row (a Gather
+    cannot read MatMulNBits weights, and fp32 embeddings would be the largest tensor left); the vision tower fp32.
+    block_size, symmetric, accuracy_level: MatMulNBits' settings for "int8" (the defaults are the chosen ones;
+    the benchmark varies them).
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    folder = Path(folder)
+    model.eval()
+    text_config, vision_config = model.config.text_config, model.config.vision_config
+    size = processor.image_processor.size
+    height, width = size["height"], size["width"]
+    with torch.inference_mode(False), torch.no_grad():
+        _export_vision(model.vision_model, folder / VISION_FILE, height, width)
+        decoder = model.text_decoder
+        _export_cross(decoder, folder / CROSS_FILE, vision_config.hidden_size)
+        _export_decoder(decoder, folder / DECODER_FILE, quantize_embeddings=precision == "int8")
+    if precision == "int8":
+        for name in (CROSS_FILE, DECODER_FILE):
+            _quantize_matmuls(folder / name, block_size, symmetric, accuracy_level)
+
+    tokenizer = processor.tokenizer
+    (folder / TOKENIZER_FILE).write_text(tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
+    image_processor = processor.image_processor
+    config = {
+        "format_version": FORMAT_VERSION,
+        "precision": precision,
+        "int8": {"block_size": block_size, "symmetric": symmetric, "accuracy_level": accuracy_level}
+        if precision == "int8" else None,
+        "bos_token_id": text_config.bos_token_id,
+        "sep_token_id": text_config.sep_token_id,
+        "pad_token_id": text_config.pad_token_id,
+        "vocab_size": text_config.vocab_size,
+        "num_layers": text_config.num_hidden_layers,
+        "num_heads": text_config.num_attention_heads,
+        "head_dim": text_config.hidden_size // text_config.num_attention_heads,
+        "max_positions": text_config.max_position_embeddings,
+        "clean_up_tokenization_spaces": bool(tokenizer.clean_up_tokenization_spaces),
+        "image": {
+            "height": height,
+            "width": width,
+            "do_convert_rgb": bool(image_processor.do_convert_rgb),
+            "resample": int(image_processor.resample),
+            "do_rescale": bool(image_processor.do_rescale),
+            "rescale_factor": float(image_processor.rescale_factor),
+            "do_normalize": bool(image_processor.do_normalize),
+            "image_mean": [float(x) for x in image_processor.image_mean],
+            "image_std": [float(x) for x in image_processor.image_std],
+        },
+    }
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
+
+
+def _export(module, args, path: Path, input_names, output_names, dynamic_axes) -> None:
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        # The legacy exporter announces its deprecation, and tracing warns of shapes read as Python ints, which
+        # the dynamic_axes make symbolic in the graph (the tests run the graphs at other sizes than traced).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+
+
+def _export_vision(vision_model, path: Path, height: int, width: int) -> None:
+    import torch
+
+    class Vision(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision_model = vision_model
+
+        def forward(self, pixel_values):
+            return self.vision_model(pixel_values=pixel_values)[0]
+
+    _export(Vision(), (torch.zeros(1, 3, height, width),), path, ["pixel_values"], ["last_hidden_state"],
+            {"pixel_values": {0: "batch"}, "last_hidden_state": {0: "batch"}})
+
+
+def _export_cross(text_decoder, path: Path, encoder_hidden_size: int) -> None:
+    """cross.onnx: only the cross-attention key/value projections of every layer, so decoder.onnx holds none."""
+    import torch
+
+    layers = text_decoder.bert.encoder.layer
+    heads = text_decoder.config.num_attention_heads
+
+    class Cross(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attentions = torch.nn.ModuleList(layer.crossattention.self for layer in layers)
+
+        def forward(self, features):
+            out = []
+            for attention in self.attentions:
+                for projection in (attention.key, attention.value):
+                    kv = projection(features)
+                    out.append(kv.reshape(kv.shape[0], kv.shape[1], heads, -1).transpose(1, 2))
+            return tuple(out)
+
+    names = [f"cross_{kind}_{i}" for i in range(len(layers)) for kind in ("key", "value")]
+    axes = {"image_features": {1: "patches"}, **{name: {2: "patches"} for name in names}}
+    _export(Cross(), (torch.zeros(1, 5, encoder_hidden_size),), path, ["image_features"], names, axes)
+
+
+def _decoder_module(text_decoder, quantize_embeddings: bool):
+    """An explicit torch module over BlipTextLMHeadModel's weights with the cache as plain tensors (what an ONNX
+    graph can take): forward(input_ids, *past, *cross) -> (logits, last_hidden_state, *present).
+
+    The math is modeling_blip_text's: absolute positions continuing from the past length, post-LayerNorm layers
+    (self-attention, cross-attention, FFN) whose Linear/LayerNorm/activation modules are the model's own, scores
+    q·k/sqrt(head_dim), a causal mask within the new tokens, and the LM head (transform, then the word
+    embeddings' transpose plus bias). The cross keys/values have batch 1 and broadcast over the batch.
+    """
+    import torch
+
+    bert, head = text_decoder.bert, text_decoder.cls.predictions
+    embeddings, layers = bert.embeddings, bert.encoder.layer
+    config = text_decoder.config
+    heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    word = embeddings.word_embeddings.weight
+    output_weight = head.decoder.weight
+
+    def attend(query, key, value, mask):
+        scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(head_dim)
+        if mask is not None:
+            scores = scores + mask
+        context = torch.matmul(torch.softmax(scores, dim=-1), value)
+        context = context.transpose(1, 2)
+        return context.reshape(context.shape[0], context.shape[1], heads * head_dim)
+
+    def split(x):  # (B, T, hidden) -> (B, heads, T, head_dim)
+        return x.reshape(x.shape[0], x.shape[1], heads, head_dim).transpose(1, 2)
+
+    class Decoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = layers
+            self.position_embeddings = embeddings.position_embeddings
+            self.embedding_norm = embeddings.LayerNorm
+            self.transform = head.transform
+            # (hidden, vocab): the LM head's MatMul weight. When tied to the word embeddings (BLIP's are), the
+            # embedding lookup gathers its columns, so the graph holds the 30k x 768 table once.
+            self.output_weight = torch.nn.Parameter(output_weight.detach().t().contiguous(), requires_grad=False)
+            self.output_bias = head.decoder.bias
+            self.tied = word.data_ptr() == output_weight.data_ptr() and not quantize_embeddings
+            if quantize_embeddings:
+                scale = word.detach().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
+                self.register_buffer("word_int8", torch.round(word.detach() / scale).to(torch.int8))
+                self.register_buffer("word_scale", scale)
+            elif not self.tied:
+                self.word_embeddings = embeddings.word_embeddings
+
+        def embed(self, input_ids):
+            if hasattr(self, "word_int8"):
+                return self.word_int8[input_ids].float() * self.word_scale[input_ids]
+            if self.tied:
+                flat = self.output_weight.index_select(1, input_ids.reshape(-1)).t()
+                return flat.reshape(input_ids.shape[0], input_ids.shape[1], -1)
+            return self.word_embeddings(input_ids)
+
+        def forward(self, input_ids, *cache):
+            count = len(self.layers)
+            past, cross = cache[:2 * count], cache[2 * count:]
+            new, past_length = input_ids.shape[1], past[0].shape[2]
+            positions = torch.arange(new) + past_length
+            hidden = self.embedding_norm(self.embed(input_ids) + self.position_embeddings(positions)[None])
+            # (T, past + T): token t sees every past position and the new ones up to itself.
+            mask = torch.where(torch.arange(past_length + new)[None, :] > positions[:, None],
+                               torch.finfo(torch.float32).min, 0.0)
+            present = []
+            for i, layer in enumerate(self.layers):
+                attention = layer.attention.self
+                key = torch.cat([past[2 * i], split(attention.key(hidden))], dim=2)
+                value = torch.cat([past[2 * i + 1], split(attention.value(hidden))], dim=2)
+                present += [key, value]
+                context = attend(split(attention.query(hidden)), key, value, mask)
+                hidden = layer.attention.output(context, hidden)
+                crossing = layer.crossattention.self
+                context = attend(split(crossing.query(hidden)), cross[2 * i], cross[2 * i + 1], None)
+                hidden = layer.crossattention.output(context, hidden)
+                hidden = layer.output(layer.intermediate(hidden), hidden)
+            logits = torch.matmul(self.transform(hidden), self.output_weight) + self.output_bias
+            return (logits, hidden, *present)
+
+    return Decoder().eval()
+
+
+def _export_decoder(text_decoder, path: Path, quantize_embeddings: bool) -> None:
+    import torch
+
+    config = text_decoder.config
+    count, heads = config.num_hidden_layers, config.num_attention_heads
+    head_dim = config.hidden_size // heads
+    module = _decoder_module(text_decoder, quantize_embeddings)
+    # Example inputs with a non-empty past and batch 2, so no size is traced as a constant.
+    past = [torch.zeros(2, heads, 3, head_dim) for _ in range(2 * count)]
+    cross = [torch.zeros(1, heads, 5, head_dim) for _ in range(2 * count)]
+    ids = torch.zeros(2, 4, dtype=torch.int64)
+    past_names = [f"past_{kind}_{i}" for i in range(count) for kind in ("key", "value")]
+    cross_names = [f"cross_{kind}_{i}" for i in range(count) for kind in ("key", "value")]
+    present_names = [f"present_{kind}_{i}" for i in range(count) for kind in ("key", "value")]
+    axes = {"input_ids": {0: "batch", 1: "new"}, "logits": {0: "batch", 1: "new"},
+            "last_hidden_state": {0: "batch", 1: "new"},
+            **{name: {0: "batch", 2: "past"} for name in past_names},
+            **{name: {2: "patches"} for name in cross_names},
+            **{name: {0: "batch", 2: "total"} for name in present_names}}
+    _export(module, (ids, *past, *cross), path, ["input_ids", *past_names, *cross_names],
+            ["logits", "last_hidden_state", *present_names], axes)
+
+
+def _quantize_matmuls(path: Path, block_size: int, symmetric: bool, accuracy_level: int) -> None:
+    """Replace every MatMul with a constant weight in the graph at `path` by an 8-bit weight-only MatMulNBits."""
+    import logging
+
+    import onnx
+
+    root = logging.getLogger()
+    root_handlers, root_level = list(root.handlers), root.level
+    from onnxruntime.quantization import matmul_nbits_quantizer
+
+    # Importing it runs logging.basicConfig(level=INFO), which would print every library's INFO records in this
+    # process from then on, and the quantizer logs a line per node: undo the one, silence the other.
+    root.handlers[:], root.level = root_handlers, root_level
+    logger = logging.getLogger(matmul_nbits_quantizer.__name__)
+    logger_level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        config = matmul_nbits_quantizer.DefaultWeightOnlyQuantConfig(
+            block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level, bits=8)
+        quantizer = matmul_nbits_quantizer.MatMulNBitsQuantizer(
+            onnx.load(str(path)), bits=8, block_size=block_size, is_symmetric=symmetric,
+            accuracy_level=accuracy_level, algo_config=config)
+        quantizer.process()
+    finally:
+        logger.setLevel(logger_level)
+    onnx.save(quantizer.model.model, str(path))
+
+
+# ---------------------------------------------------------------------------------------------------- runtime
+
+
+def _session(path: Path, threads: int | None):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle pool threads would otherwise spin after each run, taking a core from the next session (vision, cross,
+    # decoder and CLAP run one after another on 2 cores): without spinning a decoder step took 28 ms instead of
+    # 34 and the vision tower 1.61 s instead of 1.68 (2 threads, full-size, int8 decoder).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _clean_up_tokenization(text: str) -> str:
+    """transformers' clean_up_tokenization (PreTrainedTokenizerBase), for checkpoints that ask for it."""
+    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(before, after)
+    return text
+
+
+@dataclass(frozen=True)
+class _Graphs:
+    vision: object
+    cross: object
+    decoder: object
+
+
+class OnnxBlip:
+    """BLIP (BlipForConditionalGeneration) exported by export_blip, run by ONNX Runtime on the CPU.
+
+    `cross` (from cross_attention) is a tuple of float32 arrays, each (1, heads, patches, head_dim): every layer's
+    key then value. `past` (from decode) is a tuple of float32 arrays, each (B, heads, length, head_dim), in the
+    same order; None stands for the empty past.
+    """
+
+    def __init__(self, folder: Path, config: dict, graphs: _Graphs, tokenizer):
+        self.folder = folder
+        self.config = config
+        self.precision: str = config["precision"]
+        self.bos_token_id: int = config["bos_token_id"]
+        self.sep_token_id: int = config["sep_token_id"]
+        self.pad_token_id: int = config["pad_token_id"]
+        self.image_size: tuple[int, int] = (config["image"]["height"], config["image"]["width"])
+        self._graphs = graphs
+        self._tokenizer = tokenizer
+        self._layers, self._heads, self._head_dim = config["num_layers"], config["num_heads"], config["head_dim"]
+        self._cross_names = [f"cross_{kind}_{i}" for i in range(self._layers) for kind in ("key", "value")]
+        self._past_names = [f"past_{kind}_{i}" for i in range(self._layers) for kind in ("key", "value")]
+        self._present_names = [f"present_{kind}_{i}" for i in range(self._layers) for kind in ("key", "value")]
+
+    @classmethod
+    def load(cls, folder: Path, threads: int | None = None) -> OnnxBlip:
+        """The BLIP that export_blip wrote into `folder`; `threads`: ORT's intra-op threads (None: its default)."""
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        try:
+            config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise OnnxExportError(f"{folder} holds no readable exported BLIP ({CONFIG_FILE}: {e}); "
+                                  f"export it again with export_blip.") from e
+        if config.get("format_version") != FORMAT_VERSION:
+            raise OnnxExportError(f"{folder} was exported in format {config.get('format_version')}, this code reads "
+                                  f"{FORMAT_VERSION}; export it again with export_blip.")
+        graphs = _Graphs(*(_session(folder / name, threads) for name in (VISION_FILE, CROSS_FILE, DECODER_FILE)))
+        return cls(folder, config, graphs, Tokenizer.from_file(str(folder / TOKENIZER_FILE)))
+
+    # ------------------------------------------------------------------------------------------------ image
+
+    def pixel_values(self, image) -> np.ndarray:
+        """What the vision tower sees of a PIL image: float32 (1, 3, H, W), as BlipImageProcessor(Pil) makes it
+        (RGB with transparency over white, bicubic resize, rescale, normalise)."""
+        from PIL import Image
+
+        spec = self.config["image"]
+        if spec["do_convert_rgb"]:
+            if "A" in image.getbands() or image.info.get("transparency") is not None:
+                image = image.convert("RGBA")
+                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, image).convert("RGB")
+            else:
+                image = image.convert("RGB")
+        height, width = self.image_size
+        pixels = np.asarray(image.resize((width, height), resample=spec["resample"]))
+        if spec["do_rescale"]:
+            pixels = (pixels.astype(np.float64) * spec["rescale_factor"]).astype(np.float32)
+        if spec["do_normalize"]:
+            pixels = pixels.astype(np.float32, copy=False)
+            pixels = (pixels - np.array(spec["image_mean"], np.float32)) / np.array(spec["image_std"], np.float32)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None], dtype=np.float32)
+
+    def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
+        """BLIP's vision tower: pixel_values float32 (B, 3, H, W) -> float32 (B, patches + 1, hidden)."""
+        return self._graphs.vision.run(None, {"pixel_values": np.asarray(pixel_values, np.float32)})[0]
+
+    def cross_attention(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Every decoder layer's cross-attention key and value over one image's features (1, P, hidden): a tuple
+        of 2 x layers float32 arrays (1, heads, P, head_dim). Computed once per photo, then given to decode."""
+        return tuple(self._graphs.cross.run(None, {"image_features": np.asarray(features, np.float32)}))
+
+    # ---------------------------------------------------------------------------------------------- decoder
+
+    def _run_decoder(self, ids, cross, past, outputs):
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim != 2:
+            raise ValueError(f"ids must be (batch, tokens), got shape {ids.shape}")
+        past_length = 0 if past is None else past[0].shape[2]
+        if past_length + ids.shape[1] > self.config["max_positions"]:
+            raise ValueError(f"{past_length} past + {ids.shape[1]} new tokens exceed BLIP's "
+                             f"{self.config['max_positions']} positions")
+        if past is None:
+            empty = np.zeros((ids.shape[0], self._heads, 0, self._head_dim), np.float32)
+            past = (empty,) * (2 * self._layers)
+        feeds = {"input_ids": ids, **dict(zip(self._past_names, past)), **dict(zip(self._cross_names, cross))}
+        return self._graphs.decoder.run(outputs, feeds)
+
+    def decode(self, ids: np.ndarray, cross, past=None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """The text decoder on new tokens `ids` int64 (B, T) after `past` (None: none) over the image whose
+        `cross` this is (batch 1, broadcast over B). Returns logits float32 (B, T, vocab) for every new position
+        and the new past (self-attention keys/values including these T tokens). Positions continue from the past
+        length; each new token sees the past and the new tokens up to itself."""
+        logits, *present = self._run_decoder(ids, cross, past, ["logits", *self._present_names])
+        return logits, tuple(present)
+
+    def last_hidden_state(self, ids: np.ndarray, cross, past=None) -> np.ndarray:
+        """As decode, but the decoder's last hidden state float32 (B, T, hidden), before the LM head."""
+        return self._run_decoder(ids, cross, past, ["last_hidden_state"])[0]
+
+    def repeat(self, past, n: int) -> tuple[np.ndarray, ...]:
+        """A batch-1 past repeated to batch n (for a batch of continuations of one prefix)."""
+        return tuple(np.repeat(array, n, axis=0) for array in past)
+
+    # -------------------------------------------------------------------------------------------- tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` without special tokens, as tokenizer(text, add_special_tokens=False).input_ids."""
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode_tokens(self, ids) -> str:
+        """Text of token ids, as tokenizer.decode(ids, skip_special_tokens=True).strip()."""
+        text = self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+        if self.config["clean_up_tokenization_spaces"]:
+            text = _clean_up_tokenization(text)
+        return text.strip()
