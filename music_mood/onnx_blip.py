@@ -369,6 +369,13 @@ class OnnxBlip:
         graphs = _Graphs(*(_session(folder / name, threads) for name in (VISION_FILE, CROSS_FILE, DECODER_FILE)))
         return cls(folder, config, graphs, Tokenizer.from_file(str(folder / TOKENIZER_FILE)))
 
+    def cache_key(self) -> dict:
+        """What results derived from this model alone (the mood baseline) depend on: the export (its folder's name
+        is the hash of the checkpoint, precision and library versions) and the runtime's version."""
+        import onnxruntime
+
+        return {"export": self.folder.name, "onnxruntime": onnxruntime.__version__}
+
     # ------------------------------------------------------------------------------------------------ image
 
     def pixel_values(self, image) -> np.ndarray:
