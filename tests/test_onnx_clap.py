@@ -47,11 +47,19 @@ def text_exports(clap_text, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def audio_export(clap_audio, tmp_path_factory):
-    """The tiny checkpoint's audio tower (as models.load_clap_audio loads it, fused attention) exported in fp32."""
-    folder = tmp_path_factory.mktemp("clap-audio")
-    export_clap_audio(clap_audio.model, clap_audio.processor, folder, "fp32")
-    return folder
+def audio_exports(clap_audio, tmp_path_factory):
+    """The tiny checkpoint's audio tower (as models.load_clap_audio loads it, fused attention) exported at both
+    precisions: {precision: folder}."""
+    folders = {}
+    for precision in ("fp32", "int8"):
+        folders[precision] = tmp_path_factory.mktemp(f"clap-audio-{precision}")
+        export_clap_audio(clap_audio.model, clap_audio.processor, folders[precision], precision)
+    return folders
+
+
+@pytest.fixture(scope="module")
+def audio_export(audio_exports):
+    return audio_exports["fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -108,16 +116,17 @@ def test_log_mel_features_equal_the_extractor(clap_audio, music_windows):
     np.testing.assert_allclose(features, embed.log_mel_features(extractor, music_windows).numpy(), rtol=0, atol=1e-2)
 
 
-def test_audio_vectors_equal_torch(audio_export, clap_audio, music_windows):
+@pytest.mark.parametrize("precision, min_cosine", [("fp32", 0.99999), ("int8", 0.999)])
+def test_audio_vectors_equal_torch(audio_exports, clap_audio, music_windows, precision, min_cosine):
     """Ten windows: a run of eight and one of two, against embed.embed_windows on the fused-attention torch model."""
-    runtime = OnnxClapAudio.load(audio_export)
+    runtime = OnnxClapAudio.load(audio_exports[precision])
     vectors = runtime.embed_windows(music_windows)
     expected = embed.embed_windows(clap_audio, music_windows)
     assert vectors.dtype == np.float32 and vectors.shape == expected.shape == (len(music_windows), runtime.dim)
     extractor = clap_audio.processor.feature_extractor
     assert (runtime.sampling_rate, runtime.window_samples) == (extractor.sampling_rate, extractor.nb_max_samples)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-6)
-    assert cosines(vectors, expected).min() >= 0.99999
+    assert cosines(vectors, expected).min() >= min_cosine
 
 
 def test_audio_vector_does_not_depend_on_its_batch_or_run(audio_export, music_windows):
