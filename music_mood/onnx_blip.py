@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from music_mood.exports import onnx_session
+
 PRECISIONS = ("fp32", "int8")
 CONFIG_FILE = "blip.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -300,20 +302,6 @@ def _quantize_matmuls(path: Path, block_size: int, symmetric: bool, accuracy_lev
 # ---------------------------------------------------------------------------------------------------- runtime
 
 
-def _session(path: Path, threads: int | None):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle pool threads would otherwise spin after each run, taking a core from the next session (vision, cross,
-    # decoder and CLAP run one after another on 2 cores): without spinning a decoder step took 28 ms instead of
-    # 34 and the vision tower 1.61 s instead of 1.68 (2 threads, full-size, int8 decoder).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _clean_up_tokenization(text: str) -> str:
     """transformers' clean_up_tokenization (PreTrainedTokenizerBase), for checkpoints that ask for it."""
     for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
@@ -366,7 +354,7 @@ class OnnxBlip:
         if config.get("format_version") != FORMAT_VERSION:
             raise OnnxExportError(f"{folder} was exported in format {config.get('format_version')}, this code reads "
                                   f"{FORMAT_VERSION}; export it again with export_blip.")
-        graphs = _Graphs(*(_session(folder / name, threads) for name in (VISION_FILE, CROSS_FILE, DECODER_FILE)))
+        graphs = _Graphs(*(onnx_session(folder / name, threads) for name in (VISION_FILE, CROSS_FILE, DECODER_FILE)))
         return cls(folder, config, graphs, Tokenizer.from_file(str(folder / TOKENIZER_FILE)))
 
     def cache_key(self) -> dict:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from music_mood.exports import onnx_session
+
 PRECISIONS = ("fp32", "int8")
 FORMAT_VERSION = 1
 OPSET = 17
@@ -43,18 +45,6 @@ def normalize_rows(vectors: np.ndarray) -> np.ndarray:
     """float32 (n, D) rows scaled to unit length, as torch.nn.functional.normalize (norms clamped at 1e-12)."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def create_session(path: Path, threads: int | None = None):
-    """An ORT CPU session for one .onnx file: all graph optimisations, `threads` intra-op threads (None: ORT's
-    default, one per core)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _read_config(folder: Path, name: str, files: tuple[str, ...]) -> dict:
@@ -213,7 +203,7 @@ class OnnxClapText:
         tokenizer.enable_truncation(config["max_length"], direction=config["truncation_side"])
         tokenizer.enable_padding(direction=config["padding_side"], pad_id=config["pad_id"],
                                  pad_token=config["pad_token"])
-        return cls(create_session(folder / TEXT_MODEL, threads), tokenizer, config)
+        return cls(onnx_session(folder / TEXT_MODEL, threads), tokenizer, config)
 
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """input_ids and attention_mask, int64 (n, longest text's tokens, at most max_length)."""
@@ -362,7 +352,7 @@ class OnnxClapAudio:
         if mel_filters.shape != (config["fft_window_size"] // 2 + 1, config["mels"]):
             raise OnnxClapError(f"{folder / AUDIO_MEL_FILTERS} has shape {mel_filters.shape}, not "
                                 f"({config['fft_window_size'] // 2 + 1}, {config['mels']}); export it again.")
-        return cls(create_session(folder / AUDIO_MODEL, threads), mel_filters, config, windows_per_run)
+        return cls(onnx_session(folder / AUDIO_MODEL, threads), mel_filters, config, windows_per_run)
 
     def embed_windows(self, windows: np.ndarray) -> np.ndarray:
         """CLAP audio embeddings of windows float32 (B, window_samples): float32 (B, dim), rows L2-normalised.

@@ -151,7 +151,8 @@ def _relative_logit_error(fast, exact) -> float:
 def test_onnx_runtime_passes_the_fidelity_gate(checkpoints, blip, clap_text, clap_audio, photos, sample_tracks,
                                                precision):
     """Teacher-forced on the same tokens, the ONNX decoder's logits are within 0.06 of the logits' std of torch
-    fp32's (RMS; tests/test_onnx_blip.py holds the largest error to that too, and the hidden state); the query vector for the same text and the audio windows' vectors within cosine 0.999."""
+    fp32's (RMS; tests/test_onnx_blip.py holds the largest error to that too, and the hidden state); the query
+    vector for the same text and the audio windows' vectors within cosine 0.999."""
     from music_mood.audio import decode_audio
     from music_mood.embed import embed_windows, split_windows
 
