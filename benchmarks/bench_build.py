@@ -1,11 +1,14 @@
 """Building the music database from the 28 tracks of immich-memories-music: audio seconds embedded per wall second.
 
 (a) seed-equivalent: the full ClapModel, one random 10 s crop per track, tracks one after another.
-(b) the product: music_to_vector.build_library with load_clap_audio (audio tower only), every 10 s window of
-    every track (whole-track coverage), decoding overlapped with embedding.
+(b) the product before ONNX Runtime: music_to_vector.build_library with load_clap_audio (audio tower only) on
+    torch fp32, every 10 s window of every track (whole-track coverage), decoding overlapped with embedding.
+(c) the product's default now (`--precision auto --backend auto`: ONNX Runtime with 8-bit weights on a CPU
+    without native bf16), the same build.
+(b) and (c) alternate for --rounds rounds; medians are reported.
 
-    python -m benchmarks.bench_build            # all 28 tracks
-    python -m benchmarks.bench_build --quick    # 4 tracks
+    python -m benchmarks.bench_build            # all 28 tracks, 2 rounds
+    python -m benchmarks.bench_build --quick    # 4 tracks, 1 round
 """
 from __future__ import annotations
 
@@ -52,14 +55,14 @@ def seed_build(checkpoint: str, tracks: list[Path]) -> tuple[float, float]:
     return embedded, time.perf_counter() - start
 
 
-def product_build(checkpoint: str, tracks: list[Path], precision: str) -> tuple[float, float, int]:
+def product_build(checkpoint: str, tracks: list[Path], precision: str, backend: str) -> tuple[float, float, int]:
     """(audio seconds embedded, wall seconds, windows) for build_library on a fresh library of `tracks`."""
     from music_mood.models import load_clap_audio
     from music_to_vector import LibraryPaths, build_library, decode_audio, embed_windows, split_windows
 
-    clap = load_clap_audio(checkpoint, precision)
-    warm = decode_audio(tracks[0], clap.processor.feature_extractor.sampling_rate)  # warm-up, untimed
-    embed_windows(clap, split_windows(warm, clap.processor.feature_extractor.nb_max_samples)[0][:1])
+    clap = load_clap_audio(checkpoint, precision, backend)  # exported first if it has to be, untimed
+    warm = decode_audio(tracks[0], clap.runtime.sampling_rate)  # warm-up, untimed
+    embed_windows(clap, split_windows(warm, clap.runtime.window_samples)[0][:1])
     with tempfile.TemporaryDirectory(prefix="bench_build.") as folder:
         paths = LibraryPaths.at(folder)
         for track in tracks:
@@ -79,21 +82,34 @@ def product_build(checkpoint: str, tracks: list[Path], precision: str) -> tuple[
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="4 tracks (one in seven) instead of all 28")
-    parser.add_argument("--precision", default="auto", help="the product path's precision")
+    parser.add_argument("--quick", action="store_true", help="4 tracks (one in seven) and 1 round")
+    parser.add_argument("--rounds", type=int, default=2, help="builds of (b) and of (c), alternating")
+    parser.add_argument("--precision", default="auto", help="(c)'s precision")
+    parser.add_argument("--backend", default="auto", help="(c)'s backend")
     args = parser.parse_args(argv)
     tracks = sample_tracks()[::7] if args.quick else sample_tracks()
+    rounds = 1 if args.quick else args.rounds
     checkpoint = full_checkpoints()["clap"]
     import torch
 
-    print(f"load average {os.getloadavg()[0]:.1f}; torch {torch.get_num_threads()} threads; {len(tracks)} tracks")
+    from music_mood.models import resolve_backend
+
+    backend, precision = resolve_backend(args.precision, args.backend)
+    print(f"load average {os.getloadavg()[0]:.1f}; torch {torch.get_num_threads()} threads; {len(tracks)} tracks; "
+          f"(c) = {backend} {precision}")
     seed_audio, seed_wall = seed_build(checkpoint, tracks)
     print(f"(a) seed-equivalent (one {CROP_S:.0f} s crop per track): {seed_audio:.0f} s of audio in {seed_wall:.1f} s "
           f"= {seed_audio / seed_wall:.1f}x real time; coverage {seed_audio:.0f} s", flush=True)
-    audio, wall, windows = product_build(checkpoint, tracks, args.precision)
-    print(f"(b) product, precision {args.precision} (whole tracks, {windows} windows): {audio:.0f} s of audio in "
-          f"{wall:.1f} s = {audio / wall:.1f}x real time; {wall / windows * 1e3:.0f} ms per window")
-    print(f"speed-up in audio seconds per wall second: {(audio / wall) / (seed_audio / seed_wall):.2f}x")
+    speeds = {"b": [], "c": []}
+    for _ in range(rounds):
+        for key, (p, b) in (("b", ("fp32", "torch")), ("c", (precision, backend))):
+            audio, wall, windows = product_build(checkpoint, tracks, p, b)
+            speeds[key].append(audio / wall)
+            print(f"({key}) {b} {p} (whole tracks, {windows} windows): {audio:.0f} s of audio in {wall:.1f} s "
+                  f"= {audio / wall:.1f}x real time; {wall / windows * 1e3:.0f} ms per window", flush=True)
+    b_speed, c_speed = float(np.median(speeds["b"])), float(np.median(speeds["c"]))
+    print(f"medians: (b) {b_speed:.1f}x, (c) {c_speed:.1f}x real time; (c)/(b) = {c_speed / b_speed:.2f}; "
+          f"(c)/(a) = {c_speed / (seed_audio / seed_wall):.2f} in audio seconds per wall second")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 

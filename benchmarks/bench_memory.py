@@ -1,43 +1,71 @@
-"""Resident memory of a process holding what the app holds (BLIP + CLAP's text tower), after warm-up queries.
+"""Resident memory of a process holding what the app holds (BLIP + CLAP's text tower): peak while loading, and after
+warm-up queries. Measured in a new process per precision/backend that imports only what the product imports, so
+the figures are the app's own (this script's parent builds the checkpoints with torch; the child never sees it).
 
-    python -m benchmarks.bench_memory                    # the default precision
-    python -m benchmarks.bench_memory --precision int8
-    python -m benchmarks.bench_memory --quick            # one warm-up query instead of three
+    python -m benchmarks.bench_memory                               # the default precision and backend
+    python -m benchmarks.bench_memory --precision fp32 --backend torch
+    python -m benchmarks.bench_memory --quick                       # one warm-up query instead of three
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 
-from benchmarks.common import current_rss_mb, full_checkpoints, peak_rss_mb, photo
+from benchmarks.common import ROOT, full_checkpoints, photo
+
+CHILD = """
+import json, sys
+from benchmarks.common import current_rss_mb, peak_rss_mb
+from benchmarks.bench_query import LIBRARY_SIZE, synthetic_database
+from music_mood.models import load_blip, load_clap_text, release_freed_memory
+from recommend import recommend
+
+blip_dir, clap_dir, precision, backend, photo, queries = sys.argv[1:7]
+base = current_rss_mb()
+blip = load_blip(blip_dir, precision, backend)
+clap = load_clap_text(clap_dir, precision, backend)
+loaded, loading_peak = current_rss_mb(), peak_rss_mb()
+db = synthetic_database(LIBRARY_SIZE, clap.runtime.dim)
+for _ in range(int(queries)):
+    recommend(blip, clap, db, image=photo)
+    release_freed_memory()  # as app.py's Recommend handler does after every request
+print(json.dumps({"models": [blip.embedded_by, clap.embedded_by], "base": base, "loaded": loaded,
+                  "loading_peak": loading_peak, "warm": current_rss_mb(), "peak": peak_rss_mb(),
+                  "anon": current_rss_mb("RssAnon"), "file": current_rss_mb("RssFile"),
+                  "library_mb": db.vectors.nbytes / 2**20,
+                  "torch_imported": "torch" in sys.modules, "transformers_imported": "transformers" in sys.modules}))
+"""
+
+
+def measure(checkpoints: dict, precision: str, backend: str, queries: int) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, checkpoints["blip"], checkpoints["clap"], precision, backend,
+                           str(photo()), str(queries)], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=1800)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one warm-up query")
-    parser.add_argument("--precision", default=None, help="models' precision (default: the product's default)")
+    parser.add_argument("--precision", default="auto", help="models' precision")
+    parser.add_argument("--backend", default="auto", help="models' backend")
     args = parser.parse_args(argv)
     checkpoints = full_checkpoints()  # built (or found) before anything is measured
-
-    from benchmarks.bench_query import LIBRARY_SIZE, synthetic_database
-    from music_mood.models import default_precision, load_blip, load_clap_text, release_freed_memory
-    from recommend import recommend
-
-    precision = args.precision or default_precision()
-    base = current_rss_mb()
-    blip = load_blip(checkpoints["blip"], precision)
-    clap = load_clap_text(checkpoints["clap"], precision)
-    loaded = current_rss_mb()
-    db = synthetic_database(LIBRARY_SIZE, clap.model.config.projection_dim)
-    for _ in range(1 if args.quick else 3):
-        recommend(blip, clap, db, image=photo())
-        release_freed_memory()  # as app.py's Recommend handler does after every request
-    print(f"precision {precision}: RSS {base:.0f} MB before loading, {loaded:.0f} MB with BLIP + CLAP text loaded, "
-          f"{current_rss_mb():.0f} MB after warm-up queries ({LIBRARY_SIZE} tracks, "
-          f"{db.vectors.nbytes / 2**20:.0f} MB); "
-          f"peak RSS {peak_rss_mb():.0f} MB")
-    print(f"after warm-up: RssAnon {current_rss_mb('RssAnon'):.0f} MB, RssFile {current_rss_mb('RssFile'):.0f} MB "
-          f"(file pages are mapped weights and libraries, shared and reclaimable)")
+    queries = 1 if args.quick else 3
+    # The first process may have to export the models (ONNX Runtime): its figures are the first start's.
+    for label in ("first start (exports made if missing)", "a later start (exports cached)"):
+        m = measure(checkpoints, args.precision, args.backend, queries)
+        print(f"{label}, {' + '.join(m['models'])}: RSS {m['base']:.0f} MB before loading, {m['loaded']:.0f} MB "
+              f"loaded (peak while loading {m['loading_peak']:.0f} MB), {m['warm']:.0f} MB after {queries} "
+              f"warm-up queries ({m['library_mb']:.0f} MB library); peak {m['peak']:.0f} MB; after warm-up "
+              f"RssAnon {m['anon']:.0f} MB, RssFile {m['file']:.0f} MB; torch imported: {m['torch_imported']}, "
+              f"transformers imported: {m['transformers_imported']}")
     return 0
 
 

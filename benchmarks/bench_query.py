@@ -3,11 +3,13 @@
 (a) seed-equivalent: fp32; BLIP generate() on the photo, then the full ClapModel's get_text_features on the
     caption plus a fixed mood suffix, then a full argsort of the scores.
 (b) the product's default: recommend() with models from models.load_blip / load_clap_text at their default
-    precision (caption, mood words chosen by BLIP likelihoods, CLAP text tower, ranking).
+    precision and backend (on a CPU without native bf16: ONNX Runtime, BLIP's text decoder and CLAP's text tower
+    with 8-bit weights) — caption, mood words chosen by BLIP likelihoods, CLAP text tower, ranking.
 Both generate exactly 12 caption tokens, so random weights do not make either stop early. (b) forgets the
 captions it remembers before every run, so each run does the whole work, as for a new photo. Also printed: the
 cosine between the default path's query vector and the fp32 one for the same text, and (c), the same photo asked
-again with another top-k (the app's re-query: the caption and mood words are remembered).
+again with another top-k (the app's re-query: the caption and mood words are remembered). Last, where the time
+of a new photo goes, stage by stage, on torch fp32 and on the default backend (stages alternate between them).
 
     python -m benchmarks.bench_query            # 20 timed runs of each
     python -m benchmarks.bench_query --quick    # 5 timed runs of each
@@ -70,6 +72,29 @@ def seed_pipeline(checkpoints: dict, db):
     return query
 
 
+def stage_times(blip, clap, db, image_path) -> dict[str, float]:
+    """Seconds per stage of a new photo's query through the runtime interface the product uses."""
+    import time
+
+    from image_to_vector import caption_image, choose_mood_words, compose_query_text, embed_text, open_image
+    from music_mood.search import rank_tracks
+
+    runtime, image, marks = blip.runtime, open_image(image_path), [time.perf_counter()]
+    features = runtime.image_features(runtime.pixel_values(image))
+    marks.append(time.perf_counter())
+    cross = runtime.cross_attention(features)  # torch computes it inside the first decoder step
+    caption = caption_image(blip, cross, CAPTION_TOKENS, CAPTION_TOKENS)
+    marks.append(time.perf_counter())
+    mood_words = choose_mood_words(blip, cross)
+    marks.append(time.perf_counter())
+    vector = embed_text(clap, [compose_query_text(caption, mood_words)])[0]
+    marks.append(time.perf_counter())
+    rank_tracks(db, vector, 10)
+    marks.append(time.perf_counter())
+    names = ("vision", f"caption({CAPTION_TOKENS} steps+cross-attn)", "mood words", "CLAP text", "search")
+    return {name: marks[i + 1] - marks[i] for i, name in enumerate(names)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -77,25 +102,27 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=20, help="timed runs of each path")
     parser.add_argument("--precision", default=None,
                         help="the product path's precision (default: the product's own default)")
+    parser.add_argument("--backend", default=None, help="the product path's backend (default: the product's own)")
     args = parser.parse_args(argv)
     repeats = 5 if args.quick else args.repeats
 
     import torch
 
     from image_to_vector import embed_text, forget_descriptions
-    from music_mood.models import default_precision, load_blip, load_clap_text
+    from music_mood.models import default_backend, default_precision, load_blip, load_clap_text
     from recommend import recommend
 
     checkpoints = full_checkpoints()
-    precision = args.precision or default_precision()
-    blip = load_blip(checkpoints["blip"], precision)
-    clap = load_clap_text(checkpoints["clap"], precision)
-    clap_fp32 = load_clap_text(checkpoints["clap"], "fp32")
-    db = synthetic_database(LIBRARY_SIZE, clap.model.config.projection_dim)
+    precision, backend = args.precision or default_precision(), args.backend or default_backend()
+    blip = load_blip(checkpoints["blip"], precision, backend)
+    clap = load_clap_text(checkpoints["clap"], precision, backend)
+    blip_fp32 = load_blip(checkpoints["blip"], "fp32", "torch")
+    clap_fp32 = load_clap_text(checkpoints["clap"], "fp32", "torch")
+    db = synthetic_database(LIBRARY_SIZE, clap.runtime.dim)
     image = photo()
     print(f"load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{LIBRARY_SIZE} tracks; photo {image.name}; "
-          f"{CAPTION_TOKENS} caption tokens; product precision {precision!r} -> {blip.dtype}")
+          f"{LIBRARY_SIZE} tracks; photo {image.name}; {CAPTION_TOKENS} caption tokens; product "
+          f"--precision {precision} --backend {backend} -> {blip.embedded_by} (BLIP), {clap.embedded_by} (CLAP)")
 
     seed = seed_pipeline(checkpoints, db)
 
@@ -116,7 +143,7 @@ def main(argv=None) -> int:
     fp32_vector = embed_text(clap_fp32, [rec.query_text])[0]
     cosine = float(fast_vector @ fp32_vector)
     seed_p50, fast_p50 = percentile(seed_times, 50), percentile(fast_times, 50)
-    for label, t in (("(a) seed-equivalent", seed_times), (f"(b) product {precision:<7}", fast_times)):
+    for label, t in (("(a) seed-equivalent", seed_times), (f"(b) product {blip.embedded_by:<10}", fast_times)):
         print(f"{label}  p50 {percentile(t, 50):.3f} s  p95 {percentile(t, 95):.3f} s  min {min(t):.3f} s  "
               f"({repeats} runs, interleaved)")
     print(f"(c) the same photo again, top-k 5  p50 {percentile(again, 50):.3f} s  p95 {percentile(again, 95):.3f} s  "
@@ -124,6 +151,18 @@ def main(argv=None) -> int:
     print(f"speed-up (a)/(b) at p50: {seed_p50 / fast_p50:.2f}x; at min: {min(seed_times) / min(fast_times):.2f}x")
     print(f"cosine(default-path vector, fp32 vector) for the same text: {cosine:.5f}")
     print(f"query text: {rec.query_text!r}")
+    contenders = {"torch-fp32": (blip_fp32, clap_fp32), blip.embedded_by: (blip, clap)}
+    stages = {name: [] for name in contenders}
+    for round_ in range(1 + max(3, repeats // 2)):  # alternating; the first round warms up and is not kept
+        for name, (b, c) in contenders.items():
+            times = stage_times(b, c, db, image)
+            if round_:
+                stages[name].append(times)
+    print("where a new photo's time goes (median seconds per stage):")
+    for name, runs in stages.items():
+        medians = {stage: float(np.median([run[stage] for run in runs])) for stage in runs[0]}
+        print(f"  {name:<12} " + "  ".join(f"{stage} {t:.3f}" for stage, t in medians.items())
+              + f"  total {sum(medians.values()):.3f}")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     print(f"peak RSS of this process (both pipelines + 3 text towers): {peak_rss_mb():.0f} MB", file=sys.stderr)
     return 0
