@@ -60,6 +60,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 run of each instead of --repeats")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each command")
+    parser.add_argument("--backend", default=None, help="(b)'s --backend (default: the product's default)")
+    parser.add_argument("--precision", default=None, help="(b)'s --precision (default: the product's default)")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     checkpoints = full_checkpoints()
@@ -75,6 +77,8 @@ def main(argv=None) -> int:
         seed = [sys.executable, str(ROOT / "benchmarks" / "seed_cold.py"), str(jpg), checkpoints["blip"],
                 checkpoints["clap"], str(library)]
         torch_fp32 = [*product, "--backend", "torch", "--precision", "fp32"]
+        product += [*(["--backend", args.backend] if args.backend else []),
+                    *(["--precision", args.precision] if args.precision else [])]
         # The first run fills the page cache with the weights for both ("cold" is a new process, not a cold disk)
         # and, for the product, its caches: the ONNX exports (made once per checkpoint) and the mood words'
         # grey-image baseline, as a user's first query does. Its time is printed, not counted.

@@ -70,6 +70,21 @@ def expected_result(library: Path, blip, clap_text, image, topk: int) -> dict:
 # ---------------------------------------------------------------------------------------------- the API
 
 
+def test_the_app_loads_torch_only_when_its_backend_is_torch(app, client, photos):
+    """On ONNX Runtime (the default on CPUs without native bf16) the server answers without torch in memory."""
+    from gradio_client import handle_file
+
+    from music_mood.models import resolve_backend
+
+    result = client.predict(image=handle_file(str(photos["coffee.png"])), text="", topk=3, api_name="/recommend")
+    assert len(result["results"]) == 3
+    with open(f"/proc/{app.process.pid}/maps", encoding="utf-8") as f:
+        mapped = f.read()
+    backend, _ = resolve_backend()  # what the app chose: it was given no --precision or --backend
+    assert ("libtorch_cpu" in mapped) == (backend == "torch")
+    assert ("onnxruntime" in mapped) == (backend == "onnx")
+
+
 def test_recommend_api_answers_what_recommend_answers(app, client, app_library, default_models, photos):
     from gradio_client import handle_file
 

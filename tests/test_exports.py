@@ -25,6 +25,8 @@ def own_exports(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("cpu, gpu, precision, backend, expected", [
     ("avx2", False, "auto", "auto", ("onnx", "int8")),
+    ("avx512_bf16", False, "auto", "auto", ("onnx", "int8")),
+    ("avx512_bf16", False, "auto", "torch", ("torch", "bf16")),
     ("amx_bf16", False, "auto", "auto", ("torch", "bf16")),
     ("avx2", True, "auto", "auto", ("torch", "bf16")),
     ("avx2", False, "fp32", "auto", ("torch", "fp32")),
@@ -36,7 +38,8 @@ def own_exports(tmp_path, monkeypatch):
 def test_backend_follows_the_hardware_and_the_flags(monkeypatch, cpu, gpu, precision, backend, expected):
     import torch
 
-    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: cpu == "amx_bf16")
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: cpu in ("amx_bf16", "avx512_bf16"))
+    monkeypatch.setattr(models, "cpu_has_amx", lambda: cpu == "amx_bf16")
     monkeypatch.setattr(models, "has_nvidia_gpu", lambda: gpu)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     assert models.resolve_backend(precision, backend) == expected
@@ -190,3 +193,19 @@ def test_library_records_which_backend_embedded_each_track(call_cli, isolated_li
     assert done.returncode == 0, done.stderr
     db = load_database(LibraryPaths.at(isolated_library))
     assert [t["embedded_by"] for t in db.tracks] == ["torch-fp32", "onnx-int8"]
+
+
+def test_checkpoint_the_export_cannot_mirror_runs_on_torch(checkpoints, own_exports, tmp_path, capfd):
+    """An audio feature extractor the numpy log-mel does not mirror (top_db set): torch runs it, and says so."""
+    import shutil
+
+    copy = tmp_path / "clap-top-db"
+    shutil.copytree(checkpoints["clap"], copy)
+    config = json.loads((copy / "processor_config.json").read_text())
+    config["feature_extractor"]["top_db"] = 80
+    (copy / "processor_config.json").write_text(json.dumps(config))
+    clap = models.load_clap_audio(str(copy), "int8", "onnx")
+    assert clap.backend == "torch"
+    err = capfd.readouterr().err
+    assert f"The CLAP model {copy} runs on torch:" in err and "top_db" in err, err
+    assert not [p for p in own_exports.iterdir() if not p.name.startswith(".")]  # no half export left
