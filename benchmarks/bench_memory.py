@@ -5,6 +5,7 @@ the figures are the app's own (this script's parent builds the checkpoints with 
     python -m benchmarks.bench_memory                               # the default precision and backend
     python -m benchmarks.bench_memory --precision fp32 --backend torch
     python -m benchmarks.bench_memory --quick                       # one warm-up query instead of three
+    python -m benchmarks.bench_memory --app                         # also `python app.py` itself, as a user runs it
 """
 from __future__ import annotations
 
@@ -49,12 +50,42 @@ def measure(checkpoints: dict, precision: str, backend: str, queries: int) -> di
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _status_mb(pid: int) -> dict[str, float]:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return {key: int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
+
+
+def measure_app(checkpoints: dict, queries: int) -> tuple[dict, dict]:
+    """`python app.py` on its default backend, serving a 10 000-track library: its memory once serving with the
+    models loaded, and after `queries` photo queries through its API."""
+    import tempfile
+    from pathlib import Path
+
+    from gradio_client import Client, handle_file
+
+    from benchmarks.bench_cold import make_library
+    from music_mood.describe import cache_dir
+    from tests.app_server import running_app
+
+    with tempfile.TemporaryDirectory(prefix="bench_memory.") as folder:
+        library = make_library(Path(folder) / "library", checkpoints["clap"], 512)
+        with running_app(library, checkpoints, Path(folder), exports=cache_dir() / "onnx") as app:
+            client = Client(app.url, verbose=False)
+            client.predict(image=None, text="warm", topk=1, api_name="/recommend")  # waits for the models
+            loaded = _status_mb(app.process.pid)
+            for _ in range(queries):
+                client.predict(image=handle_file(str(photo())), text="", topk=10, api_name="/recommend")
+            return loaded, _status_mb(app.process.pid)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one warm-up query")
     parser.add_argument("--precision", default="auto", help="models' precision")
     parser.add_argument("--backend", default="auto", help="models' backend")
+    parser.add_argument("--app", action="store_true", help="also measure python app.py (default backend)")
     args = parser.parse_args(argv)
     checkpoints = full_checkpoints()  # built (or found) before anything is measured
     queries = 1 if args.quick else 3
@@ -66,6 +97,11 @@ def main(argv=None) -> int:
               f"warm-up queries ({m['library_mb']:.0f} MB library); peak {m['peak']:.0f} MB; after warm-up "
               f"RssAnon {m['anon']:.0f} MB, RssFile {m['file']:.0f} MB; torch imported: {m['torch_imported']}, "
               f"transformers imported: {m['transformers_imported']}")
+    if args.app:
+        loaded, warm = measure_app(checkpoints, queries)
+        print(f"python app.py (default backend, 10 000 tracks): {loaded['VmRSS']:.0f} MB serving with the models "
+              f"loaded (peak so far {loaded['VmHWM']:.0f} MB), {warm['VmRSS']:.0f} MB after {queries} photo queries "
+              f"(RssAnon {warm['RssAnon']:.0f} MB, RssFile {warm['RssFile']:.0f} MB); peak {warm['VmHWM']:.0f} MB")
     return 0
 
 

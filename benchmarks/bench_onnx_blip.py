@@ -7,7 +7,7 @@ Measured A/B interleaved in one process, medians, with 2 threads and with 1:
   chosen over;
 - teacher-forced fidelity on FIDELITY_TOKENS tokens against torch fp32: max and RMS logit error over the logits'
   std, relative error of the last hidden state, agreement of the argmax token;
-- the memory of a loaded OnnxBlip (fp32 vision + int8 decoder) in a fresh process, after loading and after one
+- the memory of a loaded OnnxBlip (int8: 8-bit weights) in a fresh process, after loading and after one
   photo's vision pass, cross-attention and 12 decode steps.
 
 The checkpoint's vision tower is first given realistic weight scales (Linear/Conv weights N(0, 0.02), biases 0,
@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, interleaved, photo
+from benchmarks.common import ROOT, full_checkpoints, interleaved, photo
 
-DEFAULT_CHECKPOINT = "/tmp/fullmodels/blip-full"
 PAST_LENGTH = 10
 FIDELITY_TOKENS = 12
 # (name, MatMulNBits settings) of the int8 exports compared; the first is export_blip's default.
@@ -107,7 +106,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      epilog="example: python -m benchmarks.bench_onnx_blip --quick")
-    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="full-size BLIP checkpoint folder")
+    parser.add_argument("--checkpoint", default=None,
+                        help="full-size BLIP checkpoint folder (default: benchmarks.common.full_checkpoints())")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs of each contender")
     parser.add_argument("--quick", action="store_true", help="5 timed runs of each")
     args = parser.parse_args(argv)
@@ -115,6 +115,7 @@ def main(argv=None) -> int:
 
     from music_mood.models import load_blip
 
+    args.checkpoint = args.checkpoint or full_checkpoints()["blip"]
     blip = load_blip(args.checkpoint, "fp32")
     model, processor = blip.model, blip.processor
     realistic_vision_weights(model.vision_model)
@@ -128,8 +129,8 @@ def main(argv=None) -> int:
 def _measure(checkpoint: str, repeats: int, model, processor, work: Path) -> int:
     import torch
     from PIL import Image
+    from transformers import DynamicCache, EncoderDecoderCache
 
-    from music_mood.describe import _decoder_cache
     from music_mood.onnx_blip import OnnxBlip, export_blip
 
     folders = {"ORT fp32": work / "fp32"}
@@ -168,13 +169,17 @@ def _measure(checkpoint: str, repeats: int, model, processor, work: Path) -> int
         if threads == 2:
             fidelities = {name: fidelity(rt, crosses[name], ids, expected_logits, expected_hidden)
                           for name, rt in runtimes.items()}
+            # End to end: each export's own vision tower gives the features its decoder attends to.
+            fidelities.update({f"{name}, own vision": fidelity(
+                rt, rt.cross_attention(rt.image_features(pixel_values.numpy())), ids, expected_logits,
+                expected_hidden) for name, rt in runtimes.items()})
             feats = runtimes["ORT fp32"].image_features(pixel_values.numpy())
             fidelities["vision ORT fp32 max abs err"] = float(np.abs(feats - image_embeds.numpy()).max())
             fidelities["pixel_values max abs err"] = float(
                 np.abs(runtimes["ORT fp32"].pixel_values(image) - pixel_values.numpy()).max())
 
         with torch.inference_mode():
-            cache = _decoder_cache()
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())  # as TorchBlip.decode's
             decoder(input_ids=torch.from_numpy(prefix), encoder_hidden_states=image_embeds, cache=cache,
                     use_cache=True)
             torch_step = torch.from_numpy(step)
@@ -207,19 +212,21 @@ def _measure(checkpoint: str, repeats: int, model, processor, work: Path) -> int
     for what, threads, name, median, ratio in rows:
         print(f"{what:28} {threads:>7} {name:20} {median * 1e3:>10.2f} {ratio:>10.2f}")
     print(f"\nteacher-forced fidelity on {FIDELITY_TOKENS} tokens vs torch fp32 (ORT, 2 threads):")
-    print(f"{'contender':20} {'max err/std':>11} {'rms err/std':>11} {'hidden rel':>10} {'top-1 agree':>11} "
+    print("(rows 'own vision': the export's own vision tower made the features; else torch's did)")
+    print(f"{'contender':32} {'max err/std':>11} {'rms err/std':>11} {'hidden rel':>10} {'top-1 agree':>11} "
           f"{'.onnx MB':>9}")
-    for name in folders:
+    for name in [name for folder in folders for name in (folder, f"{folder}, own vision")]:
         f = fidelities[name]
-        print(f"{name:20} {f['max_err/std']:>11.4f} {f['rms_err/std']:>11.4f} {f['hidden_rel']:>10.4f} "
-              f"{f['top1_agree']:>11.3f} {sizes[name]:>9.0f}")
+        size = sizes.get(name)
+        print(f"{name:32} {f['max_err/std']:>11.4f} {f['rms_err/std']:>11.4f} {f['hidden_rel']:>10.4f} "
+              f"{f['top1_agree']:>11.3f} {'' if size is None else f'{size:.0f}':>9}")
     print(f"vision ORT fp32 max abs error {fidelities['vision ORT fp32 max abs err']:.2e}; "
           f"pixel_values max abs error {fidelities['pixel_values max abs err']:.2e}")
 
     default = next(iter(INT8_VARIANTS))
     for threads in (2, 1):
         memory = fresh_process_memory(folders[default], threads)
-        print(f"\nfresh process, OnnxBlip {default} (fp32 vision + int8 decoder), threads={threads} (MB): "
+        print(f"\nfresh process, OnnxBlip {default} (8-bit weights), threads={threads} (MB): "
               + "; ".join(f"{when}: VmRSS {m['VmRSS']:.0f}, VmHWM {m['VmHWM']:.0f}" for when, m in memory.items()))
     return 0
 

@@ -25,7 +25,6 @@ import numpy as np
 
 from benchmarks.common import CACHE, ROOT, full_checkpoints, interleaved, sample_tracks
 
-DEFAULT_CLAP = "/tmp/fullmodels/clap-full"
 QUERY = "a dog running on the beach at sunset; happy, warm, playful mood"
 FIDELITY_TEXTS = (QUERY, "calm", "a city street at night in the rain; lonely, melancholic, dark mood",
                   "a birthday cake with candles on a table; festive, joyful mood",
@@ -172,7 +171,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      epilog="example: python -m benchmarks.bench_onnx_clap --quick")
-    parser.add_argument("--clap", default=DEFAULT_CLAP if os.path.isdir(DEFAULT_CLAP) else None,
+    parser.add_argument("--clap", default=None,
                         help="full-size CLAP checkpoint folder (default: benchmarks/.cache's, built if missing)")
     parser.add_argument("--repeats", type=int, default=9, help="interleaved rounds of the text comparison")
     parser.add_argument("--audio-repeats", type=int, default=5, help="interleaved rounds of the audio comparison")

@@ -57,7 +57,9 @@ def export_blip(model, processor, folder: Path, precision: str, *, block_size: i
     model: BlipForConditionalGeneration, fp32, eval. processor: its BlipProcessor. precision "fp32": all graphs
     fp32. "int8": the text decoder's MatMul weights (self- and cross-attention, FFN, LM head; in decoder.onnx and
     cross.onnx) 8-bit weight-only (MatMulNBits, see INT8_BLOCK_SIZE), its word embeddings int8 per row (a Gather
-    cannot read MatMulNBits weights, and fp32 embeddings would be the largest tensor left); the vision tower fp32.
+    cannot read MatMulNBits weights, and fp32 embeddings would be the largest tensor left); the vision tower's
+    MatMul weights 8-bit too (1.25x faster and 244 MB smaller on an AVX-512 VNNI CPU; on the full-size model its
+    features stay within cosine 0.9998 per token and move the logits by 0.023 of their std).
     block_size, symmetric, accuracy_level: MatMulNBits' settings for "int8" (the defaults are the chosen ones;
     the benchmark varies them).
     """
@@ -76,7 +78,7 @@ def export_blip(model, processor, folder: Path, precision: str, *, block_size: i
         _export_cross(decoder, folder / CROSS_FILE, vision_config.hidden_size)
         _export_decoder(decoder, folder / DECODER_FILE, quantize_embeddings=precision == "int8")
     if precision == "int8":
-        for name in (CROSS_FILE, DECODER_FILE):
+        for name in (VISION_FILE, CROSS_FILE, DECODER_FILE):
             _quantize_matmuls(folder / name, block_size, symmetric, accuracy_level)
 
     tokenizer = processor.tokenizer

@@ -110,13 +110,20 @@ def test_word_batch_from_repeated_past_equals_each_word_alone(onnx_blip, image_e
 
 
 def test_vision_features_match_torch(onnx_blip, torch_blip, photos):
+    """fp32: torch's features to float rounding. int8 (8-bit weights): every token's features within cosine 0.999
+    and 2 % relative error overall (the logits it leads to are held to the gate by the teacher-forced tests)."""
     model, processor = torch_blip
     pixel_values = processor(images=Image.open(photos["chelsea.png"]).convert("RGB"), return_tensors="pt")
     with torch.no_grad():
         expected = model.vision_model(pixel_values=pixel_values.pixel_values)[0].numpy()
     features = onnx_blip.image_features(pixel_values.pixel_values.numpy())
     assert features.shape == expected.shape and features.dtype == np.float32
-    np.testing.assert_allclose(features, expected, atol=1e-4)
+    if onnx_blip.precision == "fp32":
+        np.testing.assert_allclose(features, expected, atol=1e-4)
+    else:
+        cosines = np.sum(features * expected, -1) / np.linalg.norm(features, axis=-1) / np.linalg.norm(expected, axis=-1)
+        assert cosines.min() >= 0.999
+        assert np.linalg.norm(features - expected) / np.linalg.norm(expected) <= 0.02
 
 
 def _odd_images(photos) -> dict[str, Image.Image]:
