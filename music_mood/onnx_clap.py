@@ -352,7 +352,7 @@ class OnnxClapAudio:
         if mel_filters.shape != (config["fft_window_size"] // 2 + 1, config["mels"]):
             raise OnnxClapError(f"{folder / AUDIO_MEL_FILTERS} has shape {mel_filters.shape}, not "
                                 f"({config['fft_window_size'] // 2 + 1}, {config['mels']}); export it again.")
-        return cls(onnx_session(folder / AUDIO_MODEL, threads), mel_filters, config, windows_per_run)
+        return cls(onnx_session(folder / AUDIO_MODEL, threads, arena=True), mel_filters, config, windows_per_run)
 
     def embed_windows(self, windows: np.ndarray) -> np.ndarray:
         """CLAP audio embeddings of windows float32 (B, window_samples): float32 (B, dim), rows L2-normalised.
