@@ -95,9 +95,9 @@ def resolve_backend(precision: str = "auto", backend: str = "auto") -> tuple[str
     """(backend, precision) that a model runs in, from the user's --precision and --backend.
 
     With backend "auto" and precision "auto": a CUDA GPU, or a CPU with AMX, runs torch in bf16; every other CPU
-    runs ONNX Runtime with 8-bit weights in BLIP's text decoder and CLAP's towers (within the fidelity gate). On
+    runs ONNX Runtime with 8-bit weights in BLIP and CLAP's towers (within the fidelity gate). On
     an AVX-512 BF16 CPU without AMX (AMD EPYC, Zen 4) ONNX Runtime measured faster than torch bf16 for a new
-    photo (1.01 s against 1.16 s), a cold query (3.5 s against 8.6 s) and in memory (0.93 GB against 1.63 GB);
+    photo (0.92 s against 1.16 s) and a cold query (2.8 s against 8.6 s), in less memory (0.6 GB against 1.6);
     on AVX2 CPUs torch has only fp32 (benchmarks/RESULTS.md). AMX CPUs keep torch bf16, not measured against
     ONNX Runtime yet. "fp32" and "bf16" run torch ("fp32" stays exact); "int8" runs ONNX Runtime. With backend
     "torch" everything is as before ("auto" = bf16 where native, else fp32; "int8" = torch's dynamic

@@ -17,6 +17,8 @@ import pytest
 if "--real-models" not in sys.argv:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="music-mood-tests-hf-")
+# Our own cache too, for whatever a session fixture writes before a test's isolated_library points it elsewhere.
+os.environ["MUSIC_MOOD_CACHE"] = tempfile.mkdtemp(prefix="music-mood-tests-cache-")
 
 from tests.model_factory import build_blip_checkpoint, build_clap_checkpoint
 
@@ -43,9 +45,21 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def shared_exports(tmp_path_factory) -> Path:
-    """One folder of ONNX exports for the whole run: the tiny checkpoints are exported once, not once per test."""
-    return tmp_path_factory.mktemp("onnx-exports")
+def shared_exports(tmp_path_factory, checkpoints) -> Path:
+    """One folder of ONNX exports for the whole run, made first: the tiny checkpoints are exported once, not once
+    per test, and an app a test starts finds them (a first start exports, which imports torch), and the crash
+    tests count the builder's writes to the library, not a one-time export's."""
+    from music_mood import models
+
+    folder = tmp_path_factory.mktemp("onnx-exports")
+    cache = tmp_path_factory.mktemp("export-cache")
+    (cache / "onnx").symlink_to(folder, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as scope:
+        scope.setenv("MUSIC_MOOD_CACHE", str(cache))
+        for load, kind in ((models.load_blip, "blip"), (models.load_clap_text, "clap"),
+                           (models.load_clap_audio, "clap")):
+            load(checkpoints[kind])  # the default backend: ONNX Runtime on most CPUs
+    return folder
 
 
 @pytest.fixture(autouse=True)

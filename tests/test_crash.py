@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile
 
 from music_mood.storage import CRASH_AT_ENV, CRASH_LOG_ENV
@@ -24,15 +23,6 @@ from tests.conftest import ROOT, put_in_new_music, run_cli
 
 RANDOM_KILLS = 20
 STARTED = "Updating the library in"  # what music_to_vector.py prints once its model is loaded
-
-
-@pytest.fixture(autouse=True)
-def exported_audio_model(isolated_library, checkpoints):
-    """The builder's model exported before any run is killed (into the run's shared exports): the kills are
-    counted over the library's own writes, fsyncs and renames, not over a one-time export's."""
-    from music_mood.models import load_clap_audio
-
-    load_clap_audio(checkpoints["clap"])
 
 
 def _audio_shas(folder: Path) -> dict[str, Path]:
