@@ -99,6 +99,16 @@ def test_an_unknown_track_is_one_line_exit_1_and_changes_nothing(library_copy, c
     assert _tree(library_copy) == before
 
 
+def test_the_id_that_list_shows_removes_that_track(library_copy, call_cli):
+    paths = LibraryPaths.at(library_copy)
+    line = call_cli(mtv.main, "--library", library_copy, "--list").stdout.splitlines()[3]
+    track_id, file_path = line.split()[-2:]
+    done = call_cli(mtv.main, "--library", library_copy, "--remove", track_id)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"removed  {file_path}  -> removed/")
+    assert file_path not in {t["file_path"] for t in load_database(paths).tracks}
+
+
 def test_an_unknown_field_is_a_usage_error(library_copy, call_cli):
     paths = LibraryPaths.at(library_copy)
     known = load_database(paths).tracks[0]["id"]
