@@ -22,6 +22,7 @@ from music_mood.audio import (
 from music_mood.build import SAMPLE_PACKAGE, BuildReport, build_library, import_sample_library, pending_files
 from music_mood.cli import add_library_arguments, add_model_arguments, new_parser
 from music_mood.display import format_library
+from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, UnknownTrackError, remove_tracks, set_fields
 from music_mood.embed import embed_track, embed_windows, split_windows
 from music_mood.library import (
     SEARCH_INDEX_MIN_TRACKS,
@@ -57,12 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--list", action="store_true", help="print the library and exit")
     action.add_argument("--sample", action="store_true",
                         help=f"import the 28 MIT-licensed tracks of the {SAMPLE_PACKAGE} package")
+    action.add_argument("--remove", nargs="+", metavar="TRACK",
+                        help=f"remove tracks (a file path or an id of --list) from the library; their files move to "
+                             f"{REMOVED_FOLDER}/ in the library folder, never deleted")
+    for name in EDITABLE_FIELDS:
+        parser.add_argument(f"--set-{name}", nargs=2, action="append", metavar=("TRACK", name.upper()),
+                            help=f"correct a track's {name} (repeatable; kept by --rebuild)")
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     paths = LibraryPaths.at(args.library, args.vectors, args.meta)
+    edits = [(key, name, value) for name in EDITABLE_FIELDS for key, value in getattr(args, f"set_{name}") or []]
+    if edits and (args.rebuild or args.list or args.sample or args.remove):
+        parser.error("--set-... corrects tracks on its own: not with --rebuild, --list, --sample or --remove")
+    if args.remove or edits:
+        return edit_library(paths, args.remove, edits)
     try:
         if args.list:
             db = load_database(paths)
@@ -99,6 +112,29 @@ def main(argv=None) -> int:
     print(f"{len(report.added)} added, {len(report.failed)} failed, {report.tracks} tracks in the library.",
           file=sys.stderr)
     return 1 if report.failed else 0
+
+
+def edit_library(paths: LibraryPaths, remove: list[str] | None, edits: list[tuple[str, str, str]]) -> int:
+    """--remove or --set-FIELD: one commit, no model loaded; an unknown track is one line and exit 1."""
+    try:
+        if remove:
+            removed, problems = remove_tracks(paths, remove)
+        else:
+            corrected, problems = set_fields(paths, edits)
+    except (UnknownTrackError, DatabaseError, LibraryBusyError, OSError) as e:
+        print(f"Error: {e.args[0] if isinstance(e, UnknownTrackError) else e}", file=sys.stderr)
+        return 1
+    for line in problems:
+        print(line, file=sys.stderr)
+    if remove:
+        for record, target in removed:
+            where = target.relative_to(paths.root).as_posix() if target else "its file was already gone"
+            print(f"removed  {record['file_path']}  -> {where}")
+        print(f"{len(removed)} removed, {len(load_database(paths))} tracks in the library.", file=sys.stderr)
+    else:
+        for record, name, old in corrected:
+            print(f"set  {record['file_path']}  {name}: {old!r} -> {record[name]!r}")
+    return 0
 
 
 if __name__ == "__main__":

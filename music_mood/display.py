@@ -25,11 +25,13 @@ def tag_columns(values: list[str]) -> str:
 
 
 def format_library(tracks: list[dict]) -> str:
-    """The library as a readable table, one track a line (music_to_vector.py --list)."""
-    lines = [f"{'#':>4}  {tag_columns([key for key, _ in TAG_COLUMNS])} {'length':>7}  file"]
+    """The library as a readable table, one track a line (music_to_vector.py --list); the id is what --remove and
+    --set-FIELD accept besides the file."""
+    lines = [f"{'#':>4}  {tag_columns([key for key, _ in TAG_COLUMNS])} {'length':>7}  {'id':<16}  file"]
     for i, track in enumerate(tracks, 1):
         lines.append(f"{i:>4}  {tag_columns(track_tags(track))} "
-                     f"{format_duration(float(track.get('duration_s', 0) or 0)):>7}  {track['file_path']}")
+                     f"{format_duration(float(track.get('duration_s', 0) or 0)):>7}  {track.get('id', ''):<16}  "
+                     f"{track['file_path']}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,121 @@
+"""Changing tracks the library already holds: removing them (their file goes to removed/) and correcting their
+tags. Each change is one commit through library.save_database, under the library lock, like adding music."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from music_mood.build import TAG_KEYS, _compose
+from music_mood.library import (
+    REBUILD,
+    Database,
+    DatabaseError,
+    LibraryPaths,
+    load_database,
+    recover_library,
+    save_database,
+)
+from music_mood.storage import acquire_lock
+
+REMOVED_FOLDER = "removed"  # in the library folder: where --remove puts a track's file (never deleted outright)
+EDITABLE_FIELDS = TAG_KEYS  # what --set-FIELD corrects; a correction differs from the record's from_file, so a
+# --rebuild keeps it (build._new_record)
+
+
+class UnknownTrackError(LookupError):
+    """A path or id that names no track of the library."""
+
+
+def find_track(db: Database, key: str) -> int:
+    """The row of the track that `key` names: its id, its file_path as listed, or a path to its file (relative to
+    the current folder or absolute). Raises UnknownTrackError."""
+    wanted = {os.path.abspath(key), os.path.realpath(key)}
+    for i, track in enumerate(db.tracks):
+        if key in (track.get("id"), track["file_path"]) or os.path.abspath(db.root / track["file_path"]) in wanted:
+            return i
+    raise UnknownTrackError(f"no track of the library in {db.root} is {key!r} (a file path or an id of "
+                            f"python music_to_vector.py --list); nothing was changed")
+
+
+def removed_destination(file_path: str, paths: LibraryPaths, taken: set[Path]) -> Path:
+    """Where a removed track's file goes: removed/ with its sub-path in processed_music/ kept, never over another
+    file (a track removed earlier under the same name stays)."""
+    source = paths.root / file_path
+    inside = source.relative_to(paths.processed_music if source.is_relative_to(paths.processed_music) else paths.root)
+    target = paths.root / REMOVED_FOLDER / inside
+    stem, n = target.stem, 2
+    while os.path.lexists(target) or target in taken:
+        target = target.with_name(f"{stem} ({n}){target.suffix}")
+        n += 1
+    return target
+
+
+def remove_tracks(paths: LibraryPaths, keys: list[str], lock_timeout: float = 600) -> tuple[list, list[str]]:
+    """Remove the tracks that `keys` name (see find_track): their rows, their windows and the move of their file
+    to removed/ are one commit. Every key must name a track, else nothing changes (UnknownTrackError). Returns
+    ([(record, where its file went, None if it was already gone)], problem lines for stderr)."""
+    def change(db: Database):
+        rows = sorted({find_track(db, key) for key in keys})
+        removed, moves, taken = [], [], set()
+        for i in rows:
+            record = db.tracks[i]
+            source = paths.root / record["file_path"]
+            target = None
+            if os.path.lexists(source):
+                target = removed_destination(record["file_path"], paths, taken)
+                taken.add(target)
+                moves.append((source, target))
+            removed.append((record, target))
+        keep = [i for i in range(len(db)) if i not in set(rows)]
+        return _compose(db, [dict(db.tracks[i]) for i in keep], keep, [], [], [], db.clap_model, db.window_s), \
+            moves, removed
+
+    return _commit_change(paths, change, lock_timeout)
+
+
+def set_fields(paths: LibraryPaths, edits: list[tuple[str, str, str]],
+               lock_timeout: float = 600) -> tuple[list, list[str]]:
+    """Apply corrections (track key, field, value), all in one commit; the vectors stay as they are.
+
+    `field` is one of EDITABLE_FIELDS (else ValueError); every key must name a track (else UnknownTrackError);
+    either way nothing changes. Returns ([(record after the change, field, old value)], problem lines for stderr).
+    """
+    for _, name, _ in edits:
+        if name not in EDITABLE_FIELDS:
+            raise ValueError(f"cannot set {name!r}: a track's editable fields are {', '.join(EDITABLE_FIELDS)}")
+
+    def change(db: Database):
+        tracks = [dict(t) for t in db.tracks]
+        done = []
+        for key, name, value in edits:
+            record = tracks[find_track(db, key)]
+            old = str(record.get(name, "") or "")
+            record[name] = value.strip()
+            done.append((record, name, old))
+        edited = Database(vectors=db.vectors, tracks=tracks, segments=db.segments, clap_model=db.clap_model,
+                          root=db.root, window_s=db.window_s)
+        return edited, [], done
+
+    return _commit_change(paths, change, lock_timeout)
+
+
+def _commit_change(paths: LibraryPaths, change, lock_timeout: float):
+    """Under the lock: finish a half-done commit, load, `change(db)` → (new db, moves, result), commit; returns
+    (result, problem lines of the recovery and the commit's moves)."""
+    lock = acquire_lock(paths.lock, lock_timeout)
+    try:
+        warnings = recover_library(paths)
+        db = load_database(paths)
+        if db.segments is None:
+            raise DatabaseError(f"{paths.metadata} is in the old format without windows; {REBUILD}")
+        new, moves, result = change(db)
+        warnings += save_database(new, paths, _sample_rate(paths), moves)
+    finally:
+        lock.release()
+    return result, warnings
+
+
+def _sample_rate(paths: LibraryPaths) -> int:
+    """The sample rate the committed library was embedded at (kept by a change that embeds nothing)."""
+    return int(json.loads(paths.metadata.read_text(encoding="utf-8"))["embedding"]["sample_rate"])
