@@ -140,7 +140,7 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
         def commit(keep: list[int]) -> None:
             """Commit the tracks kept, the ones added since the last commit and the moves that go with them."""
             nonlocal db, tracks
-            db = _compose(db, [tracks[i] for i in keep], keep, added, new_rows, new_segments, clap.name, window_s)
+            db = compose_database(db, [tracks[i] for i in keep], keep, added, new_rows, new_segments, clap.name, window_s)
             report.warnings.extend(save_database(db, paths, sample_rate, moves))
             tracks = db.tracks
             for pending in (moves, added, new_rows, new_segments):
@@ -260,7 +260,7 @@ def _tracks_still_there(tracks: list[dict], paths: LibraryPaths, taken: set[Path
     return [i for i, ok in enumerate(there) if ok]
 
 
-def _compose(db: Database, kept: list[dict], keep: list[int], added: list[dict], new_rows: list[np.ndarray],
+def compose_database(db: Database, kept: list[dict], keep: list[int], added: list[dict], new_rows: list[np.ndarray],
              new_segments: list[np.ndarray], clap_name: str, window_s: float) -> Database:
     """The next state of the library: the kept rows of `db` (with their records `kept`), then the added tracks;
     segment offsets are numbered afresh in that order."""

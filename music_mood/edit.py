@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from music_mood.build import TAG_KEYS, _compose
+from music_mood.build import TAG_KEYS, compose_database
 from music_mood.library import (
     REBUILD,
     Database,
@@ -68,7 +68,7 @@ def remove_tracks(paths: LibraryPaths, keys: list[str], lock_timeout: float = 60
                 moves.append((source, target))
             removed.append((record, target))
         keep = [i for i in range(len(db)) if i not in set(rows)]
-        return _compose(db, [dict(db.tracks[i]) for i in keep], keep, [], [], [], db.clap_model, db.window_s), \
+        return compose_database(db, [dict(db.tracks[i]) for i in keep], keep, [], [], [], db.clap_model, db.window_s), \
             moves, removed
 
     return _commit_change(paths, change, lock_timeout)
