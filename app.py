@@ -77,6 +77,8 @@ def render_tracks(result: dict) -> str:
         url = track["audio_url"] + ("" if start is None else f"#t={start:g}")
         best = "" if start is None else f" · best moment {format_duration(start)}"
         by = f" — {html.escape(track['artist'])}" if track.get("artist") else ""
+        shared = track.get("shared_mood_words") or []
+        shares = f" · shares: {html.escape(', '.join(shared))}" if shared else ""
         # The top track downloads at once so it plays without a wait; the others fetch only their length.
         preload = "auto" if track["rank"] == 1 else "metadata"
         items.append(
@@ -84,7 +86,7 @@ def render_tracks(result: dict) -> str:
             f'data-best-start="{"" if start is None else f"{start:g}"}">'
             f'<span class="rank">{track["rank"]}.</span><b class="title">{html.escape(track["title"])}</b>{by}'
             f'<div class="meta">mood: {html.escape(track.get("mood") or "–")} · genre: '
-            f'{html.escape(track.get("genre") or "–")} · score {track["score"]:.3f}{best}</div>'
+            f'{html.escape(track.get("genre") or "–")} · score {track["score"]:.3f}{best}{shares}</div>'
             f'<audio controls preload="{preload}" src="{html.escape(url)}"></audio></li>'
         )
     return f'<ol class="tracks">{"".join(items)}</ol>'
