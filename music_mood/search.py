@@ -218,13 +218,13 @@ MMR_MIN_POOL = 50
 
 def group_keys(track: dict) -> list[tuple[str, str]]:
     """The groups a track counts against under the per-artist cap: ("artist", name) and ("album", artist/album),
-    case-insensitive. A track without an artist (or album) is in no such group: an empty artist is no artist."""
+    case-insensitive. A track without an artist is in no group: an empty artist is no artist, and an album title
+    alone ("Greatest Hits") does not say which album it is."""
     artist = str(track.get("artist", "") or "").strip().lower()
     album = str(track.get("album", "") or "").strip().lower()
-    keys = [("artist", artist)] if artist else []
-    if album:
-        keys.append(("album", f"{artist}/{album}"))
-    return keys
+    if not artist:
+        return []
+    return [("artist", artist)] + ([("album", f"{artist}/{album}")] if album else [])
 
 
 def _fits_cap(keys: list[tuple[str, str]], counts: dict, max_per_artist: int) -> bool:
