@@ -25,7 +25,7 @@ from music_mood.search import tag_values
 from music_mood.serve import TRACK_ROUTE, port_busy_message, port_in_use, track_routes
 from music_mood.storage import LibraryBusyError
 from music_mood.uploads import add_uploads
-from recommend import NoQueryError, recommend
+from recommend import NoQueryError, UnknownTrackError, recommend
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -148,6 +148,30 @@ def recommend_photo(library: LiveLibrary, blip, clap, image, text: str = "", top
 
 
 
+def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, genres=None) -> dict:
+    """The /more_like_this endpoint: recommend(like=...) on the current library, shaped as /recommend's answer.
+
+    `like` is a track's file_path (as in a result) or id; it needs no model, so it answers while they load.
+    """
+    import gradio as gr
+
+    try:
+        db = library.current()
+        rec = recommend(None, None, db, topk=int(topk), moods=moods or None, genres=genres or None, like=like)
+    except UnknownTrackError as e:
+        raise gr.Error(str(e)) from e
+    except EmptyLibraryError as e:
+        raise gr.Error(str(e)) from e
+    except DatabaseError as e:
+        raise gr.Error(f"The music database cannot be used: {e}") from e
+    for path in rec.skipped_missing:
+        gr.Warning(f"{path} is in the library but its file is missing; left out of the results.")
+    result = rec.to_dict()
+    for track in result["results"]:
+        track["audio_url"] = audio_url(track["file_path"])
+    return result
+
+
 def upload_status(result: dict, problems: list[str], tracks: int) -> str:
     """The Library tab's status after an upload, as Markdown: the counts, then every file not added and why,
     so the /add_music reply carries the reasons and not only the page's warnings."""
@@ -254,6 +278,8 @@ class Page:
     add: Any
     status: Any
     table: Any
+    like: Any = None
+    like_button: Any = None
 
 
 def photo_input(**kwargs):
@@ -313,6 +339,9 @@ def build_page(models: BackgroundModels) -> Page:
                     tracks = gr.HTML(render_tracks({}), elem_id="tracks")
                     with gr.Accordion("As JSON (what the /recommend API returns)", open=False):
                         result = gr.JSON(label="Recommendation", elem_id="result")
+                    # The /more_like_this API's input: hidden until the page has a button per result for it.
+                    like = gr.Textbox("", visible=False, elem_id="like")
+                    like_button = gr.Button("More like this", visible=False, elem_id="more-like-this")
         with gr.Tab("Library"):
             gr.Markdown("Add audio files: they are embedded with the same code as `python music_to_vector.py`, "
                         "moved to `processed_music/`, and recommendable at once.")
@@ -329,7 +358,7 @@ def build_page(models: BackgroundModels) -> Page:
     return Page(demo=demo, model_status=model_status, model_timer=model_timer, image=image, text=text, topk=topk,
                 moods=moods, genres=genres, button=button, caption=caption, mood_words=mood_words,
                 query_text=query_text, tracks=tracks, result=result, uploads=uploads, mood_folder=mood_folder,
-                add=add, status=status, table=table)
+                add=add, status=status, table=table, like=like, like_button=like_button)
 
 
 def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> None:
@@ -351,6 +380,9 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
         if image is None:
             return gr.skip()
         return on_recommend(image, text, topk, moods, genres)
+
+    def on_like(like, topk, moods, genres):
+        return recommend_like(library, like, topk, moods, genres)
 
     def on_add_music(files, mood, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio asks for it)
         if not files:
@@ -402,6 +434,10 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
         # Dropping in a photo is asking for its music; the button then re-asks with other words, top-k or
         # filters, which is quick because the photo's caption and mood words are remembered.
         answer(page.image.change, logged_as_one_line(on_photo), api_visibility="private")
+        page.like_button.click(logged_as_one_line(on_like), inputs=[page.like, page.topk, page.moods, page.genres],
+                               outputs=page.result, api_name="more_like_this", queue=False).success(
+            render_analysis, inputs=page.result, outputs=[page.caption, page.mood_words, page.query_text, page.tracks],
+            api_visibility="private", queue=False)
         page.add.click(logged_as_one_line(on_add_music), inputs=[page.uploads, page.mood_folder],
                        outputs=[page.moods, page.genres, page.table, page.status, page.uploads], api_name="add_music",
                        concurrency_id="models")
