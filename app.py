@@ -50,6 +50,19 @@ CSS = """
 .track .rank { display: inline-block; min-width: 1.8em; font-weight: bold; }
 .track .meta { font-size: 0.9em; opacity: 0.8; margin: 0.2em 0 0.4em 1.8em; }
 .track audio { width: calc(100% - 1.8em); margin-left: 1.8em; }
+.track .more-like { margin-left: 0.6em; font-size: 0.85em; cursor: pointer; }
+"""
+# A result's "More like this" button puts its file_path into the hidden #like box and presses the hidden
+# #more-like-this button, so the page asks /more_like_this as an API client would.
+ASK_MORE_LIKE_THIS = """
+element.addEventListener('click', (event) => {
+  const button = event.target.closest('button.more-like');
+  if (!button) return;
+  const box = document.querySelector('#like textarea');
+  box.value = button.dataset.file;
+  box.dispatchEvent(new Event('input', {bubbles: true}));
+  document.querySelector('#more-like-this').click();
+});
 """
 
 
@@ -85,6 +98,7 @@ def render_tracks(result: dict) -> str:
             f'<li class="track" data-rank="{track["rank"]}" data-file="{html.escape(track["file_path"])}" '
             f'data-best-start="{"" if start is None else f"{start:g}"}">'
             f'<span class="rank">{track["rank"]}.</span><b class="title">{html.escape(track["title"])}</b>{by}'
+            f'<button class="more-like" data-file="{html.escape(track["file_path"])}">More like this</button>'
             f'<div class="meta">mood: {html.escape(track.get("mood") or "–")} · genre: '
             f'{html.escape(track.get("genre") or "–")} · score {track["score"]:.3f}{best}{shares}</div>'
             f'<audio controls preload="{preload}" src="{html.escape(url)}"></audio></li>'
@@ -336,12 +350,13 @@ def build_page(models: BackgroundModels) -> Page:
                     mood_words = gr.Textbox(label="Mood words", interactive=False, elem_id="mood-words")
                     query_text = gr.Textbox(label="Query text (exactly what CLAP embeds)", interactive=False,
                                             elem_id="query-text")
-                    tracks = gr.HTML(render_tracks({}), elem_id="tracks")
+                    tracks = gr.HTML(render_tracks({}), elem_id="tracks", js_on_load=ASK_MORE_LIKE_THIS)
                     with gr.Accordion("As JSON (what the /recommend API returns)", open=False):
                         result = gr.JSON(label="Recommendation", elem_id="result")
-                    # The /more_like_this API's input: hidden until the page has a button per result for it.
-                    like = gr.Textbox("", visible=False, elem_id="like")
-                    like_button = gr.Button("More like this", visible=False, elem_id="more-like-this")
+                    # What each result's "More like this" button sets and presses (ASK_MORE_LIKE_THIS): in the
+                    # page but not shown, so its script can reach them.
+                    like = gr.Textbox("", visible="hidden", elem_id="like")
+                    like_button = gr.Button("More like this", visible="hidden", elem_id="more-like-this")
         with gr.Tab("Library"):
             gr.Markdown("Add audio files: they are embedded with the same code as `python music_to_vector.py`, "
                         "moved to `processed_music/`, and recommendable at once.")
