@@ -25,7 +25,7 @@ from music_mood.search import tag_values
 from music_mood.serve import TRACK_ROUTE, port_busy_message, port_in_use, track_routes
 from music_mood.storage import LibraryBusyError
 from music_mood.uploads import add_uploads
-from recommend import NoQueryError, recommend
+from recommend import NoQueryError, UnknownTrackError, recommend
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -50,6 +50,19 @@ CSS = """
 .track .rank { display: inline-block; min-width: 1.8em; font-weight: bold; }
 .track .meta { font-size: 0.9em; opacity: 0.8; margin: 0.2em 0 0.4em 1.8em; }
 .track audio { width: calc(100% - 1.8em); margin-left: 1.8em; }
+.track .more-like { margin-left: 0.6em; font-size: 0.85em; cursor: pointer; }
+"""
+# A result's "More like this" button puts its file_path into the hidden #like box and presses the hidden
+# #more-like-this button, so the page asks /more_like_this as an API client would.
+ASK_MORE_LIKE_THIS = """
+element.addEventListener('click', (event) => {
+  const button = event.target.closest('button.more-like');
+  if (!button) return;
+  const box = document.querySelector('#like textarea');
+  box.value = button.dataset.file;
+  box.dispatchEvent(new Event('input', {bubbles: true}));
+  document.querySelector('#more-like-this').click();
+});
 """
 
 
@@ -77,14 +90,17 @@ def render_tracks(result: dict) -> str:
         url = track["audio_url"] + ("" if start is None else f"#t={start:g}")
         best = "" if start is None else f" · best moment {format_duration(start)}"
         by = f" — {html.escape(track['artist'])}" if track.get("artist") else ""
+        shared = track.get("shared_mood_words") or []
+        shares = f" · shares: {html.escape(', '.join(shared))}" if shared else ""
         # The top track downloads at once so it plays without a wait; the others fetch only their length.
         preload = "auto" if track["rank"] == 1 else "metadata"
         items.append(
             f'<li class="track" data-rank="{track["rank"]}" data-file="{html.escape(track["file_path"])}" '
             f'data-best-start="{"" if start is None else f"{start:g}"}">'
             f'<span class="rank">{track["rank"]}.</span><b class="title">{html.escape(track["title"])}</b>{by}'
+            f'<button class="more-like" data-file="{html.escape(track["file_path"])}">More like this</button>'
             f'<div class="meta">mood: {html.escape(track.get("mood") or "–")} · genre: '
-            f'{html.escape(track.get("genre") or "–")} · score {track["score"]:.3f}{best}</div>'
+            f'{html.escape(track.get("genre") or "–")} · score {track["score"]:.3f}{best}{shares}</div>'
             f'<audio controls preload="{preload}" src="{html.escape(url)}"></audio></li>'
         )
     return f'<ol class="tracks">{"".join(items)}</ol>'
@@ -144,6 +160,30 @@ def recommend_photo(library: LiveLibrary, blip, clap, image, text: str = "", top
 
 
 
+
+
+def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, genres=None) -> dict:
+    """The /more_like_this endpoint: recommend(like=...) on the current library, shaped as /recommend's answer.
+
+    `like` is a track's file_path (as in a result) or id; it needs no model, so it answers while they load.
+    """
+    import gradio as gr
+
+    try:
+        db = library.current()
+        rec = recommend(None, None, db, topk=int(topk), moods=moods or None, genres=genres or None, like=like)
+    except UnknownTrackError as e:
+        raise gr.Error(str(e)) from e
+    except EmptyLibraryError as e:
+        raise gr.Error(str(e)) from e
+    except DatabaseError as e:
+        raise gr.Error(f"The music database cannot be used: {e}") from e
+    for path in rec.skipped_missing:
+        gr.Warning(f"{path} is in the library but its file is missing; left out of the results.")
+    result = rec.to_dict()
+    for track in result["results"]:
+        track["audio_url"] = audio_url(track["file_path"])
+    return result
 
 
 def upload_status(result: dict, problems: list[str], tracks: int) -> str:
@@ -252,6 +292,8 @@ class Page:
     add: Any
     status: Any
     table: Any
+    like: Any = None
+    like_button: Any = None
 
 
 def photo_input(**kwargs):
@@ -308,9 +350,13 @@ def build_page(models: BackgroundModels) -> Page:
                     mood_words = gr.Textbox(label="Mood words", interactive=False, elem_id="mood-words")
                     query_text = gr.Textbox(label="Query text (exactly what CLAP embeds)", interactive=False,
                                             elem_id="query-text")
-                    tracks = gr.HTML(render_tracks({}), elem_id="tracks")
+                    tracks = gr.HTML(render_tracks({}), elem_id="tracks", js_on_load=ASK_MORE_LIKE_THIS)
                     with gr.Accordion("As JSON (what the /recommend API returns)", open=False):
                         result = gr.JSON(label="Recommendation", elem_id="result")
+                    # What each result's "More like this" button sets and presses (ASK_MORE_LIKE_THIS): in the
+                    # page but not shown, so its script can reach them.
+                    like = gr.Textbox("", visible="hidden", elem_id="like")
+                    like_button = gr.Button("More like this", visible="hidden", elem_id="more-like-this")
         with gr.Tab("Library"):
             gr.Markdown("Add audio files: they are embedded with the same code as `python music_to_vector.py`, "
                         "moved to `processed_music/`, and recommendable at once.")
@@ -327,7 +373,7 @@ def build_page(models: BackgroundModels) -> Page:
     return Page(demo=demo, model_status=model_status, model_timer=model_timer, image=image, text=text, topk=topk,
                 moods=moods, genres=genres, button=button, caption=caption, mood_words=mood_words,
                 query_text=query_text, tracks=tracks, result=result, uploads=uploads, mood_folder=mood_folder,
-                add=add, status=status, table=table)
+                add=add, status=status, table=table, like=like, like_button=like_button)
 
 
 def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> None:
@@ -349,6 +395,9 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
         if image is None:
             return gr.skip()
         return on_recommend(image, text, topk, moods, genres)
+
+    def on_like(like, topk, moods, genres):
+        return recommend_like(library, like, topk, moods, genres)
 
     def on_add_music(files, mood, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio asks for it)
         if not files:
@@ -400,6 +449,10 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
         # Dropping in a photo is asking for its music; the button then re-asks with other words, top-k or
         # filters, which is quick because the photo's caption and mood words are remembered.
         answer(page.image.change, logged_as_one_line(on_photo), api_visibility="private")
+        page.like_button.click(logged_as_one_line(on_like), inputs=[page.like, page.topk, page.moods, page.genres],
+                               outputs=page.result, api_name="more_like_this", queue=False).success(
+            render_analysis, inputs=page.result, outputs=[page.caption, page.mood_words, page.query_text, page.tracks],
+            api_visibility="private", queue=False)
         page.add.click(logged_as_one_line(on_add_music), inputs=[page.uploads, page.mood_folder],
                        outputs=[page.moods, page.genres, page.table, page.status, page.uploads], api_name="add_music",
                        concurrency_id="models")

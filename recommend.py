@@ -13,13 +13,23 @@ from music_mood.library import EMPTY_LIBRARY, Database, DatabaseError, EmptyLibr
 from music_mood.models import ModelLoadError
 from music_mood.player import play
 from music_mood.query import image_to_query
-from music_mood.search import best_segment_start, check_filters, rank_present_tracks, rank_tracks
+from music_mood.search import (
+    DEFAULT_MAX_PER_ARTIST,
+    UnknownTrackError,
+    best_segment_start,
+    check_filters,
+    find_track,
+    rank_results,
+    rank_tracks,
+    shared_mood_words,
+)
 
 __all__ = [
     "EmptyLibraryError",
     "NoQueryError",
     "Recommendation",
     "Track",
+    "UnknownTrackError",
     "check_can_recommend",
     "main",
     "rank_tracks",
@@ -33,7 +43,8 @@ class NoQueryError(ValueError):
 
 @dataclass
 class Track:
-    """One ranked result; best_segment_start_s is where in the track the query matches best."""
+    """One ranked result; best_segment_start_s is where in the track the query matches best; shared_mood_words are
+    the query's mood words that are among the track's mood/genre tags."""
 
     rank: int
     title: str
@@ -43,11 +54,14 @@ class Track:
     file_path: str
     score: float
     best_segment_start_s: float | None
+    shared_mood_words: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Recommendation:
     """Everything a user sees: what the photo was read as, the exact text embedded, and the ranked tracks.
+
+    For "more like this" (recommend(like=...)) caption and mood_words are empty and query_text says which track.
 
     skipped_missing: file_path of each track that ranked among these results but whose file is gone, best first.
     """
@@ -71,27 +85,45 @@ def check_can_recommend(db: Database, moods=None, genres=None) -> None:
 
 
 def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 10, moods=None, genres=None,
+              max_per_artist: int = DEFAULT_MAX_PER_ARTIST, diversity: float = 0.0, like: str | None = None,
               **caption_length) -> Recommendation:
     """Recommend tracks of `db` for an image and/or a text.
 
     `blip` and `clap` are models from models.load_blip / load_clap_text (blip may be None for text alone);
     `image` is a path, bytes, numpy array or PIL image; `moods`/`genres` keep only tracks with those tags.
     Tracks whose file is missing are left out (the next ones take their places) and named in skipped_missing.
-    Raises ImageError for an unreadable image, NoQueryError when there is neither image nor text, and
+    At most `max_per_artist` tracks of one artist (and of one album) are listed (0: no cap); `diversity` in [0, 1]
+    re-ranks by MMR over the stored track vectors (0: the pure ranking). `like` (a track's id or file path) makes
+    that track's stored vector the query instead of image/text (no model is used; the track itself is left out).
+    Raises UnknownTrackError for a `like` that is no track, ValueError for a bad topk/max_per_artist/diversity,
+    ImageError for an unreadable image, NoQueryError when there is neither image nor text, and
     EmptyLibraryError when nothing can be recommended (an empty library, filters that keep no track, checked
     before any model work, or every matching file missing). `caption_length`: max_caption_tokens /
     min_caption_tokens of query.image_to_query.
     """
     if topk < 1:
         raise ValueError("topk must be at least 1")
+    if max_per_artist < 0:
+        raise ValueError("max_per_artist must be 0 (no cap) or more")
+    if not 0 <= diversity <= 1:
+        raise ValueError("diversity must be between 0 and 1")
     check_can_recommend(db, moods, genres)
-    if image is None and not (text or "").strip():
-        raise NoQueryError("give a photo, some words, or both")
-    query = image_to_query(blip, clap, image=image, text=text, **caption_length)
-    if query.vector.shape[0] != db.dim:
-        raise DatabaseError(f"the database holds {db.dim}-d vectors but the CLAP model gives "
-                            f"{query.vector.shape[0]}-d; rebuild it with: python music_to_vector.py --rebuild")
-    ranked, missing = rank_present_tracks(db, query.vector, topk, moods, genres)
+    if like is not None:
+        row = find_track(db, like)
+        caption, mood_words, exclude = "", [], {row}
+        query_text, vector = f"more like {db.tracks[row]['file_path']}", db.vectors[row]
+    else:
+        if image is None and not (text or "").strip():
+            raise NoQueryError("give a photo, some words, or both")
+        query = image_to_query(blip, clap, image=image, text=text, **caption_length)
+        if query.vector.shape[0] != db.dim:
+            raise DatabaseError(f"the database holds {db.dim}-d vectors but the CLAP model gives "
+                                f"{query.vector.shape[0]}-d; rebuild it with: python music_to_vector.py --rebuild")
+        caption, mood_words, query_text, vector = query.caption, query.mood_words, query.query_text, query.vector
+        exclude = set()
+    ranked, missing = rank_results(db, vector, topk, moods, genres, max_per_artist, diversity, exclude)
+    if not ranked and not missing:  # only "more like this" can rank nothing: its track was the only match
+        raise EmptyLibraryError("no other track in the library matches the filters")
     if not ranked:
         raise EmptyLibraryError(f"every matching track's file is missing ({len(missing)} files, e.g. "
                                 f"{db.root / db.tracks[missing[0]]['file_path']}); run python music_to_vector.py "
@@ -102,12 +134,24 @@ def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 
         results.append(Track(rank=rank, title=str(t.get("title", "")), artist=str(t.get("artist", "")),
                              mood=str(t.get("mood", "")), genre=str(t.get("genre", "")),
                              file_path=str(t["file_path"]), score=round(score, 6),
-                             best_segment_start_s=best_segment_start(db, row, query.vector)))
-    return Recommendation(caption=query.caption, mood_words=query.mood_words, query_text=query.query_text,
+                             best_segment_start_s=best_segment_start(db, row, vector),
+                             shared_mood_words=shared_mood_words(t, mood_words)))
+    return Recommendation(caption=caption, mood_words=list(mood_words), query_text=query_text,
                           results=results, skipped_missing=[str(db.tracks[row]["file_path"]) for row in missing])
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+
+
+def unit_interval(text: str) -> float:
+    """An argparse `type` for a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{value:g} is not between 0 and 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--topk", type=int_argument(1), default=10, help="how many tracks to list")
     parser.add_argument("--mood", action="append", help="only tracks of this mood (repeat for several)")
     parser.add_argument("--genre", action="append", help="only tracks of this genre (repeat for several)")
+    parser.add_argument("--like", metavar="PATH_OR_ID",
+                        help="more like this: rank by the stored vector of this library track (its file path or "
+                             "id) instead of a photo or text; the track itself is left out")
+    parser.add_argument("--max-per-artist", type=int_argument(0), default=DEFAULT_MAX_PER_ARTIST, metavar="N",
+                        help="list at most N tracks of one artist, and of one album (0 = no cap; tracks without "
+                             "an artist are not capped)")
+    parser.add_argument("--diversity", type=unit_interval, default=0.0, metavar="LAMBDA",
+                        help="MMR diversity from 0 to 1: trade closeness to the query for difference from the "
+                             "tracks already listed (0 = the pure ranking)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image, one per line")
     parser.add_argument("--play", action="store_true", help="play the top track from its best moment")
     add_library_arguments(parser)
@@ -129,8 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.images and not args.text.strip():
-        parser.error("give at least one IMAGE or --text")
+    if args.like is not None and (args.images or args.text.strip()):
+        parser.error("--like is the query on its own: give it without IMAGE or --text")
+    if args.like is None and not args.images and not args.text.strip():
+        parser.error("give at least one IMAGE, --text, or --like")
     paths = LibraryPaths.at(args.library, args.vectors, args.meta)
     status = 0
     try:
@@ -138,13 +193,17 @@ def main(argv=None) -> int:
 
         db = load_database(paths, clap_model=args.clap_model)
         check_can_recommend(db, args.mood, args.genre)  # before the models: loading them takes seconds
-        clap = load_clap_text(args.clap_model, args.precision, args.backend)
+        if args.like is not None:
+            find_track(db, args.like)  # an unknown track fails here, before any model work
+        # "More like this" needs no model: the query is a vector the library already holds.
+        clap = load_clap_text(args.clap_model, args.precision, args.backend) if args.like is None else None
         blip = load_blip(args.blip_model, args.precision, args.backend) if args.images else None
         first, warned = None, set()
         for image in args.images or [None]:
             try:
-                rec = recommend(blip, clap, db, image=image, text=args.text, topk=args.topk,
-                                moods=args.mood, genres=args.genre)
+                rec = recommend(blip, clap, db, image=image, text=args.text, topk=args.topk, moods=args.mood,
+                                genres=args.genre, max_per_artist=args.max_per_artist, diversity=args.diversity,
+                                like=args.like)
             except ImageError as e:
                 print(f"Error: {e}", file=sys.stderr)
                 status = 1
@@ -162,7 +221,7 @@ def main(argv=None) -> int:
         if args.play and first is not None:
             top = first.results[0]
             play(str(db.root / top.file_path), top.best_segment_start_s)
-    except (DatabaseError, ModelLoadError, RuntimeError, OSError) as e:
+    except (DatabaseError, ModelLoadError, UnknownTrackError, RuntimeError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -47,4 +47,7 @@ def format_recommendation(label: str, rec) -> str:
     for t in rec.results:
         lines.append(f"  {t.rank:>3}  {t.score:>6.3f}  {tag_columns(track_tags(t))} "
                      f"{format_duration(t.best_segment_start_s):>7}  {t.file_path}")
+        shared = getattr(t, "shared_mood_words", None)
+        if shared:  # why the track is listed, in the photo's own words
+            lines.append(f"  {'':>3}  {'':>6}  shares the mood words: {', '.join(shared)}")
     return "\n".join(lines)

@@ -205,3 +205,134 @@ def best_segment_start(db: Database, row: int, vector: np.ndarray) -> float | No
     if last_start is not None and best == count - 1:
         return float(last_start)
     return best * db.window_s
+
+
+# The default cap on tracks by one artist (and from one album) in one result list: enough to show that an artist
+# fits, few enough that a top 10 shows at least four of them. 0 turns the cap off.
+DEFAULT_MAX_PER_ARTIST = 3
+# MMR re-ranks this many of the best tracks per wanted result (at least MMR_MIN_POOL): a track further down than
+# that is too far from the query for diversity to be worth playing it.
+MMR_POOL_PER_RESULT = 5
+MMR_MIN_POOL = 50
+
+
+def group_keys(track: dict) -> list[tuple[str, str]]:
+    """The groups a track counts against under the per-artist cap: ("artist", name) and ("album", artist/album),
+    case-insensitive. A track without an artist is in no group: an empty artist is no artist, and an album title
+    alone ("Greatest Hits") does not say which album it is."""
+    artist = str(track.get("artist", "") or "").strip().lower()
+    album = str(track.get("album", "") or "").strip().lower()
+    if not artist:
+        return []
+    return [("artist", artist)] + ([("album", f"{artist}/{album}")] if album else [])
+
+
+def _fits_cap(keys: list[tuple[str, str]], counts: dict, max_per_artist: int) -> bool:
+    return max_per_artist <= 0 or all(counts.get(key, 0) < max_per_artist for key in keys)
+
+
+def select_results(db: Database, vectors: np.ndarray, ranked: list[tuple[int, float]], topk: int,
+                   max_per_artist: int = DEFAULT_MAX_PER_ARTIST,
+                   diversity: float = 0.0) -> list[tuple[int, float]]:
+    """Pick up to k of `ranked` ((row, score) best first): the per-artist/album cap, then MMR when diversity > 0.
+
+    MMR takes, one at a time, the candidate with the highest (1 - diversity) * score - diversity * (its highest
+    cosine to a track already taken), over the rows' stored vectors (unit float32 (N, D)); ties go to the better
+    ranked. diversity 0 is the pure ranking, 1 picks for difference alone after the best track. Candidates that
+    would break the cap are passed over. The returned scores stay the tracks' cosines to the query.
+    """
+    counts: dict = {}
+    chosen: list[tuple[int, float]] = []
+
+    def take(row: int, score: float) -> None:
+        chosen.append((row, score))
+        for key in group_keys(db.tracks[row]):
+            counts[key] = counts.get(key, 0) + 1
+
+    if diversity <= 0:
+        for row, score in ranked:
+            if len(chosen) == topk:
+                break
+            if _fits_cap(group_keys(db.tracks[row]), counts, max_per_artist):
+                take(row, score)
+        return chosen
+    rows = np.array([row for row, _ in ranked], dtype=np.int64)
+    scores = np.array([score for _, score in ranked], dtype=np.float64)
+    pool = np.asarray(vectors[rows], dtype=np.float64)
+    closest = np.full(len(rows), -np.inf)  # each candidate's highest cosine to a chosen track
+    open_ = np.ones(len(rows), dtype=bool)
+    while len(chosen) < topk and open_.any():
+        gain = (1 - diversity) * scores - diversity * np.where(np.isfinite(closest), closest, 0.0)
+        gain[~open_] = -np.inf
+        best = int(np.argmax(gain))  # argmax returns the first of equals: the better ranked
+        open_[best] = False
+        row = int(rows[best])
+        if not _fits_cap(group_keys(db.tracks[row]), counts, max_per_artist):
+            continue
+        take(row, float(scores[best]))
+        closest = np.maximum(closest, pool @ pool[best])
+    return chosen
+
+
+def rank_results(db: Database, vector: np.ndarray, topk: int, moods=None, genres=None,
+                 max_per_artist: int = DEFAULT_MAX_PER_ARTIST, diversity: float = 0.0,
+                 exclude: set[int] | frozenset[int] = frozenset()) -> tuple[list[tuple[int, float]], list[int]]:
+    """The result list for a query: ((row, score) for up to k tracks, rows skipped for a missing file).
+
+    rank_present_tracks' ranking (filters applied, missing files skipped), without the rows in `exclude` (the
+    "more like this" track itself), then select_results' per-artist cap (0 = none) and MMR diversity in [0, 1]
+    (0 = off). The cap and the exclusions may pass over ranked tracks, so more are ranked until k are kept or
+    every allowed track has been looked at; MMR re-ranks the best max(MMR_MIN_POOL, MMR_POOL_PER_RESULT * k).
+    """
+    if max_per_artist < 0:
+        raise ValueError("max_per_artist must be 0 (no cap) or more")
+    if not 0 <= diversity <= 1:
+        raise ValueError("diversity must be between 0 and 1")
+    want = topk + len(exclude)
+    if diversity > 0:
+        want = max(want, MMR_MIN_POOL, MMR_POOL_PER_RESULT * topk)
+    while True:
+        ranked, missing = rank_present_tracks(db, vector, want, moods, genres)
+        candidates = [(row, score) for row, score in ranked if row not in exclude]
+        chosen = select_results(db, db.vectors, candidates, topk, max_per_artist, diversity)
+        if len(chosen) == topk or len(ranked) < want:
+            return chosen, missing
+        want *= 2
+
+
+class UnknownTrackError(LookupError):
+    """A "more like this" track that is not in the library."""
+
+
+def find_track(db: Database, path_or_id: str) -> int:
+    """The row of the track named by its id, or by its file's path (as stored, relative to the library, or any
+    path to the same file). Raises UnknownTrackError naming what was asked for."""
+    wanted = str(path_or_id).strip()
+    for row, track in enumerate(db.tracks):
+        if wanted and wanted in (str(track.get("id", "")), str(track["file_path"])):
+            return row
+    try:
+        resolved = Path(wanted).expanduser().resolve()
+        for row, track in enumerate(db.tracks):
+            if (db.root / track["file_path"]).resolve() == resolved:
+                return row
+    except (OSError, RuntimeError):  # an unresolvable path names no track
+        pass
+    raise UnknownTrackError(f"{wanted!r} is no track of the library in {db.root} (give a file path from "
+                            f"python music_to_vector.py --list, or a track id)")
+
+
+def track_tag_words(track: dict) -> set[str]:
+    """A track's mood and genre tags as lower-case words: "calm, Jazz" gives {"calm", "jazz"}."""
+    words = set()
+    for key in ("mood", "genre"):
+        for tag in str(track.get(key, "") or "").replace(";", ",").replace("/", ",").split(","):
+            if tag.strip():
+                words.add(tag.strip().lower())
+    return words
+
+
+def shared_mood_words(track: dict, mood_words: list[str]) -> list[str]:
+    """The photo's mood words (in their order) that are among the track's mood/genre tags: why it was chosen."""
+    tags = track_tag_words(track)
+    return [word for word in mood_words if word.strip().lower() in tags]

@@ -241,6 +241,20 @@ def test_filter_matching_nothing_is_an_error(client):
         client.predict(image=None, text="calm", topk=3, moods=["no such mood"], api_name="/recommend")
 
 
+def test_more_like_this_api_answers_what_recommend_answers(client, app_library):
+    from gradio_client.exceptions import AppError
+
+    db = load_database(LibraryPaths.at(app_library))
+    for like in (db.tracks[1]["file_path"], db.tracks[1]["id"]):
+        result = client.predict(like=like, topk=20, api_name="/more_like_this")
+        expected = recommend(None, None, db, topk=20, like=db.tracks[1]["file_path"]).to_dict()
+        for track in expected["results"]:
+            track["audio_url"] = track_url(track["file_path"])
+        assert result == expected and db.tracks[1]["file_path"] not in [t["file_path"] for t in result["results"]]
+    with pytest.raises(AppError, match=re.escape("'processed_music/nope.mp3' is no track of the library")):
+        client.predict(like="processed_music/nope.mp3", topk=3, api_name="/more_like_this")
+
+
 def test_user_errors_are_one_line_each_in_the_server_log(app, client, tmp_path):
     """A user's mistake is answered, not a fault of the program: one line in the log, no traceback."""
     from gradio_client import handle_file

@@ -112,6 +112,24 @@ def test_dropping_in_a_photo_is_enough(page, app, default_models, photos):
     assert page.locator("#caption textarea").input_value() == expected.caption
 
 
+def test_more_like_this_button_lists_the_tracks_nearest_that_track(page, app, default_models, photos):
+    db = load_database(LibraryPaths.at(app.library))
+    upload_photo(page, photos["coffee.png"])
+    page.wait_for_selector("#tracks audio", timeout=WAIT_MS)
+    second = page.locator("#tracks li.track").nth(1)
+    chosen = second.get_attribute("data-file")
+    expected = recommend(None, None, db, like=chosen, topk=10)
+    second.locator("button.more-like").click()
+    page.wait_for_function("text => document.querySelector('#query-text textarea').value === text",
+                           arg=f"more like {chosen}", timeout=WAIT_MS)
+    page.wait_for_function(f"document.querySelectorAll('#tracks audio').length === {len(expected.results)}",
+                           timeout=WAIT_MS)
+    listed = [page.locator("#tracks li.track").nth(i).get_attribute("data-file")
+              for i in range(len(expected.results))]
+    assert listed == [t.file_path for t in expected.results] and chosen not in listed
+    assert page.locator("#caption textarea").input_value() == ""
+
+
 def test_non_image_shows_an_error_and_the_page_keeps_working(page, tmp_path, photos):
     bad = tmp_path / "notes.png"
     bad.write_text("this is text, not a photo\n")
