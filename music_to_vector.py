@@ -22,13 +22,14 @@ from music_mood.audio import (
 from music_mood.build import SAMPLE_PACKAGE, BuildReport, build_library, import_sample_library, pending_files
 from music_mood.cli import add_library_arguments, add_model_arguments, new_parser
 from music_mood.display import format_library
-from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, UnknownTrackError, remove_tracks, set_fields
+from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, remove_tracks, set_fields
 from music_mood.embed import embed_track, embed_windows, split_windows
 from music_mood.library import (
     SEARCH_INDEX_MIN_TRACKS,
     Database,
     DatabaseError,
     LibraryPaths,
+    UnknownTrackError,
     committed_state,
     empty_database,
     load_database,

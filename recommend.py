@@ -9,16 +9,23 @@ from dataclasses import asdict, dataclass, field
 from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser
 from music_mood.display import format_recommendation
 from music_mood.images import ImageError
-from music_mood.library import EMPTY_LIBRARY, Database, DatabaseError, EmptyLibraryError, LibraryPaths, load_database
+from music_mood.library import (
+    EMPTY_LIBRARY,
+    Database,
+    DatabaseError,
+    EmptyLibraryError,
+    LibraryPaths,
+    UnknownTrackError,
+    find_track,
+    load_database,
+)
 from music_mood.models import ModelLoadError
 from music_mood.player import play
 from music_mood.query import image_to_query
 from music_mood.search import (
     DEFAULT_MAX_PER_ARTIST,
-    UnknownTrackError,
     best_segment_start,
     check_filters,
-    find_track,
     rank_results,
     rank_tracks,
     shared_mood_words,

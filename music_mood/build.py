@@ -140,7 +140,8 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
         def commit(keep: list[int]) -> None:
             """Commit the tracks kept, the ones added since the last commit and the moves that go with them."""
             nonlocal db, tracks
-            db = compose_database(db, [tracks[i] for i in keep], keep, added, new_rows, new_segments, clap.name, window_s)
+            db = compose_database(db, [tracks[i] for i in keep], keep, added, new_rows, new_segments, clap.name,
+                                  window_s)
             report.warnings.extend(save_database(db, paths, sample_rate, moves))
             tracks = db.tracks
             for pending in (moves, added, new_rows, new_segments):

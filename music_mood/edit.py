@@ -12,6 +12,8 @@ from music_mood.library import (
     Database,
     DatabaseError,
     LibraryPaths,
+    UnknownTrackError,
+    find_track,
     load_database,
     recover_library,
     save_database,
@@ -23,19 +25,12 @@ EDITABLE_FIELDS = TAG_KEYS  # what --set-FIELD corrects; a correction differs fr
 # --rebuild keeps it (build._new_record)
 
 
-class UnknownTrackError(LookupError):
-    """A path or id that names no track of the library."""
-
-
-def find_track(db: Database, key: str) -> int:
-    """The row of the track that `key` names: its id, its file_path as listed, or a path to its file (relative to
-    the current folder or absolute). Raises UnknownTrackError."""
-    wanted = {os.path.abspath(key), os.path.realpath(key)}
-    for i, track in enumerate(db.tracks):
-        if key in (track.get("id"), track["file_path"]) or os.path.abspath(db.root / track["file_path"]) in wanted:
-            return i
-    raise UnknownTrackError(f"no track of the library in {db.root} is {key!r} (a file path or an id of "
-                            f"python music_to_vector.py --list); nothing was changed")
+def _row(db: Database, key: str) -> int:
+    """find_track, with the error saying that the library was left as it was."""
+    try:
+        return find_track(db, key)
+    except UnknownTrackError as e:
+        raise UnknownTrackError(f"{e.args[0]}; nothing was changed") from None
 
 
 def removed_destination(file_path: str, paths: LibraryPaths, taken: set[Path]) -> Path:
@@ -56,7 +51,7 @@ def remove_tracks(paths: LibraryPaths, keys: list[str], lock_timeout: float = 60
     to removed/ are one commit. Every key must name a track, else nothing changes (UnknownTrackError). Returns
     ([(record, where its file went, None if it was already gone)], problem lines for stderr)."""
     def change(db: Database):
-        rows = sorted({find_track(db, key) for key in keys})
+        rows = sorted({_row(db, key) for key in keys})
         removed, moves, taken = [], [], set()
         for i in rows:
             record = db.tracks[i]
@@ -89,7 +84,7 @@ def set_fields(paths: LibraryPaths, edits: list[tuple[str, str, str]],
         tracks = [dict(t) for t in db.tracks]
         done = []
         for key, name, value in edits:
-            record = tracks[find_track(db, key)]
+            record = tracks[_row(db, key)]
             old = str(record.get(name, "") or "")
             record[name] = value.strip()
             done.append((record, name, old))

@@ -462,3 +462,25 @@ class LiveLibrary:
             self._files = {str(t["file_path"]) for t in self._db.tracks}
             self._version = version
         return self._db
+
+
+class UnknownTrackError(LookupError):
+    """A path or id that names no track of the library."""
+
+
+def find_track(db: Database, path_or_id: str) -> int:
+    """The row of the track named by its id, or by its file's path (as stored, relative to the library, or any
+    path to the same file). Raises UnknownTrackError naming what was asked for."""
+    wanted = str(path_or_id).strip()
+    for row, track in enumerate(db.tracks):
+        if wanted and wanted in (str(track.get("id", "")), str(track["file_path"])):
+            return row
+    try:
+        resolved = Path(wanted).expanduser().resolve()
+        for row, track in enumerate(db.tracks):
+            if (db.root / track["file_path"]).resolve() == resolved:
+                return row
+    except (OSError, RuntimeError):  # an unresolvable path names no track
+        pass
+    raise UnknownTrackError(f"{wanted!r} is no track of the library in {db.root} (give a file path from "
+                            f"python music_to_vector.py --list, or a track id)")

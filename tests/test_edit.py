@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import music_to_vector as mtv
-from music_mood.edit import UnknownTrackError, set_fields
+from music_mood.edit import set_fields
+from music_mood.library import UnknownTrackError
 from music_mood.storage import CRASH_AT_ENV, CRASH_LOG_ENV
 from music_to_vector import LibraryPaths, build_library, file_sha256, find_audio_files, load_database
 from tests.conftest import run_cli
@@ -95,7 +96,8 @@ def test_an_unknown_track_is_one_line_exit_1_and_changes_nothing(library_copy, c
     assert done.returncode == 1
     assert done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1
-    assert done.stderr.startswith("Error: no track of the library in ") and "nothing was changed" in done.stderr
+    assert done.stderr.startswith("Error: ") and "is no track of the library in " in done.stderr
+    assert "nothing was changed" in done.stderr
     assert _tree(library_copy) == before
 
 
