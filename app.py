@@ -144,22 +144,20 @@ def recommend_photo(library: LiveLibrary, blip, clap, image, text: str = "", top
         raise gr.Error(str(e)) from e
     except DatabaseError as e:
         raise gr.Error(f"The music database cannot be used: {e}") from e
+    return _answer(rec)
+
+
+def _answer(rec) -> dict:
+    """A Recommendation as the API answers it: its dict, each track with its player's URL; a track whose file is
+    missing is named in a warning."""
+    import gradio as gr
+
     for path in rec.skipped_missing:
         gr.Warning(f"{path} is in the library but its file is missing; left out of the results.")
     result = rec.to_dict()
     for track in result["results"]:
         track["audio_url"] = audio_url(track["file_path"])
     return result
-
-
-
-
-
-
-
-
-
-
 
 
 def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, genres=None) -> dict:
@@ -178,12 +176,7 @@ def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, 
         raise gr.Error(str(e)) from e
     except DatabaseError as e:
         raise gr.Error(f"The music database cannot be used: {e}") from e
-    for path in rec.skipped_missing:
-        gr.Warning(f"{path} is in the library but its file is missing; left out of the results.")
-    result = rec.to_dict()
-    for track in result["results"]:
-        track["audio_url"] = audio_url(track["file_path"])
-    return result
+    return _answer(rec)
 
 
 def upload_status(result: dict, problems: list[str], tracks: int) -> str:
