@@ -34,17 +34,28 @@ class ExportError(RuntimeError):
     mirror); the torch backend runs it."""
 
 
+def _hub_cache() -> Path:
+    """The Hugging Face hub cache folder, found as huggingface_hub finds it (its import alone costs a cold start
+    0.4 s): $HF_HUB_CACHE, else $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub or ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(os.environ.get("HF_HUB_CACHE") or os.environ["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "huggingface" / "hub"
+
+
 def checkpoint_folder(name: str) -> Path | None:
-    """The local folder of a checkpoint: `name` itself when it is a directory, else its snapshot in the Hugging
-    Face cache; None when it is not downloaded yet. Never touches the network."""
+    """The local folder of a checkpoint: `name` itself when it is a directory, else the snapshot of its main
+    revision in the Hugging Face cache (models--ORG--NAME/refs/main names it); None when it is not downloaded yet.
+    Never touches the network."""
     if os.path.isdir(name):
         return Path(name)
+    repo = _hub_cache() / f"models--{name.replace('/', '--')}"
     try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name, local_files_only=True))
-    except Exception:  # not in the cache (LocalEntryNotFoundError), or not a valid repo id
+        snapshot = repo / "snapshots" / (repo / "refs" / "main").read_text(encoding="utf-8").strip()
+    except OSError:  # not downloaded (or not a repo id at all)
         return None
+    return snapshot if (snapshot / "config.json").is_file() else None
 
 
 def checkpoint_fingerprint(folder: Path) -> str:
