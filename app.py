@@ -91,6 +91,7 @@ def render_tracks(result: dict) -> str:
         best = "" if start is None else f" · best moment {format_duration(start)}"
         by = f" — {html.escape(track['artist'])}" if track.get("artist") else ""
         shared = track.get("shared_mood_words") or []
+        _, _, mood, genre = track_tags(track)  # the user's own tags, else the best automatic one "(auto)"
         shares = f" · shares: {html.escape(', '.join(shared))}" if shared else ""
         # The top track downloads at once so it plays without a wait; the others fetch only their length.
         preload = "auto" if track["rank"] == 1 else "metadata"
@@ -99,8 +100,8 @@ def render_tracks(result: dict) -> str:
             f'data-best-start="{"" if start is None else f"{start:g}"}">'
             f'<span class="rank">{track["rank"]}.</span><b class="title">{html.escape(track["title"])}</b>{by}'
             f'<button class="more-like" data-file="{html.escape(track["file_path"])}">More like this</button>'
-            f'<div class="meta">mood: {html.escape(track.get("mood") or "–")} · genre: '
-            f'{html.escape(track.get("genre") or "–")} · score {track["score"]:.3f}{best}{shares}</div>'
+            f'<div class="meta">mood: {html.escape(mood or "–")} · genre: {html.escape(genre or "–")} · '
+            f'score {track["score"]:.3f}{best}{shares}</div>'
             f'<audio controls preload="{preload}" src="{html.escape(url)}"></audio></li>'
         )
     return f'<ol class="tracks">{"".join(items)}</ol>'

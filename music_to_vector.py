@@ -90,11 +90,13 @@ def main(argv=None) -> int:
         if files is not None and not files:
             print("The sample tracks are already in the library.", file=sys.stderr)
             return 0
-        from music_mood.models import load_clap_audio
+        from music_mood.models import load_clap_audio, load_clap_text
+        from music_mood.tags import Tagger
 
         clap = load_clap_audio(args.clap_model, args.precision, args.backend)
+        tagger = Tagger(load_clap_text(args.clap_model, args.precision, args.backend))  # automatic mood/genre tags
         print(f"Updating the library in {paths.root} with {clap.name}...", file=sys.stderr)
-        report = build_library(clap, paths, rebuild=args.rebuild, files=files)
+        report = build_library(clap, paths, rebuild=args.rebuild, files=files, tagger=tagger)
     except KeyboardInterrupt:
         # Every change is one commit: the library is whole, as before this run or as its commit left it.
         print("Interrupted: nothing was lost; the library is as its last commit left it. Run again to finish.",

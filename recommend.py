@@ -30,6 +30,7 @@ from music_mood.search import (
     rank_tracks,
     shared_mood_words,
 )
+from music_mood.tags import auto_tag_words
 
 __all__ = [
     "EmptyLibraryError",
@@ -62,6 +63,9 @@ class Track:
     score: float
     best_segment_start_s: float | None
     shared_mood_words: list[str] = field(default_factory=list)
+    # The automatic tags (music_mood.tags) made from the track's vector, {"mood": [...], "genre": [...]}, best
+    # first; mood and genre above are the user's own (folder, file tags) and win where both exist.
+    auto_tags: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -142,7 +146,8 @@ def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 
                              mood=str(t.get("mood", "")), genre=str(t.get("genre", "")),
                              file_path=str(t["file_path"]), score=round(score, 6),
                              best_segment_start_s=best_segment_start(db, row, vector),
-                             shared_mood_words=shared_mood_words(t, mood_words)))
+                             shared_mood_words=shared_mood_words(t, mood_words),
+                             auto_tags={kind: auto_tag_words(t, kind) for kind in ("mood", "genre")}))
     return Recommendation(caption=caption, mood_words=list(mood_words), query_text=query_text,
                           results=results, skipped_missing=[str(db.tracks[row]["file_path"]) for row in missing])
 

@@ -99,7 +99,7 @@ def pending_files(paths: LibraryPaths, db: Database, files: list[Path] | None = 
 
 def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout: float = 600,
                   progress: bool = True, files: list[Path] | None = None,
-                  commit_every_s: float = COMMIT_EVERY_S) -> BuildReport:
+                  commit_every_s: float = COMMIT_EVERY_S, tagger=None) -> BuildReport:
     """Bring the database up to date with the music, then move the added files into processed_music/.
 
     Reads (read_track) every file of new_music/ and every file of processed_music/ the database does not list;
@@ -109,7 +109,9 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
     `commit_every_s` seconds, so an interruption keeps that work (not during `rebuild`, which re-embeds every
     file after a model change and commits once). `files` restricts the run to those files of new_music/. A file
     that fails stays where it is and is named in the report. Holds the library lock throughout, and first
-    finishes a commit that a crash left half done.
+    finishes a commit that a crash left half done. With a `tagger` (tags.Tagger), every commit also gives each
+    track without current automatic tags its tags, from its stored vector (no audio is read for that), and a run
+    with nothing else to do commits them when some are missing or stale.
     """
     from tqdm import tqdm
 
@@ -142,6 +144,10 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
             nonlocal db, tracks
             db = compose_database(db, [tracks[i] for i in keep], keep, added, new_rows, new_segments, clap.name,
                                   window_s)
+            if tagger is not None:
+                stale = [i for i, t in enumerate(db.tracks) if tagger.stale(t)]
+                for i, tags in zip(stale, tagger.tag(np.asarray(db.vectors)[stale])):
+                    db.tracks[i]["auto_tags"] = tags
             report.warnings.extend(save_database(db, paths, sample_rate, moves))
             tracks = db.tracks
             for pending in (moves, added, new_rows, new_segments):
@@ -181,7 +187,8 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
 
         keep = _tracks_still_there(tracks, paths, taken, report)
         uncommitted = len(report.added) + len(report.relocated) > committed["changes"]
-        if uncommitted or len(keep) < len(tracks) or rebuild:
+        untagged = tagger is not None and any(tagger.stale(tracks[i]) for i in keep)
+        if uncommitted or len(keep) < len(tracks) or rebuild or untagged:
             commit(keep)
         else:  # only files of a commit that a crash stopped before its moves: the database already lists them
             for source, target in moves:

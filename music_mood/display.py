@@ -14,9 +14,21 @@ def format_duration(seconds: float | None) -> str:
 
 
 def track_tags(track) -> list[str]:
-    """A track's title, artist, mood and genre as text (a metadata record or a recommend.Track)."""
+    """A track's title, artist, mood and genre as text (a metadata record or a recommend.Track). A mood or genre
+    of the user's own (folder, file tag) is shown as it is; without one, the best automatic tag, marked "(auto)"."""
     get = track.get if isinstance(track, dict) else lambda key, default="": getattr(track, key, default)
-    return [str(get(key, "") or "") for key, _ in TAG_COLUMNS]
+    values = []
+    for key, _ in TAG_COLUMNS:
+        value, auto = str(get(key, "") or ""), _auto_words(track, key)
+        values.append(value or (f"{auto[0]} (auto)" if auto else ""))
+    return values
+
+
+def _auto_words(track, kind: str) -> list[str]:
+    """The automatic tags of one kind, best first, of a metadata record ([tag, score] pairs), a recommend.Track or
+    its dict (tags alone)."""
+    tags = (track.get("auto_tags") if isinstance(track, dict) else getattr(track, "auto_tags", None)) or {}
+    return [entry[0] if isinstance(entry, (list, tuple)) else entry for entry in tags.get(kind, [])]
 
 
 def tag_columns(values: list[str]) -> str:

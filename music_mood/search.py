@@ -12,6 +12,7 @@ import numpy as np
 
 from music_mood.library import Database, EmptyLibraryError
 from music_mood.storage import write_atomically
+from music_mood.tags import auto_tag_words
 
 INDEX_FORMAT = b"music-mood-ivf-sq8-v1"
 # How many rows the index proposes for each wanted result; they are then re-scored exactly.
@@ -86,19 +87,23 @@ def _normalise_filter(values) -> set[str] | None:
 
 
 def _allowed_rows(db: Database, moods=None, genres=None) -> np.ndarray | None:
-    """Boolean (N,) mask of the tracks the mood/genre filters keep, or None when there is no filter."""
+    """Boolean (N,) mask of the tracks the mood/genre filters keep, or None when there is no filter. A track is
+    kept when its own tag (folder mood, file genre) or one of its automatic tags of that kind is wanted."""
     allowed = None
     for key, wanted in (("mood", _normalise_filter(moods)), ("genre", _normalise_filter(genres))):
         if wanted is not None:
             codes_of, codes = db.tag_codes(key)
             mask = np.isin(codes, [codes_of[w] for w in wanted if w in codes_of])
+            mask |= np.array([not wanted.isdisjoint(auto_tag_words(t, key)) for t in db.tracks], dtype=bool)
             allowed = mask if allowed is None else allowed & mask
     return allowed
 
 
 def tag_values(db: Database, key: str) -> list[str]:
-    """The distinct non-empty values of one tag (mood, genre) in the library, sorted case-insensitively."""
-    return sorted({str(t.get(key, "")).strip() for t in db.tracks} - {""}, key=str.lower)
+    """The distinct non-empty values of one tag (mood, genre) in the library, its tracks' own and automatic,
+    sorted case-insensitively."""
+    values = {str(t.get(key, "")).strip() for t in db.tracks} | {w for t in db.tracks for w in auto_tag_words(t, key)}
+    return sorted(values - {""}, key=str.lower)
 
 
 def check_filters(db: Database, moods=None, genres=None) -> None:
@@ -301,8 +306,9 @@ def rank_results(db: Database, vector: np.ndarray, topk: int, moods=None, genres
 
 
 def track_tag_words(track: dict) -> set[str]:
-    """A track's mood and genre tags as lower-case words: "calm, Jazz" gives {"calm", "jazz"}."""
-    words = set()
+    """A track's mood and genre tags, its own and automatic, as lower-case words: "calm, Jazz" gives
+    {"calm", "jazz"}."""
+    words = {word.lower() for key in ("mood", "genre") for word in auto_tag_words(track, key)}
     for key in ("mood", "genre"):
         for tag in str(track.get(key, "") or "").replace(";", ",").replace("/", ",").split(","):
             if tag.strip():

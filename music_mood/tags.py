@@ -53,3 +53,37 @@ def choose_tags(track_vectors: np.ndarray, tag_vectors: np.ndarray, vocabulary,
         order = np.argsort(-row, kind="stable")[:k]
         chosen.append([(vocabulary[i], round(float(row[i]), 4)) for i in order if z_row[i] >= min_z])
     return chosen
+
+
+def tags_key(clap_model: str) -> str:
+    """What stored automatic tags depend on (the CLAP checkpoint, vocabularies, templates and choice rule): a
+    track whose tags carry another key gets them again, from its stored vector."""
+    import hashlib
+    import json
+
+    made_by = {"clap_model": clap_model, "vocabularies": VOCABULARIES, "templates": PROMPT_TEMPLATES,
+               "k": TAGS_PER_TRACK, "min_z": MIN_Z_SCORE}
+    return hashlib.sha256(json.dumps(made_by, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Tagger:
+    """Tags tracks from their stored vectors: the tag vectors of one CLAP text model, computed once."""
+
+    def __init__(self, clap_text):
+        self.key = tags_key(clap_text.name)
+        self.vectors = {kind: tag_text_vectors(clap_text, kind) for kind in VOCABULARIES}
+
+    def tag(self, vectors: np.ndarray) -> list[dict]:
+        """For unit track vectors (N, D): each track's automatic tags as stored in its record, {"key": ...,
+        "mood": [[tag, cosine], ...], "genre": [...]}, best first."""
+        chosen = {kind: choose_tags(vectors, self.vectors[kind], VOCABULARIES[kind]) for kind in VOCABULARIES}
+        return [{"key": self.key, **{kind: [[tag, score] for tag, score in chosen[kind][i]] for kind in VOCABULARIES}}
+                for i in range(len(vectors))]
+
+    def stale(self, track: dict) -> bool:
+        return (track.get("auto_tags") or {}).get("key") != self.key
+
+
+def auto_tag_words(track: dict, kind: str) -> list[str]:
+    """A track record's automatic tags of one kind ("mood", "genre"), best first; [] when it has none."""
+    return [tag for tag, _ in (track.get("auto_tags") or {}).get(kind, [])]

@@ -20,7 +20,7 @@ from recommend import EmptyLibraryError, rank_tracks, recommend
 from tests.conftest import ROOT, run_cli
 
 RESULT_KEYS = {"rank", "title", "artist", "mood", "genre", "file_path", "score", "best_segment_start_s",
-               "shared_mood_words"}
+               "shared_mood_words", "auto_tags"}
 
 
 def _random_db(n=50, d=16, seed=0):

@@ -48,3 +48,77 @@ def test_a_tag_far_above_the_rest_is_the_only_one():
     assert choose_tags(track / np.linalg.norm(track), tags, vocabulary) == [[("calm", round(0.9 / 0.84 ** 0.5, 4))]]
     flat = np.full((1, 4), 0.5, dtype=np.float32)  # no tag stands out: none is kept
     assert choose_tags(flat, tags, vocabulary) == [[]]
+
+
+def test_a_build_tags_an_old_library_from_its_vectors_alone(library_copy, clap_audio, clap_text, monkeypatch):
+    """A library built before automatic tags gains them on the next build, without any audio being read, and
+    its vectors and windows stay as they were; the tags equal a brute-force computation."""
+    from music_mood import build
+    from music_mood.tags import Tagger
+
+    paths = LibraryPaths.at(library_copy)
+    before = load_database(paths)
+    assert not any("auto_tags" in t for t in before.tracks)
+
+    def no_audio(*args, **kwargs):
+        raise AssertionError("audio was read to tag a track")
+
+    monkeypatch.setattr(build, "read_track", no_audio)
+    tagger = Tagger(clap_text)
+    report = build.build_library(clap_audio, paths, progress=False, tagger=tagger)
+    assert not report.failed and not report.added
+    after = load_database(paths)
+    np.testing.assert_array_equal(after.vectors, before.vectors)
+    np.testing.assert_array_equal(after.segments, before.segments)
+    for kind, vocabulary in (("mood", VOCABULARIES["mood"]), ("genre", GENRE_VOCABULARY)):
+        expected = choose_tags(before.vectors, tag_text_vectors(clap_text, kind), vocabulary)
+        for track, tags in zip(after.tracks, expected):
+            assert track["auto_tags"]["key"] == tagger.key
+            assert [t for t, _ in track["auto_tags"][kind]] == [t for t, _ in tags]
+
+
+def test_stale_tags_are_made_again_and_vectors_untouched(library_copy, clap_audio, clap_text):
+    import json
+
+    from music_mood.build import build_library
+    from music_mood.tags import Tagger
+
+    paths = LibraryPaths.at(library_copy)
+    tagger = Tagger(clap_text)
+    build_library(clap_audio, paths, progress=False, tagger=tagger)
+    meta = json.loads(paths.metadata.read_text())
+    fresh = meta["tracks"][0]["auto_tags"]
+    meta["tracks"][0]["auto_tags"] = {"key": "another vocabulary", "mood": [["festive", 0.9]], "genre": []}
+    paths.metadata.write_text(json.dumps(meta))
+    vectors = load_database(paths).vectors.copy()
+    build_library(clap_audio, paths, progress=False, tagger=tagger)
+    db = load_database(paths)
+    assert db.tracks[0]["auto_tags"] == fresh
+    np.testing.assert_array_equal(db.vectors, vectors)
+
+
+def test_filters_and_explanations_use_automatic_tags_and_the_users_tag_wins(library_copy, clap_audio, clap_text,
+                                                                             default_models):
+    from music_mood.build import build_library
+    from music_mood.display import format_library
+    from music_mood.search import shared_mood_words, tag_values
+    from music_mood.tags import Tagger, auto_tag_words
+    from recommend import recommend
+
+    paths = LibraryPaths.at(library_copy)
+    build_library(clap_audio, paths, progress=False, tagger=Tagger(clap_text))
+    db = load_database(paths)
+    row, track = next((i, t) for i, t in enumerate(db.tracks)
+                      if set(auto_tag_words(t, "mood")) - {t.get("mood", "")})
+    auto_mood = next(m for m in auto_tag_words(track, "mood") if m != track.get("mood"))
+    assert auto_mood in tag_values(db, "mood")
+    rec = recommend(None, default_models[1], db, text="anything", topk=len(db), moods=[auto_mood],
+                    max_per_artist=0)
+    assert track["file_path"] in [t.file_path for t in rec.results]
+    assert all(auto_mood == t.mood or auto_mood in t.auto_tags["mood"] for t in rec.results)
+    assert shared_mood_words(track, [auto_mood]) == [auto_mood]
+    # The folder's mood is what the table shows; a track without one shows its best automatic mood, marked.
+    table = format_library(db.tracks).splitlines()
+    assert track["mood"] and track["mood"] in table[row + 1] and "(auto)" not in table[row + 1]
+    untagged = dict(track, mood="")
+    assert f"{auto_tag_words(track, 'mood')[0]} (auto)"[:10] in format_library([untagged]).splitlines()[1]
