@@ -20,10 +20,11 @@ from music_mood.cli import add_library_arguments, add_model_arguments, int_argum
 from music_mood.display import TAG_COLUMNS, format_duration, track_tags
 from music_mood.images import ImageError
 from music_mood.library import EMPTY_LIBRARY, Database, DatabaseError, EmptyLibraryError, LibraryPaths, LiveLibrary
-from music_mood.models import BackgroundModels, ModelLoadError, load_clap_audio, release_freed_memory
+from music_mood.models import BackgroundModels, ModelLoadError, load_clap_audio, load_clap_text, release_freed_memory
 from music_mood.search import tag_values
 from music_mood.serve import TRACK_ROUTE, port_busy_message, port_in_use, track_routes
 from music_mood.storage import LibraryBusyError
+from music_mood.tags import tagger_of
 from music_mood.uploads import add_uploads
 from recommend import NoQueryError, UnknownTrackError, recommend
 
@@ -397,7 +398,9 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
         if not files:
             raise gr.Error("Choose one or more audio files first.")
         try:
-            result, problems = add_uploads(library.paths, models.audio_model(), files, mood, progress)
+            clap_audio = models.audio_model()  # waits for the start-up loads, as the text tower's load below must
+            tagger = tagger_of(load_clap_text(models.clap_model, models.precision, models.backend))
+            result, problems = add_uploads(library.paths, clap_audio, files, mood, progress, tagger=tagger)
         except (DatabaseError, LibraryBusyError, ModelLoadError) as e:
             raise gr.Error(str(e)) from e
         finally:
@@ -485,7 +488,8 @@ def prepare_library(library: LiveLibrary, precision: str, backend: str = "auto")
     if not pending:
         return
     print(f"Adding {len(pending)} audio file(s) to the library in {paths.root}.", file=sys.stderr)
-    report = build_library(load_clap_audio(library.clap_model, precision, backend), paths, progress=True)
+    report = build_library(load_clap_audio(library.clap_model, precision, backend), paths, progress=True,
+                           tagger=tagger_of(load_clap_text(library.clap_model, precision, backend)))
     for line in report.problem_lines():
         print(line, file=sys.stderr)
     print(f"{len(report.added)} added, {len(report.failed)} failed, {len(report.duplicates)} already there.",

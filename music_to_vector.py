@@ -91,10 +91,10 @@ def main(argv=None) -> int:
             print("The sample tracks are already in the library.", file=sys.stderr)
             return 0
         from music_mood.models import load_clap_audio, load_clap_text
-        from music_mood.tags import Tagger
+        from music_mood.tags import tagger_of
 
         clap = load_clap_audio(args.clap_model, args.precision, args.backend)
-        tagger = Tagger(load_clap_text(args.clap_model, args.precision, args.backend))  # automatic mood/genre tags
+        tagger = tagger_of(load_clap_text(args.clap_model, args.precision, args.backend))  # automatic mood/genre tags
         print(f"Updating the library in {paths.root} with {clap.name}...", file=sys.stderr)
         report = build_library(clap, paths, rebuild=args.rebuild, files=files, tagger=tagger)
     except KeyboardInterrupt:

@@ -87,3 +87,11 @@ class Tagger:
 def auto_tag_words(track: dict, kind: str) -> list[str]:
     """A track record's automatic tags of one kind ("mood", "genre"), best first; [] when it has none."""
     return [tag for tag, _ in (track.get("auto_tags") or {}).get(kind, [])]
+
+
+def tagger_of(clap_text) -> Tagger:
+    """The Tagger of a loaded CLAP text model, made once and kept in the model's memory (its tag vectors cost
+    a few hundred text embeddings)."""
+    if "tagger" not in clap_text.memory:
+        clap_text.memory["tagger"] = Tagger(clap_text)
+    return clap_text.memory["tagger"]

@@ -25,7 +25,8 @@ def mood_folder(mood: str) -> str:
     return mood.lower()
 
 
-def add_uploads(paths: LibraryPaths, clap_audio, files, mood: str = "", progress=None) -> tuple[dict, list[str]]:
+def add_uploads(paths: LibraryPaths, clap_audio, files, mood: str = "", progress=None,
+                tagger=None) -> tuple[dict, list[str]]:
     """Copy uploaded audio files into new_music/[mood/] and embed them with the shared builder, which commits them.
 
     Returns ({"added": their file_paths, "failed": how many failed, "not_added": how many of them were not
@@ -59,7 +60,8 @@ def add_uploads(paths: LibraryPaths, clap_audio, files, mood: str = "", progress
     if progress is not None:
         progress(0, desc=f"Embedding {len(copies)} file(s)")
     try:
-        report = build_library(clap_audio, paths, files=list(copies), lock_timeout=10, progress=progress is not None)
+        report = build_library(clap_audio, paths, files=list(copies), lock_timeout=10, progress=progress is not None,
+                               tagger=tagger)
     except (DatabaseError, LibraryBusyError):
         _discard_copies(copies, folder if made_folder else None)
         raise

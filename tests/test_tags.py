@@ -122,3 +122,22 @@ def test_filters_and_explanations_use_automatic_tags_and_the_users_tag_wins(libr
     assert track["mood"] and track["mood"] in table[row + 1] and "(auto)" not in table[row + 1]
     untagged = dict(track, mood="")
     assert f"{auto_tag_words(track, 'mood')[0]} (auto)"[:10] in format_library([untagged]).splitlines()[1]
+
+
+def test_music_added_through_the_page_is_tagged(library_copy, clap_audio, clap_text, sample_tracks, tmp_path):
+    import shutil
+
+    from music_mood.tags import tagger_of
+    from music_mood.uploads import add_uploads
+
+    paths = LibraryPaths.at(library_copy)
+    listed = {t["sha256"] for t in load_database(paths).tracks}
+    upload = tmp_path / "upload.opus"
+    shutil.copyfile(next(t for t in sample_tracks if t.name not in {p.name for p in
+                                                                     (library_copy / "processed_music").rglob("*")}),
+                    upload)
+    result, problems = add_uploads(paths, clap_audio, [str(upload)], "calm", tagger=tagger_of(clap_text))
+    assert len(result["added"]) == 1 and not problems
+    db = load_database(paths)
+    (new,) = [t for t in db.tracks if t["sha256"] not in listed]
+    assert new["auto_tags"]["key"] == tagger_of(clap_text).key and all("auto_tags" in t for t in db.tracks)
