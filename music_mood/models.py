@@ -258,30 +258,35 @@ def _load_onnx(kind: str, name: str, part: str, precision: str) -> LoadedModel:
     return LoadedModel(name=name, runtime=runtime, backend="onnx", precision=precision)
 
 
-def _load(kind: str, name: str, part: str, precision: str, backend: str) -> LoadedModel:
-    """Load a part ("blip", "clap-text", "clap-audio") afresh; the load_* functions keep what this returns."""
+def _resolved(kind: str, name: str, precision: str, backend: str) -> tuple[str, str, str]:
+    """(checkpoint name, backend, precision) a request resolves to; ModelLoadError for a bad combination or path."""
     try:
         backend, precision = resolve_backend(precision, backend)
     except ValueError as e:
         raise ModelLoadError(str(e)) from e
-    name = _checked_name(kind, name)
+    return _checked_name(kind, name), backend, precision
+
+
+def _load_resolved(kind: str, name: str, part: str, backend: str, precision: str) -> LoadedModel:
     if backend == "onnx":
         return _load_onnx(kind, name, part, precision)
     return _load_torch(kind, name, part, precision)
 
 
-@functools.lru_cache(maxsize=8)
-def _loaded(kind: str, name: str, part: str, backend: str, precision: str) -> LoadedModel:
-    return _load(kind, name, part, precision, backend)
+# One load per resolved request: "auto" and the precision it resolves to share one model.
+_loaded = functools.lru_cache(maxsize=8)(_load_resolved)
+
+
+def _load(kind: str, name: str, part: str, precision: str, backend: str) -> LoadedModel:
+    """Load a part ("blip", "clap-text", "clap-audio") afresh; the load_* functions keep what this returns."""
+    name, backend, precision = _resolved(kind, name, precision, backend)
+    return _load_resolved(kind, name, part, backend, precision)
 
 
 def _load_once(kind: str, name: str, part: str, precision: str, backend: str) -> LoadedModel:
-    """The part loaded once per process for what it resolves to: "auto" and the precision it means share one."""
-    try:
-        backend, precision = resolve_backend(precision, backend)
-    except ValueError as e:
-        raise ModelLoadError(str(e)) from e
-    return _loaded(kind, _checked_name(kind, name), part, backend, precision)
+    """The part loaded once per process for what it resolves to."""
+    name, backend, precision = _resolved(kind, name, precision, backend)
+    return _loaded(kind, name, part, backend, precision)
 
 
 def load_blip(name: str, precision: str = "auto", backend: str = "auto") -> LoadedModel:
