@@ -120,6 +120,7 @@ class Database:
     index_min_tracks: int = SEARCH_INDEX_MIN_TRACKS  # from this many tracks on, search_index() gives an index
     _index: object = field(default=None, repr=False, compare=False)
     _tag_codes: dict = field(default_factory=dict, repr=False, compare=False)
+    _auto_tag_rows: dict = field(default_factory=dict, repr=False, compare=False)
     _lock: object = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -147,6 +148,20 @@ class Database:
                 labels, codes = np.unique(np.array(values, dtype=object), return_inverse=True)
                 self._tag_codes[key] = ({v: i for i, v in enumerate(labels)}, codes.astype(np.int32))
             return self._tag_codes[key]
+
+    def auto_tag_rows(self, key: str) -> dict[str, np.ndarray]:
+        """The tracks' automatic tags of one kind (mood, genre), lower-cased, as {tag: int64 rows}; cached, so a
+        filtered query does not walk every record."""
+        from music_mood.tags import auto_tag_words
+
+        with self._lock:
+            if key not in self._auto_tag_rows:
+                rows: dict[str, list[int]] = {}
+                for i, track in enumerate(self.tracks):
+                    for tag in auto_tag_words(track, key):
+                        rows.setdefault(tag.lower(), []).append(i)
+                self._auto_tag_rows[key] = {tag: np.array(r, dtype=np.int64) for tag, r in rows.items()}
+            return self._auto_tag_rows[key]
 
     @property
     def dim(self) -> int:

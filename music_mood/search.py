@@ -94,7 +94,9 @@ def _allowed_rows(db: Database, moods=None, genres=None) -> np.ndarray | None:
         if wanted is not None:
             codes_of, codes = db.tag_codes(key)
             mask = np.isin(codes, [codes_of[w] for w in wanted if w in codes_of])
-            mask |= np.array([not wanted.isdisjoint(auto_tag_words(t, key)) for t in db.tracks], dtype=bool)
+            auto_rows = db.auto_tag_rows(key)
+            for tag in wanted & auto_rows.keys():
+                mask[auto_rows[tag]] = True
             allowed = mask if allowed is None else allowed & mask
     return allowed
 
