@@ -36,25 +36,26 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+def _export_both(export, loaded, tmp_path_factory, name: str) -> dict:
+    """`loaded`'s tower exported by `export` at both precisions: {precision: folder}."""
+    folders = {}
+    for precision in ("fp32", "int8"):
+        folders[precision] = tmp_path_factory.mktemp(f"{name}-{precision}")
+        export(loaded.model, loaded.processor, folders[precision], precision)
+    return folders
+
+
 @pytest.fixture(scope="module")
 def text_exports(clap_text, tmp_path_factory):
     """The tiny checkpoint's text tower exported at both precisions: {precision: folder}."""
-    folders = {}
-    for precision in ("fp32", "int8"):
-        folders[precision] = tmp_path_factory.mktemp(f"clap-text-{precision}")
-        export_clap_text(clap_text.model, clap_text.processor, folders[precision], precision)
-    return folders
+    return _export_both(export_clap_text, clap_text, tmp_path_factory, "clap-text")
 
 
 @pytest.fixture(scope="module")
 def audio_exports(clap_audio, tmp_path_factory):
     """The tiny checkpoint's audio tower (as models.load_clap_audio loads it, fused attention) exported at both
     precisions: {precision: folder}."""
-    folders = {}
-    for precision in ("fp32", "int8"):
-        folders[precision] = tmp_path_factory.mktemp(f"clap-audio-{precision}")
-        export_clap_audio(clap_audio.model, clap_audio.processor, folders[precision], precision)
-    return folders
+    return _export_both(export_clap_audio, clap_audio, tmp_path_factory, "clap-audio")
 
 
 @pytest.fixture(scope="module")
