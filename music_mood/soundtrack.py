@@ -27,8 +27,10 @@ class PlanPhoto:
 @dataclass
 class Piece:
     """A stretch of one library track under (part of) a scene: it plays [track_start_s, track_end_s) of the track
-    from start_s to end_s of the soundtrack (end_s - start_s == track_end_s - track_start_s; the cross-fades
-    overlap the neighbouring pieces and are not counted here)."""
+    from start_s to end_s of the soundtrack (end_s - start_s == track_end_s - track_start_s). Pieces abut: one's
+    end_s is the next one's start_s. A cross-fade is centred on that boundary: rendering reads up to
+    crossfade_s / 2 more of each track on its side (before track_start_s, after track_end_s), as far as the track
+    has it, and shortens the fade on a side that has less."""
 
     file_path: str  # relative to Plan.library_root, as in the database
     title: str
