@@ -218,3 +218,68 @@ def test_a_kill_at_each_crash_point_leaves_the_old_or_the_new_library(library_co
         assert not [p.name for p in library_copy.iterdir() if p.name.startswith(".")]
     assert seen["old"] and seen["new"], seen
     print(f"{command}: killed at each of {len(points)} crash points ({dict(kinds)}); left {dict(seen)}")
+
+
+def _same(rows: dict, reference: dict) -> bool:
+    """Whether two _rows() states are the same library: tracks in the same order, vectors, windows and records."""
+    return list(rows) == list(reference) and all(
+        np.array_equal(vector, reference[sha][0]) and np.array_equal(windows, reference[sha][1])
+        and record == reference[sha][2] for sha, (vector, windows, record) in rows.items())
+
+
+@pytest.mark.parametrize("change", ["prune", "rename", "retag"])
+def test_a_kill_while_a_build_prunes_follows_or_retags_leaves_the_old_or_the_new_library(library_copy, checkpoints,
+                                                                                          tmp_path, change):
+    """The builder's changes that embed nothing: dropping a track whose file was deleted (prune), following a file
+    renamed by hand into another mood folder (rename), and giving the tracks their automatic tags (retag; the
+    built library has none, so prune and rename commit tags too). Each is one commit: a kill at any of its
+    crash points leaves the old library or the new one, and the next run finishes it."""
+    paths = LibraryPaths.at(library_copy)
+    track = load_database(paths).tracks[3]
+    listed = library_copy / track["file_path"]
+    if change == "prune":
+        listed.unlink()
+    elif change == "rename":
+        other = next(p for p in (library_copy / "processed_music").iterdir() if p.name != listed.parent.name)
+        listed.rename(other / f"renamed {listed.name}")
+    base = tmp_path / "base"
+    shutil.copytree(library_copy, base)
+    before = _rows(load_database(paths))
+    args = ["--library", library_copy, "--clap-model", checkpoints["clap"]]
+
+    log = tmp_path / "points.txt"
+    done = run_cli("music_to_vector.py", *args, env_extra={CRASH_LOG_ENV: str(log)})
+    assert done.returncode == 0, done.stderr
+    points = [line.split("\t", 1) for line in log.read_text().splitlines()]
+    kinds = collections.Counter(what.split()[0] for _, what in points)
+    assert kinds["write"] == 3 and kinds["rename"] >= 3 and not kinds["move"], kinds
+    new = _rows(load_database(paths))
+    assert all(record.get("auto_tags") for _, _, record in new.values())
+    if change == "prune":
+        assert list(new) == [sha for sha in before if sha != track["sha256"]]
+    elif change == "rename":
+        record = new[track["sha256"]][2]
+        assert record["file_path"] == f"processed_music/{other.name}/renamed {listed.name}"
+        assert record["mood"] == other.name
+    for sha, (vector, windows, _) in new.items():  # nothing is embedded again: vectors and windows as they were
+        np.testing.assert_array_equal(vector, before[sha][0])
+        np.testing.assert_array_equal(windows, before[sha][1])
+
+    seen = collections.Counter()
+    for number, what in points:
+        shutil.rmtree(library_copy)
+        shutil.copytree(base, library_copy)
+        killed = run_cli("music_to_vector.py", *args, env_extra={CRASH_AT_ENV: number})
+        assert killed.returncode == -signal.SIGKILL, f"not killed at point {number} ({what}): {killed.stderr}"
+        db = load_database(paths)
+        _assert_aligned(db)
+        rows = _rows(db)
+        state = "old" if _same(rows, before) else "new"
+        assert _same(rows, before if state == "old" else new), f"a mixed library after a kill at {what}"
+        seen[state] += 1
+        again = run_cli("music_to_vector.py", *args)
+        assert again.returncode == 0, again.stderr
+        assert _same(_rows(load_database(paths)), new), f"not finished after a kill at {what}"
+        assert not [p.name for p in library_copy.iterdir() if p.name.startswith(".")]
+    assert seen["old"] and seen["new"], seen
+    print(f"{change}: killed at each of {len(points)} crash points ({dict(kinds)}); left {dict(seen)}")
