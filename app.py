@@ -21,7 +21,7 @@ from music_mood.display import TAG_COLUMNS, format_duration, track_tags
 from music_mood.images import ImageError
 from music_mood.library import EMPTY_LIBRARY, Database, DatabaseError, EmptyLibraryError, LibraryPaths, LiveLibrary
 from music_mood.models import BackgroundModels, ModelLoadError, load_clap_audio, load_clap_text, release_freed_memory
-from music_mood.search import tag_values
+from music_mood.search import DEFAULT_MAX_PER_ARTIST, tag_values
 from music_mood.serve import TRACK_ROUTE, port_busy_message, port_in_use, track_routes
 from music_mood.storage import LibraryBusyError
 from music_mood.tags import tagger_of
@@ -124,8 +124,11 @@ def library_rows(db: Database) -> list[list]:
 
 
 def recommend_photo(library: LiveLibrary, blip, clap, image, text: str = "", topk: int = 10, moods=None,
-                    genres=None) -> dict:
+                    genres=None, max_per_artist: int = DEFAULT_MAX_PER_ARTIST, diversity: float = 0.0) -> dict:
     """The /recommend endpoint: Recommendation.to_dict() plus each track's audio_url on this server.
+
+    `max_per_artist` (0: no cap) and `diversity` (MMR, 0..1) are recommend()'s variety options, checked by the
+    page's sliders before this runs.
 
     Raises gr.Error with a message for the user for anything the user can fix; the server keeps serving. A track
     left out because its file is gone is named in a warning too, as the CLI does.
@@ -135,7 +138,7 @@ def recommend_photo(library: LiveLibrary, blip, clap, image, text: str = "", top
     try:
         db = library.current()  # one version of the library for the whole request
         rec = recommend(blip, clap, db, image=image, text=text, topk=int(topk), moods=moods or None,
-                        genres=genres or None)
+                        genres=genres or None, max_per_artist=int(max_per_artist), diversity=float(diversity))
     except ImageError as e:
         # The message names the upload's temporary path on the server; the user knows it by its file name.
         message = str(e).replace(str(image), Path(str(image)).name) if isinstance(image, str) else str(e)
@@ -162,16 +165,19 @@ def _answer(rec) -> dict:
     return result
 
 
-def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, genres=None) -> dict:
+def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, genres=None,
+                   max_per_artist: int = DEFAULT_MAX_PER_ARTIST, diversity: float = 0.0) -> dict:
     """The /more_like_this endpoint: recommend(like=...) on the current library, shaped as /recommend's answer.
 
-    `like` is a track's file_path (as in a result) or id; it needs no model, so it answers while they load.
+    `like` is a track's file_path (as in a result) or id; it needs no model, so it answers while they load. The
+    variety options are /recommend's.
     """
     import gradio as gr
 
     try:
         db = library.current()
-        rec = recommend(None, None, db, topk=int(topk), moods=moods or None, genres=genres or None, like=like)
+        rec = recommend(None, None, db, topk=int(topk), moods=moods or None, genres=genres or None, like=like,
+                        max_per_artist=int(max_per_artist), diversity=float(diversity))
     except UnknownTrackError as e:
         raise gr.Error(str(e)) from e
     except EmptyLibraryError as e:
@@ -289,6 +295,8 @@ class Page:
     table: Any
     like: Any = None
     like_button: Any = None
+    max_per_artist: Any = None
+    diversity: Any = None
 
 
 def photo_input(**kwargs):
@@ -336,6 +344,15 @@ def build_page(models: BackgroundModels) -> Page:
                                         label="Only these moods", elem_id="moods")
                     genres = gr.Dropdown([], value=[], multiselect=True,
                                          allow_custom_value=True, label="Only these genres", elem_id="genres")
+                    with gr.Accordion("Options", open=False, elem_id="options"):
+                        max_per_artist = gr.Slider(0, TOPK_MAX, value=DEFAULT_MAX_PER_ARTIST, step=1,
+                                                   label="At most this many tracks of one artist (and of one album); "
+                                                         "0 = no cap", elem_id="max-per-artist")
+                        diversity = gr.Slider(0, 1, value=0, step=0.05, label="Variety: 0 = the closest tracks; "
+                                              "higher trades closeness for tracks unlike each other (MMR)",
+                                              elem_id="diversity")
+                    for option in (max_per_artist, diversity):  # an API call may ask for values off the sliders
+                        option.preprocess = logged_as_one_line(option.preprocess)
                     button = gr.Button("Recommend", variant="primary", elem_id="recommend")
                     examples = [[str(EXAMPLES / name)] for name in EXAMPLE_PHOTOS if (EXAMPLES / name).exists()]
                     if examples:
@@ -368,31 +385,33 @@ def build_page(models: BackgroundModels) -> Page:
     return Page(demo=demo, model_status=model_status, model_timer=model_timer, image=image, text=text, topk=topk,
                 moods=moods, genres=genres, button=button, caption=caption, mood_words=mood_words,
                 query_text=query_text, tracks=tracks, result=result, uploads=uploads, mood_folder=mood_folder,
-                add=add, status=status, table=table, like=like, like_button=like_button)
+                add=add, status=status, table=table, like=like, like_button=like_button,
+                max_per_artist=max_per_artist, diversity=diversity)
 
 
 def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> None:
     """The behaviour: which handler each event of the page runs, on what, and where its answer goes."""
     import gradio as gr
 
-    def on_recommend(image, text, topk, moods, genres):
+    # The variety options come last, with the sliders' defaults: a client that does not send them still works.
+    def on_recommend(image, text, topk, moods, genres, max_per_artist, diversity):
         try:
             blip, clap = models.query_models()
         except ModelLoadError as e:
             raise gr.Error(str(e)) from e
         try:
-            return recommend_photo(library, blip, clap, image, text, topk, moods, genres)
+            return recommend_photo(library, blip, clap, image, text, topk, moods, genres, max_per_artist, diversity)
         finally:
             release_freed_memory()  # a query's activations, ~200 MB, would otherwise stay in the server's RSS
 
-    def on_photo(image, text, topk, moods, genres):
+    def on_photo(image, text, topk, moods, genres, max_per_artist, diversity):
         """A new photo (upload, webcam, paste, example) is answered at once; clearing it changes nothing."""
         if image is None:
             return gr.skip()
-        return on_recommend(image, text, topk, moods, genres)
+        return on_recommend(image, text, topk, moods, genres, max_per_artist, diversity)
 
-    def on_like(like, topk, moods, genres):
-        return recommend_like(library, like, topk, moods, genres)
+    def on_like(like, topk, moods, genres, max_per_artist, diversity):
+        return recommend_like(library, like, topk, moods, genres, max_per_artist, diversity)
 
     def on_add_music(files, mood, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio asks for it)
         if not files:
@@ -436,8 +455,8 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
 
     def answer(event, handler, **api):
         """Run `handler` on the query inputs when `event` fires, then show its result."""
-        event(handler, inputs=[page.image, page.text, page.topk, page.moods, page.genres], outputs=page.result,
-              concurrency_id="models", **api).success(
+        event(handler, inputs=[page.image, page.text, page.topk, page.moods, page.genres, page.max_per_artist,
+                               page.diversity], outputs=page.result, concurrency_id="models", **api).success(
             render_analysis, inputs=page.result, outputs=[page.caption, page.mood_words, page.query_text, page.tracks],
             api_visibility="private", queue=False)
 
@@ -446,7 +465,8 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
         # Dropping in a photo is asking for its music; the button then re-asks with other words, top-k or
         # filters, which is quick because the photo's caption and mood words are remembered.
         answer(page.image.change, logged_as_one_line(on_photo), api_visibility="private")
-        page.like_button.click(logged_as_one_line(on_like), inputs=[page.like, page.topk, page.moods, page.genres],
+        page.like_button.click(logged_as_one_line(on_like), inputs=[page.like, page.topk, page.moods, page.genres,
+                                                                    page.max_per_artist, page.diversity],
                                outputs=page.result, api_name="more_like_this", queue=False).success(
             render_analysis, inputs=page.result, outputs=[page.caption, page.mood_words, page.query_text, page.tracks],
             api_visibility="private", queue=False)

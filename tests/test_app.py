@@ -12,6 +12,7 @@ from urllib.parse import quote
 import pytest
 
 import music_to_vector
+from music_mood.edit import set_fields
 from music_mood.library import LiveLibrary
 from music_to_vector import LibraryPaths, load_database
 from recommend import recommend
@@ -58,13 +59,17 @@ def track_url(file_path: str) -> str:
     return "/track/" + quote(file_path)
 
 
-def expected_result(library: Path, blip, clap_text, image, topk: int) -> dict:
-    """What /recommend must answer: recommend() on the same library and image, plus each track's URL."""
-    db = load_database(LibraryPaths.at(library))
-    result = recommend(blip, clap_text, db, image=image, topk=topk).to_dict()
+def with_urls(rec) -> dict:
+    """A Recommendation as the API answers it: its dict, each track with its URL."""
+    result = rec.to_dict()
     for track in result["results"]:
         track["audio_url"] = track_url(track["file_path"])
     return result
+
+
+def expected_result(library: Path, blip, clap_text, image, topk: int) -> dict:
+    """What /recommend must answer: recommend() on the same library and image, plus each track's URL."""
+    return with_urls(recommend(blip, clap_text, load_database(LibraryPaths.at(library)), image=image, topk=topk))
 
 
 # ---------------------------------------------------------------------------------------------- the API
@@ -104,6 +109,33 @@ def test_recommend_api_takes_text_and_filters(client, app_library):
     assert result["caption"] == "" and result["query_text"] == "slow piano, rain"
     assert {t["mood"] for t in result["results"]} == {mood}
     assert len(result["results"]) == sum(t["mood"] == mood for t in db.tracks)
+
+
+def test_recommend_and_more_like_this_take_the_variety_options(client, app_library, default_models):
+    """max_per_artist and diversity, the last parameters, reach recommend(); left out they are the CLI's defaults
+    (3 per artist, no MMR), so a client written before them gets what it got; values off the sliders are refused."""
+    from gradio_client.exceptions import AppError
+
+    paths = LibraryPaths.at(app_library)
+    tracks = load_database(paths).tracks
+    band = tracks[:4]  # the sample tracks name no artist: four of them get one, for the cap to have work
+    set_fields(paths, [(t["id"], "artist", "One Band") for t in band])
+    try:
+        db = load_database(paths)
+        like = band[0]["file_path"]
+        for max_per_artist, diversity in ((1, 0.0), (0, 0.0), (2, 0.5), (None, None)):
+            options = {} if max_per_artist is None else {"max_per_artist": max_per_artist, "diversity": diversity}
+            result = client.predict(image=None, text="slow piano", topk=20, **options, api_name="/recommend")
+            assert result == with_urls(recommend(None, default_models[1], db, text="slow piano", topk=20, **options))
+            by_band = [t for t in result["results"] if t["artist"] == "One Band"]
+            assert len(by_band) == {1: 1, 0: 4, 2: 2, None: 3}[max_per_artist]
+            result = client.predict(like=like, topk=20, **options, api_name="/more_like_this")
+            assert result == with_urls(recommend(None, None, db, like=like, topk=20, **options))
+        for bad in ({"diversity": 1.5}, {"max_per_artist": -1}):
+            with pytest.raises(AppError, match=r"(less|greater) than (minimum|maximum) value"):
+                client.predict(image=None, text="calm", topk=3, **bad, api_name="/recommend")
+    finally:  # the other tests of the module count tracks under the default cap
+        set_fields(paths, [(t["id"], "artist", t.get("artist", "")) for t in band])
 
 
 # ---------------------------------------------------------------------------------------------- files served
