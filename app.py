@@ -18,10 +18,19 @@ from music_mood.audio import AUDIO_EXTENSIONS
 from music_mood.build import SAMPLE_PACKAGE, build_library, import_sample_library, pending_files
 from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser
 from music_mood.display import TAG_COLUMNS, format_duration, track_tags
+from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, remove_tracks, set_fields
 from music_mood.images import ImageError
-from music_mood.library import EMPTY_LIBRARY, Database, DatabaseError, EmptyLibraryError, LibraryPaths, LiveLibrary
+from music_mood.library import (
+    EMPTY_LIBRARY,
+    Database,
+    DatabaseError,
+    EmptyLibraryError,
+    LibraryPaths,
+    LiveLibrary,
+    find_track,
+)
 from music_mood.models import BackgroundModels, ModelLoadError, load_clap_audio, load_clap_text, release_freed_memory
-from music_mood.search import tag_values
+from music_mood.search import DEFAULT_MAX_PER_ARTIST, tag_values
 from music_mood.serve import TRACK_ROUTE, port_busy_message, port_in_use, track_routes
 from music_mood.storage import LibraryBusyError
 from music_mood.tags import tagger_of
@@ -38,6 +47,11 @@ TOPK_MAX = 20
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")
 LIBRARY_COLUMNS = ["#", *(key for key, _ in TAG_COLUMNS), "length", "file"]
+FILE_COLUMN = LIBRARY_COLUMNS.index("file")  # what names a row's track when one of its cells is edited
+AUTO_MARK = " (auto)"  # how the table shows a track's best automatic tag where it has no mood/genre of its own
+# A correction or removal waits this long for a builder holding the library lock (an upload, music_to_vector.py),
+# then says the library is busy: the page's request should not hang for the length of a build.
+EDIT_WAIT_S = 30
 
 # The track route sends the type mimetypes guesses; without /etc/mime.types Python knows no .opus or .m4a, and
 # the browser would get application/octet-stream.
@@ -124,8 +138,11 @@ def library_rows(db: Database) -> list[list]:
 
 
 def recommend_photo(library: LiveLibrary, blip, clap, image, text: str = "", topk: int = 10, moods=None,
-                    genres=None) -> dict:
+                    genres=None, max_per_artist: int = DEFAULT_MAX_PER_ARTIST, diversity: float = 0.0) -> dict:
     """The /recommend endpoint: Recommendation.to_dict() plus each track's audio_url on this server.
+
+    `max_per_artist` (0: no cap) and `diversity` (MMR, 0..1) are recommend()'s variety options, checked by the
+    page's sliders before this runs.
 
     Raises gr.Error with a message for the user for anything the user can fix; the server keeps serving. A track
     left out because its file is gone is named in a warning too, as the CLI does.
@@ -135,7 +152,7 @@ def recommend_photo(library: LiveLibrary, blip, clap, image, text: str = "", top
     try:
         db = library.current()  # one version of the library for the whole request
         rec = recommend(blip, clap, db, image=image, text=text, topk=int(topk), moods=moods or None,
-                        genres=genres or None)
+                        genres=genres or None, max_per_artist=int(max_per_artist), diversity=float(diversity))
     except ImageError as e:
         # The message names the upload's temporary path on the server; the user knows it by its file name.
         message = str(e).replace(str(image), Path(str(image)).name) if isinstance(image, str) else str(e)
@@ -162,16 +179,19 @@ def _answer(rec) -> dict:
     return result
 
 
-def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, genres=None) -> dict:
+def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, genres=None,
+                   max_per_artist: int = DEFAULT_MAX_PER_ARTIST, diversity: float = 0.0) -> dict:
     """The /more_like_this endpoint: recommend(like=...) on the current library, shaped as /recommend's answer.
 
-    `like` is a track's file_path (as in a result) or id; it needs no model, so it answers while they load.
+    `like` is a track's file_path (as in a result) or id; it needs no model, so it answers while they load. The
+    variety options are /recommend's.
     """
     import gradio as gr
 
     try:
         db = library.current()
-        rec = recommend(None, None, db, topk=int(topk), moods=moods or None, genres=genres or None, like=like)
+        rec = recommend(None, None, db, topk=int(topk), moods=moods or None, genres=genres or None, like=like,
+                        max_per_artist=int(max_per_artist), diversity=float(diversity))
     except UnknownTrackError as e:
         raise gr.Error(str(e)) from e
     except EmptyLibraryError as e:
@@ -179,6 +199,145 @@ def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, 
     except DatabaseError as e:
         raise gr.Error(f"The music database cannot be used: {e}") from e
     return _answer(rec)
+
+
+def correct_track(library: LiveLibrary, track: str, fields: dict) -> dict:
+    """The /set_track_fields endpoint: set tags ({"mood": "calm", "title": ...}: title, artist, mood, genre) of the
+    track named by `track` (its file_path or id), each value stripped. One commit under the library lock
+    (edit.set_fields); the vectors stay, and --rebuild keeps the corrections. Values equal to the stored ones
+    commit nothing.
+
+    Returns {"id", "file_path", "title", "artist", "genre", "mood"} of the track after the change. An unknown
+    track or field is a gr.Error, and nothing is changed.
+    """
+    import gradio as gr
+
+    if not isinstance(fields, dict) or not fields:
+        raise gr.Error(f"Say which fields to set, e.g. {{\"mood\": \"calm\"}} (a track's editable fields are "
+                       f"{', '.join(EDITABLE_FIELDS)}); nothing was changed.")
+    unknown = [name for name in fields if name not in EDITABLE_FIELDS]
+    if unknown:
+        raise gr.Error(f"{unknown[0]!r} cannot be set: a track's editable fields are {', '.join(EDITABLE_FIELDS)}; "
+                       f"nothing was changed.")
+    db = _current(library)
+    try:
+        record = db.tracks[find_track(db, track)]
+        edits = [(track, name, str(value if value is not None else "").strip()) for name, value in fields.items()]
+        edits = [edit for edit in edits if str(record.get(edit[1], "") or "") != edit[2]]
+        if edits:
+            done, problems = set_fields(library.paths, edits, lock_timeout=EDIT_WAIT_S)
+            record = done[-1][0]
+            for problem in problems:
+                gr.Warning(problem)
+    except UnknownTrackError as e:
+        raise gr.Error(_nothing_changed(e)) from e
+    except (DatabaseError, LibraryBusyError, OSError) as e:
+        raise gr.Error(f"{e}; nothing was changed.") from e
+    return {key: str(record.get(key, "") or "") for key in ("id", "file_path", *EDITABLE_FIELDS)}
+
+
+def remove_from_library(library: LiveLibrary, tracks: list[str]) -> dict:
+    """The /remove_tracks endpoint: take the tracks named by `tracks` (file paths or ids) out of the library.
+
+    Their rows, their windows and the move of their files to removed/ in the library folder are one commit
+    (edit.remove_tracks); nothing is deleted. Every name must be a track of the library, else nothing changes
+    (gr.Error). Returns {"removed": [{"file_path", "moved_to"}], "tracks": how many are left}: moved_to is
+    relative to the library folder, None for a file that was already gone.
+    """
+    import gradio as gr
+
+    keys = [str(key).strip() for key in tracks or [] if str(key).strip()]
+    if not keys:
+        raise gr.Error("Choose the tracks to remove first.")
+    try:
+        removed, problems = remove_tracks(library.paths, keys, lock_timeout=EDIT_WAIT_S)
+    except UnknownTrackError as e:
+        raise gr.Error(_nothing_changed(e)) from e
+    except (DatabaseError, LibraryBusyError, OSError) as e:
+        raise gr.Error(f"{e}; nothing was changed.") from e
+    for problem in problems:
+        gr.Warning(problem)
+    root = library.paths.root
+    return {"removed": [{"file_path": record["file_path"],
+                         "moved_to": target.relative_to(root).as_posix() if target else None}
+                        for record, target in removed],
+            "tracks": len(_current(library))}
+
+
+def edit_cell(library: LiveLibrary, table: list[list], index, value) -> str:
+    """A cell of the Library table edited in the page: row index[0] of `table` (the table as the page showed it,
+    whose file column names the track), column index[1]. Commits it through correct_track; returns the status line.
+
+    The "(auto)" mark of an automatic tag is the table's, not part of a word: "calm (auto)" sets "calm".
+    """
+    import gradio as gr
+
+    row, column = index
+    field = LIBRARY_COLUMNS[column] if 0 <= column < len(LIBRARY_COLUMNS) else "?"
+    if field not in EDITABLE_FIELDS:
+        raise gr.Error(f"The {field} column cannot be changed here: only a track's "
+                       f"{', '.join(name for name in LIBRARY_COLUMNS if name in EDITABLE_FIELDS)}.")
+    try:
+        file_path = str(table[row][FILE_COLUMN] or "").strip()  # a row the user added has none
+    except (IndexError, TypeError):
+        file_path = ""
+    if not file_path:
+        raise gr.Error("That row is no track of the library: add music with the upload above.")
+    if file_path not in {str(t["file_path"]) for t in _current(library).tracks}:
+        raise gr.Error(f"{file_path} is no longer in the library (removed or moved meanwhile); the table now shows "
+                       f"the library as it is.")
+    value = str(value or "").strip().removesuffix(AUTO_MARK.strip()).strip()
+    record = correct_track(library, file_path, {field: value})
+    return f"Set the {field} of {_markdown_text(record['file_path'])} to “{_markdown_text(record[field])}”."
+
+
+def removal_question(library: LiveLibrary, tracks: list[str]) -> str:
+    """What the page asks before removing `tracks` (as Markdown): which tracks, and where their files will go.
+    A name that is no track is a gr.Error at once, before anything is asked."""
+    import gradio as gr
+
+    keys = [str(key).strip() for key in tracks or [] if str(key).strip()]
+    if not keys:
+        raise gr.Error("Choose the tracks to remove first.")
+    db = _current(library)
+    try:
+        rows = sorted({find_track(db, key) for key in keys})
+    except UnknownTrackError as e:
+        raise gr.Error(_nothing_changed(e)) from e
+    lines = [f"- {_markdown_text(db.tracks[i].get('title') or '')} — {_markdown_text(db.tracks[i]['file_path'])}"
+             for i in rows]
+    return (f"**Remove {len(rows)} track(s) from the library?**\n\n" + "\n".join(lines) +
+            f"\n\nTheir files move to `{REMOVED_FOLDER}/` in the library folder; nothing is deleted (to add a track "
+            f"back, move its file into `new_music/`).")
+
+
+def removal_status(answer: dict) -> str:
+    """The Library tab's status after a removal, as Markdown: where each file went."""
+    moved = [f"- {_markdown_text(item['file_path'])} → "
+             f"{_markdown_text(item['moved_to']) if item['moved_to'] else 'its file was already gone'}"
+             for item in answer["removed"]]
+    return (f"Removed {len(answer['removed'])} track(s); their files are in `{REMOVED_FOLDER}/` in the library "
+            f"folder. The library holds {answer['tracks']} track(s).\n\n" + "\n".join(moved))
+
+
+def removal_choices(rows: list[list]) -> list[tuple[str, str]]:
+    """The tracks the removal list offers, from the Library table's rows: ("title — file", file)."""
+    title = LIBRARY_COLUMNS.index("title")
+    return [(f"{row[title]} — {row[FILE_COLUMN]}", str(row[FILE_COLUMN])) for row in rows or [] if row[FILE_COLUMN]]
+
+
+def _current(library: LiveLibrary) -> Database:
+    import gradio as gr
+
+    try:
+        return library.current()
+    except DatabaseError as e:
+        raise gr.Error(f"The music database cannot be used: {e}") from e
+
+
+def _nothing_changed(error: UnknownTrackError) -> str:
+    message = str(error.args[0])
+    return message if message.endswith("nothing was changed") else f"{message}; nothing was changed"
 
 
 def upload_status(result: dict, problems: list[str], tracks: int) -> str:
@@ -289,6 +448,14 @@ class Page:
     table: Any
     like: Any = None
     like_button: Any = None
+    max_per_artist: Any = None
+    diversity: Any = None
+    remove_choice: Any = None  # the tracks chosen for removal
+    remove: Any = None
+    confirm_box: Any = None  # the question a removal must be confirmed in
+    confirm_text: Any = None
+    confirm: Any = None
+    cancel: Any = None
 
 
 def photo_input(**kwargs):
@@ -336,6 +503,15 @@ def build_page(models: BackgroundModels) -> Page:
                                         label="Only these moods", elem_id="moods")
                     genres = gr.Dropdown([], value=[], multiselect=True,
                                          allow_custom_value=True, label="Only these genres", elem_id="genres")
+                    with gr.Accordion("Options", open=False, elem_id="options"):
+                        max_per_artist = gr.Slider(0, TOPK_MAX, value=DEFAULT_MAX_PER_ARTIST, step=1,
+                                                   label="At most this many tracks of one artist (and of one album); "
+                                                         "0 = no cap", elem_id="max-per-artist")
+                        diversity = gr.Slider(0, 1, value=0, step=0.05, label="Variety: 0 = the closest tracks; "
+                                              "higher trades closeness for tracks unlike each other (MMR)",
+                                              elem_id="diversity")
+                    for option in (max_per_artist, diversity):  # an API call may ask for values off the sliders
+                        option.preprocess = logged_as_one_line(option.preprocess)
                     button = gr.Button("Recommend", variant="primary", elem_id="recommend")
                     examples = [[str(EXAMPLES / name)] for name in EXAMPLE_PHOTOS if (EXAMPLES / name).exists()]
                     if examples:
@@ -364,35 +540,52 @@ def build_page(models: BackgroundModels) -> Page:
                                              elem_id="upload-mood")
                     add = gr.Button("Add to library", variant="primary", elem_id="add-music")
                     status = gr.Markdown("", elem_id="library-status")
-            table = gr.Dataframe([], headers=LIBRARY_COLUMNS, interactive=False, elem_id="library")
+            gr.Markdown("Correct a track's title, artist, mood or genre in the table: double-click the cell, type, "
+                        "press Enter (kept by `python music_to_vector.py --rebuild`).")
+            table = gr.Dataframe([], headers=LIBRARY_COLUMNS, type="array", interactive=True, elem_id="library",
+                                 static_columns=[i for i, name in enumerate(LIBRARY_COLUMNS)
+                                                 if name not in EDITABLE_FIELDS])
+            with gr.Row(equal_height=True):
+                remove_choice = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True, scale=4,
+                                            label="Tracks to remove (choose them, type a track id, or click a "
+                                                  "track's file in the table)", elem_id="remove-tracks")
+                remove = gr.Button("Remove from the library…", variant="stop", scale=1, elem_id="remove")
+            with gr.Group(visible=False, elem_id="remove-confirm") as confirm_box:
+                confirm_text = gr.Markdown("", elem_id="remove-question")
+                with gr.Row():
+                    confirm = gr.Button("Yes, remove them", variant="stop", elem_id="remove-yes")
+                    cancel = gr.Button("Cancel", elem_id="remove-cancel")
     return Page(demo=demo, model_status=model_status, model_timer=model_timer, image=image, text=text, topk=topk,
                 moods=moods, genres=genres, button=button, caption=caption, mood_words=mood_words,
                 query_text=query_text, tracks=tracks, result=result, uploads=uploads, mood_folder=mood_folder,
-                add=add, status=status, table=table, like=like, like_button=like_button)
+                add=add, status=status, table=table, like=like, like_button=like_button,
+                max_per_artist=max_per_artist, diversity=diversity, remove_choice=remove_choice, remove=remove,
+                confirm_box=confirm_box, confirm_text=confirm_text, confirm=confirm, cancel=cancel)
 
 
 def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> None:
     """The behaviour: which handler each event of the page runs, on what, and where its answer goes."""
     import gradio as gr
 
-    def on_recommend(image, text, topk, moods, genres):
+    # The variety options come last, with the sliders' defaults: a client that does not send them still works.
+    def on_recommend(image, text, topk, moods, genres, max_per_artist, diversity):
         try:
             blip, clap = models.query_models()
         except ModelLoadError as e:
             raise gr.Error(str(e)) from e
         try:
-            return recommend_photo(library, blip, clap, image, text, topk, moods, genres)
+            return recommend_photo(library, blip, clap, image, text, topk, moods, genres, max_per_artist, diversity)
         finally:
             release_freed_memory()  # a query's activations, ~200 MB, would otherwise stay in the server's RSS
 
-    def on_photo(image, text, topk, moods, genres):
+    def on_photo(image, text, topk, moods, genres, max_per_artist, diversity):
         """A new photo (upload, webcam, paste, example) is answered at once; clearing it changes nothing."""
         if image is None:
             return gr.skip()
-        return on_recommend(image, text, topk, moods, genres)
+        return on_recommend(image, text, topk, moods, genres, max_per_artist, diversity)
 
-    def on_like(like, topk, moods, genres):
-        return recommend_like(library, like, topk, moods, genres)
+    def on_like(like, topk, moods, genres, max_per_artist, diversity):
+        return recommend_like(library, like, topk, moods, genres, max_per_artist, diversity)
 
     def on_add_music(files, mood, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio asks for it)
         if not files:
@@ -424,6 +617,53 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
         return (gr.update(choices=tag_values(db, "mood")), gr.update(choices=tag_values(db, "genre")),
                 library_rows(db))
 
+    library_view = [page.moods, page.genres, page.table]  # what library_outputs fills, in its order
+
+    def on_show_library():
+        return library_outputs(current_library())
+
+    def on_edit_cell(table, edit):
+        """A cell of the table was edited: commit it, then show the library as stored (a failure shows it too)."""
+        status = edit_cell(library, table, edit.index, edit.value)
+        return (*library_outputs(current_library()), status)
+
+    def on_pick(chosen, picked):
+        """A click on a track's file in the table adds that track to the ones to remove."""
+        if picked.index[1] != FILE_COLUMN or not picked.row_value:
+            return gr.skip()
+        file_path = str(picked.row_value[FILE_COLUMN])
+        return gr.skip() if file_path in (chosen or []) else [*(chosen or []), file_path]
+
+    # How Gradio knows to pass an event's data: by the parameter's type, which the module's postponed (string)
+    # annotations could not give, gradio being imported inside functions.
+    on_edit_cell.__annotations__ = {"edit": gr.EditData}
+    on_pick.__annotations__ = {"picked": gr.SelectData}
+
+    def on_ask_remove(chosen):
+        """The Remove button only asks: the tracks go when the question is answered yes."""
+        return gr.update(visible=True), removal_question(library, chosen)
+
+    def on_remove(chosen):
+        answer = remove_from_library(library, chosen)
+        return (*library_outputs(current_library()), removal_status(answer), [], gr.update(visible=False))
+
+    def hide_question():
+        return gr.update(visible=False)
+
+    def on_table_change(rows):
+        return gr.update(choices=removal_choices(rows))
+
+    # The API's own endpoints for the Library tab's changes, typed by these signatures (gr.api).
+    def set_track_fields(track: str, fields: dict) -> dict:
+        """Correct a track (its file_path or id): fields such as {"mood": "calm"} (title, artist, mood, genre), one
+        commit, kept by --rebuild. Returns the track's id, file_path and tags after."""
+        return correct_track(library, track, fields)
+
+    def remove_library_tracks(tracks: list[str]) -> dict:
+        """Remove tracks (file paths or ids) from the library in one commit; their files move to removed/ in the
+        library folder. Returns {"removed": [{"file_path", "moved_to"}], "tracks": how many are left}."""
+        return remove_from_library(library, tracks)
+
     def on_load():
         """Every page shows the library as it is when it opens, not as it was when the server started."""
         db = current_library()
@@ -436,8 +676,8 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
 
     def answer(event, handler, **api):
         """Run `handler` on the query inputs when `event` fires, then show its result."""
-        event(handler, inputs=[page.image, page.text, page.topk, page.moods, page.genres], outputs=page.result,
-              concurrency_id="models", **api).success(
+        event(handler, inputs=[page.image, page.text, page.topk, page.moods, page.genres, page.max_per_artist,
+                               page.diversity], outputs=page.result, concurrency_id="models", **api).success(
             render_analysis, inputs=page.result, outputs=[page.caption, page.mood_words, page.query_text, page.tracks],
             api_visibility="private", queue=False)
 
@@ -446,15 +686,34 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
         # Dropping in a photo is asking for its music; the button then re-asks with other words, top-k or
         # filters, which is quick because the photo's caption and mood words are remembered.
         answer(page.image.change, logged_as_one_line(on_photo), api_visibility="private")
-        page.like_button.click(logged_as_one_line(on_like), inputs=[page.like, page.topk, page.moods, page.genres],
+        page.like_button.click(logged_as_one_line(on_like), inputs=[page.like, page.topk, page.moods, page.genres,
+                                                                    page.max_per_artist, page.diversity],
                                outputs=page.result, api_name="more_like_this", queue=False).success(
             render_analysis, inputs=page.result, outputs=[page.caption, page.mood_words, page.query_text, page.tracks],
             api_visibility="private", queue=False)
         page.add.click(logged_as_one_line(on_add_music), inputs=[page.uploads, page.mood_folder],
-                       outputs=[page.moods, page.genres, page.table, page.status, page.uploads], api_name="add_music",
+                       outputs=[*library_view, page.status, page.uploads], api_name="add_music",
                        concurrency_id="models")
-        page.demo.load(logged_as_one_line(on_load), outputs=[page.moods, page.genres, page.table, page.status],
+        page.demo.load(logged_as_one_line(on_load), outputs=[*library_view, page.status],
                        api_visibility="private", queue=False)
+        # The Library tab's corrections and removals: each one commit (music_mood.edit), then the table, the
+        # filters' choices and the removal list show the library as stored; recommendations read it per request.
+        page.table.edit(logged_as_one_line(on_edit_cell), inputs=page.table, outputs=[*library_view, page.status],
+                        api_visibility="private").failure(  # a refused edit: the table shows what is stored
+            logged_as_one_line(on_show_library), outputs=library_view, api_visibility="private", queue=False)
+        page.table.select(on_pick, inputs=page.remove_choice, outputs=page.remove_choice, api_visibility="private",
+                          queue=False)
+        page.table.change(on_table_change, inputs=page.table, outputs=page.remove_choice, api_visibility="private",
+                          queue=False)
+        page.remove.click(logged_as_one_line(on_ask_remove), inputs=page.remove_choice,
+                          outputs=[page.confirm_box, page.confirm_text], api_visibility="private", queue=False)
+        page.confirm.click(logged_as_one_line(on_remove), inputs=page.remove_choice,
+                           outputs=[*library_view, page.status, page.remove_choice, page.confirm_box],
+                           api_visibility="private")
+        for event in (page.cancel.click, page.remove_choice.change):  # the question names exactly what goes
+            event(hide_question, outputs=page.confirm_box, api_visibility="private", queue=False)
+        gr.api(logged_as_one_line(set_track_fields), api_name="set_track_fields")
+        gr.api(logged_as_one_line(remove_library_tracks), api_name="remove_tracks")
         ticking = [page.model_status, page.model_timer]
         page.demo.load(on_tick, outputs=ticking, api_visibility="private", queue=False)
         page.model_timer.tick(on_tick, outputs=ticking, api_visibility="private", queue=False)

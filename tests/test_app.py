@@ -12,6 +12,7 @@ from urllib.parse import quote
 import pytest
 
 import music_to_vector
+from music_mood.edit import set_fields
 from music_mood.library import LiveLibrary
 from music_to_vector import LibraryPaths, load_database
 from recommend import recommend
@@ -58,13 +59,17 @@ def track_url(file_path: str) -> str:
     return "/track/" + quote(file_path)
 
 
-def expected_result(library: Path, blip, clap_text, image, topk: int) -> dict:
-    """What /recommend must answer: recommend() on the same library and image, plus each track's URL."""
-    db = load_database(LibraryPaths.at(library))
-    result = recommend(blip, clap_text, db, image=image, topk=topk).to_dict()
+def with_urls(rec) -> dict:
+    """A Recommendation as the API answers it: its dict, each track with its URL."""
+    result = rec.to_dict()
     for track in result["results"]:
         track["audio_url"] = track_url(track["file_path"])
     return result
+
+
+def expected_result(library: Path, blip, clap_text, image, topk: int) -> dict:
+    """What /recommend must answer: recommend() on the same library and image, plus each track's URL."""
+    return with_urls(recommend(blip, clap_text, load_database(LibraryPaths.at(library)), image=image, topk=topk))
 
 
 # ---------------------------------------------------------------------------------------------- the API
@@ -104,6 +109,33 @@ def test_recommend_api_takes_text_and_filters(client, app_library):
     assert result["caption"] == "" and result["query_text"] == "slow piano, rain"
     assert {t["mood"] for t in result["results"]} == {mood}
     assert len(result["results"]) == sum(t["mood"] == mood for t in db.tracks)
+
+
+def test_recommend_and_more_like_this_take_the_variety_options(client, app_library, default_models):
+    """max_per_artist and diversity, the last parameters, reach recommend(); left out they are the CLI's defaults
+    (3 per artist, no MMR), so a client written before them gets what it got; values off the sliders are refused."""
+    from gradio_client.exceptions import AppError
+
+    paths = LibraryPaths.at(app_library)
+    tracks = load_database(paths).tracks
+    band = tracks[:4]  # the sample tracks name no artist: four of them get one, for the cap to have work
+    set_fields(paths, [(t["id"], "artist", "One Band") for t in band])
+    try:
+        db = load_database(paths)
+        like = band[0]["file_path"]
+        for max_per_artist, diversity in ((1, 0.0), (0, 0.0), (2, 0.5), (None, None)):
+            options = {} if max_per_artist is None else {"max_per_artist": max_per_artist, "diversity": diversity}
+            result = client.predict(image=None, text="slow piano", topk=20, **options, api_name="/recommend")
+            assert result == with_urls(recommend(None, default_models[1], db, text="slow piano", topk=20, **options))
+            by_band = [t for t in result["results"] if t["artist"] == "One Band"]
+            assert len(by_band) == {1: 1, 0: 4, 2: 2, None: 3}[max_per_artist]
+            result = client.predict(like=like, topk=20, **options, api_name="/more_like_this")
+            assert result == with_urls(recommend(None, None, db, like=like, topk=20, **options))
+        for bad in ({"diversity": 1.5}, {"max_per_artist": -1}):
+            with pytest.raises(AppError, match=r"(less|greater) than (minimum|maximum) value"):
+                client.predict(image=None, text="calm", topk=3, **bad, api_name="/recommend")
+    finally:  # the other tests of the module count tracks under the default cap
+        set_fields(paths, [(t["id"], "artist", t.get("artist", "")) for t in band])
 
 
 # ---------------------------------------------------------------------------------------------- files served
@@ -325,6 +357,103 @@ def test_tracks_added_with_the_cli_while_the_app_runs_are_recommended(app, clien
     assert get(app, result["results"][0]["audio_url"]).status == 200
 
 
+def library_state(library: Path) -> dict[str, bytes]:
+    """Every file of the library, byte for byte (the lock file is no content: any change leaves it)."""
+    return {p.relative_to(library).as_posix(): p.read_bytes() for p in sorted(library.rglob("*"))
+            if p.is_file() and not p.name.endswith(".lock")}
+
+
+def test_set_track_fields_corrects_a_track_and_the_app_sees_it_at_once(client, app_library):
+    import numpy as np
+
+    paths = LibraryPaths.at(app_library)
+    before = load_database(paths)
+    target = before.tracks[2]
+    answer = client.predict(track=target["id"], fields={"mood": "  sleepy ", "title": "Night Drive"},
+                            api_name="/set_track_fields")
+    assert answer == {"id": target["id"], "file_path": target["file_path"], "title": "Night Drive",
+                      "artist": target.get("artist", ""), "genre": target["genre"], "mood": "sleepy"}
+    after = load_database(paths)
+    np.testing.assert_array_equal(after.vectors, before.vectors)
+    np.testing.assert_array_equal(after.segments, before.segments)
+    expected = [dict(t) for t in before.tracks]
+    expected[2].update(mood="sleepy", title="Night Drive")
+    assert after.tracks == expected
+    # The next request reads the corrected library: its filter and its result's tags.
+    result = client.predict(image=None, text="night", topk=20, moods=["sleepy"], api_name="/recommend")
+    assert [(t["file_path"], t["title"], t["mood"]) for t in result["results"]] == \
+        [(target["file_path"], "Night Drive", "sleepy")]
+
+    # Named by its file, set back: the library is as it was; a value already stored commits nothing.
+    client.predict(track=target["file_path"], fields={"mood": target["mood"], "title": target["title"]},
+                   api_name="/set_track_fields")
+    assert load_database(paths).tracks == before.tracks
+    metadata = (app_library / "music_database_metadata.json").stat()
+    client.predict(track=target["id"], fields={"mood": target["mood"]}, api_name="/set_track_fields")
+    assert (app_library / "music_database_metadata.json").stat().st_ino == metadata.st_ino
+
+
+@pytest.mark.parametrize("track, fields, message", [
+    ("no-such-id", {"mood": "calm"}, "'no-such-id' is no track of the library in "),
+    ("processed_music/nope.mp3", {"title": "x"}, "'processed_music/nope.mp3' is no track of the library in "),
+    ("TRACK", {"mood": "calm", "year": "1999"}, "'year' cannot be set: a track's editable fields are title"),
+    ("TRACK", {}, "Say which fields to set"),
+])
+def test_a_bad_correction_is_a_clear_error_and_changes_nothing(app, client, app_library, track, fields, message):
+    from gradio_client.exceptions import AppError
+
+    known = load_database(LibraryPaths.at(app_library)).tracks[0]
+    before = library_state(app_library)
+    start = len(app.log_text())
+    with pytest.raises(AppError, match=re.escape(message)) as raised:
+        client.predict(track=known["id"] if track == "TRACK" else track, fields=fields, api_name="/set_track_fields")
+    assert raised.value.message.rstrip(".").endswith("nothing was changed")
+    assert library_state(app_library) == before
+    log = app.log_text()[start:]
+    assert "Traceback" not in log and log.count("User error: ") == 1, log
+
+
+def test_remove_tracks_moves_their_files_to_removed_and_the_app_forgets_them(app, client, app_library):
+    from gradio_client.exceptions import AppError
+
+    paths = LibraryPaths.at(app_library)
+    before = load_database(paths)
+    by_id, by_path = before.tracks[1], before.tracks[3]
+    answer = client.predict(tracks=[by_path["file_path"], by_id["id"]], api_name="/remove_tracks")
+    moved = {t["file_path"]: "removed/" + t["file_path"].removeprefix("processed_music/") for t in (by_id, by_path)}
+    assert answer == {"removed": [{"file_path": path, "moved_to": moved[path]} for path in moved],
+                      "tracks": len(before) - 2}
+    for source, target in moved.items():
+        assert not (app_library / source).exists()
+        assert music_to_vector.file_sha256(app_library / target) in (by_id["sha256"], by_path["sha256"])
+    after = load_database(paths)
+    assert [t["sha256"] for t in after.tracks] == \
+        [t["sha256"] for t in before.tracks if t["file_path"] not in moved]
+
+    # At once: not recommended, not served, not a track to be like.
+    result = client.predict(image=None, text="anything", topk=20, max_per_artist=0, api_name="/recommend")
+    assert len(result["results"]) == len(after) and not moved.keys() & {t["file_path"] for t in result["results"]}
+    for source in moved:
+        assert get(app, track_url(source)).status == 403
+    with pytest.raises(AppError, match="is no track of the library"):
+        client.predict(like=by_id["id"], topk=3, api_name="/more_like_this")
+
+
+@pytest.mark.parametrize("tracks, message", [
+    (["TRACK", "no-such-id"], "'no-such-id' is no track of the library in "),
+    ([], "Choose the tracks to remove first."),
+    (["  "], "Choose the tracks to remove first."),
+])
+def test_removing_an_unknown_track_is_a_clear_error_and_changes_nothing(client, app_library, tracks, message):
+    from gradio_client.exceptions import AppError
+
+    known = load_database(LibraryPaths.at(app_library)).tracks[0]
+    before = library_state(app_library)
+    with pytest.raises(AppError, match=re.escape(message)):
+        client.predict(tracks=[known["id"] if t == "TRACK" else t for t in tracks], api_name="/remove_tracks")
+    assert library_state(app_library) == before
+
+
 def test_uploads_do_not_pile_up_in_the_temp_folder(library_copy, checkpoints, sample_tracks, photos, tmp_path,
                                                    shared_exports):
     """Uploaded audio is removed as soon as it is added or refused; a photo stays while the page may ask about it
@@ -367,6 +496,52 @@ def test_empty_library_is_an_error_in_the_page(blip, clap_text, checkpoints, iso
     library = LiveLibrary(LibraryPaths.at(isolated_library), checkpoints["clap"])
     with pytest.raises(gr.Error, match="the music library is empty"):
         recommend_photo(library, blip, clap_text, str(photos["coffee.png"]))
+
+
+def test_an_edited_cell_corrects_the_track_its_row_names(library_copy, checkpoints):
+    """What the Library table's edit event commits: the field of the edited column, of the track the row's file
+    names, the "(auto)" mark dropped; any other column, a row the user added and a row whose track is gone are
+    refused with a message, changing nothing."""
+    import gradio as gr
+
+    from app import LIBRARY_COLUMNS, edit_cell, library_rows
+
+    library = LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"])
+    db = library.current()
+    rows = library_rows(db)
+    mood, title = LIBRARY_COLUMNS.index("mood"), LIBRARY_COLUMNS.index("title")
+    status = edit_cell(library, rows, (1, mood), "  rainy ")
+    assert status == f"Set the mood of {db.tracks[1]['file_path'].replace('_', chr(92) + '_')} to “rainy”."
+    edit_cell(library, rows, (2, title), "dreamy (auto)")
+    expected = [dict(t) for t in db.tracks]
+    expected[1]["mood"], expected[2]["title"] = "rainy", "dreamy"
+    assert library.current().tracks == expected
+
+    before = library_state(library_copy)
+    gone = [*rows[0][:-1], "processed_music/gone.opus"]
+    for table, index, message in ((rows, (0, LIBRARY_COLUMNS.index("file")), "The file column cannot be changed"),
+                                  (rows, (0, 0), "The # column cannot be changed"),
+                                  ([*rows, [None] * len(LIBRARY_COLUMNS)], (len(rows), mood), "That row is no track"),
+                                  ([gone], (0, mood), "processed_music/gone.opus is no longer in the library")):
+        with pytest.raises(gr.Error, match=re.escape(message)):
+            edit_cell(library, table, index, "calm")
+    assert library_state(library_copy) == before
+
+
+def test_removal_asks_first_naming_the_tracks_and_removed(library_copy, checkpoints):
+    import gradio as gr
+
+    from app import removal_question
+
+    library = LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"])
+    track = library.current().tracks[0]
+    before = library_state(library_copy)
+    question = removal_question(library, [track["id"]])
+    assert question.startswith("**Remove 1 track(s) from the library?**")
+    assert track["file_path"].replace("_", "\\_") in question and "move to `removed/`" in question
+    with pytest.raises(gr.Error, match="'nope' is no track of the library"):
+        removal_question(library, [track["id"], "nope"])
+    assert library_state(library_copy) == before  # asking changes nothing
 
 
 def test_library_is_read_again_only_when_a_commit_changed_it(library_copy, checkpoints, clap_audio):

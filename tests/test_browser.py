@@ -1,5 +1,5 @@
 """The page in a real browser (Debian's Chromium driven by Playwright): a photo in, K players out, each starting at
-its track's best moment."""
+its track's best moment; the Library tab's corrections and removals; the variety option."""
 from __future__ import annotations
 
 import http.client
@@ -8,6 +8,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
+from music_mood.edit import set_fields
 from music_to_vector import LibraryPaths, load_database
 from recommend import recommend
 from tests.app_server import running_app
@@ -17,6 +18,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOT = ROOT / "test-artifacts" / "app.png"
+LIBRARY_SCREENSHOT = ROOT / "test-artifacts" / "library.png"
 WAIT_MS = 120_000
 
 
@@ -185,3 +187,108 @@ def test_a_new_page_shows_the_library_as_it_is_now(page, app, sample_tracks, che
     page.get_by_role("tab", name="Library").click()
     page.get_by_text(f"The library holds {len(db)} track(s).").wait_for(timeout=WAIT_MS)
     assert page.locator("#library").get_by_text(db.tracks[-1]["title"]).count() >= 1
+
+
+def library_cell(page, row: int, column: str):
+    """A cell of the Library tab's table (the rows are the library's tracks in order)."""
+    from app import LIBRARY_COLUMNS
+
+    return page.locator(f"#library [data-testid=cell-{row}-{LIBRARY_COLUMNS.index(column)}]")
+
+
+def cell_text(cell) -> str:
+    return cell.locator("span").first.inner_text().strip()
+
+
+def listed_files(page) -> list[str]:
+    return page.locator("#tracks li.track").evaluate_all("items => items.map(li => li.dataset.file)")
+
+
+def ask_by_words(page, words: str, topk: int, count: int) -> list[str]:
+    """Recommend by `words` alone, `topk` tracks; waits for `count` players and returns their files in order."""
+    page.get_by_role("tab", name="Recommend").click()
+    page.fill("#text textarea", words)
+    page.locator("#topk input[type=number]").fill(str(topk))
+    page.locator("#topk input[type=number]").press("Enter")
+    page.click("#recommend")
+    page.wait_for_function(f"document.querySelectorAll('#tracks audio').length === {count}", timeout=WAIT_MS)
+    page.wait_for_timeout(500)  # the list is replaced at once: no older list of the same length is read
+    return listed_files(page)
+
+
+def test_editing_a_mood_cell_corrects_the_track(page, app):
+    paths = LibraryPaths.at(app.library)
+    before = load_database(paths)
+    row, track = 1, before.tracks[1]
+    page.get_by_role("tab", name="Library").click()
+    cell = library_cell(page, row, "mood")
+    cell.wait_for(timeout=WAIT_MS)
+    assert cell_text(cell) == track["mood"]
+    cell.dblclick()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("edited in browser")
+    page.keyboard.press("Enter")
+    page.locator("#library-status").get_by_text(f"Set the mood of {track['file_path']}").wait_for(timeout=WAIT_MS)
+
+    expected = [dict(t) for t in before.tracks]
+    expected[row]["mood"] = "edited in browser"
+    assert load_database(paths).tracks == expected  # that field of that track, nothing else
+    assert cell_text(library_cell(page, row, "mood")) == "edited in browser"
+    assert cell_text(library_cell(page, row, "file")) == track["file_path"]
+    # The filter offers the new mood at once, and it finds that track.
+    page.get_by_role("tab", name="Recommend").click()
+    page.locator("#moods input").fill("edited in")
+    page.get_by_role("option", name="edited in browser").click(timeout=WAIT_MS)
+    assert ask_by_words(page, "anything", 20, 1) == [track["file_path"]]
+
+
+def test_removing_a_track_in_the_page_moves_its_file_to_removed(page, app):
+    paths = LibraryPaths.at(app.library)
+    before = load_database(paths)
+    track = before.tracks[0]
+    page.get_by_role("tab", name="Library").click()
+    library_cell(page, 0, "file").click()  # a track's file, clicked, joins the tracks to remove
+    page.locator("#remove-tracks").get_by_text(track["file_path"]).wait_for(timeout=WAIT_MS)
+    page.click("#remove")
+    question = page.locator("#remove-question")
+    question.get_by_text("Remove 1 track(s) from the library?").wait_for(timeout=WAIT_MS)
+    assert track["file_path"] in question.inner_text() and "removed/" in question.inner_text()
+    assert load_database(paths).tracks == before.tracks  # the first click only asks
+
+    page.click("#remove-yes")
+    page.locator("#library-status").get_by_text("Removed 1 track(s)").wait_for(timeout=WAIT_MS)
+    moved_to = app.library / "removed" / track["file_path"].removeprefix("processed_music/")
+    assert not (app.library / track["file_path"]).exists()
+    assert moved_to.read_bytes() and f"removed/{track['file_path'].removeprefix('processed_music/')}" in \
+        page.locator("#library-status").inner_text()
+    after = load_database(paths)
+    assert [t["sha256"] for t in after.tracks] == [t["sha256"] for t in before.tracks[1:]]
+    page.wait_for_function("n => document.querySelectorAll('#library [data-row][data-col=\"0\"]').length === n",
+                           arg=len(after), timeout=WAIT_MS)
+    assert page.locator("#library").get_by_text(track["file_path"]).count() == 0
+    assert not page.locator("#remove-question").is_visible()
+    LIBRARY_SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(LIBRARY_SCREENSHOT), full_page=True)
+
+    listed = ask_by_words(page, "anything", 20, min(20, len(after)))
+    assert track["file_path"] not in listed
+
+
+def test_the_variety_option_caps_the_tracks_of_one_artist(page, app, default_models):
+    paths = LibraryPaths.at(app.library)
+    band = load_database(paths).tracks[:3]  # the sample tracks name no artist: three get one
+    set_fields(paths, [(t["id"], "artist", "One Band") for t in band])
+    try:
+        db = load_database(paths)
+        topk = min(20, len(db))
+        page.get_by_role("tab", name="Recommend").click()
+        page.locator("#options").get_by_text("Options").click()
+        for cap in (1, 0):
+            page.locator("#max-per-artist input[type=number]").fill(str(cap))
+            page.locator("#max-per-artist input[type=number]").press("Enter")
+            expected = recommend(None, default_models[1], db, text="anything", topk=topk, max_per_artist=cap)
+            listed = ask_by_words(page, "anything", topk, len(expected.results))
+            assert listed == [t.file_path for t in expected.results]
+            assert sum(path in {t["file_path"] for t in band} for path in listed) == (1 if cap else len(band))
+    finally:
+        set_fields(paths, [(t["id"], "artist", t.get("artist", "")) for t in band])
