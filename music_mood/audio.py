@@ -122,7 +122,7 @@ def decode_stretches(path: Path, stretches: list[tuple[float, float]], sample_ra
     The file is opened once; each stretch is reached by a seek and only it (and STRETCH_MARGIN_S on each side) is
     decoded, so a few seconds of a long track cost a few seconds of decoding. Where the seek cannot be trusted (a
     frame without a timestamp, or one after the place asked for), the stretch is decoded from the file's start.
-    Channels are mixed to `layout` by FFmpeg; the rate is converted with soxr ("soxr_hq", as decode_audio does).
+    Channels are mixed to `layout` by FFmpeg; the rate is converted with soxr at the quality decode_audio uses.
     """
     import av
 
@@ -142,7 +142,7 @@ def decode_stretches(path: Path, stretches: list[tuple[float, float]], sample_ra
 
 
 def _decode_stretch(container, stream, start_s: float, end_s: float, sample_rate: int, layout: str) -> np.ndarray:
-    import librosa
+    import soxr  # what librosa.resample(res_type="soxr_hq") calls, without librosa's 2-4 s first import
 
     wanted = max(0, round((end_s - start_s) * sample_rate))
     from_s = max(0.0, start_s - STRETCH_MARGIN_S)
@@ -158,7 +158,7 @@ def _decode_stretch(container, stream, start_s: float, end_s: float, sample_rate
         skip = -first % period
         chunk, first_s = chunk[:, skip:], (first + skip) / rate
         if chunk.shape[1]:
-            chunk = librosa.resample(chunk, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq", axis=-1)
+            chunk = soxr.resample(chunk.T, rate, sample_rate, quality="HQ").T
     begin = max(0, round((start_s - first_s) * sample_rate))
     stretch = chunk[:, begin:begin + wanted].T
     if not np.all(np.isfinite(stretch)):
