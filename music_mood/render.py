@@ -29,9 +29,9 @@ SAMPLE_RATE = 44100
 VIDEO_SIZE = (1280, 720)
 FPS = 25  # frames per second while photos cross-fade; a still photo is held (HOLD_S)
 HOLD_S = 1.0  # a still photo's frame is repeated at least this often, for players that seek to the nearest frame
-# tune=stillimage: x264's psychovisual settings for photos. superfast: as fast as ultrafast within a quarter here,
-# and a third of its file size (CABAC); veryfast costs twice the time for a larger file (benchmarks/RESULTS.md).
-X264_OPTIONS = {"preset": "superfast", "tune": "stillimage"}
+# x264 with tune=stillimage (its psychovisual settings for photos). superfast: within a quarter of ultrafast's time
+# for a third of its file size (CABAC); veryfast takes twice as long (benchmarks/RESULTS.md, Soundtrack).
+X264_PRESET = "superfast"
 AAC_BIT_RATE = 192_000
 AAC_OPTIONS = {"aac_coder": "fast"}  # 2.5× faster than FFmpeg's default (twoloop), transparent enough at 192 kb/s
 # Loudness: each piece's gain brings its RMS to the duration-weighted mean (in dB) of all pieces' RMS, within
@@ -269,21 +269,22 @@ def fit_photo(image, size: tuple[int, int] = VIDEO_SIZE) -> np.ndarray:
 
 
 def write_video(plan: Plan, samples: np.ndarray, sample_rate: int, path: Path, size: tuple[int, int] = VIDEO_SIZE,
-                fps: int = FPS, hold_s: float | None = HOLD_S, on_step: Step | None = None) -> None:
+                fps: int = FPS, hold_s: float | None = HOLD_S, preset: str = X264_PRESET,
+                on_step: Step | None = None) -> None:
     """The slideshow as MP4 (H.264 yuv420p BT.709 + AAC, index at the front for the web), replaced atomically.
 
     Photo i is shown over [start_s, end_s) of plan.photos[i]: fitted to `size`, upright, cross-fading with its
     neighbours over photo_crossfade_s centred on each boundary (it dominates exactly during its own time). The
     video lasts round(total_s * fps) frames. hold_s=None encodes every frame (a constant frame rate, for editors
-    that want one); otherwise a still photo is encoded once per hold_s. `samples` is the soundtrack
-    (mix_soundtrack). on_step gets (frame, frames).
+    that want one); otherwise a still photo is encoded once per hold_s. `preset` is x264's. `samples` is the
+    soundtrack (mix_soundtrack). on_step gets (frame, frames).
     """
     path = Path(path)
     if path.suffix.lower() != ".mp4":
         raise ValueError(f"{path.name}: a video is written as .mp4")
     _check_size(size)
     with replace_together([path]) as (tmp,):
-        _encode_video(plan, samples, sample_rate, tmp, size, fps, hold_s, on_step)
+        _encode_video(plan, samples, sample_rate, tmp, size, fps, hold_s, preset, on_step)
 
 
 def _check_size(size: tuple[int, int]) -> None:
@@ -293,13 +294,13 @@ def _check_size(size: tuple[int, int]) -> None:
 
 
 def _encode_video(plan: Plan, samples: np.ndarray, sample_rate: int, tmp: Path, size: tuple[int, int], fps: int,
-                  hold_s: float | None, on_step: Step | None) -> None:
+                  hold_s: float | None, preset: str, on_step: Step | None) -> None:
     import av
 
     samples = _as_channels(samples)
     frames = max(1, round(plan.total_s * fps))
     with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as container:
-        video = container.add_stream("libx264", rate=fps, options=X264_OPTIONS)
+        video = container.add_stream("libx264", rate=fps, options={"preset": preset, "tune": "stillimage"})
         video.width, video.height, video.pix_fmt = size[0], size[1], "yuv420p"
         context = video.codec_context
         context.colorspace = context.color_primaries = context.color_trc = 1  # BT.709, as _yuv420p converts
@@ -338,7 +339,7 @@ def _slideshow(plan: Plan, size: tuple[int, int], fps: int, frames: int, hold_s:
             for old in [j for j in loaded if j < i - 1]:
                 del loaded[old]  # photos are shown in order: at most two are needed at once
             try:
-                planes = _yuv420p(fit_photo(open_image(photos[i].path), size))
+                planes = _yuv420p(fit_photo(open_image(photos[i].path, fit_box=size), size))
             except ImageError as e:
                 raise RenderError(f"cannot read the photo {photos[i].path}: {e}") from e
             loaded[i] = planes, av.VideoFrame.from_ndarray(planes, format="yuv420p")
@@ -442,7 +443,7 @@ def write_outputs(plan: Plan, outs: list[Path], progress: bool = True, should_st
         for out, tmp, kind in zip(outs, temps, kinds):
             with tracker.stage() as step:
                 if kind == "video":
-                    _encode_video(plan, samples, sample_rate, tmp, size, fps, HOLD_S, step)
+                    _encode_video(plan, samples, sample_rate, tmp, size, fps, HOLD_S, X264_PRESET, step)
                 elif kind == "audio":
                     _encode_audio_file(samples, sample_rate, tmp, out.suffix.lower(), step)
                 elif kind == "playlist":

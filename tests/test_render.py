@@ -347,3 +347,16 @@ def test_rendering_never_writes_into_the_library(library, existing):
         with pytest.raises(ValueError, match="music library"):
             write_outputs(plan, [out], progress=False)
     assert {p: p.read_bytes() for p in library.rglob("*") if p.is_file()} == before
+
+
+def test_a_camera_jpeg_is_opened_small_but_never_smaller_than_shown(tmp_path):
+    from music_mood.images import open_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    photo = tmp_path / "camera.jpg"
+    Image.new("RGB", (4000, 3000), (90, 120, 150)).save(photo, exif=exif.tobytes())
+    opened = open_image(photo, fit_box=SMALL)
+    assert opened.size == (375, 500)  # decoded at 1/8, then turned upright
+    assert opened.height >= 180  # fitted into 320×180 it is shown 135×180
+    assert open_image(photo).size == (3000, 4000)
