@@ -127,7 +127,7 @@ def decode_stretches(path: Path, stretches: list[tuple[float, float]], sample_ra
     import av
 
     if not path.is_file():
-        raise AudioError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+        raise AudioError(f"{path.name} does not exist" if not path.exists() else f"{path.name} is not a file")
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:

@@ -29,8 +29,8 @@ SAMPLE_RATE = 44100
 VIDEO_SIZE = (1280, 720)
 FPS = 25  # frames per second while photos cross-fade; a still photo is held (HOLD_S)
 HOLD_S = 1.0  # a still photo's frame is repeated at least this often, for players that seek to the nearest frame
-# x264 with tune=stillimage (its psychovisual settings for photos). superfast: within a quarter of ultrafast's time
-# for a third of its file size (CABAC); veryfast takes twice as long (benchmarks/RESULTS.md, Soundtrack).
+# x264 with tune=stillimage (its psychovisual settings for photos). superfast: 1.5× ultrafast's time for 40 % of its
+# file size (CABAC); veryfast takes 1.6× superfast's time for a larger file (benchmarks/RESULTS.md, Soundtrack).
 X264_PRESET = "superfast"
 AAC_BIT_RATE = 192_000
 AAC_OPTIONS = {"aac_coder": "fast"}  # 2.5× faster than FFmpeg's default (twoloop), transparent enough at 192 kb/s
@@ -86,7 +86,7 @@ def mix_soundtrack(plan: Plan, sample_rate: int = SAMPLE_RATE, on_step: Step | N
         try:
             stretches = decode_stretches(path, [reads[k] for k in indices], sample_rate)
         except AudioError as e:
-            raise RenderError(f"cannot read the track {path}: {e}") from e
+            raise RenderError(f"cannot play {path}: {e}") from e
         for k, stretch in zip(indices, stretches):
             audio[k] = stretch
         if on_step:
@@ -107,7 +107,7 @@ def mix_soundtrack(plan: Plan, sample_rate: int = SAMPLE_RATE, on_step: Step | N
         after.append(len(audio[k]) - start - length)
     gains = _matched_gains([a[b:len(a) - e] for a, b, e in zip(audio, before, after)])
     mix = np.zeros((n, 2), np.float32)
-    fades = [_crossfade_span(edges[k], after[k - 1], before[k], sample_rate) for k in range(1, len(pieces))]
+    fades = [_crossfade_span(edges[k], after[k - 1], before[k], sample_rate, n) for k in range(1, len(pieces))]
     for k in range(len(pieces)):
         fade_in = fades[k - 1][1] if k > 0 else None
         fade_out = fades[k][0] if k < last else None
@@ -173,17 +173,18 @@ def _matched_gains(bodies: list[np.ndarray]) -> list[float]:
     return gains
 
 
-def _crossfade_span(boundary: int, after: int, before: int, sample_rate: int):
-    """((start, end) of the outgoing fade, (start, end) of the incoming one), in soundtrack samples.
+def _crossfade_span(boundary: int, after: int, before: int, sample_rate: int, n: int):
+    """((start, end) of the outgoing fade, (start, end) of the incoming one), in soundtrack samples within [0, n].
 
-    Both tracks have audio over [boundary - before, boundary + after]: they cross-fade over all of it. Where that
-    is too short to hear as a fade (both tracks end/start right at the boundary), the outgoing one fades out just
+    Both tracks have audio over [boundary - before, boundary + after]: they cross-fade over all of it (but not
+    before the soundtrack starts or after it ends, where a piece is shorter than half a cross-fade). Where that is
+    too short to hear as a fade (both tracks end/start right at the boundary), the outgoing one fades out just
     before and the incoming one in just after, a dip of a few milliseconds instead of a click."""
-    if after + before >= MIN_CROSSFADE_S * sample_rate:
-        span = (boundary - before, boundary + after)
-        return span, span
+    start, end = max(boundary - before, 0), min(boundary + after, n)
+    if end - start >= MIN_CROSSFADE_S * sample_rate:
+        return (start, end), (start, end)
     dip = round(DIP_S * sample_rate)
-    return (boundary - dip, boundary), (boundary, boundary + dip)
+    return (max(boundary - dip, 0), boundary), (boundary, min(boundary + dip, n))
 
 
 def _ramp(lo: int, hi: int, start: int, end: int) -> np.ndarray:
