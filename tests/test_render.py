@@ -139,6 +139,13 @@ def test_each_track_is_opened_once_even_when_it_plays_twice(library, monkeypatch
     assert sorted(calls) == sorted([(Path(TRACKS[0]).name, 2), (Path(TRACKS[1]).name, 1)])
 
 
+def test_pieces_shorter_than_half_a_cross_fade_still_mix(library):
+    plan = hand_made_plan(library, tracks(0, 1, 2), ["unused.png"] * 3, 0.6, 1, crossfade_s=1.5)
+    mix = mix_soundtrack(plan, SR)
+    assert mix.shape == (round(1.8 * SR), 2) and np.abs(mix).max() <= 1.0
+    assert block_rms(mix)[2:-10].min() > 0.02
+
+
 def test_a_plan_that_contradicts_itself_is_refused(library):
     plan = hand_made_plan(library, tracks(0, 1), ["unused.png"] * 2, 2.0, 1)
     piece = plan.scenes[1].pieces[0]
