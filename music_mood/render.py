@@ -357,11 +357,11 @@ def _slideshow(plan: Plan, size: tuple[int, int], fps: int, frames: int, hold_s:
         elif half and current > 0 and t < photos[current].start_s + half:
             a, b, weight = current - 1, current, (t - photos[current].start_s + half) / (2 * half)
         level = round(min(max(weight, 0.0), 1.0) * 256)  # weight of b in 1/256
-        key = (a, 0) if level == 0 else (b, 0) if level == 256 else (a, b, level)
+        key = (a,) if level == 0 else (b,) if level == 256 else (a, b, level)  # what is on screen
         if key == shown and index - shown_at < hold and index != frames - 1:
             continue  # the same still picture: the last frame encoded stays on screen
         shown, shown_at = key, index
-        if len(key) == 2:
+        if len(key) == 1:
             yield index, photo(key[0])[1]
         else:
             first, second = photo(a)[0], photo(b)[0]
