@@ -12,6 +12,8 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CRASH_AT_ENV = "MUSIC_MOOD_CRASH_AT"
@@ -84,6 +86,44 @@ def write_atomically(path: Path, write) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+@contextmanager
+def replace_together(targets: list[Path]) -> Iterator[list[Path]]:
+    """Temporary files to write by path (one beside each target, in the same folder, so a rename can replace it),
+    renamed over their targets only when the block ends without an exception: each is fsynced, renamed, and its
+    folder fsynced. On any exception (KeyboardInterrupt included) every temporary file is removed and no target is
+    touched. For writers that need a path, not a file object (FFmpeg's muxers seek, and reopen an MP4 to move its
+    index to the front).
+
+    A folder that does not exist or cannot be written raises an OSError of the same kind naming the target, before
+    any work is done; so does a target that is a folder.
+    """
+    temps: list[Path] = []
+    try:
+        for target in targets:
+            if target.is_dir():
+                raise IsADirectoryError(f"cannot write {target}: it is a folder")
+            try:
+                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            except OSError as e:
+                reason = "the folder does not exist" if isinstance(e, FileNotFoundError) else e.strerror or str(e)
+                raise type(e)(f"cannot write {target}: {reason}") from e
+            os.close(fd)
+            temps.append(Path(tmp))
+        yield list(temps)
+        for tmp, target in zip(temps, targets):
+            with open(tmp, "rb+") as f:
+                crash_point(f"fsync {target.name}")
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            rename(tmp, target)
+        for folder in dict.fromkeys(target.parent for target in targets):
+            fsync_dir(folder)
+    except BaseException:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def copy_file(source: Path, target: Path) -> None:

@@ -1,0 +1,130 @@
+"""A soundtrack for 20 photos × 4 s: time to mix the audio, to render the 1280×720 MP4, render speed (video seconds
+per wall second; target ≥ 4× on this 2-core CPU), and peak RSS.
+
+The plan is made by hand (tests/plan_factory.py: four scenes of five photos, each a 20 s stretch of a sample
+track from 5 s on), so rendering is measured alone; planning (time to plan 20 photos on full-size models, with
+music_mood.soundtrack.plan_soundtrack) is a separate function to add beside bench_render. The photos are the
+scikit-image ones resized to a camera's 4032×3024 and saved as JPEG (--small-photos: as shipped, ≤ 512 px), since
+opening and fitting the photos is part of the work.
+
+    python -m benchmarks.bench_soundtrack              # 3 rounds, then the variants (frame rate, presets)
+    python -m benchmarks.bench_soundtrack --quick      # 1 round, no variants
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import current_rss_mb, peak_rss_mb, sample_tracks
+
+PHOTOS, SECONDS_PER_PHOTO, PHOTOS_PER_SCENE = 20, 4.0, 5
+CAMERA_SIZE = (4032, 3024)
+
+
+def make_library(folder: Path) -> tuple[Path, list[str]]:
+    """A library folder holding four sample tracks (one per scene), and their paths relative to it."""
+    chosen = sample_tracks()[::7][:PHOTOS // PHOTOS_PER_SCENE]
+    relative = []
+    for track in chosen:
+        target = folder / "processed_music" / track.parent.name / track.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(track, target)
+        relative.append(target.relative_to(folder).as_posix())
+    return folder, relative
+
+
+def make_photos(folder: Path, small: bool) -> list[Path]:
+    """PHOTOS photos in turn from scikit-image's, as camera-size JPEGs unless `small`."""
+    import skimage
+    from PIL import Image
+
+    data = Path(skimage.__file__).parent / "data"
+    names = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
+    if small:
+        return [data / names[i % len(names)] for i in range(PHOTOS)]
+    made = []
+    for name in names:
+        image = Image.open(data / name).convert("RGB")
+        size = CAMERA_SIZE if image.width >= image.height else CAMERA_SIZE[::-1]
+        made.append(folder / f"{Path(name).stem}.jpg")
+        image.resize(size, Image.Resampling.BICUBIC).save(made[-1], quality=90)
+    return [made[i % len(made)] for i in range(PHOTOS)]
+
+
+def bench_render(plan, out_folder: Path, rounds: int, size=(1280, 720), **video) -> dict:
+    """Median wall seconds to mix, to render the MP4 from the mix, and for write_outputs([.mp4]) (both, as the CLI
+    runs them); video seconds per wall second of the latter two; the MP4's CPU seconds (all threads: steadier than
+    wall time on a shared machine) and size."""
+    from music_mood.render import SAMPLE_RATE, mix_soundtrack, write_outputs, write_video
+
+    times = {"mix": [], "video": [], "video_cpu": [], "outputs": []}
+    samples = None
+    for _ in range(rounds):
+        start = time.perf_counter()
+        samples = mix_soundtrack(plan, SAMPLE_RATE)
+        times["mix"].append(time.perf_counter() - start)
+        start, cpu = time.perf_counter(), time.process_time()
+        write_video(plan, samples, SAMPLE_RATE, out_folder / "video.mp4", size=size, **video)
+        times["video"].append(time.perf_counter() - start)
+        times["video_cpu"].append(time.process_time() - cpu)
+        if not video:  # the variants differ only in the video
+            start = time.perf_counter()
+            write_outputs(plan, [out_folder / "outputs.mp4"], progress=False, size=size)
+            times["outputs"].append(time.perf_counter() - start)
+    result = {key: statistics.median(values) for key, values in times.items() if values}
+    result["speed_video"] = plan.total_s / result["video"]
+    if "outputs" in result:
+        result["speed_outputs"] = plan.total_s / result["outputs"]
+    result["mp4_mb"] = (out_folder / "video.mp4").stat().st_size / 1e6
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 round, and no variants")
+    parser.add_argument("--rounds", type=int, default=3, help="renders of each kind; medians are reported")
+    parser.add_argument("--small-photos", action="store_true",
+                        help="scikit-image's photos as shipped (≤ 512 px) instead of camera-size JPEGs")
+    args = parser.parse_args(argv)
+    rounds = 1 if args.quick else args.rounds
+
+    from music_mood.render import FPS, HOLD_S, X264_PRESET
+    from tests.plan_factory import hand_made_plan
+
+    with tempfile.TemporaryDirectory(prefix="bench_soundtrack.") as folder:
+        folder = Path(folder)
+        root, tracks = make_library(folder / "library")
+        (folder / "photos").mkdir()
+        (folder / "out").mkdir()
+        photos = make_photos(folder / "photos", args.small_photos)
+        plan = hand_made_plan(root, tracks, photos, SECONDS_PER_PHOTO, PHOTOS_PER_SCENE)
+        print(f"load average {os.getloadavg()[0]:.1f}; {PHOTOS} photos × {SECONDS_PER_PHOTO:g} s = {plan.total_s:g} s "
+              f"at 1280×720, {len(tracks)} scenes; photos "
+              f"{'as shipped' if args.small_photos else f'{CAMERA_SIZE[0]}×{CAMERA_SIZE[1]} JPEG'}; "
+              f"RSS before rendering {current_rss_mb():.0f} MB", flush=True)
+        result = bench_render(plan, folder / "out", rounds)
+        print(f"default ({FPS} fps, stills held {HOLD_S:g} s, x264 {X264_PRESET}): mix {result['mix']:.2f} s, "
+              f"MP4 from the mix {result['video']:.2f} s = {result['speed_video']:.1f}× real time "
+              f"({result['video_cpu']:.1f} CPU s); "
+              f"write_outputs(.mp4) {result['outputs']:.2f} s = {result['speed_outputs']:.1f}× real time; "
+              f"MP4 {result['mp4_mb']:.1f} MB; peak RSS {peak_rss_mb():.0f} MB", flush=True)
+        if not args.quick:
+            variants = {"constant frame rate (every frame encoded)": {"hold_s": None},
+                        "x264 ultrafast": {"preset": "ultrafast"}, "x264 veryfast": {"preset": "veryfast"},
+                        "30 fps": {"fps": 30}}
+            for name, video in variants.items():
+                other = bench_render(plan, folder / "out", rounds, **video)
+                print(f"{name}: MP4 from the mix {other['video']:.2f} s = {other['speed_video']:.1f}× real time "
+                      f"({other['video_cpu']:.1f} CPU s), {other['mp4_mb']:.1f} MB", flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}; peak RSS {peak_rss_mb():.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
