@@ -1,5 +1,5 @@
-"""The soundtrack plan: the scene rule, the choice and stretch of each track, and plan_soundtrack on tiny models
-and real photos and music."""
+"""The soundtrack plan: the scene rule, the choice and stretch of each track, plan_soundtrack on tiny models and
+real photos and music, and recommend.py --soundtrack's output, exit codes and messages."""
 from __future__ import annotations
 
 import itertools
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import recommend as recommend_cli
 from music_mood.library import Database, DatabaseError, EmptyLibraryError, LibraryPaths, load_database
 from music_mood.query import Query, image_to_query
 from music_mood.soundtrack import (
@@ -353,3 +354,107 @@ def test_bad_requests_fail_before_any_model_work(library_copy, photos):
                                                        for t in db.tracks], root=db.root)
     with pytest.raises(DatabaseError, match=r"records no track lengths.*--rebuild"):
         plan_soundtrack(None, None, seed_format, one * 2)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _cli(call_cli, checkpoints, *args, **kwargs):
+    return call_cli(recommend_cli.main, *args, "--blip-model", checkpoints["blip"], "--clap-model", checkpoints["clap"],
+                    **kwargs)
+
+
+def test_cli_json_is_the_plan(library_copy, checkpoints, photos, call_cli):
+    album = [photos[name] for name in ("coffee.png", "chelsea.png", "rocket.jpg")]
+    done = _cli(call_cli, checkpoints, *album, "--soundtrack", "--json", "--seconds-per-photo", "5", "--text", "cats")
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()
+    plan = Plan.from_dict(json.loads(line))
+    assert [p.path for p in plan.photos] == [str(p) for p in album]
+    assert plan.total_s == 15.0 and plan.text == "cats" and plan.scenes
+    check_timeline(plan, load_database(LibraryPaths.at(library_copy)))
+    assert "Warning" not in done.stderr and "Error" not in done.stderr
+
+
+def test_cli_table_shows_scenes_photos_tracks_and_why(library_copy, checkpoints, photos, call_cli):
+    album = [photos["coffee.png"], photos["chelsea.png"]]
+    done = _cli(call_cli, checkpoints, *album, "--soundtrack", "--total-seconds", "30")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith("Soundtrack: 2 photos, 0:30 (15 s a photo), 1 scene\n")
+    assert "scene 1  0:00-0:30  photos 1-2" in out
+    assert "    1  coffee.png: " in out and "    2  chelsea.png: " in out
+    music = [line for line in out.splitlines() if line.startswith("  music")]
+    assert len(music) == 1 and "processed_music/" in music[0]
+    assert "  why:  " in out
+
+
+def test_cli_unreadable_photo_among_good_ones_is_named_and_left_out(library_copy, checkpoints, photos, tmp_path,
+                                                                    call_cli):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    done = _cli(call_cli, checkpoints, photos["coffee.png"], bad, photos["chelsea.png"], "--soundtrack", "--json")
+    assert done.returncode == 1  # as without --soundtrack: a photo failed, the others still gave a result
+    assert done.stderr.strip().splitlines() == [f"Warning: {bad} is not an image (Pillow cannot identify it); left out"]
+    plan = json.loads(done.stdout)
+    assert [p["name"] for p in plan["photos"]] == ["coffee.png", "chelsea.png"]
+    assert plan["skipped_photos"] == [{"path": str(bad), "error": f"{bad} is not an image (Pillow cannot identify it)"}]
+
+
+def test_cli_no_readable_photo_is_one_line(library_copy, checkpoints, tmp_path, call_cli):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    done = _cli(call_cli, checkpoints, bad, tmp_path / "gone.jpg", "--soundtrack")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"Error: none of the 2 photos can be read ({bad} is not an image (Pillow cannot identify it), and 1 more)"]
+
+
+@pytest.mark.parametrize("where", ["missing folder", "a file as folder", "read-only", "a folder"])
+def test_cli_unwritable_out_fails_before_the_models_load(library_copy, photos, tmp_path, call_cli, where):
+    """Neither model could load (no such checkpoints): only a check made before loading them gives this line."""
+    (tmp_path / "file.txt").write_text("x")
+    out, why = {"missing folder": (tmp_path / "nope" / "trip.json", f"the folder {tmp_path / 'nope'} does not exist"),
+                "a file as folder": (tmp_path / "file.txt" / "trip.json", f"{tmp_path / 'file.txt'} is not a folder"),
+                "read-only": (Path("/sys/trip.json"), "the folder /sys is not writable (Permission denied)"),
+                "a folder": (tmp_path, "it is a folder")}[where]
+    if where == "a folder":
+        out = tmp_path / "trip.json"
+        out.mkdir()
+    done = call_cli(recommend_cli.main, photos["coffee.png"], photos["chelsea.png"], "--soundtrack", "--out", out,
+                    "--blip-model", tmp_path / "no-blip", "--clap-model", tmp_path / "no-clap")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [f"Error: cannot write {out}: {why}"]
+
+
+def test_cli_out_may_not_change_the_library(library_copy, checkpoints, photos, tmp_path, call_cli):
+    """Checked once the library is loaded, before the models: no BLIP could load here."""
+    paths = LibraryPaths.at(library_copy)
+    for out, why in ((paths.metadata, f"it is a file of the music library in {library_copy}"),
+                     (paths.new_music / "trip.m4a", (f"{paths.new_music} is where the library takes in new music; "
+                                                    "choose another folder"))):
+        before = out.read_bytes() if out.exists() else None
+        done = call_cli(recommend_cli.main, photos["coffee.png"], photos["chelsea.png"], "--soundtrack", "--out", out,
+                        "--blip-model", tmp_path / "no-blip", "--clap-model", checkpoints["clap"])
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr.strip().splitlines() == [f"Error: cannot write {out}: {why}"]
+        assert (out.read_bytes() if out.exists() else None) == before
+
+
+@pytest.mark.parametrize("args", [
+    ["a.jpg", "--soundtrack"],  # too few photos
+    [*(f"{i}.jpg" for i in range(MAX_PHOTOS + 1)), "--soundtrack"],  # too many
+    ["a.jpg", "b.jpg", "--soundtrack", "--out", "trip.avi"],  # an extension nothing writes
+    ["a.jpg", "b.jpg", "--soundtrack", "--out", "trip"],
+    ["a.jpg", "b.jpg", "--soundtrack", "--seconds-per-photo", "4", "--total-seconds", "60"],
+    ["a.jpg", "b.jpg", "--soundtrack", "--seconds-per-photo", "0"],
+    ["a.jpg", "b.jpg", "--soundtrack", "--total-seconds", "nan"],
+    ["a.jpg", "b.jpg", "--soundtrack", "--like", "x.mp3"],
+    ["a.jpg", "b.jpg", "--soundtrack", "--play"],
+    ["a.jpg", "b.jpg", "--out", "trip.mp4"],  # --out without --soundtrack
+    ["a.jpg", "--seconds-per-photo", "3"],
+])
+def test_cli_soundtrack_usage_errors_exit_2(args, call_cli):
+    done = call_cli(recommend_cli.main, *args)
+    assert done.returncode == 2 and "usage:" in done.stderr and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1].startswith("recommend.py: error: ")
