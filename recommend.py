@@ -259,11 +259,15 @@ def check_outputs(parser: argparse.ArgumentParser, outs: list[Path]) -> str | No
 def check_outside_library(db: Database, paths: LibraryPaths, outs: list[Path]) -> str | None:
     """The message for an --out that would change the library (a track's file, a database file, or a file in
     new_music/, which the next build would take in as a track), or None."""
-    own = {db.track_path(i) for i in range(len(db))}
-    own |= {p.resolve() for p in (paths.vectors, paths.metadata, paths.segments, paths.lock)}
+    if not outs:
+        return None
+    root = db.root.resolve()
+    database_files = {p.resolve() for p in (paths.vectors, paths.metadata, paths.segments, paths.lock)}
+    track_files = {str(t["file_path"]) for t in db.tracks}
     for out in outs:
         target = out.resolve()
-        if target in own:
+        inside = target.relative_to(root).as_posix() if target.is_relative_to(root) else None
+        if target in database_files or inside in track_files:
             return f"cannot write {out}: it is a file of the music library in {paths.root}"
         if target.is_relative_to(paths.new_music.resolve()):
             return (f"cannot write {out}: {paths.new_music} is where the library takes in new music; "

@@ -441,6 +441,18 @@ def test_cli_out_may_not_change_the_library(library_copy, checkpoints, photos, t
         assert (out.read_bytes() if out.exists() else None) == before
 
 
+def test_out_may_not_be_a_track_or_database_file_however_it_is_spelled(tmp_path, monkeypatch):
+    db = make_db(tmp_path, [{"name": "a", "vector": axis(0), "duration": 60.0}])
+    db.tracks[0]["file_path"] = "processed_music/a.wav"
+    paths = LibraryPaths.at(tmp_path)
+    monkeypatch.chdir(tmp_path / "processed_music")
+    for out in (Path("a.wav"), tmp_path / "processed_music" / ".." / "processed_music" / "a.wav",
+                tmp_path / "music_database_metadata.json"):
+        assert recommend_cli.check_outside_library(db, paths, [tmp_path / "trip.mp4", out]) == \
+            f"cannot write {out}: it is a file of the music library in {tmp_path}"
+    assert recommend_cli.check_outside_library(db, paths, [Path("b.wav"), tmp_path.parent / "a.wav"]) is None
+
+
 @pytest.mark.parametrize("args", [
     ["a.jpg", "--soundtrack"],  # too few photos
     [*(f"{i}.jpg" for i in range(MAX_PHOTOS + 1)), "--soundtrack"],  # too many
