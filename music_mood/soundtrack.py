@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from music_mood.describe import MAX_CAPTION_TOKENS, MOOD_WORDS_PER_IMAGE, describe_image
+from music_mood.describe import MAX_CAPTION_TOKENS, MOOD_WORDS_PER_IMAGE, describe_pixels, vision_batch_size
 from music_mood.images import ImageError, open_image
 from music_mood.library import EMPTY_LIBRARY, REBUILD, Database, DatabaseError, EmptyLibraryError
 from music_mood.query import Query, compose_query_text, embed_text
@@ -265,18 +265,34 @@ def check_lengths(count: int, seconds_per_photo: float = DEFAULT_SECONDS_PER_PHO
 def read_photos(blip, photos, progress: bool = True, max_caption_tokens: int = MAX_CAPTION_TOKENS,
                 min_caption_tokens: int = 0) -> tuple[list[tuple[str, str, list[str]]], list[dict]]:
     """Describe each photo once, in order: ([(path, caption, mood words)], [{"path", "error"}] of those that
-    cannot be read). Progress is a tqdm bar on stderr."""
+    cannot be read). The vision passes of vision_batch_size(blip) photos at a time run as one batch
+    (describe_pixels); only their pixel values are held meanwhile. Progress is a tqdm bar on stderr."""
     from tqdm import tqdm
 
-    described, skipped = [], []
-    for photo in tqdm(photos, desc="Describing photos", unit="photo", file=sys.stderr, disable=not progress or None):
-        try:
-            image = open_image(photo)
-        except ImageError as e:
-            skipped.append({"path": str(photo), "error": str(e)})
-            continue
-        caption, mood_words = describe_image(blip, image, max_caption_tokens, min_caption_tokens)
-        described.append((str(photo), caption, mood_words))
+    described, skipped, pending = [], [], []  # pending: (path, pixel values) not yet described
+    bar = tqdm(total=len(photos), desc="Describing photos", unit="photo", file=sys.stderr,
+               disable=not progress or None)
+
+    def describe_pending():
+        answers = describe_pixels(blip, [pixels for _, pixels in pending], max_caption_tokens, min_caption_tokens)
+        described.extend((path, caption, mood_words) for (path, _), (caption, mood_words) in zip(pending, answers))
+        bar.update(len(pending))
+        pending.clear()
+
+    batch = vision_batch_size(blip)
+    with bar:
+        for photo in photos:
+            try:
+                image = open_image(photo)
+            except ImageError as e:
+                skipped.append({"path": str(photo), "error": str(e)})
+                bar.update(1)
+                continue
+            pending.append((str(photo), blip.runtime.pixel_values(image)))
+            if len(pending) == batch:
+                describe_pending()
+        if pending:
+            describe_pending()
     return described, skipped
 
 

@@ -279,6 +279,35 @@ def copies(tmp_path: Path, photos: dict, names: list[str]) -> list[Path]:
     return paths
 
 
+@pytest.mark.parametrize("runtime", ["torch fp32", "default"])
+def test_photos_described_in_a_batch_read_as_they_do_alone(blip, default_models, photos, runtime, monkeypatch):
+    """describe_pixels runs the vision passes of several photos as one batch: each photo still gets the caption
+    and mood words describe_image gives it alone, a photo given twice is described once, and read_photos makes
+    one vision pass per vision_batch_size(blip) photos."""
+    from music_mood.describe import describe_image, describe_pixels, forget_descriptions
+    from music_mood.images import open_image
+    from music_mood.soundtrack import read_photos
+
+    model = blip if runtime == "torch fp32" else default_models[0]
+    names = ["coffee.png", "rocket.jpg", "coffee.png", "astronaut.png", "chelsea.png"]
+    forget_descriptions(model)
+    alone = [describe_image(model, open_image(photos[name])) for name in names]
+    forget_descriptions(model)
+    passes = []
+    image_features = model.runtime.image_features
+    monkeypatch.setattr(model.runtime, "image_features", lambda pixels: passes.append(len(pixels)) or
+                        image_features(pixels))
+    pixels = [model.runtime.pixel_values(open_image(photos[name])) for name in names]
+    assert describe_pixels(model, pixels) == alone
+    assert passes == [4]  # coffee.png twice: described once
+    forget_descriptions(model)
+    passes.clear()
+    monkeypatch.setattr(model.runtime, "vision_batch_size", 2)
+    described, skipped = read_photos(model, [photos[name] for name in names], progress=False)
+    assert [(caption, words) for _, caption, words in described] == alone and skipped == []
+    assert passes == [2, 1, 1]  # (coffee, rocket), (coffee: remembered, astronaut), (chelsea)
+
+
 def test_plan_on_real_photos_and_music_splits_two_groups(library_copy, blip, clap_text, photos, tmp_path):
     """Tiny models and real photos and tracks, through the product's own describing, embedding and ranking."""
     db = load_database(LibraryPaths.at(library_copy))
