@@ -184,18 +184,38 @@ def describe_image(blip, image: Image.Image, max_new_tokens: int = MAX_CAPTION_T
     sees: asking about the same photo again (another top-k, filter or text in the app) skips BLIP, ~1.5 s on a
     2-core CPU, and gives the same words it would compute.
     """
-    runtime = blip.runtime
-    pixel_values = runtime.pixel_values(image)
-    key = (hashlib.sha256(pixel_values.tobytes()).hexdigest(), max_new_tokens, min_new_tokens)
-    memory = memory_of(blip)
-    remembered = memory.recall(key)
-    if remembered is not None:
-        return remembered
-    cross = runtime.cross_attention(runtime.image_features(pixel_values))  # shared by the caption and mood words
-    caption = caption_image(blip, cross, max_new_tokens, min_new_tokens)
-    mood_words = choose_mood_words(blip, cross)
-    memory.remember(key, caption, mood_words)
-    return caption, mood_words
+    return describe_pixels(blip, [blip.runtime.pixel_values(image)], max_new_tokens, min_new_tokens)[0]
+
+
+def vision_batch_size(blip) -> int:
+    """How many photos' vision passes describe_pixels runs at once: the runtime's `vision_batch_size` (1 when it
+    has none, or when batching is not cheaper there)."""
+    return max(1, int(getattr(blip.runtime, "vision_batch_size", 1)))
+
+
+def describe_pixels(blip, pixel_values: list[np.ndarray], max_new_tokens: int = MAX_CAPTION_TOKENS,
+                    min_new_tokens: int = 0) -> list[tuple[str, list[str]]]:
+    """describe_image for several photos' pixel values (each float32 (1, 3, H, W), runtime.pixel_values), in
+    order. The photos the model does not remember go through the vision tower together, in one batch: the same
+    features as one at a time (batched rows are computed alone), for less work where the runtime is faster
+    batched (see vision_batch_size); the caption and mood words are then decoded photo by photo."""
+    runtime, memory = blip.runtime, memory_of(blip)
+    keys = [(hashlib.sha256(p.tobytes()).hexdigest(), max_new_tokens, min_new_tokens) for p in pixel_values]
+    answers = [memory.recall(key) for key in keys]
+    new: dict = {}  # key -> the positions of a photo not remembered (a photo given twice is described once)
+    for i, (key, answer) in enumerate(zip(keys, answers)):
+        if answer is None:
+            new.setdefault(key, []).append(i)
+    if new:
+        features = runtime.image_features(np.concatenate([pixel_values[rows[0]] for rows in new.values()]))
+        for row, (key, rows) in enumerate(new.items()):
+            cross = runtime.cross_attention(features[row:row + 1])  # shared by the caption and mood words
+            caption = caption_image(blip, cross, max_new_tokens, min_new_tokens)
+            mood_words = choose_mood_words(blip, cross)
+            memory.remember(key, caption, mood_words)
+            for i in rows:
+                answers[i] = (caption, list(mood_words))
+    return answers
 
 
 def forget_descriptions(blip) -> None:

@@ -327,6 +327,11 @@ class OnnxBlip:
     same order; None stands for the empty past.
     """
 
+    # The vision tower costs the same CPU time per photo one at a time as in batches of 4 or 8 here (1.21, 1.21,
+    # 1.26 s on full-size BLIP, 8-bit, 2 cores: benchmarks/bench_vision_batch.py), so describe.describe_pixels
+    # runs it photo by photo, keeping only one photo's activations at a time.
+    vision_batch_size = 1
+
     def __init__(self, folder: Path, config: dict, graphs: _Graphs, tokenizer):
         self.folder = folder
         self.config = config
