@@ -22,7 +22,7 @@ CROSSFADE_S = 1.5  # between two pieces of music (two scenes, or a track continu
 PHOTO_CROSSFADE_S = 0.5  # between two photos in the video
 # What music_mood.render.write_outputs makes, by the output file's extension: the slideshow video, the mixed
 # soundtrack (AAC or uncompressed), the playlist with start offsets, the plan itself.
-OUTPUT_EXTENSIONS = (".mp4", ".m4a", ".wav", ".m3u8", ".json")
+OUTPUT_EXTENSIONS = (".mp4", ".m4a", ".wav", ".m3u8", ".m3u", ".json")  # render.OUTPUT_KINDS writes each
 
 
 @dataclass

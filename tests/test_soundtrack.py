@@ -15,6 +15,7 @@ from music_mood.library import Database, DatabaseError, EmptyLibraryError, Libra
 from music_mood.query import Query, image_to_query
 from music_mood.soundtrack import (
     MAX_PHOTOS,
+    OUTPUT_EXTENSIONS,
     NoReadablePhotosError,
     Plan,
     arrange_soundtrack,
@@ -403,6 +404,35 @@ def test_cli_json_is_the_plan(library_copy, checkpoints, photos, call_cli):
     assert plan.total_s == 15.0 and plan.text == "cats" and plan.scenes
     check_timeline(plan, load_database(LibraryPaths.at(library_copy)))
     assert "Warning" not in done.stderr and "Error" not in done.stderr
+
+
+def test_cli_writes_every_output_the_renderer_knows(library_copy, checkpoints, photos, tmp_path, call_cli):
+    import av
+
+    from music_mood.render import OUTPUT_KINDS
+
+    assert set(OUTPUT_KINDS) == set(OUTPUT_EXTENSIONS)  # the CLI accepts exactly what the renderer writes
+    album = [photos[name] for name in ("coffee.png", "chelsea.png", "rocket.jpg")]
+    outs = {ext: tmp_path / f"trip{ext}" for ext in (".mp4", ".m4a", ".m3u8", ".json")}
+    outs[".mp4"].write_bytes(b"an older video, replaced only by a complete one")
+    done = _cli(call_cli, checkpoints, *album, "--soundtrack", "--seconds-per-photo", "2",
+                *[arg for out in outs.values() for arg in ("--out", out)])
+    assert done.returncode == 0, done.stderr
+    plan = Plan.from_dict(json.loads(outs[".json"].read_text(encoding="utf-8")))
+    assert plan.total_s == 6.0 and [p.path for p in plan.photos] == [str(p) for p in album]
+    with av.open(str(outs[".mp4"])) as video:
+        assert [s.type for s in video.streams] == ["video", "audio"]
+        assert (video.streams.video[0].codec_context.name, video.streams.audio[0].codec_context.name) == \
+            ("h264", "aac")
+        assert abs(video.duration / av.time_base - 6.0) <= 0.1
+    with av.open(str(outs[".m4a"])) as audio:
+        assert abs(audio.duration / av.time_base - 6.0) <= 0.1
+    playlist = outs[".m3u8"].read_text(encoding="utf-8").splitlines()
+    assert playlist[0] == "#EXTM3U"
+    assert [line for line in playlist if not line.startswith("#")] == \
+        [str(library_copy / piece.file_path) for scene in plan.scenes for piece in scene.pieces]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+    assert done.stdout.startswith("Soundtrack: 3 photos")  # stdout carries the plan; progress goes to stderr
 
 
 def test_cli_table_shows_scenes_photos_tracks_and_why(library_copy, checkpoints, photos, call_cli):
