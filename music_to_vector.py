@@ -7,6 +7,7 @@ database contract. The names users import from here are re-exported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from music_mood.audio import (
@@ -99,19 +100,21 @@ def main(argv=None) -> int:
         from music_mood.models import load_clap_audio, load_clap_text
         from music_mood.tags import tagger_of
 
-        clap = load_clap_audio(args.clap_model, args.precision, args.backend)
-        tagger = tagger_of(load_clap_text(args.clap_model, args.precision, args.backend))  # automatic mood/genre tags
-        print(f"Updating the library in {paths.root} with {clap.name}...", file=sys.stderr)
-        if args.ray is None:
-            report = build_library(clap, paths, rebuild=args.rebuild, files=files, tagger=tagger)
-        else:
-            from music_mood import cluster  # imports Ray: only for --ray
+        with contextlib.ExitStack() as stack:
+            if args.ray is not None:
+                from music_mood import cluster  # imports Ray: only for --ray
 
-            with cluster.connect(args.ray or None):
+                stack.enter_context(cluster.connect(args.ray or None))  # before the models: a bad address fails now
+            clap = load_clap_audio(args.clap_model, args.precision, args.backend)
+            tagger = tagger_of(load_clap_text(args.clap_model, args.precision, args.backend))  # automatic tags
+            print(f"Updating the library in {paths.root} with {clap.name}...", file=sys.stderr)
+            if args.ray is None:
+                report = build_library(clap, paths, rebuild=args.rebuild, files=files, tagger=tagger)
+            else:
                 result = cluster.build_library_on_ray(clap, paths, args.precision, args.backend,
                                                       rebuild=args.rebuild, files=files, tagger=tagger)
-            report = result.report
-            print(result.summary(), file=sys.stderr)
+                report = result.report
+                print(result.summary(), file=sys.stderr)
     except KeyboardInterrupt:
         # Every change is one commit: the library is whole, as before this run or as its commit left it.
         print("Interrupted: nothing was lost; the library is as its last commit left it. Run again to finish.",

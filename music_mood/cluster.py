@@ -6,8 +6,8 @@ build.py, with decoding and embedding spread over the cluster's CPUs and GPUs by
    (shards.ShardEmbedder, in a pool of actors that each hold CLAP's audio tower: one per GPU with num_gpus=1 when
    the cluster has GPUs, in bf16 there with --precision auto; else up to one per CPU but one, a thread each).
    Ray Data's streaming executor keeps each stage's output within a budget of the object store, so decoding
-   pauses while the embedders are behind (decoded audio is ~35 MB per 3-minute track), and each actor has at most
-   two tracks queued.
+   pauses while the embedders are behind (decoded audio is ~35 MB per 3-minute track); each actor is handed one
+   track at a time.
 3. As each result comes back, the driver writes it as a shard (shards.py) into .ray-staging/ in the library folder.
 4. build.build_library commits, with a reader that takes each file's vectors from its shard, so the library is the
    one the plain builder writes: the same records in the same order (pending_files': new_music/ sorted, then the
@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 import warnings
@@ -59,7 +60,9 @@ EXIT_ON_ENV = "MUSIC_MOOD_RAY_EXIT_ON"
 # A CPU actor's share of a node: one CPU and one inference thread (one thread per core embeds the most per core:
 # 8 windows took 637 ms on one thread and 440 ms on two, benchmarks/RESULTS.md).
 CPU_THREADS_PER_ACTOR = 1
-TRACKS_QUEUED_PER_ACTOR = 2
+# One file handed to an actor at a time: a worker that dies takes only the file it was embedding with it (with two,
+# the one queued behind it was lost too, measured here), at the price of the next input's fetch not overlapping.
+TRACKS_IN_FLIGHT_PER_ACTOR = 1
 WORKER_DIED = "the cluster worker reading or embedding it died; it stays where it is, and the next run tries it again"
 
 
@@ -102,6 +105,8 @@ def connect(address: str | None = None, num_cpus: int | None = None):
 
     address = address or os.environ.get(RAY_ADDRESS_ENV) or None
     options = {"include_dashboard": False, "num_cpus": num_cpus} if address is None else {}
+    if address is not None:
+        _check_reachable(address)
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
                  runtime_env={"py_modules": [str(Path(music_mood.__file__).parent)]}, **options)
@@ -113,6 +118,19 @@ def connect(address: str | None = None, num_cpus: int | None = None):
         yield
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail at once when nothing listens at a host:port address: Ray itself retries an unreachable head for
+    minutes. Other forms ("auto", "ray://...") are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ClusterError(f"cannot connect to the Ray cluster at {address} (nothing answers there: {e}); is "
+                           f"`ray start --head` running, and is this its address?") from e
 
 
 class EmbedActor(ShardEmbedder):
@@ -158,10 +176,10 @@ def embed_on_ray(wanted: dict[str, Path], folder: Path, clap, precision: str = "
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
     if gpus:
         pool, per_actor, threads = ray.data.ActorPoolStrategy(
-            size=gpus, max_tasks_in_flight_per_actor=TRACKS_QUEUED_PER_ACTOR), {"num_gpus": 1}, None
+            size=gpus, max_tasks_in_flight_per_actor=TRACKS_IN_FLIGHT_PER_ACTOR), {"num_gpus": 1}, None
     else:  # leave a CPU to decode into
         pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, (cpus - 1) // CPU_THREADS_PER_ACTOR),
-                                          max_tasks_in_flight_per_actor=TRACKS_QUEUED_PER_ACTOR)
+                                          max_tasks_in_flight_per_actor=TRACKS_IN_FLIGHT_PER_ACTOR)
         per_actor, threads = {"num_cpus": CPU_THREADS_PER_ACTOR}, CPU_THREADS_PER_ACTOR
     items = [{"path": str(path), "sha256": sha} for sha, path in wanted.items()]
     with warnings.catch_warnings():
