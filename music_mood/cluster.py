@@ -57,7 +57,7 @@ RAY_ADDRESS_ENV = "RAY_ADDRESS"
 RAY_REQUIREMENT = "ray[data]==2.60.0"
 # Test hook: an embedding actor that meets a file of this name exits at once (os._exit), as a worker that crashes.
 EXIT_ON_ENV = "MUSIC_MOOD_RAY_EXIT_ON"
-# A CPU actor's share of a node: one CPU and one inference thread (one thread per core embeds the most per core:
+# A CPU actor reserves one CPU and runs this many inference threads (one thread per core embeds the most per core:
 # 8 windows took 637 ms on one thread and 440 ms on two, benchmarks/RESULTS.md).
 CPU_THREADS_PER_ACTOR = 1
 # One file handed to an actor at a time: a worker that dies takes only the file it was embedding with it (with two,
@@ -157,10 +157,12 @@ def _decode_row(row: dict, sample_rate: int) -> dict:
 
 
 def embed_on_ray(wanted: dict[str, Path], folder: Path, clap, precision: str = "auto", backend: str = "auto",
-                 progress: bool = True) -> tuple[list[str], dict[str, str]]:
+                 progress: bool = True, actor_threads: int = CPU_THREADS_PER_ACTOR) -> tuple[list[str], dict[str, str]]:
     """Embed the files `wanted` ({sha256: path}) on the connected cluster and write each result as a shard in
     `folder`, as it comes back. Returns (the contents embedded, {content: why it failed}); a file whose worker
     died is among the failures (WORKER_DIED). `clap` is the driver's model: its name and sample rate are the job's.
+    On a cluster without GPUs there are up to one actor per CPU but one, each reserving one CPU and running
+    `actor_threads` inference threads.
     """
     import ray
     from ray.util.annotations import RayDeprecationWarning
@@ -178,9 +180,9 @@ def embed_on_ray(wanted: dict[str, Path], folder: Path, clap, precision: str = "
         pool, per_actor, threads = ray.data.ActorPoolStrategy(
             size=gpus, max_tasks_in_flight_per_actor=TRACKS_IN_FLIGHT_PER_ACTOR), {"num_gpus": 1}, None
     else:  # leave a CPU to decode into
-        pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, (cpus - 1) // CPU_THREADS_PER_ACTOR),
+        pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cpus - 1),
                                           max_tasks_in_flight_per_actor=TRACKS_IN_FLIGHT_PER_ACTOR)
-        per_actor, threads = {"num_cpus": CPU_THREADS_PER_ACTOR}, CPU_THREADS_PER_ACTOR
+        per_actor, threads = {"num_cpus": 1}, actor_threads
     items = [{"path": str(path), "sha256": sha} for sha, path in wanted.items()]
     with warnings.catch_warnings():
         # Ray 2.60 takes max_retries / max_task_retries only as "ray_remote_args", deprecated for 2.64 (the pin).
@@ -213,13 +215,13 @@ def embed_on_ray(wanted: dict[str, Path], folder: Path, clap, precision: str = "
 
 def build_library_on_ray(clap, paths: LibraryPaths, precision: str = "auto", backend: str = "auto",
                          rebuild: bool = False, files: list[Path] | None = None, tagger=None, progress: bool = True,
-                         lock_timeout: float = 600) -> ClusterBuild:
+                         lock_timeout: float = 600, actor_threads: int = CPU_THREADS_PER_ACTOR) -> ClusterBuild:
     """build.build_library with the decoding and embedding done by the connected Ray cluster (see connect).
 
     `clap` is the CLAP audio model as the driver loads it (models.load_clap_audio): its name, sample rate and window
     are the job's; the driver embeds nothing with it. The workers load the same checkpoint with `precision` and
-    `backend`, resolved on their own hardware. `rebuild`, `files` and `tagger` are build_library's. Holds the
-    library lock throughout.
+    `backend`, resolved on their own hardware (`actor_threads`: see embed_on_ray). `rebuild`, `files` and `tagger`
+    are build_library's. Holds the library lock throughout.
     """
     import ray
 
@@ -255,7 +257,7 @@ def build_library_on_ray(clap, paths: LibraryPaths, precision: str = "auto", bac
         seconds["list_and_hash"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        embedded, failed = embed_on_ray(wanted, folder, clap, precision, backend, progress)
+        embedded, failed = embed_on_ray(wanted, folder, clap, precision, backend, progress, actor_threads)
         seconds["embed"] = time.perf_counter() - start
 
         start = time.perf_counter()
