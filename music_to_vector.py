@@ -7,6 +7,7 @@ database contract. The names users import from here are re-exported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from music_mood.audio import (
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in EDITABLE_FIELDS:
         parser.add_argument(f"--set-{name}", nargs=2, action="append", metavar=("TRACK", name.upper()),
                             help=f"correct a track's {name} (repeatable; kept by --rebuild)")
+    parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                        help="decode and embed on a Ray cluster: its head's ADDRESS (host:port), else $RAY_ADDRESS, "
+                             "else a local cluster on this machine; same library, one commit (README: Large "
+                             "catalogues)")
     return parser
 
 
@@ -75,6 +80,8 @@ def main(argv=None) -> int:
     edits = [(key, name, value) for name in EDITABLE_FIELDS for key, value in getattr(args, f"set_{name}") or []]
     if edits and (args.rebuild or args.list or args.sample or args.remove):
         parser.error("--set-... corrects tracks on its own: not with --rebuild, --list, --sample or --remove")
+    if args.ray is not None and (args.list or args.remove or edits):
+        parser.error("--ray builds the library: not with --list, --remove or --set-...")
     if args.remove or edits:
         return edit_library(paths, args.remove, edits)
     try:
@@ -93,10 +100,21 @@ def main(argv=None) -> int:
         from music_mood.models import load_clap_audio, load_clap_text
         from music_mood.tags import tagger_of
 
-        clap = load_clap_audio(args.clap_model, args.precision, args.backend)
-        tagger = tagger_of(load_clap_text(args.clap_model, args.precision, args.backend))  # automatic mood/genre tags
-        print(f"Updating the library in {paths.root} with {clap.name}...", file=sys.stderr)
-        report = build_library(clap, paths, rebuild=args.rebuild, files=files, tagger=tagger)
+        with contextlib.ExitStack() as stack:
+            if args.ray is not None:
+                from music_mood import cluster  # imports Ray: only for --ray
+
+                stack.enter_context(cluster.connect(args.ray or None))  # before the models: a bad address fails now
+            clap = load_clap_audio(args.clap_model, args.precision, args.backend)
+            tagger = tagger_of(load_clap_text(args.clap_model, args.precision, args.backend))  # automatic tags
+            print(f"Updating the library in {paths.root} with {clap.name}...", file=sys.stderr)
+            if args.ray is None:
+                report = build_library(clap, paths, rebuild=args.rebuild, files=files, tagger=tagger)
+            else:
+                result = cluster.build_library_on_ray(clap, paths, args.precision, args.backend,
+                                                      rebuild=args.rebuild, files=files, tagger=tagger)
+                report = result.report
+                print(result.summary(), file=sys.stderr)
     except KeyboardInterrupt:
         # Every change is one commit: the library is whole, as before this run or as its commit left it.
         print("Interrupted: nothing was lost; the library is as its last commit left it. Run again to finish.",

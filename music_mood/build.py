@@ -30,6 +30,7 @@ from music_mood.library import (
     recover_library,
     save_database,
 )
+from music_mood.shards import EmbeddedTrack
 from music_mood.storage import acquire_lock, copy_file, move_file, remove_empty_folders
 
 SAMPLE_PACKAGE = "immich-memories-music"
@@ -99,7 +100,8 @@ def pending_files(paths: LibraryPaths, db: Database, files: list[Path] | None = 
 
 def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout: float = 600,
                   progress: bool = True, files: list[Path] | None = None,
-                  commit_every_s: float = COMMIT_EVERY_S, tagger=None) -> BuildReport:
+                  commit_every_s: float = COMMIT_EVERY_S, tagger=None, read_file=None,
+                  lock=None) -> BuildReport:
     """Bring the database up to date with the music, then move the added files into processed_music/.
 
     Reads (read_track) every file of new_music/ and every file of processed_music/ the database does not list;
@@ -111,13 +113,17 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
     that fails stays where it is and is named in the report. Holds the library lock throughout, and first
     finishes a commit that a crash left half done. With a `tagger` (tags.Tagger), every commit also gives each
     track without current automatic tags its tags, from its stored vector (no audio is read for that), and a run
-    with nothing else to do commits them when some are missing or stale.
+    with nothing else to do commits them when some are missing or stale. `read_file` replaces read_track as the
+    reader (same arguments); it may return a shards.EmbeddedTrack, a file embedded elsewhere, whose vectors are
+    committed as they are (how cluster.py commits what a Ray cluster embedded). `lock`: the library lock
+    (storage.acquire_lock) when the caller already holds it; the build then runs under it and leaves it held.
     """
     from tqdm import tqdm
 
     sample_rate = clap.runtime.sampling_rate
     window_s = clap.runtime.window_samples / sample_rate
-    lock = acquire_lock(paths.lock, lock_timeout)
+    held = lock
+    lock = held or acquire_lock(paths.lock, lock_timeout)
     try:
         report = BuildReport(warnings=recover_library(paths))
         try:
@@ -156,7 +162,7 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
 
         def read(path: Path):
             folder = paths.new_music if path.is_relative_to(paths.new_music) else paths.processed_music
-            return read_track(path, folder, sample_rate, known.keys())
+            return (read_file or read_track)(path, folder, sample_rate, known.keys())
 
         candidates = pending_files(paths, db, files)
         for path, item in tqdm(_prefetch(read, candidates), total=len(candidates), desc="Embedding music",
@@ -167,7 +173,9 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
                 _found_again(known[item.sha256], path, paths, report, moves, taken)
             else:
                 try:
-                    vector, segments, last_window_start_s = embed_track(clap, item.audio)
+                    vector, segments, last_window_start_s = (
+                        (item.vector, item.segments, item.last_window_start_s) if isinstance(item, EmbeddedTrack)
+                        else embed_track(clap, item.audio))
                 except Exception as e:  # one bad file must not cost the others
                     report.failed.append((path, f"cannot embed {path.name}: {e}"))
                     continue
@@ -176,7 +184,7 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
                 if final != path:
                     moves.append((path, final))
                 record = _new_record(item, final, paths, len(segments), last_window_start_s,
-                                     previous.get(item.sha256), clap.embedded_by)
+                                     previous.get(item.sha256), getattr(item, "embedded_by", clap.embedded_by))
                 known[item.sha256] = record
                 new_rows.append(vector)
                 new_segments.append(segments)
@@ -196,7 +204,8 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
                 remove_empty_folders(source.parent, paths.new_music)
         report.tracks = len(db)
     finally:
-        lock.release()
+        if held is None:
+            lock.release()
     return report
 
 
@@ -224,7 +233,7 @@ def _found_again(record: dict, path: Path, paths: LibraryPaths, report: BuildRep
         taken.add(listed)
 
 
-def _new_record(track: DecodedTrack, final: Path, paths: LibraryPaths, segment_count: int,
+def _new_record(track: DecodedTrack | EmbeddedTrack, final: Path, paths: LibraryPaths, segment_count: int,
                 last_window_start_s: float, previous: dict | None, embedded_by: str) -> dict:
     """The metadata of a newly embedded track (segment_offset is set when the database is composed).
 
