@@ -13,6 +13,11 @@ def format_duration(seconds: float | None) -> str:
     return f"{minutes}:{seconds:02d}"
 
 
+def format_bpm(bpm: float | None, unknown: str = "") -> str:
+    """A tempo as "128.0 BPM"; `unknown` for None (no beat found, or a track added before tempos were stored)."""
+    return unknown if bpm is None else f"{float(bpm):.1f} BPM"
+
+
 def track_tags(track) -> list[str]:
     """A track's title, artist, mood and genre as text (a metadata record or a recommend.Track). A mood or genre
     of the user's own (folder, file tag) is shown as it is; without one, the best automatic tag, marked "(auto)"."""
