@@ -123,6 +123,7 @@ class Database:
     _index: object = field(default=None, repr=False, compare=False)
     _tag_codes: dict = field(default_factory=dict, repr=False, compare=False)
     _auto_tag_rows: dict = field(default_factory=dict, repr=False, compare=False)
+    _bpm: object = field(default=None, repr=False, compare=False)
     _lock: object = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -164,6 +165,15 @@ class Database:
                         rows.setdefault(tag.lower(), []).append(i)
                 self._auto_tag_rows[key] = {tag: np.array(r, dtype=np.int64) for tag, r in rows.items()}
             return self._auto_tag_rows[key]
+
+    def bpm_values(self) -> np.ndarray:
+        """Every track's tempo as float64 (N,), NaN where it has none; cached, so a tempo filter does not walk every
+        record."""
+        with self._lock:
+            if self._bpm is None:
+                self._bpm = np.array([float(t["bpm"]) if isinstance(t.get("bpm"), (int, float)) else np.nan
+                                      for t in self.tracks], dtype=np.float64)
+            return self._bpm
 
     @property
     def dim(self) -> int:

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 import music_to_vector
+import recommend as recommend_cli
 from music_mood.audio import decode_audio, estimate_tempo
-from music_mood.library import LibraryPaths, load_database, save_database
+from music_mood.library import Database, LibraryPaths, load_database, save_database
+from music_mood.search import BPM_RANGE_FORMS, parse_bpm_range, rank_tracks
+from recommend import recommend
 
 RATE = 48_000
 
@@ -152,3 +155,145 @@ def test_without_fill_tempo_a_build_leaves_old_tracks_as_they_are(library_copy, 
     monkeypatch.setattr(build, "decode_audio", lambda *a, **k: pytest.fail("audio was decoded"))
     report = build.build_library(clap_audio, paths, progress=False)
     assert not report.tempo_read and all("bpm" not in t for t in load_database(paths).tracks)
+
+
+# ---------------------------------------------------------------------------------------------- the --bpm filter
+
+
+def _tempo_db(n=80, d=12, seed=3, **kwargs):
+    """Random unit vectors; tempos from 60 to 180 BPM, except every 7th track (no beat found: None) and every 11th
+    (added before tempos were stored: no bpm at all)."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, d)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    tracks = []
+    for i in range(n):
+        track = {"file_path": f"processed_music/{i}.mp3", "title": f"t{i}", "mood": ["calm", "happy"][i % 2]}
+        if i % 11:
+            track["bpm"] = None if i % 7 == 0 else round(float(rng.uniform(60, 180)), 1)
+        tracks.append(track)
+    tracks[5]["bpm"], tracks[6]["bpm"] = 80.0, 110.0  # on the edges of 80-110: both in it
+    return Database(vectors=vectors, tracks=tracks, **kwargs), rng
+
+
+def _in_range(bpm, low, high) -> bool:
+    return bpm is not None and (low is None or bpm >= low) and (high is None or bpm <= high)
+
+
+def _reference(db, query, topk, low, high, mood=None):
+    """The ranking written out by hand: every track in the range (and of the mood), by cosine (float64), ties by
+    row."""
+    scores = np.asarray(db.vectors, np.float64) @ np.asarray(query, np.float64)
+    rows = [i for i, t in enumerate(db.tracks) if _in_range(t.get("bpm"), low, high)
+            and (mood is None or t["mood"] == mood)]
+    return sorted(rows, key=lambda i: (-scores[i], i))[:topk]
+
+
+def _assert_ranked_as(ranked, expected, db, query):
+    """`ranked` is the reference order; two tracks whose cosines differ by float32 rounding alone may swap."""
+    scores = np.asarray(db.vectors, np.float64) @ np.asarray(query, np.float64)
+    assert len(ranked) == len(expected)
+    for (row, score), want in zip(ranked, expected):
+        assert row == want or abs(scores[row] - scores[want]) < 1e-6
+        assert score == pytest.approx(scores[row], abs=1e-6)
+    assert {row for row, _ in ranked} == set(expected) or abs(scores[ranked[-1][0]] - scores[expected[-1]]) < 1e-6
+
+
+@pytest.mark.parametrize("text,low,high", [("80-110", 80, 110), ("80-", 80, None), ("-110", None, 110),
+                                           ("120", 114, 126), ("80–110", 80, 110), (" 95 - 140 ", 95, 140)])
+@pytest.mark.parametrize("mood", [None, "happy"])
+def test_the_bpm_filter_equals_brute_force(text, low, high, mood):
+    db, rng = _tempo_db()
+    parsed = parse_bpm_range(text)
+    assert [None if v is None else round(v, 6) for v in parsed] == [low, high]
+    for topk in (1, 5, 80):
+        query = rng.normal(size=12).astype(np.float32)
+        query /= np.linalg.norm(query)
+        ranked = rank_tracks(db, query, topk, moods=mood, bpm=text)
+        _assert_ranked_as(ranked, _reference(db, query, topk, low, high, mood), db, query)
+        assert all(_in_range(db.tracks[row]["bpm"], low, high) for row, _ in ranked)
+
+
+def test_the_bpm_filter_on_the_index_path_equals_brute_force():
+    """A library large enough for the faiss index (threshold lowered): the filter is applied to its candidates."""
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(40, 32))
+    rows = centres[rng.integers(0, 40, 4000)] + rng.normal(size=(4000, 32)) * 0.3
+    vectors = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    tracks = [{"file_path": f"processed_music/{i}.mp3", "bpm": round(float(rng.uniform(60, 180)), 1)} for i in
+              range(4000)]
+    db = Database(vectors=vectors, tracks=tracks, index_min_tracks=1000)
+    for query in vectors[:5]:
+        ranked = rank_tracks(db, query, 10, bpm=(100, 140))
+        assert db.search_index() is not None
+        _assert_ranked_as(ranked, _reference(db, query, 10, 100, 140), db, query)
+
+
+def test_recommend_with_a_bpm_filter_lists_the_tempo_and_equals_brute_force(library_copy):
+    db = load_database(LibraryPaths.at(library_copy))
+    like = db.tracks[0]["file_path"]
+    tempos = sorted(t["bpm"] for t in db.tracks[1:])
+    low, high = tempos[1], tempos[-2]  # leaves out the slowest and the fastest other track
+    rec = recommend(None, None, db, like=like, topk=10, max_per_artist=0, bpm=(low, high))
+    expected = [i for i in _reference(db, db.vectors[0], len(db), low, high) if i != 0]
+    assert [t.file_path for t in rec.results] == [db.tracks[i]["file_path"] for i in expected]
+    assert [t.bpm for t in rec.results] == [db.tracks[i]["bpm"] for i in expected]
+    assert all(row["bpm"] == t.bpm for row, t in zip(rec.to_dict()["results"], rec.results))
+
+
+def test_cli_bpm_filter_shows_the_tempo_in_json_and_table(library_copy, checkpoints, call_cli):
+    db = load_database(LibraryPaths.at(library_copy))
+    like = db.tracks[0]["file_path"]
+    done = call_cli(recommend_cli.main, "--like", like, "--bpm", "-500", "--json", "--clap-model",
+                    checkpoints["clap"])
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)["results"]
+    assert {r["file_path"]: r["bpm"] for r in results} == {t["file_path"]: t["bpm"] for t in db.tracks[1:]}
+    table = call_cli(recommend_cli.main, "--like", like, "--bpm", "-500", "--clap-model", checkpoints["clap"])
+    query, header, first = table.stdout.splitlines()[:3]  # "more like" has no caption or mood words
+    assert query.split()[0] == "query:" and header.split()[6] == "bpm"
+    assert f"{results[0]['bpm']:.1f}" in first.split()
+
+
+@pytest.mark.parametrize("value,message", [
+    ("110-80", "'110-80' is not a tempo range: 110 is above 80"),
+    ("fast", f"'fast' is not a tempo range: give {BPM_RANGE_FORMS}"),
+    ("-", f"'-' is not a tempo range: give {BPM_RANGE_FORMS}"),
+    ("80-110-140", f"'80-110-140' is not a tempo range: give {BPM_RANGE_FORMS}"),
+    ("nan", "'nan' is not a tempo range: a tempo is a number of beats per minute, 0 or more"),
+])
+def test_cli_bad_bpm_range_is_one_usage_line_exit_2(value, message, library_copy, call_cli):
+    paths = LibraryPaths.at(library_copy)
+    before = paths.metadata.read_bytes()
+    done = call_cli(recommend_cli.main, "--text", "x", "--bpm", value)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1] == f"recommend.py: error: argument --bpm: {message}"
+    assert paths.metadata.read_bytes() == before
+
+
+def test_a_bpm_filter_that_keeps_no_track_names_the_tempos_there_are(library_copy, checkpoints, call_cli):
+    paths = LibraryPaths.at(library_copy)
+    tempos = [t["bpm"] for t in load_database(paths).tracks]
+    done = call_cli(recommend_cli.main, "--text", "x", "--bpm", "300-400", "--clap-model",
+                    checkpoints["clap"])
+    assert done.returncode == 1 and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line == (f"Error: no track in the library has a tempo of 300-400 BPM; the tempos it has: "
+                    f"{min(tempos):g}-{max(tempos):g} BPM")
+    _forget_tempos(paths)
+    done = call_cli(recommend_cli.main, "--text", "x", "--bpm", "80-", "--mood", "calm", "--clap-model",
+                    checkpoints["clap"])
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert line == ("Error: no track in the library has the mood calm and a tempo of at least 80 BPM; the moods it "
+                    "has: calm, energetic, happy, nostalgic, tender; no track has a tempo (6 tracks added before "
+                    "tempos were stored have none yet: run python music_to_vector.py to read them)")
+
+
+def test_the_library_listing_shows_each_tempo(library_copy, call_cli):
+    done = call_cli(music_to_vector.main, "--list")
+    header, *rows = done.stdout.splitlines()
+    assert header.split()[:7] == ["#", "title", "artist", "mood", "genre", "bpm", "length"]
+    tracks = {t["file_path"]: t for t in load_database(LibraryPaths.at(library_copy)).tracks}
+    for row in rows:
+        assert f"{tracks[row.split()[-1]]['bpm']:.1f}" in row.split()
