@@ -17,11 +17,11 @@ from urllib.parse import quote
 from music_mood.audio import AUDIO_EXTENSIONS
 from music_mood.build import SAMPLE_PACKAGE, build_library, import_sample_library, pending_files
 from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser
-from music_mood.display import TAG_COLUMNS, format_duration, track_tags
+from music_mood.display import TAG_COLUMNS, format_bpm, format_duration, track_tags
 from music_mood.images import ImageError
 from music_mood.library import EMPTY_LIBRARY, Database, DatabaseError, EmptyLibraryError, LibraryPaths, LiveLibrary
 from music_mood.models import BackgroundModels, ModelLoadError, load_clap_audio, load_clap_text, release_freed_memory
-from music_mood.search import tag_values
+from music_mood.search import BPM_RANGE_FORMS, BpmRange, parse_bpm_range, tag_values
 from music_mood.serve import TRACK_ROUTE, port_busy_message, port_in_use, track_routes
 from music_mood.storage import LibraryBusyError
 from music_mood.tags import tagger_of
@@ -37,7 +37,7 @@ UPLOAD_SWEEP_S = 600
 TOPK_MAX = 20
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")
-LIBRARY_COLUMNS = ["#", *(key for key, _ in TAG_COLUMNS), "length", "file"]
+LIBRARY_COLUMNS = ["#", *(key for key, _ in TAG_COLUMNS), "bpm", "length", "file"]
 
 # The track route sends the type mimetypes guesses; without /etc/mime.types Python knows no .opus or .m4a, and
 # the browser would get application/octet-stream.
@@ -94,6 +94,7 @@ def render_tracks(result: dict) -> str:
         shared = track.get("shared_mood_words") or []
         _, _, mood, genre = track_tags(track)  # the user's own tags, else the best automatic one "(auto)"
         shares = f" · shares: {html.escape(', '.join(shared))}" if shared else ""
+        tempo = f" · {format_bpm(track.get('bpm'))}" if track.get("bpm") is not None else ""
         # The top track downloads at once so it plays without a wait; the others fetch only their length.
         preload = "auto" if track["rank"] == 1 else "metadata"
         items.append(
@@ -101,7 +102,7 @@ def render_tracks(result: dict) -> str:
             f'data-best-start="{"" if start is None else f"{start:g}"}">'
             f'<span class="rank">{track["rank"]}.</span><b class="title">{html.escape(track["title"])}</b>{by}'
             f'<button class="more-like" data-file="{html.escape(track["file_path"])}">More like this</button>'
-            f'<div class="meta">mood: {html.escape(mood or "–")} · genre: {html.escape(genre or "–")} · '
+            f'<div class="meta">mood: {html.escape(mood or "–")} · genre: {html.escape(genre or "–")}{tempo} · '
             f'score {track["score"]:.3f}{best}{shares}</div>'
             f'<audio controls preload="{preload}" src="{html.escape(url)}"></audio></li>'
         )
@@ -115,27 +116,42 @@ def render_analysis(result: dict) -> tuple[str, str, str, str]:
 
 
 def library_rows(db: Database) -> list[list]:
-    """The Library tab's table: number, the tag columns, length and file of every track."""
-    return [[i, *track_tags(t), format_duration(float(t.get("duration_s", 0) or 0)), str(t["file_path"])]
-            for i, t in enumerate(db.tracks, 1)]
+    """The Library tab's table: number, the tag columns, tempo, length and file of every track."""
+    return [[i, *track_tags(t), format_bpm(t.get("bpm"), unit=""), format_duration(float(t.get("duration_s", 0) or 0)),
+             str(t["file_path"])] for i, t in enumerate(db.tracks, 1)]
 
 
 # ---------------------------------------------------------------------------------------------- handlers
 
 
+def tempo_filter(bpm: str | None) -> BpmRange | None:
+    """The page's tempo box ("80-110", "80-", "-110", "120"; empty: no filter) as a filter for recommend();
+    gr.Error saying what it takes when it does not read as a range."""
+    import gradio as gr
+
+    if bpm is None or not str(bpm).strip():
+        return None
+    try:
+        return parse_bpm_range(bpm)
+    except ValueError as e:
+        raise gr.Error(f"Tempo: {e}.") from e
+
+
 def recommend_photo(library: LiveLibrary, blip, clap, image, text: str = "", topk: int = 10, moods=None,
-                    genres=None) -> dict:
-    """The /recommend endpoint: Recommendation.to_dict() plus each track's audio_url on this server.
+                    genres=None, bpm: str = "") -> dict:
+    """The /recommend endpoint: Recommendation.to_dict() plus each track's audio_url on this server; `bpm` is the
+    tempo box's text (tempo_filter).
 
     Raises gr.Error with a message for the user for anything the user can fix; the server keeps serving. A track
     left out because its file is gone is named in a warning too, as the CLI does.
     """
     import gradio as gr
 
+    tempo = tempo_filter(bpm)
     try:
         db = library.current()  # one version of the library for the whole request
         rec = recommend(blip, clap, db, image=image, text=text, topk=int(topk), moods=moods or None,
-                        genres=genres or None)
+                        genres=genres or None, bpm=tempo)
     except ImageError as e:
         # The message names the upload's temporary path on the server; the user knows it by its file name.
         message = str(e).replace(str(image), Path(str(image)).name) if isinstance(image, str) else str(e)
@@ -162,16 +178,18 @@ def _answer(rec) -> dict:
     return result
 
 
-def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, genres=None) -> dict:
+def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, genres=None, bpm: str = "") -> dict:
     """The /more_like_this endpoint: recommend(like=...) on the current library, shaped as /recommend's answer.
 
     `like` is a track's file_path (as in a result) or id; it needs no model, so it answers while they load.
     """
     import gradio as gr
 
+    tempo = tempo_filter(bpm)
     try:
         db = library.current()
-        rec = recommend(None, None, db, topk=int(topk), moods=moods or None, genres=genres or None, like=like)
+        rec = recommend(None, None, db, topk=int(topk), moods=moods or None, genres=genres or None, like=like,
+                        bpm=tempo)
     except UnknownTrackError as e:
         raise gr.Error(str(e)) from e
     except EmptyLibraryError as e:
@@ -289,6 +307,7 @@ class Page:
     table: Any
     like: Any = None
     like_button: Any = None
+    bpm: Any = None
 
 
 def photo_input(**kwargs):
@@ -336,6 +355,8 @@ def build_page(models: BackgroundModels) -> Page:
                                         label="Only these moods", elem_id="moods")
                     genres = gr.Dropdown([], value=[], multiselect=True,
                                          allow_custom_value=True, label="Only these genres", elem_id="genres")
+                    bpm = gr.Textbox("", label="Only this tempo (BPM)", placeholder="80-110",
+                                     info=BPM_RANGE_FORMS, elem_id="bpm")
                     button = gr.Button("Recommend", variant="primary", elem_id="recommend")
                     examples = [[str(EXAMPLES / name)] for name in EXAMPLE_PHOTOS if (EXAMPLES / name).exists()]
                     if examples:
@@ -368,31 +389,33 @@ def build_page(models: BackgroundModels) -> Page:
     return Page(demo=demo, model_status=model_status, model_timer=model_timer, image=image, text=text, topk=topk,
                 moods=moods, genres=genres, button=button, caption=caption, mood_words=mood_words,
                 query_text=query_text, tracks=tracks, result=result, uploads=uploads, mood_folder=mood_folder,
-                add=add, status=status, table=table, like=like, like_button=like_button)
+                add=add, status=status, table=table, like=like, like_button=like_button, bpm=bpm)
 
 
 def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> None:
     """The behaviour: which handler each event of the page runs, on what, and where its answer goes."""
     import gradio as gr
 
-    def on_recommend(image, text, topk, moods, genres):
+    # The tempo box comes last, empty by default: a client that does not send it still works.
+    def on_recommend(image, text, topk, moods, genres, bpm=""):
+        tempo_filter(bpm)  # a mistyped range is said at once, before waiting for the models
         try:
             blip, clap = models.query_models()
         except ModelLoadError as e:
             raise gr.Error(str(e)) from e
         try:
-            return recommend_photo(library, blip, clap, image, text, topk, moods, genres)
+            return recommend_photo(library, blip, clap, image, text, topk, moods, genres, bpm)
         finally:
             release_freed_memory()  # a query's activations, ~200 MB, would otherwise stay in the server's RSS
 
-    def on_photo(image, text, topk, moods, genres):
+    def on_photo(image, text, topk, moods, genres, bpm=""):
         """A new photo (upload, webcam, paste, example) is answered at once; clearing it changes nothing."""
         if image is None:
             return gr.skip()
-        return on_recommend(image, text, topk, moods, genres)
+        return on_recommend(image, text, topk, moods, genres, bpm)
 
-    def on_like(like, topk, moods, genres):
-        return recommend_like(library, like, topk, moods, genres)
+    def on_like(like, topk, moods, genres, bpm=""):
+        return recommend_like(library, like, topk, moods, genres, bpm)
 
     def on_add_music(files, mood, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio asks for it)
         if not files:
@@ -436,8 +459,8 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
 
     def answer(event, handler, **api):
         """Run `handler` on the query inputs when `event` fires, then show its result."""
-        event(handler, inputs=[page.image, page.text, page.topk, page.moods, page.genres], outputs=page.result,
-              concurrency_id="models", **api).success(
+        event(handler, inputs=[page.image, page.text, page.topk, page.moods, page.genres, page.bpm],
+              outputs=page.result, concurrency_id="models", **api).success(
             render_analysis, inputs=page.result, outputs=[page.caption, page.mood_words, page.query_text, page.tracks],
             api_visibility="private", queue=False)
 
@@ -446,7 +469,8 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
         # Dropping in a photo is asking for its music; the button then re-asks with other words, top-k or
         # filters, which is quick because the photo's caption and mood words are remembered.
         answer(page.image.change, logged_as_one_line(on_photo), api_visibility="private")
-        page.like_button.click(logged_as_one_line(on_like), inputs=[page.like, page.topk, page.moods, page.genres],
+        page.like_button.click(logged_as_one_line(on_like), inputs=[page.like, page.topk, page.moods, page.genres,
+                                                                    page.bpm],
                                outputs=page.result, api_name="more_like_this", queue=False).success(
             render_analysis, inputs=page.result, outputs=[page.caption, page.mood_words, page.query_text, page.tracks],
             api_visibility="private", queue=False)
