@@ -6,6 +6,8 @@
 (c) the product's default now (`--precision auto --backend auto`: ONNX Runtime with 8-bit weights on a CPU
     without native bf16), the same build.
 (b) and (c) alternate for --rounds rounds; medians are reported.
+(d) the tempo estimate alone (audio.estimate_tempo, which every build runs on each decoded track): per track, wall
+    and CPU time, against (c)'s time per track; and its first call in a new process (librosa's imports).
 
     python -m benchmarks.bench_build            # all 28 tracks, 2 rounds
     python -m benchmarks.bench_build --quick    # 4 tracks, 1 round
@@ -15,6 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,12 +61,14 @@ def seed_build(checkpoint: str, tracks: list[Path]) -> tuple[float, float]:
 
 def product_build(checkpoint: str, tracks: list[Path], precision: str, backend: str) -> tuple[float, float, int]:
     """(audio seconds embedded, wall seconds, windows) for build_library on a fresh library of `tracks`."""
+    from music_mood.audio import estimate_tempo
     from music_mood.models import load_clap_audio
     from music_to_vector import LibraryPaths, build_library, decode_audio, embed_windows, split_windows
 
     clap = load_clap_audio(checkpoint, precision, backend)  # exported first if it has to be, untimed
     warm = decode_audio(tracks[0], clap.runtime.sampling_rate)  # warm-up, untimed
     embed_windows(clap, split_windows(warm, clap.runtime.window_samples)[0][:1])
+    estimate_tempo(warm, clap.runtime.sampling_rate)  # librosa's imports, once per process (measured in (d))
     with tempfile.TemporaryDirectory(prefix="bench_build.") as folder:
         paths = LibraryPaths.at(folder)
         for track in tracks:
@@ -77,6 +83,29 @@ def product_build(checkpoint: str, tracks: list[Path], precision: str, backend: 
     audio_s = sum(r["duration_s"] for r in report.added)
     windows = sum(r["segment_count"] for r in report.added)
     return audio_s, wall, windows
+
+
+def tempo_cost(tracks: list[Path], sample_rate: int = 48_000) -> tuple[float, float, float]:
+    """(audio seconds, wall seconds, CPU seconds) of audio.estimate_tempo over the tracks, decoded first (untimed)
+    in this process, whose first call has already paid librosa's imports."""
+    from music_mood.audio import decode_audio, estimate_tempo
+
+    audios = [decode_audio(track, sample_rate) for track in tracks]
+    estimate_tempo(audios[0], sample_rate)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for audio in audios:
+        estimate_tempo(audio, sample_rate)
+    return sum(len(a) for a in audios) / sample_rate, time.perf_counter() - wall, time.process_time() - cpu
+
+
+FIRST_TEMPO = """
+import time
+start = time.perf_counter()
+import numpy as np
+from music_mood.audio import estimate_tempo
+estimate_tempo(np.zeros(48_000 * 10, np.float32), 48_000)
+print(time.perf_counter() - start)
+"""
 
 
 def main(argv=None) -> int:
@@ -110,6 +139,15 @@ def main(argv=None) -> int:
     b_speed, c_speed = float(np.median(speeds["b"])), float(np.median(speeds["c"]))
     print(f"medians: (b) {b_speed:.1f}x, (c) {c_speed:.1f}x real time; (c)/(b) = {c_speed / b_speed:.2f}; "
           f"(c)/(a) = {c_speed / (seed_audio / seed_wall):.2f} in audio seconds per wall second")
+    audio, wall, cpu = tempo_cost(tracks)
+    c_per_track = audio / c_speed / len(tracks)
+    print(f"(d) tempo alone: {wall / len(tracks) * 1e3:.0f} ms wall, {cpu / len(tracks) * 1e3:.0f} ms CPU per track "
+          f"({wall / audio * 60e3:.0f} ms per minute of audio); (c) takes {c_per_track * 1e3:.0f} ms per track, so the "
+          f"tempo is {wall / len(tracks) / c_per_track:.1%} of it in wall time")
+    first = subprocess.run([sys.executable, "-c", FIRST_TEMPO], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).resolve().parents[1])
+    print(f"(d) the first tempo of a new process (librosa's imports and numba's compilation, once per run): "
+          f"{float(first.stdout):.2f} s")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 
