@@ -6,8 +6,10 @@
 (c) the product's default now (`--precision auto --backend auto`: ONNX Runtime with 8-bit weights on a CPU
     without native bf16), the same build.
 (b) and (c) alternate for --rounds rounds; medians are reported.
-(d) the tempo estimate alone (audio.estimate_tempo, which every build runs on each decoded track): per track, wall
-    and CPU time, against (c)'s time per track; and its first call in a new process (librosa's imports).
+(d) the tempo estimate (audio.estimate_tempo, which every build runs on each decoded track) against embedding the
+    same track with (c)'s model, per track, alternating in one process: wall time, and CPU time (the process's,
+    ONNX Runtime's threads included), which a busy machine distorts less; and its first call in a new process
+    (librosa's imports).
 
     python -m benchmarks.bench_build            # all 28 tracks, 2 rounds
     python -m benchmarks.bench_build --quick    # 4 tracks, 1 round
@@ -85,17 +87,28 @@ def product_build(checkpoint: str, tracks: list[Path], precision: str, backend: 
     return audio_s, wall, windows
 
 
-def tempo_cost(tracks: list[Path], sample_rate: int = 48_000) -> tuple[float, float, float]:
-    """(audio seconds, wall seconds, CPU seconds) of audio.estimate_tempo over the tracks, decoded first (untimed)
-    in this process, whose first call has already paid librosa's imports."""
+def tempo_cost(clap, tracks: list[Path]) -> dict[str, tuple[float, float]]:
+    """{"decode", "tempo", "embed": (wall seconds, CPU seconds)} summed over `tracks`, each track decoded, timed
+    for its tempo and embedded in turn (embed.embed_track with `clap`), so the machine's load falls on all three
+    alike. Run after a build, so every first call has been paid."""
     from music_mood.audio import decode_audio, estimate_tempo
+    from music_mood.embed import embed_track
 
-    audios = [decode_audio(track, sample_rate) for track in tracks]
-    estimate_tempo(audios[0], sample_rate)
-    wall, cpu = time.perf_counter(), time.process_time()
-    for audio in audios:
-        estimate_tempo(audio, sample_rate)
-    return sum(len(a) for a in audios) / sample_rate, time.perf_counter() - wall, time.process_time() - cpu
+    rate = clap.runtime.sampling_rate
+    totals = {"decode": [0.0, 0.0], "tempo": [0.0, 0.0], "embed": [0.0, 0.0]}
+
+    def timed_stage(stage, function, *args):
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = function(*args)
+        totals[stage][0] += time.perf_counter() - wall
+        totals[stage][1] += time.process_time() - cpu
+        return out
+
+    for track in tracks:
+        audio = timed_stage("decode", decode_audio, track, rate)
+        timed_stage("tempo", estimate_tempo, audio, rate)
+        timed_stage("embed", embed_track, clap, audio)
+    return {stage: (wall, cpu) for stage, (wall, cpu) in totals.items()}
 
 
 FIRST_TEMPO = """
@@ -139,11 +152,14 @@ def main(argv=None) -> int:
     b_speed, c_speed = float(np.median(speeds["b"])), float(np.median(speeds["c"]))
     print(f"medians: (b) {b_speed:.1f}x, (c) {c_speed:.1f}x real time; (c)/(b) = {c_speed / b_speed:.2f}; "
           f"(c)/(a) = {c_speed / (seed_audio / seed_wall):.2f} in audio seconds per wall second")
-    audio, wall, cpu = tempo_cost(tracks)
-    c_per_track = audio / c_speed / len(tracks)
-    print(f"(d) tempo alone: {wall / len(tracks) * 1e3:.0f} ms wall, {cpu / len(tracks) * 1e3:.0f} ms CPU per track "
-          f"({wall / audio * 60e3:.0f} ms per minute of audio); (c) takes {c_per_track * 1e3:.0f} ms per track, so the "
-          f"tempo is {wall / len(tracks) / c_per_track:.1%} of it in wall time")
+    from music_mood.models import load_clap_audio
+
+    cost = tempo_cost(load_clap_audio(checkpoint, precision, backend), tracks)
+    per_track = {stage: (wall / len(tracks) * 1e3, cpu / len(tracks) * 1e3) for stage, (wall, cpu) in cost.items()}
+    print("(d) per track, ms wall / ms CPU: " + ", ".join(f"{stage} {wall:.0f} / {cpu:.0f}"
+                                                         for stage, (wall, cpu) in per_track.items()) +
+          f"; the tempo costs {cost['tempo'][0] / cost['embed'][0]:.1%} of the embedding's wall time, "
+          f"{cost['tempo'][1] / cost['embed'][1]:.1%} of its CPU time")
     first = subprocess.run([sys.executable, "-c", FIRST_TEMPO], capture_output=True, text=True, check=True,
                            cwd=Path(__file__).resolve().parents[1])
     print(f"(d) the first tempo of a new process (librosa's imports and numba's compilation, once per run): "

@@ -2,6 +2,7 @@
 estimate their tempo from the decoded audio."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from dataclasses import dataclass
@@ -129,8 +130,28 @@ def estimate_tempo(audio: np.ndarray, sample_rate: int) -> float | None:
     its tempogram averaged over the excerpt, and librosa.feature.tempo, whose log-normal prior around 120 BPM
     settles between half and double tempo. librosa picks a whole lag of onset frames, ~6 BPM apart at 128 BPM; a
     parabola through the averaged tempogram around that lag places the peak between frames, so the figure is good
-    to about 1 BPM. About 20-40 ms of one core for a 30 s track (benchmarks/bench_build.py measures it).
+    to about 1 BPM. About 30 ms of one core for a 30 s track, a few per cent of embedding it
+    (benchmarks/bench_build.py measures it). NumPy's BLAS runs on one thread meanwhile: the estimate shares the
+    machine with the embedding, and BLAS's idle threads would spin on the cores the embedding needs (they doubled
+    its CPU time).
     """
+    with _blas_pools().limit(limits=1, user_api="blas"):
+        return _tempo_of(audio, sample_rate)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_pools():
+    """The process's BLAS thread pools (NumPy's and SciPy's OpenBLAS), found once, after librosa's modules that
+    the estimate uses have loaded SciPy's."""
+    import librosa.feature
+    import librosa.onset  # noqa: F401
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _tempo_of(audio: np.ndarray, sample_rate: int) -> float | None:
+    """estimate_tempo's work, on whatever BLAS threads it is given."""
     import librosa
     import librosa.feature
     import librosa.onset
