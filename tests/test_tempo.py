@@ -297,3 +297,40 @@ def test_the_library_listing_shows_each_tempo(library_copy, call_cli):
     tracks = {t["file_path"]: t for t in load_database(LibraryPaths.at(library_copy)).tracks}
     for row in rows:
         assert f"{tracks[row.split()[-1]]['bpm']:.1f}" in row.split()
+
+
+def test_a_kill_while_tempos_are_committed_leaves_the_old_or_the_new_library(library_copy, checkpoints, tmp_path):
+    """The tempo-only commit of an old library, killed at each of its crash points (music_mood.storage): the library
+    loads with every track once and its vectors untouched, and either no track or every track has its tempo; the
+    next run finishes the job."""
+    import shutil
+    import signal
+
+    from music_mood.storage import CRASH_AT_ENV, CRASH_LOG_ENV
+    from tests.conftest import run_cli
+    from tests.test_crash import check_library
+
+    paths = LibraryPaths.at(library_copy)
+    was = _forget_tempos(paths)
+    vectors = load_database(paths).vectors.copy()
+    expected = {t["sha256"] for t in load_database(paths).tracks}
+    base = tmp_path / "base"
+    shutil.copytree(library_copy, base)
+    log = tmp_path / "points.txt"
+    done = run_cli("music_to_vector.py", "--clap-model", checkpoints["clap"], env_extra={CRASH_LOG_ENV: str(log)})
+    assert done.returncode == 0, done.stderr
+    points = [line.split("\t", 1) for line in log.read_text().splitlines()]
+    assert len(points) >= 5
+    for number, what in points:
+        shutil.rmtree(library_copy)
+        shutil.copytree(base, library_copy)
+        killed = run_cli("music_to_vector.py", "--clap-model", checkpoints["clap"], env_extra={CRASH_AT_ENV: number})
+        assert killed.returncode == -signal.SIGKILL, f"not killed at point {number} ({what}): {killed.stderr}"
+        check_library(library_copy, expected)
+        db = load_database(paths)
+        np.testing.assert_array_equal(db.vectors, vectors)
+        tempos = {t["file_path"]: t.get("bpm", "none") for t in db.tracks}
+        assert tempos in ({path: "none" for path in was}, was), f"a mix after a kill at {what}"
+        again = run_cli("music_to_vector.py", "--clap-model", checkpoints["clap"])
+        assert again.returncode == 0, again.stderr
+        assert {t["file_path"]: t["bpm"] for t in load_database(paths).tracks} == was
