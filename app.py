@@ -17,7 +17,7 @@ from urllib.parse import quote
 from music_mood.audio import AUDIO_EXTENSIONS
 from music_mood.build import SAMPLE_PACKAGE, build_library, import_sample_library, pending_files
 from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser
-from music_mood.display import TAG_COLUMNS, format_duration, track_tags
+from music_mood.display import TAG_COLUMNS, format_bpm, format_duration, track_tags
 from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, remove_tracks, set_fields
 from music_mood.images import ImageError
 from music_mood.library import (
@@ -30,7 +30,7 @@ from music_mood.library import (
     find_track,
 )
 from music_mood.models import BackgroundModels, ModelLoadError, load_clap_audio, load_clap_text, release_freed_memory
-from music_mood.search import DEFAULT_MAX_PER_ARTIST, tag_values
+from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, parse_bpm_range, tag_values
 from music_mood.serve import TRACK_ROUTE, port_busy_message, port_in_use, track_routes
 from music_mood.storage import LibraryBusyError
 from music_mood.tags import tagger_of
@@ -46,7 +46,7 @@ UPLOAD_SWEEP_S = 600
 TOPK_MAX = 20
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")
-LIBRARY_COLUMNS = ["#", *(key for key, _ in TAG_COLUMNS), "length", "file"]
+LIBRARY_COLUMNS = ["#", *(key for key, _ in TAG_COLUMNS), "bpm", "length", "file"]
 FILE_COLUMN = LIBRARY_COLUMNS.index("file")  # what names a row's track when one of its cells is edited
 AUTO_MARK = " (auto)"  # how the table shows a track's best automatic tag where it has no mood/genre of its own
 # A correction or removal waits this long for a builder holding the library lock (an upload, music_to_vector.py),
@@ -108,6 +108,7 @@ def render_tracks(result: dict) -> str:
         shared = track.get("shared_mood_words") or []
         _, _, mood, genre = track_tags(track)  # the user's own tags, else the best automatic one "(auto)"
         shares = f" · shares: {html.escape(', '.join(shared))}" if shared else ""
+        tempo = f" · {format_bpm(track.get('bpm'))}" if track.get("bpm") is not None else ""
         # The top track downloads at once so it plays without a wait; the others fetch only their length.
         preload = "auto" if track["rank"] == 1 else "metadata"
         items.append(
@@ -115,7 +116,7 @@ def render_tracks(result: dict) -> str:
             f'data-best-start="{"" if start is None else f"{start:g}"}">'
             f'<span class="rank">{track["rank"]}.</span><b class="title">{html.escape(track["title"])}</b>{by}'
             f'<button class="more-like" data-file="{html.escape(track["file_path"])}">More like this</button>'
-            f'<div class="meta">mood: {html.escape(mood or "–")} · genre: {html.escape(genre or "–")} · '
+            f'<div class="meta">mood: {html.escape(mood or "–")} · genre: {html.escape(genre or "–")}{tempo} · '
             f'score {track["score"]:.3f}{best}{shares}</div>'
             f'<audio controls preload="{preload}" src="{html.escape(url)}"></audio></li>'
         )
@@ -129,17 +130,32 @@ def render_analysis(result: dict) -> tuple[str, str, str, str]:
 
 
 def library_rows(db: Database) -> list[list]:
-    """The Library tab's table: number, the tag columns, length and file of every track."""
-    return [[i, *track_tags(t), format_duration(float(t.get("duration_s", 0) or 0)), str(t["file_path"])]
-            for i, t in enumerate(db.tracks, 1)]
+    """The Library tab's table: number, the tag columns, tempo, length and file of every track."""
+    return [[i, *track_tags(t), format_bpm(t.get("bpm"), unit=""), format_duration(float(t.get("duration_s", 0) or 0)),
+             str(t["file_path"])] for i, t in enumerate(db.tracks, 1)]
 
 
 # ---------------------------------------------------------------------------------------------- handlers
 
 
+def tempo_filter(bpm: str | None) -> BpmRange | None:
+    """The page's tempo box ("80-110", "80-", "-110", "120"; empty: no filter) as a filter for recommend();
+    gr.Error saying what it takes when it does not read as a range."""
+    import gradio as gr
+
+    if bpm is None or not str(bpm).strip():
+        return None
+    try:
+        return parse_bpm_range(bpm)
+    except ValueError as e:
+        raise gr.Error(f"Tempo: {e}.") from e
+
+
 def recommend_photo(library: LiveLibrary, blip, clap, image, text: str = "", topk: int = 10, moods=None,
-                    genres=None, max_per_artist: int = DEFAULT_MAX_PER_ARTIST, diversity: float = 0.0) -> dict:
-    """The /recommend endpoint: Recommendation.to_dict() plus each track's audio_url on this server.
+                    genres=None, max_per_artist: int = DEFAULT_MAX_PER_ARTIST, diversity: float = 0.0,
+                    bpm: str = "") -> dict:
+    """The /recommend endpoint: Recommendation.to_dict() plus each track's audio_url on this server; `bpm` is the
+    tempo box's text (tempo_filter).
 
     `max_per_artist` (0: no cap) and `diversity` (MMR, 0..1) are recommend()'s variety options, checked by the
     page's sliders before this runs.
@@ -149,10 +165,12 @@ def recommend_photo(library: LiveLibrary, blip, clap, image, text: str = "", top
     """
     import gradio as gr
 
+    tempo = tempo_filter(bpm)
     try:
         db = library.current()  # one version of the library for the whole request
         rec = recommend(blip, clap, db, image=image, text=text, topk=int(topk), moods=moods or None,
-                        genres=genres or None, max_per_artist=int(max_per_artist), diversity=float(diversity))
+                        genres=genres or None, max_per_artist=int(max_per_artist), diversity=float(diversity),
+                        bpm=tempo)
     except ImageError as e:
         # The message names the upload's temporary path on the server; the user knows it by its file name.
         message = str(e).replace(str(image), Path(str(image)).name) if isinstance(image, str) else str(e)
@@ -180,7 +198,7 @@ def _answer(rec) -> dict:
 
 
 def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, genres=None,
-                   max_per_artist: int = DEFAULT_MAX_PER_ARTIST, diversity: float = 0.0) -> dict:
+                   max_per_artist: int = DEFAULT_MAX_PER_ARTIST, diversity: float = 0.0, bpm: str = "") -> dict:
     """The /more_like_this endpoint: recommend(like=...) on the current library, shaped as /recommend's answer.
 
     `like` is a track's file_path (as in a result) or id; it needs no model, so it answers while they load. The
@@ -188,10 +206,11 @@ def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, 
     """
     import gradio as gr
 
+    tempo = tempo_filter(bpm)
     try:
         db = library.current()
         rec = recommend(None, None, db, topk=int(topk), moods=moods or None, genres=genres or None, like=like,
-                        max_per_artist=int(max_per_artist), diversity=float(diversity))
+                        max_per_artist=int(max_per_artist), diversity=float(diversity), bpm=tempo)
     except UnknownTrackError as e:
         raise gr.Error(str(e)) from e
     except EmptyLibraryError as e:
@@ -456,6 +475,7 @@ class Page:
     confirm_text: Any = None
     confirm: Any = None
     cancel: Any = None
+    bpm: Any = None
 
 
 def photo_input(**kwargs):
@@ -503,6 +523,8 @@ def build_page(models: BackgroundModels) -> Page:
                                         label="Only these moods", elem_id="moods")
                     genres = gr.Dropdown([], value=[], multiselect=True,
                                          allow_custom_value=True, label="Only these genres", elem_id="genres")
+                    bpm = gr.Textbox("", label="Only this tempo (BPM)", placeholder="80-110",
+                                     info=BPM_RANGE_FORMS, elem_id="bpm")
                     with gr.Accordion("Options", open=False, elem_id="options"):
                         max_per_artist = gr.Slider(0, TOPK_MAX, value=DEFAULT_MAX_PER_ARTIST, step=1,
                                                    label="At most this many tracks of one artist (and of one album); "
@@ -560,32 +582,36 @@ def build_page(models: BackgroundModels) -> Page:
                 query_text=query_text, tracks=tracks, result=result, uploads=uploads, mood_folder=mood_folder,
                 add=add, status=status, table=table, like=like, like_button=like_button,
                 max_per_artist=max_per_artist, diversity=diversity, remove_choice=remove_choice, remove=remove,
-                confirm_box=confirm_box, confirm_text=confirm_text, confirm=confirm, cancel=cancel)
+                confirm_box=confirm_box, confirm_text=confirm_text, confirm=confirm, cancel=cancel, bpm=bpm)
 
 
 def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> None:
     """The behaviour: which handler each event of the page runs, on what, and where its answer goes."""
     import gradio as gr
 
-    # The variety options come last, with the sliders' defaults: a client that does not send them still works.
-    def on_recommend(image, text, topk, moods, genres, max_per_artist, diversity):
+    # The variety options, then the tempo box, come last, with their defaults: a client that does not send them
+    # still works.
+    def on_recommend(image, text, topk, moods, genres, max_per_artist=DEFAULT_MAX_PER_ARTIST, diversity=0.0,
+                     bpm=""):
+        tempo_filter(bpm)  # a mistyped range is said at once, before waiting for the models
         try:
             blip, clap = models.query_models()
         except ModelLoadError as e:
             raise gr.Error(str(e)) from e
         try:
-            return recommend_photo(library, blip, clap, image, text, topk, moods, genres, max_per_artist, diversity)
+            return recommend_photo(library, blip, clap, image, text, topk, moods, genres, max_per_artist, diversity,
+                                   bpm)
         finally:
             release_freed_memory()  # a query's activations, ~200 MB, would otherwise stay in the server's RSS
 
-    def on_photo(image, text, topk, moods, genres, max_per_artist, diversity):
+    def on_photo(image, text, topk, moods, genres, max_per_artist=DEFAULT_MAX_PER_ARTIST, diversity=0.0, bpm=""):
         """A new photo (upload, webcam, paste, example) is answered at once; clearing it changes nothing."""
         if image is None:
             return gr.skip()
-        return on_recommend(image, text, topk, moods, genres, max_per_artist, diversity)
+        return on_recommend(image, text, topk, moods, genres, max_per_artist, diversity, bpm)
 
-    def on_like(like, topk, moods, genres, max_per_artist, diversity):
-        return recommend_like(library, like, topk, moods, genres, max_per_artist, diversity)
+    def on_like(like, topk, moods, genres, max_per_artist=DEFAULT_MAX_PER_ARTIST, diversity=0.0, bpm=""):
+        return recommend_like(library, like, topk, moods, genres, max_per_artist, diversity, bpm)
 
     def on_add_music(files, mood, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio asks for it)
         if not files:
@@ -677,7 +703,7 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
     def answer(event, handler, **api):
         """Run `handler` on the query inputs when `event` fires, then show its result."""
         event(handler, inputs=[page.image, page.text, page.topk, page.moods, page.genres, page.max_per_artist,
-                               page.diversity], outputs=page.result, concurrency_id="models", **api).success(
+                               page.diversity, page.bpm], outputs=page.result, concurrency_id="models", **api).success(
             render_analysis, inputs=page.result, outputs=[page.caption, page.mood_words, page.query_text, page.tracks],
             api_visibility="private", queue=False)
 
@@ -687,7 +713,7 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
         # filters, which is quick because the photo's caption and mood words are remembered.
         answer(page.image.change, logged_as_one_line(on_photo), api_visibility="private")
         page.like_button.click(logged_as_one_line(on_like), inputs=[page.like, page.topk, page.moods, page.genres,
-                                                                    page.max_per_artist, page.diversity],
+                                                                    page.max_per_artist, page.diversity, page.bpm],
                                outputs=page.result, api_name="more_like_this", queue=False).success(
             render_analysis, inputs=page.result, outputs=[page.caption, page.mood_words, page.query_text, page.tracks],
             api_visibility="private", queue=False)

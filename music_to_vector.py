@@ -22,7 +22,7 @@ from music_mood.audio import (
 )
 from music_mood.build import SAMPLE_PACKAGE, BuildReport, build_library, import_sample_library, pending_files
 from music_mood.cli import add_library_arguments, add_model_arguments, new_parser
-from music_mood.display import format_library
+from music_mood.display import format_bpm, format_library
 from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, remove_tracks, set_fields
 from music_mood.embed import embed_track, embed_windows, split_windows
 from music_mood.library import (
@@ -108,11 +108,14 @@ def main(argv=None) -> int:
             clap = load_clap_audio(args.clap_model, args.precision, args.backend)
             tagger = tagger_of(load_clap_text(args.clap_model, args.precision, args.backend))  # automatic tags
             print(f"Updating the library in {paths.root} with {clap.name}...", file=sys.stderr)
+            # Tracks added before tempos were stored get theirs now: their files are decoded again, not embedded.
             if args.ray is None:
-                report = build_library(clap, paths, rebuild=args.rebuild, files=files, tagger=tagger)
+                report = build_library(clap, paths, rebuild=args.rebuild, files=files, tagger=tagger,
+                                       fill_tempo=True)
             else:
                 result = cluster.build_library_on_ray(clap, paths, args.precision, args.backend,
-                                                      rebuild=args.rebuild, files=files, tagger=tagger)
+                                                      rebuild=args.rebuild, files=files, tagger=tagger,
+                                                      fill_tempo=True)
                 report = result.report
                 print(result.summary(), file=sys.stderr)
     except KeyboardInterrupt:
@@ -129,8 +132,12 @@ def main(argv=None) -> int:
     for line in report.problem_lines():
         print(line, file=sys.stderr)
     for record in report.added:
-        print(f"added  {record['file_path']}  ({record['duration_s']:.1f} s, {record['segment_count']} windows)")
-    print(f"{len(report.added)} added, {len(report.failed)} failed, {report.tracks} tracks in the library.",
+        print(f"added  {record['file_path']}  ({record['duration_s']:.1f} s, {record['segment_count']} windows, "
+              f"{format_bpm(record['bpm'], 'no beat found')})")
+    for record in report.tempo_read:
+        print(f"tempo  {record['file_path']}  ({format_bpm(record['bpm'], 'no beat found')})")
+    tempos = f", the tempo of {len(report.tempo_read)} read" if report.tempo_read else ""
+    print(f"{len(report.added)} added, {len(report.failed)} failed{tempos}, {report.tracks} tracks in the library.",
           file=sys.stderr)
     return 1 if report.failed else 0
 

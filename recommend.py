@@ -26,9 +26,12 @@ from music_mood.models import ModelLoadError
 from music_mood.player import play
 from music_mood.query import image_to_query
 from music_mood.search import (
+    BPM_RANGE_FORMS,
     DEFAULT_MAX_PER_ARTIST,
+    BpmRange,
     best_segment_start,
     check_filters,
+    parse_bpm_range,
     rank_results,
     rank_tracks,
     shared_mood_words,
@@ -64,7 +67,8 @@ class NoQueryError(ValueError):
 @dataclass
 class Track:
     """One ranked result; best_segment_start_s is where in the track the query matches best; shared_mood_words are
-    the query's mood words that are among the track's mood/genre tags."""
+    the query's mood words that are among the track's mood/genre tags; bpm is its tempo (None: no beat found, or
+    not read yet)."""
 
     rank: int
     title: str
@@ -78,6 +82,7 @@ class Track:
     # The automatic tags (music_mood.tags) made from the track's vector, {"mood": [...], "genre": [...]}, best
     # first; mood and genre above are the user's own (folder, file tags) and win where both exist.
     auto_tags: dict = field(default_factory=dict)
+    bpm: float | None = None
 
 
 @dataclass
@@ -99,17 +104,18 @@ class Recommendation:
         return asdict(self)
 
 
-def check_can_recommend(db: Database, moods=None, genres=None) -> None:
-    """Raise EmptyLibraryError when `db` has no track, or none the mood/genre filters keep. Needs no model, so the
-    CLI runs it before loading any; recommend() runs it first too."""
+def check_can_recommend(db: Database, moods=None, genres=None, bpm=None) -> None:
+    """Raise EmptyLibraryError when `db` has no track, or none the mood/genre/tempo filters keep (ValueError for a
+    tempo filter that does not parse). Needs no model, so the CLI runs it before loading any; recommend() runs it
+    first too."""
     if len(db) == 0:
         raise EmptyLibraryError(EMPTY_LIBRARY)
-    check_filters(db, moods, genres)
+    check_filters(db, moods, genres, bpm)
 
 
 def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 10, moods=None, genres=None,
               max_per_artist: int = DEFAULT_MAX_PER_ARTIST, diversity: float = 0.0, like: str | None = None,
-              **caption_length) -> Recommendation:
+              bpm=None, **caption_length) -> Recommendation:
     """Recommend tracks of `db` for an image and/or a text.
 
     `blip` and `clap` are models from models.load_blip / load_clap_text (blip may be None for text alone);
@@ -118,7 +124,10 @@ def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 
     At most `max_per_artist` tracks of one artist (and of one album) are listed (0: no cap); `diversity` in [0, 1]
     re-ranks by MMR over the stored track vectors (0: the pure ranking). `like` (a track's id or file path) makes
     that track's stored vector the query instead of image/text (no model is used; the track itself is left out).
-    Raises UnknownTrackError for a `like` that is no track, ValueError for a bad topk/max_per_artist/diversity,
+    `bpm` keeps only tracks whose tempo is in a range: a search.BpmRange, a (low, high) pair (None: open) or text
+    as search.parse_bpm_range reads it ("80-110", "80-", "-110", "120" for about 120); a track without a tempo
+    never matches. Raises UnknownTrackError for a `like` that is no track, ValueError for a bad
+    topk/max_per_artist/diversity/bpm,
     ImageError for an unreadable image, NoQueryError when there is neither image nor text, and
     EmptyLibraryError when nothing can be recommended (an empty library, filters that keep no track, checked
     before any model work, or every matching file missing). `caption_length`: max_caption_tokens /
@@ -130,7 +139,7 @@ def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 
         raise ValueError("max_per_artist must be 0 (no cap) or more")
     if not 0 <= diversity <= 1:
         raise ValueError("diversity must be between 0 and 1")
-    check_can_recommend(db, moods, genres)
+    check_can_recommend(db, moods, genres, bpm)
     if like is not None:
         row = find_track(db, like)
         caption, mood_words, exclude = "", [], {row}
@@ -144,7 +153,7 @@ def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 
                                 f"{query.vector.shape[0]}-d; rebuild it with: python music_to_vector.py --rebuild")
         caption, mood_words, query_text, vector = query.caption, query.mood_words, query.query_text, query.vector
         exclude = set()
-    ranked, missing = rank_results(db, vector, topk, moods, genres, max_per_artist, diversity, exclude)
+    ranked, missing = rank_results(db, vector, topk, moods, genres, max_per_artist, diversity, exclude, bpm)
     if not ranked and not missing:  # only "more like this" can rank nothing: its track was the only match
         raise EmptyLibraryError("no other track in the library matches the filters")
     if not ranked:
@@ -159,7 +168,8 @@ def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 
                              file_path=str(t["file_path"]), score=round(score, 6),
                              best_segment_start_s=best_segment_start(db, row, vector),
                              shared_mood_words=shared_mood_words(t, mood_words),
-                             auto_tags={kind: auto_tag_words(t, kind) for kind in ("mood", "genre")}))
+                             auto_tags={kind: auto_tag_words(t, kind) for kind in ("mood", "genre")},
+                             bpm=t.get("bpm")))
     return Recommendation(caption=caption, mood_words=list(mood_words), query_text=query_text,
                           results=results, skipped_missing=[str(db.tracks[row]["file_path"]) for row in missing])
 
@@ -189,6 +199,14 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def bpm_range(text: str) -> BpmRange:
+    """An argparse `type` for a tempo range (search.parse_bpm_range)."""
+    try:
+        return parse_bpm_range(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("recommend.py",
                         "Recommend music from your library that fits the mood of a photo (and/or a text), or "
@@ -200,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--topk", type=int_argument(1), default=10, help="how many tracks to list")
     parser.add_argument("--mood", action="append", help="only tracks of this mood (repeat for several)")
     parser.add_argument("--genre", action="append", help="only tracks of this genre (repeat for several)")
+    parser.add_argument("--bpm", type=bpm_range, metavar="RANGE",
+                        help=f"only tracks whose tempo is in this range, in beats per minute: "
+                             f"{BPM_RANGE_FORMS.replace('%', '%%')}; a track without a known tempo never matches")
     parser.add_argument("--like", metavar="PATH_OR_ID",
                         help="more like this: rank by the stored vector of this library track (its file path or "
                              "id) instead of a photo or text; the track itself is left out")
@@ -341,7 +362,7 @@ def main(argv=None) -> int:
         from music_mood.models import load_blip, load_clap_text
 
         db = load_database(paths, clap_model=args.clap_model)
-        check_can_recommend(db, args.mood, args.genre)  # before the models: loading them takes seconds
+        check_can_recommend(db, args.mood, args.genre, args.bpm)  # before the models: loading them takes seconds
         if args.like is not None:
             find_track(db, args.like)  # an unknown track fails here, before any model work
         # "More like this" needs no model: the query is a vector the library already holds.
@@ -352,7 +373,7 @@ def main(argv=None) -> int:
             try:
                 rec = recommend(blip, clap, db, image=image, text=args.text, topk=args.topk, moods=args.mood,
                                 genres=args.genre, max_per_artist=args.max_per_artist, diversity=args.diversity,
-                                like=args.like)
+                                like=args.like, bpm=args.bpm)
             except ImageError as e:
                 print(f"Error: {e}", file=sys.stderr)
                 status = 1

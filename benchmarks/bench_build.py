@@ -6,6 +6,10 @@
 (c) the product's default now (`--precision auto --backend auto`: ONNX Runtime with 8-bit weights on a CPU
     without native bf16), the same build.
 (b) and (c) alternate for --rounds rounds; medians are reported.
+(d) the tempo estimate (audio.estimate_tempo, which every build runs on each decoded track) against embedding the
+    same track with (c)'s model, per track, alternating in one process: wall time, and CPU time (the process's,
+    ONNX Runtime's threads included), which a busy machine distorts less; and its first call in a new process
+    (librosa's imports).
 
     python -m benchmarks.bench_build            # all 28 tracks, 2 rounds
     python -m benchmarks.bench_build --quick    # 4 tracks, 1 round
@@ -15,6 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,12 +63,14 @@ def seed_build(checkpoint: str, tracks: list[Path]) -> tuple[float, float]:
 
 def product_build(checkpoint: str, tracks: list[Path], precision: str, backend: str) -> tuple[float, float, int]:
     """(audio seconds embedded, wall seconds, windows) for build_library on a fresh library of `tracks`."""
+    from music_mood.audio import estimate_tempo
     from music_mood.models import load_clap_audio
     from music_to_vector import LibraryPaths, build_library, decode_audio, embed_windows, split_windows
 
     clap = load_clap_audio(checkpoint, precision, backend)  # exported first if it has to be, untimed
     warm = decode_audio(tracks[0], clap.runtime.sampling_rate)  # warm-up, untimed
     embed_windows(clap, split_windows(warm, clap.runtime.window_samples)[0][:1])
+    estimate_tempo(warm, clap.runtime.sampling_rate)  # librosa's imports, once per process (measured in (d))
     with tempfile.TemporaryDirectory(prefix="bench_build.") as folder:
         paths = LibraryPaths.at(folder)
         for track in tracks:
@@ -77,6 +85,40 @@ def product_build(checkpoint: str, tracks: list[Path], precision: str, backend: 
     audio_s = sum(r["duration_s"] for r in report.added)
     windows = sum(r["segment_count"] for r in report.added)
     return audio_s, wall, windows
+
+
+def tempo_cost(clap, tracks: list[Path]) -> dict[str, tuple[float, float]]:
+    """{"decode", "tempo", "embed": (wall seconds, CPU seconds)} summed over `tracks`, each track decoded, timed
+    for its tempo and embedded in turn (embed.embed_track with `clap`), so the machine's load falls on all three
+    alike. Run after a build, so every first call has been paid."""
+    from music_mood.audio import decode_audio, estimate_tempo
+    from music_mood.embed import embed_track
+
+    rate = clap.runtime.sampling_rate
+    totals = {"decode": [0.0, 0.0], "tempo": [0.0, 0.0], "embed": [0.0, 0.0]}
+
+    def timed_stage(stage, function, *args):
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = function(*args)
+        totals[stage][0] += time.perf_counter() - wall
+        totals[stage][1] += time.process_time() - cpu
+        return out
+
+    for track in tracks:
+        audio = timed_stage("decode", decode_audio, track, rate)
+        timed_stage("tempo", estimate_tempo, audio, rate)
+        timed_stage("embed", embed_track, clap, audio)
+    return {stage: (wall, cpu) for stage, (wall, cpu) in totals.items()}
+
+
+FIRST_TEMPO = """
+import time
+start = time.perf_counter()
+import numpy as np
+from music_mood.audio import estimate_tempo
+estimate_tempo(np.zeros(48_000 * 10, np.float32), 48_000)
+print(time.perf_counter() - start)
+"""
 
 
 def main(argv=None) -> int:
@@ -110,6 +152,18 @@ def main(argv=None) -> int:
     b_speed, c_speed = float(np.median(speeds["b"])), float(np.median(speeds["c"]))
     print(f"medians: (b) {b_speed:.1f}x, (c) {c_speed:.1f}x real time; (c)/(b) = {c_speed / b_speed:.2f}; "
           f"(c)/(a) = {c_speed / (seed_audio / seed_wall):.2f} in audio seconds per wall second")
+    from music_mood.models import load_clap_audio
+
+    cost = tempo_cost(load_clap_audio(checkpoint, precision, backend), tracks)
+    per_track = {stage: (wall / len(tracks) * 1e3, cpu / len(tracks) * 1e3) for stage, (wall, cpu) in cost.items()}
+    print("(d) per track, ms wall / ms CPU: " + ", ".join(f"{stage} {wall:.0f} / {cpu:.0f}"
+                                                         for stage, (wall, cpu) in per_track.items()) +
+          f"; the tempo costs {cost['tempo'][0] / cost['embed'][0]:.1%} of the embedding's wall time, "
+          f"{cost['tempo'][1] / cost['embed'][1]:.1%} of its CPU time")
+    first = subprocess.run([sys.executable, "-c", FIRST_TEMPO], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).resolve().parents[1])
+    print(f"(d) the first tempo of a new process (librosa's imports and numba's compilation, once per run): "
+          f"{float(first.stdout):.2f} s")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -1,7 +1,9 @@
-"""The reader: find audio files, hash them, decode them to mono float32 at the model's rate, and read their tags;
-and, for rendering a soundtrack, decode only the stretches of a file that are played, in stereo."""
+"""The reader: find audio files, hash them, decode them to mono float32 at the model's rate, read their tags, and
+estimate their tempo from the decoded audio; and, for rendering a soundtrack, decode only the stretches of a file
+that are played, in stereo."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
@@ -17,6 +19,23 @@ MIX_FRAMES = 256  # decoded frames whose channels are averaged at once (~5 s of 
 # Decoded on each side of a stretch and dropped: more than an Opus decoder's 80 ms pre-roll after a seek, and the
 # resampler's edges fall in it instead of in the stretch.
 STRETCH_MARGIN_S = 0.25
+# Tempo is estimated on the middle TEMPO_EXCERPT_S of a track (a long mix costs no more than a song, and an intro or
+# outro without a beat weighs less), brought down to about TEMPO_RATE Hz: onsets need no more, and a quarter of the
+# samples cost a quarter of the spectrogram. The hop gives ~47 onset frames a second, as librosa's defaults do
+# (512 at 22 050 Hz); the autocorrelation looks at lags up to TEMPO_LAGS_S, librosa's default too.
+TEMPO_EXCERPT_S = 120.0
+TEMPO_RATE = 12_000
+TEMPO_N_FFT = 1024
+TEMPO_HOP = 256
+TEMPO_MELS = 64
+TEMPO_LAGS_S = 8.0
+TEMPO_MIN_S = 4.0  # shorter audio holds too few beats for a tempo
+# The onset envelope is smoothed over ~100 ms so that a beat whose period falls between two lags still makes one
+# clear peak rather than two halves (which would lose to the peak at twice the period).
+TEMPO_SMOOTHING = np.hanning(7)[1:-1] / np.hanning(7)[1:-1].sum()
+# A beat must stand out: the chosen lag's strength at least this many times the median strength over 40-240 BPM.
+# Noise, a steady tone or a drone measure 1.05-1.10; the 28 sample tracks 1.27-1.98.
+TEMPO_MIN_CLARITY = 1.15
 
 
 class AudioError(ValueError):
@@ -32,6 +51,7 @@ class DecodedTrack:
     audio: np.ndarray
     sample_rate: int
     tags: dict
+    bpm: float | None = None  # estimate_tempo(audio, sample_rate)
 
     @property
     def duration_s(self) -> float:
@@ -186,6 +206,69 @@ def _decode_from(container, stream, from_s: float, until_s: float, layout: str) 
     return audio, first_s
 
 
+def estimate_tempo(audio: np.ndarray, sample_rate: int) -> float | None:
+    """The tempo of mono float32 audio in beats per minute, to one decimal; None when no beat stands out (silence,
+    noise, a drone) or there is less than TEMPO_MIN_S of audio.
+
+    librosa's estimator on the middle TEMPO_EXCERPT_S, averaged down to about TEMPO_RATE Hz: the onset strength,
+    its tempogram averaged over the excerpt, and librosa.feature.tempo, whose log-normal prior around 120 BPM
+    settles between half and double tempo. librosa picks a whole lag of onset frames, ~6 BPM apart at 128 BPM; a
+    parabola through the averaged tempogram around that lag places the peak between frames, so the figure is good
+    to about 1 BPM. About 30 ms of one core for a 30 s track, a few per cent of embedding it
+    (benchmarks/bench_build.py measures it). NumPy's BLAS runs on one thread meanwhile: the estimate shares the
+    machine with the embedding, and BLAS's idle threads would spin on the cores the embedding needs (they doubled
+    its CPU time).
+    """
+    with _blas_pools().limit(limits=1, user_api="blas"):
+        return _tempo_of(audio, sample_rate)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_pools():
+    """The process's BLAS thread pools (NumPy's and SciPy's OpenBLAS), found once, after librosa's modules that
+    the estimate uses have loaded SciPy's."""
+    import librosa.feature
+    import librosa.onset  # noqa: F401
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _tempo_of(audio: np.ndarray, sample_rate: int) -> float | None:
+    """estimate_tempo's work, on whatever BLAS threads it is given."""
+    import librosa
+    import librosa.feature
+    import librosa.onset
+
+    excerpt = int(TEMPO_EXCERPT_S * sample_rate)
+    if len(audio) > excerpt:
+        start = (len(audio) - excerpt) // 2
+        audio = audio[start:start + excerpt]
+    if len(audio) < TEMPO_MIN_S * sample_rate:
+        return None
+    # The mean of each `factor` samples (a crude low-pass, enough for onsets), as one matrix-vector product.
+    factor = max(1, sample_rate // TEMPO_RATE)
+    usable = len(audio) // factor * factor
+    y = np.asarray(audio[:usable], dtype=np.float32).reshape(-1, factor) @ np.full(factor, 1 / factor, np.float32)
+    rate = sample_rate / factor
+    onsets = librosa.onset.onset_strength(y=y, sr=rate, n_fft=TEMPO_N_FFT, hop_length=TEMPO_HOP, n_mels=TEMPO_MELS)
+    if not np.any(onsets > 0):
+        return None
+    onsets = np.convolve(onsets, TEMPO_SMOOTHING, mode="same")
+    lags = int(librosa.time_to_frames(TEMPO_LAGS_S, sr=rate, hop_length=TEMPO_HOP))
+    tempogram = librosa.feature.tempogram(onset_envelope=onsets, sr=rate, hop_length=TEMPO_HOP, win_length=lags)
+    strength = tempogram.mean(axis=1)  # (lags,): how strongly the onsets repeat at each lag over the excerpt
+    bpm = float(librosa.feature.tempo(tg=strength[:, None], sr=rate, hop_length=TEMPO_HOP)[0])
+    lag = round(60 * rate / (TEMPO_HOP * bpm))  # the lag librosa chose (its bpm is 60 * rate / (hop * lag))
+    band = strength[round(60 * rate / (TEMPO_HOP * 240)):round(60 * rate / (TEMPO_HOP * 40)) + 1]
+    if not 0 < lag < lags - 1 or not strength[lag] >= TEMPO_MIN_CLARITY * np.median(band):
+        return None
+    before, peak, after = strength[lag - 1:lag + 2]
+    curvature = before - 2 * peak + after
+    offset = float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5)) if curvature < 0 else 0.0
+    return round(60 * rate / (TEMPO_HOP * (lag + offset)), 1)
+
+
 def file_tags(path: Path) -> dict:
     """title/artist/genre as the file's own tags give them (missing keys are absent); {} when it has none."""
     import mutagen
@@ -216,9 +299,10 @@ def read_tags(path: Path, library_folder: Path, tags: dict | None = None) -> dic
 
 def read_track(path: Path, library_folder: Path, sample_rate: int,
                known: frozenset[str] | set[str] = frozenset()) -> DecodedTrack | KnownFile:
-    """Reader: hash one file; unless its hash is in `known`, decode and tag it."""
+    """Reader: hash one file; unless its hash is in `known`, decode and tag it and estimate its tempo."""
     sha256 = file_sha256(path)
     if sha256 in known:
         return KnownFile(source=path, sha256=sha256)
-    return DecodedTrack(source=path, sha256=sha256, audio=decode_audio(path, sample_rate),
-                        sample_rate=sample_rate, tags=read_tags(path, library_folder))
+    audio = decode_audio(path, sample_rate)
+    return DecodedTrack(source=path, sha256=sha256, audio=audio, sample_rate=sample_rate,
+                        tags=read_tags(path, library_folder), bpm=estimate_tempo(audio, sample_rate))

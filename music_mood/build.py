@@ -13,6 +13,8 @@ import numpy as np
 from music_mood.audio import (
     AUDIO_EXTENSIONS,
     DecodedTrack,
+    decode_audio,
+    estimate_tempo,
     file_sha256,
     file_tags,
     find_audio_files,
@@ -47,6 +49,7 @@ class BuildReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     relocated: list[tuple[str, str]] = field(default_factory=list)  # (old file_path, new file_path)
     dropped: list[str] = field(default_factory=list)  # file_paths of tracks whose file is gone
+    tempo_read: list[dict] = field(default_factory=list)  # listed tracks that were given their bpm (fill_tempo)
     warnings: list[str] = field(default_factory=list)
     tracks: int = 0  # how many tracks the library holds after the build
 
@@ -100,7 +103,7 @@ def pending_files(paths: LibraryPaths, db: Database, files: list[Path] | None = 
 
 def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout: float = 600,
                   progress: bool = True, files: list[Path] | None = None,
-                  commit_every_s: float = COMMIT_EVERY_S, tagger=None, read_file=None,
+                  commit_every_s: float = COMMIT_EVERY_S, tagger=None, fill_tempo: bool = False, read_file=None,
                   lock=None) -> BuildReport:
     """Bring the database up to date with the music, then move the added files into processed_music/.
 
@@ -113,10 +116,13 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
     that fails stays where it is and is named in the report. Holds the library lock throughout, and first
     finishes a commit that a crash left half done. With a `tagger` (tags.Tagger), every commit also gives each
     track without current automatic tags its tags, from its stored vector (no audio is read for that), and a run
-    with nothing else to do commits them when some are missing or stale. `read_file` replaces read_track as the
-    reader (same arguments); it may return a shards.EmbeddedTrack, a file embedded elsewhere, whose vectors are
-    committed as they are (how cluster.py commits what a Ray cluster embedded). `lock`: the library lock
-    (storage.acquire_lock) when the caller already holds it; the build then runs under it and leaves it held.
+    with nothing else to do commits them when some are missing or stale. Every track added gets its tempo (`bpm`,
+    audio.estimate_tempo) from the audio decoded to embed it; with `fill_tempo`, a listed track without one (added
+    before tempos were stored) has its file decoded again for the tempo alone, never embedded, after the new
+    files, in the same pipeline and commits. `read_file` replaces read_track as the reader (same arguments); it
+    may return a shards.EmbeddedTrack, a file embedded elsewhere, whose vectors are committed as they are (how
+    cluster.py commits what a Ray cluster embedded). `lock`: the library lock (storage.acquire_lock) when the
+    caller already holds it; the build then runs under it and leaves it held.
     """
     from tqdm import tqdm
 
@@ -144,6 +150,12 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
         known = {t.get("sha256"): t for t in tracks}
         moves, taken, new_rows, new_segments, added = [], set(), [], [], []
         committed = {"at": time.monotonic(), "changes": 0}
+        # The listed tracks whose tempo is to be read, by their file (the same record objects as in `tracks`).
+        untimed = {paths.root / t["file_path"]: t for t in tracks
+                   if fill_tempo and "bpm" not in t and (paths.root / t["file_path"]).is_file()}
+
+        def changes() -> int:
+            return len(report.added) + len(report.relocated) + len(report.tempo_read)
 
         def commit(keep: list[int]) -> None:
             """Commit the tracks kept, the ones added since the last commit and the moves that go with them."""
@@ -158,16 +170,31 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
             tracks = db.tracks
             for pending in (moves, added, new_rows, new_segments):
                 pending.clear()
-            committed.update(at=time.monotonic(), changes=len(report.added) + len(report.relocated))
+            committed.update(at=time.monotonic(), changes=changes())
 
         def read(path: Path):
+            if path in untimed:  # a listed track: its tempo alone
+                return estimate_tempo(decode_audio(path, sample_rate), sample_rate)
             folder = paths.new_music if path.is_relative_to(paths.new_music) else paths.processed_music
             return (read_file or read_track)(path, folder, sample_rate, known.keys())
 
+        def commit_if_due() -> None:
+            if not rebuild and time.monotonic() - committed["at"] >= commit_every_s:
+                commit(list(range(len(tracks))))  # tracks whose file is gone are dropped at the end only
+
         candidates = pending_files(paths, db, files)
-        for path, item in tqdm(_prefetch(read, candidates), total=len(candidates), desc="Embedding music",
-                               unit="file", file=sys.stderr, disable=not progress or None):
-            if isinstance(item, Exception):
+        for path, item in tqdm(_prefetch(read, candidates + list(untimed)), total=len(candidates) + len(untimed),
+                               desc="Embedding music" + (" and reading tempos" if untimed else ""), unit="file",
+                               file=sys.stderr, disable=not progress or None):
+            if path in untimed:
+                record = untimed[path]
+                if isinstance(item, Exception):  # the track stays as it is, without a tempo; the next run tries again
+                    report.warnings.append(f"Warning: cannot read the tempo of {record['file_path']}: {item}")
+                    continue
+                record["bpm"] = item
+                report.tempo_read.append(record)
+                commit_if_due()
+            elif isinstance(item, Exception):
                 report.failed.append((path, str(item)))
             elif item.sha256 in known:
                 _found_again(known[item.sha256], path, paths, report, moves, taken)
@@ -190,11 +217,10 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
                 new_segments.append(segments)
                 added.append(record)
                 report.added.append(record)
-                if not rebuild and time.monotonic() - committed["at"] >= commit_every_s:
-                    commit(list(range(len(tracks))))  # tracks whose file is gone are dropped at the end only
+                commit_if_due()
 
         keep = _tracks_still_there(tracks, paths, taken, report)
-        uncommitted = len(report.added) + len(report.relocated) > committed["changes"]
+        uncommitted = changes() > committed["changes"]
         untagged = tagger is not None and any(tagger.stale(tracks[i]) for i in keep)
         if uncommitted or len(keep) < len(tracks) or rebuild or untagged:
             commit(keep)
@@ -242,7 +268,8 @@ def _new_record(track: DecodedTrack | EmbeddedTrack, final: Path, paths: Library
     torch fp32), so a library mixes them freely; the label says how each track was embedded.
 
     `from_file` keeps what the file's tags, name and folder gave, so a later change can tell a value fixed by hand
-    (kept on --rebuild) from one that follows the file.
+    (kept on --rebuild) from one that follows the file. `bpm` is the tempo read from the decoded audio (None when
+    no beat stands out).
     """
     record = {
         "id": track.sha256[:16],
@@ -254,6 +281,7 @@ def _new_record(track: DecodedTrack | EmbeddedTrack, final: Path, paths: Library
         "segment_count": segment_count,
         "last_window_start_s": round(last_window_start_s, 3),
         "embedded_by": embedded_by,
+        "bpm": track.bpm,
         "from_file": dict(track.tags),
     }
     for key in TAG_KEYS:

@@ -216,13 +216,15 @@ def embed_on_ray(wanted: dict[str, Path], folder: Path, clap, precision: str = "
 
 def build_library_on_ray(clap, paths: LibraryPaths, precision: str = "auto", backend: str = "auto",
                          rebuild: bool = False, files: list[Path] | None = None, tagger=None, progress: bool = True,
-                         lock_timeout: float = 600, actor_threads: int = CPU_THREADS_PER_ACTOR) -> ClusterBuild:
+                         lock_timeout: float = 600, actor_threads: int = CPU_THREADS_PER_ACTOR,
+                         fill_tempo: bool = False) -> ClusterBuild:
     """build.build_library with the decoding and embedding done by the connected Ray cluster (see connect).
 
     `clap` is the CLAP audio model as the driver loads it (models.load_clap_audio): its name, sample rate and window
     are the job's; the driver embeds nothing with it. The workers load the same checkpoint with `precision` and
-    `backend`, resolved on their own hardware (`actor_threads`: see embed_on_ray). `rebuild`, `files` and `tagger`
-    are build_library's. Holds the library lock throughout.
+    `backend`, resolved on their own hardware (`actor_threads`: see embed_on_ray). `rebuild`, `files`, `tagger`
+    and `fill_tempo` are build_library's (the tempos of listed tracks are read by the driver, as the plain builder
+    reads them). Holds the library lock throughout.
     """
     import ray
 
@@ -264,7 +266,8 @@ def build_library_on_ray(clap, paths: LibraryPaths, precision: str = "auto", bac
         start = time.perf_counter()
         reader = _shard_reader(folder, hashes, unreadable, failed, clap.name, geometry)
         report = build_library(clap, paths, rebuild=rebuild, progress=progress, files=files,
-                               commit_every_s=float("inf"), tagger=tagger, read_file=reader, lock=lock)
+                               commit_every_s=float("inf"), tagger=tagger, read_file=reader, lock=lock,
+                               fill_tempo=fill_tempo)
         remove_staging(folder)  # after the commit: every shard it needed is in the library now
         seconds["commit"] = time.perf_counter() - start
     finally:
@@ -311,5 +314,6 @@ def _shard_reader(folder: Path, hashes: dict[Path, str], unreadable: dict[Path, 
                                                 f"run adds it")
         return EmbeddedTrack(source=path, sha256=sha, tags=read_tags(path, library_folder, shard.file_tags),
                              duration_s=shard.duration_s, vector=shard.vector, segments=shard.segments,
-                             last_window_start_s=shard.last_window_start_s, embedded_by=shard.embedded_by)
+                             last_window_start_s=shard.last_window_start_s, embedded_by=shard.embedded_by,
+                             bpm=shard.bpm)
     return read

@@ -13,6 +13,12 @@ def format_duration(seconds: float | None) -> str:
     return f"{minutes}:{seconds:02d}"
 
 
+def format_bpm(bpm: float | None, unknown: str = "", unit: str = " BPM") -> str:
+    """A tempo as "128.0 BPM" (`unit` after the number; "" in a table's bpm column); `unknown` for None (no beat
+    found, or a track added before tempos were stored)."""
+    return unknown if bpm is None else f"{float(bpm):.1f}{unit}"
+
+
 def track_tags(track) -> list[str]:
     """A track's title, artist, mood and genre as text (a metadata record or a recommend.Track). A mood or genre
     of the user's own (folder, file tag) is shown as it is; without one, the best automatic tag, marked "(auto)"."""
@@ -39,9 +45,9 @@ def tag_columns(values: list[str]) -> str:
 def format_library(tracks: list[dict]) -> str:
     """The library as a readable table, one track a line (music_to_vector.py --list); the id is what --remove and
     --set-FIELD accept besides the file."""
-    lines = [f"{'#':>4}  {tag_columns([key for key, _ in TAG_COLUMNS])} {'length':>7}  {'id':<16}  file"]
+    lines = [f"{'#':>4}  {tag_columns([key for key, _ in TAG_COLUMNS])} {'bpm':>5} {'length':>7}  {'id':<16}  file"]
     for i, track in enumerate(tracks, 1):
-        lines.append(f"{i:>4}  {tag_columns(track_tags(track))} "
+        lines.append(f"{i:>4}  {tag_columns(track_tags(track))} {format_bpm(track.get('bpm'), unit=''):>5} "
                      f"{format_duration(float(track.get('duration_s', 0) or 0)):>7}  {track.get('id', ''):<16}  "
                      f"{track['file_path']}")
     return "\n".join(lines)
@@ -55,10 +61,12 @@ def format_recommendation(label: str, rec) -> str:
     if rec.mood_words:
         lines.append(f"  mood:    {', '.join(rec.mood_words)}")
     lines.append(f"  query:   {rec.query_text}")
-    lines.append(f"  {'#':>3}  {'score':>6}  {tag_columns([key for key, _ in TAG_COLUMNS])} {'best at':>7}  file")
+    lines.append(f"  {'#':>3}  {'score':>6}  {tag_columns([key for key, _ in TAG_COLUMNS])} {'bpm':>5} {'best at':>7}  "
+                 f"file")
     for t in rec.results:
         lines.append(f"  {t.rank:>3}  {t.score:>6.3f}  {tag_columns(track_tags(t))} "
-                     f"{format_duration(t.best_segment_start_s):>7}  {t.file_path}")
+                     f"{format_bpm(getattr(t, 'bpm', None), unit=''):>5} {format_duration(t.best_segment_start_s):>7}  "
+                     f"{t.file_path}")
         shared = getattr(t, "shared_mood_words", None)
         if shared:  # why the track is listed, in the photo's own words
             lines.append(f"  {'':>3}  {'':>6}  shares the mood words: {', '.join(shared)}")

@@ -6,10 +6,12 @@ Database contract (checked by load_database):
   [segment_offset, segment_offset + segment_count).
 - music_database_metadata.json: {"format", "version", "clap_model", "embedding": {method, sample_rate,
   window_s, dim}, "commit": {id, vectors_bytes, segments_bytes, moves}, "tracks": [{id, title, artist, mood,
-  genre, file_path, duration_s, sha256, segment_offset, segment_count, last_window_start_s, from_file}]}.
+  genre, file_path, duration_s, sha256, segment_offset, segment_count, last_window_start_s, bpm, from_file}]}.
   file_path is relative to the library folder; from_file holds the tags the file itself gave; a track's last
-  window starts at last_window_start_s (absent in older databases, whose last window is zero-padded). A
-  seed-format file (a bare list of {id, file_path, title, mood, genre}) still loads, without segments.
+  window starts at last_window_start_s (absent in older databases, whose last window is zero-padded); bpm is
+  its tempo, a float with one decimal, null when no beat stands out, absent for a track added before tempos were
+  stored (music_to_vector.py reads it). A seed-format file (a bare list of {id, file_path, title, mood, genre})
+  still loads, without segments.
 - One commit point (save_database): the data files of a change are written under new names first; replacing the
   metadata, which names them, commits the change; they are renamed into place after. A reader sees the old
   library or the new one, and a crash after the commit is finished from the metadata (finish_commit).
@@ -121,6 +123,7 @@ class Database:
     _index: object = field(default=None, repr=False, compare=False)
     _tag_codes: dict = field(default_factory=dict, repr=False, compare=False)
     _auto_tag_rows: dict = field(default_factory=dict, repr=False, compare=False)
+    _bpm: object = field(default=None, repr=False, compare=False)
     _lock: object = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -162,6 +165,15 @@ class Database:
                         rows.setdefault(tag.lower(), []).append(i)
                 self._auto_tag_rows[key] = {tag: np.array(r, dtype=np.int64) for tag, r in rows.items()}
             return self._auto_tag_rows[key]
+
+    def bpm_values(self) -> np.ndarray:
+        """Every track's tempo as float64 (N,), NaN where it has none; cached, so a tempo filter does not walk every
+        record."""
+        with self._lock:
+            if self._bpm is None:
+                self._bpm = np.array([float(t["bpm"]) if isinstance(t.get("bpm"), (int, float)) else np.nan
+                                      for t in self.tracks], dtype=np.float64)
+            return self._bpm
 
     @property
     def dim(self) -> int:

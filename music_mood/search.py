@@ -1,5 +1,5 @@
-"""Ranking a library for a query vector: exact cosine search, a faiss index for large libraries, the mood and
-genre filters, and each result's best moment."""
+"""Ranking a library for a query vector: exact cosine search, a faiss index for large libraries, the mood, genre
+and tempo filters, and each result's best moment."""
 from __future__ import annotations
 
 import hashlib
@@ -7,6 +7,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -18,6 +19,10 @@ INDEX_FORMAT = b"music-mood-ivf-sq8-v1"
 # How many rows the index proposes for each wanted result; they are then re-scored exactly.
 INDEX_CANDIDATES_PER_RESULT = 10
 INDEX_MIN_CANDIDATES = 100
+# A tempo filter of one number N keeps the tracks within this share of N: "120" is 114-126 BPM, about one step of
+# a tempo estimate either way, and close enough to cut a slideshow to.
+ABOUT_BPM = 0.05
+BPM_RANGE_FORMS = "80-110, 80- (at least 80), -110 (at most 110) or 120 (about 120: within 5 %)"
 
 
 def index_path(vectors_path: Path) -> Path:
@@ -86,10 +91,65 @@ def _normalise_filter(values) -> set[str] | None:
     return values or None
 
 
-def _allowed_rows(db: Database, moods=None, genres=None) -> np.ndarray | None:
-    """Boolean (N,) mask of the tracks the mood/genre filters keep, or None when there is no filter. A track is
-    kept when its own tag (folder mood, file genre) or one of its automatic tags of that kind is wanted."""
+class BpmRange(NamedTuple):
+    """A tempo filter: the tracks whose bpm is from `low` to `high`, both included; None leaves that side open."""
+
+    low: float | None
+    high: float | None
+
+    def __str__(self) -> str:
+        if self.low is None or self.high is None:
+            return f"at most {self.high:g} BPM" if self.low is None else f"at least {self.low:g} BPM"
+        return f"{self.low:g}-{self.high:g} BPM"
+
+
+def parse_bpm_range(text: str) -> BpmRange:
+    """A tempo filter as a user types it: "80-110", "80-" (at least), "-110" (at most) or "120" (about 120: within
+    ABOUT_BPM either way). Raises ValueError with a message naming what was wrong and the forms it takes."""
+    text = str(text).strip()
+    low_text, dash, high_text = text.replace("\u2013", "-").partition("-")  # an en dash (80–110) is a dash too
+
+    def number(part: str) -> float | None:
+        if not part.strip() and dash:
+            return None
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a tempo range: give {BPM_RANGE_FORMS}") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{text!r} is not a tempo range: a tempo is a number of beats per minute, 0 or more")
+        return value
+
+    low, high = number(low_text), number(high_text) if dash else None
+    if not dash:
+        return BpmRange(low * (1 - ABOUT_BPM), low * (1 + ABOUT_BPM))
+    if low is None and high is None:
+        raise ValueError(f"{text!r} is not a tempo range: give {BPM_RANGE_FORMS}")
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"{text!r} is not a tempo range: {low:g} is above {high:g}")
+    return BpmRange(low, high)
+
+
+def _bpm_filter(bpm) -> BpmRange | None:
+    """A tempo filter given as a BpmRange, a (low, high) pair or text (parse_bpm_range); None or "" is none."""
+    if bpm is None or (isinstance(bpm, str) and not bpm.strip()):
+        return None
+    return parse_bpm_range(bpm) if isinstance(bpm, str) else BpmRange(*bpm)
+
+
+def _allowed_rows(db: Database, moods=None, genres=None, bpm=None) -> np.ndarray | None:
+    """Boolean (N,) mask of the tracks the mood/genre/tempo filters keep, or None when there is no filter. A track
+    is kept when its own tag (folder mood, file genre) or one of its automatic tags of that kind is wanted, and
+    when its bpm is in the range (a track without one never is)."""
     allowed = None
+    tempo = _bpm_filter(bpm)
+    if tempo is not None:
+        values = db.bpm_values()
+        allowed = ~np.isnan(values)
+        if tempo.low is not None:
+            allowed &= values >= tempo.low
+        if tempo.high is not None:
+            allowed &= values <= tempo.high
     for key, wanted in (("mood", _normalise_filter(moods)), ("genre", _normalise_filter(genres))):
         if wanted is not None:
             codes_of, codes = db.tag_codes(key)
@@ -108,12 +168,13 @@ def tag_values(db: Database, key: str) -> list[str]:
     return sorted(values - {""}, key=str.lower)
 
 
-def check_filters(db: Database, moods=None, genres=None) -> None:
-    """Raise EmptyLibraryError when the mood/genre filters keep no track of `db`, naming the moods/genres it has.
+def check_filters(db: Database, moods=None, genres=None, bpm=None) -> None:
+    """Raise EmptyLibraryError when the mood/genre/tempo filters keep no track of `db`, naming the moods/genres and
+    the tempos it has; ValueError for a tempo filter that does not parse (parse_bpm_range).
 
     Needs no model: callers run it before loading or asking one, so a mistyped filter fails at once.
     """
-    allowed = _allowed_rows(db, moods, genres)
+    allowed = _allowed_rows(db, moods, genres, bpm)
     if allowed is None or allowed.any():
         return
     asked, offered = [], []
@@ -122,6 +183,16 @@ def check_filters(db: Database, moods=None, genres=None) -> None:
             existing = tag_values(db, key)
             asked.append(f"the {key} {' or '.join(sorted(wanted))}")
             offered.append(f"the {key}s it has: {', '.join(existing) or 'none'}")
+    tempo = _bpm_filter(bpm)
+    if tempo is not None:
+        values = db.bpm_values()[~np.isnan(db.bpm_values())]
+        asked.append(f"a tempo of {tempo}")
+        offered.append(f"the tempos it has: {values.min():g}-{values.max():g} BPM" if len(values) else
+                       "no track has a tempo")
+        untimed = sum("bpm" not in t for t in db.tracks)
+        if untimed:
+            offered[-1] += (f" ({untimed} tracks added before tempos were stored have none yet: run python "
+                            f"music_to_vector.py to read them)")
     raise EmptyLibraryError(f"no track in the library has {' and '.join(asked)}; {'; '.join(offered)}")
 
 
@@ -143,16 +214,18 @@ def _exact_top(vectors: np.ndarray, vector: np.ndarray, topk: int, candidates: n
     return [(int(candidates[i]), float(scores[i])) for i in order]
 
 
-def rank_tracks(db: Database, vector: np.ndarray, topk: int, moods=None, genres=None) -> list[tuple[int, float]]:
+def rank_tracks(db: Database, vector: np.ndarray, topk: int, moods=None, genres=None,
+                bpm=None) -> list[tuple[int, float]]:
     """Cosine ranking: (row, score) for the top k rows, best first, ties broken by row order.
 
-    `vector` is a unit float32 (D,); the database rows are unit-length, so the dot product is the cosine.
+    `vector` is a unit float32 (D,); the database rows are unit-length, so the dot product is the cosine. `bpm`
+    is a tempo filter (a BpmRange, a (low, high) pair or text such as "80-110"; see _allowed_rows).
     Small libraries (and filters that leave fewer than db.index_min_tracks rows) are ranked exactly. Larger
     ones ask the faiss index (db.search_index()) for candidates, oversampled by how much the filters remove,
     and re-score those exactly; if the filters leave fewer than k of them, the exact ranking is used instead.
     """
     vector = np.asarray(vector, dtype=np.float32)
-    allowed = _allowed_rows(db, moods, genres)
+    allowed = _allowed_rows(db, moods, genres, bpm)
     kept = len(db) if allowed is None else int(allowed.sum())
     if kept == 0:
         return []
@@ -169,8 +242,8 @@ def rank_tracks(db: Database, vector: np.ndarray, topk: int, moods=None, genres=
     return _exact_top(db.vectors, vector, topk, None if allowed is None else np.flatnonzero(allowed))
 
 
-def rank_present_tracks(db: Database, vector: np.ndarray, topk: int, moods=None,
-                        genres=None) -> tuple[list[tuple[int, float]], list[int]]:
+def rank_present_tracks(db: Database, vector: np.ndarray, topk: int, moods=None, genres=None,
+                        bpm=None) -> tuple[list[tuple[int, float]], list[int]]:
     """rank_tracks without the tracks whose file is missing: ((row, score) for the top k, rows skipped), best first.
 
     Only the files of ranked candidates are looked at (one stat each), in rank order until k are found; when
@@ -179,7 +252,7 @@ def rank_present_tracks(db: Database, vector: np.ndarray, topk: int, moods=None,
     present: dict[int, bool] = {}
     want = topk
     while True:
-        ranked = rank_tracks(db, vector, want, moods, genres)
+        ranked = rank_tracks(db, vector, want, moods, genres, bpm)
         kept, skipped = [], []
         for row, score in ranked:
             if row not in present:
@@ -283,7 +356,8 @@ def select_results(db: Database, vectors: np.ndarray, ranked: list[tuple[int, fl
 
 def rank_results(db: Database, vector: np.ndarray, topk: int, moods=None, genres=None,
                  max_per_artist: int = DEFAULT_MAX_PER_ARTIST, diversity: float = 0.0,
-                 exclude: set[int] | frozenset[int] = frozenset()) -> tuple[list[tuple[int, float]], list[int]]:
+                 exclude: set[int] | frozenset[int] = frozenset(),
+                 bpm=None) -> tuple[list[tuple[int, float]], list[int]]:
     """The result list for a query: ((row, score) for up to k tracks, rows skipped for a missing file).
 
     rank_present_tracks' ranking (filters applied, missing files skipped), without the rows in `exclude` (the
@@ -299,7 +373,7 @@ def rank_results(db: Database, vector: np.ndarray, topk: int, moods=None, genres
     if diversity > 0:
         want = max(want, MMR_MIN_POOL, MMR_POOL_PER_RESULT * topk)
     while True:
-        ranked, missing = rank_present_tracks(db, vector, want, moods, genres)
+        ranked, missing = rank_present_tracks(db, vector, want, moods, genres, bpm)
         candidates = [(row, score) for row, score in ranked if row not in exclude]
         chosen = select_results(db, db.vectors, candidates, topk, max_per_artist, diversity)
         if len(chosen) == topk or len(ranked) < want:

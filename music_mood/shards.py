@@ -4,7 +4,8 @@ stages that make a shard (decode a file; embed decoded audio), as plain Python t
 A shard is `.ray-staging/<sha[:2]>/<sha>.npz` in the library folder, holding `vector` float32 (D,) and `segments`
 float32 (W, D) (unit rows, exactly what embed.embed_track returns) and `info`: a JSON object stored as uint8 bytes,
 so reading a shard never unpickles anything (format, version, sha256, clap_model, embedded_by, sample_rate,
-window_samples, duration_s, last_window_start_s, and file_tags, the tags the file itself carries). It is written
+window_samples, duration_s, last_window_start_s, bpm (audio.estimate_tempo, null when no beat stands out),
+and file_tags, the tags the file itself carries). It is written
 whole under a temp name and renamed, without fsync: a shard is a cache of work that nothing names. read_shard refuses
 a torn shard (the zip's CRC), one of another model or window, or one whose vectors break the database contract;
 that file is simply embedded again. The library's commit (library.save_database) stays the one commit point, and the
@@ -20,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from music_mood.audio import decode_audio, file_sha256, file_tags
+from music_mood.audio import decode_audio, estimate_tempo, file_sha256, file_tags
 from music_mood.embed import embed_track
 from music_mood.library import NORM_TOLERANCE, LibraryPaths
 from music_mood.storage import remove, write_atomically
 
 STAGING_FOLDER = ".ray-staging"
 SHARD_FORMAT = "music-mood-shard"
-SHARD_VERSION = 1
+SHARD_VERSION = 2  # 2: the tempo (bpm); a shard of version 1 has none, so its file is embedded again
 _SHA = re.compile(r"[0-9a-f]{64}")
 
 
@@ -43,6 +44,7 @@ class Shard:
     duration_s: float
     embedded_by: str  # backend-precision of the worker that embedded it ("onnx-int8", "torch-bf16"...)
     file_tags: dict  # what audio.file_tags gave: the file's own title/artist/genre tags
+    bpm: float | None = None  # audio.estimate_tempo of the decoded audio
 
 
 @dataclass
@@ -58,6 +60,7 @@ class EmbeddedTrack:
     segments: np.ndarray
     last_window_start_s: float
     embedded_by: str
+    bpm: float | None = None  # the tempo the decoding stage read (audio.estimate_tempo)
 
 
 def staging_folder(paths: LibraryPaths) -> Path:
@@ -74,7 +77,7 @@ def encode_shard(shard: Shard, clap_model: str, sample_rate: int, window_samples
     info = {"format": SHARD_FORMAT, "version": SHARD_VERSION, "sha256": shard.sha256, "clap_model": clap_model,
             "embedded_by": shard.embedded_by, "sample_rate": int(sample_rate), "window_samples": int(window_samples),
             "duration_s": float(shard.duration_s), "last_window_start_s": float(shard.last_window_start_s),
-            "file_tags": shard.file_tags}
+            "bpm": shard.bpm, "file_tags": shard.file_tags}
     out = io.BytesIO()
     np.savez(out, vector=np.asarray(shard.vector, np.float32), segments=np.asarray(shard.segments, np.float32),
              info=np.frombuffer(json.dumps(info, ensure_ascii=False).encode(), np.uint8))
@@ -114,7 +117,8 @@ def read_shard(folder: Path, sha256: str, clap_model: str, sample_rate: int, win
         return None
     return Shard(sha256=sha256, vector=vector, segments=segments,
                  last_window_start_s=float(info["last_window_start_s"]), duration_s=float(info["duration_s"]),
-                 embedded_by=str(info["embedded_by"]), file_tags=dict(info.get("file_tags") or {}))
+                 embedded_by=str(info["embedded_by"]), file_tags=dict(info.get("file_tags") or {}),
+                 bpm=None if info.get("bpm") is None else float(info["bpm"]))
 
 
 def remove_staging(folder: Path) -> None:
@@ -146,7 +150,9 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 def decode_for_embedding(path: str, sha256: str, sample_rate: int) -> dict:
-    """The decoding stage: one file → {"sha256", "path", "audio" float32 (n,), "file_tags" (JSON), "error"}.
+    """The decoding stage: one file → {"sha256", "path", "audio" float32 (n,), "file_tags" (JSON), "bpm" (its tempo,
+    NaN for none: a column of floats), "error"}. The tempo is read here, from the audio just decoded, as the plain
+    builder's reader does.
 
     The file must still have the content the driver hashed (`sha256`): a shard is keyed by content, so audio of
     another content must never be stored under that name. A file that cannot be read or decoded gives an empty
@@ -158,11 +164,12 @@ def decode_for_embedding(path: str, sha256: str, sample_rate: int) -> dict:
         if file_sha256(source) != sha256:
             raise OSError(f"{source.name} changed while it was being added; run again to add it as it is now")
         audio, tags = decode_audio(source, sample_rate), file_tags(source)
+        bpm = estimate_tempo(audio, sample_rate)
     except Exception as e:  # every reason a file cannot be read is that file's failure, reported with its name
         return {"sha256": sha256, "path": path, "audio": np.zeros(0, np.float32), "file_tags": "{}",
-                "error": str(e) or type(e).__name__}
+                "bpm": float("nan"), "error": str(e) or type(e).__name__}
     return {"sha256": sha256, "path": path, "audio": audio, "file_tags": json.dumps(tags, ensure_ascii=False),
-            "error": ""}
+            "bpm": float("nan") if bpm is None else bpm, "error": ""}
 
 
 class ShardEmbedder:
@@ -176,13 +183,14 @@ class ShardEmbedder:
         self.clap = clap
         self.clap_model = clap_model or clap.name
 
-    def embed(self, sha256: str, audio: np.ndarray, tags: dict) -> bytes:
-        """One decoded track (float32 (n,) at the model's rate) → the bytes of its shard (encode_shard)."""
+    def embed(self, sha256: str, audio: np.ndarray, tags: dict, bpm: float | None = None) -> bytes:
+        """One decoded track (float32 (n,) at the model's rate, and its tempo) → the bytes of its shard
+        (encode_shard)."""
         runtime = self.clap.runtime
         vector, segments, last_window_start_s = embed_track(self.clap, audio)
         shard = Shard(sha256=sha256, vector=vector, segments=segments, last_window_start_s=last_window_start_s,
                       duration_s=len(audio) / runtime.sampling_rate, embedded_by=self.clap.embedded_by,
-                      file_tags=tags)
+                      file_tags=tags, bpm=bpm)
         return encode_shard(shard, self.clap_model, runtime.sampling_rate, runtime.window_samples)
 
     def __call__(self, batch: dict) -> dict:
@@ -193,8 +201,9 @@ class ShardEmbedder:
             path, error, shard = str(batch["path"][i]), str(batch["error"][i]), b""
             if not error:
                 try:
+                    bpm = float(batch["bpm"][i])
                     shard = self.embed(str(sha256), np.asarray(batch["audio"][i], np.float32),
-                                       json.loads(str(batch["file_tags"][i])))
+                                       json.loads(str(batch["file_tags"][i])), None if np.isnan(bpm) else bpm)
                 except Exception as e:  # one bad file must not cost the others
                     error = f"cannot embed {Path(path).name}: {e}"
             out["sha256"].append(str(sha256))

@@ -273,6 +273,28 @@ def test_filter_matching_nothing_is_an_error(client):
         client.predict(image=None, text="calm", topk=3, moods=["no such mood"], api_name="/recommend")
 
 
+def test_recommend_api_filters_by_tempo(client, app_library, default_models):
+    """The tempo box's text is /recommend's and /more_like_this's last parameter; a client that leaves it out is
+    answered as before (the other tests)."""
+    from gradio_client.exceptions import AppError
+
+    db = load_database(LibraryPaths.at(app_library))
+    tempos = sorted(t["bpm"] for t in db.tracks)
+    bpm = f"{tempos[1]}-{tempos[-2]}"  # all but the slowest and the fastest track
+    result = client.predict(image=None, text="anything", topk=20, bpm=bpm, api_name="/recommend")
+    expected = recommend(None, default_models[1], db, text="anything", topk=20, bpm=bpm).to_dict()
+    assert [t["file_path"] for t in result["results"]] == [t["file_path"] for t in expected["results"]]
+    assert sorted(t["bpm"] for t in result["results"]) == tempos[1:-1]
+    like = db.tracks[0]["file_path"]
+    liked = client.predict(like=like, topk=20, bpm=f"-{tempos[-2]}", api_name="/more_like_this")
+    assert {t["file_path"] for t in liked["results"]} == {t["file_path"] for t in db.tracks[1:]
+                                                          if t["bpm"] <= tempos[-2]}
+    with pytest.raises(AppError, match=re.escape("Tempo: 'fast' is not a tempo range: give 80-110")):
+        client.predict(image=None, text="anything", topk=3, bpm="fast", api_name="/recommend")
+    with pytest.raises(AppError, match=re.escape("no track in the library has a tempo of 300-400 BPM")):
+        client.predict(like=like, topk=3, bpm="300-400", api_name="/more_like_this")
+
+
 def test_more_like_this_api_answers_what_recommend_answers(client, app_library):
     from gradio_client.exceptions import AppError
 
@@ -686,10 +708,24 @@ def test_results_are_escaped_and_play_from_their_best_moment():
     page = render_tracks({"results": [track, second]})
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "A &quot;&amp;&quot; B" in page and "mood: &lt;b&gt;" in page
+    assert "genre: – · score" in page  # a track without a tempo says nothing about it
+    assert "genre: – · 96.4 BPM · score" in render_tracks({"results": [{**track, "bpm": 96.4}]})
     src = track_url(file_path)
     assert f'<audio controls preload="auto" src="{src}#t=30">' in page
     assert f'<audio controls preload="metadata" src="{src}">' in page
     assert "%23" in src and "#" not in src
+
+
+def test_library_table_shows_each_tempo(library_copy):
+    from app import LIBRARY_COLUMNS, library_rows
+
+    db = load_database(LibraryPaths.at(library_copy))
+    db.tracks[0].pop("bpm")  # added before tempos were stored: an empty cell
+    rows = library_rows(db)
+    column = LIBRARY_COLUMNS.index("bpm")
+    assert all(len(row) == len(LIBRARY_COLUMNS) for row in rows)
+    assert [row[column] for row in rows] == [""] + [f"{t['bpm']:.1f}" for t in db.tracks[1:]]
+    assert [row[LIBRARY_COLUMNS.index("file")] for row in rows] == [t["file_path"] for t in db.tracks]
 
 
 # ---------------------------------------------------------------------------------------------- start-up

@@ -132,6 +132,23 @@ def test_more_like_this_button_lists_the_tracks_nearest_that_track(page, app, de
     assert page.locator("#caption textarea").input_value() == ""
 
 
+def test_the_tempo_box_lists_only_the_tracks_in_its_range(page, app, default_models):
+    db = load_database(LibraryPaths.at(app.library))
+    tempos = sorted(t["bpm"] for t in db.tracks)
+    bpm = f"{tempos[1]}-{tempos[-2]}"  # all but the slowest and the fastest track
+    expected = recommend(None, default_models[1], db, text="anything", topk=10, bpm=bpm)
+    page.fill("#text textarea", "anything")
+    page.fill("#bpm textarea", bpm)
+    page.click("#recommend")
+    page.wait_for_function(f"document.querySelectorAll('#tracks audio').length === {len(expected.results)}",
+                           timeout=WAIT_MS)
+    cards = page.locator("#tracks li.track")
+    assert [cards.nth(i).get_attribute("data-file") for i in range(len(expected.results))] == \
+        [t.file_path for t in expected.results]
+    for i, track in enumerate(expected.results):
+        assert f"{track.bpm:.1f} BPM" in cards.nth(i).locator(".meta").inner_text()
+
+
 def test_non_image_shows_an_error_and_the_page_keeps_working(page, tmp_path, photos):
     bad = tmp_path / "notes.png"
     bad.write_text("this is text, not a photo\n")

@@ -19,7 +19,7 @@ from music_to_vector import LibraryPaths, load_database
 from recommend import EmptyLibraryError, rank_tracks, recommend
 from tests.conftest import ROOT, run_cli
 
-RESULT_KEYS = {"rank", "title", "artist", "mood", "genre", "file_path", "score", "best_segment_start_s",
+RESULT_KEYS = {"rank", "title", "artist", "mood", "genre", "bpm", "file_path", "score", "best_segment_start_s",
                "shared_mood_words", "auto_tags"}
 
 
