@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser
-from music_mood.display import format_recommendation
+from music_mood.display import format_recommendation, format_soundtrack
 from music_mood.images import ImageError
 from music_mood.library import (
     EMPTY_LIBRARY,
@@ -29,6 +32,15 @@ from music_mood.search import (
     rank_results,
     rank_tracks,
     shared_mood_words,
+)
+from music_mood.soundtrack import (
+    DEFAULT_SECONDS_PER_PHOTO,
+    MAX_PHOTOS,
+    MIN_PHOTOS,
+    OUTPUT_EXTENSIONS,
+    NoReadablePhotosError,
+    check_can_plan,
+    plan_soundtrack,
 )
 from music_mood.tags import auto_tag_words
 
@@ -166,10 +178,23 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    """An argparse `type` for a length in seconds greater than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{value:g} is not a length in seconds greater than 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("recommend.py",
-                        "Recommend music from your library that fits the mood of a photo (and/or a text).",
-                        "python recommend.py beach.jpg --topk 5 --text 'sunset, slow' --play")
+                        "Recommend music from your library that fits the mood of a photo (and/or a text), or "
+                        "plan a soundtrack for a set of photos (--soundtrack).",
+                        "python recommend.py beach.jpg --topk 5 --text 'sunset, slow' --play; "
+                        "python recommend.py trip/*.jpg --soundtrack --out trip.mp4 --out trip.m3u8")
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="photos to find music for")
     parser.add_argument("--text", default="", help="words to search by, alone or together with the photo")
     parser.add_argument("--topk", type=int_argument(1), default=10, help="how many tracks to list")
@@ -186,14 +211,126 @@ def build_parser() -> argparse.ArgumentParser:
                              "tracks already listed (0 = the pure ranking)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image, one per line")
     parser.add_argument("--play", action="store_true", help="play the top track from its best moment")
+    slideshow = parser.add_argument_group(
+        "soundtrack", f"music for a set of {MIN_PHOTOS} to {MAX_PHOTOS} photos, in the order given: scenes of "
+                      "photos that belong together, a track for each (--text, --mood, --genre and --json apply; "
+                      "--topk, --max-per-artist and --diversity do not)")
+    slideshow.add_argument("--soundtrack", action="store_true",
+                           help="plan a soundtrack for the photos (printed as a table, or JSON with --json)")
+    lengths = slideshow.add_mutually_exclusive_group()
+    lengths.add_argument("--seconds-per-photo", type=positive_seconds, default=None, metavar="S",
+                         help=f"how long each photo is shown (default: {DEFAULT_SECONDS_PER_PHOTO:g})")
+    lengths.add_argument("--total-seconds", type=positive_seconds, default=None, metavar="S",
+                         help="the soundtrack's length, spread evenly over the photos")
+    slideshow.add_argument("--out", action="append", type=Path, metavar="FILE",
+                           help=f"also write the soundtrack to FILE, by its extension: {', '.join(OUTPUT_EXTENSIONS)} "
+                                "(repeat for several)")
     add_library_arguments(parser)
     add_model_arguments(parser)
     return parser
 
 
+def check_outputs(parser: argparse.ArgumentParser, outs: list[Path]) -> str | None:
+    """The --out files: an unknown extension is a usage error (exit 2, by parser.error); the message for one
+    whose folder is missing or cannot be written to, which the caller prints as an error (exit 1), or None.
+
+    The folder is tried by creating and removing a temporary file in it: permission bits say nothing about a
+    read-only mount, nor about root."""
+    for out in outs:
+        if out.suffix.lower() not in OUTPUT_EXTENSIONS:
+            parser.error(f"--out {out}: unknown extension {out.suffix or '(none)'!r}; "
+                         f"choose one of {', '.join(OUTPUT_EXTENSIONS)}")
+    for out in outs:
+        folder = out.parent
+        if out.is_dir():
+            return f"cannot write {out}: it is a folder"
+        if not folder.exists():
+            return f"cannot write {out}: the folder {folder} does not exist"
+        if not folder.is_dir():
+            return f"cannot write {out}: {folder} is not a folder"
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".music-mood-check-"):
+                pass
+        except OSError as e:
+            return f"cannot write {out}: the folder {folder} is not writable ({e.strerror or e})"
+    return None
+
+
+def check_outside_library(db: Database, paths: LibraryPaths, outs: list[Path]) -> str | None:
+    """The message for an --out that would change the library (a track's file, a database file, or a file in
+    new_music/, which the next build would take in as a track), or None."""
+    if not outs:
+        return None
+    root = db.root.resolve()
+    database_files = {p.resolve() for p in (paths.vectors, paths.metadata, paths.segments, paths.lock)}
+    track_files = {str(t["file_path"]) for t in db.tracks}
+    for out in outs:
+        target = out.resolve()
+        inside = target.relative_to(root).as_posix() if target.is_relative_to(root) else None
+        if target in database_files or inside in track_files:
+            return f"cannot write {out}: it is a file of the music library in {paths.root}"
+        if target.is_relative_to(paths.new_music.resolve()):
+            return (f"cannot write {out}: {paths.new_music} is where the library takes in new music; "
+                    f"choose another folder")
+    return None
+
+
+def soundtrack_main(parser: argparse.ArgumentParser, args) -> int:
+    """recommend.py --soundtrack: the plan on stdout, and the --out files.
+
+    Exit status as for several photos without --soundtrack: 0 when every photo was used; 1 when a photo could
+    not be read (it is named on stderr and left out; the plan and the files are still made from the others),
+    when none could be, or on any other error; 2 for a usage error."""
+    if args.like is not None or args.play:
+        parser.error("--soundtrack plans from photos: give it without --like and --play")
+    if not MIN_PHOTOS <= len(args.images) <= MAX_PHOTOS:
+        parser.error(f"--soundtrack needs {MIN_PHOTOS} to {MAX_PHOTOS} photos, not {len(args.images)}")
+    outs = args.out or []
+    problem = check_outputs(parser, outs)  # before anything slow: a typo in a folder fails at once
+    if problem:
+        print(f"Error: {problem}", file=sys.stderr)
+        return 1
+    seconds = args.seconds_per_photo or DEFAULT_SECONDS_PER_PHOTO
+    paths = LibraryPaths.at(args.library, args.vectors, args.meta)
+    try:
+        from music_mood.models import load_blip, load_clap_text
+
+        db = load_database(paths, clap_model=args.clap_model)
+        check_can_plan(db, args.mood, args.genre)  # before the models: loading them takes seconds
+        problem = check_outside_library(db, paths, outs)
+        if problem:
+            print(f"Error: {problem}", file=sys.stderr)
+            return 1
+        write_outputs = None
+        if outs:  # imported before the models load: an encoder that is not installed fails at once
+            from music_mood.render import write_outputs
+        clap = load_clap_text(args.clap_model, args.precision, args.backend)
+        blip = load_blip(args.blip_model, args.precision, args.backend)
+        plan = plan_soundtrack(blip, clap, db, args.images, seconds_per_photo=seconds, total_s=args.total_seconds,
+                               text=args.text, moods=args.mood, genres=args.genre, progress=True)
+        for skipped in plan.skipped_photos:
+            print(f"Warning: {skipped['error']}; left out", file=sys.stderr)
+        if args.json:
+            print(json.dumps(plan.to_dict(), ensure_ascii=False), flush=True)
+        else:
+            print(format_soundtrack(plan), flush=True)
+        if write_outputs is not None:
+            write_outputs(plan, outs, progress=True)
+    except (DatabaseError, ModelLoadError, NoReadablePhotosError, ImageError, RuntimeError, OSError) as e:
+        print(f"Error: {e}", file=sys.stderr)  # ImageError: a photo that went away before rendering
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 1 if plan.skipped_photos else 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.soundtrack:
+        return soundtrack_main(parser, args)
+    if args.seconds_per_photo is not None or args.total_seconds is not None or args.out:
+        parser.error("--seconds-per-photo, --total-seconds and --out go with --soundtrack")
     if args.like is not None and (args.images or args.text.strip()):
         parser.error("--like is the query on its own: give it without IMAGE or --text")
     if args.like is None and not args.images and not args.text.strip():

@@ -63,3 +63,36 @@ def format_recommendation(label: str, rec) -> str:
         if shared:  # why the track is listed, in the photo's own words
             lines.append(f"  {'':>3}  {'':>6}  shares the mood words: {', '.join(shared)}")
     return "\n".join(lines)
+
+
+def format_soundtrack(plan) -> str:
+    """The readable soundtrack plan (soundtrack.Plan): each scene with its photos, then the music under it, where
+    in each track it plays, and why it was picked."""
+    photos = len(plan.photos)
+    scenes = len(plan.scenes)
+    heading = (f"Soundtrack: {photos} photos, {format_duration(plan.total_s)} ({plan.seconds_per_photo:g} s a photo), "
+               f"{scenes} scene{'s' * (scenes != 1)}")
+    lines = [heading]
+    if plan.text:
+        lines.append(f"  words for every photo: {plan.text}")
+    for scene in plan.scenes:
+        first, last = scene.photos[0] + 1, scene.photos[-1] + 1
+        shown = f"photo {first}" if first == last else f"photos {first}-{last}"
+        span = f"{format_duration(scene.start_s)}-{format_duration(scene.end_s)}"
+        lines += ["", f"scene {scene.index + 1}  {span}  {shown}"]
+        for i in scene.photos:
+            photo = plan.photos[i]
+            lines.append(f"  {i + 1:>3}  {photo.name}: {photo.caption}" +
+                         (f" ({', '.join(photo.mood_words)})" if photo.mood_words else ""))
+        lines.append(f"  {'':<8}{'in track':>11}  {'score':>6}  {'title':<30} {'artist':<18} file")
+        for j, piece in enumerate(scene.pieces):
+            span = f"{format_duration(piece.track_start_s)}-{format_duration(piece.track_end_s)}"
+            lines.append(f"  {'music' if j == 0 else 'then':<8}{span:>11}  {piece.score:>6.3f}  {piece.title[:30]:<30} "
+                         f"{piece.artist[:18]:<18} {piece.file_path}")
+        why = f"  why:  {', '.join(scene.mood_words)} mood" if scene.mood_words else "  why:  the photos' captions"
+        if scene.shared_mood_words:
+            why += f"; the track is tagged {', '.join(scene.shared_mood_words)}"
+        lines.append(why)
+    if plan.tracks_repeat:
+        lines += ["", "Note: the library has fewer usable tracks than this soundtrack needs, so some tracks repeat."]
+    return "\n".join(lines)

@@ -2,13 +2,27 @@
 made once and rendered by music_mood.render into a playlist, a mixed audio file and a slideshow video."""
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from music_mood.describe import MAX_CAPTION_TOKENS, MOOD_WORDS_PER_IMAGE, describe_image
+from music_mood.images import ImageError, open_image
+from music_mood.library import EMPTY_LIBRARY, REBUILD, Database, DatabaseError, EmptyLibraryError
+from music_mood.query import Query, compose_query_text, embed_text
+from music_mood.search import best_segment_start, check_filters, rank_results, shared_mood_words
 
 DEFAULT_SECONDS_PER_PHOTO = 4.0
 MIN_PHOTOS, MAX_PHOTOS = 2, 200  # a soundtrack is for a set; the CLI and the API refuse more than MAX_PHOTOS
 FADE_S = 0.5  # fade in at the start of the soundtrack, and the final fade out that ends with the last photo
 CROSSFADE_S = 1.5  # between two pieces of music (two scenes, or a track continued by the next-best one)
 PHOTO_CROSSFADE_S = 0.5  # between two photos in the video
+# What music_mood.render.write_outputs makes, by the output file's extension: the slideshow video, the mixed
+# soundtrack (AAC or uncompressed), the playlist with start offsets, the plan itself.
+OUTPUT_EXTENSIONS = (".mp4", ".m4a", ".wav", ".m3u8", ".json")
 
 
 @dataclass
@@ -80,3 +94,265 @@ class Plan:
     def from_dict(cls, data: dict) -> Plan:
         scenes = [Scene(**{**s, "pieces": [Piece(**p) for p in s["pieces"]]}) for s in data["scenes"]]
         return cls(**{**data, "photos": [PlanPhoto(**p) for p in data["photos"]], "scenes": scenes})
+
+
+class NoReadablePhotosError(ValueError):
+    """None of the photos given for a soundtrack could be read; the message names the first and why."""
+
+
+# ---------------------------------------------------------------------------------------------- scenes
+
+# A scene is at least this long: shorter, its music would be little more than its cross-fades.
+MIN_SCENE_S = 8.0
+MIN_SCENE_PHOTOS = 2
+# A neighbour pair's cosine must fall this far below the set's typical neighbour cosine to start a scene ...
+SCENE_MIN_DROP = 0.1
+# ... and this many (robust) standard deviations of the set's neighbour cosines below it.
+SCENE_SPREADS = 3.0
+
+
+def scene_min_photos(seconds_per_photo: float) -> int:
+    """The fewest photos a scene has: MIN_SCENE_PHOTOS, and enough to last MIN_SCENE_S."""
+    return max(MIN_SCENE_PHOTOS, math.ceil(MIN_SCENE_S / seconds_per_photo - 1e-9))
+
+
+def split_scenes(vectors: np.ndarray, min_photos: int = MIN_SCENE_PHOTOS, min_drop: float = SCENE_MIN_DROP,
+                 spreads: float = SCENE_SPREADS) -> list[range]:
+    """Consecutive scenes of photos, as ranges of row indices, from their unit query vectors float32 (n, D).
+
+    The rule: s_i is the cosine between photo i and photo i + 1; the set's typical neighbour cosine is the median
+    of the s_i, and their spread is 1.4826 x their median absolute deviation from it (a standard deviation that
+    the scene changes themselves do not inflate). A pair is a change of scene when its s_i lies more than
+    max(min_drop, spreads x spread) below the typical cosine. Changes are taken deepest first, each only if every
+    scene keeps at least `min_photos` photos; a set without one (a uniform set, or one shorter than
+    2 x min_photos) is one scene. With min_photos >= 2, fewer than half the pairs can be changes, so the median
+    stays a within-scene cosine.
+    """
+    n = len(vectors)
+    if n == 0:
+        return []
+    vectors = np.asarray(vectors, dtype=np.float64)
+    similarity = np.einsum("ij,ij->i", vectors[:-1], vectors[1:])  # (n - 1,): photo i against photo i + 1
+    starts = [0]
+    if n >= 2 * min_photos:
+        typical = float(np.median(similarity))
+        spread = 1.4826 * float(np.median(np.abs(similarity - typical)))
+        drop = typical - similarity
+        threshold = max(min_drop, spreads * spread)
+        for pair in np.argsort(-drop, kind="stable"):  # deepest first; ties: the earlier pair
+            if drop[pair] <= threshold:
+                break
+            start = int(pair) + 1  # the new scene's first photo
+            before = max((s for s in starts if s < start), default=0)
+            after = min((s for s in starts if s > start), default=n)
+            if start - before >= min_photos and after - start >= min_photos:
+                starts.append(start)
+        starts.sort()
+    return [range(start, end) for start, end in zip(starts, [*starts[1:], n])]
+
+
+def shared_words(word_lists: list[list[str]], k: int = MOOD_WORDS_PER_IMAGE) -> list[str]:
+    """The words that at least half of the lists (each best first) hold, most common first; ties go to the word
+    placed better on average, then to the one seen first. When no word is that common, the k most common ones."""
+    count: dict[str, int] = {}
+    places: dict[str, int] = {}
+    for words in word_lists:
+        for place, word in enumerate(words):
+            count[word] = count.get(word, 0) + 1
+            places[word] = places.get(word, 0) + place
+    ranked = sorted(count, key=lambda w: (-count[w], places[w] / count[w]))  # sorted is stable: first seen first
+    common = [word for word in ranked if 2 * count[word] >= len(word_lists)]
+    return common or ranked[:k]
+
+
+# ------------------------------------------------------------------------------------------- tracks
+
+
+def track_duration(track: dict) -> float:
+    """A record's length in seconds; 0 when the database does not know it (a seed-format file)."""
+    try:
+        duration = float(track.get("duration_s") or 0)
+    except (TypeError, ValueError):
+        return 0.0
+    return duration if math.isfinite(duration) and duration > 0 else 0.0
+
+
+def check_can_plan(db: Database, moods=None, genres=None) -> None:
+    """Raise EmptyLibraryError when `db` has no track or none the filters keep, DatabaseError when it records no
+    track's length (a soundtrack cuts tracks to length). Needs no model: the CLI runs it before loading any."""
+    if len(db) == 0:
+        raise EmptyLibraryError(EMPTY_LIBRARY)
+    check_filters(db, moods, genres)
+    if not any(track_duration(t) for t in db.tracks):
+        raise DatabaseError(f"{db.root} records no track lengths (an older database format); {REBUILD}")
+
+
+def track_stretch(duration_s: float, best_start_s: float, length_s: float) -> tuple[float, float]:
+    """[start, end) seconds of a track `duration_s` long to play for `length_s`: from its best moment when enough
+    of the track follows it, else as much earlier as needed to end with the track; the whole track when it is
+    not longer than `length_s` (the caller continues with another). Never loops."""
+    if duration_s <= length_s:
+        return 0.0, duration_s
+    start = max(0.0, min(best_start_s, duration_s - length_s))
+    return start, min(start + length_s, duration_s)
+
+
+class _TrackChooser:
+    """Picks each piece's track: the best-ranked usable track (file present, length known, filters kept) that
+    this soundtrack has not used yet. When the library has none left, tracks repeat (`repeated` is set): first
+    the best not yet in this scene and not the one just before, then the best but the one just before, then the
+    best."""
+
+    def __init__(self, db: Database, moods=None, genres=None):
+        self.db, self.moods, self.genres = db, moods, genres
+        self.unusable = {row for row, track in enumerate(db.tracks) if not track_duration(track)}
+        self.used: set[int] = set()
+        self.previous: set[int] = set()  # the row of the piece just before, if any
+        self.repeated = False
+
+    def pick(self, vector: np.ndarray, in_scene: set[int]) -> tuple[int, float]:
+        for tries, avoid in enumerate((self.used, in_scene | self.previous, self.previous, set())):
+            ranked, missing = rank_results(self.db, vector, 1, self.moods, self.genres, max_per_artist=0,
+                                           exclude=self.unusable | avoid)
+            if ranked:
+                row, score = ranked[0]
+                self.repeated |= tries > 0
+                self.used.add(row)
+                self.previous = {row}
+                return row, score
+        if missing:
+            raise EmptyLibraryError(f"every matching track's file is missing ({len(missing)} files, e.g. "
+                                    f"{self.db.root / self.db.tracks[missing[0]]['file_path']}); run python "
+                                    f"music_to_vector.py to update the library")
+        raise EmptyLibraryError(f"no track the filters keep has a known length; {REBUILD}")
+
+
+def scene_pieces(db: Database, chooser: _TrackChooser, vector: np.ndarray, start_s: float,
+                 end_s: float) -> list[tuple[int, Piece]]:
+    """(row, piece) of each piece under one scene [start_s, end_s): its best track from its best moment
+    (track_stretch); where that track ends before the scene does, the next-best track continues, and so on.
+    They abut exactly and the last ends at end_s."""
+    pieces: list[Piece] = []
+    at, rows = start_s, []
+    while True:
+        row, score = chooser.pick(vector, set(rows))
+        rows.append(row)
+        track = db.tracks[row]
+        best = best_segment_start(db, row, vector)
+        track_start, track_end = track_stretch(track_duration(track), best or 0.0, end_s - at)
+        last = at + (track_end - track_start) >= end_s or track_end - track_start >= end_s - at
+        pieces.append(Piece(file_path=str(track["file_path"]), title=str(track.get("title", "")),
+                            artist=str(track.get("artist", "")), score=round(score, 6), track_start_s=track_start,
+                            track_end_s=track_end, start_s=at, end_s=end_s if last else at + (track_end - track_start)))
+        if last:
+            return list(zip(rows, pieces))
+        at = pieces[-1].end_s
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+def check_lengths(count: int, seconds_per_photo: float = DEFAULT_SECONDS_PER_PHOTO,
+                  total_s: float | None = None) -> None:
+    """Raise ValueError unless `count` photos is a set (MIN_PHOTOS to MAX_PHOTOS) and the length is positive."""
+    if not MIN_PHOTOS <= count <= MAX_PHOTOS:
+        raise ValueError(f"a soundtrack is for {MIN_PHOTOS} to {MAX_PHOTOS} photos, not {count}")
+    for name, value in (("seconds per photo", seconds_per_photo), ("the total length", total_s)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+
+
+def read_photos(blip, photos, progress: bool = True, max_caption_tokens: int = MAX_CAPTION_TOKENS,
+                min_caption_tokens: int = 0) -> tuple[list[tuple[str, str, list[str]]], list[dict]]:
+    """Describe each photo once, in order: ([(path, caption, mood words)], [{"path", "error"}] of those that
+    cannot be read). Progress is a tqdm bar on stderr."""
+    from tqdm import tqdm
+
+    described, skipped = [], []
+    for photo in tqdm(photos, desc="Describing photos", unit="photo", file=sys.stderr, disable=not progress or None):
+        try:
+            image = open_image(photo)
+        except ImageError as e:
+            skipped.append({"path": str(photo), "error": str(e)})
+            continue
+        caption, mood_words = describe_image(blip, image, max_caption_tokens, min_caption_tokens)
+        described.append((str(photo), caption, mood_words))
+    return described, skipped
+
+
+def plan_soundtrack(blip, clap, db: Database, photos, seconds_per_photo: float = DEFAULT_SECONDS_PER_PHOTO,
+                    total_s: float | None = None, text: str = "", moods=None, genres=None, progress: bool = True,
+                    max_caption_tokens: int = MAX_CAPTION_TOKENS, min_caption_tokens: int = 0,
+                    scene_min_drop: float = SCENE_MIN_DROP) -> Plan:
+    """A soundtrack of `db`'s tracks for `photos` (paths, shown in this order), each on screen
+    `seconds_per_photo`, or `total_s` spread evenly over the photos that can be read.
+
+    Each photo is described once (caption and mood words); its query is compose_query_text(caption, mood words,
+    `text`) embedded by CLAP, as recommend() makes it. arrange_soundtrack does the rest (`scene_min_drop`: see
+    split_scenes). A photo that cannot be
+    read is left out and named in plan.skipped_photos. `moods`/`genres` filter the tracks as in recommend().
+    Raises ValueError for fewer than MIN_PHOTOS or more than MAX_PHOTOS photos or a length that is not positive,
+    EmptyLibraryError / DatabaseError when the library cannot give a soundtrack (checked before any model work,
+    see check_can_plan), NoReadablePhotosError when no photo can be read.
+    """
+    photos = list(photos)
+    check_lengths(len(photos), seconds_per_photo, total_s)
+    check_can_plan(db, moods, genres)
+    described, skipped = read_photos(blip, photos, progress, max_caption_tokens, min_caption_tokens)
+    if not described:
+        first = skipped[0]["error"]
+        more = f", and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        raise NoReadablePhotosError(f"none of the {len(photos)} photos can be read ({first}{more})")
+    texts = [compose_query_text(caption, mood_words, text) for _, caption, mood_words in described]
+    # One CLAP pass per distinct text (a repeated photo repeats its text), each alone as recommend() embeds it,
+    # so a photo's vector is the one its own recommendation ranks by.
+    vectors = {t: embed_text(clap, [t])[0] for t in dict.fromkeys(texts)}
+    dim = next(iter(vectors.values())).shape[0]
+    if dim != db.dim:
+        raise DatabaseError(f"the database holds {db.dim}-d vectors but the CLAP model gives {dim}-d; {REBUILD}")
+    queries = [(path, Query(caption=caption, mood_words=list(mood_words), query_text=t, vector=vectors[t]))
+               for (path, caption, mood_words), t in zip(described, texts)]
+    return arrange_soundtrack(db, queries, seconds_per_photo, total_s, text, moods, genres, skipped, scene_min_drop)
+
+
+def arrange_soundtrack(db: Database, photos: list[tuple[str, Query]],
+                       seconds_per_photo: float = DEFAULT_SECONDS_PER_PHOTO, total_s: float | None = None,
+                       text: str = "", moods=None, genres=None, skipped_photos=(),
+                       scene_min_drop: float = SCENE_MIN_DROP) -> Plan:
+    """The plan for described photos ((path, Query) in the order shown); no model is used.
+
+    - Time: photo i is on screen [i, i + 1) x total / n, where total is `total_s` or n x `seconds_per_photo`.
+    - Scenes: split_scenes over the photos' unit query vectors, with scene_min_photos(seconds per photo) and
+      `scene_min_drop`.
+    - A scene's query: its photos' vectors averaged and normalised. Its music: the best-ranked track of the
+      library (rank_results with the filters; missing files and tracks of unknown length skipped) that this
+      soundtrack has not used yet, scenes taken in order, from track_stretch of its best moment
+      (best_segment_start); a track that ends before its scene does is continued by the next-best unused one.
+      With too few usable tracks, tracks repeat and plan.tracks_repeat is set.
+    - Why: the scene's mood words (shared_words of its photos'), its photos' query texts, and which of its mood
+      words the first track is tagged with.
+    """
+    n = len(photos)
+    if n == 0:
+        raise NoReadablePhotosError("no photo to make a soundtrack for")
+    total = float(total_s) if total_s is not None else n * float(seconds_per_photo)
+    seconds = total / n
+    bounds = [i * total / n for i in range(n)] + [total]  # photo i: [bounds[i], bounds[i + 1])
+    plan_photos = [PlanPhoto(path=str(path), name=Path(path).name, caption=query.caption,
+                             mood_words=list(query.mood_words), start_s=bounds[i], end_s=bounds[i + 1])
+                   for i, (path, query) in enumerate(photos)]
+    vectors = np.stack([np.asarray(query.vector, dtype=np.float32) for _, query in photos])
+    chooser = _TrackChooser(db, moods, genres)
+    scenes = []
+    for index, rows in enumerate(split_scenes(vectors, scene_min_photos(seconds), scene_min_drop)):
+        mean = vectors[rows.start:rows.stop].astype(np.float64).mean(axis=0)
+        vector = (mean / (np.linalg.norm(mean) or 1.0)).astype(np.float32)
+        start_s, end_s = bounds[rows.start], bounds[rows.stop]
+        mood_words = shared_words([photos[i][1].mood_words for i in rows])
+        (first, *_), pieces = zip(*scene_pieces(db, chooser, vector, start_s, end_s))
+        scenes.append(Scene(index=index, photos=list(rows), start_s=start_s, end_s=end_s, mood_words=mood_words,
+                            query_text=" | ".join(dict.fromkeys(photos[i][1].query_text for i in rows)),
+                            vector=[float(x) for x in vector], pieces=list(pieces),
+                            shared_mood_words=shared_mood_words(db.tracks[first], mood_words)))
+    return Plan(library_root=str(db.root), seconds_per_photo=seconds, total_s=total, text=text, photos=plan_photos,
+                scenes=scenes, tracks_repeat=chooser.repeated, skipped_photos=[dict(s) for s in skipped_photos])
