@@ -25,6 +25,13 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _NAME = re.compile(r"(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # a file, or one folder down
 
 
+def track_url(file_path: str) -> str:
+    """The URL of a library track on this server, by its file_path."""
+    from urllib.parse import quote
+
+    return TRACK_ROUTE + quote(file_path)
+
+
 def track_response(library: LiveLibrary, file_path: str):
     """GET /track/<file_path>: the audio of one track of the library as it is now, decided per request.
 
