@@ -55,6 +55,7 @@ from music_mood.slideshows import (
     Slideshow,
     make_slideshow,
     next_best_slideshow,
+    skipped_photos,
     slideshow_answer,
 )
 from music_mood.soundtrack import (
@@ -62,7 +63,6 @@ from music_mood.soundtrack import (
     MAX_PHOTOS,
     MIN_PHOTOS,
     NoOtherTrackError,
-    Plan,
 )
 from music_mood.storage import LibraryBusyError
 from music_mood.tags import tagger_of
@@ -220,7 +220,7 @@ def render_slideshow(answer: dict | None) -> str:
         notes.append("The library has fewer tracks than this soundtrack needs: some tracks play twice.")
     skipped = answer.get("skipped_photos") or []
     if skipped:
-        notes.append(f"Left out, unreadable: {html.escape(', '.join(Path(s['path']).name for s in skipped))}.")
+        notes.append(f"Left out, unreadable: {html.escape(', '.join(s['name'] for s in skipped))}.")
     scenes = []
     for scene in answer["scenes"]:
         members = scene["photos"]
@@ -368,15 +368,6 @@ def slideshow_errors(photos=()):
         raise gr.Error(f"The soundtrack could not be rendered: {said(e)}") from e
     except ModelLoadError as e:
         raise gr.Error(str(e)) from e
-
-
-def skipped_photo_warnings(plan: Plan) -> list[str]:
-    """One line per photo left out of `plan` because it cannot be read, naming it by its file name."""
-    lines = []
-    for skipped in plan.skipped_photos:
-        name = Path(skipped["path"]).name
-        lines.append(f"{skipped['error'].replace(skipped['path'], name)}: left out of the soundtrack.")
-    return lines
 
 
 async def run_until_cancelled(work, *args):
@@ -949,8 +940,8 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels, render
     page.slideshow_state.delete_callback = lambda slideshow: renders.remove(getattr(slideshow, "token", None))
 
     def slideshow_done(slideshow: Slideshow, before: Slideshow | None):
-        for line in skipped_photo_warnings(slideshow.plan):
-            gr.Warning(line)
+        for skipped in skipped_photos(slideshow.plan):
+            gr.Warning(f"{skipped['error']}: left out of the soundtrack.")
         if before is not None and before.token != slideshow.token:
             renders.remove(before.token)  # the page shows the new one from now on
         return slideshow_answer(slideshow), slideshow

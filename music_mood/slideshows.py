@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from music_mood.library import Database
 from music_mood.models import stoppable
@@ -79,15 +80,31 @@ def next_best_slideshow(renders: RenderFolders, db: Database, slideshow: Slidesh
 
 
 def slideshow_answer(slideshow: Slideshow) -> dict:
-    """What /soundtrack and /next_best_track answer: the plan (Plan.to_dict), each photo's thumbnail_url, each
-    piece's audio_url (the library's track on this server), and "files": the URL of each rendered file by kind
-    (SLIDESHOW_FILES), all relative to the server."""
+    """What /soundtrack and /next_best_track answer: the plan (Plan.to_dict) with each photo named by its file name
+    only, the skipped photos as skipped_photos() names them, each photo's thumbnail_url, each piece's audio_url
+    (the library's track on this server), and "files": the URL of each rendered file by kind (SLIDESHOW_FILES),
+    all relative to the server.
+
+    A photo's path is its temporary copy on the server, of no use to a client; and gradio_client takes any dict
+    with a "path" for a file to download, so an answer holding one would reach the client changed."""
     answer = slideshow.plan.to_dict()
     base = f"{RENDER_ROUTE}{slideshow.token}/"
     for i, photo in enumerate(answer["photos"]):
+        del photo["path"]
         photo["thumbnail_url"] = f"{base}{THUMBNAILS}/{i:03d}.jpg"
+    answer["skipped_photos"] = skipped_photos(slideshow.plan)
     for scene in answer["scenes"]:
         for piece in scene["pieces"]:
             piece["audio_url"] = track_url(piece["file_path"])
     answer["files"] = {kind: base + name for kind, name in SLIDESHOW_FILES.items()}
     return answer
+
+
+def skipped_photos(plan: Plan) -> list[dict]:
+    """[{"name", "error"}] of the photos left out of `plan` because they cannot be read: each named by its file
+    name, in its error message too (an upload's path on the server means nothing to the user)."""
+    named = []
+    for skipped in plan.skipped_photos:
+        name = Path(skipped["path"]).name
+        named.append({"name": name, "error": skipped["error"].replace(skipped["path"], name)})
+    return named

@@ -13,7 +13,14 @@ from music_mood.library import DatabaseError, LibraryPaths, load_database
 from music_mood.models import ModelStopped, stoppable
 from music_mood.render import RenderCancelled
 from music_mood.serve import RENDER_TYPES, RenderFolders
-from music_mood.slideshows import SLIDESHOW_FILES, THUMBNAILS, make_slideshow, next_best_slideshow, slideshow_answer
+from music_mood.slideshows import (
+    SLIDESHOW_FILES,
+    THUMBNAILS,
+    make_slideshow,
+    next_best_slideshow,
+    skipped_photos,
+    slideshow_answer,
+)
 from music_mood.soundtrack import Plan, plan_soundtrack, replace_scene_track
 
 ALBUM = ("coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png")
@@ -56,19 +63,25 @@ def test_a_soundtrack_is_planned_once_and_rendered_into_its_own_folder(library_c
 
     answer = slideshow_answer(slideshow)
     base = f"/slideshow/{slideshow.token}/"
+    page = render_slideshow(answer)
+    assert page.count("<video") == 1 and f'src="{base}slideshow.mp4"' in page
+    assert page.count('class="scene"') == len(expected.scenes) and page.count("<figure>") == len(ALBUM)
+    assert page.count('class="next-best"') == len(expected.scenes)
     assert answer["files"] == {kind: base + name for kind, name in SLIDESHOW_FILES.items()}
     assert [p["thumbnail_url"] for p in answer["photos"]] == [f"{base}thumbs/{i:03d}.jpg" for i in range(5)]
     for path in [*answer["files"].values(), *(p["thumbnail_url"] for p in answer["photos"])]:
         token, name = path.removeprefix("/slideshow/").split("/", 1)
         assert renders.file(token, name) == folder / name
-    assert {k: v for k, v in answer.items() if k != "files"} == json.loads(json.dumps({
-        **expected.to_dict(), "photos": answer["photos"], "scenes": answer["scenes"]}))
+    plan = expected.to_dict()
+    assert [{**p, "path": str(photos[p["name"]])} for p in answer["photos"]] == \
+        [{**p, "thumbnail_url": f"{base}thumbs/{i:03d}.jpg"} for i, p in enumerate(plan["photos"])]
+    assert [{**scene, "pieces": [{k: v for k, v in piece.items() if k != "audio_url"} for piece in scene["pieces"]]}
+            for scene in answer["scenes"]] == plan["scenes"]
+    assert answer["skipped_photos"] == []
+    assert {k: v for k, v in answer.items() if k not in ("files", "photos", "scenes")} == \
+        {k: v for k, v in plan.items() if k not in ("photos", "scenes")}
     assert all(piece["audio_url"] == "/track/" + piece["file_path"].replace(" ", "%20")
                for scene in answer["scenes"] for piece in scene["pieces"])
-    page = render_slideshow(answer)
-    assert page.count("<video") == 1 and f'src="{base}slideshow.mp4"' in page
-    assert page.count('class="scene"') == len(expected.scenes) and page.count("<figure>") == len(ALBUM)
-    assert page.count('class="next-best"') == len(expected.scenes)
 
 
 def test_the_next_best_keeps_the_photos_and_the_thumbnails(library_copy, default_models, photos, tmp_path):
@@ -162,7 +175,7 @@ def test_the_page_escapes_what_it_shows_and_plays_each_stretch(tmp_path):
              "vector": [1.0], "pieces": [piece, {**piece, "track_start_s": 0.0, "track_end_s": 4.0}],
              "shared_mood_words": ["calm"]}
     answer = {"photos": [photo, {**photo, "name": "two.jpg"}], "scenes": [scene], "tracks_repeat": True,
-              "skipped_photos": [{"path": "/tmp/x/bad.png", "error": "bad"}],
+              "skipped_photos": [{"name": "bad.png", "error": "bad.png is not an image"}],
               "files": {kind: f"/slideshow/T/x.{kind}" for kind in ("mp4", "m4a", "m3u8", "json")}}
     page = render_slideshow(answer)
     assert "<script>" not in page and "<i>Song</i>" not in page and "&lt;i&gt;Song&lt;/i&gt;" in page
@@ -175,7 +188,7 @@ def test_the_page_escapes_what_it_shows_and_plays_each_stretch(tmp_path):
 def test_messages_name_photos_by_their_file_name(library_copy, default_models, tmp_path):
     import gradio as gr
 
-    from app import skipped_photo_warnings, slideshow_errors, slideshow_photos
+    from app import slideshow_errors, slideshow_photos
 
     uploads = tmp_path / "gradio" / "abc123"
     uploads.mkdir(parents=True)
@@ -188,8 +201,8 @@ def test_messages_name_photos_by_their_file_name(library_copy, default_models, t
                                     "identify it), and 1 more).")
     plan = Plan(library_root=str(db.root), seconds_per_photo=4, total_s=8, text="", photos=[], scenes=[],
                 skipped_photos=[{"path": str(bad), "error": f"{bad} is not an image (Pillow cannot identify it)"}])
-    assert skipped_photo_warnings(plan) == [("notes.png is not an image (Pillow cannot identify it): left out of "
-                                            "the soundtrack.")]
+    assert skipped_photos(plan) == [{"name": "notes.png", "error": "notes.png is not an image (Pillow cannot "
+                                                                   "identify it)"}]
     for photos, message in (([str(bad)], "Drop in 2 to 60 photos first"),
                             ([str(bad)] * 61, "At most 60 photos make one soundtrack here, not 61")):
         with pytest.raises(gr.Error) as raised:
@@ -198,3 +211,25 @@ def test_messages_name_photos_by_their_file_name(library_copy, default_models, t
     with pytest.raises(gr.Error) as raised, slideshow_errors():
         raise DatabaseError("damaged")
     assert raised.value.message == "The music database cannot be used: damaged"
+
+
+def test_a_session_that_ends_takes_its_soundtrack_with_it(library_copy, checkpoints, tmp_path):
+    """Gradio deletes a session's state an hour after its page closed (or an hour after an API client's last
+    request); the state's delete_callback then removes the folder of its soundtrack."""
+    import gradio as gr
+
+    from app import build_app
+    from music_mood.library import LiveLibrary
+    from music_mood.models import BackgroundModels
+    from music_mood.slideshows import Slideshow
+
+    renders = RenderFolders(tmp_path)
+    demo = build_app(LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"]),
+                     BackgroundModels(checkpoints["blip"], checkpoints["clap"], "fp32"), renders)
+    (state,) = [block for block in demo.blocks.values() if isinstance(block, gr.State)]
+    token, folder = renders.new()
+    (folder / "plan.json").write_text("{}")
+    plan = Plan(library_root=str(library_copy), seconds_per_photo=4, total_s=8, text="", photos=[], scenes=[])
+    state.delete_callback(None)  # a session that made no soundtrack
+    state.delete_callback(Slideshow(plan=plan, moods=None, genres=None, token=token))
+    assert not folder.exists() and state.time_to_live == 3600
