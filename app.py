@@ -935,8 +935,8 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels, render
         return remove_from_library(library, tracks)
 
     # The Slideshow tab. Its work runs in a worker thread (run_until_cancelled) so that Cancel can stop it; the
-    # session's Slideshow (gr.State) names the folder of its files, removed when the next one is ready, when the
-    # session ends (Gradio deletes its state an hour after the page is closed) and when the server stops.
+    # session's Slideshow (gr.State) names the folder of its files, removed when the next one is ready, when Gradio
+    # deletes the state (an hour after it was set, as the uploaded photos) and when the server stops.
     page.slideshow_state.delete_callback = lambda slideshow: renders.remove(getattr(slideshow, "token", None))
 
     def slideshow_done(slideshow: Slideshow, before: Slideshow | None):

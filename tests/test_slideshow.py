@@ -214,8 +214,8 @@ def test_messages_name_photos_by_their_file_name(library_copy, default_models, t
 
 
 def test_a_session_that_ends_takes_its_soundtrack_with_it(library_copy, checkpoints, tmp_path):
-    """Gradio deletes a session's state an hour after its page closed (or an hour after an API client's last
-    request); the state's delete_callback then removes the folder of its soundtrack."""
+    """Gradio deletes a session's state an hour after it was set (gr.State's time_to_live, as long as the uploaded
+    photos are kept); the state's delete_callback then removes the folder of its soundtrack."""
     import gradio as gr
 
     from app import build_app
