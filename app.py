@@ -1,9 +1,14 @@
-"""The web page: a Gradio UI around recommend() and the library builder; it serves only the library's audio files."""
+"""The web page: a Gradio UI around recommend(), the soundtrack planner and renderer, and the library builder; it
+serves only the library's audio files and what it rendered for a visitor."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import contextvars
 import functools
 import html
+import inspect
 import mimetypes
 import re
 import signal
@@ -12,7 +17,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from music_mood.audio import AUDIO_EXTENSIONS
 from music_mood.build import SAMPLE_PACKAGE, build_library, import_sample_library, pending_files
@@ -29,9 +33,37 @@ from music_mood.library import (
     LiveLibrary,
     find_track,
 )
-from music_mood.models import BackgroundModels, ModelLoadError, load_clap_audio, load_clap_text, release_freed_memory
+from music_mood.models import (
+    BackgroundModels,
+    ModelLoadError,
+    load_clap_audio,
+    load_clap_text,
+    release_freed_memory,
+)
+from music_mood.render import RenderError
 from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, parse_bpm_range, tag_values
-from music_mood.serve import TRACK_ROUTE, port_busy_message, port_in_use, track_routes
+from music_mood.serve import (
+    RenderFolders,
+    port_busy_message,
+    port_in_use,
+    render_routes,
+    track_routes,
+    track_url,
+)
+from music_mood.slideshows import (
+    SLIDESHOW_FILES,
+    Slideshow,
+    make_slideshow,
+    next_best_slideshow,
+    skipped_photos,
+    slideshow_answer,
+)
+from music_mood.soundtrack import (
+    DEFAULT_SECONDS_PER_PHOTO,
+    MAX_PHOTOS,
+    MIN_PHOTOS,
+    NoOtherTrackError,
+)
 from music_mood.storage import LibraryBusyError
 from music_mood.tags import tagger_of
 from music_mood.uploads import add_uploads
@@ -53,6 +85,11 @@ AUTO_MARK = " (auto)"  # how the table shows a track's best automatic tag where 
 # then says the library is busy: the page's request should not hang for the length of a build.
 EDIT_WAIT_S = 30
 
+# The Slideshow tab: at most this many photos per soundtrack (the CLI takes MAX_PHOTOS): describing them takes about
+# a second each, rendering their video a few seconds more, and a request holds the models all that time.
+MAX_SLIDESHOW_PHOTOS = 60
+SLIDESHOW_SECONDS = (1.0, 15.0)  # the page's seconds per photo: 60 photos make at most 15 minutes of video
+
 # The track route sends the type mimetypes guesses; without /etc/mime.types Python knows no .opus or .m4a, and
 # the browser would get application/octet-stream.
 mimetypes.add_type("audio/ogg", ".opus")
@@ -66,6 +103,21 @@ CSS = """
 .track .meta { font-size: 0.9em; opacity: 0.8; margin: 0.2em 0 0.4em 1.8em; }
 .track audio { width: calc(100% - 1.8em); margin-left: 1.8em; }
 .track .more-like { margin-left: 0.6em; font-size: 0.85em; cursor: pointer; }
+.slideshow video { width: 100%; max-height: 480px; background: black; }
+.slideshow .mix { display: flex; align-items: center; gap: 0.8em; margin: 0.4em 0; }
+.slideshow .mix audio { flex: 1; }
+.slideshow .downloads a { margin-right: 0.9em; }
+.slideshow .note { font-size: 0.9em; opacity: 0.85; }
+.scenes { list-style: none; padding: 0; margin: 0.6em 0 0 0; }
+.scene { padding: 0.7em 0; border-top: 1px solid var(--border-color-primary); }
+.scene .next-best { margin-left: 0.6em; font-size: 0.85em; cursor: pointer; }
+.scene .thumbs { display: flex; flex-wrap: wrap; gap: 0.5em; margin: 0.5em 0; }
+.scene figure { margin: 0; width: 120px; font-size: 0.75em; }
+.scene figure img { width: 120px; height: 80px; object-fit: contain; background: black; display: block; }
+.scene figcaption { display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden; }
+.scene .piece { margin: 0.3em 0; }
+.scene .piece audio { width: 100%; }
+.scene .why { font-size: 0.9em; opacity: 0.85; }
 """
 # A result's "More like this" button puts its file_path into the hidden #like box and presses the hidden
 # #more-like-this button, so the page asks /more_like_this as an API client would.
@@ -81,8 +133,25 @@ element.addEventListener('click', (event) => {
 """
 
 
-
-
+# A scene's "Next-best track" button puts its index into the hidden #next-scene box and presses the hidden
+# #next-best button, so the page asks /next_best_track as an API client would.
+ASK_NEXT_BEST = """
+element.addEventListener('click', (event) => {
+  const button = event.target.closest('button.next-best');
+  if (!button) return;
+  const box = document.querySelector('#next-scene input');
+  box.value = button.dataset.scene;
+  box.dispatchEvent(new Event('input', {bubbles: true}));
+  document.querySelector('#next-best').click();
+});
+"""
+# The slideshow's photos in file-name order, numbers compared as numbers (IMG_2 before IMG_10): run in the browser
+# when photos are added and by the "Sort by file name" button; dragging a file in the list reorders it afterwards.
+# The list is returned inside a list: Gradio reads a JavaScript function's array as one value per output.
+SORT_BY_NAME = """
+(files) => [files && [...files].sort((a, b) => (a.orig_name || a.path).localeCompare(
+  b.orig_name || b.path, undefined, {numeric: true, sensitivity: 'base'}))]
+"""
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -90,7 +159,7 @@ element.addEventListener('click', (event) => {
 
 def audio_url(file_path: str, start_s: float | None = None) -> str:
     """The URL the page plays a track from, by its file_path; `#t=` makes the browser start at `start_s` seconds."""
-    url = TRACK_ROUTE + quote(file_path)
+    url = track_url(file_path)
     return url if start_s is None else f"{url}#t={start_s:g}"
 
 
@@ -133,6 +202,61 @@ def library_rows(db: Database) -> list[list]:
     """The Library tab's table: number, the tag columns, tempo, length and file of every track."""
     return [[i, *track_tags(t), format_bpm(t.get("bpm"), unit=""), format_duration(float(t.get("duration_s", 0) or 0)),
              str(t["file_path"])] for i, t in enumerate(db.tracks, 1)]
+
+
+def render_slideshow(answer: dict | None) -> str:
+    """A /soundtrack answer as HTML: the slideshow's video, the mixed soundtrack's player, the download links, then
+    each scene with its photos' thumbnails, its music (a player per piece, playing just the stretch the
+    soundtrack uses), why it was picked and its "Next-best track" button. All text escaped."""
+    if not answer or not answer.get("scenes"):
+        return ("<p>No soundtrack yet: drop in photos, choose how long each is shown, and press "
+                "“Make the soundtrack”.</p>")
+    files = {kind: html.escape(url) for kind, url in answer["files"].items()}
+    photos = answer["photos"]
+    links = " ".join(f'<a class="download" data-kind="{kind}" href="{files[kind]}" download="{SLIDESHOW_FILES[kind]}">'
+                     f"{label}</a>" for kind, label in (("mp4", "Video (MP4)"), ("m4a", "Soundtrack (M4A)"),
+                                                       ("m3u8", "Playlist (M3U8)"), ("json", "Plan (JSON)")))
+    notes = []
+    if answer.get("tracks_repeat"):
+        notes.append("The library has fewer tracks than this soundtrack needs: some tracks play twice.")
+    skipped = answer.get("skipped_photos") or []
+    if skipped:
+        notes.append(f"Left out, unreadable: {html.escape(', '.join(s['name'] for s in skipped))}.")
+    scenes = []
+    for scene in answer["scenes"]:
+        members = scene["photos"]
+        thumbs = "".join(
+            f'<figure><img src="{html.escape(photos[i]["thumbnail_url"])}" alt="{html.escape(photos[i]["name"])}" '
+            f'title="{html.escape(photos[i]["name"])}" loading="lazy"><figcaption title="'
+            f'{html.escape(photos[i]["caption"])}">{i + 1}. {html.escape(photos[i]["caption"] or photos[i]["name"])}'
+            f'</figcaption></figure>' for i in members)
+        pieces = []
+        for k, piece in enumerate(scene["pieces"]):
+            by = f" — {html.escape(piece['artist'])}" if piece.get("artist") else ""
+            then = "then " if k else ""
+            stretch = f"#t={piece['track_start_s']:.2f},{piece['track_end_s']:.2f}"
+            pieces.append(
+                f'<div class="piece" data-file="{html.escape(piece["file_path"])}">{then}<b class="title">'
+                f'{html.escape(piece["title"] or piece["file_path"])}</b>{by} · '
+                f'{format_duration(piece["track_start_s"])}–{format_duration(piece["track_end_s"])} of the track · '
+                f'score {piece["score"]:.3f}'
+                f'<audio controls preload="none" src="{html.escape(piece["audio_url"] + stretch)}"></audio></div>')
+        why = [f"these photos read as {html.escape(', '.join(scene['mood_words']) or '–')}"]
+        if scene.get("shared_mood_words"):
+            why.append(f"the track is tagged {html.escape(', '.join(scene['shared_mood_words']))}")
+        query = f"<details><summary>The query (what CLAP matched)</summary>{html.escape(scene['query_text'])}</details>"
+        span = f"photo {members[0] + 1}" if len(members) == 1 else f"photos {members[0] + 1}–{members[-1] + 1}"
+        scenes.append(
+            f'<li class="scene" data-scene="{scene["index"]}"><b>Scene {scene["index"] + 1}</b> · '
+            f'{format_duration(scene["start_s"])}–{format_duration(scene["end_s"])} · {span}'
+            f'<button class="next-best" data-scene="{scene["index"]}">Next-best track</button>'
+            f'<div class="thumbs">{thumbs}</div>{"".join(pieces)}<div class="why">Why: {"; ".join(why)}.{query}</div>'
+            f'</li>')
+    return (f'<div class="slideshow"><video controls preload="metadata" src="{files["mp4"]}"></video>'
+            f'<div class="mix"><span>Soundtrack</span><audio controls preload="metadata" src="{files["m4a"]}">'
+            f'</audio></div><div class="downloads">Download: {links}</div>'
+            + "".join(f'<p class="note">{note}</p>' for note in notes)
+            + f'<ol class="scenes">{"".join(scenes)}</ol></div>')
 
 
 # ---------------------------------------------------------------------------------------------- handlers
@@ -218,6 +342,82 @@ def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, 
     except DatabaseError as e:
         raise gr.Error(f"The music database cannot be used: {e}") from e
     return _answer(rec)
+
+
+def slideshow_photos(files) -> list[str]:
+    """The photos of a /soundtrack request, in the order given; gr.Error unless there are MIN_PHOTOS to
+    MAX_SLIDESHOW_PHOTOS of them (checked before any model work)."""
+    import gradio as gr
+
+    photos = [str(file) for file in files or []]
+    if len(photos) < MIN_PHOTOS:
+        raise gr.Error(f"Drop in {MIN_PHOTOS} to {MAX_SLIDESHOW_PHOTOS} photos first (a soundtrack is for a set; "
+                       f"for one photo, use the Recommend tab).")
+    if len(photos) > MAX_SLIDESHOW_PHOTOS:
+        raise gr.Error(f"At most {MAX_SLIDESHOW_PHOTOS} photos make one soundtrack here, not {len(photos)}: split "
+                       f"the set, or use python recommend.py --soundtrack, which takes up to {MAX_PHOTOS}.")
+    return photos
+
+
+@contextlib.contextmanager
+def slideshow_errors(photos=()):
+    """The core's errors while making a soundtrack, as gr.Error messages for the user; an upload is named by its
+    file name, not by its temporary path on the server."""
+    import gradio as gr
+
+    names = {str(photo): Path(str(photo)).name for photo in photos}
+
+    def said(error: Exception) -> str:
+        message = str(error)
+        for path, name in names.items():
+            message = message.replace(path, name)
+        return message[:1].upper() + message[1:].rstrip(".") + "."
+
+    try:
+        yield
+    except NoOtherTrackError as e:  # a LookupError, as IndexError is
+        raise gr.Error(f"{said(e)} Plan the soundtrack again, or add music in the Library tab.") from e
+    except (ValueError, IndexError) as e:  # no photo readable, how many, how long, a scene there is not
+        raise gr.Error(said(e)) from e
+    except EmptyLibraryError as e:
+        raise gr.Error(said(e)) from e
+    except DatabaseError as e:
+        raise gr.Error(f"The music database cannot be used: {e}") from e
+    except RenderError as e:
+        raise gr.Error(f"The soundtrack could not be rendered: {said(e)}") from e
+    except ModelLoadError as e:
+        raise gr.Error(str(e)) from e
+
+
+async def run_until_cancelled(work, *args):
+    """work(should_stop, *args) in a worker thread, its result or its exception; the caller's context (Gradio's
+    progress, warnings) goes with it.
+
+    Gradio cancels an event (the page's Cancel, gradio_client's job.cancel()) by cancelling the asyncio task that
+    awaits its function; a thread cannot be interrupted, so a plain function would run on to its end. Here the
+    cancel makes should_stop() answer True, and it completes only once the worker has stopped and removed what
+    it had made (at the next model call or rendering step: well under a second).
+    """
+    stop = threading.Event()
+    future = asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, work, stop.is_set,
+                                                        *args)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        stop.set()
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):  # a second cancel: still wait for the cleanup
+                await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # retrieved: it is ModelStopped or RenderCancelled, which the cancel explains
+        raise
+
+
+def progress_reporter(progress):
+    """write_outputs' on_progress(fraction, text) shown through the page's gr.Progress, from any thread or context
+    (render runs outside the page's context, see render_slideshow_files)."""
+    context = contextvars.copy_context()
+    return lambda fraction, text: context.run(progress, fraction, desc=text)
 
 
 def correct_track(library: LiveLibrary, track: str, fields: dict) -> dict:
@@ -427,13 +627,27 @@ def logged_as_one_line(handler):
     """
     import gradio as gr
 
+    def log(e: gr.Error) -> None:
+        e.print_exception = False
+        print("User error: " + " ".join(str(e.message).split()), file=sys.stderr)
+
+    if inspect.iscoroutinefunction(handler):  # Gradio awaits it: so must the wrapper, or it gets a coroutine
+        @functools.wraps(handler)
+        async def logged_async(*args, **kwargs):
+            try:
+                return await handler(*args, **kwargs)
+            except gr.Error as e:
+                log(e)
+                raise
+
+        return logged_async
+
     @functools.wraps(handler)  # Gradio reads the handler's parameters (gr.Progress) through the wrapper
     def logged(*args, **kwargs):
         try:
             return handler(*args, **kwargs)
         except gr.Error as e:
-            e.print_exception = False
-            print("User error: " + " ".join(str(e.message).split()), file=sys.stderr)
+            log(e)
             raise
 
     return logged
@@ -476,6 +690,21 @@ class Page:
     confirm: Any = None
     cancel: Any = None
     bpm: Any = None
+    # The Slideshow tab
+    slideshow_photos: Any = None
+    sort_photos: Any = None
+    seconds: Any = None
+    slideshow_text: Any = None
+    slideshow_moods: Any = None
+    slideshow_genres: Any = None
+    make: Any = None
+    stop: Any = None
+    slideshow_status: Any = None
+    slideshow_view: Any = None
+    slideshow_result: Any = None
+    slideshow_state: Any = None  # the session's Slideshow
+    next_scene: Any = None  # the scene whose "Next-best track" button was pressed
+    next_best: Any = None
 
 
 def photo_input(**kwargs):
@@ -550,6 +779,40 @@ def build_page(models: BackgroundModels) -> Page:
                     # page but not shown, so its script can reach them.
                     like = gr.Textbox("", visible="hidden", elem_id="like")
                     like_button = gr.Button("More like this", visible="hidden", elem_id="more-like-this")
+        with gr.Tab("Slideshow"):
+            gr.Markdown(f"Drop in the photos of an album, a trip or an event ({MIN_PHOTOS} to "
+                        f"{MAX_SLIDESHOW_PHOTOS}): they get one soundtrack from your library, cut into scenes "
+                        f"where the photos change, and a slideshow video with it. The photos are shown in the "
+                        f"order of the list, file-name order as they are added; drag one to move it.")
+            with gr.Row():
+                with gr.Column(scale=1):
+                    slideshow_photos = gr.File(label="Photos, in the order shown", file_count="multiple",
+                                               file_types=["image"], type="filepath", allow_reordering=True,
+                                               height=320, elem_id="slideshow-photos")
+                    slideshow_photos.preprocess = upload_paths
+                    sort_photos = gr.Button("Sort by file name", size="sm", elem_id="sort-photos")
+                    seconds = gr.Slider(*SLIDESHOW_SECONDS, value=DEFAULT_SECONDS_PER_PHOTO, step=0.5,
+                                        label="Seconds per photo", elem_id="slideshow-seconds")
+                    seconds.preprocess = logged_as_one_line(seconds.preprocess)  # an API call may ask for more
+                    slideshow_text = gr.Textbox("", label="Words for the whole set (optional)",
+                                                placeholder="wedding, joyful", elem_id="slideshow-text")
+                    slideshow_moods = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                                  label="Only these moods", elem_id="slideshow-moods")
+                    slideshow_genres = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                                   label="Only these genres", elem_id="slideshow-genres")
+                    with gr.Row():
+                        make = gr.Button("Make the soundtrack", variant="primary", scale=2, elem_id="make-soundtrack")
+                        stop = gr.Button("Cancel", variant="stop", scale=1, elem_id="cancel-soundtrack")
+                    slideshow_status = gr.Markdown("", elem_id="slideshow-status")
+                with gr.Column(scale=2):
+                    slideshow_view = gr.HTML(render_slideshow(None), min_height=200, elem_id="slideshow",
+                                             js_on_load=ASK_NEXT_BEST)
+                    with gr.Accordion("As JSON (what the /soundtrack API returns)", open=False):
+                        slideshow_result = gr.JSON(label="Soundtrack", elem_id="slideshow-result")
+                    # What a scene's "Next-best track" button sets and presses (ASK_NEXT_BEST).
+                    next_scene = gr.Number(0, precision=0, visible="hidden", elem_id="next-scene")
+                    next_best = gr.Button("Next-best track", visible="hidden", elem_id="next-best")
+            slideshow_state = gr.State(None, time_to_live=UPLOAD_KEEP_S)  # as long as its photos are kept
         with gr.Tab("Library"):
             gr.Markdown("Add audio files: they are embedded with the same code as `python music_to_vector.py`, "
                         "moved to `processed_music/`, and recommendable at once.")
@@ -582,11 +845,17 @@ def build_page(models: BackgroundModels) -> Page:
                 query_text=query_text, tracks=tracks, result=result, uploads=uploads, mood_folder=mood_folder,
                 add=add, status=status, table=table, like=like, like_button=like_button,
                 max_per_artist=max_per_artist, diversity=diversity, remove_choice=remove_choice, remove=remove,
-                confirm_box=confirm_box, confirm_text=confirm_text, confirm=confirm, cancel=cancel, bpm=bpm)
+                confirm_box=confirm_box, confirm_text=confirm_text, confirm=confirm, cancel=cancel,
+                slideshow_photos=slideshow_photos, sort_photos=sort_photos, seconds=seconds,
+                slideshow_text=slideshow_text, slideshow_moods=slideshow_moods, slideshow_genres=slideshow_genres,
+                make=make, stop=stop, slideshow_status=slideshow_status, slideshow_view=slideshow_view,
+                slideshow_result=slideshow_result, slideshow_state=slideshow_state, next_scene=next_scene,
+                next_best=next_best, bpm=bpm)
 
 
-def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> None:
-    """The behaviour: which handler each event of the page runs, on what, and where its answer goes."""
+def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels, renders: RenderFolders) -> None:
+    """The behaviour: which handler each event of the page runs, on what, and where its answer goes. `renders`
+    holds what the Slideshow tab renders, one folder per soundtrack (served by serve.render_routes)."""
     import gradio as gr
 
     # The variety options, then the tempo box, come last, with their defaults: a client that does not send them
@@ -640,10 +909,11 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
             raise gr.Error(f"The music database cannot be used: {e}") from e
 
     def library_outputs(db):
-        return (gr.update(choices=tag_values(db, "mood")), gr.update(choices=tag_values(db, "genre")),
-                library_rows(db))
+        moods, genres = gr.update(choices=tag_values(db, "mood")), gr.update(choices=tag_values(db, "genre"))
+        return moods, genres, moods, genres, library_rows(db)
 
-    library_view = [page.moods, page.genres, page.table]  # what library_outputs fills, in its order
+    # What library_outputs fills, in its order: both tabs' filters offer the library's moods and genres.
+    library_view = [page.moods, page.genres, page.slideshow_moods, page.slideshow_genres, page.table]
 
     def on_show_library():
         return library_outputs(current_library())
@@ -689,6 +959,54 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
         """Remove tracks (file paths or ids) from the library in one commit; their files move to removed/ in the
         library folder. Returns {"removed": [{"file_path", "moved_to"}], "tracks": how many are left}."""
         return remove_from_library(library, tracks)
+
+    # The Slideshow tab. Its work runs in a worker thread (run_until_cancelled) so that Cancel can stop it; the
+    # session's Slideshow (gr.State) names the folder of its files, removed when the next one is ready, when Gradio
+    # deletes the state (an hour after it was set, as the uploaded photos) and when the server stops.
+    page.slideshow_state.delete_callback = lambda slideshow: renders.remove(getattr(slideshow, "token", None))
+
+    def slideshow_done(slideshow: Slideshow, before: Slideshow | None):
+        for skipped in skipped_photos(slideshow.plan):
+            gr.Warning(f"{skipped['error']}: left out of the soundtrack.")
+        if before is not None and before.token != slideshow.token:
+            renders.remove(before.token)  # the page shows the new one from now on
+        return slideshow_answer(slideshow), slideshow
+
+    async def on_make(photos, seconds_per_photo, text, moods, genres, session,
+                      progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio asks for it)
+        photos = slideshow_photos(photos)
+        report = progress_reporter(progress)
+
+        def work(should_stop):
+            with slideshow_errors(photos):
+                blip, clap = models.query_models()
+                try:
+                    return make_slideshow(renders, blip, clap, library.current(), photos, seconds_per_photo, text,
+                                          moods, genres, should_stop, report)
+                finally:
+                    release_freed_memory()
+
+        return slideshow_done(await run_until_cancelled(work), session)
+
+    async def on_next_best(scene_index, session, progress=gr.Progress()):  # noqa: B008
+        if session is None:
+            raise gr.Error("Make a soundtrack first: a scene's track is replaced in the soundtrack this page made.")
+        report = progress_reporter(progress)
+
+        def work(should_stop):
+            with slideshow_errors(photo.path for photo in session.plan.photos):
+                return next_best_slideshow(renders, library.current(), session, int(scene_index), should_stop,
+                                           report)
+
+        return slideshow_done(await run_until_cancelled(work), session)
+
+    def slideshow_status(answer):
+        scenes, total = len(answer["scenes"]), format_duration(answer["total_s"])
+        return (f"A soundtrack of {total} for {len(answer['photos'])} photos in {scenes} scene(s); the video, the "
+                f"soundtrack and the files to download are beside.")
+
+    def on_stop():
+        return "Cancelled: the work in progress stopped, and the files it had started were removed."
 
     def on_load():
         """Every page shows the library as it is when it opens, not as it was when the server started."""
@@ -738,6 +1056,27 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
                            api_visibility="private")
         for event in (page.cancel.click, page.remove_choice.change):  # the question names exactly what goes
             event(hide_question, outputs=page.confirm_box, api_visibility="private", queue=False)
+        # The Slideshow tab: photos in, a soundtrack planned and rendered (/soundtrack); a scene's track replaced
+        # (/next_best_track). Both hold the models' turn: they describe photos or render, using every core.
+        slideshow_answered = [page.slideshow_result, page.slideshow_state]
+        making = page.make.click(logged_as_one_line(on_make), inputs=[
+            page.slideshow_photos, page.seconds, page.slideshow_text, page.slideshow_moods, page.slideshow_genres,
+            page.slideshow_state], outputs=slideshow_answered, api_name="soundtrack", concurrency_id="models",
+            show_progress_on=page.slideshow_view)
+        replacing = page.next_best.click(logged_as_one_line(on_next_best), inputs=[page.next_scene,
+                                                                                   page.slideshow_state],
+                                         outputs=slideshow_answered, api_name="next_best_track",
+                                         concurrency_id="models", show_progress_on=page.slideshow_view)
+        for event in (making, replacing):
+            event.success(render_slideshow, inputs=page.slideshow_result, outputs=page.slideshow_view,
+                          api_visibility="private", queue=False).success(
+                slideshow_status, inputs=page.slideshow_result, outputs=page.slideshow_status,
+                api_visibility="private", queue=False)
+        page.stop.click(on_stop, outputs=page.slideshow_status, cancels=[making, replacing],
+                        api_visibility="private", queue=False)
+        for event in (page.slideshow_photos.upload, page.sort_photos.click):  # file-name order, in the browser
+            event(None, inputs=page.slideshow_photos, outputs=page.slideshow_photos, js=SORT_BY_NAME,
+                  api_visibility="private", queue=False)
         gr.api(logged_as_one_line(set_track_fields), api_name="set_track_fields")
         gr.api(logged_as_one_line(remove_library_tracks), api_name="remove_tracks")
         ticking = [page.model_status, page.model_timer]
@@ -747,10 +1086,11 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels) -> Non
     page.demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
 
 
-def build_app(library: LiveLibrary, models: BackgroundModels):
-    """The Gradio Blocks of the page; `models` may still be loading when it is served."""
+def build_app(library: LiveLibrary, models: BackgroundModels, renders: RenderFolders | None = None):
+    """The Gradio Blocks of the page; `models` may still be loading when it is served. `renders` holds what the
+    Slideshow tab renders (a new RenderFolders, whose folder is made on first use, if not given)."""
     page = build_page(models)
-    wire_page(page, library, models)
+    wire_page(page, library, models, renders if renders is not None else RenderFolders())
     return page.demo
 
 
@@ -812,12 +1152,14 @@ def main(argv=None) -> int:
         return 130
     paths.processed_music.mkdir(parents=True, exist_ok=True)
     models = BackgroundModels(args.blip_model, args.clap_model, args.precision, args.backend)
-    demo = build_app(library, models)
+    renders = RenderFolders()
+    demo = build_app(library, models, renders)
     try:
-        # No allowed_paths: Gradio serves nothing of the library; its audio goes through track_routes alone.
+        # No allowed_paths: Gradio serves nothing of the library; its audio goes through track_routes alone, and
+        # the soundtracks the page renders through render_routes.
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
-                    app_kwargs={"routes": track_routes(library)}, max_file_size=MAX_UPLOAD, css=CSS,
-                    ssr_mode=False, quiet=True)
+                    app_kwargs={"routes": track_routes(library) + render_routes(renders)},
+                    max_file_size=MAX_UPLOAD, css=CSS, ssr_mode=False, quiet=True)
     except OSError:  # Gradio's message tells to edit launch(); the user has flags
         reason = (port_busy_message(args.port) if port_in_use(args.host, args.port) else
                   f"cannot listen on {args.host}:{args.port}; check --host and --port")
@@ -847,6 +1189,7 @@ def main(argv=None) -> int:
         print("Stopping the server.", file=sys.stderr)
     finally:
         demo.close(verbose=False)
+        renders.close()  # every soundtrack rendered for a visitor: they lived in the system's temporary folder
     return 0
 
 

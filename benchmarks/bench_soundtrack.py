@@ -1,14 +1,22 @@
-"""A soundtrack for 20 photos × 4 s: time to mix the audio, to render the 1280×720 MP4, render speed (video seconds
-per wall second; target ≥ 4× on this 2-core CPU), and peak RSS.
+"""A soundtrack for 20 photos × 4 s: time to plan it and to render it, render speed, peak RSS.
 
-The plan is made by hand (tests/plan_factory.py: four scenes of five photos, each a 20 s stretch of a sample
-track from 5 s on), so rendering is measured alone; planning (time to plan 20 photos on full-size models, with
-music_mood.soundtrack.plan_soundtrack) is a separate function to add beside bench_render. The photos are the
-scikit-image ones resized to a camera's 4032×3024 and saved as JPEG (--small-photos: as shipped, ≤ 512 px), since
-opening and fitting the photos is part of the work.
+Time to plan on full-size models, to mix the audio and to render the 1280×720 MP4; render speed in video seconds
+per wall second (target ≥ 4× on this 2-core CPU); peak RSS.
 
-    python -m benchmarks.bench_soundtrack              # 3 rounds, then the variants (frame rate, presets)
+Rendering: the plan is made by hand (tests/plan_factory.py: four scenes of five photos, each a 20 s stretch of a
+sample track from 5 s on), so rendering is measured alone. The photos are the scikit-image ones resized to a
+camera's 4032×3024 and saved as JPEG (--small-photos: as shipped, ≤ 512 px), since opening and fitting the photos
+is part of the work.
+
+Planning (bench_plan): music_mood.soundtrack.plan_soundtrack on the full-size random-weight BLIP and CLAP
+(benchmarks/common.py) at the default precision and backend, as the CLI and the app run them: 20 distinct camera
+JPEGs (the five photos as they are, mirrored, upside down and cropped), each described anew every round, against a
+library of random track vectors (planning does not read audio, and its ranking costs the same whatever the music).
+It runs after rendering, so the peak RSS after rendering is that of rendering alone.
+
+    python -m benchmarks.bench_soundtrack              # 3 rounds, the variants (frame rate, presets), planning
     python -m benchmarks.bench_soundtrack --quick      # 1 round, no variants
+    python -m benchmarks.bench_soundtrack --plan-only  # planning alone
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ from benchmarks.common import current_rss_mb, peak_rss_mb, sample_tracks
 
 PHOTOS, SECONDS_PER_PHOTO, PHOTOS_PER_SCENE = 20, 4.0, 5
 CAMERA_SIZE = (4032, 3024)
+PLAN_LIBRARY_TRACKS = 500  # the synthetic library planning ranks against
 
 
 def make_library(folder: Path) -> tuple[Path, list[str]]:
@@ -54,6 +63,88 @@ def make_photos(folder: Path, small: bool) -> list[Path]:
         made.append(folder / f"{Path(name).stem}.jpg")
         image.resize(size, Image.Resampling.BICUBIC).save(made[-1], quality=90)
     return [made[i % len(made)] for i in range(PHOTOS)]
+
+
+def make_distinct_photos(folder: Path) -> list[Path]:
+    """PHOTOS different camera-size JPEGs: each of scikit-image's five as it is, mirrored, upside down and cropped
+    to its middle, so that no photo is the one a model remembers describing."""
+    import skimage
+    from PIL import Image, ImageOps
+
+    data = Path(skimage.__file__).parent / "data"
+    names = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
+    made = []
+    for name in names:
+        image = Image.open(data / name).convert("RGB")
+        width, height = image.size
+        middle = image.crop((width // 6, height // 6, width - width // 6, height - height // 6))
+        for variant, picture in (("as-is", image), ("mirrored", ImageOps.mirror(image)),
+                                 ("upside-down", image.rotate(180)), ("middle", middle)):
+            size = CAMERA_SIZE if picture.width >= picture.height else CAMERA_SIZE[::-1]
+            made.append(folder / f"{Path(name).stem}-{variant}.jpg")
+            picture.resize(size, Image.Resampling.BICUBIC).save(made[-1], quality=90)
+    return made[:PHOTOS]
+
+
+def make_vector_library(folder: Path, dim: int, tracks: int = PLAN_LIBRARY_TRACKS, seed: int = 0):
+    """A Database of `tracks` 3-minute tracks with random unit vectors (dim from the CLAP model) and 18 random
+    10 s windows each; their files exist (empty), as planning checks that a track's file is there."""
+    import numpy as np
+
+    from music_mood.library import Database
+
+    rng = np.random.default_rng(seed)
+    unit = lambda rows: (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    windows, records = 18, []
+    for i in range(tracks):
+        path = folder / "processed_music" / f"track {i:04d}.opus"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        records.append({"file_path": path.relative_to(folder).as_posix(), "title": f"track {i}", "artist": "",
+                        "mood": "", "genre": "", "duration_s": 180.0, "segment_offset": i * windows,
+                        "segment_count": windows, "last_window_start_s": 170.0})
+    return Database(vectors=unit(rng.normal(size=(tracks, dim))), tracks=records,
+                    segments=unit(rng.normal(size=(tracks * windows, dim))), root=folder)
+
+
+def bench_plan(blip, clap, db, photos: list[Path], rounds: int) -> dict:
+    """Median wall and CPU seconds (all threads: steadier than wall time on a shared machine) of plan_soundtrack
+    for `photos`, every photo described anew each round (the model's remembered descriptions forgotten); the
+    last plan's number of scenes."""
+    from music_mood.describe import forget_descriptions
+    from music_mood.soundtrack import plan_soundtrack
+
+    wall, cpu, plan = [], [], None
+    for _ in range(rounds):
+        forget_descriptions(blip)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        plan = plan_soundtrack(blip, clap, db, photos, seconds_per_photo=SECONDS_PER_PHOTO, progress=False)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
+    return {"plan": statistics.median(wall), "plan_cpu": statistics.median(cpu), "scenes": len(plan.scenes),
+            "rounds": wall}
+
+
+def run_plan(folder: Path, rounds: int) -> None:
+    """Load the full-size models (the default precision and backend), then time planning; prints one line each."""
+    from benchmarks.common import full_checkpoints
+    from music_mood.models import load_blip, load_clap_text, resolve_backend
+    from music_mood.query import embed_text
+
+    checkpoints = full_checkpoints()
+    start = time.perf_counter()
+    blip, clap = load_blip(checkpoints["blip"]), load_clap_text(checkpoints["clap"])
+    dim = embed_text(clap, ["a"]).shape[1]
+    backend, precision = resolve_backend()
+    print(f"models loaded in {time.perf_counter() - start:.1f} s ({backend}, {precision}); RSS "
+          f"{current_rss_mb():.0f} MB", flush=True)
+    (folder / "plan-photos").mkdir()
+    photos = make_distinct_photos(folder / "plan-photos")
+    db = make_vector_library(folder / "plan-library", dim)
+    result = bench_plan(blip, clap, db, photos, rounds)
+    print(f"plan {PHOTOS} photos (described anew, {len(db)} tracks): {result['plan']:.2f} s wall "
+          f"({result['plan'] / PHOTOS:.2f} s a photo; rounds {', '.join(f'{t:.1f}' for t in result['rounds'])}), "
+          f"{result['plan_cpu']:.1f} CPU s, {result['scenes']} scene(s); peak RSS {peak_rss_mb():.0f} MB", flush=True)
 
 
 def bench_render(plan, out_folder: Path, rounds: int, size=(1280, 720), **video) -> dict:
@@ -91,8 +182,17 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="renders of each kind; medians are reported")
     parser.add_argument("--small-photos", action="store_true",
                         help="scikit-image's photos as shipped (≤ 512 px) instead of camera-size JPEGs")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--plan-only", action="store_true", help="time planning alone (no rendering)")
+    what.add_argument("--no-plan", action="store_true", help="time rendering alone (no models are loaded)")
     args = parser.parse_args(argv)
     rounds = 1 if args.quick else args.rounds
+    if args.plan_only:
+        print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench_soundtrack.") as folder:
+            run_plan(Path(folder), rounds)
+        print(f"load average at the end {os.getloadavg()[0]:.1f}; peak RSS {peak_rss_mb():.0f} MB")
+        return 0
 
     from music_mood.render import FPS, HOLD_S, X264_PRESET
     from tests.plan_factory import hand_made_plan
@@ -122,6 +222,9 @@ def main(argv=None) -> int:
                 other = bench_render(plan, folder / "out", rounds, **video)
                 print(f"{name}: MP4 from the mix {other['video']:.2f} s = {other['speed_video']:.1f}× real time "
                       f"({other['video_cpu']:.1f} CPU s), {other['mp4_mb']:.1f} MB", flush=True)
+        print(f"peak RSS after rendering {peak_rss_mb():.0f} MB", flush=True)
+        if not args.no_plan:
+            run_plan(folder, rounds)
     print(f"load average at the end {os.getloadavg()[0]:.1f}; peak RSS {peak_rss_mb():.0f} MB")
     return 0
 

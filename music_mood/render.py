@@ -409,6 +409,33 @@ def write_plan(plan: Plan, path: Path) -> None:
         tmp.write_text(json.dumps(plan.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+THUMBNAIL_BOX = (240, 160)  # a page's thumbnails of the photos: fitted into this box, aspect kept
+
+
+def write_thumbnails(plan: Plan, folder: Path, box: tuple[int, int] = THUMBNAIL_BOX,
+                     should_stop: Callable[[], bool] | None = None) -> list[Path]:
+    """A small JPEG of each of plan.photos, upright and fitted into `box` (aspect kept, never enlarged), for a page
+    that shows the plan: folder/000.jpg, 001.jpg... in the photos' order; returns their paths. A camera JPEG is
+    decoded at a fraction of its size (open_image's fit_box). Raises RenderError for a photo that cannot be read
+    (gone since it was planned), RenderCancelled when should_stop() says so between photos."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, photo in enumerate(plan.photos):
+        if should_stop is not None and should_stop():
+            raise RenderCancelled("rendering was cancelled")
+        try:
+            image = open_image(photo.path, fit_box=box)
+        except ImageError as e:
+            raise RenderError(f"cannot read the photo {photo.path}: {e}") from e
+        image.thumbnail(box, Image.Resampling.LANCZOS)
+        written.append(folder / f"{i:03d}.jpg")
+        image.save(written[-1], quality=85)
+    return written
+
+
 # ---------------------------------------------------------------------------------------------------- dispatcher
 
 def write_outputs(plan: Plan, outs: list[Path], progress: bool = True, should_stop: Callable[[], bool] | None = None,

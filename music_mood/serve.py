@@ -1,15 +1,35 @@
-"""Serving the library's audio over HTTP, decided per request from the library as it is now, and checking the port
-before a server starts."""
+"""Serving the library's audio over HTTP, decided per request from the library as it is now; the files the page renders
+for one request (a slideshow), from temporary folders of their own; and checking the port before a server starts."""
 from __future__ import annotations
 
 import errno
 import os
+import re
+import secrets
+import shutil
 import socket
 import stat
+import tempfile
+import threading
+from pathlib import Path
 
 from music_mood.library import DatabaseError, LiveLibrary
 
 TRACK_ROUTE = "/track/"  # + a track's file_path: the only files of the library the server sends
+RENDER_ROUTE = "/slideshow/"  # + a render's token + "/" + a file name: what the page rendered for one request
+# What a render folder may hold and how each is sent: players need the right type (an MP4 sent as
+# application/octet-stream is not played), and nothing else in such a folder is ever served.
+RENDER_TYPES = {".mp4": "video/mp4", ".m4a": "audio/mp4", ".wav": "audio/wav", ".json": "application/json",
+                ".m3u8": "application/vnd.apple.mpegurl", ".jpg": "image/jpeg"}
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_NAME = re.compile(r"(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # a file, or one folder down
+
+
+def track_url(file_path: str) -> str:
+    """The URL of a library track on this server, by its file_path."""
+    from urllib.parse import quote
+
+    return TRACK_ROUTE + quote(file_path)
 
 
 def track_response(library: LiveLibrary, file_path: str):
@@ -45,6 +65,92 @@ def track_routes(library: LiveLibrary) -> list:
         return track_response(library, request.path_params["file_path"])
 
     return [Route(TRACK_ROUTE + "{file_path:path}", endpoint, methods=["GET"])]  # HEAD is answered too
+
+
+class RenderFolders:
+    """Folders for what the page renders for one request (a slideshow's video, soundtrack, playlist, plan and
+    thumbnails), never in the library: each under one temporary root of this server (made on first use, in the
+    system's temporary folder), named by an unguessable token that is also its URL, RENDER_ROUTE + token + "/" +
+    file name, so that one visitor cannot fetch another's.
+
+    Who removes what: the request that made a folder, when it fails or is cancelled; the session, when its next
+    one is ready or when the session ends; close(), everything, when the server stops.
+    """
+
+    def __init__(self, parent: Path | None = None):
+        self.parent = parent
+        self._root: Path | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def root(self) -> Path:
+        with self._lock:
+            if self._root is None:
+                self._root = Path(tempfile.mkdtemp(prefix="music-mood-renders-", dir=self.parent))
+            return self._root
+
+    def new(self) -> tuple[str, Path]:
+        """(token, folder) of a new, empty folder."""
+        token = secrets.token_urlsafe(24)
+        folder = self.root / token
+        folder.mkdir()
+        return token, folder
+
+    def folder(self, token: str | None) -> Path | None:
+        """The folder of `token` if it still exists, else None (any string is safe to pass)."""
+        if self._root is None or not isinstance(token, str) or not _TOKEN.fullmatch(token):
+            return None
+        folder = self._root / token
+        return folder if folder.is_dir() and not folder.is_symlink() else None
+
+    def file(self, token: str, name: str) -> Path | None:
+        """The rendered file `name` of `token`'s folder, or None: only a regular file of a RENDER_TYPES kind
+        inside that folder, however `name` is spelled."""
+        folder = self.folder(token)
+        if folder is None or not _NAME.fullmatch(name) or Path(name).suffix.lower() not in RENDER_TYPES:
+            return None
+        path = folder / name
+        try:
+            if path.is_symlink() or not path.resolve().is_relative_to(folder.resolve()) or not path.is_file():
+                return None
+        except OSError:
+            return None
+        return path
+
+    def remove(self, token: str | None) -> None:
+        """Remove `token`'s folder and everything in it (nothing when it is gone already)."""
+        folder = self.folder(token)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def close(self) -> None:
+        """Remove every folder: the server stops."""
+        with self._lock:
+            if self._root is not None:
+                shutil.rmtree(self._root, ignore_errors=True)
+                self._root = None
+
+
+def render_response(folders: RenderFolders, token: str, name: str):
+    """GET /slideshow/<token>/<name>: a file rendered for one request, with its type; Starlette's FileResponse
+    answers Range requests (206), which a video player needs to seek. 404 for anything else, or once removed."""
+    from starlette.responses import FileResponse, PlainTextResponse
+
+    path = folders.file(token, name)
+    if path is None:
+        return PlainTextResponse("Not found: this soundtrack was replaced by a newer one, or has expired.",
+                                 status_code=404)
+    return FileResponse(path, media_type=RENDER_TYPES[path.suffix.lower()])
+
+
+def render_routes(folders: RenderFolders) -> list:
+    """The server's route for rendered files, beside track_routes."""
+    from starlette.routing import Route
+
+    def endpoint(request):
+        return render_response(folders, request.path_params["token"], request.path_params["name"])
+
+    return [Route(RENDER_ROUTE + "{token}/{name:path}", endpoint, methods=["GET"])]
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -372,3 +372,78 @@ def arrange_soundtrack(db: Database, photos: list[tuple[str, Query]],
                             shared_mood_words=shared_mood_words(db.tracks[first], mood_words)))
     return Plan(library_root=str(db.root), seconds_per_photo=seconds, total_s=total, text=text, photos=plan_photos,
                 scenes=scenes, tracks_repeat=chooser.repeated, skipped_photos=[dict(s) for s in skipped_photos])
+
+
+# ---------------------------------------------------------------------------------------------- one scene again
+
+
+class NoOtherTrackError(LookupError):
+    """A scene's track cannot be replaced: no usable track ranks below it for the scene that the rest of the plan
+    does not already play; the message says which scene and why."""
+
+
+def replace_scene_track(db: Database, plan: Plan, scene_index: int, moods=None, genres=None) -> Plan:
+    """`plan` with scene `scene_index`'s music replaced by the next-best track for that scene; no model is used.
+
+    The scene's query is its stored vector (Scene.vector). The ranking is arrange_soundtrack's (rank_results
+    with the filters `moods`/`genres`, which should be those the plan was made with; missing files and tracks of
+    unknown length skipped). "Next-best" is the best track that ranks below the scene's current first track
+    (ties broken by row, as the ranking breaks them) and that no other scene plays: pressing again walks down the
+    ranking. A current track no longer in the library (or no longer kept by the filters) gives the best track
+    no other scene plays. The new track plays from its best moment (track_stretch); one shorter than the scene
+    is continued as arrange_soundtrack continues it, and only there may a track repeat (tracks_repeat says so).
+
+    Every other scene, the photos and the timing are kept as they are; the result is a new Plan (`plan` is not
+    changed). Raises IndexError for a scene the plan does not have, ValueError for a plan made from another
+    library, EmptyLibraryError when the library or the filters leave no track, NoOtherTrackError when no track
+    is left to replace this one with.
+    """
+    import copy
+
+    if not 0 <= scene_index < len(plan.scenes):
+        raise IndexError(f"the soundtrack has {len(plan.scenes)} scene(s), numbered 0 to {len(plan.scenes) - 1}; "
+                         f"there is no scene {scene_index}")
+    if Path(plan.library_root) != Path(db.root):
+        raise ValueError(f"the plan was made from the library in {plan.library_root}, not {db.root}")
+    check_can_plan(db, moods, genres)
+    rows = {str(track["file_path"]): row for row, track in enumerate(db.tracks)}
+    scene = plan.scenes[scene_index]
+    elsewhere = {rows[piece.file_path] for other in plan.scenes if other is not scene for piece in other.pieces
+                 if piece.file_path in rows}
+    vector = np.asarray(scene.vector, dtype=np.float32)
+    chooser = _TrackChooser(db, moods, genres)
+    chooser.used = elsewhere | _ranked_down_to(db, vector, rows.get(scene.pieces[0].file_path) if scene.pieces
+                                               else None, chooser.unusable, moods, genres)
+    before = plan.scenes[scene_index - 1].pieces if scene_index > 0 else []
+    chooser.previous = {rows[before[-1].file_path]} if before and before[-1].file_path in rows else set()
+    ranked, _ = rank_results(db, vector, 1, moods, genres, max_per_artist=0, exclude=chooser.unusable | chooser.used)
+    if not ranked:
+        current = scene.pieces[0].title or scene.pieces[0].file_path if scene.pieces else "its track"
+        raise NoOtherTrackError(f"scene {scene_index + 1} has no next-best track: every track the library (and the "
+                                f"filters) offer after “{current}” for this scene plays in another scene already")
+    (first, *_), pieces = zip(*scene_pieces(db, chooser, vector, scene.start_s, scene.end_s))
+    new = copy.deepcopy(plan)
+    new.scenes[scene_index] = Scene(index=scene.index, photos=list(scene.photos), start_s=scene.start_s,
+                                    end_s=scene.end_s, mood_words=list(scene.mood_words),
+                                    query_text=scene.query_text, vector=list(scene.vector), pieces=list(pieces),
+                                    shared_mood_words=shared_mood_words(db.tracks[first], scene.mood_words))
+    played = [piece.file_path for other in new.scenes for piece in other.pieces]
+    new.tracks_repeat = len(played) != len(set(played))
+    return new
+
+
+def _ranked_down_to(db: Database, vector: np.ndarray, row: int | None, unusable: set[int], moods=None,
+                    genres=None) -> set[int]:
+    """The rows that rank_results ranks for `vector` from the first down to `row` included: the tracks not below
+    it. Empty when `row` is None or not ranked at all (gone from the library, or left out by the filters)."""
+    if row is None or row in unusable:
+        return set()
+    want = 16
+    while True:
+        ranked, _ = rank_results(db, vector, want, moods, genres, max_per_artist=0, exclude=unusable)
+        found = [r for r, _ in ranked]
+        if row in found:
+            return set(found[:found.index(row) + 1])
+        if len(ranked) < want:
+            return set()
+        want *= 2

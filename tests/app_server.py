@@ -35,13 +35,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(library: Path, checkpoints: dict, work: Path, *args: str, exports: Path | None = None):
+def running_app(library: Path, checkpoints: dict, work: Path, *args: str, exports: Path | None = None,
+                env_extra: dict | None = None):
     """`python app.py` serving `library` with the tiny checkpoints, run from `work` (not the source tree); its
-    ONNX exports come from `exports` (the run's shared folder) when given."""
+    ONNX exports come from `exports` (the run's shared folder) when given. Its system temporary folder (TMPDIR,
+    where it renders soundtracks) is work/tmp; `env_extra` adds to its environment."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSIC_MOOD_", "GRADIO_"))}
+    (work / "tmp").mkdir(parents=True, exist_ok=True)
     env.update(MUSIC_MOOD_HOME=str(library), MUSIC_MOOD_CACHE=str(work / "cache"), HF_HOME=str(work / "hf-home"),
-               HF_HUB_OFFLINE="1", GRADIO_TEMP_DIR=str(work / "gradio-uploads"), GRADIO_ANALYTICS_ENABLED="False")
+               HF_HUB_OFFLINE="1", GRADIO_TEMP_DIR=str(work / "gradio-uploads"), GRADIO_ANALYTICS_ENABLED="False",
+               TMPDIR=str(work / "tmp"), **(env_extra or {}))
     if exports is not None and not (work / "cache" / "onnx").exists():
         (work / "cache").mkdir(parents=True, exist_ok=True)
         (work / "cache" / "onnx").symlink_to(exports, target_is_directory=True)
