@@ -317,7 +317,7 @@ def soundtrack_main(parser: argparse.ArgumentParser, args) -> int:
         from music_mood.models import load_blip, load_clap_text
 
         db = load_database(paths, clap_model=args.clap_model)
-        check_can_plan(db, args.mood, args.genre)  # before the models: loading them takes seconds
+        check_can_plan(db, args.mood, args.genre, args.bpm)  # before the models: loading them takes seconds
         problem = check_outside_library(db, paths, outs)
         if problem:
             print(f"Error: {problem}", file=sys.stderr)
@@ -328,7 +328,7 @@ def soundtrack_main(parser: argparse.ArgumentParser, args) -> int:
         clap = load_clap_text(args.clap_model, args.precision, args.backend)
         blip = load_blip(args.blip_model, args.precision, args.backend)
         plan = plan_soundtrack(blip, clap, db, args.images, seconds_per_photo=seconds, total_s=args.total_seconds,
-                               text=args.text, moods=args.mood, genres=args.genre, progress=True)
+                               text=args.text, moods=args.mood, genres=args.genre, progress=True, bpm=args.bpm)
         for skipped in plan.skipped_photos:
             print(f"Warning: {skipped['error']}; left out", file=sys.stderr)
         if args.json:

@@ -177,12 +177,12 @@ def track_duration(track: dict) -> float:
     return duration if math.isfinite(duration) and duration > 0 else 0.0
 
 
-def check_can_plan(db: Database, moods=None, genres=None) -> None:
+def check_can_plan(db: Database, moods=None, genres=None, bpm=None) -> None:
     """Raise EmptyLibraryError when `db` has no track or none the filters keep, DatabaseError when it records no
     track's length (a soundtrack cuts tracks to length). Needs no model: the CLI runs it before loading any."""
     if len(db) == 0:
         raise EmptyLibraryError(EMPTY_LIBRARY)
-    check_filters(db, moods, genres)
+    check_filters(db, moods, genres, bpm)
     if not any(track_duration(t) for t in db.tracks):
         raise DatabaseError(f"{db.root} records no track lengths (an older database format); {REBUILD}")
 
@@ -203,8 +203,8 @@ class _TrackChooser:
     the best not yet in this scene and not the one just before, then the best but the one just before, then the
     best."""
 
-    def __init__(self, db: Database, moods=None, genres=None):
-        self.db, self.moods, self.genres = db, moods, genres
+    def __init__(self, db: Database, moods=None, genres=None, bpm=None):
+        self.db, self.moods, self.genres, self.bpm = db, moods, genres, bpm
         self.unusable = {row for row, track in enumerate(db.tracks) if not track_duration(track)}
         self.used: set[int] = set()
         self.previous: set[int] = set()  # the row of the piece just before, if any
@@ -213,7 +213,7 @@ class _TrackChooser:
     def pick(self, vector: np.ndarray, in_scene: set[int]) -> tuple[int, float]:
         for tries, avoid in enumerate((self.used, in_scene | self.previous, self.previous, set())):
             ranked, missing = rank_results(self.db, vector, 1, self.moods, self.genres, max_per_artist=0,
-                                           exclude=self.unusable | avoid)
+                                           exclude=self.unusable | avoid, bpm=self.bpm)
             if ranked:
                 row, score = ranked[0]
                 self.repeated |= tries > 0
@@ -299,21 +299,21 @@ def read_photos(blip, photos, progress: bool = True, max_caption_tokens: int = M
 def plan_soundtrack(blip, clap, db: Database, photos, seconds_per_photo: float = DEFAULT_SECONDS_PER_PHOTO,
                     total_s: float | None = None, text: str = "", moods=None, genres=None, progress: bool = True,
                     max_caption_tokens: int = MAX_CAPTION_TOKENS, min_caption_tokens: int = 0,
-                    scene_min_drop: float = SCENE_MIN_DROP) -> Plan:
+                    scene_min_drop: float = SCENE_MIN_DROP, bpm=None) -> Plan:
     """A soundtrack of `db`'s tracks for `photos` (paths, shown in this order), each on screen
     `seconds_per_photo`, or `total_s` spread evenly over the photos that can be read.
 
     Each photo is described once (caption and mood words); its query is compose_query_text(caption, mood words,
     `text`) embedded by CLAP, as recommend() makes it. arrange_soundtrack does the rest (`scene_min_drop`: see
     split_scenes). A photo that cannot be
-    read is left out and named in plan.skipped_photos. `moods`/`genres` filter the tracks as in recommend().
+    read is left out and named in plan.skipped_photos. `moods`/`genres`/`bpm` filter the tracks as in recommend().
     Raises ValueError for fewer than MIN_PHOTOS or more than MAX_PHOTOS photos or a length that is not positive,
     EmptyLibraryError / DatabaseError when the library cannot give a soundtrack (checked before any model work,
     see check_can_plan), NoReadablePhotosError when no photo can be read.
     """
     photos = list(photos)
     check_lengths(len(photos), seconds_per_photo, total_s)
-    check_can_plan(db, moods, genres)
+    check_can_plan(db, moods, genres, bpm)
     described, skipped = read_photos(blip, photos, progress, max_caption_tokens, min_caption_tokens)
     if not described:
         first = skipped[0]["error"]
@@ -328,13 +328,14 @@ def plan_soundtrack(blip, clap, db: Database, photos, seconds_per_photo: float =
         raise DatabaseError(f"the database holds {db.dim}-d vectors but the CLAP model gives {dim}-d; {REBUILD}")
     queries = [(path, Query(caption=caption, mood_words=list(mood_words), query_text=t, vector=vectors[t]))
                for (path, caption, mood_words), t in zip(described, texts)]
-    return arrange_soundtrack(db, queries, seconds_per_photo, total_s, text, moods, genres, skipped, scene_min_drop)
+    return arrange_soundtrack(db, queries, seconds_per_photo, total_s, text, moods, genres, skipped, scene_min_drop,
+                              bpm)
 
 
 def arrange_soundtrack(db: Database, photos: list[tuple[str, Query]],
                        seconds_per_photo: float = DEFAULT_SECONDS_PER_PHOTO, total_s: float | None = None,
                        text: str = "", moods=None, genres=None, skipped_photos=(),
-                       scene_min_drop: float = SCENE_MIN_DROP) -> Plan:
+                       scene_min_drop: float = SCENE_MIN_DROP, bpm=None) -> Plan:
     """The plan for described photos ((path, Query) in the order shown); no model is used.
 
     - Time: photo i is on screen [i, i + 1) x total / n, where total is `total_s` or n x `seconds_per_photo`.
@@ -358,7 +359,7 @@ def arrange_soundtrack(db: Database, photos: list[tuple[str, Query]],
                              mood_words=list(query.mood_words), start_s=bounds[i], end_s=bounds[i + 1])
                    for i, (path, query) in enumerate(photos)]
     vectors = np.stack([np.asarray(query.vector, dtype=np.float32) for _, query in photos])
-    chooser = _TrackChooser(db, moods, genres)
+    chooser = _TrackChooser(db, moods, genres, bpm)
     scenes = []
     for index, rows in enumerate(split_scenes(vectors, scene_min_photos(seconds), scene_min_drop)):
         mean = vectors[rows.start:rows.stop].astype(np.float64).mean(axis=0)
@@ -382,11 +383,11 @@ class NoOtherTrackError(LookupError):
     does not already play; the message says which scene and why."""
 
 
-def replace_scene_track(db: Database, plan: Plan, scene_index: int, moods=None, genres=None) -> Plan:
+def replace_scene_track(db: Database, plan: Plan, scene_index: int, moods=None, genres=None, bpm=None) -> Plan:
     """`plan` with scene `scene_index`'s music replaced by the next-best track for that scene; no model is used.
 
     The scene's query is its stored vector (Scene.vector). The ranking is arrange_soundtrack's (rank_results
-    with the filters `moods`/`genres`, which should be those the plan was made with; missing files and tracks of
+    with the filters `moods`/`genres`/`bpm`, which should be those the plan was made with; missing files and tracks of
     unknown length skipped). "Next-best" is the best track that ranks below the scene's current first track
     (ties broken by row, as the ranking breaks them) and that no other scene plays: pressing again walks down the
     ranking. A current track no longer in the library (or no longer kept by the filters) gives the best track
@@ -405,18 +406,19 @@ def replace_scene_track(db: Database, plan: Plan, scene_index: int, moods=None, 
                          f"there is no scene {scene_index}")
     if Path(plan.library_root) != Path(db.root):
         raise ValueError(f"the plan was made from the library in {plan.library_root}, not {db.root}")
-    check_can_plan(db, moods, genres)
+    check_can_plan(db, moods, genres, bpm)
     rows = {str(track["file_path"]): row for row, track in enumerate(db.tracks)}
     scene = plan.scenes[scene_index]
     elsewhere = {rows[piece.file_path] for other in plan.scenes if other is not scene for piece in other.pieces
                  if piece.file_path in rows}
     vector = np.asarray(scene.vector, dtype=np.float32)
-    chooser = _TrackChooser(db, moods, genres)
+    chooser = _TrackChooser(db, moods, genres, bpm)
     chooser.used = elsewhere | _ranked_down_to(db, vector, rows.get(scene.pieces[0].file_path) if scene.pieces
-                                               else None, chooser.unusable, moods, genres)
+                                               else None, chooser.unusable, moods, genres, bpm)
     before = plan.scenes[scene_index - 1].pieces if scene_index > 0 else []
     chooser.previous = {rows[before[-1].file_path]} if before and before[-1].file_path in rows else set()
-    ranked, _ = rank_results(db, vector, 1, moods, genres, max_per_artist=0, exclude=chooser.unusable | chooser.used)
+    ranked, _ = rank_results(db, vector, 1, moods, genres, max_per_artist=0, exclude=chooser.unusable | chooser.used,
+                             bpm=bpm)
     if not ranked:
         current = scene.pieces[0].title or scene.pieces[0].file_path if scene.pieces else "its track"
         raise NoOtherTrackError(f"scene {scene_index + 1} has no next-best track: every track the library (and the "
@@ -433,14 +435,14 @@ def replace_scene_track(db: Database, plan: Plan, scene_index: int, moods=None, 
 
 
 def _ranked_down_to(db: Database, vector: np.ndarray, row: int | None, unusable: set[int], moods=None,
-                    genres=None) -> set[int]:
+                    genres=None, bpm=None) -> set[int]:
     """The rows that rank_results ranks for `vector` from the first down to `row` included: the tracks not below
     it. Empty when `row` is None or not ranked at all (gone from the library, or left out by the filters)."""
     if row is None or row in unusable:
         return set()
     want = 16
     while True:
-        ranked, _ = rank_results(db, vector, want, moods, genres, max_per_artist=0, exclude=unusable)
+        ranked, _ = rank_results(db, vector, want, moods, genres, max_per_artist=0, exclude=unusable, bpm=bpm)
         found = [r for r, _ in ranked]
         if row in found:
             return set(found[:found.index(row) + 1])

@@ -435,6 +435,28 @@ def test_cli_writes_every_output_the_renderer_knows(library_copy, checkpoints, p
     assert done.stdout.startswith("Soundtrack: 3 photos")  # stdout carries the plan; progress goes to stderr
 
 
+def test_cli_tempo_filter_keeps_the_soundtrack_in_range(library_copy, checkpoints, photos, call_cli):
+    """--bpm filters a soundtrack's tracks as it filters one photo's (here a range that keeps two tracks, so the
+    soundtrack's long single scene needs them both and repeats one); a range that keeps none is one line, exit 1,
+    before any model loads."""
+    db = load_database(LibraryPaths.at(library_copy))
+    tempos = sorted(t["bpm"] for t in db.tracks if t.get("bpm"))
+    low, high = tempos[0], tempos[1]
+    album = [photos["coffee.png"], photos["chelsea.png"]]
+    done = _cli(call_cli, checkpoints, *album, "--soundtrack", "--json", "--seconds-per-photo", "40",
+                "--bpm", f"{low}-{high}")
+    assert done.returncode == 0, done.stderr
+    plan = Plan.from_dict(json.loads(done.stdout))
+    by_path = {t["file_path"]: t for t in db.tracks}
+    played = [piece.file_path for scene in plan.scenes for piece in scene.pieces]
+    assert played and all(low <= by_path[path]["bpm"] <= high for path in played)
+    check_timeline(plan, db)
+    done = call_cli(recommend_cli.main, *album, "--soundtrack", "--bpm", "300-400", "--blip-model", "nope",
+                    "--clap-model", "nope")
+    assert done.returncode == 1 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("Error: ")
+
+
 def test_cli_table_shows_scenes_photos_tracks_and_why(library_copy, checkpoints, photos, call_cli):
     album = [photos["coffee.png"], photos["chelsea.png"]]
     done = _cli(call_cli, checkpoints, *album, "--soundtrack", "--total-seconds", "30")
