@@ -231,3 +231,21 @@ def call_cli(capfd, monkeypatch):
         return Result(code or 0, captured.out, captured.err)
 
     return call
+
+
+# The browser tests' Chromium: Debian's (apt-get install chromium), headless, without the background connections
+# this machine's closed network refuses; one browser for the whole run.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+WAIT_MS = 120_000  # what a browser test waits for the page at most (the first query loads the models)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -12,14 +12,10 @@ from music_mood.edit import set_fields
 from music_to_vector import LibraryPaths, load_database
 from recommend import recommend
 from tests.app_server import running_app
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, WAIT_MS, run_cli
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOT = ROOT / "test-artifacts" / "app.png"
 LIBRARY_SCREENSHOT = ROOT / "test-artifacts" / "library.png"
-WAIT_MS = 120_000
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +25,6 @@ def app(built_library, checkpoints, tmp_path_factory, shared_exports):
     with running_app(library, checkpoints, tmp_path_factory.mktemp("browser-run"), exports=shared_exports) as running:
         running.library = library
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

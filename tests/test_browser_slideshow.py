@@ -14,8 +14,7 @@ import pytest
 from music_mood.library import LibraryPaths, load_database
 from music_mood.soundtrack import Plan, replace_scene_track
 from tests.app_server import running_app
-from tests.conftest import ROOT
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS
+from tests.conftest import ROOT, WAIT_MS
 
 SCREENSHOT = ROOT / "test-artifacts" / "slideshow.png"
 TYPES = {"mp4": {"video/mp4"}, "m4a": {"audio/mp4", "audio/x-m4a"},
@@ -31,16 +30,6 @@ def app(built_library, checkpoints, tmp_path_factory, shared_exports):
     with running_app(library, checkpoints, work, exports=shared_exports) as running:
         running.library, running.work = library, work
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
