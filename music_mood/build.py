@@ -132,18 +132,7 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
     lock = held or acquire_lock(paths.lock, lock_timeout)
     try:
         report = BuildReport(warnings=recover_library(paths))
-        try:
-            old = load_database(paths)
-        except DatabaseError:
-            if not rebuild:
-                raise
-            # A broken database is what --rebuild is for: the music in processed_music/ is all it needs.
-            old = empty_database(paths.root)
-        if rebuild or len(old) == 0:
-            db = empty_database(paths.root, clap.name)
-        else:
-            check_clap_model(old.clap_model, clap.name)  # refuse to mix vectors of two checkpoints
-            db = old
+        old, db = database_to_build_on(paths, clap.name, rebuild)
         # What the old database knew about a file is kept on rebuild (a title fixed by hand, say).
         previous = {t.get("sha256"): t for t in old.tracks}
         tracks = [dict(t) for t in db.tracks]  # copies: a relocated track's record changes
@@ -233,6 +222,23 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
         if held is None:
             lock.release()
     return report
+
+
+def database_to_build_on(paths: LibraryPaths, clap_name: str, rebuild: bool) -> tuple[Database, Database]:
+    """(the committed library, the database a build starts from): the committed one, or an empty one for `rebuild`
+    or an empty library. A database of another checkpoint is refused (check_clap_model: vectors of two checkpoints
+    never mix); a broken one raises DatabaseError, except for `rebuild`, which is what it is for (the music in
+    processed_music/ is all it needs). Call under the library lock, after recover_library."""
+    try:
+        old = load_database(paths)
+    except DatabaseError:
+        if not rebuild:
+            raise
+        old = empty_database(paths.root)
+    if rebuild or len(old) == 0:
+        return old, empty_database(paths.root, clap_name)
+    check_clap_model(old.clap_model, clap_name)
+    return old, old
 
 
 def _found_again(record: dict, path: Path, paths: LibraryPaths, report: BuildReport, moves: list,

@@ -34,13 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from music_mood.audio import AudioError, KnownFile, file_sha256, read_tags
-from music_mood.build import BuildReport, build_library, pending_files
+from music_mood.build import BuildReport, build_library, database_to_build_on, pending_files
 from music_mood.library import (
-    DatabaseError,
     LibraryPaths,
-    check_clap_model,
-    empty_database,
-    load_database,
     recover_library,
 )
 from music_mood.shards import (
@@ -237,16 +233,7 @@ def build_library_on_ray(clap, paths: LibraryPaths, precision: str = "auto", bac
     try:
         start = time.perf_counter()
         recover_library(paths)  # as build_library would first, so the files listed are the committed state's
-        try:
-            db = load_database(paths)
-        except DatabaseError:
-            if not rebuild:
-                raise
-            db = empty_database(paths.root)
-        if rebuild:
-            db = empty_database(paths.root, clap.name)
-        elif len(db):
-            check_clap_model(db.clap_model, clap.name)
+        _, db = database_to_build_on(paths, clap.name, rebuild)
         known = {t.get("sha256") for t in db.tracks}
         hashes, unreadable = _hash_files(pending_files(paths, db, files), progress)
         wanted, reused = {}, {}
