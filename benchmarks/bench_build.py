@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import full_checkpoints, sample_tracks
+from benchmarks.common import full_checkpoints, put_in_new_music, sample_tracks
 
 CROP_S = 10.0
 
@@ -73,10 +72,7 @@ def product_build(checkpoint: str, tracks: list[Path], precision: str, backend: 
     estimate_tempo(warm, clap.runtime.sampling_rate)  # librosa's imports, once per process (measured in (d))
     with tempfile.TemporaryDirectory(prefix="bench_build.") as folder:
         paths = LibraryPaths.at(folder)
-        for track in tracks:
-            target = paths.new_music / track.parent.name / track.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(track, target)
+        put_in_new_music(paths, tracks)
         start = time.perf_counter()
         report = build_library(clap, paths, progress=False)
         wall = time.perf_counter() - start

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.bench_build import product_build
-from benchmarks.common import full_checkpoints, sample_tracks
+from benchmarks.common import full_checkpoints, put_in_new_music, sample_tracks
 
 CATALOGUE_TRACKS = 1_000_000
 CATALOGUE_TRACK_S = 180.0  # a 3-minute average track: 3 x 10^6 minutes of audio, as issue 13 counts it
@@ -45,10 +44,7 @@ def ray_build(clap, tracks: list[Path], precision: str, backend: str, threads: i
 
     with tempfile.TemporaryDirectory(prefix="bench_ray_build.") as folder:
         paths = LibraryPaths.at(folder)
-        for track in tracks:
-            target = paths.new_music / track.parent.name / track.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(track, target)
+        put_in_new_music(paths, tracks)
         start = time.perf_counter()
         result = build_library_on_ray(clap, paths, precision, backend, progress=False, actor_threads=threads)
         wall = time.perf_counter() - start

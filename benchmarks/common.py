@@ -49,6 +49,17 @@ def sample_tracks() -> list[Path]:
     return sorted(immich_memories_music.tracks_dir().glob("*/*.opus"))
 
 
+def put_in_new_music(paths, tracks: list[Path]) -> None:
+    """Copy sample tracks into the new_music/ of library `paths` (a LibraryPaths), each in its mood's folder, as a
+    user drops them in."""
+    import shutil
+
+    for track in tracks:
+        target = paths.new_music / track.parent.name / track.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(track, target)
+
+
 def timed(function, repeats: int, warmup: int = 1) -> list[float]:
     """Wall seconds of `repeats` calls after `warmup` untimed ones."""
     for _ in range(warmup):
