@@ -176,6 +176,15 @@ def _state(root: Path, removing: dict) -> str:
     return "new"
 
 
+def _kill_at(number: str, what: str, base: Path, library: Path, args: list) -> None:
+    """Put the library back as `base` holds it, then run music_to_vector.py with `args` and have it killed at crash
+    point `number` (`what` names it for the message)."""
+    shutil.rmtree(library)
+    shutil.copytree(base, library)
+    killed = run_cli("music_to_vector.py", *args, env_extra={CRASH_AT_ENV: number})
+    assert killed.returncode == -signal.SIGKILL, f"not killed at point {number} ({what}): {killed.stderr}"
+
+
 @pytest.mark.parametrize("command", ["--remove", "--set-mood"])
 def test_a_kill_at_each_crash_point_leaves_the_old_or_the_new_library(library_copy, tmp_path, command):
     paths = LibraryPaths.at(library_copy)
@@ -195,10 +204,7 @@ def test_a_kill_at_each_crash_point_leaves_the_old_or_the_new_library(library_co
 
     seen = collections.Counter()
     for number, what in points:
-        shutil.rmtree(library_copy)
-        shutil.copytree(base, library_copy)
-        killed = run_cli("music_to_vector.py", *args, env_extra={CRASH_AT_ENV: number})
-        assert killed.returncode == -signal.SIGKILL, f"not killed at point {number} ({what}): {killed.stderr}"
+        _kill_at(number, what, base, library_copy, args)
         rows = _rows(load_database(paths))
         if command == "--remove":
             state = _state(library_copy, track)
@@ -267,10 +273,7 @@ def test_a_kill_while_a_build_prunes_follows_or_retags_leaves_the_old_or_the_new
 
     seen = collections.Counter()
     for number, what in points:
-        shutil.rmtree(library_copy)
-        shutil.copytree(base, library_copy)
-        killed = run_cli("music_to_vector.py", *args, env_extra={CRASH_AT_ENV: number})
-        assert killed.returncode == -signal.SIGKILL, f"not killed at point {number} ({what}): {killed.stderr}"
+        _kill_at(number, what, base, library_copy, args)
         db = load_database(paths)
         _assert_aligned(db)
         rows = _rows(db)
