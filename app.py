@@ -31,6 +31,7 @@ from music_mood.library import (
     EmptyLibraryError,
     LibraryPaths,
     LiveLibrary,
+    empty_database,
     find_track,
 )
 from music_mood.models import (
@@ -80,6 +81,7 @@ EXAMPLES = Path(__file__).resolve().parent / "examples"
 EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")
 LIBRARY_COLUMNS = ["#", *(key for key, _ in TAG_COLUMNS), "bpm", "length", "file"]
 FILE_COLUMN = LIBRARY_COLUMNS.index("file")  # what names a row's track when one of its cells is edited
+LIBRARY_TABLE_MAX_ROWS = 5_000  # a browser table of a whole catalogue would freeze the page
 AUTO_MARK = " (auto)"  # how the table shows a track's best automatic tag where it has no mood/genre of its own
 # A correction or removal waits this long for a builder holding the library lock (an upload, music_to_vector.py),
 # then says the library is busy: the page's request should not hang for the length of a build.
@@ -199,9 +201,20 @@ def render_analysis(result: dict) -> tuple[str, str, str, str]:
 
 
 def library_rows(db: Database) -> list[list]:
-    """The Library tab's table: number, the tag columns, tempo, length and file of every track."""
+    """The Library tab's table: number, the tag columns, tempo, length and file of every track (of the first
+    LIBRARY_TABLE_MAX_ROWS: a catalogue is browsed with python music_to_vector.py --list)."""
     return [[i, *track_tags(t), format_bpm(t.get("bpm"), unit=""), format_duration(float(t.get("duration_s", 0) or 0)),
-             str(t["file_path"])] for i, t in enumerate(db.tracks, 1)]
+             str(t["file_path"])] for i, t in enumerate(db.tracks[:LIBRARY_TABLE_MAX_ROWS], 1)]
+
+
+def library_table_note(db: Database) -> str:
+    """What the Library tab says above its table: how to edit, and how many of the tracks it shows."""
+    note = ("Correct a track's title, artist, mood or genre in the table: double-click the cell, type, press Enter "
+            "(kept by `python music_to_vector.py --rebuild`).")
+    if len(db) > LIBRARY_TABLE_MAX_ROWS:
+        note += (f" The table shows the first {LIBRARY_TABLE_MAX_ROWS:,} of the {len(db):,} tracks; "
+                 f"`python music_to_vector.py --list` lists them all, and a track id typed below removes any of them.")
+    return note
 
 
 def render_slideshow(answer: dict | None) -> str:
@@ -502,7 +515,7 @@ def edit_cell(library: LiveLibrary, table: list[list], index, value) -> str:
         file_path = ""
     if not file_path:
         raise gr.Error("That row is no track of the library: add music with the upload above.")
-    if file_path not in {str(t["file_path"]) for t in _current(library).tracks}:
+    if _current(library).row_of_file(file_path) is None:
         raise gr.Error(f"{file_path} is no longer in the library (removed or moved meanwhile); the table now shows "
                        f"the library as it is.")
     value = str(value or "").strip().removesuffix(AUTO_MARK.strip()).strip()
@@ -679,6 +692,7 @@ class Page:
     add: Any
     status: Any
     table: Any
+    table_note: Any = None  # above the table: how to edit, and how many tracks it shows
     like: Any = None
     like_button: Any = None
     max_per_artist: Any = None
@@ -825,8 +839,7 @@ def build_page(models: BackgroundModels) -> Page:
                                              elem_id="upload-mood")
                     add = gr.Button("Add to library", variant="primary", elem_id="add-music")
                     status = gr.Markdown("", elem_id="library-status")
-            gr.Markdown("Correct a track's title, artist, mood or genre in the table: double-click the cell, type, "
-                        "press Enter (kept by `python music_to_vector.py --rebuild`).")
+            table_note = gr.Markdown(library_table_note(empty_database(Path("."))), elem_id="library-note")
             table = gr.Dataframe([], headers=LIBRARY_COLUMNS, type="array", interactive=True, elem_id="library",
                                  static_columns=[i for i, name in enumerate(LIBRARY_COLUMNS)
                                                  if name not in EDITABLE_FIELDS])
@@ -843,7 +856,7 @@ def build_page(models: BackgroundModels) -> Page:
     return Page(demo=demo, model_status=model_status, model_timer=model_timer, image=image, text=text, topk=topk,
                 moods=moods, genres=genres, button=button, caption=caption, mood_words=mood_words,
                 query_text=query_text, tracks=tracks, result=result, uploads=uploads, mood_folder=mood_folder,
-                add=add, status=status, table=table, like=like, like_button=like_button,
+                add=add, status=status, table=table, table_note=table_note, like=like, like_button=like_button,
                 max_per_artist=max_per_artist, diversity=diversity, remove_choice=remove_choice, remove=remove,
                 confirm_box=confirm_box, confirm_text=confirm_text, confirm=confirm, cancel=cancel,
                 slideshow_photos=slideshow_photos, sort_photos=sort_photos, seconds=seconds,
@@ -910,10 +923,11 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels, render
 
     def library_outputs(db):
         moods, genres = gr.update(choices=tag_values(db, "mood")), gr.update(choices=tag_values(db, "genre"))
-        return moods, genres, moods, genres, library_rows(db)
+        return moods, genres, moods, genres, library_rows(db), library_table_note(db)
 
     # What library_outputs fills, in its order: both tabs' filters offer the library's moods and genres.
-    library_view = [page.moods, page.genres, page.slideshow_moods, page.slideshow_genres, page.table]
+    library_view = [page.moods, page.genres, page.slideshow_moods, page.slideshow_genres, page.table,
+                    page.table_note]
 
     def on_show_library():
         return library_outputs(current_library())

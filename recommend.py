@@ -283,12 +283,11 @@ def check_outside_library(db: Database, paths: LibraryPaths, outs: list[Path]) -
     if not outs:
         return None
     root = db.root.resolve()
-    database_files = {p.resolve() for p in (paths.vectors, paths.metadata, paths.segments, paths.lock)}
-    track_files = {str(t["file_path"]) for t in db.tracks}
+    database_files = {p.resolve() for p in (*paths.data_files(), paths.metadata, paths.lock)}
     for out in outs:
         target = out.resolve()
         inside = target.relative_to(root).as_posix() if target.is_relative_to(root) else None
-        if target in database_files or inside in track_files:
+        if target in database_files or (inside is not None and db.row_of_file(inside) is not None):
             return f"cannot write {out}: it is a file of the music library in {paths.root}"
         if target.is_relative_to(paths.new_music.resolve()):
             return (f"cannot write {out}: {paths.new_music} is where the library takes in new music; "

@@ -95,7 +95,7 @@ def _destination(source: Path, paths: LibraryPaths, taken: set[Path]) -> Path:
 def pending_files(paths: LibraryPaths, db: Database, files: list[Path] | None = None) -> list[Path]:
     """What a build would add: `files` (default: every audio file in new_music/), plus any audio file in
     processed_music/ that `db` does not list (moved there by hand, or by a run that stopped before saving)."""
-    listed = {t["file_path"] for t in db.tracks}
+    listed = set(db.column("file_path"))
     candidates = list(files) if files is not None else find_audio_files(paths.new_music)
     return candidates + [p for p in find_audio_files(paths.processed_music)
                          if p.relative_to(paths.root).as_posix() not in listed]
@@ -335,6 +335,7 @@ def compose_database(db: Database, kept: list[dict], keep: list[int], added: lis
         clap_model=clap_name,
         root=db.root,
         window_s=window_s,
+        table=db.table,
     )
 
 
@@ -350,7 +351,7 @@ def import_sample_library(paths: LibraryPaths) -> list[Path]:
                            f"{SAMPLE_PACKAGE}") from e
     from importlib import metadata
 
-    have = {t.get("sha256") for t in load_database(paths).tracks}
+    have = set(load_database(paths).column("sha256"))
     copied = []
     for source in sorted(immich_memories_music.tracks_dir().glob("*/*")):
         if source.suffix.lower() not in AUDIO_EXTENSIONS or file_sha256(source) in have:

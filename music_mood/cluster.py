@@ -234,7 +234,7 @@ def build_library_on_ray(clap, paths: LibraryPaths, precision: str = "auto", bac
         start = time.perf_counter()
         recover_library(paths)  # as build_library would first, so the files listed are the committed state's
         _, db = database_to_build_on(paths, clap.name, rebuild)
-        known = {t.get("sha256") for t in db.tracks}
+        known = set(db.column("sha256"))
         hashes, unreadable = _hash_files(pending_files(paths, db, files), progress)
         wanted, reused = {}, {}
         for path, sha in hashes.items():

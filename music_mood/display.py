@@ -1,6 +1,8 @@
 """How tracks and times read in a terminal and on the page: one duration format and one layout of a track's tags."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 # (key, width) of the tag columns every track table shows, in order.
 TAG_COLUMNS = (("title", 30), ("artist", 18), ("mood", 10), ("genre", 11))
 
@@ -42,15 +44,20 @@ def tag_columns(values: list[str]) -> str:
     return " ".join(f"{value[:width]:<{width}}" for value, (_, width) in zip(values, TAG_COLUMNS))
 
 
-def format_library(tracks: list[dict]) -> str:
-    """The library as a readable table, one track a line (music_to_vector.py --list); the id is what --remove and
-    --set-FIELD accept besides the file."""
-    lines = [f"{'#':>4}  {tag_columns([key for key, _ in TAG_COLUMNS])} {'bpm':>5} {'length':>7}  {'id':<16}  file"]
+def library_lines(tracks) -> Iterator[str]:
+    """The library as a readable table, one track a line, made as it is printed (a catalogue's records are read
+    in batches, never all at once); music_to_vector.py --list. The id is what --remove and --set-FIELD accept
+    besides the file."""
+    yield f"{'#':>4}  {tag_columns([key for key, _ in TAG_COLUMNS])} {'bpm':>5} {'length':>7}  {'id':<16}  file"
     for i, track in enumerate(tracks, 1):
-        lines.append(f"{i:>4}  {tag_columns(track_tags(track))} {format_bpm(track.get('bpm'), unit=''):>5} "
-                     f"{format_duration(float(track.get('duration_s', 0) or 0)):>7}  {track.get('id', ''):<16}  "
-                     f"{track['file_path']}")
-    return "\n".join(lines)
+        yield (f"{i:>4}  {tag_columns(track_tags(track))} {format_bpm(track.get('bpm'), unit=''):>5} "
+               f"{format_duration(float(track.get('duration_s', 0) or 0)):>7}  {track.get('id', ''):<16}  "
+               f"{track['file_path']}")
+
+
+def format_library(tracks) -> str:
+    """library_lines as one string."""
+    return "\n".join(library_lines(tracks))
 
 
 def format_recommendation(label: str, rec) -> str:

@@ -89,7 +89,7 @@ def set_fields(paths: LibraryPaths, edits: list[tuple[str, str, str]],
             record[name] = value.strip()
             done.append((record, name, old))
         edited = Database(vectors=db.vectors, tracks=tracks, segments=db.segments, clap_model=db.clap_model,
-                          root=db.root, window_s=db.window_s)
+                          root=db.root, window_s=db.window_s, table=db.table)
         return edited, [], done
 
     return _commit_change(paths, change, lock_timeout)

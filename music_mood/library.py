@@ -12,9 +12,14 @@ Database contract (checked by load_database):
   its tempo, a float with one decimal, null when no beat stands out, absent for a track added before tempos were
   stored (music_to_vector.py reads it). A seed-format file (a bare list of {id, file_path, title, mood, genre})
   still loads, without segments.
-- One commit point (save_database): the data files of a change are written under new names first; replacing the
-  metadata, which names them, commits the change; they are renamed into place after. A reader sees the old
-  library or the new one, and a crash after the commit is finished from the metadata (finish_commit).
+- A catalogue (tracks.TABLE_MIN_TRACKS tracks or more, and a library once stored so until --rebuild) keeps its
+  records in music_database_metadata.sqlite instead (the table of tracks.py, read lazily): the metadata JSON then
+  holds "tracks_table": that file's name and "track_count" in place of "tracks", and the commit its
+  "tracks_bytes". Small libraries keep the records inline, readable as plain JSON.
+- One commit point (save_database): the data files of a change (vectors, segments, the track table) are written
+  under new names first; replacing the metadata JSON, which names them, commits the change; they are renamed
+  into place after. A reader sees the old library or the new one, and a crash after the commit is finished from
+  the metadata (finish_commit).
 - music_database_index.faiss (libraries of search.SEARCH_INDEX_MIN_TRACKS or more): a cache of the approximate
   search index, derived from music_database.npy (see search.py). Deleting it is always safe.
 """
@@ -42,7 +47,9 @@ from music_mood.storage import (
     rename,
     write_atomically,
     write_new_file,
+    write_new_file_at,
 )
+from music_mood.tracks import TABLE_MIN_TRACKS, TableError, TrackTable, column, rows_with, write_table
 
 FORMAT_NAME = "music-mood-database"
 FORMAT_VERSION = 1
@@ -91,6 +98,15 @@ class LibraryPaths:
         return self.vectors.with_name(self.vectors.stem + "_segments.npy")
 
     @property
+    def tracks_table(self) -> Path:
+        """The catalogue's track table (tracks.py), beside the metadata JSON that commits it."""
+        return self.metadata.with_suffix(".sqlite")
+
+    def data_files(self) -> tuple[Path, Path, Path]:
+        """The files a commit writes under new names and the metadata names: vectors, segments, track table."""
+        return self.vectors, self.segments, self.tracks_table
+
+    @property
     def lock(self) -> Path:
         return self.vectors.with_name(self.vectors.stem + ".lock")
 
@@ -109,10 +125,12 @@ class LibraryPaths:
 
 @dataclass
 class Database:
-    """The loaded library: vectors float32 (N, D), tracks (N records), segments float32 (S, D) or None."""
+    """The loaded library: vectors float32 (N, D), tracks (N records: a list, or a tracks.TrackTable read lazily),
+    segments float32 (S, D) or None. Ask all records at once through column()/rows_with(), which a table answers
+    by a query, rather than by walking `tracks`."""
 
     vectors: np.ndarray
-    tracks: list[dict]
+    tracks: list[dict] | TrackTable
     segments: np.ndarray | None = None
     clap_model: str | None = None
     root: Path = field(default_factory=Path)
@@ -120,10 +138,12 @@ class Database:
     # starts at its record's last_window_start_s (see recommend.best_segment_start)
     vectors_path: Path | None = None  # where `vectors` was loaded from; the search index is cached next to it
     index_min_tracks: int = SEARCH_INDEX_MIN_TRACKS  # from this many tracks on, search_index() gives an index
+    table: bool = False  # the records are committed as a track table (set on load; compose and edits carry it)
     _index: object = field(default=None, repr=False, compare=False)
     _tag_codes: dict = field(default_factory=dict, repr=False, compare=False)
     _auto_tag_rows: dict = field(default_factory=dict, repr=False, compare=False)
     _bpm: object = field(default=None, repr=False, compare=False)
+    _file_rows: dict | None = field(default=None, repr=False, compare=False)
     _lock: object = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -147,7 +167,7 @@ class Database:
         """A tag (mood, genre...) of every track, lower-cased, as ({value: code}, int32 (N,) codes); cached."""
         with self._lock:
             if key not in self._tag_codes:
-                values = [str(t.get(key, "")).lower() for t in self.tracks]
+                values = [str(v).lower() for v in column(self.tracks, key, "")]
                 labels, codes = np.unique(np.array(values, dtype=object), return_inverse=True)
                 self._tag_codes[key] = ({v: i for i, v in enumerate(labels)}, codes.astype(np.int32))
             return self._tag_codes[key]
@@ -160,8 +180,8 @@ class Database:
         with self._lock:
             if key not in self._auto_tag_rows:
                 rows: dict[str, list[int]] = {}
-                for i, track in enumerate(self.tracks):
-                    for tag in auto_tag_words(track, key):
+                for i, tags in enumerate(column(self.tracks, "auto_tags")):
+                    for tag in auto_tag_words({"auto_tags": tags}, key):
                         rows.setdefault(tag.lower(), []).append(i)
                 self._auto_tag_rows[key] = {tag: np.array(r, dtype=np.int64) for tag, r in rows.items()}
             return self._auto_tag_rows[key]
@@ -171,9 +191,27 @@ class Database:
         record."""
         with self._lock:
             if self._bpm is None:
-                self._bpm = np.array([float(t["bpm"]) if isinstance(t.get("bpm"), (int, float)) else np.nan
-                                      for t in self.tracks], dtype=np.float64)
+                self._bpm = np.array([float(v) if isinstance(v, (int, float)) else np.nan
+                                      for v in column(self.tracks, "bpm")], dtype=np.float64)
             return self._bpm
+
+    def column(self, key: str, default=None) -> list:
+        """Every track's value of `key`, in row order (`default` where a record has none)."""
+        return column(self.tracks, key, default)
+
+    def rows_with(self, key: str, value) -> list[int]:
+        """The rows whose `key` ("id", "file_path" or "sha256") equals `value`."""
+        return rows_with(self.tracks, key, value)
+
+    def row_of_file(self, file_path: str) -> int | None:
+        """The row of the track listed at `file_path` (relative to the library, as stored), or None."""
+        if isinstance(self.tracks, TrackTable):
+            rows = self.tracks.rows_with("file_path", str(file_path))
+            return rows[0] if rows else None
+        with self._lock:
+            if self._file_rows is None:
+                self._file_rows = {str(t["file_path"]): row for row, t in reversed(list(enumerate(self.tracks)))}
+        return self._file_rows.get(str(file_path))
 
     @property
     def dim(self) -> int:
@@ -231,13 +269,21 @@ def _load_committed(paths: LibraryPaths, clap_model: str | None, dim: int | None
 
     if isinstance(meta, list):  # the seed's format: no checkpoint recorded, no segments
         tracks, made_by, segments = meta, None, None
-    elif isinstance(meta, dict) and meta.get("format") == FORMAT_NAME and isinstance(meta.get("tracks"), list):
+    elif isinstance(meta, dict) and meta.get("format") == FORMAT_NAME and (isinstance(meta.get("tracks"), list)
+                                                                            or "tracks_table" in meta):
         if meta.get("version") != FORMAT_VERSION:
             raise DatabaseError(f"{paths.metadata} has format version {meta.get('version')}, this program reads "
                                 f"{FORMAT_VERSION}; {REBUILD}")
-        tracks, made_by = meta["tracks"], meta.get("clap_model")
+        made_by = meta.get("clap_model")
         segments = _load_array(paths.segments, commit, "segments")
-        expected = sum(int(t.get("segment_count", 0)) for t in tracks)
+        if "tracks_table" in meta:
+            # The table's size was checked against the commit, as the segments' was: they were written together,
+            # so the segment counts need no sum over every row here (a catalogue opens without reading its rows).
+            tracks = _load_table(paths, meta, commit)
+            expected = len(segments) if segments.ndim == 2 else -1
+        else:
+            tracks = meta["tracks"]
+            expected = sum(int(t.get("segment_count", 0)) for t in tracks if isinstance(t, dict))
         if segments.ndim != 2 or segments.dtype != np.float32 or len(segments) != expected:
             raise DatabaseError(f"{paths.segments} does not match the metadata ({segments.shape} for {expected} "
                                 f"segments); {REBUILD}")
@@ -250,7 +296,7 @@ def _load_committed(paths: LibraryPaths, clap_model: str | None, dim: int | None
     if len(vectors) != len(tracks):
         raise DatabaseError(f"{paths.vectors} has {len(vectors)} rows but {paths.metadata} lists {len(tracks)} "
                             f"tracks; {REBUILD}")
-    if not all(isinstance(t, dict) and "file_path" in t for t in tracks):
+    if isinstance(tracks, list) and not all(isinstance(t, dict) and "file_path" in t for t in tracks):
         raise DatabaseError(f"{paths.metadata} has a track without a file_path; {REBUILD}")
     if not _rows_are_unit(vectors):
         raise DatabaseError(f"{paths.vectors} has rows that are not unit-length (or not finite); {REBUILD}")
@@ -260,7 +306,34 @@ def _load_committed(paths: LibraryPaths, clap_model: str | None, dim: int | None
     check_clap_model(made_by, clap_model)
     window_s = float(meta.get("embedding", {}).get("window_s", 10.0)) if isinstance(meta, dict) else 10.0
     return Database(vectors=vectors, tracks=tracks, segments=segments, clap_model=made_by, root=paths.root,
-                    window_s=window_s, vectors_path=paths.vectors, index_min_tracks=index_min_tracks)
+                    window_s=window_s, vectors_path=paths.vectors, index_min_tracks=index_min_tracks,
+                    table=isinstance(tracks, TrackTable))
+
+
+def _load_table(paths: LibraryPaths, meta: dict, commit: dict | None) -> TrackTable:
+    """The committed track table: its staged file while not yet renamed into place, else its final name; its
+    size must be the one the commit recorded, its row count the metadata's."""
+    final = paths.tracks_table
+    if meta["tracks_table"] != final.name or not commit or "tracks_bytes" not in commit:
+        raise DatabaseError(f"{paths.metadata} names the track table {meta['tracks_table']!r}, not {final.name} "
+                            f"with its size; {REBUILD}")
+    for path in (staged_path(final, commit["id"]), final):
+        try:
+            size = path.stat().st_size
+            table = TrackTable(path)
+        except (FileNotFoundError, TableError) as e:
+            if path != final and not path.exists():
+                continue  # renamed into place since we looked: `final` is that file now
+            if isinstance(e, FileNotFoundError):
+                raise DatabaseError(f"{final} is missing while the metadata lists it; {REBUILD}") from e
+            raise DatabaseError(f"{e}; {REBUILD}") from e
+        if size != commit["tracks_bytes"] or len(table) != meta.get("track_count"):
+            table.close()
+            raise DatabaseError(f"{final} ({size} bytes, {len(table)} tracks) is not the table the metadata's last "
+                                f"commit wrote ({commit['tracks_bytes']} bytes, {meta.get('track_count')} tracks); "
+                                f"{REBUILD}")
+        return table
+    raise AssertionError("unreachable: the last candidate is `final`")
 
 
 def _read_metadata(paths: LibraryPaths):
@@ -311,7 +384,7 @@ def _committed_id(paths: LibraryPaths) -> str | None:
 
 def _unfinished(paths: LibraryPaths, commit: dict) -> bool:
     """Whether a crash stopped `commit` after its commit point: a staged file or a recorded move still waits."""
-    return (any(staged_path(final, commit["id"]).exists() for final in (paths.vectors, paths.segments))
+    return (any(staged_path(final, commit["id"]).exists() for final in paths.data_files())
             or any(os.path.lexists(paths.root / source) for source, _ in commit.get("moves", [])))
 
 
@@ -333,14 +406,14 @@ def finish_commit(paths: LibraryPaths, commit: dict) -> list[str]:
     """Roll the committed state forward (under the library lock): rename its staged data files into place, make
     the file moves it records, and remove what crashed writes left (staged files of commits that never
     happened, temp files of the database's own names). Idempotent. Returns a line per move it could not make."""
-    renamed = False
-    for final in (paths.vectors, paths.segments):
+    renamed = set()
+    for final in paths.data_files():
         staged = staged_path(final, commit["id"])
         if staged.exists():
             rename(staged, final)
-            renamed = True
-    if renamed:
-        fsync_dir(paths.vectors.parent)
+            renamed.add(final.parent)
+    for folder in renamed:
+        fsync_dir(folder)
     problems = []
     for source, target in commit.get("moves", []):
         source, target = paths.root / source, paths.root / target
@@ -355,6 +428,8 @@ def finish_commit(paths: LibraryPaths, commit: dict) -> list[str]:
                             f"left where it is.")
             continue
         remove_empty_folders(source.parent, paths.new_music)
+    if "tracks_bytes" not in commit and paths.tracks_table.exists():
+        remove(paths.tracks_table)  # a catalogue's table, superseded by a --rebuild into a small library
     _remove_leftovers(paths)
     return problems
 
@@ -362,7 +437,7 @@ def finish_commit(paths: LibraryPaths, commit: dict) -> list[str]:
 def _remove_leftovers(paths: LibraryPaths) -> None:
     """Remove what crashed writes left: staged files of commits that never happened, temp files of the
     database's own names. Only files of those exact names; called under the lock, after the commit is done."""
-    for final in (paths.vectors, paths.segments, paths.metadata):
+    for final in (*paths.data_files(), paths.metadata):
         for leftover in final.parent.glob(f".{final.name}.*"):
             if leftover.name.endswith(".tmp") or ".commit-" in leftover.name:
                 remove(leftover)
@@ -409,7 +484,8 @@ def save_database(db: Database, paths: LibraryPaths, sample_rate: int,
                   moves: list[tuple[Path, Path]] = ()) -> list[str]:
     """Commit `db`, and the moves of files from new_music/ into processed_music/ that it lists, in one step.
 
-    1. The vectors and segments are written under new names (staged_path) and fsynced; nothing names them yet.
+    1. The vectors and segments (and for a catalogue the track table: db.table, or TABLE_MIN_TRACKS tracks or
+       more) are written under new names (staged_path) and fsynced; nothing names them yet.
     2. The commit point: the metadata, naming the commit, its files' sizes and the moves, replaces the old one
        atomically. Before it a reader sees the old library, after it the new one.
     3. finish_commit renames the staged files into place and makes the moves. A crash there is finished by the
@@ -426,7 +502,14 @@ def save_database(db: Database, paths: LibraryPaths, sample_rate: int,
             staged.append(path)
             write_new_file(path, lambda f: np.save(f, np.ascontiguousarray(array, dtype=np.float32)))
             commit[f"{kind}_bytes"] = path.stat().st_size
-        fsync_dir(paths.vectors.parent)
+        as_table = db.table or len(db) >= TABLE_MIN_TRACKS
+        if as_table:
+            path = staged_path(paths.tracks_table, commit["id"])
+            staged.append(path)
+            write_new_file_at(path, lambda target: write_table(target, db.tracks))
+            commit["tracks_bytes"] = path.stat().st_size
+        for folder in dict.fromkeys(final.parent for final in paths.data_files()):
+            fsync_dir(folder)
         meta = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -434,7 +517,8 @@ def save_database(db: Database, paths: LibraryPaths, sample_rate: int,
             "embedding": {"method": EMBEDDING_METHOD, "sample_rate": sample_rate, "window_s": db.window_s,
                           "dim": db.dim},
             "commit": commit,
-            "tracks": db.tracks,
+            **({"tracks_table": paths.tracks_table.name, "track_count": len(db)} if as_table
+               else {"tracks": list(db.tracks)}),
         }
         write_atomically(paths.metadata, lambda f: f.write(json.dumps(meta, indent=1, ensure_ascii=False).encode()))
     except BaseException:
@@ -456,7 +540,6 @@ class LiveLibrary:
         self._lock = threading.Lock()
         self._db: Database | None = None
         self._version: tuple | None = None
-        self._files: set[str] = set()  # the file_path of every track of _db, to answer the track route
         self.current()  # a library that cannot be read is an error at start-up, not at the first request
 
     def current(self) -> Database:
@@ -473,7 +556,7 @@ class LiveLibrary:
         """
         with self._lock:
             db = self._refresh()
-            listed = file_path in self._files
+        listed = db.row_of_file(file_path) is not None
         parts = PurePosixPath(file_path).parts
         path = db.root / file_path
         if (not listed or ".." in parts or path.suffix.lower() not in AUDIO_EXTENSIONS
@@ -486,7 +569,6 @@ class LiveLibrary:
         version = committed_state(self.paths)  # taken before reading: a commit meanwhile is seen next time
         if self._db is None or version != self._version:
             self._db = load_database(self.paths, clap_model=self.clap_model)
-            self._files = {str(t["file_path"]) for t in self._db.tracks}
             self._version = version
         return self._db
 
@@ -499,14 +581,20 @@ def find_track(db: Database, path_or_id: str) -> int:
     """The row of the track named by its id, or by its file's path (as stored, relative to the library, or any
     path to the same file). Raises UnknownTrackError naming what was asked for."""
     wanted = str(path_or_id).strip()
-    for row, track in enumerate(db.tracks):
-        if wanted and wanted in (str(track.get("id", "")), str(track["file_path"])):
-            return row
+    if wanted:
+        rows = sorted(db.rows_with("id", wanted) + db.rows_with("file_path", wanted))
+        if rows:
+            return rows[0]
     try:
         resolved = Path(wanted).expanduser().resolve()
-        for row, track in enumerate(db.tracks):
-            if (db.root / track["file_path"]).resolve() == resolved:
-                return row
+        root = db.root.resolve()
+        row = db.row_of_file(resolved.relative_to(root).as_posix()) if resolved.is_relative_to(root) else None
+        if row is not None:
+            return row
+        if not db.table:  # a track listed through a symlink: a walk a catalogue is spared
+            for row, track in enumerate(db.tracks):
+                if (db.root / track["file_path"]).resolve() == resolved:
+                    return row
     except (OSError, RuntimeError):  # an unresolvable path names no track
         pass
     raise UnknownTrackError(f"{wanted!r} is no track of the library in {db.root} (give a file path from "

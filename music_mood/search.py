@@ -164,7 +164,8 @@ def _allowed_rows(db: Database, moods=None, genres=None, bpm=None) -> np.ndarray
 def tag_values(db: Database, key: str) -> list[str]:
     """The distinct non-empty values of one tag (mood, genre) in the library, its tracks' own and automatic,
     sorted case-insensitively."""
-    values = {str(t.get(key, "")).strip() for t in db.tracks} | {w for t in db.tracks for w in auto_tag_words(t, key)}
+    values = ({str(v).strip() for v in db.column(key, "")} |
+              {w for tags in db.column("auto_tags") for w in auto_tag_words({"auto_tags": tags}, key)})
     return sorted(values - {""}, key=str.lower)
 
 
@@ -189,7 +190,7 @@ def check_filters(db: Database, moods=None, genres=None, bpm=None) -> None:
         asked.append(f"a tempo of {tempo}")
         offered.append(f"the tempos it has: {values.min():g}-{values.max():g} BPM" if len(values) else
                        "no track has a tempo")
-        untimed = sum("bpm" not in t for t in db.tracks)
+        untimed = sum(v is _ABSENT for v in db.column("bpm", _ABSENT))
         if untimed:
             offered[-1] += (f" ({untimed} tracks added before tempos were stored have none yet: run python "
                             f"music_to_vector.py to read them)")
@@ -294,6 +295,7 @@ DEFAULT_MAX_PER_ARTIST = 3
 # that is too far from the query for diversity to be worth playing it.
 MMR_POOL_PER_RESULT = 5
 MMR_MIN_POOL = 50
+_ABSENT = object()  # a record without the key asked for (a bpm of None means: read, no beat)
 
 
 def group_keys(track: dict) -> list[tuple[str, str]]:

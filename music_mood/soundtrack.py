@@ -183,7 +183,7 @@ def check_can_plan(db: Database, moods=None, genres=None, bpm=None) -> None:
     if len(db) == 0:
         raise EmptyLibraryError(EMPTY_LIBRARY)
     check_filters(db, moods, genres, bpm)
-    if not any(track_duration(t) for t in db.tracks):
+    if not any(track_duration({"duration_s": d}) for d in db.column("duration_s")):
         raise DatabaseError(f"{db.root} records no track lengths (an older database format); {REBUILD}")
 
 
@@ -205,7 +205,7 @@ class _TrackChooser:
 
     def __init__(self, db: Database, moods=None, genres=None, bpm=None):
         self.db, self.moods, self.genres, self.bpm = db, moods, genres, bpm
-        self.unusable = {row for row, track in enumerate(db.tracks) if not track_duration(track)}
+        self.unusable = {row for row, d in enumerate(db.column("duration_s")) if not track_duration({"duration_s": d})}
         self.used: set[int] = set()
         self.previous: set[int] = set()  # the row of the piece just before, if any
         self.repeated = False
@@ -407,16 +407,15 @@ def replace_scene_track(db: Database, plan: Plan, scene_index: int, moods=None, 
     if Path(plan.library_root) != Path(db.root):
         raise ValueError(f"the plan was made from the library in {plan.library_root}, not {db.root}")
     check_can_plan(db, moods, genres, bpm)
-    rows = {str(track["file_path"]): row for row, track in enumerate(db.tracks)}
     scene = plan.scenes[scene_index]
-    elsewhere = {rows[piece.file_path] for other in plan.scenes if other is not scene for piece in other.pieces
-                 if piece.file_path in rows}
+    elsewhere = {db.row_of_file(piece.file_path) for other in plan.scenes if other is not scene
+                 for piece in other.pieces} - {None}
     vector = np.asarray(scene.vector, dtype=np.float32)
     chooser = _TrackChooser(db, moods, genres, bpm)
-    chooser.used = elsewhere | _ranked_down_to(db, vector, rows.get(scene.pieces[0].file_path) if scene.pieces
+    chooser.used = elsewhere | _ranked_down_to(db, vector, db.row_of_file(scene.pieces[0].file_path) if scene.pieces
                                                else None, chooser.unusable, moods, genres, bpm)
     before = plan.scenes[scene_index - 1].pieces if scene_index > 0 else []
-    chooser.previous = {rows[before[-1].file_path]} if before and before[-1].file_path in rows else set()
+    chooser.previous = {db.row_of_file(before[-1].file_path)} - {None} if before else set()
     ranked, _ = rank_results(db, vector, 1, moods, genres, max_per_artist=0, exclude=chooser.unusable | chooser.used,
                              bpm=bpm)
     if not ranked:

@@ -152,6 +152,22 @@ def write_new_file(path: Path, write) -> None:
         raise
 
 
+def write_new_file_at(path: Path, make) -> None:
+    """write_new_file for a writer that needs a path, not a file object (SQLite): `make(path)` creates the file;
+    then it is fsynced whole. A crash midway leaves a torn file that nothing names, as write_new_file does."""
+    if os.path.lexists(path):
+        raise FileExistsError(errno.EEXIST, "will not write over an existing file", str(path))
+    try:
+        crash_point(f"write {path.name}")
+        make(path)
+        with open(path, "rb+") as f:
+            crash_point(f"fsync {path.name}")
+            os.fsync(f.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
 def rename(source: Path, target: Path) -> None:
     """os.replace with a crash point: atomic on one file system."""
     crash_point(f"rename {source.name} -> {target.name}")

@@ -1,0 +1,143 @@
+"""The track records of a library: a list inline in the metadata JSON for a personal library, an SQLite table read
+lazily for a catalogue (from TABLE_MIN_TRACKS tracks on), and the few questions asked of all records at once
+(a column, the rows with a value), answered by a query on the table instead of a walk through every record.
+
+Why: the metadata JSON of 1 000 000 tracks is ~900 MB, takes ~40 s and ~3 GB of memory to load, and every commit
+rewrites it (benchmarks/bench_catalogue.py). The table opens in milliseconds and reads only the rows asked for.
+
+The table file is written once, whole, under a new name, and never changed after: like the vectors, it is a data
+file that the metadata JSON names and commits (see library.save_database). So a reader opens it read-only and
+immutable, and a reader that holds it open keeps reading its version after a later commit replaces the name.
+
+Table contract: `tracks(row INTEGER PRIMARY KEY, id, file_path NOT NULL, sha256, record NOT NULL)`; row i (from 0)
+is track i, `record` is its whole record as JSON (the same object the inline list would hold), and id, file_path
+and sha256 repeat the record's values, indexed for lookups. PRAGMA user_version is TABLE_VERSION.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+TABLE_MIN_TRACKS = 20_000  # from here on, a library's JSON would take seconds to load and rewrite
+TABLE_VERSION = 1
+LOOKUP_KEYS = ("id", "file_path", "sha256")  # the keys a table answers rows_with() for by its indexes
+BATCH = 10_000  # rows read at a time when a table is walked
+
+
+class TableError(RuntimeError):
+    """A track table that cannot be read or is not one (the message names the file)."""
+
+
+class TrackTable(Sequence):
+    """The records of a track table as a read-only sequence of dicts; each access reads its rows from the file.
+
+    Thread-safe (the web app answers requests in threads); a record is decoded anew at each access, so a caller
+    may change what it gets without changing the library (commits write a new table).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            # immutable: a committed table never changes, so no locks and no journal look-ups; opened now (the
+            # count reads it), so this reader keeps this file even when a commit renames another over its name.
+            self._db = sqlite3.connect(f"file:{quote(str(self.path.resolve()))}?mode=ro&immutable=1", uri=True,
+                                       check_same_thread=False)
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version != TABLE_VERSION:
+                raise TableError(f"{self.path} is track table version {version}, this program reads {TABLE_VERSION}")
+            self._length = self._db.execute("SELECT count(*) FROM tracks").fetchone()[0]
+            last = self._db.execute("SELECT max(row) FROM tracks").fetchone()[0]
+        except sqlite3.Error as e:
+            raise TableError(f"{self.path} is not a readable track table ({e})") from e
+        if self._length and last != self._length - 1:
+            raise TableError(f"{self.path} numbers its {self._length} rows up to {last}, not from 0 without gaps")
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._length))]
+        if i < 0:
+            i += self._length
+        if not 0 <= i < self._length:
+            raise IndexError(f"track {i} of {self._length}")
+        return json.loads(self._query("SELECT record FROM tracks WHERE row = ?", (i,))[0][0])
+
+    def __iter__(self) -> Iterator[dict]:
+        for start in range(0, self._length, BATCH):
+            for (record,) in self._query("SELECT record FROM tracks WHERE row >= ? AND row < ? ORDER BY row",
+                                         (start, start + BATCH)):
+                yield json.loads(record)
+
+    def column(self, key: str, default=None) -> list:
+        """Every track's value of `key`, in row order; `default` where a record has no such key."""
+        rows = self._query("SELECT json_type(record, ?), json_extract(record, ?) FROM tracks ORDER BY row",
+                           (_json_path(key),) * 2)
+        return [default if kind is None else json.loads(value) if kind in ("object", "array") else value
+                for kind, value in rows]
+
+    def rows_with(self, key: str, value) -> list[int]:
+        """The rows whose `key` (one of LOOKUP_KEYS) equals `value`, in order; by index, without a scan."""
+        if key not in LOOKUP_KEYS:
+            raise ValueError(f"a track table looks rows up by {', '.join(LOOKUP_KEYS)}, not {key!r}")
+        return [row for (row,) in self._query(f"SELECT row FROM tracks WHERE {key} = ? ORDER BY row", (value,))]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _query(self, sql: str, parameters=()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, parameters).fetchall()
+            except sqlite3.Error as e:
+                raise TableError(f"cannot read {self.path} ({e})") from e
+
+
+def _json_path(key: str) -> str:
+    return '$."' + key.replace('"', '\\"') + '"'
+
+
+def write_table(path: Path, tracks) -> None:
+    """Write `tracks` (records, in row order) as a new track table at `path`, which must not exist.
+
+    No journal and no syncs while it is written: a crash leaves a torn file that nothing names (the caller
+    removes it, and syncs the whole file before a commit names it; see storage.write_new_file_at).
+    """
+    db = sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=rwc", uri=True)
+    try:
+        if db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+            raise FileExistsError(f"{path} already holds tables")
+        db.execute("PRAGMA journal_mode = OFF")
+        db.execute("PRAGMA synchronous = OFF")
+        db.execute(f"PRAGMA user_version = {TABLE_VERSION}")
+        db.execute("CREATE TABLE tracks (row INTEGER PRIMARY KEY, id TEXT, file_path TEXT NOT NULL, sha256 TEXT, "
+                   "record TEXT NOT NULL)")
+        db.executemany("INSERT INTO tracks VALUES (?, ?, ?, ?, ?)",
+                       ((row, record.get("id"), str(record["file_path"]), record.get("sha256"),
+                         json.dumps(record, ensure_ascii=False)) for row, record in enumerate(tracks)))
+        for key in LOOKUP_KEYS:  # after the rows: one sort per index instead of a b-tree insert per row
+            db.execute(f"CREATE INDEX tracks_{key} ON tracks({key})")
+        db.commit()
+    finally:
+        db.close()
+
+
+def column(tracks, key: str, default=None) -> list:
+    """Every record's value of `key` in order (`default` where it has none): from a table by one query."""
+    if isinstance(tracks, TrackTable):
+        return tracks.column(key, default)
+    return [t.get(key, default) for t in tracks]
+
+
+def rows_with(tracks, key: str, value) -> list[int]:
+    """The rows whose record has `key` equal to `value` (key in LOOKUP_KEYS): from a table by its index."""
+    if isinstance(tracks, TrackTable):
+        return tracks.rows_with(key, value)
+    return [row for row, t in enumerate(tracks) if t.get(key) == value]
