@@ -1,6 +1,7 @@
 """Shared fixtures: tiny real-architecture checkpoints, real photos, real music, and an isolated library."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -156,6 +157,25 @@ def built_library(tmp_path_factory, clap_audio, sample_tracks):
     report = build_library(clap_audio, LibraryPaths.at(library), progress=False)
     assert not report.failed and len(report.added) == len(sample_tracks[::5])
     return library
+
+
+def store_as_table(library: Path, table: bool = True, change=None) -> None:
+    """Commit the library in `library` again, its records as a track table (or inline JSON with table=False), as
+    a catalogue's are; `change(tracks)` may edit the records first. Through the product's own commit."""
+    from music_mood.library import LibraryPaths, load_database, save_database
+    from music_mood.storage import acquire_lock
+
+    paths = LibraryPaths.at(library)
+    lock = acquire_lock(paths.lock, timeout=5)
+    try:
+        db = load_database(paths)
+        db.tracks, db.table = [dict(t) for t in db.tracks], table
+        if change is not None:
+            change(db.tracks)
+        sample_rate = json.loads(paths.metadata.read_text(encoding="utf-8"))["embedding"]["sample_rate"]
+        save_database(db, paths, sample_rate)
+    finally:
+        lock.release()
 
 
 @pytest.fixture
