@@ -32,6 +32,7 @@ from music_mood.library import (
     recover_library,
     save_database,
 )
+from music_mood.rows import is_lazy, stack_rows, take_ranges, take_rows
 from music_mood.shards import EmbeddedTrack
 from music_mood.storage import acquire_lock, copy_file, move_file, remove_empty_folders
 
@@ -153,7 +154,7 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
                                   window_s)
             if tagger is not None:
                 stale = [i for i, t in enumerate(db.tracks) if tagger.stale(t)]
-                for i, tags in zip(stale, tagger.tag(np.asarray(db.vectors)[stale])):
+                for i, tags in zip(stale, tagger.tag(db.vectors[stale])):
                     db.tracks[i]["auto_tags"] = tags
             report.warnings.extend(save_database(db, paths, sample_rate, moves))
             tracks = db.tracks
@@ -312,31 +313,37 @@ def _tracks_still_there(tracks: list[dict], paths: LibraryPaths, taken: set[Path
 
 
 def compose_database(db: Database, kept: list[dict], keep: list[int], added: list[dict], new_rows: list[np.ndarray],
-             new_segments: list[np.ndarray], clap_name: str, window_s: float) -> Database:
+                     new_segments: list[np.ndarray], clap_name: str, window_s: float) -> Database:
     """The next state of the library: the kept rows of `db` (with their records `kept`), then the added tracks;
-    segment offsets are numbered afresh in that order."""
+    segment offsets are numbered afresh in that order.
+
+    A catalogue's matrices (memory-mapped when loaded) are stacked lazily (rows.RowStack: slices of the committed
+    files and the new rows), so a commit never holds them whole; a small library's are plain arrays.
+    """
     dim = len(new_rows[0]) if new_rows else db.dim
-    segments, offset = [], 0
+    old_offsets = db.column("segment_offset", 0) if kept else []
+    ranges, offset = [], 0
     for record, i in zip(kept, keep):
         count = int(record.get("segment_count", 0))
         if db.segments is not None and count:
-            start = int(db.tracks[i]["segment_offset"])
-            segments.append(db.segments[start:start + count])
+            start = int(old_offsets[i])
+            ranges.append((start, start + count))
         if "segment_count" in record:
             record["segment_offset"] = offset
         offset += count
     for record, rows in zip(added, new_segments):
         record["segment_offset"] = offset
         offset += len(rows)
-    return Database(
-        vectors=np.vstack([np.asarray(db.vectors).reshape(-1, dim)[keep], *new_rows]).astype(np.float32),
-        tracks=kept + added,
-        segments=np.vstack([np.zeros((0, dim), np.float32), *segments, *new_segments]).astype(np.float32),
-        clap_model=clap_name,
-        root=db.root,
-        window_s=window_s,
-        table=db.table,
-    )
+    if is_lazy(db.vectors) or is_lazy(db.segments):
+        vectors = stack_rows([take_rows(db.vectors, keep), *new_rows], dim)
+        segments = stack_rows([take_ranges(db.segments, ranges) if ranges else np.zeros((0, dim), np.float32),
+                               *new_segments], dim)
+    else:
+        vectors = np.vstack([np.asarray(db.vectors).reshape(-1, dim)[keep], *new_rows]).astype(np.float32)
+        segments = np.vstack([np.zeros((0, dim), np.float32), *(db.segments[a:b] for a, b in ranges),
+                              *new_segments]).astype(np.float32)
+    return Database(vectors=vectors, tracks=kept + added, segments=segments, clap_model=clap_name, root=db.root,
+                    window_s=window_s, table=db.table)
 
 
 def import_sample_library(paths: LibraryPaths) -> list[Path]:

@@ -37,6 +37,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from music_mood.audio import AUDIO_EXTENSIONS, file_sha256
+from music_mood.rows import save_rows
 from music_mood.storage import (
     LibraryBusyError,
     acquire_lock,
@@ -227,7 +228,7 @@ def empty_database(root: Path, clap_model: str | None = None, dim: int = 0) -> D
 
 
 def load_database(paths: LibraryPaths, clap_model: str | None = None, dim: int | None = None,
-                  index_min_tracks: int = SEARCH_INDEX_MIN_TRACKS) -> Database:
+                  index_min_tracks: int | None = None) -> Database:
     """Load and check the last committed database. No files at all is an empty library; anything inconsistent is
     a DatabaseError.
 
@@ -235,8 +236,11 @@ def load_database(paths: LibraryPaths, clap_model: str | None = None, dim: int |
     read as committed, and finished here when the library lock is free. A commit made while the files are being
     read is noticed (the metadata changed) and the read starts again, so the result is one committed state.
     With `clap_model`/`dim`, a database made by another CLAP checkpoint or of another dimension is refused. A
-    library of `index_min_tracks` or more stays memory-mapped and is searched through an index.
+    library of `index_min_tracks` (default SEARCH_INDEX_MIN_TRACKS) or more tracks stays memory-mapped, vectors
+    and windows, and is searched through an index.
     """
+    if index_min_tracks is None:
+        index_min_tracks = SEARCH_INDEX_MIN_TRACKS
     for _ in range(READ_ATTEMPTS):
         before = committed_state(paths)
         db = _load_committed(paths, clap_model, dim, index_min_tracks)
@@ -275,7 +279,7 @@ def _load_committed(paths: LibraryPaths, clap_model: str | None, dim: int | None
             raise DatabaseError(f"{paths.metadata} has format version {meta.get('version')}, this program reads "
                                 f"{FORMAT_VERSION}; {REBUILD}")
         made_by = meta.get("clap_model")
-        segments = _load_array(paths.segments, commit, "segments")
+        segments = _load_array(paths.segments, commit, "segments", mmap_min_rows=index_min_tracks)
         if "tracks_table" in meta:
             # The table's size was checked against the commit, as the segments' was: they were written together,
             # so the segment counts need no sum over every row here (a catalogue opens without reading its rows).
@@ -500,7 +504,7 @@ def save_database(db: Database, paths: LibraryPaths, sample_rate: int,
         for kind, final, array in (("vectors", paths.vectors, db.vectors), ("segments", paths.segments, db.segments)):
             path = staged_path(final, commit["id"])
             staged.append(path)
-            write_new_file(path, lambda f: np.save(f, np.ascontiguousarray(array, dtype=np.float32)))
+            write_new_file(path, lambda f: save_rows(f, array))
             commit[f"{kind}_bytes"] = path.stat().st_size
         as_table = db.table or len(db) >= TABLE_MIN_TRACKS
         if as_table:

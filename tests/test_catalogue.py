@@ -4,12 +4,14 @@ lazily by a reader that keeps its version, and refused in one line when broken. 
 catalogue's commit: tests/test_edit.py.)"""
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
 import numpy as np
 import pytest
 
+import music_mood.build as build_module
 import music_mood.library as library_module
 import music_to_vector as mtv
 import recommend
@@ -22,6 +24,7 @@ from music_mood.library import (
     find_track,
     load_database,
 )
+from music_mood.rows import stack_rows, take_ranges, take_rows
 from music_mood.search import check_filters, rank_results, tag_values
 from music_mood.tracks import TrackTable
 from music_to_vector import build_library
@@ -221,3 +224,51 @@ def test_a_broken_table_is_one_line_and_changes_nothing(both, call_cli, clap_aud
 
     report = build_library(clap_audio, paths, rebuild=True, progress=False)  # what the message says to do
     assert report.tracks == len(load_database(LibraryPaths.at(inline))) and not report.failed
+
+
+def test_a_row_stack_is_the_matrix_it_stands_for(tmp_path):
+    rng = np.random.default_rng(1)
+    on_disk, new = rng.standard_normal((50, 8)).astype(np.float32), rng.standard_normal((7, 8)).astype(np.float32)
+    np.save(tmp_path / "rows.npy", on_disk)
+    mapped = np.load(tmp_path / "rows.npy", mmap_mode="r")
+    keep = [0, 1, 2, 5, 6, 9, 30]
+    stack = stack_rows([take_rows(mapped, keep), new], 8)
+    expected = np.vstack([on_disk[keep], new])
+    assert stack.shape == expected.shape and len(take_rows(mapped, range(50)).blocks) == 1
+    np.testing.assert_array_equal(np.asarray(stack), expected)
+    for rows in (3, -1, slice(2, 9), [8, 0, 4, 13], []):
+        np.testing.assert_array_equal(stack[rows], expected[rows])
+    np.testing.assert_array_equal(np.asarray(take_ranges(stack, [(1, 4), (4, 6), (10, 12)])),
+                                  expected[[1, 2, 3, 4, 5, 10, 11]])
+    written, saved = io.BytesIO(), io.BytesIO()
+    stack.write_npy(written)
+    np.save(saved, expected)
+    assert written.getvalue() == saved.getvalue()
+
+
+def test_a_memory_mapped_library_commits_by_streaming_and_writes_the_same_files(library_copy, tmp_path, clap_audio,
+                                                                                sample_tracks, monkeypatch):
+    """The same build, correction and removal on two copies: one loaded as a catalogue is (memory-mapped, its next
+    state stacked lazily), one as a small library; the files they commit are the same, byte for byte."""
+    mapped = tmp_path / "mapped"
+    shutil.copytree(library_copy, mapped)
+    listed = {t["sha256"] for t in load_database(LibraryPaths.at(library_copy)).tracks}
+    new = [t for t in sample_tracks if mtv.file_sha256(t) not in listed][:2]
+    lazy_stacks = []
+    monkeypatch.setattr(build_module, "stack_rows", lambda *a: lazy_stacks.append(1) or stack_rows(*a))
+    for folder, threshold in ((library_copy, library_module.SEARCH_INDEX_MIN_TRACKS), (mapped, 1)):
+        paths = LibraryPaths.at(folder)
+        with monkeypatch.context() as scope:
+            scope.setattr(library_module, "SEARCH_INDEX_MIN_TRACKS", threshold)
+            assert isinstance(load_database(paths).segments, np.memmap) == (threshold == 1)
+            put_in_new_music(folder, new)
+            assert len(build_library(clap_audio, paths, progress=False).added) == 2
+            first = load_database(paths).tracks[0]["id"]
+            set_fields(paths, [(first, "genre", "jazz")])
+            remove_tracks(paths, [load_database(paths).tracks[2]["id"]])
+        if threshold != 1:
+            assert not lazy_stacks
+    assert len(lazy_stacks) == 4  # vectors and windows of the build's commit and of the removal's
+    for name in ("music_database.npy", "music_database_segments.npy"):
+        assert (mapped / name).read_bytes() == (library_copy / name).read_bytes(), name
+    assert load_database(LibraryPaths.at(mapped)).tracks == load_database(LibraryPaths.at(library_copy)).tracks
