@@ -50,7 +50,16 @@ from music_mood.storage import (
     write_new_file,
     write_new_file_at,
 )
-from music_mood.tracks import TABLE_MIN_TRACKS, TableError, TrackTable, column, rows_with, write_table
+from music_mood.tracks import (
+    TABLE_MIN_TRACKS,
+    TableError,
+    TrackTable,
+    column,
+    rows_with,
+    tag_rows,
+    tag_values,
+    write_table,
+)
 
 FORMAT_NAME = "music-mood-database"
 FORMAT_VERSION = 1
@@ -141,8 +150,8 @@ class Database:
     index_min_tracks: int = SEARCH_INDEX_MIN_TRACKS  # from this many tracks on, search_index() gives an index
     table: bool = False  # the records are committed as a track table (set on load; compose and edits carry it)
     _index: object = field(default=None, repr=False, compare=False)
-    _tag_codes: dict = field(default_factory=dict, repr=False, compare=False)
-    _auto_tag_rows: dict = field(default_factory=dict, repr=False, compare=False)
+    _tag_rows: dict = field(default_factory=dict, repr=False, compare=False)
+    _tag_values: dict = field(default_factory=dict, repr=False, compare=False)
     _bpm: object = field(default=None, repr=False, compare=False)
     _file_rows: dict | None = field(default=None, repr=False, compare=False)
     _lock: object = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -164,28 +173,25 @@ class Database:
                 self._index = load_search_index(self.vectors, self.vectors_path)
         return self._index
 
-    def tag_codes(self, key: str) -> tuple[dict[str, int], np.ndarray]:
-        """A tag (mood, genre...) of every track, lower-cased, as ({value: code}, int32 (N,) codes); cached."""
+    def rows_tagged(self, key: str, wanted) -> np.ndarray:
+        """The rows (int64, ascending) whose own tag of `key` (mood, genre: a folder mood, a file genre) or one of
+        whose automatic tags of that kind, lower-cased, is in `wanted` (lower-case words). A table answers by one
+        query; a list is indexed once per Database."""
+        if isinstance(self.tracks, TrackTable):
+            return np.array(self.tracks.rows_tagged(key, sorted(wanted)), dtype=np.int64)
         with self._lock:
-            if key not in self._tag_codes:
-                values = [str(v).lower() for v in column(self.tracks, key, "")]
-                labels, codes = np.unique(np.array(values, dtype=object), return_inverse=True)
-                self._tag_codes[key] = ({v: i for i, v in enumerate(labels)}, codes.astype(np.int32))
-            return self._tag_codes[key]
+            if key not in self._tag_rows:
+                self._tag_rows[key] = tag_rows(self.tracks, key)
+            found = [self._tag_rows[key].get(w, []) for w in wanted]
+        return np.unique(np.concatenate([np.zeros(0, np.int64), *map(np.asarray, found)])).astype(np.int64)
 
-    def auto_tag_rows(self, key: str) -> dict[str, np.ndarray]:
-        """The tracks' automatic tags of one kind (mood, genre), lower-cased, as {tag: int64 rows}; cached, so a
-        filtered query does not walk every record."""
-        from music_mood.tags import auto_tag_words
-
+    def tag_values(self, key: str) -> list[str]:
+        """The distinct non-empty values of one tag (mood, genre), the tracks' own and automatic, sorted
+        case-insensitively; cached."""
         with self._lock:
-            if key not in self._auto_tag_rows:
-                rows: dict[str, list[int]] = {}
-                for i, tags in enumerate(column(self.tracks, "auto_tags")):
-                    for tag in auto_tag_words({"auto_tags": tags}, key):
-                        rows.setdefault(tag.lower(), []).append(i)
-                self._auto_tag_rows[key] = {tag: np.array(r, dtype=np.int64) for tag, r in rows.items()}
-            return self._auto_tag_rows[key]
+            if key not in self._tag_values:
+                self._tag_values[key] = sorted(tag_values(self.tracks, key), key=str.lower)
+            return list(self._tag_values[key])
 
     def bpm_values(self) -> np.ndarray:
         """Every track's tempo as float64 (N,), NaN where it has none; cached, so a tempo filter does not walk every

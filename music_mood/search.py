@@ -152,11 +152,8 @@ def _allowed_rows(db: Database, moods=None, genres=None, bpm=None) -> np.ndarray
             allowed &= values <= tempo.high
     for key, wanted in (("mood", _normalise_filter(moods)), ("genre", _normalise_filter(genres))):
         if wanted is not None:
-            codes_of, codes = db.tag_codes(key)
-            mask = np.isin(codes, [codes_of[w] for w in wanted if w in codes_of])
-            auto_rows = db.auto_tag_rows(key)
-            for tag in wanted & auto_rows.keys():
-                mask[auto_rows[tag]] = True
+            mask = np.zeros(len(db), dtype=bool)
+            mask[db.rows_tagged(key, wanted)] = True
             allowed = mask if allowed is None else allowed & mask
     return allowed
 
@@ -164,9 +161,7 @@ def _allowed_rows(db: Database, moods=None, genres=None, bpm=None) -> np.ndarray
 def tag_values(db: Database, key: str) -> list[str]:
     """The distinct non-empty values of one tag (mood, genre) in the library, its tracks' own and automatic,
     sorted case-insensitively."""
-    values = ({str(v).strip() for v in db.column(key, "")} |
-              {w for tags in db.column("auto_tags") for w in auto_tag_words({"auto_tags": tags}, key)})
-    return sorted(values - {""}, key=str.lower)
+    return db.tag_values(key)
 
 
 def check_filters(db: Database, moods=None, genres=None, bpm=None) -> None:

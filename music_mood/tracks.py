@@ -9,9 +9,15 @@ The table file is written once, whole, under a new name, and never changed after
 file that the metadata JSON names and commits (see library.save_database). So a reader opens it read-only and
 immutable, and a reader that holds it open keeps reading its version after a later commit replaces the name.
 
-Table contract: `tracks(row INTEGER PRIMARY KEY, id, file_path NOT NULL, sha256, record NOT NULL)`; row i (from 0)
-is track i, `record` is its whole record as JSON (the same object the inline list would hold), and id, file_path
-and sha256 repeat the record's values, indexed for lookups. PRAGMA user_version is TABLE_VERSION.
+Table contract (PRAGMA user_version is TABLE_VERSION):
+- `tracks(row INTEGER PRIMARY KEY, id, file_path NOT NULL, sha256, duration_s, segment_offset, bpm, has_bpm,
+  record NOT NULL)`: row i (from 0) is track i and `record` its whole record as JSON (the object the inline list
+  would hold). The other columns repeat the record's values that questions about every track ask (NULL where the
+  record has none; has_bpm says whether it has the key, since a bpm of null means "no beat"), so those questions
+  read a column instead of decoding every record; id, file_path and sha256 are indexed for lookups.
+- `tags(kind, tag, key, row, auto)`: one row per mood or genre a track has, its own (auto 0: the record's `mood`
+  or `genre`, `tag` stripped, `key` lower-cased as the filters compare it) and automatic (auto 1, from
+  `auto_tags`), indexed by (kind, key), so a mood filter is one query.
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ from urllib.parse import quote
 TABLE_MIN_TRACKS = 20_000  # from here on, a library's JSON would take seconds to load and rewrite
 TABLE_VERSION = 1
 LOOKUP_KEYS = ("id", "file_path", "sha256")  # the keys a table answers rows_with() for by its indexes
+COLUMNS = ("id", "file_path", "sha256", "duration_s", "segment_offset", "bpm")  # repeated from the records
+TAG_KINDS = ("mood", "genre")
 BATCH = 10_000  # rows read at a time when a table is walked
 
 
@@ -76,7 +84,14 @@ class TrackTable(Sequence):
                 yield json.loads(record)
 
     def column(self, key: str, default=None) -> list:
-        """Every track's value of `key`, in row order; `default` where a record has no such key."""
+        """Every track's value of `key`, in row order; `default` where a record has no such key. The COLUMNS are
+        read as they are; another key is taken out of every record (slow for a catalogue: seconds a million)."""
+        if key == "bpm":
+            return [value if present else default
+                    for present, value in self._query("SELECT has_bpm, bpm FROM tracks ORDER BY row")]
+        if key in COLUMNS:
+            return [default if value is None else value
+                    for (value,) in self._query(f"SELECT {key} FROM tracks ORDER BY row")]
         rows = self._query("SELECT json_type(record, ?), json_extract(record, ?) FROM tracks ORDER BY row",
                            (_json_path(key),) * 2)
         return [default if kind is None else json.loads(value) if kind in ("object", "array") else value
@@ -87,6 +102,18 @@ class TrackTable(Sequence):
         if key not in LOOKUP_KEYS:
             raise ValueError(f"a track table looks rows up by {', '.join(LOOKUP_KEYS)}, not {key!r}")
         return [row for (row,) in self._query(f"SELECT row FROM tracks WHERE {key} = ? ORDER BY row", (value,))]
+
+    def rows_tagged(self, kind: str, keys) -> list[int]:
+        """The rows with a tag of `kind` (own or automatic) whose lower-cased form is one of `keys`, in order."""
+        keys = list(keys)
+        if kind not in TAG_KINDS or not keys:
+            return []
+        return [row for (row,) in self._query(f"SELECT DISTINCT row FROM tags WHERE kind = ? AND key IN "
+                                              f"({', '.join('?' * len(keys))}) ORDER BY row", (kind, *keys))]
+
+    def tag_values(self, kind: str) -> set[str]:
+        """The distinct tags of `kind`, own (stripped) and automatic."""
+        return {tag for (tag,) in self._query("SELECT DISTINCT tag FROM tags WHERE kind = ?", (kind,))}
 
     def close(self) -> None:
         with self._lock:
@@ -118,15 +145,67 @@ def write_table(path: Path, tracks) -> None:
         db.execute("PRAGMA synchronous = OFF")
         db.execute(f"PRAGMA user_version = {TABLE_VERSION}")
         db.execute("CREATE TABLE tracks (row INTEGER PRIMARY KEY, id TEXT, file_path TEXT NOT NULL, sha256 TEXT, "
-                   "record TEXT NOT NULL)")
-        db.executemany("INSERT INTO tracks VALUES (?, ?, ?, ?, ?)",
-                       ((row, record.get("id"), str(record["file_path"]), record.get("sha256"),
-                         json.dumps(record, ensure_ascii=False)) for row, record in enumerate(tracks)))
+                   "duration_s REAL, segment_offset INTEGER, bpm REAL, has_bpm INTEGER NOT NULL, record TEXT NOT NULL)")
+        db.execute("CREATE TABLE tags (kind TEXT NOT NULL, tag TEXT NOT NULL, key TEXT NOT NULL, row INTEGER NOT NULL, "
+                   "auto INTEGER NOT NULL)")
+        rows, tags = [], []
+        for row, record in enumerate(tracks):
+            rows.append((row, record.get("id"), str(record["file_path"]), record.get("sha256"),
+                         record.get("duration_s"), record.get("segment_offset"), record.get("bpm"), "bpm" in record,
+                         json.dumps(record, ensure_ascii=False)))
+            tags.extend(_tag_rows(row, record))
+            if len(rows) >= BATCH:
+                _insert(db, rows, tags)
+        _insert(db, rows, tags)
         for key in LOOKUP_KEYS:  # after the rows: one sort per index instead of a b-tree insert per row
             db.execute(f"CREATE INDEX tracks_{key} ON tracks({key})")
+        db.execute("CREATE INDEX tags_key ON tags(kind, key, row)")
+        db.execute("CREATE INDEX tags_tag ON tags(kind, tag)")
         db.commit()
     finally:
         db.close()
+
+
+def _insert(db: sqlite3.Connection, rows: list[tuple], tags: list[tuple]) -> None:
+    """Insert a batch of track rows and their tag rows, and empty both lists."""
+    db.executemany("INSERT INTO tracks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.executemany("INSERT INTO tags VALUES (?, ?, ?, ?, ?)", tags)
+    rows.clear()
+    tags.clear()
+
+
+def _tag_rows(row: int, record: dict) -> list[tuple]:
+    """The tags table's rows of one record: its own mood and genre, then its automatic tags."""
+    from music_mood.tags import auto_tag_words
+
+    out = []
+    for kind in TAG_KINDS:
+        own = str(record.get(kind, ""))
+        if own.strip():
+            out.append((kind, own.strip(), own.lower(), row, 0))
+        out.extend((kind, tag, tag.lower(), row, 1) for tag in auto_tag_words(record, kind))
+    return out
+
+
+def tag_rows(tracks, kind: str) -> dict[str, list[int]]:
+    """{lower-cased tag: rows having it, own or automatic, in order} of a list of records (a table is asked by
+    rows_tagged instead)."""
+    from music_mood.tags import auto_tag_words
+
+    rows: dict[str, list[int]] = {}
+    for row, record in enumerate(tracks):
+        for key in {str(record.get(kind, "")).lower(), *(tag.lower() for tag in auto_tag_words(record, kind))}:
+            rows.setdefault(key, []).append(row)
+    return rows
+
+
+def tag_values(tracks, kind: str) -> set[str]:
+    """The distinct tags of `kind` of the records, own (stripped) and automatic, without the empty one."""
+    if isinstance(tracks, TrackTable):
+        return tracks.tag_values(kind)
+    from music_mood.tags import auto_tag_words
+
+    return {str(t.get(kind, "")).strip() for t in tracks} - {""} | {w for t in tracks for w in auto_tag_words(t, kind)}
 
 
 def column(tracks, key: str, default=None) -> list:
