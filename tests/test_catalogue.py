@@ -274,3 +274,16 @@ def test_a_memory_mapped_library_commits_by_streaming_and_writes_the_same_files(
     for name in ("music_database.npy", "music_database_segments.npy"):
         assert (mapped / name).read_bytes() == (library_copy / name).read_bytes(), name
     assert load_database(LibraryPaths.at(mapped)).tracks == load_database(LibraryPaths.at(library_copy)).tracks
+
+
+def test_the_library_tab_shows_the_first_rows_of_a_catalogue_and_says_so(both, monkeypatch):
+    import app
+
+    db = load_database(LibraryPaths.at(both[1]))
+    assert [row[-1] for row in app.library_rows(db)] == [t["file_path"] for t in db.tracks]
+    assert "first" not in app.library_table_note(db)
+    monkeypatch.setattr(app, "LIBRARY_TABLE_MAX_ROWS", 4)
+    rows = app.library_rows(db)
+    assert [row[0] for row in rows] == [1, 2, 3, 4] and [row[-1] for row in rows] == \
+        [t["file_path"] for t in db.tracks[:4]]
+    assert f"The table shows the first 4 of the {len(db)} tracks" in app.library_table_note(db)
