@@ -93,6 +93,10 @@ def connect(address: str | None = None, num_cpus: int | None = None):
 
     This package is shipped to the workers with the job (runtime_env py_modules), so they run the driver's code.
     """
+    # Ray Data's own lines (the execution's start and end, that its progress bars are off) would interleave with
+    # ours on stderr; its errors still print, and a failed file comes back as a row's error anyway. A user who
+    # wants them sets RAY_DATA_LOG_LEVEL.
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
     try:
         import ray
     except ImportError as e:
