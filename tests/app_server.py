@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -83,3 +84,15 @@ def _wait_until_serving(app: RunningApp) -> None:
             pass
         time.sleep(0.5)
     raise RuntimeError(f"app.py did not answer within {START_TIMEOUT_S} s:\n{app.log_text()}")
+
+
+@contextlib.contextmanager
+def running_copy(built_library: Path, checkpoints: dict, tmp_path_factory, exports: Path, name: str):
+    """running_app on a copy of `built_library` of its own (`name` names its folders); the RunningApp also has
+    .library (the copy) and .work (the folder it runs from)."""
+    library = tmp_path_factory.mktemp(name) / "library"
+    shutil.copytree(built_library, library)
+    work = tmp_path_factory.mktemp(f"{name}-run")
+    with running_app(library, checkpoints, work, exports=exports) as running:
+        running.library, running.work = library, work
+        yield running

@@ -7,6 +7,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -269,3 +270,18 @@ def browser():
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@contextmanager
+def open_page(browser, url: str, tab: str | None = None):
+    """A new page of `browser` on the app at `url`, loaded (its Recommend button there), on `tab` when given;
+    closed at the end."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    try:
+        page.goto(url)
+        page.wait_for_selector("#recommend", timeout=WAIT_MS)
+        if tab is not None:
+            page.get_by_role("tab", name=tab).click()
+        yield page
+    finally:
+        page.close()

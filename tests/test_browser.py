@@ -11,8 +11,8 @@ import pytest
 from music_mood.edit import set_fields
 from music_to_vector import LibraryPaths, load_database
 from recommend import recommend
-from tests.app_server import running_app
-from tests.conftest import ROOT, WAIT_MS, run_cli
+from tests.app_server import running_copy
+from tests.conftest import ROOT, WAIT_MS, open_page, run_cli
 
 SCREENSHOT = ROOT / "test-artifacts" / "app.png"
 LIBRARY_SCREENSHOT = ROOT / "test-artifacts" / "library.png"
@@ -20,20 +20,14 @@ LIBRARY_SCREENSHOT = ROOT / "test-artifacts" / "library.png"
 
 @pytest.fixture(scope="module")
 def app(built_library, checkpoints, tmp_path_factory, shared_exports):
-    library = tmp_path_factory.mktemp("browser") / "library"
-    shutil.copytree(built_library, library)
-    with running_app(library, checkpoints, tmp_path_factory.mktemp("browser-run"), exports=shared_exports) as running:
-        running.library = library
+    with running_copy(built_library, checkpoints, tmp_path_factory, shared_exports, "browser") as running:
         yield running
 
 
 @pytest.fixture
 def page(browser, app):
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.goto(app.url)
-    page.wait_for_selector("#recommend", timeout=WAIT_MS)
-    yield page
-    page.close()
+    with open_page(browser, app.url) as page:
+        yield page
 
 
 def upload_photo(page, path) -> None:

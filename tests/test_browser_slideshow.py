@@ -13,8 +13,8 @@ import pytest
 
 from music_mood.library import LibraryPaths, load_database
 from music_mood.soundtrack import Plan, replace_scene_track
-from tests.app_server import running_app
-from tests.conftest import ROOT, WAIT_MS
+from tests.app_server import running_copy
+from tests.conftest import ROOT, WAIT_MS, open_page
 
 SCREENSHOT = ROOT / "test-artifacts" / "slideshow.png"
 TYPES = {"mp4": {"video/mp4"}, "m4a": {"audio/mp4", "audio/x-m4a"},
@@ -24,22 +24,14 @@ VIDEO = "document.querySelector('#slideshow video')"
 
 @pytest.fixture(scope="module")
 def app(built_library, checkpoints, tmp_path_factory, shared_exports):
-    library = tmp_path_factory.mktemp("browser-slideshow") / "library"
-    shutil.copytree(built_library, library)
-    work = tmp_path_factory.mktemp("browser-slideshow-run")
-    with running_app(library, checkpoints, work, exports=shared_exports) as running:
-        running.library, running.work = library, work
+    with running_copy(built_library, checkpoints, tmp_path_factory, shared_exports, "browser-slideshow") as running:
         yield running
 
 
 @pytest.fixture
 def page(browser, app):
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.goto(app.url)
-    page.wait_for_selector("#recommend", timeout=WAIT_MS)
-    page.get_by_role("tab", name="Slideshow").click()
-    yield page
-    page.close()
+    with open_page(browser, app.url, tab="Slideshow") as page:
+        yield page
 
 
 def fetch(app, url: str, headers: dict | None = None) -> http.client.HTTPResponse:
