@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import signal
@@ -96,3 +97,14 @@ def running_copy(built_library: Path, checkpoints: dict, tmp_path_factory, expor
     with running_app(library, checkpoints, work, exports=exports) as running:
         running.library, running.work = library, work
         yield running
+
+
+def get(app: RunningApp, path: str, headers: dict | None = None) -> http.client.HTTPResponse:
+    """GET `path` from the running app exactly as written: no client-side normalisation of `..` or of
+    percent-escapes. The body is in the response's `body`."""
+    connection = http.client.HTTPConnection("127.0.0.1", app.port, timeout=30)
+    connection.request("GET", path, headers=headers or {})
+    response = connection.getresponse()
+    response.body = response.read()
+    connection.close()
+    return response

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
 import re
 import shutil
 import socket
@@ -16,7 +15,7 @@ from music_mood.edit import set_fields
 from music_mood.library import LiveLibrary
 from music_to_vector import LibraryPaths, load_database
 from recommend import recommend
-from tests.app_server import running_app
+from tests.app_server import get, running_app
 from tests.conftest import ROOT, put_in_new_music, run_cli
 
 
@@ -42,17 +41,6 @@ def client(app):
     from gradio_client import Client
 
     return Client(app.url, verbose=False)
-
-
-def get(app, path: str, headers: dict | None = None) -> http.client.HTTPResponse:
-    """GET `path` exactly as written: no client-side normalisation of `..` or of percent-escapes. The body is in
-    the response's `body`."""
-    connection = http.client.HTTPConnection("127.0.0.1", app.port, timeout=30)
-    connection.request("GET", path, headers=headers or {})
-    response = connection.getresponse()
-    response.body = response.read()
-    connection.close()
-    return response
 
 
 def track_url(file_path: str) -> str:

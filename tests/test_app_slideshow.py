@@ -14,8 +14,8 @@ import pytest
 
 from music_mood.library import LibraryPaths, load_database
 from music_mood.soundtrack import Plan, plan_soundtrack, replace_scene_track
-from tests.app_server import running_app
-from tests.test_app import get, library_state
+from tests.app_server import get, running_app
+from tests.test_app import library_state
 
 ALBUM = ("coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png")
 TYPES = {"mp4": {"video/mp4"}, "m4a": {"audio/mp4", "audio/x-m4a"},

@@ -2,7 +2,6 @@
 its track's best moment; the Library tab's corrections and removals; the variety option."""
 from __future__ import annotations
 
-import http.client
 import shutil
 from urllib.parse import quote, unquote, urlsplit
 
@@ -11,7 +10,7 @@ import pytest
 from music_mood.edit import set_fields
 from music_to_vector import LibraryPaths, load_database
 from recommend import recommend
-from tests.app_server import running_copy
+from tests.app_server import get, running_copy
 from tests.conftest import ROOT, WAIT_MS, open_page, run_cli
 
 SCREENSHOT = ROOT / "test-artifacts" / "app.png"
@@ -35,16 +34,6 @@ def upload_photo(page, path) -> None:
     page.wait_for_selector("#photo img", timeout=WAIT_MS)  # the preview appears once the upload has finished
 
 
-def fetch_start(app, url: str) -> http.client.HTTPResponse:
-    """GET the first kilobyte of `url`, as a browser's player does first."""
-    connection = http.client.HTTPConnection("127.0.0.1", app.port, timeout=30)
-    connection.request("GET", url, headers={"Range": "bytes=0-1023"})
-    response = connection.getresponse()
-    response.read()
-    connection.close()
-    return response
-
-
 def test_photo_gives_players_that_start_at_the_best_moment(page, app, default_models, photos):
     db = load_database(LibraryPaths.at(app.library))
     expected = recommend(*default_models, db, image=photos["chelsea.png"], topk=10)
@@ -65,7 +54,7 @@ def test_photo_gives_players_that_start_at_the_best_moment(page, app, default_mo
         url = urlsplit(src)
         assert unquote(url.path) == f"/track/{track.file_path}"
         assert url.fragment == f"t={track.best_segment_start_s:g}"
-        response = fetch_start(app, src.split("#")[0])
+        response = get(app, src.split("#")[0], headers={"Range": "bytes=0-1023"})  # as a player asks first
         assert response.status in (200, 206) and response.getheader("content-type").startswith("audio/")
         starts.append(track.best_segment_start_s)
     assert len(starts) == k

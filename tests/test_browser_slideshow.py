@@ -3,7 +3,6 @@ reordered by dragging, the plan shown scene by scene, the video plays and seeks,
 types, a scene's next-best button replaces its track, and Cancel stops a long soundtrack."""
 from __future__ import annotations
 
-import http.client
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 
 from music_mood.library import LibraryPaths, load_database
 from music_mood.soundtrack import Plan, replace_scene_track
-from tests.app_server import running_copy
+from tests.app_server import get, running_copy
 from tests.conftest import ROOT, WAIT_MS, open_page
 
 SCREENSHOT = ROOT / "test-artifacts" / "slideshow.png"
@@ -32,15 +31,6 @@ def app(built_library, checkpoints, tmp_path_factory, shared_exports):
 def page(browser, app):
     with open_page(browser, app.url, tab="Slideshow") as page:
         yield page
-
-
-def fetch(app, url: str, headers: dict | None = None) -> http.client.HTTPResponse:
-    connection = http.client.HTTPConnection("127.0.0.1", app.port, timeout=30)
-    connection.request("GET", url, headers=headers or {})
-    response = connection.getresponse()
-    response.body = response.read()
-    connection.close()
-    return response
 
 
 def add_photos(page, paths) -> None:
@@ -93,10 +83,10 @@ def test_five_photos_become_a_slideshow_that_plays_seeks_and_downloads(page, app
              for link in page.locator("#slideshow a.download").all()}
     assert set(links) == set(TYPES) and links["mp4"] == video
     for kind, url in links.items():
-        response = fetch(app, url)
+        response = get(app, url)
         assert response.status == 200 and response.getheader("content-type").split(";")[0] in TYPES[kind], kind
     assert page.locator("#slideshow .mix audio").get_attribute("src") == links["m4a"]
-    plan = Plan.from_dict(json.loads(fetch(app, links["json"]).body))
+    plan = Plan.from_dict(json.loads(get(app, links["json"]).body))
     assert [Path(photo.path).name for photo in plan.photos] == order and plan.total_s == 20.0
     pieces = [piece for scene in plan.scenes for piece in scene.pieces]
     players = page.locator("#slideshow .piece audio")
@@ -117,10 +107,10 @@ def test_five_photos_become_a_slideshow_that_plays_seeks_and_downloads(page, app
     page.wait_for_function(f"old => {VIDEO}.getAttribute('src') !== old", arg=video, timeout=WAIT_MS)
     assert page.locator("#slideshow .piece").first.get_attribute("data-file") == \
         expected.scenes[0].pieces[0].file_path
-    new_plan = Plan.from_dict(json.loads(fetch(app, page.locator("#slideshow a.download[data-kind=json]")
+    new_plan = Plan.from_dict(json.loads(get(app, page.locator("#slideshow a.download[data-kind=json]")
                                                .get_attribute("href")).body))
     assert new_plan == expected
-    assert fetch(app, video).status == 404 and fetch(app, page.locator("#slideshow video").get_attribute("src")) \
+    assert get(app, video).status == 404 and get(app, page.locator("#slideshow video").get_attribute("src")) \
         .status == 200
 
 
@@ -143,5 +133,5 @@ def test_cancel_stops_a_long_soundtrack_and_keeps_the_one_shown(page, app, photo
     page.locator("#slideshow-status").get_by_text("Cancelled").wait_for(timeout=WAIT_MS)
     page.wait_for_function("!document.querySelector('#slideshow .progress-text')", timeout=WAIT_MS)
     assert page.locator("#slideshow video").get_attribute("src") == video  # the one shown stays, and plays
-    assert fetch(app, video).status == 200
+    assert get(app, video).status == 200
     assert sorted((app.work / "tmp").glob("music-mood-renders-*/*")) == folders  # nothing of the cancelled one
