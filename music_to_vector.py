@@ -21,7 +21,7 @@ from music_mood.audio import (
     read_track,
 )
 from music_mood.build import SAMPLE_PACKAGE, BuildReport, build_library, import_sample_library, pending_files
-from music_mood.cli import add_library_arguments, add_model_arguments, new_parser
+from music_mood.cli import add_library_arguments, add_model_arguments, new_parser, print_lines
 from music_mood.display import format_bpm, library_lines
 from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, remove_tracks, set_fields
 from music_mood.embed import embed_track, embed_windows, split_windows
@@ -91,8 +91,7 @@ def main(argv=None) -> int:
                 print("The library is empty: put audio files in new_music/ and run python music_to_vector.py "
                       "(or --sample for the bundled tracks).", file=sys.stderr)
                 return 0
-            for line in library_lines(db.tracks):
-                print(line)
+            print_lines(library_lines(db.tracks))
             return 0
         files = import_sample_library(paths) if args.sample else None
         if files is not None and not files:

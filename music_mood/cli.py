@@ -3,6 +3,8 @@ library options."""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from music_mood.library import HOME_ENV
 from music_mood.models import (
@@ -76,3 +78,15 @@ def new_parser(prog: str, description: str, example: str) -> argparse.ArgumentPa
     """A program's parser as all three are made: its help formatted by HelpFormatter, ending with an example."""
     return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter,
                                    epilog=f"example: {example}")
+
+
+def print_lines(lines) -> None:
+    """Print `lines` to stdout as they come. A reader that stops early (`| head`) ends the output quietly: the rest
+    is dropped, with no error (what a user of a Unix tool expects)."""
+    try:
+        for line in lines:
+            print(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that flush has nowhere to fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -287,3 +287,17 @@ def test_the_library_tab_shows_the_first_rows_of_a_catalogue_and_says_so(both, m
     assert [row[0] for row in rows] == [1, 2, 3, 4] and [row[-1] for row in rows] == \
         [t["file_path"] for t in db.tracks[:4]]
     assert f"The table shows the first 4 of the {len(db)} tracks" in app.library_table_note(db)
+
+
+def test_list_streams_and_a_reader_that_stops_early_ends_it_quietly(both):
+    """--list prints a catalogue line by line; `| head` closing the pipe is no error (exit 0, nothing on stderr)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    listing = subprocess.Popen([sys.executable, str(ROOT / "music_to_vector.py"), "--library", str(both[1]), "--list"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    listing.stdout.close()  # the reader is gone before the first line is written
+    stderr = listing.stderr.read()
+    assert listing.wait(timeout=120) == 0 and stderr == b""
