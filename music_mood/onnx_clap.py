@@ -6,6 +6,7 @@ constants. Loading and running those classes imports only numpy, onnxruntime and
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -242,9 +243,20 @@ def log_mel_features(windows: np.ndarray, mel_filters: np.ndarray, fft_window_si
     hann = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(fft_window_size) / fft_window_size)).astype(np.float32)
     spectrum = np.fft.rfft(frames * hann, axis=-1)  # complex64: numpy >= 2 keeps float32 input in float32
     power = spectrum.real ** 2 + spectrum.imag ** 2
-    # One 2-D product: numpy's batched 3-D matmul is four times slower here.
-    mel = (power.reshape(-1, power.shape[-1]) @ mel_filters).reshape(*power.shape[:2], mel_filters.shape[1])
+    # One 2-D product: numpy's batched 3-D matmul is four times slower here. On one BLAS thread: OpenBLAS splits a
+    # product by its thread count, which changes the rounding, and the int8 model after it turned that into
+    # vectors 1e-4 apart between a 2-thread build and a Ray worker (OMP_NUM_THREADS=1). One thread, same vectors.
+    with _numpy_blas().limit(limits=1, user_api="blas"):
+        mel = (power.reshape(-1, power.shape[-1]) @ mel_filters).reshape(*power.shape[:2], mel_filters.shape[1])
     return (10 * np.log10(np.maximum(mel, 1e-10)))[:, None]
+
+
+@functools.lru_cache(maxsize=1)
+def _numpy_blas():
+    """The process's BLAS thread pools (NumPy's OpenBLAS), found once."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _audio_tower(model):
