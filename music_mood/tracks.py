@@ -2,8 +2,8 @@
 lazily for a catalogue (from TABLE_MIN_TRACKS tracks on), and the few questions asked of all records at once
 (a column, the rows with a value), answered by a query on the table instead of a walk through every record.
 
-Why: the metadata JSON of 1 000 000 tracks is ~900 MB, takes ~40 s and ~3 GB of memory to load, and every commit
-rewrites it (benchmarks/bench_catalogue.py). The table opens in milliseconds and reads only the rows asked for.
+Why: the metadata JSON of 1 000 000 tracks is ~900 MB and took 28-42 s and 3 GB of memory to load here, in every
+process (benchmarks/bench_catalogue.py). The table opens in ~50 ms and reads only the rows asked for.
 
 The table file is written once, whole, under a new name, and never changed after: like the vectors, it is a data
 file that the metadata JSON names and commits (see library.save_database). So a reader opens it read-only and
