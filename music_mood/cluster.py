@@ -52,15 +52,21 @@ from music_mood.storage import acquire_lock
 
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
 RAY_REQUIREMENT = "ray[data]==2.60.0"
-# Test hook: an embedding actor that meets a file of this name exits at once (os._exit), as a worker that crashes.
+# Test hook: an embedding actor that meets a file of this name exits at once (os._exit), as a worker that crashes;
+# with EXIT_ONCE_ENV naming a marker file, only the first time (a worker lost once: a machine gone, not the file).
 EXIT_ON_ENV = "MUSIC_MOOD_RAY_EXIT_ON"
+EXIT_ONCE_ENV = "MUSIC_MOOD_RAY_EXIT_ONCE"
+# A file whose worker died is tried once more in the same run (Ray's own task retry, on a restarted actor): a
+# worker lost with its machine costs no re-run, and a file that kills its worker every time costs two deaths.
+RETRIES_AFTER_A_DEATH = 1
 # A CPU actor reserves one CPU and runs this many inference threads (one thread per core embeds the most per core:
 # 8 windows took 637 ms on one thread and 440 ms on two, benchmarks/RESULTS.md).
 CPU_THREADS_PER_ACTOR = 1
 # One file handed to an actor at a time: a worker that dies takes only the file it was embedding with it (with two,
 # the one queued behind it was lost too, measured here), at the price of the next input's fetch not overlapping.
 TRACKS_IN_FLIGHT_PER_ACTOR = 1
-WORKER_DIED = "the cluster worker reading or embedding it died; it stays where it is, and the next run tries it again"
+WORKER_DIED = ("the cluster worker reading or embedding it died, and again when it was tried once more; it stays "
+               "where it is, and the next run tries it again")
 
 
 class ClusterError(RuntimeError):
@@ -139,17 +145,20 @@ class EmbedActor(ShardEmbedder):
     with precision "auto"), with `threads` inference threads on a CPU."""
 
     def __init__(self, clap_model: str, precision: str, backend: str, threads: int | None = None,
-                 exit_on: str | None = None):
+                 exit_on: str | None = None, exit_once: str | None = None):
         from music_mood.models import load_clap_audio
 
         if threads:
             os.environ.setdefault("MUSIC_MOOD_THREADS", str(threads))
         super().__init__(load_clap_audio(clap_model, precision, backend), clap_model)
-        self.exit_on = exit_on
+        self.exit_on, self.exit_once = exit_on, exit_once
 
     def __call__(self, batch: dict) -> dict:
         if self.exit_on and any(Path(str(p)).name == self.exit_on for p in batch["path"]):
-            os._exit(1)  # the test hook: die as a crashing worker does, with no exception to report
+            if not self.exit_once or not os.path.exists(self.exit_once):
+                if self.exit_once:
+                    Path(self.exit_once).touch()
+                os._exit(1)  # the test hook: die as a crashing worker does, with no exception to report
         return super().__call__(batch)
 
 
@@ -191,13 +200,16 @@ def embed_on_ray(wanted: dict[str, Path], folder: Path, clap, precision: str = "
         results = (
             # One file per block: a worker that dies loses that file alone.
             ray.data.from_items(items, override_num_blocks=len(items))
-            # A dead worker is not retried: that file is reported and the next run tries it (a file that kills
-            # its decoder or embedder every time must not stall a million-file build).
-            .map(_decode_row, fn_kwargs={"sample_rate": clap.runtime.sampling_rate}, num_cpus=1, max_retries=0)
-            .map_batches(EmbedActor, batch_size=1, batch_format="numpy", compute=pool, max_task_retries=0,
+            # A dead worker's file is tried RETRIES_AFTER_A_DEATH more times, then reported, and the next run tries
+            # it (a file that kills its decoder or embedder every time must not stall a million-file build).
+            .map(_decode_row, fn_kwargs={"sample_rate": clap.runtime.sampling_rate}, num_cpus=1,
+                 max_retries=RETRIES_AFTER_A_DEATH)
+            .map_batches(EmbedActor, batch_size=1, batch_format="numpy", compute=pool,
+                         max_task_retries=RETRIES_AFTER_A_DEATH,
                          fn_constructor_kwargs={"clap_model": clap.name, "precision": precision,
                                                 "backend": backend, "threads": threads,
-                                                "exit_on": os.environ.get(EXIT_ON_ENV)},
+                                                "exit_on": os.environ.get(EXIT_ON_ENV),
+                                                "exit_once": os.environ.get(EXIT_ONCE_ENV)},
                          **per_actor))
     embedded, failed = [], {}
     with tqdm(total=len(items), desc="Embedding on the cluster", unit="file", file=sys.stderr,

@@ -248,6 +248,28 @@ def test_a_worker_that_dies_loses_nothing_and_the_rerun_embeds_only_its_file(ray
     assert sorted(p.name for p in staging.rglob("*")) == ["README.txt"]
 
 
+def test_a_worker_lost_once_is_replaced_and_its_file_embedded_in_the_same_run(ray_cluster, library_copy,
+                                                                              clap_audio, sample_tracks, monkeypatch,
+                                                                              tmp_path):
+    """The embedding actor dies (os._exit) on one file the first time only, as a worker lost with its machine: Ray
+    restarts the actor and tries the file again, so the run embeds every file and reports none; each once."""
+    from music_mood.cluster import EXIT_ON_ENV, EXIT_ONCE_ENV, build_library_on_ray
+
+    paths = LibraryPaths.at(library_copy)
+    before = load_database(paths)
+    listed = {Path(t["file_path"]).name for t in before.tracks}
+    dropped = put_in_new_music(library_copy, [t for t in sample_tracks if t.name not in listed][:3])
+    shas = sorted(file_sha256(path) for path in dropped)
+    marker = tmp_path / "died once"
+    monkeypatch.setenv(EXIT_ON_ENV, dropped[1].name)
+    monkeypatch.setenv(EXIT_ONCE_ENV, str(marker))
+    result = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False)
+    assert marker.exists(), "the actor never died: the test tested nothing"
+    assert result.report.failed == [] and sorted(result.embedded) == shas
+    assert not any(p.exists() for p in dropped) and len(load_database(paths)) == len(before) + len(dropped)
+    check_library(library_copy, {t["sha256"] for t in before.tracks} | set(result.embedded))
+
+
 def test_a_killed_driver_resumes_from_its_shards(ray_cluster, built_library, isolated_library, checkpoints,
                                                  sample_tracks, tmp_path):
     """`music_to_vector.py --ray ADDRESS` in its own process, killed as it writes its third shard: the library is
