@@ -174,38 +174,37 @@ def _insert(db: sqlite3.Connection, rows: list[tuple], tags: list[tuple]) -> Non
     tags.clear()
 
 
-def _tag_rows(row: int, record: dict) -> list[tuple]:
-    """The tags table's rows of one record: its own mood and genre, then its automatic tags."""
+def record_tags(record: dict, kind: str) -> list[tuple[str, str, bool]]:
+    """A record's tags of `kind` (mood, genre) as (shown, compared, automatic): its own (the record's `mood` or
+    `genre`, when not blank; shown stripped, compared lower-cased as the filters compare it), then its automatic
+    ones. What the tags table holds, and what a list of records is asked."""
     from music_mood.tags import auto_tag_words
 
-    out = []
-    for kind in TAG_KINDS:
-        own = str(record.get(kind, ""))
-        if own.strip():
-            out.append((kind, own.strip(), own.lower(), row, 0))
-        out.extend((kind, tag, tag.lower(), row, 1) for tag in auto_tag_words(record, kind))
-    return out
+    own = str(record.get(kind, ""))
+    tags = [(own.strip(), own.lower(), False)] if own.strip() else []
+    return tags + [(tag, tag.lower(), True) for tag in auto_tag_words(record, kind)]
+
+
+def _tag_rows(row: int, record: dict) -> list[tuple]:
+    """The tags table's rows of one record."""
+    return [(kind, tag, key, row, int(auto)) for kind in TAG_KINDS for tag, key, auto in record_tags(record, kind)]
 
 
 def tag_rows(tracks, kind: str) -> dict[str, list[int]]:
-    """{lower-cased tag: rows having it, own or automatic, in order} of a list of records (a table is asked by
+    """{compared tag: rows having it, own or automatic, in order} of a list of records (a table is asked by
     rows_tagged instead)."""
-    from music_mood.tags import auto_tag_words
-
     rows: dict[str, list[int]] = {}
     for row, record in enumerate(tracks):
-        for key in {str(record.get(kind, "")).lower(), *(tag.lower() for tag in auto_tag_words(record, kind))}:
+        for key in dict.fromkeys(key for _, key, _ in record_tags(record, kind)):
             rows.setdefault(key, []).append(row)
     return rows
 
 
 def tag_values(tracks, kind: str) -> set[str]:
-    """The distinct tags of `kind` of the records, own (stripped) and automatic, without the empty one."""
+    """The distinct tags of `kind` of the records, own and automatic, as shown."""
     if isinstance(tracks, TrackTable):
         return tracks.tag_values(kind)
-    from music_mood.tags import auto_tag_words
-
-    return {str(t.get(kind, "")).strip() for t in tracks} - {""} | {w for t in tracks for w in auto_tag_words(t, kind)}
+    return {tag for record in tracks for tag, _, _ in record_tags(record, kind)}
 
 
 def column(tracks, key: str, default=None) -> list:
