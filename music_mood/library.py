@@ -289,12 +289,12 @@ def _load_committed(paths: LibraryPaths, clap_model: str | None, dim: int | None
         if "tracks_table" in meta:
             # The table's size was checked against the commit, as the segments' was: they were written together,
             # so the segment counts need no sum over every row here (a catalogue opens without reading its rows).
-            tracks = _load_table(paths, meta, commit)
-            expected = len(segments) if segments.ndim == 2 else -1
+            tracks, expected = _load_table(paths, meta, commit), None
         else:
             tracks = meta["tracks"]
             expected = sum(int(t.get("segment_count", 0)) for t in tracks if isinstance(t, dict))
-        if segments.ndim != 2 or segments.dtype != np.float32 or len(segments) != expected:
+        if (segments.ndim != 2 or segments.dtype != np.float32
+                or (expected is not None and len(segments) != expected)):
             raise DatabaseError(f"{paths.segments} does not match the metadata ({segments.shape} for {expected} "
                                 f"segments); {REBUILD}")
     else:
