@@ -31,7 +31,6 @@ from music_mood.library import (
     EmptyLibraryError,
     LibraryPaths,
     LiveLibrary,
-    empty_database,
     find_track,
 )
 from music_mood.models import (
@@ -207,12 +206,13 @@ def library_rows(db: Database) -> list[list]:
              str(t["file_path"])] for i, t in enumerate(db.tracks[:LIBRARY_TABLE_MAX_ROWS], 1)]
 
 
-def library_table_note(db: Database) -> str:
-    """What the Library tab says above its table: how to edit, and how many of the tracks it shows."""
+def library_table_note(tracks: int) -> str:
+    """What the Library tab says above its table of a library of `tracks` tracks: how to edit, and how many of the
+    tracks it shows."""
     note = ("Correct a track's title, artist, mood or genre in the table: double-click the cell, type, press Enter "
             "(kept by `python music_to_vector.py --rebuild`).")
-    if len(db) > LIBRARY_TABLE_MAX_ROWS:
-        note += (f" The table shows the first {LIBRARY_TABLE_MAX_ROWS:,} of the {len(db):,} tracks; "
+    if tracks > LIBRARY_TABLE_MAX_ROWS:
+        note += (f" The table shows the first {LIBRARY_TABLE_MAX_ROWS:,} of the {tracks:,} tracks; "
                  f"`python music_to_vector.py --list` lists them all, and a track id typed below removes any of them.")
     return note
 
@@ -839,7 +839,7 @@ def build_page(models: BackgroundModels) -> Page:
                                              elem_id="upload-mood")
                     add = gr.Button("Add to library", variant="primary", elem_id="add-music")
                     status = gr.Markdown("", elem_id="library-status")
-            table_note = gr.Markdown(library_table_note(empty_database(Path("."))), elem_id="library-note")
+            table_note = gr.Markdown(library_table_note(0), elem_id="library-note")
             table = gr.Dataframe([], headers=LIBRARY_COLUMNS, type="array", interactive=True, elem_id="library",
                                  static_columns=[i for i, name in enumerate(LIBRARY_COLUMNS)
                                                  if name not in EDITABLE_FIELDS])
@@ -923,7 +923,7 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels, render
 
     def library_outputs(db):
         moods, genres = gr.update(choices=tag_values(db, "mood")), gr.update(choices=tag_values(db, "genre"))
-        return moods, genres, moods, genres, library_rows(db), library_table_note(db)
+        return moods, genres, moods, genres, library_rows(db), library_table_note(len(db))
 
     # What library_outputs fills, in its order: both tabs' filters offer the library's moods and genres.
     library_view = [page.moods, page.genres, page.slideshow_moods, page.slideshow_genres, page.table,
