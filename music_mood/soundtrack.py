@@ -170,8 +170,13 @@ def shared_words(word_lists: list[list[str]], k: int = MOOD_WORDS_PER_IMAGE) -> 
 
 def track_duration(track: dict) -> float:
     """A record's length in seconds; 0 when the database does not know it (a seed-format file)."""
+    return duration_seconds(track.get("duration_s"))
+
+
+def duration_seconds(value) -> float:
+    """A stored `duration_s` value as seconds; 0 when it is missing or not a length."""
     try:
-        duration = float(track.get("duration_s") or 0)
+        duration = float(value or 0)
     except (TypeError, ValueError):
         return 0.0
     return duration if math.isfinite(duration) and duration > 0 else 0.0
@@ -183,7 +188,7 @@ def check_can_plan(db: Database, moods=None, genres=None, bpm=None) -> None:
     if len(db) == 0:
         raise EmptyLibraryError(EMPTY_LIBRARY)
     check_filters(db, moods, genres, bpm)
-    if not any(track_duration({"duration_s": d}) for d in db.column("duration_s")):
+    if not any(duration_seconds(d) for d in db.column("duration_s")):
         raise DatabaseError(f"{db.root} records no track lengths (an older database format); {REBUILD}")
 
 
@@ -205,7 +210,7 @@ class _TrackChooser:
 
     def __init__(self, db: Database, moods=None, genres=None, bpm=None):
         self.db, self.moods, self.genres, self.bpm = db, moods, genres, bpm
-        self.unusable = {row for row, d in enumerate(db.column("duration_s")) if not track_duration({"duration_s": d})}
+        self.unusable = {row for row, d in enumerate(db.column("duration_s")) if not duration_seconds(d)}
         self.used: set[int] = set()
         self.previous: set[int] = set()  # the row of the piece just before, if any
         self.repeated = False
