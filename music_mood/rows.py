@@ -62,10 +62,6 @@ class RowStack:
         whole = np.vstack([np.zeros((0, self.dim), np.float32), *self.blocks]).astype(np.float32, copy=False)
         return whole if dtype is None else whole.astype(dtype)
 
-    def take(self, rows) -> RowStack:
-        """A stack of these rows, in order, as slices of the blocks (runs of consecutive rows stay one slice)."""
-        return take_rows(self, rows)
-
     def write_npy(self, f) -> None:
         """Write the stack as np.save writes a C-order float32 (N, D) array: the same bytes."""
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
