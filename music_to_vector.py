@@ -21,7 +21,8 @@ from music_mood.audio import (
     read_track,
 )
 from music_mood.build import SAMPLE_PACKAGE, BuildReport, build_library, import_sample_library, pending_files
-from music_mood.cli import add_library_arguments, add_model_arguments, new_parser, print_lines
+from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser, print_lines
+from music_mood.cluster_pool import DEADLINE_FLOOR_S
 from music_mood.display import format_bpm, library_lines
 from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, remove_tracks, set_fields
 from music_mood.embed import embed_track, embed_windows, split_windows
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="decode and embed on a Ray cluster: its head's ADDRESS (host:port), else $RAY_ADDRESS, "
                              "else a local cluster on this machine; same library, one commit (README: Large "
                              "catalogues)")
+    parser.add_argument("--ray-timeout", type=int_argument(1, 7 * 86400, "a whole number of seconds"),
+                        default=int(DEADLINE_FLOOR_S), metavar="SECONDS",
+                        help="with --ray: the least time a file may take on the cluster before it is reported as "
+                             "failed (larger files get more), and how long the run may get nothing back before it "
+                             "ends, committing nothing")
     return parser
 
 
@@ -115,7 +121,7 @@ def main(argv=None) -> int:
             else:
                 result = cluster.build_library_on_ray(clap, paths, args.precision, args.backend,
                                                       rebuild=args.rebuild, files=files, tagger=tagger,
-                                                      fill_tempo=True)
+                                                      fill_tempo=True, timeout_s=args.ray_timeout)
                 report = result.report
                 print(result.summary(), file=sys.stderr)
     except KeyboardInterrupt:

@@ -1,13 +1,13 @@
 """Building the library on a Ray cluster (`python music_to_vector.py --ray`): the same read → embed → commit as
-build.py, with decoding and embedding spread over the cluster's CPUs and GPUs by Ray Data.
+build.py, with decoding and embedding spread over the cluster's CPUs and GPUs (cluster_pool.py schedules them).
 
 1. The driver lists the files (build.pending_files) and hashes them, under the library lock.
-2. Ray Data runs two streaming stages: decoding (shards.decode_for_embedding, one CPU task per file) and embedding
-   (shards.ShardEmbedder, in a pool of actors that each hold CLAP's audio tower: one per GPU with num_gpus=1 when
-   the cluster has GPUs, in bf16 there with --precision auto; else up to one per CPU but one, a thread each).
-   Ray Data's streaming executor keeps each stage's output within a budget of the object store, so decoding
-   pauses while the embedders are behind (decoded audio is ~35 MB per 3-minute track); each actor is handed one
-   track at a time.
+2. The driver runs two stages on the cluster (cluster_pool.py): decoding (shards.decode_for_embedding, one CPU task
+   per file, a few files ahead of the embedders, so decoded audio, ~35 MB a 3-minute track, never piles up) and
+   embedding (shards.ShardEmbedder, in a pool of actors that each hold CLAP's audio tower: one per GPU with
+   num_gpus=1 when the cluster has GPUs, in bf16 there with --precision auto; else one per CPU but one, a thread
+   each), each actor handed one track at a time. Every file has a deadline: one that does not come back in time is
+   reported as failed and its worker replaced, and a run that gets nothing back for that long ends (ClusterStalled).
 3. As each result comes back, the driver writes it as a shard (shards.py) into .ray-staging/ in the library folder.
 4. build.build_library commits, with a reader that takes each file's vectors from its shard, so the library is the
    one the plain builder writes: the same records in the same order (pending_files': new_music/ sorted, then the
@@ -15,8 +15,9 @@ build.py, with decoding and embedding spread over the cluster's CPUs and GPUs by
 5. The shards are removed. The lock is held from 1 to 5.
 
 Killed anywhere, nothing is lost: the library is as its last commit left it, and a re-run embeds only the files
-that have no shard yet (shards of contents the library already holds are ignored). A file whose worker dies is
-named as failed and stays where it is; the next run tries it again. Every node needs this project's requirements
+that have no shard yet (shards of contents the library already holds are ignored). A file whose worker dies twice,
+or that does not come back within its deadline, is named as failed and stays where it is; the next run tries it
+again. Every node needs this project's requirements
 and the library folder at the same path (a shared file system): workers read the audio files where the driver
 listed them. This package itself is shipped to the workers with the job.
 """
@@ -29,44 +30,24 @@ import os
 import socket
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from music_mood.audio import AudioError, KnownFile, file_sha256, read_tags
 from music_mood.build import BuildReport, build_library, database_to_build_on, pending_files
+from music_mood.cluster_pool import DEADLINE_FLOOR_S, embed_files
 from music_mood.library import (
     LibraryPaths,
     recover_library,
 )
-from music_mood.shards import (
-    EmbeddedTrack,
-    ShardEmbedder,
-    decode_for_embedding,
-    read_shard,
-    remove_staging,
-    staging_folder,
-    write_shard,
-)
+from music_mood.shards import EmbeddedTrack, read_shard, remove_staging, staging_folder
 from music_mood.storage import acquire_lock
 
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
-RAY_REQUIREMENT = "ray[data]==2.60.0"
-# Test hook: an embedding actor that meets a file of this name exits at once (os._exit), as a worker that crashes;
-# with EXIT_ONCE_ENV naming a marker file, only the first time (a worker lost once: a machine gone, not the file).
-EXIT_ON_ENV = "MUSIC_MOOD_RAY_EXIT_ON"
-EXIT_ONCE_ENV = "MUSIC_MOOD_RAY_EXIT_ONCE"
-# A file whose worker died is tried once more in the same run (Ray's own task retry, on a restarted actor): a
-# worker lost with its machine costs no re-run, and a file that kills its worker every time costs two deaths.
-RETRIES_AFTER_A_DEATH = 1
+RAY_REQUIREMENT = "ray==2.60.0"
 # A CPU actor reserves one CPU and runs this many inference threads (one thread per core embeds the most per core:
 # 8 windows took 637 ms on one thread and 440 ms on two, benchmarks/RESULTS.md).
 CPU_THREADS_PER_ACTOR = 1
-# One file handed to an actor at a time: a worker that dies takes only the file it was embedding with it (with two,
-# the one queued behind it was lost too, measured here), at the price of the next input's fetch not overlapping.
-TRACKS_IN_FLIGHT_PER_ACTOR = 1
-WORKER_DIED = ("the cluster worker reading or embedding it died, and again when it was tried once more; it stays "
-               "where it is, and the next run tries it again")
 
 
 class ClusterError(RuntimeError):
@@ -99,14 +80,10 @@ def connect(address: str | None = None, num_cpus: int | None = None):
 
     This package is shipped to the workers with the job (runtime_env py_modules), so they run the driver's code.
     """
-    # Ray Data's own lines (the execution's start and end, that its progress bars are off) would interleave with
-    # ours on stderr; its errors still print, and a failed file comes back as a row's error anyway. A user who
-    # wants them sets RAY_DATA_LOG_LEVEL.
-    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
     try:
         import ray
     except ImportError as e:
-        raise ClusterError(f"--ray needs Ray Data on this machine and every node: pip install '{RAY_REQUIREMENT}'") \
+        raise ClusterError(f"--ray needs Ray on this machine and every node: pip install '{RAY_REQUIREMENT}'") \
             from e
     import music_mood
 
@@ -140,96 +117,10 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
                            f"`ray start --head` running, and is this its address?") from e
 
 
-class EmbedActor(ShardEmbedder):
-    """One actor of the embedding pool: loads CLAP's audio tower once (resolved on its own node, so bf16 on a GPU
-    with precision "auto"), with `threads` inference threads on a CPU."""
-
-    def __init__(self, clap_model: str, precision: str, backend: str, threads: int | None = None,
-                 exit_on: str | None = None, exit_once: str | None = None):
-        from music_mood.models import load_clap_audio
-
-        if threads:
-            os.environ.setdefault("MUSIC_MOOD_THREADS", str(threads))
-        super().__init__(load_clap_audio(clap_model, precision, backend), clap_model)
-        self.exit_on, self.exit_once = exit_on, exit_once
-
-    def __call__(self, batch: dict) -> dict:
-        if self.exit_on and any(Path(str(p)).name == self.exit_on for p in batch["path"]):
-            if not self.exit_once or not os.path.exists(self.exit_once):
-                if self.exit_once:
-                    Path(self.exit_once).touch()
-                os._exit(1)  # the test hook: die as a crashing worker does, with no exception to report
-        return super().__call__(batch)
-
-
-def _decode_row(row: dict, sample_rate: int) -> dict:
-    return decode_for_embedding(row["path"], row["sha256"], sample_rate)
-
-
-def embed_on_ray(wanted: dict[str, Path], folder: Path, clap, precision: str = "auto", backend: str = "auto",
-                 progress: bool = True, actor_threads: int = CPU_THREADS_PER_ACTOR) -> tuple[list[str], dict[str, str]]:
-    """Embed the files `wanted` ({sha256: path}) on the connected cluster and write each result as a shard in
-    `folder`, as it comes back. Returns (the contents embedded, {content: why it failed}); a file whose worker
-    died is among the failures (WORKER_DIED). `clap` is the driver's model: its name and sample rate are the job's.
-    On a cluster without GPUs there are up to one actor per CPU but one, each reserving one CPU and running
-    `actor_threads` inference threads.
-    """
-    import ray
-    from ray.util.annotations import RayDeprecationWarning
-    from tqdm import tqdm
-
-    if not wanted:
-        return [], {}
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # ours, below, counts files
-    context.print_on_execution_start = False
-    context.max_errored_blocks = -1  # a block lost with its dead worker is a failed file, not a failed build
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-    if gpus:
-        pool, per_actor, threads = ray.data.ActorPoolStrategy(
-            size=gpus, max_tasks_in_flight_per_actor=TRACKS_IN_FLIGHT_PER_ACTOR), {"num_gpus": 1}, None
-    else:  # leave a CPU to decode into
-        pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cpus - 1),
-                                          max_tasks_in_flight_per_actor=TRACKS_IN_FLIGHT_PER_ACTOR)
-        per_actor, threads = {"num_cpus": 1}, actor_threads
-    items = [{"path": str(path), "sha256": sha} for sha, path in wanted.items()]
-    with warnings.catch_warnings():
-        # Ray 2.60 takes max_retries / max_task_retries only as "ray_remote_args", deprecated for 2.64 (the pin).
-        warnings.simplefilter("ignore", RayDeprecationWarning)
-        results = (
-            # One file per block: a worker that dies loses that file alone.
-            ray.data.from_items(items, override_num_blocks=len(items))
-            # A dead worker's file is tried RETRIES_AFTER_A_DEATH more times, then reported, and the next run tries
-            # it (a file that kills its decoder or embedder every time must not stall a million-file build).
-            .map(_decode_row, fn_kwargs={"sample_rate": clap.runtime.sampling_rate}, num_cpus=1,
-                 max_retries=RETRIES_AFTER_A_DEATH)
-            .map_batches(EmbedActor, batch_size=1, batch_format="numpy", compute=pool,
-                         max_task_retries=RETRIES_AFTER_A_DEATH,
-                         fn_constructor_kwargs={"clap_model": clap.name, "precision": precision,
-                                                "backend": backend, "threads": threads,
-                                                "exit_on": os.environ.get(EXIT_ON_ENV),
-                                                "exit_once": os.environ.get(EXIT_ONCE_ENV)},
-                         **per_actor))
-    embedded, failed = [], {}
-    with tqdm(total=len(items), desc="Embedding on the cluster", unit="file", file=sys.stderr,
-              disable=not progress or None) as bar:
-        for row in results.iter_rows():
-            if row["error"]:
-                failed[row["sha256"]] = row["error"]
-            else:
-                write_shard(folder, row["sha256"], row["shard"])
-                embedded.append(row["sha256"])
-            bar.update()
-    for sha in wanted.keys() - set(embedded) - failed.keys():
-        failed[sha] = WORKER_DIED
-    return embedded, failed
-
-
 def build_library_on_ray(clap, paths: LibraryPaths, precision: str = "auto", backend: str = "auto",
                          rebuild: bool = False, files: list[Path] | None = None, tagger=None, progress: bool = True,
                          lock_timeout: float = 600, actor_threads: int = CPU_THREADS_PER_ACTOR,
-                         fill_tempo: bool = False) -> ClusterBuild:
+                         fill_tempo: bool = False, timeout_s: float = DEADLINE_FLOOR_S) -> ClusterBuild:
     """build.build_library with the decoding and embedding done by the connected Ray cluster (see connect).
 
     `clap` is the CLAP audio model as the driver loads it (models.load_clap_audio): its name, sample rate and window
@@ -263,7 +154,7 @@ def build_library_on_ray(clap, paths: LibraryPaths, precision: str = "auto", bac
         seconds["list_and_hash"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        embedded, failed = embed_on_ray(wanted, folder, clap, precision, backend, progress, actor_threads)
+        embedded, failed = embed_files(wanted, folder, clap, precision, backend, actor_threads, timeout_s, progress)
         seconds["embed"] = time.perf_counter() - start
 
         start = time.perf_counter()

@@ -175,8 +175,8 @@ def decode_for_embedding(path: str, sha256: str, sample_rate: int) -> dict:
 class ShardEmbedder:
     """The embedding stage: decoded audio → a shard, with the CLAP audio model it holds (models.load_clap_audio).
 
-    Plain Python; on a cluster each actor of the pool is one of these (cluster.EmbedActor). `clap_model` is the name
-    recorded in the shards: the driver's name for the checkpoint, which is what the commit checks them against.
+    Plain Python; on a cluster each actor of the pool is one of these (cluster_pool.EmbedActor). `clap_model` is the
+    name recorded in the shards: the driver's name for the checkpoint, which is what the commit checks them against.
     """
 
     def __init__(self, clap, clap_model: str | None = None):
@@ -193,21 +193,16 @@ class ShardEmbedder:
                       file_tags=tags, bpm=bpm)
         return encode_shard(shard, self.clap_model, runtime.sampling_rate, runtime.window_samples)
 
-    def __call__(self, batch: dict) -> dict:
-        """Ray Data's batch interface: decoded rows (decode_for_embedding) → {"sha256", "path", "shard" (bytes),
-        "error"}. A row that failed to decode keeps its reason; one that fails to embed gets its own."""
-        out = {"sha256": [], "path": [], "shard": [], "error": []}
-        for i, sha256 in enumerate(batch["sha256"]):
-            path, error, shard = str(batch["path"][i]), str(batch["error"][i]), b""
-            if not error:
-                try:
-                    bpm = float(batch["bpm"][i])
-                    shard = self.embed(str(sha256), np.asarray(batch["audio"][i], np.float32),
-                                       json.loads(str(batch["file_tags"][i])), None if np.isnan(bpm) else bpm)
-                except Exception as e:  # one bad file must not cost the others
-                    error = f"cannot embed {Path(path).name}: {e}"
-            out["sha256"].append(str(sha256))
-            out["path"].append(path)
-            out["shard"].append(shard)
-            out["error"].append(error)
-        return {key: np.array(values, dtype=object) for key, values in out.items()}
+    def embed_decoded(self, decoded: dict) -> dict:
+        """One row of the decoding stage (decode_for_embedding) → {"shard": bytes (encode_shard), "error"}. A row that
+        failed to decode keeps its reason; one that fails to embed gets its own, and no shard."""
+        path, error = Path(str(decoded["path"])), str(decoded["error"])
+        if error:
+            return {"shard": b"", "error": error}
+        try:
+            bpm = float(decoded["bpm"])
+            shard = self.embed(str(decoded["sha256"]), np.asarray(decoded["audio"], np.float32),
+                               json.loads(str(decoded["file_tags"])), None if np.isnan(bpm) else bpm)
+        except Exception as e:  # one bad file must not cost the others
+            return {"shard": b"", "error": f"cannot embed {path.name}: {e}"}
+        return {"shard": shard, "error": ""}

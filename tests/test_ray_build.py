@@ -34,14 +34,9 @@ from music_to_vector import LibraryPaths, build_library, decode_audio, embed_tra
 from tests.conftest import ROOT, put_in_new_music, run_cli
 from tests.test_crash import check_library
 
-
-def _batch(row: dict) -> dict:
-    """One row as Ray Data hands a batch of numpy columns to map_batches (an object column per field)."""
-    batch = {}
-    for key, value in row.items():
-        batch[key] = np.empty(1, dtype=object)
-        batch[key][0] = value
-    return batch
+# A test on the cluster that has not ended by then fails with the stack of where it waits (pytest-timeout), so a
+# build that stalls can never hang the suite; the slowest took about a minute on a loaded 2-core machine.
+ON_THE_CLUSTER = pytest.mark.timeout(300)
 
 
 def _unit_rows(rng, count: int, dim: int) -> np.ndarray:
@@ -60,9 +55,9 @@ def test_the_embedder_stage_is_plain_python_and_gives_embed_tracks_vectors(clap_
     np.testing.assert_array_equal(decoded["audio"], decode_audio(source, rate))
 
     embedder = ShardEmbedder(clap_audio)
-    out = embedder(_batch(decoded))
-    assert list(out["error"]) == [""] and list(out["sha256"]) == [sha]
-    write_shard(tmp_path / STAGING_FOLDER, sha, out["shard"][0])
+    out = embedder.embed_decoded(decoded)
+    assert out["error"] == ""
+    write_shard(tmp_path / STAGING_FOLDER, sha, out["shard"])
     shard = read_shard(tmp_path / STAGING_FOLDER, sha, clap_audio.name, rate, window)
     vector, segments, last_start = embed_track(clap_audio, decoded["audio"])
     np.testing.assert_array_equal(shard.vector, vector)
@@ -83,8 +78,7 @@ def test_a_file_that_fails_or_changed_is_a_reason_not_an_exception(clap_audio, s
     broken.write_bytes(b"\xff\xfb" + bytes(range(256)) * 20)
     decoded = decode_for_embedding(str(broken), file_sha256(broken), rate)
     assert "not an audio file this machine can decode" in decoded["error"]
-    out = ShardEmbedder(clap_audio)(_batch(decoded))
-    assert list(out["shard"]) == [b""] and list(out["error"]) == [decoded["error"]]
+    assert ShardEmbedder(clap_audio).embed_decoded(decoded) == {"shard": b"", "error": decoded["error"]}
 
 
 def test_a_torn_or_inconsistent_shard_is_refused_and_cleaning_leaves_other_files(tmp_path):
@@ -179,6 +173,7 @@ def _new_shas(library: Path) -> set[str]:
     return {file_sha256(p) for p in (library / "new_music").rglob("*.opus")}
 
 
+@ON_THE_CLUSTER
 def test_ray_build_gives_the_plain_builders_library(ray_cluster, built_library, isolated_library, clap_audio,
                                                    sample_tracks):
     """The same six tracks as built_library (the plain builder's): the same vectors, windows and records, in the same
@@ -200,13 +195,15 @@ def test_ray_build_gives_the_plain_builders_library(ray_cluster, built_library, 
     check_library(isolated_library, {t["sha256"] for t in plain.tracks})
 
 
+@ON_THE_CLUSTER
 def test_a_worker_that_dies_loses_nothing_and_the_rerun_embeds_only_its_file(ray_cluster, library_copy, clap_audio,
                                                                            sample_tracks, monkeypatch):
     """The embedding actor exits (os._exit) on one file: that file is reported and stays in new_music/, the others are
     committed; the next run embeds that file alone. A shard of a content the library holds is ignored (a copy of a
     listed track dropped in again is a duplicate, as in a plain build), and a file in the staging folder that is not
     ours stays."""
-    from music_mood.cluster import EXIT_ON_ENV, WORKER_DIED, build_library_on_ray
+    from music_mood.cluster import build_library_on_ray
+    from music_mood.cluster_pool import EXIT_ON_ENV, WORKER_DIED
 
     paths = LibraryPaths.at(library_copy)
     before = load_database(paths)
@@ -248,12 +245,14 @@ def test_a_worker_that_dies_loses_nothing_and_the_rerun_embeds_only_its_file(ray
     assert sorted(p.name for p in staging.rglob("*")) == ["README.txt"]
 
 
+@ON_THE_CLUSTER
 def test_a_worker_lost_once_is_replaced_and_its_file_embedded_in_the_same_run(ray_cluster, library_copy,
                                                                               clap_audio, sample_tracks, monkeypatch,
                                                                               tmp_path):
     """The embedding actor dies (os._exit) on one file the first time only, as a worker lost with its machine: Ray
     restarts the actor and tries the file again, so the run embeds every file and reports none; each once."""
-    from music_mood.cluster import EXIT_ON_ENV, EXIT_ONCE_ENV, build_library_on_ray
+    from music_mood.cluster import build_library_on_ray
+    from music_mood.cluster_pool import EXIT_ON_ENV, EXIT_ONCE_ENV
 
     paths = LibraryPaths.at(library_copy)
     before = load_database(paths)
@@ -270,6 +269,63 @@ def test_a_worker_lost_once_is_replaced_and_its_file_embedded_in_the_same_run(ra
     check_library(library_copy, {t["sha256"] for t in before.tracks} | set(result.embedded))
 
 
+@ON_THE_CLUSTER
+def test_a_worker_that_hangs_on_a_file_is_stopped_at_its_deadline_and_the_rest_committed(
+        ray_cluster, library_copy, clap_audio, sample_tracks, monkeypatch):
+    """The embedding actor sleeps for good on one file (a decoder stuck in a loop): at that file's deadline it is
+    reported, with the reason, its worker is stopped and replaced, the other files are committed, and the run ends.
+    The next run embeds that file alone."""
+    from music_mood.cluster import build_library_on_ray
+    from music_mood.cluster_pool import HANG_ON_ENV, file_deadline_s, too_slow
+
+    paths = LibraryPaths.at(library_copy)
+    before = load_database(paths)
+    listed = {Path(t["file_path"]).name for t in before.tracks}
+    dropped = put_in_new_music(library_copy, [t for t in sample_tracks if t.name not in listed][:3])
+    shas = {path: file_sha256(path) for path in dropped}
+    hung = dropped[1]
+    monkeypatch.setenv(HANG_ON_ENV, hung.name)
+    start = time.monotonic()
+    first = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False, timeout_s=15)
+    took = time.monotonic() - start
+    deadline = file_deadline_s(hung.stat().st_size, 15)
+    assert dict(first.report.failed) == {hung: too_slow(deadline)}
+    assert "did not come back from the cluster within" in too_slow(deadline)
+    assert sorted(first.embedded) == sorted(shas[p] for p in dropped if p != hung)
+    assert hung.exists() and not any(p.exists() for p in dropped if p != hung)
+    assert took < deadline + 240, f"the run took {took:.0f} s for a deadline of {deadline:.0f} s"
+    check_library(library_copy, {t["sha256"] for t in before.tracks} | set(shas.values()))
+
+    monkeypatch.delenv(HANG_ON_ENV)
+    second = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False, timeout_s=15)
+    assert second.report.failed == [] and second.embedded == [shas[hung]]
+    assert len(load_database(paths)) == len(before) + len(dropped)
+
+
+@ON_THE_CLUSTER
+def test_a_cluster_that_gives_nothing_back_ends_the_run_with_one_error_line(ray_cluster, library_copy, checkpoints,
+                                                                         sample_tracks):
+    """No embedding worker can come up (each hangs while it starts): after --ray-timeout with nothing back, the run
+    ends with one Error: line and exit 1; nothing is committed, nothing moved, and no worker is left running on the
+    cluster (the next test's build gets its CPUs)."""
+    from music_mood.cluster_pool import HANG_AT_START, HANG_ON_ENV
+
+    paths = LibraryPaths.at(library_copy)
+    before = {name: (library_copy / name).read_bytes() for name in (paths.vectors.name, paths.metadata.name)}
+    dropped = put_in_new_music(library_copy, sample_tracks[-2:])
+    start = time.monotonic()
+    done = run_cli("music_to_vector.py", "--library", str(library_copy), "--ray", ray_cluster, "--ray-timeout", "15",
+                   "--clap-model", checkpoints["clap"], "--precision", "fp32", env_extra={HANG_ON_ENV: HANG_AT_START})
+    took = time.monotonic() - start
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr
+    assert errors[0].startswith("Error: the cluster gave nothing back for 15 s"), errors
+    assert "nothing was committed" in errors[0] and took < 200
+    assert {name: (library_copy / name).read_bytes() for name in before} == before
+    assert all(path.exists() for path in dropped) and done.stdout == ""
+
+
+@ON_THE_CLUSTER
 def test_a_killed_driver_resumes_from_its_shards(ray_cluster, built_library, isolated_library, checkpoints,
                                                  sample_tracks, tmp_path):
     """`music_to_vector.py --ray ADDRESS` in its own process, killed as it writes its third shard: the library is
