@@ -220,6 +220,23 @@ def move_file(source: Path, target: Path) -> None:
     fsync_dir(source.parent)
 
 
+def move_obstacle(source: Path, target: Path) -> str | None:
+    """What would stop move_file(source, target) on the destination's side, in words, or None: the target taken, a
+    file where a folder of its path must be, a folder that cannot be written (or the source's, which a move writes
+    too). Checked before a commit names the move, so a move that cannot be made is refused, not left pending."""
+    if os.path.lexists(target):
+        return f"{target} exists"
+    folder = target.parent
+    while not os.path.lexists(folder):
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    for where in (folder, source.parent):
+        if not os.access(where, os.W_OK | os.X_OK):
+            return f"the folder {where} cannot be written"
+    return None
+
+
 def acquire_lock(path: Path, timeout: float, holder: str = "another music_to_vector run"):
     """The library's lock (a filelock.FileLock, acquired); LibraryBusyError after `timeout` seconds."""
     from filelock import FileLock, Timeout
