@@ -41,7 +41,9 @@ from music_mood.rows import save_rows
 from music_mood.storage import (
     LibraryBusyError,
     acquire_lock,
+    disk_full_error,
     fsync_dir,
+    is_disk_full,
     move_file,
     move_obstacle,
     remove,
@@ -543,6 +545,7 @@ def save_database(db: Database, paths: LibraryPaths, sample_rate: int,
        atomically. Before it a reader sees the old library, after it the new one.
     3. finish_commit renames the staged files into place and makes the moves. A crash there is finished by the
        next load or build, from the metadata alone: nothing is embedded again.
+    A full disk before the commit point is a DiskFullError (what was staged is removed: nothing was changed).
     A move whose destination cannot be made is refused first (MoveBlockedError: nothing was changed); the moves
     of the last commit still pending (pending_moves) are carried into this one, so none is forgotten.
     Must be called under the library lock. Returns finish_commit's problem lines.
@@ -582,11 +585,13 @@ def save_database(db: Database, paths: LibraryPaths, sample_rate: int,
                else {"tracks": list(db.tracks)}),
         }
         write_atomically(paths.metadata, lambda f: f.write(json.dumps(meta, indent=1, ensure_ascii=False).encode()))
-    except BaseException:
+    except BaseException as e:
         # Not committed (unless the failure came after the rename, while syncing the folder): drop what we staged.
         if _committed_id(paths) != commit["id"]:
             for path in staged:
                 path.unlink(missing_ok=True)
+            if is_disk_full(e):
+                raise disk_full_error(paths.metadata.parent) from e
         raise
     return finish_commit(paths, commit)
 

@@ -25,6 +25,22 @@ class LibraryBusyError(RuntimeError):
     """Another process holds the library lock."""
 
 
+class DiskFullError(OSError):
+    """A change ran out of disk space before its commit point, so nothing was changed (the message says how much
+    is free)."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` is a write refused for want of space (a full disk, or the user's quota)."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(folder: Path) -> DiskFullError:
+    """The one-line error for a change that a full disk stopped before its commit, with the space left."""
+    free = shutil.disk_usage(folder).free
+    return DiskFullError(f"the disk is full ({free / 1e6:.1f} MB free in {folder}); nothing was changed")
+
+
 def crash_point(what: str) -> None:
     """Fault injection for the crash tests: SIGKILL this process at the N-th point when MUSIC_MOOD_CRASH_AT=N.
 
