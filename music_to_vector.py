@@ -24,13 +24,14 @@ from music_mood.build import SAMPLE_PACKAGE, BuildReport, build_library, import_
 from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser, print_lines
 from music_mood.cluster_pool import DEADLINE_FLOOR_S
 from music_mood.display import format_bpm, library_lines
-from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, remove_tracks, set_fields
+from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, committed_track_count, remove_tracks, set_fields
 from music_mood.embed import embed_track, embed_windows, split_windows
 from music_mood.library import (
     SEARCH_INDEX_MIN_TRACKS,
     Database,
     DatabaseError,
     LibraryPaths,
+    MoveBlockedError,
     UnknownTrackError,
     committed_state,
     empty_database,
@@ -155,6 +156,9 @@ def edit_library(paths: LibraryPaths, remove: list[str] | None, edits: list[tupl
             removed, problems = remove_tracks(paths, remove)
         else:
             corrected, problems = set_fields(paths, edits)
+    except MoveBlockedError as e:
+        print(f"Error: {e}; nothing was changed", file=sys.stderr)
+        return 1
     except (UnknownTrackError, DatabaseError, LibraryBusyError, OSError) as e:
         print(f"Error: {e.args[0] if isinstance(e, UnknownTrackError) else e}", file=sys.stderr)
         return 1
@@ -164,7 +168,7 @@ def edit_library(paths: LibraryPaths, remove: list[str] | None, edits: list[tupl
         for record, target in removed:
             where = target.relative_to(paths.root).as_posix() if target else "its file was already gone"
             print(f"removed  {record['file_path']}  -> {where}")
-        print(f"{len(removed)} removed, {len(load_database(paths))} tracks in the library.", file=sys.stderr)
+        print(f"{len(removed)} removed, {committed_track_count(paths)} tracks in the library.", file=sys.stderr)
     else:
         for record, name, old in corrected:
             print(f"set  {record['file_path']}  {name}: {old!r} -> {record[name]!r}")

@@ -29,12 +29,13 @@ from music_mood.library import (
     check_clap_model,
     empty_database,
     load_database,
+    pending_moves,
     recover_library,
     save_database,
 )
 from music_mood.rows import is_lazy, stack_rows, take_ranges, take_rows
 from music_mood.shards import EmbeddedTrack
-from music_mood.storage import acquire_lock, copy_file, move_file, remove_empty_folders
+from music_mood.storage import acquire_lock, copy_file, move_file, move_obstacle, remove_empty_folders
 
 SAMPLE_PACKAGE = "immich-memories-music"
 TAG_KEYS = ("title", "artist", "genre", "mood")
@@ -138,7 +139,11 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
         previous = {t.get("sha256"): t for t in old.tracks}
         tracks = [dict(t) for t in db.tracks]  # copies: a relocated track's record changes
         known = {t.get("sha256"): t for t in tracks}
-        moves, taken, new_rows, new_segments, added = [], set(), [], [], []
+        moves, new_rows, new_segments, added = [], [], [], []
+        # A move the last commit could not make (save_database carries it): its file is the listed track's, not
+        # one to add, and its target is taken.
+        pending = pending_moves(paths)
+        taken = {target for _, target in pending}
         committed = {"at": time.monotonic(), "changes": 0}
         # The listed tracks whose tempo is to be read, by their file (the same record objects as in `tracks`).
         untimed = {paths.root / t["file_path"]: t for t in tracks
@@ -172,7 +177,8 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
             if not rebuild and time.monotonic() - committed["at"] >= commit_every_s:
                 commit(list(range(len(tracks))))  # tracks whose file is gone are dropped at the end only
 
-        candidates = pending_files(paths, db, files)
+        waiting = {source for source, _ in pending}
+        candidates = [path for path in pending_files(paths, db, files) if path not in waiting]
         for path, item in tqdm(_prefetch(read, candidates + list(untimed)), total=len(candidates) + len(untimed),
                                desc="Embedding music" + (" and reading tempos" if untimed else ""), unit="file",
                                file=sys.stderr, disable=not progress or None):
@@ -189,6 +195,11 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
             elif item.sha256 in known:
                 _found_again(known[item.sha256], path, paths, report, moves, taken)
             else:
+                final = _destination(path, paths, taken) if path.is_relative_to(paths.new_music) else path
+                obstacle = move_obstacle(path, final) if final != path else None
+                if obstacle is not None:  # before embedding: the file could not go where the commit would say
+                    report.failed.append((path, f"cannot move it to {final}: {obstacle}"))
+                    continue
                 try:
                     vector, segments, last_window_start_s = (
                         (item.vector, item.segments, item.last_window_start_s) if isinstance(item, EmbeddedTrack)
@@ -196,7 +207,6 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
                 except Exception as e:  # one bad file must not cost the others
                     report.failed.append((path, f"cannot embed {path.name}: {e}"))
                     continue
-                final = _destination(path, paths, taken) if path.is_relative_to(paths.new_music) else path
                 taken.add(final)
                 if final != path:
                     moves.append((path, final))
@@ -261,6 +271,8 @@ def _found_again(record: dict, path: Path, paths: LibraryPaths, report: BuildRep
         record["file_path"] = path.relative_to(paths.root).as_posix()
         taken.add(path)
         report.relocated.append((old_path, record["file_path"]))
+    elif (obstacle := move_obstacle(path, listed)) is not None:
+        report.failed.append((path, f"cannot move it to {listed}: {obstacle}"))
     else:
         moves.append((path, listed))
         taken.add(listed)

@@ -15,6 +15,7 @@ from music_mood.library import (
     UnknownTrackError,
     find_track,
     load_database,
+    pending_moves,
     recover_library,
     save_database,
 )
@@ -52,10 +53,13 @@ def remove_tracks(paths: LibraryPaths, keys: list[str], lock_timeout: float = 60
     ([(record, where its file went, None if it was already gone)], problem lines for stderr)."""
     def change(db: Database):
         rows = sorted({_row(db, key) for key in keys})
-        removed, moves, taken = [], [], set()
+        # A move the last commit could not make yet: the track's file is still at its source, its target taken.
+        pending = {target: source for source, target in pending_moves(paths)}
+        removed, moves, taken = [], [], set(pending)
         for i in rows:
             record = db.tracks[i]
             source = paths.root / record["file_path"]
+            source = pending.get(source, source)
             target = None
             if os.path.lexists(source):
                 target = removed_destination(record["file_path"], paths, taken)
@@ -109,6 +113,13 @@ def _commit_change(paths: LibraryPaths, change, lock_timeout: float):
     finally:
         lock.release()
     return result, warnings
+
+
+def committed_track_count(paths: LibraryPaths) -> int:
+    """How many tracks the library holds as last committed, from the metadata alone (no load: a load would try
+    again a move that just failed, and warn a second time)."""
+    meta = json.loads(paths.metadata.read_text(encoding="utf-8"))
+    return int(meta["track_count"]) if "track_count" in meta else len(meta["tracks"])
 
 
 def _sample_rate(paths: LibraryPaths) -> int:

@@ -41,8 +41,11 @@ from music_mood.rows import save_rows
 from music_mood.storage import (
     LibraryBusyError,
     acquire_lock,
+    disk_full_error,
     fsync_dir,
+    is_disk_full,
     move_file,
+    move_obstacle,
     remove,
     remove_empty_folders,
     rename,
@@ -85,6 +88,11 @@ class DatabaseError(RuntimeError):
 
 class EmptyLibraryError(DatabaseError):
     """There is nothing to recommend from (no tracks, or none left after the filters)."""
+
+
+class MoveBlockedError(OSError):
+    """A change moves a file to where it cannot go (a file where a folder must be, a folder that cannot be
+    written): refused before its commit, so nothing was changed."""
 
 
 def default_library_folder() -> Path:
@@ -408,14 +416,43 @@ def _finish_if_free(paths: LibraryPaths) -> None:
     try:
         for line in recover_library(paths):  # reads the commit again: it may have been superseded meanwhile
             print(line, file=sys.stderr)
+    except OSError as e:  # a reader serves the committed state whatever stops it from finishing the commit
+        print(f"Warning: cannot finish the library's last commit yet ({e}); it is read as committed.",
+              file=sys.stderr)
     finally:
         lock.release()
+
+
+def pending_moves(paths: LibraryPaths) -> list[tuple[Path, Path]]:
+    """The file moves the committed state records that are not made yet (source there, target free): a crash, or a
+    failure after the commit (a permission changed, a full disk), stopped them. The next writer makes them, and
+    carries them into its own commit until then."""
+    commit = _last_commit(paths)
+    moves = [(paths.root / source, paths.root / target) for source, target in (commit or {}).get("moves", [])]
+    return [(source, target) for source, target in moves if os.path.lexists(source) and not os.path.lexists(target)]
+
+
+def _last_commit(paths: LibraryPaths) -> dict | None:
+    """The committed metadata's "commit" record, or None (no library, or one that cannot be read)."""
+    try:
+        meta = _read_metadata(paths) if paths.metadata.exists() else None
+    except DatabaseError:
+        return None
+    return meta.get("commit") if isinstance(meta, dict) else None
+
+
+def pending_move_warning(source: Path, target: Path, reason: str) -> str:
+    """The line that names a move the commit records but that could not be made yet, and why."""
+    return (f"Warning: {source} is still to be moved to {target} ({reason}); the library is served as committed, "
+            f"and the next change to it (python music_to_vector.py, --remove, --set-...) moves it once that is fixed.")
 
 
 def finish_commit(paths: LibraryPaths, commit: dict) -> list[str]:
     """Roll the committed state forward (under the library lock): rename its staged data files into place, make
     the file moves it records, and remove what crashed writes left (staged files of commits that never
-    happened, temp files of the database's own names). Idempotent. Returns a line per move it could not make."""
+    happened, temp files of the database's own names). Idempotent. Returns a line per move it could not make: a
+    move that fails (its folder became a file, a permission changed, the disk is full) stays pending in the
+    commit, never fails the load or the change (see pending_moves)."""
     renamed = set()
     for final in paths.data_files():
         staged = staged_path(final, commit["id"])
@@ -430,7 +467,15 @@ def finish_commit(paths: LibraryPaths, commit: dict) -> list[str]:
         if not os.path.lexists(source):
             continue
         if not os.path.lexists(target):
-            move_file(source, target)
+            obstacle = move_obstacle(source, target)
+            try:
+                if obstacle is None:
+                    move_file(source, target)
+            except OSError as e:
+                obstacle = e.strerror or str(e)
+            if obstacle is not None:
+                problems.append(pending_move_warning(source, target, obstacle))
+                continue
         elif source.is_file() and target.is_file() and file_sha256(source) == file_sha256(target):
             remove(source)  # a copy across file systems finished, its source not yet removed: finish the move
         else:
@@ -500,8 +545,17 @@ def save_database(db: Database, paths: LibraryPaths, sample_rate: int,
        atomically. Before it a reader sees the old library, after it the new one.
     3. finish_commit renames the staged files into place and makes the moves. A crash there is finished by the
        next load or build, from the metadata alone: nothing is embedded again.
+    A full disk before the commit point is a DiskFullError (what was staged is removed: nothing was changed).
+    A move whose destination cannot be made is refused first (MoveBlockedError: nothing was changed); the moves
+    of the last commit still pending (pending_moves) are carried into this one, so none is forgotten.
     Must be called under the library lock. Returns finish_commit's problem lines.
     """
+    for source, target in moves:
+        obstacle = move_obstacle(source, target)
+        if obstacle is not None:
+            raise MoveBlockedError(f"cannot move {source} to {target}: {obstacle}")
+    sources = {source for source, _ in moves}
+    moves = [*moves, *(move for move in pending_moves(paths) if move[0] not in sources)]
     commit = {"id": time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4),
               "moves": [[source.relative_to(paths.root).as_posix(), target.relative_to(paths.root).as_posix()]
                         for source, target in moves]}
@@ -531,11 +585,13 @@ def save_database(db: Database, paths: LibraryPaths, sample_rate: int,
                else {"tracks": list(db.tracks)}),
         }
         write_atomically(paths.metadata, lambda f: f.write(json.dumps(meta, indent=1, ensure_ascii=False).encode()))
-    except BaseException:
+    except BaseException as e:
         # Not committed (unless the failure came after the rename, while syncing the folder): drop what we staged.
         if _committed_id(paths) != commit["id"]:
             for path in staged:
                 path.unlink(missing_ok=True)
+            if is_disk_full(e):
+                raise disk_full_error(paths.metadata.parent) from e
         raise
     return finish_commit(paths, commit)
 

@@ -123,10 +123,10 @@ def is_lazy(matrix) -> bool:
 
 
 def save_rows(f, matrix) -> None:
-    """Write `matrix` to `f` as np.save would, streaming a RowStack or a memory-mapped file block by block."""
-    if isinstance(matrix, np.memmap):
+    """Write `matrix` (N, D) to `f` as np.save would, block by block: a RowStack or a memory-mapped file is streamed,
+    and every write goes through f.write, so a full disk is an OSError with its errno (np.save's tofile says only
+    "N requested and M written")."""
+    if not isinstance(matrix, RowStack):
+        matrix = np.asarray(matrix) if not isinstance(matrix, np.memmap) else matrix
         matrix = RowStack([matrix], int(matrix.shape[1]))
-    if isinstance(matrix, RowStack):
-        matrix.write_npy(f)
-    else:
-        np.save(f, np.ascontiguousarray(matrix, dtype=np.float32))
+    matrix.write_npy(f)

@@ -7,10 +7,14 @@ kills at the N-th; MUSIC_MOOD_CRASH_LOG=FILE names every point passed, one line 
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
+import shlex
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +27,22 @@ _crash_points_passed = 0
 
 class LibraryBusyError(RuntimeError):
     """Another process holds the library lock."""
+
+
+class DiskFullError(OSError):
+    """A change ran out of disk space before its commit point, so nothing was changed (the message says how much
+    is free)."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` is a write refused for want of space (a full disk, or the user's quota)."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(folder: Path) -> DiskFullError:
+    """The one-line error for a change that a full disk stopped before its commit, with the space left."""
+    free = shutil.disk_usage(folder).free
+    return DiskFullError(f"the disk is full ({free / 1e6:.1f} MB free in {folder}); nothing was changed")
 
 
 def crash_point(what: str) -> None:
@@ -220,16 +240,98 @@ def move_file(source: Path, target: Path) -> None:
     fsync_dir(source.parent)
 
 
-def acquire_lock(path: Path, timeout: float, holder: str = "another music_to_vector run"):
-    """The library's lock (a filelock.FileLock, acquired); LibraryBusyError after `timeout` seconds."""
+def move_obstacle(source: Path, target: Path) -> str | None:
+    """What would stop move_file(source, target) on the destination's side, in words, or None: the target taken, a
+    file where a folder of its path must be, a folder that cannot be written (or the source's, which a move writes
+    too). Checked before a commit names the move, so a move that cannot be made is refused, not left pending."""
+    if os.path.lexists(target):
+        return f"{target} exists"
+    folder = target.parent
+    while not os.path.lexists(folder):
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    for where in (folder, source.parent):
+        if not os.access(where, os.W_OK | os.X_OK):
+            return f"the folder {where} cannot be written"
+    return None
+
+
+LOCK_NOTICE_S = 1.0  # a writer that has waited this long for the lock says whom it waits for
+
+
+class LibraryLock:
+    """The library lock, held: a filelock.FileLock, and beside it a note of who holds it (holder_path: this
+    process's PID and command line), so a process waiting for it can say whom it waits for. release() removes
+    the note, then releases the lock."""
+
+    def __init__(self, lock, note: Path | None):
+        self._lock, self._note = lock, note
+
+    def release(self) -> None:
+        try:
+            if self._note is not None:  # before the lock goes: the next holder writes its own
+                with contextlib.suppress(OSError):
+                    self._note.unlink(missing_ok=True)
+                self._note = None
+        finally:
+            self._lock.release()
+
+
+def holder_path(lock: Path) -> Path:
+    """Where the holder of `lock` notes its PID and command (removed when it releases the lock)."""
+    return lock.with_name(lock.name + ".holder")
+
+
+def lock_holder(lock: Path) -> str | None:
+    """Who holds `lock`, as "PID N (its command)", when its note names a live process; else None (a holder that
+    wrote none, or one killed before removing it)."""
+    try:
+        note = json.loads(holder_path(lock).read_text(encoding="utf-8"))
+        pid, command = int(note["pid"]), str(note["command"])
+        os.kill(pid, 0)  # raises ProcessLookupError when no such process lives
+    except PermissionError:  # alive, another user's
+        pass
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return f"PID {pid} ({command})"
+
+
+def _note_holder(lock: Path) -> Path | None:
+    """Note this process as the holder of `lock`; best effort (a full disk or a read-only folder must not stop the
+    change: the note only serves a waiter's message). Written in place, with no crash point and no temp file: a
+    waiter that reads it half written names no one, and a crash leaves only a note naming a dead process."""
+    note = holder_path(lock)
+    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
+    try:
+        note.write_text(json.dumps({"pid": os.getpid(), "command": command}), encoding="utf-8")
+    except OSError:
+        with contextlib.suppress(OSError):
+            note.unlink(missing_ok=True)
+        return None
+    return note
+
+
+def acquire_lock(path: Path, timeout: float, holder: str = "another music_to_vector run",
+                 notice_after: float = LOCK_NOTICE_S) -> LibraryLock:
+    """The library's lock, acquired; LibraryBusyError after `timeout` seconds. A wait longer than `notice_after`
+    seconds is said once on stderr, naming the holder (lock_holder) when it is known, so a writer never waits in
+    silence. The holder notes itself beside the lock (holder_path) while it holds it."""
     from filelock import FileLock, Timeout
 
     lock = FileLock(path)
     try:
-        lock.acquire(timeout=timeout)
+        try:
+            lock.acquire(timeout=min(timeout, notice_after))
+        except Timeout:
+            if timeout <= notice_after:
+                raise
+            who = lock_holder(path) or "another process"
+            print(f"Waiting for the library lock held by {who}...", file=sys.stderr, flush=True)
+            lock.acquire(timeout=timeout - notice_after)
     except Timeout as e:
-        raise LibraryBusyError(f"{holder} holds {path}; wait for it to finish") from e
-    return lock
+        raise LibraryBusyError(f"{lock_holder(path) or holder} holds {path}; wait for it to finish") from e
+    return LibraryLock(lock, _note_holder(path))
 
 
 def remove_empty_folders(folder: Path, top: Path) -> None:

@@ -21,6 +21,7 @@ Table contract (PRAGMA user_version is TABLE_VERSION):
 """
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import threading
@@ -135,7 +136,8 @@ def write_table(path: Path, tracks) -> None:
     """Write `tracks` (records, in row order) as a new track table at `path`, which must not exist.
 
     No journal and no syncs while it is written: a crash leaves a torn file that nothing names (the caller
-    removes it, and syncs the whole file before a commit names it; see storage.write_new_file_at).
+    removes it, and syncs the whole file before a commit names it; see storage.write_new_file_at). A full disk is
+    an OSError of errno ENOSPC, as any other file's write gives.
     """
     db = sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=rwc", uri=True)
     try:
@@ -162,6 +164,10 @@ def write_table(path: Path, tracks) -> None:
         db.execute("CREATE INDEX tags_key ON tags(kind, key, row)")
         db.execute("CREATE INDEX tags_tag ON tags(kind, tag)")
         db.commit()
+    except sqlite3.OperationalError as e:
+        if e.sqlite_errorcode == sqlite3.SQLITE_FULL:  # the disk: an OSError like any other file's write
+            raise OSError(errno.ENOSPC, f"cannot write {path} ({e})") from e
+        raise
     finally:
         db.close()
 
