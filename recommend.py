@@ -279,7 +279,8 @@ def check_outputs(parser: argparse.ArgumentParser, outs: list[Path]) -> str | No
 
 def check_outside_library(db: Database, paths: LibraryPaths, outs: list[Path]) -> str | None:
     """The message for an --out that would change the library (a track's file, a database file, or a file in
-    new_music/, which the next build would take in as a track), or None."""
+    new_music/ or processed_music/, which the next build would take in as a track), or None. The same folders
+    render.write_outputs refuses, checked here before any model work rather than after every photo is described."""
     if not outs:
         return None
     root = db.root.resolve()
@@ -292,6 +293,9 @@ def check_outside_library(db: Database, paths: LibraryPaths, outs: list[Path]) -
         if target.is_relative_to(paths.new_music.resolve()):
             return (f"cannot write {out}: {paths.new_music} is where the library takes in new music; "
                     f"choose another folder")
+        if target.is_relative_to(paths.processed_music.resolve()):
+            return (f"cannot write {out}: {paths.processed_music} holds the library's music (the next build would "
+                    f"take in a new audio file there); choose another folder")
     return None
 
 

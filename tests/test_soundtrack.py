@@ -511,9 +511,13 @@ def test_cli_unwritable_out_fails_before_the_models_load(library_copy, photos, t
 def test_cli_out_may_not_change_the_library(library_copy, checkpoints, photos, tmp_path, call_cli):
     """Checked once the library is loaded, before the models: no BLIP could load here."""
     paths = LibraryPaths.at(library_copy)
+    music = (f"{paths.processed_music} holds the library's music (the next build would take in a new audio file "
+             "there); choose another folder")
     for out, why in ((paths.metadata, f"it is a file of the music library in {library_copy}"),
                      (paths.new_music / "trip.m4a", (f"{paths.new_music} is where the library takes in new music; "
-                                                    "choose another folder"))):
+                                                    "choose another folder")),
+                     (paths.processed_music / "calm" / "x.wav", music),  # no track's file: still the library's
+                     (paths.processed_music / "trip.json", music)):
         before = out.read_bytes() if out.exists() else None
         done = call_cli(recommend_cli.main, photos["coffee.png"], photos["chelsea.png"], "--soundtrack", "--out", out,
                         "--blip-model", tmp_path / "no-blip", "--clap-model", checkpoints["clap"])
@@ -531,7 +535,7 @@ def test_out_may_not_be_a_track_or_database_file_however_it_is_spelled(tmp_path,
                 tmp_path / "music_database_metadata.json"):
         assert recommend_cli.check_outside_library(db, paths, [tmp_path / "trip.mp4", out]) == \
             f"cannot write {out}: it is a file of the music library in {tmp_path}"
-    assert recommend_cli.check_outside_library(db, paths, [Path("b.wav"), tmp_path.parent / "a.wav"]) is None
+    assert recommend_cli.check_outside_library(db, paths, [tmp_path / "b.wav", tmp_path.parent / "a.wav"]) is None
 
 
 @pytest.mark.parametrize("args", [
