@@ -39,10 +39,13 @@ from music_mood.search import (
 from music_mood.soundtrack import (
     DEFAULT_SECONDS_PER_PHOTO,
     MAX_PHOTOS,
+    MAX_SECONDS_PER_PHOTO,
+    MAX_TOTAL_S,
     MIN_PHOTOS,
     OUTPUT_EXTENSIONS,
     NoReadablePhotosError,
     check_can_plan,
+    check_lengths,
     plan_soundtrack,
 )
 from music_mood.tags import auto_tag_words
@@ -188,15 +191,20 @@ def unit_interval(text: str) -> float:
     return value
 
 
-def positive_seconds(text: str) -> float:
-    """An argparse `type` for a length in seconds greater than 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"{value:g} is not a length in seconds greater than 0")
-    return value
+def seconds_argument(limit: float):
+    """An argparse `type` for a length in seconds greater than 0 and at most `limit`."""
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and value > 0):  # also refuses nan and inf
+            raise argparse.ArgumentTypeError(f"{value:g} is not a length in seconds greater than 0")
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{value:g} s is more than the limit of {limit:g} s")
+        return value
+
+    return seconds
 
 
 def bpm_range(text: str) -> BpmRange:
@@ -239,10 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     slideshow.add_argument("--soundtrack", action="store_true",
                            help="plan a soundtrack for the photos (printed as a table, or JSON with --json)")
     lengths = slideshow.add_mutually_exclusive_group()
-    lengths.add_argument("--seconds-per-photo", type=positive_seconds, default=None, metavar="S",
-                         help=f"how long each photo is shown (default: {DEFAULT_SECONDS_PER_PHOTO:g})")
-    lengths.add_argument("--total-seconds", type=positive_seconds, default=None, metavar="S",
-                         help="the soundtrack's length, spread evenly over the photos")
+    lengths.add_argument("--seconds-per-photo", type=seconds_argument(MAX_SECONDS_PER_PHOTO), default=None,
+                         metavar="S", help=f"how long each photo is shown, at most {MAX_SECONDS_PER_PHOTO:g} "
+                                           f"(default: {DEFAULT_SECONDS_PER_PHOTO:g})")
+    lengths.add_argument("--total-seconds", type=seconds_argument(MAX_TOTAL_S), default=None, metavar="S",
+                         help=f"the soundtrack's length, spread evenly over the photos; a soundtrack lasts at most "
+                              f"{MAX_TOTAL_S:g} s ({MAX_TOTAL_S / 60:g} minutes), however it is given")
     slideshow.add_argument("--out", action="append", type=Path, metavar="FILE",
                            help=f"also write the soundtrack to FILE, by its extension: {', '.join(OUTPUT_EXTENSIONS)} "
                                 "(repeat for several)")
@@ -309,12 +319,16 @@ def soundtrack_main(parser: argparse.ArgumentParser, args) -> int:
         parser.error("--soundtrack plans from photos: give it without --like and --play")
     if not MIN_PHOTOS <= len(args.images) <= MAX_PHOTOS:
         parser.error(f"--soundtrack needs {MIN_PHOTOS} to {MAX_PHOTOS} photos, not {len(args.images)}")
+    seconds = args.seconds_per_photo or DEFAULT_SECONDS_PER_PHOTO
+    try:
+        check_lengths(len(args.images), seconds, args.total_seconds)  # photos × seconds, within the limit
+    except ValueError as e:
+        parser.error(str(e))
     outs = args.out or []
     problem = check_outputs(parser, outs)  # before anything slow: a typo in a folder fails at once
     if problem:
         print(f"Error: {problem}", file=sys.stderr)
         return 1
-    seconds = args.seconds_per_photo or DEFAULT_SECONDS_PER_PHOTO
     paths = LibraryPaths.at(args.library, args.vectors, args.meta)
     try:
         from music_mood.models import load_blip, load_clap_text
