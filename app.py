@@ -61,6 +61,7 @@ from music_mood.slideshows import (
 from music_mood.soundtrack import (
     DEFAULT_SECONDS_PER_PHOTO,
     MAX_PHOTOS,
+    MAX_SECONDS_PER_PHOTO,
     MIN_PHOTOS,
     NoOtherTrackError,
 )
@@ -89,7 +90,9 @@ EDIT_WAIT_S = 30
 # The Slideshow tab: at most this many photos per soundtrack (the CLI takes MAX_PHOTOS): describing them takes about
 # a second each, rendering their video a few seconds more, and a request holds the models all that time.
 MAX_SLIDESHOW_PHOTOS = 60
-SLIDESHOW_SECONDS = (1.0, 15.0)  # the page's seconds per photo: 60 photos make at most 15 minutes of video
+# The page's seconds per photo, up to the core's limit; a set longer than soundtrack.MAX_TOTAL_S is refused by the
+# core (plan_soundtrack), one message, as for the CLI.
+SLIDESHOW_SECONDS = (1.0, MAX_SECONDS_PER_PHOTO)
 
 # The track route sends the type mimetypes guesses; without /etc/mime.types Python knows no .opus or .m4a, and
 # the browser would get application/octet-stream.
