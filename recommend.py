@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser
+from music_mood.cli import StopSignals, add_library_arguments, add_model_arguments, int_argument, new_parser
 from music_mood.display import format_recommendation, format_soundtrack
 from music_mood.images import ImageError
 from music_mood.library import (
@@ -309,12 +309,13 @@ def check_outside_library(db: Database, paths: LibraryPaths, outs: list[Path]) -
     return None
 
 
-def soundtrack_main(parser: argparse.ArgumentParser, args) -> int:
+def soundtrack_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> int:
     """recommend.py --soundtrack: the plan on stdout, and the --out files.
 
     Exit status as for several photos without --soundtrack: 0 when every photo was used; 1 when a photo could
     not be read (it is named on stderr and left out; the plan and the files are still made from the others),
-    when none could be, or on any other error; 2 for a usage error."""
+    when none could be, or on any other error; 2 for a usage error; 128 + the signal's number when stopped by
+    SIGINT or SIGTERM (no --out file is written then, and no temporary file is left)."""
     if args.like is not None or args.play:
         parser.error("--soundtrack plans from photos: give it without --like and --play")
     if not MIN_PHOTOS <= len(args.images) <= MAX_PHOTOS:
@@ -341,7 +342,7 @@ def soundtrack_main(parser: argparse.ArgumentParser, args) -> int:
             return 1
         write_outputs = None
         if outs:  # imported before the models load: an encoder that is not installed fails at once
-            from music_mood.render import write_outputs
+            from music_mood.render import RenderCancelled, write_outputs
         clap = load_clap_text(args.clap_model, args.precision, args.backend)
         blip = load_blip(args.blip_model, args.precision, args.backend)
         plan = plan_soundtrack(blip, clap, db, args.images, seconds_per_photo=seconds, total_s=args.total_seconds,
@@ -353,20 +354,33 @@ def soundtrack_main(parser: argparse.ArgumentParser, args) -> int:
         else:
             print(format_soundtrack(plan), flush=True)
         if write_outputs is not None:
-            write_outputs(plan, outs, progress=True)
+            # should_stop as well as the KeyboardInterrupt: a stop whose exception Python swallowed (raised in a
+            # __del__) still ends the render at its next step.
+            try:
+                write_outputs(plan, outs, progress=True, should_stop=lambda: stop.requested)
+            except RenderCancelled:
+                raise KeyboardInterrupt from None
+    except KeyboardInterrupt:
+        print("Interrupted: no --out file was written." if outs else "Interrupted.", file=sys.stderr)
+        return stop.exit_status
     except (DatabaseError, ModelLoadError, NoReadablePhotosError, ImageError, RuntimeError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)  # ImageError: a photo that went away before rendering
         return 1
-    except KeyboardInterrupt:
-        return 130
     return 1 if plan.skipped_photos else 0
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.soundtrack:
-        return soundtrack_main(parser, args)
+    with StopSignals() as stop:  # SIGTERM stops as Ctrl-C does, cleaning up after itself
+        if args.soundtrack:
+            return soundtrack_main(parser, args, stop)
+        return recommend_main(parser, args, stop)
+
+
+def recommend_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> int:
+    """recommend.py without --soundtrack: the recommendations on stdout (0; 1 on an error, 2 for a usage error,
+    128 + the signal's number when stopped by SIGINT or SIGTERM)."""
     if args.seconds_per_photo is not None or args.total_seconds is not None or args.out:
         parser.error("--seconds-per-photo, --total-seconds and --out go with --soundtrack")
     if args.like is not None and (args.images or args.text.strip()):
@@ -412,7 +426,7 @@ def main(argv=None) -> int:
         print(f"Error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return 130
+        return stop.exit_status
     return status
 
 
