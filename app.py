@@ -11,16 +11,16 @@ import html
 import inspect
 import mimetypes
 import re
-import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from music_mood.audio import AUDIO_EXTENSIONS
 from music_mood.build import SAMPLE_PACKAGE, build_library, import_sample_library, pending_files
-from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser
+from music_mood.cli import StopSignals, add_library_arguments, add_model_arguments, int_argument, new_parser
 from music_mood.display import TAG_COLUMNS, format_bpm, format_duration, track_tags
 from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, remove_tracks, set_fields
 from music_mood.images import ImageError
@@ -61,6 +61,7 @@ from music_mood.slideshows import (
 from music_mood.soundtrack import (
     DEFAULT_SECONDS_PER_PHOTO,
     MAX_PHOTOS,
+    MAX_SECONDS_PER_PHOTO,
     MIN_PHOTOS,
     NoOtherTrackError,
 )
@@ -75,6 +76,7 @@ MAX_UPLOAD = "200mb"
 QUEUE_SIZE = 16  # waiting requests beyond this are refused at once rather than left to time out
 UPLOAD_KEEP_S = 3600  # a photo can be asked about again for an hour; then Gradio removes it (checked every 10 min)
 UPLOAD_SWEEP_S = 600
+STOP_POLL_S = 0.2  # how often the main thread looks for a stop request (SIGINT, SIGTERM) while serving
 TOPK_MAX = 20
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")
@@ -89,7 +91,9 @@ EDIT_WAIT_S = 30
 # The Slideshow tab: at most this many photos per soundtrack (the CLI takes MAX_PHOTOS): describing them takes about
 # a second each, rendering their video a few seconds more, and a request holds the models all that time.
 MAX_SLIDESHOW_PHOTOS = 60
-SLIDESHOW_SECONDS = (1.0, 15.0)  # the page's seconds per photo: 60 photos make at most 15 minutes of video
+# The page's seconds per photo, up to the core's limit; a set longer than soundtrack.MAX_TOTAL_S is refused by the
+# core (plan_soundtrack), one message, as for the CLI.
+SLIDESHOW_SECONDS = (1.0, MAX_SECONDS_PER_PHOTO)
 
 # The track route sends the type mimetypes guesses; without /etc/mime.types Python knows no .opus or .m4a, and
 # the browser would get application/octet-stream.
@@ -1183,27 +1187,33 @@ def main(argv=None) -> int:
     print(f"Serving at {demo.local_url}" + (f" and {demo.share_url}" if demo.share_url else
                                             " (this machine only; --host 0.0.0.0 or --share to open it)"),
           file=sys.stderr)
-    # A stop request (kill, a service manager) closes the server as Ctrl-C does, so that Gradio's shutdown
-    # removes the uploads it still keeps instead of leaving them in its temp folder.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        # Loaded while the page is up, so a visitor sees that it is loading rather than no page at all.
-        print(f"Loading models: {args.blip_model}, {args.clap_model} ({args.precision}, backend {args.backend})...",
-              file=sys.stderr)
-        models.load()
-        if models.error:
-            print(f"Error: {models.error}", file=sys.stderr)
-            return 1
-        tracks = len(library.current())
-        print(f"Models loaded; {tracks} tracks in {paths.root}.", file=sys.stderr)
-        if not tracks:
-            print(f"Warning: {EMPTY_LIBRARY}", file=sys.stderr)
-        threading.Event().wait()  # serve until interrupted
-    except KeyboardInterrupt:
-        print("Stopping the server.", file=sys.stderr)
-    finally:
-        demo.close(verbose=False)
-        renders.close()  # every soundtrack rendered for a visitor: they lived in the system's temporary folder
+    # A stop request (Ctrl-C, kill, a service manager) closes the server, so that Gradio's shutdown removes the
+    # uploads it still keeps instead of leaving them in its temp folder. The signals only set a flag this loop
+    # polls: raised as KeyboardInterrupt into the model loading, one was swallowed by a weakref callback and the
+    # app served on. The models load in a thread of their own, so the main thread is free to see the flag; the
+    # handlers stay until the clean-up is done, so that a second signal cannot cut it short.
+    with StopSignals(raise_interrupt=False) as stop:
+        try:
+            # Loaded while the page is up, so a visitor sees that it is loading rather than no page at all.
+            print(f"Loading models: {args.blip_model}, {args.clap_model} ({args.precision}, backend "
+                  f"{args.backend})...", file=sys.stderr)
+            threading.Thread(target=models.load, name="load-models", daemon=True).start()
+            while not (stop.requested or models.ready.wait(STOP_POLL_S)):
+                pass
+            if not stop.requested:
+                if models.error:
+                    print(f"Error: {models.error}", file=sys.stderr)
+                    return 1
+                tracks = len(library.current())
+                print(f"Models loaded; {tracks} tracks in {paths.root}.", file=sys.stderr)
+                if not tracks:
+                    print(f"Warning: {EMPTY_LIBRARY}", file=sys.stderr)
+            while not stop.requested:  # serve until asked to stop
+                time.sleep(STOP_POLL_S)
+            print("Stopping the server.", file=sys.stderr)
+        finally:
+            demo.close(verbose=False)
+            renders.close()  # every soundtrack rendered for a visitor: they lived in the system's temporary folder
     return 0
 
 

@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser
+from music_mood.cli import StopSignals, add_library_arguments, add_model_arguments, int_argument, new_parser
 from music_mood.display import format_recommendation, format_soundtrack
 from music_mood.images import ImageError
 from music_mood.library import (
@@ -39,10 +39,13 @@ from music_mood.search import (
 from music_mood.soundtrack import (
     DEFAULT_SECONDS_PER_PHOTO,
     MAX_PHOTOS,
+    MAX_SECONDS_PER_PHOTO,
+    MAX_TOTAL_S,
     MIN_PHOTOS,
     OUTPUT_EXTENSIONS,
     NoReadablePhotosError,
     check_can_plan,
+    check_lengths,
     plan_soundtrack,
 )
 from music_mood.tags import auto_tag_words
@@ -188,15 +191,20 @@ def unit_interval(text: str) -> float:
     return value
 
 
-def positive_seconds(text: str) -> float:
-    """An argparse `type` for a length in seconds greater than 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"{value:g} is not a length in seconds greater than 0")
-    return value
+def seconds_argument(limit: float):
+    """An argparse `type` for a length in seconds greater than 0 and at most `limit`."""
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and value > 0):  # also refuses nan and inf
+            raise argparse.ArgumentTypeError(f"{value:g} is not a length in seconds greater than 0")
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{value:g} s is more than the limit of {limit:g} s")
+        return value
+
+    return seconds
 
 
 def bpm_range(text: str) -> BpmRange:
@@ -239,10 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     slideshow.add_argument("--soundtrack", action="store_true",
                            help="plan a soundtrack for the photos (printed as a table, or JSON with --json)")
     lengths = slideshow.add_mutually_exclusive_group()
-    lengths.add_argument("--seconds-per-photo", type=positive_seconds, default=None, metavar="S",
-                         help=f"how long each photo is shown (default: {DEFAULT_SECONDS_PER_PHOTO:g})")
-    lengths.add_argument("--total-seconds", type=positive_seconds, default=None, metavar="S",
-                         help="the soundtrack's length, spread evenly over the photos")
+    lengths.add_argument("--seconds-per-photo", type=seconds_argument(MAX_SECONDS_PER_PHOTO), default=None,
+                         metavar="S", help=f"how long each photo is shown, at most {MAX_SECONDS_PER_PHOTO:g} "
+                                           f"(default: {DEFAULT_SECONDS_PER_PHOTO:g})")
+    lengths.add_argument("--total-seconds", type=seconds_argument(MAX_TOTAL_S), default=None, metavar="S",
+                         help=f"the soundtrack's length, spread evenly over the photos; a soundtrack lasts at most "
+                              f"{MAX_TOTAL_S:g} s ({MAX_TOTAL_S / 60:g} minutes), however it is given")
     slideshow.add_argument("--out", action="append", type=Path, metavar="FILE",
                            help=f"also write the soundtrack to FILE, by its extension: {', '.join(OUTPUT_EXTENSIONS)} "
                                 "(repeat for several)")
@@ -279,7 +289,8 @@ def check_outputs(parser: argparse.ArgumentParser, outs: list[Path]) -> str | No
 
 def check_outside_library(db: Database, paths: LibraryPaths, outs: list[Path]) -> str | None:
     """The message for an --out that would change the library (a track's file, a database file, or a file in
-    new_music/, which the next build would take in as a track), or None."""
+    new_music/ or processed_music/, which the next build would take in as a track), or None. The same folders
+    render.write_outputs refuses, checked here before any model work rather than after every photo is described."""
     if not outs:
         return None
     root = db.root.resolve()
@@ -292,25 +303,33 @@ def check_outside_library(db: Database, paths: LibraryPaths, outs: list[Path]) -
         if target.is_relative_to(paths.new_music.resolve()):
             return (f"cannot write {out}: {paths.new_music} is where the library takes in new music; "
                     f"choose another folder")
+        if target.is_relative_to(paths.processed_music.resolve()):
+            return (f"cannot write {out}: {paths.processed_music} holds the library's music (the next build would "
+                    f"take in a new audio file there); choose another folder")
     return None
 
 
-def soundtrack_main(parser: argparse.ArgumentParser, args) -> int:
+def soundtrack_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> int:
     """recommend.py --soundtrack: the plan on stdout, and the --out files.
 
     Exit status as for several photos without --soundtrack: 0 when every photo was used; 1 when a photo could
     not be read (it is named on stderr and left out; the plan and the files are still made from the others),
-    when none could be, or on any other error; 2 for a usage error."""
+    when none could be, or on any other error; 2 for a usage error; 128 + the signal's number when stopped by
+    SIGINT or SIGTERM (no --out file is written then, and no temporary file is left)."""
     if args.like is not None or args.play:
         parser.error("--soundtrack plans from photos: give it without --like and --play")
     if not MIN_PHOTOS <= len(args.images) <= MAX_PHOTOS:
         parser.error(f"--soundtrack needs {MIN_PHOTOS} to {MAX_PHOTOS} photos, not {len(args.images)}")
+    seconds = args.seconds_per_photo or DEFAULT_SECONDS_PER_PHOTO
+    try:
+        check_lengths(len(args.images), seconds, args.total_seconds)  # photos × seconds, within the limit
+    except ValueError as e:
+        parser.error(str(e))
     outs = args.out or []
     problem = check_outputs(parser, outs)  # before anything slow: a typo in a folder fails at once
     if problem:
         print(f"Error: {problem}", file=sys.stderr)
         return 1
-    seconds = args.seconds_per_photo or DEFAULT_SECONDS_PER_PHOTO
     paths = LibraryPaths.at(args.library, args.vectors, args.meta)
     try:
         from music_mood.models import load_blip, load_clap_text
@@ -323,7 +342,7 @@ def soundtrack_main(parser: argparse.ArgumentParser, args) -> int:
             return 1
         write_outputs = None
         if outs:  # imported before the models load: an encoder that is not installed fails at once
-            from music_mood.render import write_outputs
+            from music_mood.render import RenderCancelled, write_outputs
         clap = load_clap_text(args.clap_model, args.precision, args.backend)
         blip = load_blip(args.blip_model, args.precision, args.backend)
         plan = plan_soundtrack(blip, clap, db, args.images, seconds_per_photo=seconds, total_s=args.total_seconds,
@@ -335,20 +354,33 @@ def soundtrack_main(parser: argparse.ArgumentParser, args) -> int:
         else:
             print(format_soundtrack(plan), flush=True)
         if write_outputs is not None:
-            write_outputs(plan, outs, progress=True)
+            # should_stop as well as the KeyboardInterrupt: a stop whose exception Python swallowed (raised in a
+            # __del__) still ends the render at its next step.
+            try:
+                write_outputs(plan, outs, progress=True, should_stop=lambda: stop.requested)
+            except RenderCancelled:
+                raise KeyboardInterrupt from None
+    except KeyboardInterrupt:
+        print("Interrupted: no --out file was written." if outs else "Interrupted.", file=sys.stderr)
+        return stop.exit_status
     except (DatabaseError, ModelLoadError, NoReadablePhotosError, ImageError, RuntimeError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)  # ImageError: a photo that went away before rendering
         return 1
-    except KeyboardInterrupt:
-        return 130
     return 1 if plan.skipped_photos else 0
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.soundtrack:
-        return soundtrack_main(parser, args)
+    with StopSignals() as stop:  # SIGTERM stops as Ctrl-C does, cleaning up after itself
+        if args.soundtrack:
+            return soundtrack_main(parser, args, stop)
+        return recommend_main(parser, args, stop)
+
+
+def recommend_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> int:
+    """recommend.py without --soundtrack: the recommendations on stdout (0; 1 on an error, 2 for a usage error,
+    128 + the signal's number when stopped by SIGINT or SIGTERM)."""
     if args.seconds_per_photo is not None or args.total_seconds is not None or args.out:
         parser.error("--seconds-per-photo, --total-seconds and --out go with --soundtrack")
     if args.like is not None and (args.images or args.text.strip()):
@@ -394,7 +426,7 @@ def main(argv=None) -> int:
         print(f"Error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return 130
+        return stop.exit_status
     return status
 
 

@@ -1,9 +1,10 @@
-"""The command-line pieces the three programs share: help formatting, number validation, and the model and
-library options."""
+"""The command-line pieces the three programs share: help formatting, number validation, the model and library
+options, and stop signals."""
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from music_mood.library import HOME_ENV
@@ -90,3 +91,44 @@ def print_lines(lines) -> None:
     except BrokenPipeError:
         # Python flushes stdout again at exit: point it at /dev/null so that flush has nowhere to fail.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class StopSignals:
+    """Within a `with` block, SIGINT (Ctrl-C) and SIGTERM (kill, a service manager) are one request to stop; the
+    handlers from before the block are put back after it. Used from the main thread only (as signal.signal is).
+
+    `signum` is the first of them received (None until then), `exit_status` the shell's 128 + its number. With
+    raise_interrupt (a program whose main thread does the work) each also raises KeyboardInterrupt there, so that
+    SIGTERM takes Ctrl-C's path: the `except BaseException` clean-ups of storage remove the temporary files. A
+    program whose main thread only waits (the server) passes False and polls `requested`: an exception thrown into
+    whatever the main thread happens to run can land in a weakref callback or a __del__, where Python prints
+    "Exception ignored" and runs on, and the stop is lost.
+    """
+
+    def __init__(self, raise_interrupt: bool = True):
+        self.raise_interrupt = raise_interrupt
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+        if self.raise_interrupt:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> StopSignals:
+        for which in (signal.SIGINT, signal.SIGTERM):
+            self._previous[which] = signal.signal(which, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for which, handler in self._previous.items():
+            signal.signal(which, handler)

@@ -16,6 +16,12 @@ from music_mood.query import Query, compose_query_text, embed_text
 from music_mood.search import best_segment_start, check_filters, rank_results, shared_mood_words
 
 DEFAULT_SECONDS_PER_PHOTO = 4.0
+# The longest soundtrack made, and the longest a photo is shown: every edge (the CLI's flags, the page's slider, the
+# /soundtrack API) takes these. Rendering holds the whole mix in memory (stereo float32 at 44.1 kHz: 0.35 MB a
+# second, and the decoded stretches as much again, about 1.3 GB for 30 minutes) and encodes its video at a few
+# times real time; 30 minutes is MAX_PHOTOS photos at 9 s each. A photo shown longer than a minute is a still.
+MAX_SECONDS_PER_PHOTO = 60.0
+MAX_TOTAL_S = 30 * 60.0
 MIN_PHOTOS, MAX_PHOTOS = 2, 200  # a soundtrack is for a set; the CLI and the API refuse more than MAX_PHOTOS
 FADE_S = 0.5  # fade in at the start of the soundtrack, and the final fade out that ends with the last photo
 CROSSFADE_S = 1.5  # between two pieces of music (two scenes, or a track continued by the next-best one)
@@ -259,12 +265,20 @@ def scene_pieces(db: Database, chooser: _TrackChooser, vector: np.ndarray, start
 
 def check_lengths(count: int, seconds_per_photo: float = DEFAULT_SECONDS_PER_PHOTO,
                   total_s: float | None = None) -> None:
-    """Raise ValueError unless `count` photos is a set (MIN_PHOTOS to MAX_PHOTOS) and the length is positive."""
+    """Raise ValueError unless `count` photos is a set (MIN_PHOTOS to MAX_PHOTOS) and the lengths are positive and
+    within the limits: seconds_per_photo at most MAX_SECONDS_PER_PHOTO, the soundtrack (total_s, or count photos
+    of seconds_per_photo) at most MAX_TOTAL_S."""
     if not MIN_PHOTOS <= count <= MAX_PHOTOS:
         raise ValueError(f"a soundtrack is for {MIN_PHOTOS} to {MAX_PHOTOS} photos, not {count}")
-    for name, value in (("seconds per photo", seconds_per_photo), ("the total length", total_s)):
+    for name, value, limit in (("seconds per photo", seconds_per_photo, MAX_SECONDS_PER_PHOTO),
+                               ("the total length", total_s, MAX_TOTAL_S)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if value is not None and value > limit:
+            raise ValueError(f"{name} may be at most {limit:g}, not {value:g}")
+    if total_s is None and count * seconds_per_photo > MAX_TOTAL_S:
+        raise ValueError(f"{count} photos of {seconds_per_photo:g} s would last {count * seconds_per_photo:g} s; a "
+                         f"soundtrack lasts at most {MAX_TOTAL_S:g} s ({MAX_TOTAL_S / 60:g} minutes)")
 
 
 def read_photos(blip, photos, progress: bool = True, max_caption_tokens: int = MAX_CAPTION_TOKENS,

@@ -38,10 +38,11 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_app(library: Path, checkpoints: dict, work: Path, *args: str, exports: Path | None = None,
-                env_extra: dict | None = None):
+                env_extra: dict | None = None, wait: bool = True):
     """`python app.py` serving `library` with the tiny checkpoints, run from `work` (not the source tree); its
     ONNX exports come from `exports` (the run's shared folder) when given. Its system temporary folder (TMPDIR,
-    where it renders soundtracks) is work/tmp; `env_extra` adds to its environment."""
+    where it renders soundtracks) is work/tmp; `env_extra` adds to its environment. With wait=False it is yielded
+    at once, before its page answers (a test of its start-up)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSIC_MOOD_", "GRADIO_"))}
     (work / "tmp").mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,8 @@ def running_app(library: Path, checkpoints: dict, work: Path, *args: str, export
                                    start_new_session=True)
     app = RunningApp(url=f"http://127.0.0.1:{port}/", port=port, process=process, log=log)
     try:
-        _wait_until_serving(app)
+        if wait:
+            _wait_until_serving(app)
         yield app
     finally:
         with contextlib.suppress(ProcessLookupError):

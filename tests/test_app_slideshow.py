@@ -13,7 +13,7 @@ import av
 import pytest
 
 from music_mood.library import LibraryPaths, load_database
-from music_mood.soundtrack import Plan, plan_soundtrack, replace_scene_track
+from music_mood.soundtrack import MAX_SECONDS_PER_PHOTO, MAX_TOTAL_S, Plan, plan_soundtrack, replace_scene_track
 from tests.app_server import get, running_app
 from tests.test_app import library_state
 
@@ -168,7 +168,11 @@ def test_bad_requests_are_one_clear_error_each(app, client, photos, tmp_path):
             (dict(photos=[photos["rocket.jpg"]]), "Drop in 2 to 60 photos first"),
             (dict(photos=[photos["rocket.jpg"]] * 61), "At most 60 photos make one soundtrack here, not 61"),
             (dict(photos=[photos["rocket.jpg"]] * 2, moods=["no such mood"]), "No track in the library has the mood"),
-            (dict(photos=[photos["rocket.jpg"]] * 2, seconds=30), "greater than maximum value 15")):
+            # Beyond the core's limits (soundtrack.MAX_SECONDS_PER_PHOTO, MAX_TOTAL_S), as a forged request asks:
+            (dict(photos=[photos["rocket.jpg"]] * 2, seconds=MAX_SECONDS_PER_PHOTO + 1),
+             f"greater than maximum value {MAX_SECONDS_PER_PHOTO}"),
+            (dict(photos=[photos["rocket.jpg"]] * 31, seconds=MAX_SECONDS_PER_PHOTO),
+             f"31 photos of 60 s would last 1860 s; a soundtrack lasts at most {MAX_TOTAL_S:g} s (30 minutes).")):
         photos_given = [handle_file(str(p)) for p in call.pop("photos")]
         with pytest.raises(AppError) as raised:
             client.predict(photos=photos_given, seconds_per_photo=call.get("seconds", 4), text="",
@@ -176,7 +180,7 @@ def test_bad_requests_are_one_clear_error_each(app, client, photos, tmp_path):
         assert message in raised.value.message
         assert "gradio" not in raised.value.message  # the user's file names, not the server's temporary paths
     log = app.log_text()[start:]
-    assert "Traceback" not in log and log.count("User error: ") == 5, log
+    assert "Traceback" not in log and log.count("User error: ") == 6, log
 
 
 def test_a_cancel_leaves_no_file_and_a_stopped_server_none_at_all(library_copy, checkpoints, photos, tmp_path,

@@ -15,6 +15,8 @@ from music_mood.library import Database, DatabaseError, EmptyLibraryError, Libra
 from music_mood.query import Query, image_to_query
 from music_mood.soundtrack import (
     MAX_PHOTOS,
+    MAX_SECONDS_PER_PHOTO,
+    MAX_TOTAL_S,
     OUTPUT_EXTENSIONS,
     NoReadablePhotosError,
     Plan,
@@ -376,6 +378,17 @@ def test_bad_requests_fail_before_any_model_work(library_copy, photos):
         plan_soundtrack(None, None, db, one * 2, seconds_per_photo=0)
     with pytest.raises(ValueError, match="the total length must be a positive number"):
         plan_soundtrack(None, None, db, one * 2, total_s=float("nan"))
+    for bad in (float("inf"), -1.0):
+        with pytest.raises(ValueError, match="the total length must be a positive number"):
+            plan_soundtrack(None, None, db, one * 2, total_s=bad)
+    # Lengths that would run for minutes and fill the memory (1e9 s was tried): refused, naming the limit.
+    with pytest.raises(ValueError, match=rf"^seconds per photo may be at most {MAX_SECONDS_PER_PHOTO:g}, not 1e\+09$"):
+        plan_soundtrack(None, None, db, one * 2, seconds_per_photo=1e9)
+    with pytest.raises(ValueError, match=rf"^the total length may be at most {MAX_TOTAL_S:g}, not 1e\+09$"):
+        plan_soundtrack(None, None, db, one * 2, total_s=1e9)
+    with pytest.raises(ValueError, match=rf"^200 photos of 50 s would last 10000 s; a soundtrack lasts at most "
+                                         rf"{MAX_TOTAL_S:g} s \(30 minutes\)$"):
+        plan_soundtrack(None, None, db, one * MAX_PHOTOS, seconds_per_photo=50)
     with pytest.raises(EmptyLibraryError, match="no track in the library has the mood dreamy"):
         plan_soundtrack(None, None, db, one * 2, moods=["dreamy"])
     with pytest.raises(EmptyLibraryError, match="the music library is empty"):
@@ -511,9 +524,13 @@ def test_cli_unwritable_out_fails_before_the_models_load(library_copy, photos, t
 def test_cli_out_may_not_change_the_library(library_copy, checkpoints, photos, tmp_path, call_cli):
     """Checked once the library is loaded, before the models: no BLIP could load here."""
     paths = LibraryPaths.at(library_copy)
+    music = (f"{paths.processed_music} holds the library's music (the next build would take in a new audio file "
+             "there); choose another folder")
     for out, why in ((paths.metadata, f"it is a file of the music library in {library_copy}"),
                      (paths.new_music / "trip.m4a", (f"{paths.new_music} is where the library takes in new music; "
-                                                    "choose another folder"))):
+                                                    "choose another folder")),
+                     (paths.processed_music / "calm" / "x.wav", music),  # no track's file: still the library's
+                     (paths.processed_music / "trip.json", music)):
         before = out.read_bytes() if out.exists() else None
         done = call_cli(recommend_cli.main, photos["coffee.png"], photos["chelsea.png"], "--soundtrack", "--out", out,
                         "--blip-model", tmp_path / "no-blip", "--clap-model", checkpoints["clap"])
@@ -531,7 +548,7 @@ def test_out_may_not_be_a_track_or_database_file_however_it_is_spelled(tmp_path,
                 tmp_path / "music_database_metadata.json"):
         assert recommend_cli.check_outside_library(db, paths, [tmp_path / "trip.mp4", out]) == \
             f"cannot write {out}: it is a file of the music library in {tmp_path}"
-    assert recommend_cli.check_outside_library(db, paths, [Path("b.wav"), tmp_path.parent / "a.wav"]) is None
+    assert recommend_cli.check_outside_library(db, paths, [tmp_path / "b.wav", tmp_path.parent / "a.wav"]) is None
 
 
 @pytest.mark.parametrize("args", [
@@ -542,6 +559,8 @@ def test_out_may_not_be_a_track_or_database_file_however_it_is_spelled(tmp_path,
     ["a.jpg", "b.jpg", "--soundtrack", "--seconds-per-photo", "4", "--total-seconds", "60"],
     ["a.jpg", "b.jpg", "--soundtrack", "--seconds-per-photo", "0"],
     ["a.jpg", "b.jpg", "--soundtrack", "--total-seconds", "nan"],
+    ["a.jpg", "b.jpg", "--soundtrack", "--total-seconds", "-3"],
+    ["a.jpg", "b.jpg", "--soundtrack", "--total-seconds", "inf"],
     ["a.jpg", "b.jpg", "--soundtrack", "--like", "x.mp3"],
     ["a.jpg", "b.jpg", "--soundtrack", "--play"],
     ["a.jpg", "b.jpg", "--out", "trip.mp4"],  # --out without --soundtrack
@@ -551,3 +570,60 @@ def test_cli_soundtrack_usage_errors_exit_2(args, call_cli):
     done = call_cli(recommend_cli.main, *args)
     assert done.returncode == 2 and "usage:" in done.stderr and done.stdout == ""
     assert done.stderr.strip().splitlines()[-1].startswith("recommend.py: error: ")
+
+
+@pytest.mark.parametrize(("args", "why"), [
+    (["--seconds-per-photo", "1e9"], (f"argument --seconds-per-photo: 1e+09 s is more than the limit of "
+                                      f"{MAX_SECONDS_PER_PHOTO:g} s")),
+    (["--total-seconds", "1e9"], f"argument --total-seconds: 1e+09 s is more than the limit of {MAX_TOTAL_S:g} s"),
+    (["--seconds-per-photo", "59"], (f"{MAX_PHOTOS} photos of 59 s would last 11800 s; a soundtrack lasts at most "
+                                     f"{MAX_TOTAL_S:g} s (30 minutes)")),
+])
+def test_cli_lengths_beyond_the_limits_are_usage_errors_before_any_model_work(args, why, tmp_path, call_cli):
+    """An impossible length once ran for minutes, its memory growing: now a usage error naming the limit, before
+    the library or a model is opened (neither model exists here, nor do the photos)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    done = call_cli(recommend_cli.main, *(f"{i}.jpg" for i in range(MAX_PHOTOS)), "--soundtrack", *args,
+                    "--out", out / "trip.mp4", "--blip-model", tmp_path / "no-blip",
+                    "--clap-model", tmp_path / "no-clap")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1] == f"recommend.py: error: {why}"
+    assert not list(out.iterdir())
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_cli_stopped_while_rendering_leaves_no_temporary_file(library_copy, checkpoints, photos, tmp_path, stop):
+    """A stop request (a service manager's SIGTERM as much as Ctrl-C's SIGINT) while the --out files are being
+    written: one line, exit 128 + the signal's number, and nothing beside the outputs (SIGTERM once left 31 MB of
+    .tmp files there)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    album = [photos[name] for name in ("coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png")]
+    command = [sys.executable, str(Path(recommend_cli.__file__)), *map(str, album), "--soundtrack",
+               "--seconds-per-photo", "60", "--out", str(out / "trip.mp4"), "--out", str(out / "trip.wav"),
+               "--blip-model", checkpoints["blip"], "--clap-model", checkpoints["clap"]]
+    with open(tmp_path / "stderr.txt", "wb") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob(".trip.mp4.*.tmp")):  # write_outputs has begun: its temporary files exist
+            assert process.poll() is None, (tmp_path / "stderr.txt").read_text()
+            assert time.monotonic() < deadline, "the render never started"
+            time.sleep(0.05)
+        process.send_signal(getattr(signal, stop))
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    lines = (tmp_path / "stderr.txt").read_text().strip().splitlines()
+    assert code == 128 + getattr(signal, stop), lines
+    assert lines[-1] == "Interrupted: no --out file was written.", lines
+    assert "Traceback" not in "\n".join(lines)
+    assert list(out.iterdir()) == []
