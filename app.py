@@ -66,7 +66,7 @@ from music_mood.soundtrack import (
 )
 from music_mood.storage import LibraryBusyError
 from music_mood.tags import tagger_of
-from music_mood.uploads import add_uploads
+from music_mood.uploads import NotUploadedError, add_uploads, uploaded_file
 from recommend import NoQueryError, UnknownTrackError, recommend
 
 DEFAULT_HOST = "127.0.0.1"
@@ -632,6 +632,44 @@ def discard_uploads(files, upload_dir: Path, keep: set[str]) -> None:
                 pass
 
 
+def refuse_foreign_files(demo) -> None:
+    """Make every event of `demo` take only files inside its upload folder (uploads.uploaded_file): one check on the
+    raw request, before Gradio reads, copies or preprocesses any of it, for every endpoint present or added later.
+    Any other path (a file elsewhere on the server, a link or `..` leading out of the folder, a URL) is answered
+    with one gr.Error that is the same whether or not the path exists.
+
+    Why Gradio's own check is not enough (Gradio 6.31, processing_utils._check_allowed, which preprocess_data runs
+    with check_in_upload_folder=True so that allowed_paths do not apply to inputs):
+    - It returns without checking anything unless `blocks.has_launched`, which only launch() sets: served through
+      gr.mount_gradio_app or a TestClient, a FileData path such as /var/tmp/secret.opus is copied into the cache
+      and handed to the handler.
+    - It exempts static files (utils.is_static_file), and its refusal reaches the client as a bare "Error".
+    - The issue's reproduction never reached it at all: gradio_client's Client.predict uploads whatever local
+      file a FileData dict names (Endpoint._upload_file) before calling, so a client on the server's own machine
+      sends the file as a genuine upload, and the probes' three answers ("No such file", "Is a directory") were
+      raised inside the client. What a client may read and upload is not the server's to decide; a path the
+      server is given is, and this check decides it the same way however the app is served.
+    """
+    import gradio as gr
+    from gradio_client.utils import is_file_obj, traverse
+
+    preprocess_data = demo.preprocess_data
+
+    def check(file: dict) -> dict:
+        try:
+            uploaded_file(file["path"], demo.GRADIO_CACHE)
+        except NotUploadedError as e:
+            raise gr.Error(f"That is {e}.") from e
+        return file
+
+    @functools.wraps(preprocess_data)
+    async def checked(block_fn, inputs, *args, **kwargs):
+        traverse(inputs, check, is_file_obj)  # any {"path": ...}, with or without Gradio's "meta" mark
+        return await preprocess_data(block_fn, inputs, *args, **kwargs)
+
+    demo.preprocess_data = logged_as_one_line(checked)
+
+
 def logged_as_one_line(handler):
     """`handler` with the gr.Error it raises logged as one line on stderr instead of Gradio's full traceback.
 
@@ -1105,6 +1143,7 @@ def build_app(library: LiveLibrary, models: BackgroundModels, renders: RenderFol
     Slideshow tab renders (a new RenderFolders, whose folder is made on first use, if not given)."""
     page = build_page(models)
     wire_page(page, library, models, renders if renders is not None else RenderFolders())
+    refuse_foreign_files(page.demo)
     return page.demo
 
 

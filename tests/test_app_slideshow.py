@@ -14,7 +14,16 @@ import pytest
 
 from music_mood.library import LibraryPaths, load_database
 from music_mood.soundtrack import Plan, plan_soundtrack, replace_scene_track
-from tests.app_server import get, running_app
+from tests.app_server import (
+    file_data,
+    foreign_paths,
+    get,
+    holds_a_copy,
+    make_secret,
+    path_sending_client,
+    running_app,
+    upload,
+)
 from tests.test_app import library_state
 
 ALBUM = ("coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png")
@@ -177,6 +186,30 @@ def test_bad_requests_are_one_clear_error_each(app, client, photos, tmp_path):
         assert "gradio" not in raised.value.message  # the user's file names, not the server's temporary paths
     log = app.log_text()[start:]
     assert "Traceback" not in log and log.count("User error: ") == 5, log
+
+
+def test_soundtrack_takes_no_photo_but_an_upload(app, photos, tmp_path):
+    """A photo named by a path on the server, or by one leading out of the upload folder, is one error for the
+    whole request, beside an uploaded photo too: nothing is described, rendered or served."""
+    from gradio_client.exceptions import AppError
+
+    secret = make_secret(photos["chelsea.png"], tmp_path / "secret.png")
+    upload_dir, client = app.work / "gradio-uploads", path_sending_client(app)
+    uploaded = upload(app, photos["coffee.png"])
+    renders = render_folders(app.work)
+    answers = set()
+    for path in foreign_paths(secret, upload_dir):
+        for album in ([path, path], [uploaded, path]):
+            with pytest.raises(AppError) as refused:
+                client.predict(photos=[file_data(p) for p in album], seconds_per_photo=4, text="", moods=[],
+                               genres=[], api_name="/soundtrack")
+            answers.add(str(refused.value))
+    assert answers == {"That is not an uploaded file: send the file itself (upload it), not a path on the server."}
+    assert render_folders(app.work) == renders
+    assert not holds_a_copy(upload_dir, secret) and not holds_a_copy(app.work / "tmp", secret)
+    answer = client.predict(photos=[file_data(uploaded)] * 2, seconds_per_photo=4, text="", moods=[], genres=[],
+                            api_name="/soundtrack")  # uploads, sent by their path on the server, are taken
+    assert [photo["name"] for photo in answer["photos"]] == ["coffee.png", "coffee.png"]
 
 
 def test_a_cancel_leaves_no_file_and_a_stopped_server_none_at_all(library_copy, checkpoints, photos, tmp_path,
