@@ -22,7 +22,7 @@ from music_mood.audio import AUDIO_EXTENSIONS
 from music_mood.build import SAMPLE_PACKAGE, build_library, import_sample_library, pending_files
 from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser
 from music_mood.display import TAG_COLUMNS, format_bpm, format_duration, track_tags
-from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, remove_tracks, set_fields
+from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, FieldValueError, field_value, remove_tracks, set_fields
 from music_mood.images import ImageError
 from music_mood.library import (
     EMPTY_LIBRARY,
@@ -435,7 +435,8 @@ def progress_reporter(progress):
 
 def correct_track(library: LiveLibrary, track: str, fields: dict) -> dict:
     """The /set_track_fields endpoint: set tags ({"mood": "calm", "title": ...}: title, artist, mood, genre) of the
-    track named by `track` (its file_path or id), each value stripped. One commit under the library lock
+    track named by `track` (its file_path or id), each value stripped and checked (edit.field_value: one line of
+    text, of bounded length). One commit under the library lock
     (edit.set_fields); the vectors stay, and --rebuild keeps the corrections. Values equal to the stored ones
     commit nothing.
 
@@ -451,10 +452,14 @@ def correct_track(library: LiveLibrary, track: str, fields: dict) -> dict:
     if unknown:
         raise gr.Error(f"{unknown[0]!r} cannot be set: a track's editable fields are {', '.join(EDITABLE_FIELDS)}; "
                        f"nothing was changed.")
+    try:
+        values = {name: field_value(name, value) for name, value in fields.items()}
+    except FieldValueError as e:
+        raise gr.Error(f"{str(e)[:1].upper()}{str(e)[1:]}; nothing was changed.") from e
     db = _current(library)
     try:
         record = db.tracks[find_track(db, track)]
-        edits = [(track, name, str(value if value is not None else "").strip()) for name, value in fields.items()]
+        edits = [(track, name, value) for name, value in values.items()]
         edits = [edit for edit in edits if str(record.get(edit[1], "") or "") != edit[2]]
         if edits:
             done, problems = set_fields(library.paths, edits, lock_timeout=EDIT_WAIT_S)

@@ -23,7 +23,7 @@ from music_mood.audio import (
 from music_mood.build import SAMPLE_PACKAGE, BuildReport, build_library, import_sample_library, pending_files
 from music_mood.cli import add_library_arguments, add_model_arguments, new_parser, print_lines
 from music_mood.display import format_bpm, library_lines
-from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, remove_tracks, set_fields
+from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, FieldValueError, remove_tracks, set_fields
 from music_mood.embed import embed_track, embed_windows, split_windows
 from music_mood.library import (
     SEARCH_INDEX_MIN_TRACKS,
@@ -149,6 +149,9 @@ def edit_library(paths: LibraryPaths, remove: list[str] | None, edits: list[tupl
             removed, problems = remove_tracks(paths, remove)
         else:
             corrected, problems = set_fields(paths, edits)
+    except FieldValueError as e:
+        print(f"Error: {e}; nothing was changed.", file=sys.stderr)
+        return 1
     except (UnknownTrackError, DatabaseError, LibraryBusyError, OSError) as e:
         print(f"Error: {e.args[0] if isinstance(e, UnknownTrackError) else e}", file=sys.stderr)
         return 1

@@ -464,6 +464,11 @@ def test_set_track_fields_corrects_a_track_and_the_app_sees_it_at_once(client, a
     ("processed_music/nope.mp3", {"title": "x"}, "'processed_music/nope.mp3' is no track of the library in "),
     ("TRACK", {"mood": "calm", "year": "1999"}, "'year' cannot be set: a track's editable fields are title"),
     ("TRACK", {}, "Say which fields to set"),
+    ("TRACK", {"mood": "x" * 10_000}, "The mood is 10000 characters long; at most 64"),
+    ("TRACK", {"title": "x" * 501}, "The title is 501 characters long; at most 500"),
+    ("TRACK", {"title": "Night Drive", "genre": "jazz\nrock"}, "The genre must be one line of printable text"),
+    ("TRACK", {"artist": "a\x00b"}, "The artist must be one line of printable text"),
+    ("TRACK", {"mood": ["a"]}, "The mood must be text, not list"),
 ])
 def test_a_bad_correction_is_a_clear_error_and_changes_nothing(app, client, app_library, track, fields, message):
     from gradio_client.exceptions import AppError
