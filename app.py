@@ -473,8 +473,17 @@ def correct_track(library: LiveLibrary, track: str, fields: dict) -> dict:
     return {key: str(record.get(key, "") or "") for key in ("id", "file_path", *EDITABLE_FIELDS)}
 
 
+def track_keys(tracks) -> list[str]:
+    """The tracks a request names, each stripped, blanks left out: a list of them, or one as a plain string (which
+    would otherwise be taken letter by letter)."""
+    if isinstance(tracks, str):
+        tracks = [tracks]
+    return [str(key).strip() for key in tracks or [] if str(key).strip()]
+
+
 def remove_from_library(library: LiveLibrary, tracks: list[str]) -> dict:
-    """The /remove_tracks endpoint: take the tracks named by `tracks` (file paths or ids) out of the library.
+    """The /remove_tracks endpoint: take the tracks named by `tracks` (file paths or ids, or one as a string) out of
+    the library.
 
     Their rows, their windows and the move of their files to removed/ in the library folder are one commit
     (edit.remove_tracks); nothing is deleted. Every name must be a track of the library, else nothing changes
@@ -483,7 +492,7 @@ def remove_from_library(library: LiveLibrary, tracks: list[str]) -> dict:
     """
     import gradio as gr
 
-    keys = [str(key).strip() for key in tracks or [] if str(key).strip()]
+    keys = track_keys(tracks)
     if not keys:
         raise gr.Error("Choose the tracks to remove first.")
     try:
@@ -533,7 +542,7 @@ def removal_question(library: LiveLibrary, tracks: list[str]) -> str:
     A name that is no track is a gr.Error at once, before anything is asked."""
     import gradio as gr
 
-    keys = [str(key).strip() for key in tracks or [] if str(key).strip()]
+    keys = track_keys(tracks)
     if not keys:
         raise gr.Error("Choose the tracks to remove first.")
     db = _current(library)

@@ -510,6 +510,15 @@ def test_remove_tracks_moves_their_files_to_removed_and_the_app_forgets_them(app
         client.predict(like=by_id["id"], topk=3, api_name="/more_like_this")
 
 
+def test_remove_tracks_takes_one_track_as_a_string(client, app_library):
+    paths = LibraryPaths.at(app_library)
+    before = load_database(paths)
+    track = before.tracks[-1]
+    answer = client.predict(tracks=track["file_path"], api_name="/remove_tracks")
+    assert [item["file_path"] for item in answer["removed"]] == [track["file_path"]]
+    assert answer["tracks"] == len(before) - 1 == len(load_database(paths))
+
+
 @pytest.mark.parametrize("tracks, message", [
     (["TRACK", "no-such-id"], "'no-such-id' is no track of the library in "),
     ([], "Choose the tracks to remove first."),
