@@ -425,6 +425,9 @@ def replace_scene_track(db: Database, plan: Plan, scene_index: int, moods=None, 
                              bpm=bpm)
     if not ranked:
         current = scene.pieces[0].title or scene.pieces[0].file_path if scene.pieces else "its track"
+        if not elsewhere:  # no other scene holds a track back: the ranking itself has run out
+            raise NoOtherTrackError(f"scene {scene_index + 1} has no next-best track: no other track of the library "
+                                    f"matches the filters after “{current}”")
         raise NoOtherTrackError(f"scene {scene_index + 1} has no next-best track: every track the library (and the "
                                 f"filters) offer after “{current}” for this scene plays in another scene already")
     (first, *_), pieces = zip(*scene_pieces(db, chooser, vector, scene.start_s, scene.end_s))
