@@ -9,6 +9,7 @@ import contextvars
 import functools
 import html
 import inspect
+import json
 import mimetypes
 import re
 import signal
@@ -537,6 +538,34 @@ def edit_cell(library: LiveLibrary, table: list[list], index, value) -> str:
     return f"Set the {field} of {_markdown_text(record['file_path'])} to “{_markdown_text(record[field])}”."
 
 
+class EditEchoes:
+    """The refused edits of the Library table whose echo is still to come, one per page (Gradio session).
+
+    Gradio 6.31's Dataframe sends an edit ended with Enter twice, at once and alike (the same table, cell and
+    value): once from the key, once as the cell's editor closes. The second is the same request again; it runs
+    after the first (one edit at a time) and is answered with nothing when the first was refused, rather than with
+    the same error a second time. An echo of a committed edit needs nothing: its value is stored, it commits
+    nothing. Any edit a page sends next uses up that page's record, so only the very next one can be an echo.
+    """
+
+    KEEP = 64  # pages whose echo never came (an edit ended by a click elsewhere is sent once)
+
+    def __init__(self):
+        self._waiting: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def refused(self, session: str, edit: str) -> None:
+        with self._lock:
+            self._waiting.pop(session, None)
+            self._waiting[session] = edit
+            while len(self._waiting) > self.KEEP:
+                del self._waiting[next(iter(self._waiting))]
+
+    def is_echo(self, session: str, edit: str) -> bool:
+        with self._lock:
+            return self._waiting.pop(session, None) == edit
+
+
 def removal_question(library: LiveLibrary, tracks: list[str]) -> str:
     """What the page asks before removing `tracks` (as Markdown): which tracks, and where their files will go.
     A name that is no track is a gr.Error at once, before anything is asked."""
@@ -982,11 +1011,23 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels, render
                     page.table_note]
 
     def on_show_library():
-        return library_outputs(current_library())
+        """The library as stored, and how many tracks it holds: when a page opens (not as it was when the server
+        started), and after a refused edit (the page's table may be older than the library)."""
+        db = current_library()
+        return (*library_outputs(db), f"The library holds {len(db)} track(s).")
 
-    def on_edit_cell(table, edit):
+    echoes = EditEchoes()
+
+    def on_edit_cell(table, edit, request):
         """A cell of the table was edited: commit it, then show the library as stored (a failure shows it too)."""
-        status = edit_cell(library, table, edit.index, edit.value)
+        sent = json.dumps([table, edit.index, edit.value, edit.previous_value], default=str)
+        if echoes.is_echo(request.session_hash, sent):
+            return gr.skip()
+        try:
+            status = edit_cell(library, table, edit.index, edit.value)
+        except gr.Error:
+            echoes.refused(request.session_hash, sent)
+            raise
         return (*library_outputs(current_library()), status)
 
     def on_pick(chosen, picked):
@@ -998,7 +1039,7 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels, render
 
     # How Gradio knows to pass an event's data: by the parameter's type, which the module's postponed (string)
     # annotations could not give, gradio being imported inside functions.
-    on_edit_cell.__annotations__ = {"edit": gr.EditData}
+    on_edit_cell.__annotations__ = {"edit": gr.EditData, "request": gr.Request}
     on_pick.__annotations__ = {"picked": gr.SelectData}
 
     def on_ask_remove(chosen):
@@ -1074,11 +1115,6 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels, render
     def on_stop():
         return "Cancelled: the work in progress stopped, and the files it had started were removed."
 
-    def on_load():
-        """Every page shows the library as it is when it opens, not as it was when the server started."""
-        db = current_library()
-        return (*library_outputs(db), f"The library holds {len(db)} track(s).")
-
     def on_tick():
         """Shows the models' state until they are loaded, then stops polling."""
         status = models.status()
@@ -1104,13 +1140,14 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels, render
         page.add.click(logged_as_one_line(on_add_music), inputs=[page.uploads, page.mood_folder],
                        outputs=[*library_view, page.status, page.uploads], api_name="add_music",
                        concurrency_id="models")
-        page.demo.load(logged_as_one_line(on_load), outputs=[*library_view, page.status],
+        page.demo.load(logged_as_one_line(on_show_library), outputs=[*library_view, page.status],
                        api_visibility="private", queue=False)
         # The Library tab's corrections and removals: each one commit (music_mood.edit), then the table, the
         # filters' choices and the removal list show the library as stored; recommendations read it per request.
         page.table.edit(logged_as_one_line(on_edit_cell), inputs=page.table, outputs=[*library_view, page.status],
-                        api_visibility="private").failure(  # a refused edit: the table shows what is stored
-            logged_as_one_line(on_show_library), outputs=library_view, api_visibility="private", queue=False)
+                        api_visibility="private").failure(  # a refused edit: the tab shows what is stored
+            logged_as_one_line(on_show_library), outputs=[*library_view, page.status], api_visibility="private",
+            queue=False)
         page.table.select(on_pick, inputs=page.remove_choice, outputs=page.remove_choice, api_visibility="private",
                           queue=False)
         page.table.change(on_table_change, inputs=page.table, outputs=page.remove_choice, api_visibility="private",
