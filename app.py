@@ -9,6 +9,7 @@ import contextvars
 import functools
 import html
 import inspect
+import json
 import mimetypes
 import re
 import sys
@@ -22,7 +23,7 @@ from music_mood.audio import AUDIO_EXTENSIONS
 from music_mood.build import SAMPLE_PACKAGE, build_library, import_sample_library, pending_files
 from music_mood.cli import StopSignals, add_library_arguments, add_model_arguments, int_argument, new_parser
 from music_mood.display import TAG_COLUMNS, format_bpm, format_duration, track_tags
-from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, remove_tracks, set_fields
+from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, FieldValueError, field_value, remove_tracks, set_fields
 from music_mood.images import ImageError
 from music_mood.library import (
     EMPTY_LIBRARY,
@@ -67,7 +68,7 @@ from music_mood.soundtrack import (
 )
 from music_mood.storage import LibraryBusyError
 from music_mood.tags import tagger_of
-from music_mood.uploads import add_uploads
+from music_mood.uploads import NotUploadedError, add_uploads, uploaded_file
 from recommend import NoQueryError, UnknownTrackError, recommend
 
 DEFAULT_HOST = "127.0.0.1"
@@ -439,7 +440,8 @@ def progress_reporter(progress):
 
 def correct_track(library: LiveLibrary, track: str, fields: dict) -> dict:
     """The /set_track_fields endpoint: set tags ({"mood": "calm", "title": ...}: title, artist, mood, genre) of the
-    track named by `track` (its file_path or id), each value stripped. One commit under the library lock
+    track named by `track` (its file_path or id), each value stripped and checked (edit.field_value: one line of
+    text, of bounded length). One commit under the library lock
     (edit.set_fields); the vectors stay, and --rebuild keeps the corrections. Values equal to the stored ones
     commit nothing.
 
@@ -455,10 +457,14 @@ def correct_track(library: LiveLibrary, track: str, fields: dict) -> dict:
     if unknown:
         raise gr.Error(f"{unknown[0]!r} cannot be set: a track's editable fields are {', '.join(EDITABLE_FIELDS)}; "
                        f"nothing was changed.")
+    try:
+        values = {name: field_value(name, value) for name, value in fields.items()}
+    except FieldValueError as e:
+        raise gr.Error(f"{str(e)[:1].upper()}{str(e)[1:]}; nothing was changed.") from e
     db = _current(library)
     try:
         record = db.tracks[find_track(db, track)]
-        edits = [(track, name, str(value if value is not None else "").strip()) for name, value in fields.items()]
+        edits = [(track, name, value) for name, value in values.items()]
         edits = [edit for edit in edits if str(record.get(edit[1], "") or "") != edit[2]]
         if edits:
             done, problems = set_fields(library.paths, edits, lock_timeout=EDIT_WAIT_S)
@@ -472,8 +478,17 @@ def correct_track(library: LiveLibrary, track: str, fields: dict) -> dict:
     return {key: str(record.get(key, "") or "") for key in ("id", "file_path", *EDITABLE_FIELDS)}
 
 
+def track_keys(tracks) -> list[str]:
+    """The tracks a request names, each stripped, blanks left out: a list of them, or one as a plain string (which
+    would otherwise be taken letter by letter)."""
+    if isinstance(tracks, str):
+        tracks = [tracks]
+    return [str(key).strip() for key in tracks or [] if str(key).strip()]
+
+
 def remove_from_library(library: LiveLibrary, tracks: list[str]) -> dict:
-    """The /remove_tracks endpoint: take the tracks named by `tracks` (file paths or ids) out of the library.
+    """The /remove_tracks endpoint: take the tracks named by `tracks` (file paths or ids, or one as a string) out of
+    the library.
 
     Their rows, their windows and the move of their files to removed/ in the library folder are one commit
     (edit.remove_tracks); nothing is deleted. Every name must be a track of the library, else nothing changes
@@ -482,7 +497,7 @@ def remove_from_library(library: LiveLibrary, tracks: list[str]) -> dict:
     """
     import gradio as gr
 
-    keys = [str(key).strip() for key in tracks or [] if str(key).strip()]
+    keys = track_keys(tracks)
     if not keys:
         raise gr.Error("Choose the tracks to remove first.")
     try:
@@ -527,12 +542,40 @@ def edit_cell(library: LiveLibrary, table: list[list], index, value) -> str:
     return f"Set the {field} of {_markdown_text(record['file_path'])} to “{_markdown_text(record[field])}”."
 
 
+class EditEchoes:
+    """The refused edits of the Library table whose echo is still to come, one per page (Gradio session).
+
+    Gradio 6.31's Dataframe sends an edit ended with Enter twice, at once and alike (the same table, cell and
+    value): once from the key, once as the cell's editor closes. The second is the same request again; it runs
+    after the first (one edit at a time) and is answered with nothing when the first was refused, rather than with
+    the same error a second time. An echo of a committed edit needs nothing: its value is stored, it commits
+    nothing. Any edit a page sends next uses up that page's record, so only the very next one can be an echo.
+    """
+
+    KEEP = 64  # pages whose echo never came (an edit ended by a click elsewhere is sent once)
+
+    def __init__(self):
+        self._waiting: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def refused(self, session: str, edit: str) -> None:
+        with self._lock:
+            self._waiting.pop(session, None)
+            self._waiting[session] = edit
+            while len(self._waiting) > self.KEEP:
+                del self._waiting[next(iter(self._waiting))]
+
+    def is_echo(self, session: str, edit: str) -> bool:
+        with self._lock:
+            return self._waiting.pop(session, None) == edit
+
+
 def removal_question(library: LiveLibrary, tracks: list[str]) -> str:
     """What the page asks before removing `tracks` (as Markdown): which tracks, and where their files will go.
     A name that is no track is a gr.Error at once, before anything is asked."""
     import gradio as gr
 
-    keys = [str(key).strip() for key in tracks or [] if str(key).strip()]
+    keys = track_keys(tracks)
     if not keys:
         raise gr.Error("Choose the tracks to remove first.")
     db = _current(library)
@@ -634,6 +677,44 @@ def discard_uploads(files, upload_dir: Path, keep: set[str]) -> None:
                 path.parent.rmdir()
             except OSError:  # another upload with the same content is still in it
                 pass
+
+
+def refuse_foreign_files(demo) -> None:
+    """Make every event of `demo` take only files inside its upload folder (uploads.uploaded_file): one check on the
+    raw request, before Gradio reads, copies or preprocesses any of it, for every endpoint present or added later.
+    Any other path (a file elsewhere on the server, a link or `..` leading out of the folder, a URL) is answered
+    with one gr.Error that is the same whether or not the path exists.
+
+    Why Gradio's own check is not enough (Gradio 6.31, processing_utils._check_allowed, which preprocess_data runs
+    with check_in_upload_folder=True so that allowed_paths do not apply to inputs):
+    - It returns without checking anything unless `blocks.has_launched`, which only launch() sets: served through
+      gr.mount_gradio_app or a TestClient, a FileData path such as /var/tmp/secret.opus is copied into the cache
+      and handed to the handler.
+    - It exempts static files (utils.is_static_file), and its refusal reaches the client as a bare "Error".
+    - The issue's reproduction never reached it at all: gradio_client's Client.predict uploads whatever local
+      file a FileData dict names (Endpoint._upload_file) before calling, so a client on the server's own machine
+      sends the file as a genuine upload, and the probes' three answers ("No such file", "Is a directory") were
+      raised inside the client. What a client may read and upload is not the server's to decide; a path the
+      server is given is, and this check decides it the same way however the app is served.
+    """
+    import gradio as gr
+    from gradio_client.utils import is_file_obj, traverse
+
+    preprocess_data = demo.preprocess_data
+
+    def check(file: dict) -> dict:
+        try:
+            uploaded_file(file["path"], demo.GRADIO_CACHE)
+        except NotUploadedError as e:
+            raise gr.Error(f"That is {e}.") from e
+        return file
+
+    @functools.wraps(preprocess_data)
+    async def checked(block_fn, inputs, *args, **kwargs):
+        traverse(inputs, check, is_file_obj)  # any {"path": ...}, with or without Gradio's "meta" mark
+        return await preprocess_data(block_fn, inputs, *args, **kwargs)
+
+    demo.preprocess_data = logged_as_one_line(checked)
 
 
 def logged_as_one_line(handler):
@@ -934,11 +1015,23 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels, render
                     page.table_note]
 
     def on_show_library():
-        return library_outputs(current_library())
+        """The library as stored, and how many tracks it holds: when a page opens (not as it was when the server
+        started), and after a refused edit (the page's table may be older than the library)."""
+        db = current_library()
+        return (*library_outputs(db), f"The library holds {len(db)} track(s).")
 
-    def on_edit_cell(table, edit):
+    echoes = EditEchoes()
+
+    def on_edit_cell(table, edit, request):
         """A cell of the table was edited: commit it, then show the library as stored (a failure shows it too)."""
-        status = edit_cell(library, table, edit.index, edit.value)
+        sent = json.dumps([table, edit.index, edit.value, edit.previous_value], default=str)
+        if echoes.is_echo(request.session_hash, sent):
+            return gr.skip()
+        try:
+            status = edit_cell(library, table, edit.index, edit.value)
+        except gr.Error:
+            echoes.refused(request.session_hash, sent)
+            raise
         return (*library_outputs(current_library()), status)
 
     def on_pick(chosen, picked):
@@ -950,7 +1043,7 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels, render
 
     # How Gradio knows to pass an event's data: by the parameter's type, which the module's postponed (string)
     # annotations could not give, gradio being imported inside functions.
-    on_edit_cell.__annotations__ = {"edit": gr.EditData}
+    on_edit_cell.__annotations__ = {"edit": gr.EditData, "request": gr.Request}
     on_pick.__annotations__ = {"picked": gr.SelectData}
 
     def on_ask_remove(chosen):
@@ -1026,11 +1119,6 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels, render
     def on_stop():
         return "Cancelled: the work in progress stopped, and the files it had started were removed."
 
-    def on_load():
-        """Every page shows the library as it is when it opens, not as it was when the server started."""
-        db = current_library()
-        return (*library_outputs(db), f"The library holds {len(db)} track(s).")
-
     def on_tick():
         """Shows the models' state until they are loaded, then stops polling."""
         status = models.status()
@@ -1056,13 +1144,14 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels, render
         page.add.click(logged_as_one_line(on_add_music), inputs=[page.uploads, page.mood_folder],
                        outputs=[*library_view, page.status, page.uploads], api_name="add_music",
                        concurrency_id="models")
-        page.demo.load(logged_as_one_line(on_load), outputs=[*library_view, page.status],
+        page.demo.load(logged_as_one_line(on_show_library), outputs=[*library_view, page.status],
                        api_visibility="private", queue=False)
         # The Library tab's corrections and removals: each one commit (music_mood.edit), then the table, the
         # filters' choices and the removal list show the library as stored; recommendations read it per request.
         page.table.edit(logged_as_one_line(on_edit_cell), inputs=page.table, outputs=[*library_view, page.status],
-                        api_visibility="private").failure(  # a refused edit: the table shows what is stored
-            logged_as_one_line(on_show_library), outputs=library_view, api_visibility="private", queue=False)
+                        api_visibility="private").failure(  # a refused edit: the tab shows what is stored
+            logged_as_one_line(on_show_library), outputs=[*library_view, page.status], api_visibility="private",
+            queue=False)
         page.table.select(on_pick, inputs=page.remove_choice, outputs=page.remove_choice, api_visibility="private",
                           queue=False)
         page.table.change(on_table_change, inputs=page.table, outputs=page.remove_choice, api_visibility="private",
@@ -1109,6 +1198,7 @@ def build_app(library: LiveLibrary, models: BackgroundModels, renders: RenderFol
     Slideshow tab renders (a new RenderFolders, whose folder is made on first use, if not given)."""
     page = build_page(models)
     wire_page(page, library, models, renders if renders is not None else RenderFolders())
+    refuse_foreign_files(page.demo)
     return page.demo
 
 

@@ -24,7 +24,14 @@ from music_mood.build import SAMPLE_PACKAGE, BuildReport, build_library, import_
 from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser, print_lines
 from music_mood.cluster_pool import DEADLINE_FLOOR_S
 from music_mood.display import format_bpm, library_lines
-from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, committed_track_count, remove_tracks, set_fields
+from music_mood.edit import (
+    EDITABLE_FIELDS,
+    REMOVED_FOLDER,
+    FieldValueError,
+    committed_track_count,
+    remove_tracks,
+    set_fields,
+)
 from music_mood.embed import embed_track, embed_windows, split_windows
 from music_mood.library import (
     SEARCH_INDEX_MIN_TRACKS,
@@ -156,7 +163,7 @@ def edit_library(paths: LibraryPaths, remove: list[str] | None, edits: list[tupl
             removed, problems = remove_tracks(paths, remove)
         else:
             corrected, problems = set_fields(paths, edits)
-    except MoveBlockedError as e:
+    except (MoveBlockedError, FieldValueError) as e:
         print(f"Error: {e}; nothing was changed", file=sys.stderr)
         return 1
     except (UnknownTrackError, DatabaseError, LibraryBusyError, OSError) as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from pathlib import Path
 
 from music_mood.build import TAG_KEYS, compose_database
@@ -24,6 +25,34 @@ from music_mood.storage import acquire_lock
 REMOVED_FOLDER = "removed"  # in the library folder: where --remove puts a track's file (never deleted outright)
 EDITABLE_FIELDS = TAG_KEYS  # what --set-FIELD corrects; a correction differs from the record's from_file, so a
 # --rebuild keeps it (build._new_record)
+# A field is one line of text of at most this many characters: a name may be long, a tag is a word or two.
+FIELD_MAX_CHARS = {"title": 500, "artist": 500, "mood": 64, "genre": 64}
+# What no field may hold: control characters (newline, tab, NUL...), line and paragraph separators, lone
+# surrogates. They would break the --list table, a playlist's line or a file name made from a tag.
+_NOT_TEXT = {"Cc", "Cs", "Zl", "Zp"}
+
+
+class FieldValueError(ValueError):
+    """A value a track's field cannot hold: not text, more than one line, or too long."""
+
+
+def field_value(name: str, value) -> str:
+    """`value` as field `name` of a track stores it: stripped text of one line, at most FIELD_MAX_CHARS[name]
+    characters (None clears the field: ""). Anything else is FieldValueError; `name` must be one of
+    EDITABLE_FIELDS (else ValueError)."""
+    if name not in EDITABLE_FIELDS:
+        raise ValueError(f"cannot set {name!r}: a track's editable fields are {', '.join(EDITABLE_FIELDS)}")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise FieldValueError(f"the {name} must be text, not {type(value).__name__}")
+    text = value.strip()
+    if any(unicodedata.category(c) in _NOT_TEXT for c in text):
+        raise FieldValueError(f"the {name} must be one line of printable text (no line breaks, tabs or control "
+                              f"characters)")
+    if len(text) > FIELD_MAX_CHARS[name]:
+        raise FieldValueError(f"the {name} is {len(text)} characters long; at most {FIELD_MAX_CHARS[name]}")
+    return text
 
 
 def _row(db: Database, key: str) -> int:
@@ -77,12 +106,11 @@ def set_fields(paths: LibraryPaths, edits: list[tuple[str, str, str]],
                lock_timeout: float = 600) -> tuple[list, list[str]]:
     """Apply corrections (track key, field, value), all in one commit; the vectors stay as they are.
 
-    `field` is one of EDITABLE_FIELDS (else ValueError); every key must name a track (else UnknownTrackError);
-    either way nothing changes. Returns ([(record after the change, field, old value)], problem lines for stderr).
+    `field` is one of EDITABLE_FIELDS (else ValueError), each value one it can hold (field_value, else
+    FieldValueError); every key must name a track (else UnknownTrackError); either way nothing changes. Returns
+    ([(record after the change, field, old value)], problem lines for stderr).
     """
-    for _, name, _ in edits:
-        if name not in EDITABLE_FIELDS:
-            raise ValueError(f"cannot set {name!r}: a track's editable fields are {', '.join(EDITABLE_FIELDS)}")
+    edits = [(key, name, field_value(name, value)) for key, name, value in edits]  # all checked before the lock
 
     def change(db: Database):
         tracks = [dict(t) for t in db.tracks]
@@ -90,7 +118,7 @@ def set_fields(paths: LibraryPaths, edits: list[tuple[str, str, str]],
         for key, name, value in edits:
             record = tracks[_row(db, key)]
             old = str(record.get(name, "") or "")
-            record[name] = value.strip()
+            record[name] = value
             done.append((record, name, old))
         edited = Database(vectors=db.vectors, tracks=tracks, segments=db.segments, clap_model=db.clap_model,
                           root=db.root, window_s=db.window_s, table=db.table)

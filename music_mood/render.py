@@ -380,8 +380,10 @@ def _yuv420p(rgb: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------- small files
 
-def playlist_text(plan: Plan) -> str:
-    """An M3U8 playlist: one entry per piece, in order, with VLC's start and stop times in its track."""
+def playlist_text(plan: Plan, served: bool = False) -> str:
+    """An M3U8 playlist: one entry per piece, in order, with VLC's start and stop times in its track. Each names its
+    track's file by its absolute path, which a player on this machine opens; `served` (for a server's visitor, to
+    whom the server's paths mean nothing and should not be told): by its path in the library."""
     lines = ["#EXTM3U"]
     for piece in (p for scene in plan.scenes for p in scene.pieces):
         title, artist = _one_line(piece.title), _one_line(piece.artist)
@@ -389,7 +391,7 @@ def playlist_text(plan: Plan) -> str:
         lines += [f"#EXTINF:{round(piece.track_end_s - piece.track_start_s)},{name}",
                   f"#EXTVLCOPT:start-time={piece.track_start_s:.3f}",
                   f"#EXTVLCOPT:stop-time={piece.track_end_s:.3f}",
-                  str((Path(plan.library_root) / piece.file_path).absolute())]
+                  piece.file_path if served else str((Path(plan.library_root) / piece.file_path).absolute())]
     return "\n".join(lines) + "\n"
 
 
@@ -440,9 +442,11 @@ def write_thumbnails(plan: Plan, folder: Path, box: tuple[int, int] = THUMBNAIL_
 
 def write_outputs(plan: Plan, outs: list[Path], progress: bool = True, should_stop: Callable[[], bool] | None = None,
                   size: tuple[int, int] = VIDEO_SIZE, on_progress: Callable[[float, str], None] | None = None,
-                  fps: int = FPS, sample_rate: int = SAMPLE_RATE) -> None:
+                  fps: int = FPS, sample_rate: int = SAMPLE_RATE, served: bool = False) -> None:
     """Write each of `outs`, chosen by extension (OUTPUT_KINDS): .mp4 slideshow, .m4a / .wav soundtrack,
-    .m3u8 / .m3u playlist, .json plan. The audio is mixed once for all that need it.
+    .m3u8 / .m3u playlist, .json plan. The audio is mixed once for all that need it. The playlist and the plan
+    name the tracks and photos by their paths on this machine; `served` (files a server hands to its visitors):
+    by their paths in the library and their file names (playlist_text, Plan.to_served_dict).
 
     All or nothing: every output is written to a temporary file beside it and the files are renamed over their
     targets together, once all are complete; on an error, KeyboardInterrupt or cancel no target is touched and no
@@ -475,9 +479,10 @@ def write_outputs(plan: Plan, outs: list[Path], progress: bool = True, should_st
                 elif kind == "audio":
                     _encode_audio_file(samples, sample_rate, tmp, out.suffix.lower(), step)
                 elif kind == "playlist":
-                    tmp.write_text(playlist_text(plan), encoding="utf-8")
+                    tmp.write_text(playlist_text(plan, served), encoding="utf-8")
                 else:
-                    tmp.write_text(json.dumps(plan.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+                    data = plan.to_served_dict() if served else plan.to_dict()
+                    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         tracker.check()  # a cancel during the last step still leaves every target as it was
 
 

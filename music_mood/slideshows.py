@@ -6,13 +6,18 @@ from __future__ import annotations
 import contextvars
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 from music_mood.library import Database
 from music_mood.models import stoppable
 from music_mood.render import write_outputs, write_thumbnails
 from music_mood.serve import RENDER_ROUTE, RenderFolders, track_url
-from music_mood.soundtrack import DEFAULT_SECONDS_PER_PHOTO, Plan, plan_soundtrack, replace_scene_track
+from music_mood.soundtrack import (
+    DEFAULT_SECONDS_PER_PHOTO,
+    Plan,
+    named_skipped_photo,
+    plan_soundtrack,
+    replace_scene_track,
+)
 
 # What the page renders for a soundtrack (all four from one write_outputs call), by the kind the API names them.
 SLIDESHOW_FILES = {"mp4": "slideshow.mp4", "m4a": "soundtrack.m4a", "m3u8": "playlist.m3u8", "json": "plan.json"}
@@ -62,7 +67,7 @@ def render_slideshow_files(renders: RenderFolders, plan: Plan, moods=None, genre
         # Outside the caller's context: a Gradio page tracks the tqdm bars made in it (gr.Progress(track_tqdm=True),
         # for the photos being described), and render's own would show beside the fraction on_progress reports.
         contextvars.Context().run(write_outputs, plan, [folder / name for name in SLIDESHOW_FILES.values()],
-                                  progress=False, should_stop=should_stop, on_progress=on_progress)
+                                  progress=False, should_stop=should_stop, on_progress=on_progress, served=True)
     except BaseException:
         renders.remove(token)
         raise
@@ -80,19 +85,17 @@ def next_best_slideshow(renders: RenderFolders, db: Database, slideshow: Slidesh
 
 
 def slideshow_answer(slideshow: Slideshow) -> dict:
-    """What /soundtrack and /next_best_track answer: the plan (Plan.to_dict) with each photo named by its file name
-    only, the skipped photos as skipped_photos() names them, each photo's thumbnail_url, each piece's audio_url
-    (the library's track on this server), and "files": the URL of each rendered file by kind (SLIDESHOW_FILES),
-    all relative to the server.
+    """What /soundtrack and /next_best_track answer: the plan as served (Plan.to_served_dict: no path of the
+    server, each photo named by its file name only), each photo's thumbnail_url, each piece's audio_url (the
+    library's track on this server), and "files": the URL of each rendered file by kind (SLIDESHOW_FILES), all
+    relative to the server.
 
     A photo's path is its temporary copy on the server, of no use to a client; and gradio_client takes any dict
     with a "path" for a file to download, so an answer holding one would reach the client changed."""
-    answer = slideshow.plan.to_dict()
+    answer = slideshow.plan.to_served_dict()
     base = f"{RENDER_ROUTE}{slideshow.token}/"
     for i, photo in enumerate(answer["photos"]):
-        del photo["path"]
         photo["thumbnail_url"] = f"{base}{THUMBNAILS}/{i:03d}.jpg"
-    answer["skipped_photos"] = skipped_photos(slideshow.plan)
     for scene in answer["scenes"]:
         for piece in scene["pieces"]:
             piece["audio_url"] = track_url(piece["file_path"])
@@ -103,8 +106,4 @@ def slideshow_answer(slideshow: Slideshow) -> dict:
 def skipped_photos(plan: Plan) -> list[dict]:
     """[{"name", "error"}] of the photos left out of `plan` because they cannot be read: each named by its file
     name, in its error message too (an upload's path on the server means nothing to the user)."""
-    named = []
-    for skipped in plan.skipped_photos:
-        name = Path(skipped["path"]).name
-        named.append({"name": name, "error": skipped["error"].replace(skipped["path"], name)})
-    return named
+    return [named_skipped_photo(skipped) for skipped in plan.skipped_photos]

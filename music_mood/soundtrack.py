@@ -96,10 +96,28 @@ class Plan:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_served_dict(self) -> dict:
+        """to_dict as a server hands the plan to a visitor, naming no path of the server: no library_root (a
+        piece's file_path is relative to the library already), each photo by its file name alone (its path is an
+        upload's temporary copy), each skipped photo as {"name", "error"}, its name in the error too."""
+        data = self.to_dict()
+        del data["library_root"]
+        for photo in data["photos"]:
+            del photo["path"]
+        data["skipped_photos"] = [named_skipped_photo(skipped) for skipped in self.skipped_photos]
+        return data
+
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
         scenes = [Scene(**{**s, "pieces": [Piece(**p) for p in s["pieces"]]}) for s in data["scenes"]]
         return cls(**{**data, "photos": [PlanPhoto(**p) for p in data["photos"]], "scenes": scenes})
+
+
+def named_skipped_photo(skipped: dict) -> dict:
+    """A photo Plan.skipped_photos holds ({"path", "error"}) as {"name", "error"}: named by its file name, in its
+    error message too (an upload's path on the server means nothing to the user)."""
+    name = Path(skipped["path"]).name
+    return {"name": name, "error": skipped["error"].replace(skipped["path"], name)}
 
 
 class NoReadablePhotosError(ValueError):
@@ -439,6 +457,9 @@ def replace_scene_track(db: Database, plan: Plan, scene_index: int, moods=None, 
                              bpm=bpm)
     if not ranked:
         current = scene.pieces[0].title or scene.pieces[0].file_path if scene.pieces else "its track"
+        if not elsewhere:  # no other scene holds a track back: the ranking itself has run out
+            raise NoOtherTrackError(f"scene {scene_index + 1} has no next-best track: no other track of the library "
+                                    f"matches the filters after “{current}”")
         raise NoOtherTrackError(f"scene {scene_index + 1} has no next-best track: every track the library (and the "
                                 f"filters) offer after “{current}” for this scene plays in another scene already")
     (first, *_), pieces = zip(*scene_pieces(db, chooser, vector, scene.start_s, scene.end_s))

@@ -2,6 +2,7 @@
 copies that were not added."""
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from pathlib import Path
@@ -10,6 +11,32 @@ from music_mood.audio import AUDIO_EXTENSIONS
 from music_mood.build import build_library
 from music_mood.library import DatabaseError, LibraryPaths
 from music_mood.storage import LibraryBusyError, copy_file
+
+
+class NotUploadedError(ValueError):
+    """A request named a file that is not one of the server's uploads: a path elsewhere on the server, or one that
+    leads out of the upload folder (a symlink, `..`). The message is the same whatever the path is, so that it tells
+    nothing about the server's files."""
+
+    def __init__(self):
+        super().__init__("not an uploaded file: send the file itself (upload it), not a path on the server")
+
+
+def uploaded_file(path: str | os.PathLike, upload_dir: str | os.PathLike) -> Path:
+    """`path`, resolved, if it is inside `upload_dir` (the folder the server's uploads land in), else
+    NotUploadedError.
+
+    Both are resolved first (symlinks followed, `..` and relative parts gone), so a link in the upload folder to a
+    file elsewhere, or a path that climbs out of it, is refused; the folder itself is no upload either. Nothing is
+    opened: whether `path` exists changes nothing in the answer.
+    """
+    upload_dir = Path(os.path.realpath(upload_dir))
+    if not isinstance(path, (str, os.PathLike)) or not str(path) or "\0" in str(path):
+        raise NotUploadedError()
+    resolved = Path(os.path.realpath(os.path.abspath(path)))
+    if resolved == upload_dir or not resolved.is_relative_to(upload_dir):
+        raise NotUploadedError()
+    return resolved
 
 
 def upload_name(name: str) -> str:

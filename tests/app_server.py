@@ -110,3 +110,56 @@ def get(app: RunningApp, path: str, headers: dict | None = None) -> http.client.
     response.body = response.read()
     connection.close()
     return response
+
+
+def path_sending_client(app: RunningApp):
+    """A gradio_client Client of `app` that sends a file's path as written instead of uploading the file.
+
+    gradio_client uploads the local file a FileData names before each call; a client elsewhere (or any HTTP client)
+    can send a path instead, naming a file on the server. This one does, to test what the server makes of it."""
+    from gradio_client import Client
+
+    client = Client(app.url, verbose=False)
+    for endpoint in client.endpoints.values():
+        endpoint._upload_file = lambda file, data_index: file
+    return client
+
+
+def file_data(path) -> dict:
+    """A FileData as a client sends it."""
+    return {"path": str(path), "meta": {"_type": "gradio.FileData"}}
+
+
+def make_secret(source: Path, secret: Path) -> Path:
+    """`secret`: a copy of `source` (a track, a photo) with bytes of its own at the end, so that no other file (the
+    library's copy, Gradio's copy of an example photo) has its content."""
+    secret.write_bytes(source.read_bytes() + b"secret " + secret.name.encode())
+    return secret
+
+
+def foreign_paths(secret: Path, upload_dir: Path) -> list[str]:
+    """Paths of files that are no upload of the app's: `secret` (a file outside its upload folder) named directly,
+    through a link made inside the upload folder, and through `..` out of it; then probes of the server's disk
+    (a missing file, a file the server may read, a folder), which must all get the same answer."""
+    upload_dir.mkdir(parents=True, exist_ok=True)
+    link = upload_dir / f"link-{secret.name}"
+    if not link.is_symlink():
+        link.symlink_to(secret)
+    climb = upload_dir / ".." / ".." / Path(*secret.parts[1:])
+    return [str(secret), str(link), str(climb), "/nonexistent/x.png", "/etc/shadow", "/root"]
+
+
+def holds_a_copy(folder: Path, secret: Path) -> list[Path]:
+    """The regular files under `folder` whose bytes are `secret`'s."""
+    content = secret.read_bytes()
+    return [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink() and p.read_bytes() == content]
+
+
+def upload(app: RunningApp, path: Path) -> str:
+    """Upload `path` to the app as its page does; the path the server stored it at."""
+    import httpx
+
+    with open(path, "rb") as f:
+        response = httpx.post(app.url + "gradio_api/upload", files=[("files", (path.name, f))], timeout=30)
+    response.raise_for_status()
+    return response.json()[0]

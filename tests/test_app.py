@@ -15,7 +15,15 @@ from music_mood.edit import set_fields
 from music_mood.library import LiveLibrary
 from music_to_vector import LibraryPaths, load_database
 from recommend import recommend
-from tests.app_server import get, running_app
+from tests.app_server import (
+    file_data,
+    foreign_paths,
+    get,
+    holds_a_copy,
+    make_secret,
+    path_sending_client,
+    running_app,
+)
 from tests.conftest import ROOT, put_in_new_music, run_cli
 
 
@@ -173,6 +181,54 @@ def test_symlinked_track_is_served(app, client, app_library, sample_tracks, chec
     linked = next(t for t in result["results"] if t["file_path"] == file_path)
     response = get(app, linked["audio_url"])
     assert response.status == 200 and response.body == target.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------- files the API takes
+
+
+def foreign_path_answers(client, call, secret: Path, upload_dir: Path) -> set[str]:
+    """The error message of `call(client, FileData)` for each foreign path to `secret` and each probe."""
+    from gradio_client.exceptions import AppError
+
+    answers = set()
+    for path in foreign_paths(secret, upload_dir):
+        with pytest.raises(AppError) as refused:
+            call(client, file_data(path))
+        answers.add(str(refused.value))
+    return answers
+
+
+def test_add_music_takes_no_file_but_an_upload(app, app_library, sample_tracks, tmp_path):
+    """A path on the server, or one leading out of the upload folder, is one error, however the file is; the
+    secret is not copied, added or served."""
+    secret = make_secret(sample_tracks[-3], tmp_path / "secret.opus")
+    upload_dir = app.log.parent / "gradio-uploads"
+    before = library_state(app_library)
+
+    def add(client, file):
+        return client.predict(files=[file], mood="", api_name="/add_music")
+
+    answers = foreign_path_answers(path_sending_client(app), add, secret, upload_dir)
+    assert answers == {"That is not an uploaded file: send the file itself (upload it), not a path on the server."}
+    assert library_state(app_library) == before
+    assert not holds_a_copy(app_library, secret) and not holds_a_copy(upload_dir, secret)
+    assert get(app, track_url("processed_music/secret.opus")).status == 403
+
+
+def test_recommend_takes_no_photo_but_an_upload(app, client, photos, tmp_path):
+    secret = make_secret(photos["rocket.jpg"], tmp_path / "secret.jpg")
+    upload_dir = app.log.parent / "gradio-uploads"
+
+    def ask(client, file):
+        return client.predict(image=file, text="", topk=3, api_name="/recommend")
+
+    answers = foreign_path_answers(path_sending_client(app), ask, secret, upload_dir)
+    assert answers == {"That is not an uploaded file: send the file itself (upload it), not a path on the server."}
+    assert not holds_a_copy(upload_dir, secret)
+    from gradio_client import handle_file
+
+    # An upload (the client sends the file) is answered as before.
+    assert len(client.predict(image=handle_file(str(secret)), text="", topk=3, api_name="/recommend")["results"]) == 3
 
 
 @pytest.mark.parametrize("path", [
@@ -408,6 +464,11 @@ def test_set_track_fields_corrects_a_track_and_the_app_sees_it_at_once(client, a
     ("processed_music/nope.mp3", {"title": "x"}, "'processed_music/nope.mp3' is no track of the library in "),
     ("TRACK", {"mood": "calm", "year": "1999"}, "'year' cannot be set: a track's editable fields are title"),
     ("TRACK", {}, "Say which fields to set"),
+    ("TRACK", {"mood": "x" * 10_000}, "The mood is 10000 characters long; at most 64"),
+    ("TRACK", {"title": "x" * 501}, "The title is 501 characters long; at most 500"),
+    ("TRACK", {"title": "Night Drive", "genre": "jazz\nrock"}, "The genre must be one line of printable text"),
+    ("TRACK", {"artist": "a\x00b"}, "The artist must be one line of printable text"),
+    ("TRACK", {"mood": ["a"]}, "The mood must be text, not list"),
 ])
 def test_a_bad_correction_is_a_clear_error_and_changes_nothing(app, client, app_library, track, fields, message):
     from gradio_client.exceptions import AppError
@@ -447,6 +508,15 @@ def test_remove_tracks_moves_their_files_to_removed_and_the_app_forgets_them(app
         assert get(app, track_url(source)).status == 403
     with pytest.raises(AppError, match="is no track of the library"):
         client.predict(like=by_id["id"], topk=3, api_name="/more_like_this")
+
+
+def test_remove_tracks_takes_one_track_as_a_string(client, app_library):
+    paths = LibraryPaths.at(app_library)
+    before = load_database(paths)
+    track = before.tracks[-1]
+    answer = client.predict(tracks=track["file_path"], api_name="/remove_tracks")
+    assert [item["file_path"] for item in answer["removed"]] == [track["file_path"]]
+    assert answer["tracks"] == len(before) - 1 == len(load_database(paths))
 
 
 @pytest.mark.parametrize("tracks, message", [

@@ -14,7 +14,16 @@ import pytest
 
 from music_mood.library import LibraryPaths, load_database
 from music_mood.soundtrack import MAX_SECONDS_PER_PHOTO, MAX_TOTAL_S, Plan, plan_soundtrack, replace_scene_track
-from tests.app_server import get, running_app
+from tests.app_server import (
+    file_data,
+    foreign_paths,
+    get,
+    holds_a_copy,
+    make_secret,
+    path_sending_client,
+    running_app,
+    upload,
+)
 from tests.test_app import library_state
 
 ALBUM = ("coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png")
@@ -51,10 +60,11 @@ def make(client, album, seconds: float = 4, text: str = "", moods=(), genres=())
                           moods=list(moods), genres=list(genres), api_name="/soundtrack")
 
 
-def plan_of(answer: dict, photos: dict | None = None) -> Plan:
-    """The plan an answer carries, without the URLs the server adds; each photo's path is its name, or the path
-    of that name in `photos` (the answer names a photo only by its file name)."""
-    plan = {key: value for key, value in answer.items() if key != "files"}
+def plan_of(answer: dict, library: Path, photos: dict | None = None) -> Plan:
+    """The plan an answer carries, made from `library` (the answer names no path of the server), without the URLs
+    the server adds; each photo's path is its name, or the path of that name in `photos` (the answer names a photo
+    only by its file name)."""
+    plan = {"library_root": str(library), **{key: value for key, value in answer.items() if key != "files"}}
     plan["photos"] = [{**{k: v for k, v in photo.items() if k != "thumbnail_url"},
                        "path": str((photos or {}).get(photo["name"], photo["name"]))} for photo in plan["photos"]]
     plan["skipped_photos"] = [{"path": s["name"], "error": s["error"]} for s in plan["skipped_photos"]]
@@ -81,7 +91,7 @@ def test_soundtrack_api_answers_the_plan_and_serves_its_files(app, client, app_l
     db = load_database(LibraryPaths.at(app_library))
     expected = plan_soundtrack(*default_models, db, album, seconds_per_photo=4.0, text="summer", progress=False)
     # The same plan as plan_soundtrack makes here, from the server's copies of the photos (same names).
-    plan = plan_of(answer, photos)
+    plan = plan_of(answer, app_library, photos)
     assert [photo.name for photo in plan.photos] == list(ALBUM)
     assert plan == expected and plan.total_s == 20.0
     assert all(set(photo) == {"name", "caption", "mood_words", "start_s", "end_s", "thumbnail_url"}
@@ -97,15 +107,12 @@ def test_soundtrack_api_answers_the_plan_and_serves_its_files(app, client, app_l
         assert [s.type for s in video.streams] == ["video", "audio"]
         assert (video.streams.video[0].width, video.streams.video[0].height) == (1280, 720)
         assert video.duration / 1e6 == pytest.approx(20.0, abs=0.1)
-    written = Plan.from_dict(json.loads(files["json"]))  # the whole plan, photos by their paths on the server
-    assert [Path(photo.path).name for photo in written.photos] == list(ALBUM)
-    for photo in written.photos:
-        photo.path = str(photos[photo.name])
-    assert written == expected
+    # The whole plan as the answer carries it: photos by their names, tracks by their paths in the library.
+    assert plan_of({**json.loads(files["json"]), "files": {}}, app_library, photos) == expected
     playlist = files["m3u8"].decode()
     assert playlist.startswith("#EXTM3U\n")
     assert [line for line in playlist.splitlines() if not line.startswith("#")] == \
-        [str(app_library / piece.file_path) for scene in plan.scenes for piece in scene.pieces]
+        [piece.file_path for scene in plan.scenes for piece in scene.pieces]
     # The video player seeks with Range requests.
     response = get(app, answer["files"]["mp4"], headers={"Range": "bytes=1000-1999"})
     assert response.status == 206 and response.body == files["mp4"][1000:2000]
@@ -127,12 +134,12 @@ def test_next_best_track_replaces_one_scene_and_a_new_soundtrack_replaces_the_ol
     second = make(client, [photos[name] for name in ALBUM[:3]], seconds=3)
     assert set(served(app, first).values()) == {404}  # the session's older soundtrack is gone
     db = load_database(LibraryPaths.at(app_library))
-    plan = plan_of(second)
+    plan = plan_of(second, app_library)
     walked = [plan.scenes[0].pieces[0].file_path]
     for _ in range(2):
         again = client.predict(scene_index=0, api_name="/next_best_track")
         expected = replace_scene_track(db, plan, 0)
-        assert plan_of(again) == expected
+        assert plan_of(again, app_library) == expected
         assert set(served(app, again).values()) == {200} and set(served(app, second).values()) == {404}
         plan, second = expected, again
         walked.append(plan.scenes[0].pieces[0].file_path)
@@ -147,6 +154,35 @@ def test_next_best_track_replaces_one_scene_and_a_new_soundtrack_replaces_the_ol
     assert set(served(app, again).values()) == {200}  # a refused request changes nothing
     with pytest.raises(AppError, match="Make a soundtrack first"):
         Client(app.url, verbose=False).predict(scene_index=0, api_name="/next_best_track")  # another session
+
+
+def test_what_the_app_serves_of_a_soundtrack_names_no_path_of_the_server(app, client, app_library, photos):
+    """The /soundtrack and /next_best_track answers and every file of the slideshow's folder (the plan, the
+    playlist, the video, the soundtrack, the thumbnails) name tracks by their path in the library and photos by
+    their file names: never the library's folder, the uploads' folder, the temporary folder or a home."""
+    import tempfile
+
+    upload_dir = upload(app, photos["coffee.png"]).rsplit("/", 2)[0]  # Gradio's folder of uploads
+    server_paths = {str(app_library), str(app_library.resolve()), upload_dir, str(app.work),
+                    str(app.work / "tmp"), tempfile.gettempdir(), "/root", "/tmp", "/home"}
+    for ask in (lambda: make(client, [photos[name] for name in ALBUM[:3]], seconds=3),
+                lambda: client.predict(scene_index=0, api_name="/next_best_track")):
+        answer = ask()  # its files are served until the next one is ready
+        folder = answer["files"]["json"].rsplit("/", 1)[0]
+        urls = [*answer["files"].values(), *(photo["thumbnail_url"] for photo in answer["photos"])]
+        assert f"{folder}/thumbs/000.jpg" in urls
+        bodies = {"the answer": json.dumps(answer).encode()}
+        for url in urls:
+            response = get(app, url)
+            assert response.status == 200, url
+            bodies[url] = response.body
+        for name, body in bodies.items():
+            for path in server_paths:
+                assert path.encode() not in body, f"{name} names {path}"
+        playlist = bodies[answer["files"]["m3u8"]].decode()
+        assert [line for line in playlist.splitlines() if not line.startswith("#")] == \
+            [piece["file_path"] for scene in answer["scenes"] for piece in scene["pieces"]]
+        assert "library_root" not in json.loads(bodies[answer["files"]["json"]]) and "library_root" not in answer
 
 
 def test_bad_requests_are_one_clear_error_each(app, client, photos, tmp_path):
@@ -181,6 +217,30 @@ def test_bad_requests_are_one_clear_error_each(app, client, photos, tmp_path):
         assert "gradio" not in raised.value.message  # the user's file names, not the server's temporary paths
     log = app.log_text()[start:]
     assert "Traceback" not in log and log.count("User error: ") == 6, log
+
+
+def test_soundtrack_takes_no_photo_but_an_upload(app, photos, tmp_path):
+    """A photo named by a path on the server, or by one leading out of the upload folder, is one error for the
+    whole request, beside an uploaded photo too: nothing is described, rendered or served."""
+    from gradio_client.exceptions import AppError
+
+    secret = make_secret(photos["chelsea.png"], tmp_path / "secret.png")
+    upload_dir, client = app.work / "gradio-uploads", path_sending_client(app)
+    uploaded = upload(app, photos["coffee.png"])
+    renders = render_folders(app.work)
+    answers = set()
+    for path in foreign_paths(secret, upload_dir):
+        for album in ([path, path], [uploaded, path]):
+            with pytest.raises(AppError) as refused:
+                client.predict(photos=[file_data(p) for p in album], seconds_per_photo=4, text="", moods=[],
+                               genres=[], api_name="/soundtrack")
+            answers.add(str(refused.value))
+    assert answers == {"That is not an uploaded file: send the file itself (upload it), not a path on the server."}
+    assert render_folders(app.work) == renders
+    assert not holds_a_copy(upload_dir, secret) and not holds_a_copy(app.work / "tmp", secret)
+    answer = client.predict(photos=[file_data(uploaded)] * 2, seconds_per_photo=4, text="", moods=[], genres=[],
+                            api_name="/soundtrack")  # uploads, sent by their path on the server, are taken
+    assert [photo["name"] for photo in answer["photos"]] == ["coffee.png", "coffee.png"]
 
 
 def test_a_cancel_leaves_no_file_and_a_stopped_server_none_at_all(library_copy, checkpoints, photos, tmp_path,

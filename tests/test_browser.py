@@ -7,7 +7,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
-from music_mood.edit import set_fields
+from music_mood.edit import remove_tracks, set_fields
 from music_to_vector import LibraryPaths, load_database
 from recommend import recommend
 from tests.app_server import get, running_copy
@@ -258,6 +258,40 @@ def test_removing_a_track_in_the_page_moves_its_file_to_removed(page, app):
 
     listed = ask_by_words(page, "anything", 20, min(20, len(after)))
     assert track["file_path"] not in listed
+
+
+def test_an_edit_of_a_track_removed_meanwhile_says_so_once_and_shows_the_library(page, app):
+    """The page's table is older than the library: a track it shows was removed (music_to_vector.py --remove)
+    behind its back. Editing that track's cell says so once, and the status line, the note and the table then show
+    the library as stored, numbered."""
+    paths = LibraryPaths.at(app.library)
+    before = load_database(paths)
+    page.get_by_role("tab", name="Library").click()
+    page.locator("#library-status").get_by_text(f"The library holds {len(before)} track(s).").wait_for(
+        timeout=WAIT_MS)
+    row, track = 1, before.tracks[1]
+    cell = library_cell(page, row, "mood")
+    cell.wait_for(timeout=WAIT_MS)
+    remove_tracks(paths, [track["file_path"]])  # what python music_to_vector.py --remove does
+    after = load_database(paths)
+
+    cell.dblclick()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("too late")
+    page.keyboard.press("Enter")
+    page.wait_for_function("n => document.querySelectorAll('#library [data-row][data-col=\"0\"]').length === n",
+                           arg=len(after), timeout=WAIT_MS)  # the failure's answer has come
+
+    status = page.locator("#library-status")
+    # Gradio gathers equal messages into one toast ("Error (2)"): count the messages.
+    errors = page.locator("[data-testid=toast-body].error [data-testid=toast-text]").all_inner_texts()
+    assert len(errors) == 1 and errors[0].startswith(f"{track['file_path']} is no longer in the library")
+    assert status.inner_text().strip() == f"The library holds {len(after)} track(s)."
+    assert [cell_text(library_cell(page, i, "#")) for i in range(len(after))] == \
+        [str(i) for i in range(1, len(after) + 1)]
+    assert [cell_text(library_cell(page, i, "file")) for i in range(len(after))] == \
+        [t["file_path"] for t in after.tracks]
+    assert load_database(paths).tracks == after.tracks  # the edit changed nothing
 
 
 def test_the_variety_option_caps_the_tracks_of_one_artist(page, app, default_models):

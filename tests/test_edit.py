@@ -126,6 +126,30 @@ def test_an_unknown_field_is_a_usage_error(library_copy, call_cli):
     assert _tree(library_copy) == before
 
 
+ONE_LINE = "must be one line of printable text (no line breaks, tabs or control characters); nothing was changed."
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set-mood", "ID", "x" * 65], "Error: the mood is 65 characters long; at most 64; nothing was changed."),
+    (["--set-title", "ID", "t" * 501], "Error: the title is 501 characters long; at most 500; nothing was changed."),
+    (["--set-title", "ID", "Night Drive", "--set-artist", "ID", "Two\nLines"], f"Error: the artist {ONE_LINE}"),
+    (["--set-genre", "ID", "jazz\trock"], f"Error: the genre {ONE_LINE}"),
+])
+def test_a_field_is_one_line_of_bounded_text(library_copy, call_cli, args, message):
+    """What --list shows one line per track takes no line break, and a tag is a word or two: anything else is one
+    error line, exit 1, and the library is byte for byte as it was; the longest values allowed are taken."""
+    paths = LibraryPaths.at(library_copy)
+    track = load_database(paths).tracks[0]
+    before = _tree(library_copy)
+    done = call_cli(mtv.main, "--library", library_copy, *[track["id"] if a == "ID" else a for a in args])
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", message + "\n")
+    assert _tree(library_copy) == before
+    done = call_cli(mtv.main, "--library", library_copy, "--set-mood", track["id"], "m" * 64, "--set-title",
+                    track["id"], "t" * 500)
+    assert done.returncode == 0, done.stderr
+    assert (load_database(paths).tracks[0]["mood"], load_database(paths).tracks[0]["title"]) == ("m" * 64, "t" * 500)
+
+
 def test_a_correction_changes_only_that_record_and_survives_rebuild(library_copy, call_cli, clap_audio):
     paths = LibraryPaths.at(library_copy)
     before = load_database(paths)

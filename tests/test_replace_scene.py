@@ -165,6 +165,19 @@ def test_a_library_with_no_track_to_spare_is_a_clear_error(tmp_path):
         replace_scene_track(db, plan, 1)
 
 
+def test_a_one_scene_plan_that_ran_out_says_no_other_track_matches(tmp_path):
+    """With one scene, no track plays elsewhere: the walk down the ranking ends because no other track is left."""
+    db = make_db(tmp_path, [{"name": "a", "vector": axis(0), "duration": 60.0},
+                            {"name": "b", "vector": axis(1), "duration": 60.0}])
+    plan = arrange_soundtrack(db, photo_queries([axis(0)] * 2), seconds_per_photo=4.0)
+    assert len(plan.scenes) == 1
+    plan = replace_scene_track(db, plan, 0)
+    with pytest.raises(NoOtherTrackError) as raised:
+        replace_scene_track(db, plan, 0)
+    assert str(raised.value) == ("scene 1 has no next-best track: no other track of the library matches the filters "
+                                 f"after “{plan.scenes[0].pieces[0].title or plan.scenes[0].pieces[0].file_path}”")
+
+
 def test_a_scene_or_library_the_plan_does_not_have_is_refused(tmp_path):
     rng = np.random.default_rng(14)
     db = random_db(tmp_path / "here", rng, 8)

@@ -52,7 +52,7 @@ def test_a_soundtrack_is_planned_once_and_rendered_into_its_own_folder(library_c
     folder = renders.folder(slideshow.token)
     assert folders_in(renders) == [folder] and folder.parent == renders.root
     assert sorted(p.name for p in folder.iterdir()) == sorted([*SLIDESHOW_FILES.values(), THUMBNAILS])
-    assert Plan.from_dict(json.loads((folder / "plan.json").read_text())) == expected
+    assert json.loads((folder / "plan.json").read_text()) == expected.to_served_dict()  # no path of the server
     with av.open(str(folder / "slideshow.mp4")) as video:
         assert video.duration / 1e6 == pytest.approx(len(ALBUM) * 3.0, abs=0.1)
     assert len(list((folder / THUMBNAILS).glob("*.jpg"))) == len(ALBUM)
@@ -72,9 +72,10 @@ def test_a_soundtrack_is_planned_once_and_rendered_into_its_own_folder(library_c
     for path in [*answer["files"].values(), *(p["thumbnail_url"] for p in answer["photos"])]:
         token, name = path.removeprefix("/slideshow/").split("/", 1)
         assert renders.file(token, name) == folder / name
-    plan = expected.to_dict()
-    assert [{**p, "path": str(photos[p["name"]])} for p in answer["photos"]] == \
-        [{**p, "thumbnail_url": f"{base}thumbs/{i:03d}.jpg"} for i, p in enumerate(plan["photos"])]
+    plan = expected.to_served_dict()
+    assert "library_root" not in plan and all("path" not in p for p in plan["photos"])
+    assert answer["photos"] == [{**p, "thumbnail_url": f"{base}thumbs/{i:03d}.jpg"}
+                                for i, p in enumerate(plan["photos"])]
     assert [{**scene, "pieces": [{k: v for k, v in piece.items() if k != "audio_url"} for piece in scene["pieces"]]}
             for scene in answer["scenes"]] == plan["scenes"]
     assert answer["skipped_photos"] == []
@@ -95,7 +96,7 @@ def test_the_next_best_keeps_the_photos_and_the_thumbnails(library_copy, default
     old, new = renders.folder(first.token), renders.folder(again.token)
     for name in ("000.jpg", "001.jpg", "002.jpg"):  # copied: no photo is opened again
         assert (new / THUMBNAILS / name).read_bytes() == (old / THUMBNAILS / name).read_bytes()
-    assert Plan.from_dict(json.loads((new / "plan.json").read_text())) == again.plan
+    assert json.loads((new / "plan.json").read_text()) == again.plan.to_served_dict()
 
 
 @pytest.mark.parametrize("when", ["describing", "rendering"])
