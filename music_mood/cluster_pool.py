@@ -44,9 +44,11 @@ RETRIES_AFTER_A_DEATH = 1
 # with EXIT_ONCE_ENV naming a marker file, only the first time (a worker lost once: a machine gone, not the file).
 EXIT_ON_ENV = "MUSIC_MOOD_RAY_EXIT_ON"
 EXIT_ONCE_ENV = "MUSIC_MOOD_RAY_EXIT_ONCE"
-# An embedding actor that meets a file of this name sleeps for good, as a worker stuck in a decoder; the name
-# HANG_AT_START makes every actor hang while it starts (a cluster where no actor can come up).
+# An embedding actor that meets a file of this name sleeps for good, as a stuck worker; the name HANG_AT_START
+# makes every actor hang while it starts (a cluster where no actor can come up). HANG_DECODING_ON_ENV: the same
+# in the decoding task (a decoder stuck in a loop).
 HANG_ON_ENV = "MUSIC_MOOD_RAY_HANG_ON"
+HANG_DECODING_ON_ENV = "MUSIC_MOOD_RAY_HANG_DECODING_ON"
 HANG_AT_START = ":start"
 WORKER_DIED = ("the cluster worker reading or embedding it died, and again when it was tried once more; it stays "
                "where it is, and the next run tries it again")
@@ -98,6 +100,13 @@ class EmbedActor(ShardEmbedder):
         return super().embed_decoded(decoded)
 
 
+def decode_file(path: str, sha256: str, sample_rate: int, hooks: dict) -> dict:
+    """The decoding task: shards.decode_for_embedding, and the test hook of a decoder that hangs."""
+    if Path(path).name == hooks.get(HANG_DECODING_ON_ENV):
+        time.sleep(1e9)
+    return decode_for_embedding(path, sha256, sample_rate)
+
+
 @dataclass
 class _File:
     """One file on its way through the cluster."""
@@ -126,11 +135,12 @@ def embed_files(wanted: dict[str, Path], folder: Path, clap, precision: str, bac
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
     size = gpus or max(1, cpus - 1)
-    hooks = {name: os.environ[name] for name in (EXIT_ON_ENV, EXIT_ONCE_ENV, HANG_ON_ENV) if name in os.environ}
+    hooks = {name: os.environ[name] for name in (EXIT_ON_ENV, EXIT_ONCE_ENV, HANG_ON_ENV, HANG_DECODING_ON_ENV)
+             if name in os.environ}
     actor_class = ray.remote(EmbedActor).options(
         max_restarts=0, max_task_retries=0, **({"num_gpus": 1} if gpus else {"num_cpus": 1}))
     actor_args = (clap.name, precision, backend, None if gpus else actor_threads, hooks)
-    decode = ray.remote(decode_for_embedding).options(num_cpus=1, max_retries=RETRIES_AFTER_A_DEATH)
+    decode = ray.remote(decode_file).options(num_cpus=1, max_retries=RETRIES_AFTER_A_DEATH)
 
     waiting = deque(_File(sha, path, file_deadline_s(_size(path), timeout_s)) for sha, path in wanted.items())
     decoding: dict = {}  # ObjectRef -> (_File, deadline)
@@ -158,7 +168,7 @@ def embed_files(wanted: dict[str, Path], folder: Path, clap, precision: str, bac
                     starting[actor.ready.remote()] = actor
                 while waiting and len(decoding) + len(decoded) <= size:  # decode a file ahead of each actor
                     file = waiting.popleft()
-                    file.decoded = decode.remote(str(file.path), file.sha256, clap.runtime.sampling_rate)
+                    file.decoded = decode.remote(str(file.path), file.sha256, clap.runtime.sampling_rate, hooks)
                     decoding[file.decoded] = (file, clock() + file.deadline_s)
                 while decoded and idle:
                     file, actor = decoded.popleft(), idle.pop()

@@ -270,13 +270,16 @@ def test_a_worker_lost_once_is_replaced_and_its_file_embedded_in_the_same_run(ra
 
 
 @ON_THE_CLUSTER
+@pytest.mark.parametrize("stage", ["decoding", "embedding"])
 def test_a_worker_that_hangs_on_a_file_is_stopped_at_its_deadline_and_the_rest_committed(
-        ray_cluster, library_copy, clap_audio, sample_tracks, monkeypatch):
-    """The embedding actor sleeps for good on one file (a decoder stuck in a loop): at that file's deadline it is
-    reported, with the reason, its worker is stopped and replaced, the other files are committed, and the run ends.
-    The next run embeds that file alone."""
+        stage, ray_cluster, library_copy, clap_audio, sample_tracks, monkeypatch):
+    """The decoding task or the embedding actor sleeps for good on one file (a decoder stuck in a loop): at that
+    file's deadline it is reported, with the reason, its worker is stopped (and an actor replaced), the other files
+    are committed, and the run ends. The next run embeds that file alone."""
     from music_mood.cluster import build_library_on_ray
-    from music_mood.cluster_pool import HANG_ON_ENV, file_deadline_s, too_slow
+    from music_mood.cluster_pool import HANG_DECODING_ON_ENV, HANG_ON_ENV, file_deadline_s, too_slow
+
+    hook = HANG_DECODING_ON_ENV if stage == "decoding" else HANG_ON_ENV
 
     paths = LibraryPaths.at(library_copy)
     before = load_database(paths)
@@ -284,11 +287,14 @@ def test_a_worker_that_hangs_on_a_file_is_stopped_at_its_deadline_and_the_rest_c
     dropped = put_in_new_music(library_copy, [t for t in sample_tracks if t.name not in listed][:3])
     shas = {path: file_sha256(path) for path in dropped}
     hung = dropped[1]
-    monkeypatch.setenv(HANG_ON_ENV, hung.name)
+    # Long enough for a replacement worker to start on a loaded 2-core machine (importing torch, loading the model):
+    # with nothing else in flight meanwhile, a shorter one would end the run as stalled.
+    limit = 45
+    monkeypatch.setenv(hook, hung.name)
     start = time.monotonic()
-    first = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False, timeout_s=15)
+    first = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False, timeout_s=limit)
     took = time.monotonic() - start
-    deadline = file_deadline_s(hung.stat().st_size, 15)
+    deadline = file_deadline_s(hung.stat().st_size, limit)
     assert dict(first.report.failed) == {hung: too_slow(deadline)}
     assert "did not come back from the cluster within" in too_slow(deadline)
     assert sorted(first.embedded) == sorted(shas[p] for p in dropped if p != hung)
@@ -296,8 +302,8 @@ def test_a_worker_that_hangs_on_a_file_is_stopped_at_its_deadline_and_the_rest_c
     assert took < deadline + 240, f"the run took {took:.0f} s for a deadline of {deadline:.0f} s"
     check_library(library_copy, {t["sha256"] for t in before.tracks} | set(shas.values()))
 
-    monkeypatch.delenv(HANG_ON_ENV)
-    second = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False, timeout_s=15)
+    monkeypatch.delenv(hook)
+    second = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False, timeout_s=limit)
     assert second.report.failed == [] and second.embedded == [shas[hung]]
     assert len(load_database(paths)) == len(before) + len(dropped)
 
