@@ -709,12 +709,16 @@ def refuse_foreign_files(demo) -> None:
             raise gr.Error(f"That is {e}.") from e
         return file
 
+    @logged_as_one_line
+    async def check_files(inputs) -> None:
+        traverse(inputs, check, is_file_obj)  # any {"path": ...}, with or without Gradio's "meta" mark
+
     @functools.wraps(preprocess_data)
     async def checked(block_fn, inputs, *args, **kwargs):
-        traverse(inputs, check, is_file_obj)  # any {"path": ...}, with or without Gradio's "meta" mark
+        await check_files(inputs)  # logs its own refusal; Gradio's own errors below are logged where they were
         return await preprocess_data(block_fn, inputs, *args, **kwargs)
 
-    demo.preprocess_data = logged_as_one_line(checked)
+    demo.preprocess_data = checked
 
 
 def logged_as_one_line(handler):
