@@ -163,8 +163,11 @@ def edit_library(paths: LibraryPaths, remove: list[str] | None, edits: list[tupl
             removed, problems = remove_tracks(paths, remove)
         else:
             corrected, problems = set_fields(paths, edits)
-    except (MoveBlockedError, FieldValueError) as e:
+    except MoveBlockedError as e:
         print(f"Error: {e}; nothing was changed", file=sys.stderr)
+        return 1
+    except FieldValueError as e:
+        print(f"Error: {e}; nothing was changed.", file=sys.stderr)
         return 1
     except (UnknownTrackError, DatabaseError, LibraryBusyError, OSError) as e:
         print(f"Error: {e.args[0] if isinstance(e, UnknownTrackError) else e}", file=sys.stderr)

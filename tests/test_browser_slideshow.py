@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
 from music_mood.library import LibraryPaths, load_database
-from music_mood.soundtrack import Plan, replace_scene_track
+from music_mood.soundtrack import replace_scene_track
 from tests.app_server import get, running_copy
 from tests.conftest import ROOT, WAIT_MS, open_page
+from tests.test_app_slideshow import plan_of
 
 SCREENSHOT = ROOT / "test-artifacts" / "slideshow.png"
 TYPES = {"mp4": {"video/mp4"}, "m4a": {"audio/mp4", "audio/x-m4a"},
@@ -86,8 +86,8 @@ def test_five_photos_become_a_slideshow_that_plays_seeks_and_downloads(page, app
         response = get(app, url)
         assert response.status == 200 and response.getheader("content-type").split(";")[0] in TYPES[kind], kind
     assert page.locator("#slideshow .mix audio").get_attribute("src") == links["m4a"]
-    plan = Plan.from_dict(json.loads(get(app, links["json"]).body))
-    assert [Path(photo.path).name for photo in plan.photos] == order and plan.total_s == 20.0
+    plan = plan_of(json.loads(get(app, links["json"]).body), app.library)  # served: it names no path of the server
+    assert [photo.name for photo in plan.photos] == order and plan.total_s == 20.0
     pieces = [piece for scene in plan.scenes for piece in scene.pieces]
     players = page.locator("#slideshow .piece audio")
     assert players.count() == len(pieces) == page.locator("#slideshow .piece").count()
@@ -107,9 +107,8 @@ def test_five_photos_become_a_slideshow_that_plays_seeks_and_downloads(page, app
     page.wait_for_function(f"old => {VIDEO}.getAttribute('src') !== old", arg=video, timeout=WAIT_MS)
     assert page.locator("#slideshow .piece").first.get_attribute("data-file") == \
         expected.scenes[0].pieces[0].file_path
-    new_plan = Plan.from_dict(json.loads(get(app, page.locator("#slideshow a.download[data-kind=json]")
-                                               .get_attribute("href")).body))
-    assert new_plan == expected
+    new_plan = json.loads(get(app, page.locator("#slideshow a.download[data-kind=json]").get_attribute("href")).body)
+    assert new_plan == expected.to_served_dict()
     assert get(app, video).status == 404 and get(app, page.locator("#slideshow video").get_attribute("src")) \
         .status == 200
 
