@@ -32,6 +32,7 @@ from music_mood.library import (
     EmptyLibraryError,
     LibraryPaths,
     LiveLibrary,
+    UnknownTrackError,
     find_track,
 )
 from music_mood.models import (
@@ -41,6 +42,7 @@ from music_mood.models import (
     load_clap_text,
     release_freed_memory,
 )
+from music_mood.recommendation import NoQueryError, recommend
 from music_mood.render import RenderError
 from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, parse_bpm_range, tag_values
 from music_mood.serve import (
@@ -69,7 +71,6 @@ from music_mood.soundtrack import (
 from music_mood.storage import LibraryBusyError
 from music_mood.tags import tagger_of
 from music_mood.uploads import NotUploadedError, add_uploads, uploaded_file
-from recommend import NoQueryError, UnknownTrackError, recommend
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860

@@ -13,8 +13,8 @@ import pytest
 import music_to_vector
 from music_mood.edit import set_fields
 from music_mood.library import LiveLibrary
+from music_mood.recommendation import recommend
 from music_to_vector import LibraryPaths, load_database
-from recommend import recommend
 from tests.app_server import (
     file_data,
     foreign_paths,

@@ -15,8 +15,10 @@ import pytest
 
 import recommend as recommend_cli
 from image_to_vector import image_to_query
+from music_mood.library import EmptyLibraryError
+from music_mood.recommendation import recommend
+from music_mood.search import rank_tracks
 from music_to_vector import LibraryPaths, load_database
-from recommend import EmptyLibraryError, rank_tracks, recommend
 from tests.conftest import ROOT, run_cli
 
 RESULT_KEYS = {"rank", "title", "artist", "mood", "genre", "bpm", "file_path", "score", "best_segment_start_s",
@@ -100,8 +102,8 @@ def _one_hot(*weights):
 
 def test_best_moment_of_a_full_last_window_is_where_it_starts():
     """Window j starts at j * window_s; the last one ends at the track's end, at its recorded start."""
+    from music_mood.search import best_segment_start
     from music_to_vector import Database
-    from recommend import best_segment_start
 
     tracks = [{"file_path": "a.mp3", "duration_s": 25.0, "segment_offset": 0, "segment_count": 3,
                "last_window_start_s": 15.0},
@@ -114,8 +116,8 @@ def test_best_moment_of_a_full_last_window_is_where_it_starts():
 
 def test_old_database_never_gives_its_zero_padded_last_window_as_best_moment():
     """A record without last_window_start_s (an older build) has a padded last window: it is left out."""
+    from music_mood.search import best_segment_start
     from music_to_vector import Database
-    from recommend import best_segment_start
 
     tracks = [{"file_path": "a.mp3", "duration_s": 25.0, "segment_offset": 0, "segment_count": 3},
               {"file_path": "b.mp3", "duration_s": 4.0, "segment_offset": 3, "segment_count": 1}]
@@ -135,7 +137,7 @@ def _window_starts(db, track) -> list[float]:
 def test_best_moment_never_starts_less_than_a_window_before_the_end(library_copy, blip, clap_text, photos):
     """Every window of every real track asked for, then real queries: the best moment always has a full window
     of music after it, in a new database and in one written before last_window_start_s was recorded."""
-    from recommend import best_segment_start
+    from music_mood.search import best_segment_start
 
     paths = LibraryPaths.at(library_copy)
     db = load_database(paths)

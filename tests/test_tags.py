@@ -101,9 +101,9 @@ def test_filters_and_explanations_use_automatic_tags_and_the_users_tag_wins(libr
                                                                              default_models):
     from music_mood.build import build_library
     from music_mood.display import format_library
+    from music_mood.recommendation import recommend
     from music_mood.search import shared_mood_words, tag_values
     from music_mood.tags import Tagger, auto_tag_words
-    from recommend import recommend
 
     paths = LibraryPaths.at(library_copy)
     build_library(clap_audio, paths, progress=False, tagger=Tagger(clap_text))

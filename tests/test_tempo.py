@@ -11,8 +11,8 @@ import music_to_vector
 import recommend as recommend_cli
 from music_mood.audio import decode_audio, estimate_tempo
 from music_mood.library import Database, LibraryPaths, load_database, save_database
+from music_mood.recommendation import recommend
 from music_mood.search import BPM_RANGE_FORMS, parse_bpm_range, rank_tracks
-from recommend import recommend
 
 RATE = 48_000
 
