@@ -8,8 +8,8 @@ from urllib.parse import quote, unquote, urlsplit
 import pytest
 
 from music_mood.edit import remove_tracks, set_fields
+from music_mood.library import LibraryPaths, load_database
 from music_mood.recommendation import recommend
-from music_to_vector import LibraryPaths, load_database
 from tests.app_server import get, running_copy
 from tests.conftest import ROOT, WAIT_MS, open_page, run_cli
 

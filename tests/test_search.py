@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from music_mood.search import rank_tracks
-from music_to_vector import Database, LibraryPaths, index_path, load_database, save_database
+from music_mood.library import Database, LibraryPaths, load_database, save_database
+from music_mood.search import index_path, rank_tracks
 
 N, DIM, CLUSTERS = 20_000, 512, 200
 THRESHOLD = 5_000  # lowered from SEARCH_INDEX_MIN_TRACKS so a 20 000-row library takes the index path

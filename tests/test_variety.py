@@ -9,10 +9,9 @@ import pytest
 
 import recommend as recommend_cli
 from music_mood.display import format_recommendation
-from music_mood.library import UnknownTrackError
+from music_mood.library import Database, LibraryPaths, UnknownTrackError, load_database
 from music_mood.recommendation import recommend
 from music_mood.search import DEFAULT_MAX_PER_ARTIST, rank_results, rank_tracks, shared_mood_words
-from music_to_vector import Database, LibraryPaths, load_database
 
 ARTISTS = ["Ana", "ana ", "Bo", "", "Cy"]  # "Ana" and "ana " are one artist; "" is no artist
 
