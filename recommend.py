@@ -22,8 +22,8 @@ from music_mood.library import (
 )
 from music_mood.models import ModelLoadError
 from music_mood.player import play
-from music_mood.recommendation import NoQueryError, Recommendation, Track, check_can_recommend, recommend
-from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, parse_bpm_range, rank_tracks
+from music_mood.recommendation import NoQueryError, Recommendation, Track, recommend
+from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, Filters, parse_bpm_range, rank_tracks
 from music_mood.soundtrack import (
     DEFAULT_SECONDS_PER_PHOTO,
     MAX_PHOTOS,
@@ -39,11 +39,11 @@ from music_mood.soundtrack import (
 
 __all__ = [
     "EmptyLibraryError",
+    "Filters",
     "NoQueryError",
     "Recommendation",
     "Track",
     "UnknownTrackError",
-    "check_can_recommend",
     "main",
     "rank_tracks",
     "recommend",
@@ -208,7 +208,8 @@ def soundtrack_main(parser: argparse.ArgumentParser, args, stop: StopSignals) ->
         from music_mood.models import load_blip, load_clap_text
 
         db = load_database(paths, clap_model=args.clap_model)
-        check_can_plan(db, args.mood, args.genre, args.bpm)  # before the models: loading them takes seconds
+        filters = Filters(args.mood, args.genre, args.bpm)
+        check_can_plan(db, filters)  # before the models: loading them takes seconds
         problem = check_outside_library(db, paths, outs)
         if problem:
             print(f"Error: {problem}", file=sys.stderr)
@@ -219,7 +220,7 @@ def soundtrack_main(parser: argparse.ArgumentParser, args, stop: StopSignals) ->
         clap = load_clap_text(args.clap_model, args.precision, args.backend)
         blip = load_blip(args.blip_model, args.precision, args.backend)
         plan = plan_soundtrack(blip, clap, db, args.images, seconds_per_photo=seconds, total_s=args.total_seconds,
-                               text=args.text, moods=args.mood, genres=args.genre, progress=True, bpm=args.bpm)
+                               text=args.text, filters=filters, progress=True)
         for skipped in plan.skipped_photos:
             print(f"Warning: {skipped['error']}; left out", file=sys.stderr)
         if args.json:
@@ -266,7 +267,8 @@ def recommend_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> 
         from music_mood.models import load_blip, load_clap_text
 
         db = load_database(paths, clap_model=args.clap_model)
-        check_can_recommend(db, args.mood, args.genre, args.bpm)  # before the models: loading them takes seconds
+        filters = Filters(args.mood, args.genre, args.bpm)
+        filters.check(db)  # before the models: loading them takes seconds
         if args.like is not None:
             find_track(db, args.like)  # an unknown track fails here, before any model work
         # "More like this" needs no model: the query is a vector the library already holds.
@@ -275,9 +277,8 @@ def recommend_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> 
         first, warned = None, set()
         for image in args.images or [None]:
             try:
-                rec = recommend(blip, clap, db, image=image, text=args.text, topk=args.topk, moods=args.mood,
-                                genres=args.genre, max_per_artist=args.max_per_artist, diversity=args.diversity,
-                                like=args.like, bpm=args.bpm)
+                rec = recommend(blip, clap, db, image=image, text=args.text, topk=args.topk, filters=filters,
+                                max_per_artist=args.max_per_artist, diversity=args.diversity, like=args.like)
             except ImageError as e:
                 print(f"Error: {e}", file=sys.stderr)
                 status = 1

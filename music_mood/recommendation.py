@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from music_mood.library import EMPTY_LIBRARY, Database, DatabaseError, EmptyLibraryError, find_track
+from music_mood.library import Database, DatabaseError, EmptyLibraryError, find_track
 from music_mood.query import image_to_query
 from music_mood.search import (
     DEFAULT_MAX_PER_ARTIST,
+    NO_FILTERS,
+    Filters,
     best_segment_start,
-    check_filters,
     rank_results,
     shared_mood_words,
 )
@@ -60,33 +61,22 @@ class Recommendation:
         return asdict(self)
 
 
-def check_can_recommend(db: Database, moods=None, genres=None, bpm=None) -> None:
-    """Raise EmptyLibraryError when `db` has no track, or none the mood/genre/tempo filters keep (ValueError for a
-    tempo filter that does not parse). Needs no model, so the CLI runs it before loading any; recommend() runs it
-    first too."""
-    if len(db) == 0:
-        raise EmptyLibraryError(EMPTY_LIBRARY)
-    check_filters(db, moods, genres, bpm)
-
-
-def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 10, moods=None, genres=None,
-              max_per_artist: int = DEFAULT_MAX_PER_ARTIST, diversity: float = 0.0, like: str | None = None,
-              bpm=None, **caption_length) -> Recommendation:
+def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 10,
+              filters: Filters = NO_FILTERS, max_per_artist: int = DEFAULT_MAX_PER_ARTIST, diversity: float = 0.0,
+              like: str | None = None, **caption_length) -> Recommendation:
     """Recommend tracks of `db` for an image and/or a text.
 
     `blip` and `clap` are models from models.load_blip / load_clap_text (blip may be None for text alone);
-    `image` is a path, bytes, numpy array or PIL image; `moods`/`genres` keep only tracks with those tags.
+    `image` is a path, bytes, numpy array or PIL image; only the tracks `filters` keep (mood, genre, tempo) are
+    recommended.
     Tracks whose file is missing are left out (the next ones take their places) and named in skipped_missing.
     At most `max_per_artist` tracks of one artist (and of one album) are listed (0: no cap); `diversity` in [0, 1]
     re-ranks by MMR over the stored track vectors (0: the pure ranking). `like` (a track's id or file path) makes
     that track's stored vector the query instead of image/text (no model is used; the track itself is left out).
-    `bpm` keeps only tracks whose tempo is in a range: a search.BpmRange, a (low, high) pair (None: open) or text
-    as search.parse_bpm_range reads it ("80-110", "80-", "-110", "120" for about 120); a track without a tempo
-    never matches. Raises UnknownTrackError for a `like` that is no track, ValueError for a bad
-    topk/max_per_artist/diversity/bpm,
+    Raises UnknownTrackError for a `like` that is no track, ValueError for a bad topk/max_per_artist/diversity,
     ImageError for an unreadable image, NoQueryError when there is neither image nor text, and
     EmptyLibraryError when nothing can be recommended (an empty library, filters that keep no track, checked
-    before any model work, or every matching file missing). `caption_length`: max_caption_tokens /
+    before any model work by filters.check, or every matching file missing). `caption_length`: max_caption_tokens /
     min_caption_tokens of query.image_to_query.
     """
     if topk < 1:
@@ -95,7 +85,7 @@ def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 
         raise ValueError("max_per_artist must be 0 (no cap) or more")
     if not 0 <= diversity <= 1:
         raise ValueError("diversity must be between 0 and 1")
-    check_can_recommend(db, moods, genres, bpm)
+    filters.check(db)
     if like is not None:
         row = find_track(db, like)
         caption, mood_words, exclude = "", [], {row}
@@ -109,7 +99,7 @@ def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 
                                 f"{query.vector.shape[0]}-d; rebuild it with: python music_to_vector.py --rebuild")
         caption, mood_words, query_text, vector = query.caption, query.mood_words, query.query_text, query.vector
         exclude = set()
-    ranked, missing = rank_results(db, vector, topk, moods, genres, max_per_artist, diversity, exclude, bpm)
+    ranked, missing = rank_results(db, vector, topk, filters, max_per_artist, diversity, exclude)
     if not ranked and not missing:  # only "more like this" can rank nothing: its track was the only match
         raise EmptyLibraryError("no other track in the library matches the filters")
     if not ranked:

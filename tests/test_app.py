@@ -15,6 +15,7 @@ from music_mood.build import build_library, import_sample_library
 from music_mood.edit import set_fields
 from music_mood.library import LibraryPaths, LiveLibrary, load_database
 from music_mood.recommendation import recommend
+from music_mood.search import Filters
 from tests.app_server import (
     file_data,
     foreign_paths,
@@ -326,7 +327,7 @@ def test_recommend_api_filters_by_tempo(client, app_library, default_models):
     tempos = sorted(t["bpm"] for t in db.tracks)
     bpm = f"{tempos[1]}-{tempos[-2]}"  # all but the slowest and the fastest track
     result = client.predict(image=None, text="anything", topk=20, bpm=bpm, api_name="/recommend")
-    expected = recommend(None, default_models[1], db, text="anything", topk=20, bpm=bpm).to_dict()
+    expected = recommend(None, default_models[1], db, text="anything", topk=20, filters=Filters(bpm=bpm)).to_dict()
     assert [t["file_path"] for t in result["results"]] == [t["file_path"] for t in expected["results"]]
     assert sorted(t["bpm"] for t in result["results"]) == tempos[1:-1]
     like = db.tracks[0]["file_path"]

@@ -27,7 +27,7 @@ from music_mood.library import (
     load_database,
 )
 from music_mood.rows import stack_rows, take_ranges, take_rows
-from music_mood.search import check_filters, rank_results, tag_values
+from music_mood.search import Filters, rank_results, tag_values
 from music_mood.tracks import TrackTable
 from tests.conftest import put_in_new_music, store_as_table
 
@@ -104,13 +104,14 @@ def test_every_question_asked_of_all_records_has_the_same_answer(both):
     rng = np.random.default_rng(0)
     for query in rng.standard_normal((4, db.dim)).astype(np.float32):
         query /= np.linalg.norm(query)
-        for filters in ({}, {"moods": ["dreamy"]}, {"genres": ["jazz", "acoustic"]}, {"bpm": "100-140"}):
-            assert rank_results(db, query, 5, **filters) == rank_results(expected, query, 5, **filters), filters
+        for filters in (Filters(), Filters(moods=["dreamy"]), Filters(genres=["jazz", "acoustic"]),
+                        Filters(bpm="100-140")):
+            assert rank_results(db, query, 5, filters) == rank_results(expected, query, 5, filters), filters
     for bad in ({"moods": ["no such mood"]}, {"bpm": "300-"}):
         with pytest.raises(EmptyLibraryError) as on_table:
-            check_filters(db, **bad)
+            Filters(**bad).check(db)
         with pytest.raises(EmptyLibraryError) as on_json:
-            check_filters(expected, **bad)
+            Filters(**bad).check(expected)
         assert str(on_table.value) == str(on_json.value)
     assert "1 tracks added before tempos were stored" in str(on_table.value)  # the record without a bpm key
 

@@ -17,7 +17,7 @@ import recommend as recommend_cli
 from image_to_vector import image_to_query
 from music_mood.library import EmptyLibraryError, LibraryPaths, load_database
 from music_mood.recommendation import recommend
-from music_mood.search import rank_tracks
+from music_mood.search import Filters, rank_tracks
 from tests.conftest import ROOT, run_cli
 
 RESULT_KEYS = {"rank", "title", "artist", "mood", "genre", "bpm", "file_path", "score", "best_segment_start_s",
@@ -58,12 +58,12 @@ def test_ties_keep_library_order():
 def test_filters_keep_only_matching_tracks():
     db, _ = _random_db()
     q = db.vectors[7]
-    ranked = rank_tracks(db, q, 10, moods=["Happy"], genres="rock")
+    ranked = rank_tracks(db, q, 10, Filters(moods=["Happy"], genres="rock"))
     assert ranked and all(db.tracks[i]["mood"] == "happy" and db.tracks[i]["genre"] == "rock" for i, _ in ranked)
     allowed = [i for i, t in enumerate(db.tracks) if t["mood"] == "happy" and t["genre"] == "rock"]
     scores = db.vectors @ q
     assert [i for i, _ in ranked] == sorted(allowed, key=lambda i: (-scores[i], i))[:10]
-    assert rank_tracks(db, q, 10, moods=["no such mood"]) == []
+    assert rank_tracks(db, q, 10, Filters(moods=["no such mood"])) == []
 
 
 def _tag_values(db, key):
@@ -77,7 +77,7 @@ def test_unknown_filter_fails_before_any_model_work_and_lists_what_exists(librar
     filters = {"moods": ["Dreamy", "sad"]} if key == "mood" else {"genres": "jazz"}
     asked = "dreamy or sad" if key == "mood" else "jazz"
     with pytest.raises(EmptyLibraryError) as refused:
-        recommend(None, None, db, image=photos["coffee.png"], **filters)
+        recommend(None, None, db, image=photos["coffee.png"], filters=Filters(**filters))
     assert str(refused.value) == (f"no track in the library has the {key} {asked}; "
                                   f"the {key}s it has: {_tag_values(db, key)}")
 
@@ -89,7 +89,7 @@ def test_filters_that_exclude_each_other_fail_before_model_work():
     db = Database(vectors=vectors, tracks=[{"file_path": "a.mp3", "mood": "calm", "genre": "Jazz"},
                                            {"file_path": "b.mp3", "mood": "happy", "genre": "rock"}])
     with pytest.raises(EmptyLibraryError) as refused:
-        recommend(None, None, db, text="anything", moods="calm", genres="rock")
+        recommend(None, None, db, text="anything", filters=Filters(moods="calm", genres="rock"))
     assert str(refused.value) == ("no track in the library has the mood calm and the genre rock; "
                                   "the moods it has: calm, happy; the genres it has: Jazz, rock")
 
