@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from music_mood.library import Database, DatabaseError, EmptyLibraryError, find_track
+from music_mood.library import Database, EmptyLibraryError, check_dimension, find_track
 from music_mood.query import image_to_query
 from music_mood.search import (
     DEFAULT_MAX_PER_ARTIST,
     NO_FILTERS,
     Filters,
     best_segment_start,
+    missing_files_error,
     rank_results,
     shared_mood_words,
 )
@@ -94,18 +95,14 @@ def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 
         if image is None and not (text or "").strip():
             raise NoQueryError("give a photo, some words, or both")
         query = image_to_query(blip, clap, image=image, text=text, **caption_length)
-        if query.vector.shape[0] != db.dim:
-            raise DatabaseError(f"the database holds {db.dim}-d vectors but the CLAP model gives "
-                                f"{query.vector.shape[0]}-d; rebuild it with: python music_to_vector.py --rebuild")
+        check_dimension(db.dim, query.vector.shape[0])
         caption, mood_words, query_text, vector = query.caption, query.mood_words, query.query_text, query.vector
         exclude = set()
     ranked, missing = rank_results(db, vector, topk, filters, max_per_artist, diversity, exclude)
     if not ranked and not missing:  # only "more like this" can rank nothing: its track was the only match
         raise EmptyLibraryError("no other track in the library matches the filters")
     if not ranked:
-        raise EmptyLibraryError(f"every matching track's file is missing ({len(missing)} files, e.g. "
-                                f"{db.root / db.tracks[missing[0]]['file_path']}); run python music_to_vector.py "
-                                f"to update the library")
+        raise missing_files_error(db, missing)
     results = []
     for rank, (row, score) in enumerate(ranked, 1):
         t = db.tracks[row]

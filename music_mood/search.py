@@ -289,6 +289,14 @@ def rank_present_tracks(db: Database, vector: np.ndarray, topk: int,
         want *= 2
 
 
+def missing_files_error(db: Database, missing: list[int]) -> EmptyLibraryError:
+    """The error for a search whose every matching track has lost its file (`missing`: their rows, best first): how
+    many, the first one's path, and what to run."""
+    return EmptyLibraryError(f"every matching track's file is missing ({len(missing)} files, e.g. "
+                             f"{db.root / db.tracks[missing[0]]['file_path']}); run python music_to_vector.py to "
+                             f"update the library")
+
+
 def best_segment_start(db: Database, row: int, vector: np.ndarray) -> float | None:
     """Start (seconds) of the track's window closest to the query; None for a database without segments.
 

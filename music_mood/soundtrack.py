@@ -11,9 +11,16 @@ import numpy as np
 
 from music_mood.describe import MAX_CAPTION_TOKENS, MOOD_WORDS_PER_IMAGE, describe_pixels, vision_batch_size
 from music_mood.images import ImageError, open_image
-from music_mood.library import REBUILD, Database, DatabaseError, EmptyLibraryError
+from music_mood.library import REBUILD, Database, DatabaseError, EmptyLibraryError, check_dimension
 from music_mood.query import Query, compose_query_text, embed_text
-from music_mood.search import NO_FILTERS, Filters, best_segment_start, rank_results, shared_mood_words
+from music_mood.search import (
+    NO_FILTERS,
+    Filters,
+    best_segment_start,
+    missing_files_error,
+    rank_results,
+    shared_mood_words,
+)
 
 DEFAULT_SECONDS_PER_PHOTO = 4.0
 # The longest soundtrack made, and the longest a photo is shown: every edge (the CLI's flags, the page's slider, the
@@ -252,9 +259,7 @@ class _TrackChooser:
                 self.previous = {row}
                 return row, score
         if missing:
-            raise EmptyLibraryError(f"every matching track's file is missing ({len(missing)} files, e.g. "
-                                    f"{self.db.root / self.db.tracks[missing[0]]['file_path']}); run python "
-                                    f"music_to_vector.py to update the library")
+            raise missing_files_error(self.db, missing)
         raise EmptyLibraryError(f"no track the filters keep has a known length; {REBUILD}")
 
 
@@ -362,9 +367,7 @@ def plan_soundtrack(blip, clap, db: Database, photos, seconds_per_photo: float =
     # One CLAP pass per distinct text (a repeated photo repeats its text), each alone as recommend() embeds it,
     # so a photo's vector is the one its own recommendation ranks by.
     vectors = {t: embed_text(clap, [t])[0] for t in dict.fromkeys(texts)}
-    dim = next(iter(vectors.values())).shape[0]
-    if dim != db.dim:
-        raise DatabaseError(f"the database holds {db.dim}-d vectors but the CLAP model gives {dim}-d; {REBUILD}")
+    check_dimension(db.dim, next(iter(vectors.values())).shape[0])
     queries = [(path, Query(caption=caption, mood_words=list(mood_words), query_text=t, vector=vectors[t]))
                for (path, caption, mood_words), t in zip(described, texts)]
     return arrange_soundtrack(db, queries, seconds_per_photo, total_s, text, filters, skipped, scene_min_drop)
