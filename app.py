@@ -32,6 +32,7 @@ from music_mood.library import (
     EmptyLibraryError,
     LibraryPaths,
     LiveLibrary,
+    UnknownTrackError,
     find_track,
 )
 from music_mood.models import (
@@ -41,8 +42,9 @@ from music_mood.models import (
     load_clap_text,
     release_freed_memory,
 )
+from music_mood.recommendation import NoQueryError, recommend
 from music_mood.render import RenderError
-from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, parse_bpm_range, tag_values
+from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, Filters, parse_bpm_range, tag_values
 from music_mood.serve import (
     RenderFolders,
     port_busy_message,
@@ -69,7 +71,6 @@ from music_mood.soundtrack import (
 from music_mood.storage import LibraryBusyError
 from music_mood.tags import tagger_of
 from music_mood.uploads import NotUploadedError, add_uploads, uploaded_file
-from recommend import NoQueryError, UnknownTrackError, recommend
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -310,9 +311,8 @@ def recommend_photo(library: LiveLibrary, blip, clap, image, text: str = "", top
     tempo = tempo_filter(bpm)
     try:
         db = library.current()  # one version of the library for the whole request
-        rec = recommend(blip, clap, db, image=image, text=text, topk=int(topk), moods=moods or None,
-                        genres=genres or None, max_per_artist=int(max_per_artist), diversity=float(diversity),
-                        bpm=tempo)
+        rec = recommend(blip, clap, db, image=image, text=text, topk=int(topk), filters=Filters(moods, genres, tempo),
+                        max_per_artist=int(max_per_artist), diversity=float(diversity))
     except ImageError as e:
         # The message names the upload's temporary path on the server; the user knows it by its file name.
         message = str(e).replace(str(image), Path(str(image)).name) if isinstance(image, str) else str(e)
@@ -351,8 +351,8 @@ def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, 
     tempo = tempo_filter(bpm)
     try:
         db = library.current()
-        rec = recommend(None, None, db, topk=int(topk), moods=moods or None, genres=genres or None, like=like,
-                        max_per_artist=int(max_per_artist), diversity=float(diversity), bpm=tempo)
+        rec = recommend(None, None, db, topk=int(topk), filters=Filters(moods, genres, tempo), like=like,
+                        max_per_artist=int(max_per_artist), diversity=float(diversity))
     except UnknownTrackError as e:
         raise gr.Error(str(e)) from e
     except EmptyLibraryError as e:
@@ -1097,7 +1097,7 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels, render
                 blip, clap = models.query_models()
                 try:
                     return make_slideshow(renders, blip, clap, library.current(), photos, seconds_per_photo, text,
-                                          moods, genres, should_stop, report)
+                                          Filters(moods, genres), should_stop, report)
                 finally:
                     release_freed_memory()
 

@@ -1,4 +1,4 @@
-"""The one recommend() that the CLI and the web app share, and the command line around it."""
+"""The command line of music_mood.recommendation's recommend() (and of --soundtrack), whose names it re-exports."""
 from __future__ import annotations
 
 import argparse
@@ -6,14 +6,12 @@ import json
 import math
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from music_mood.cli import StopSignals, add_library_arguments, add_model_arguments, int_argument, new_parser
 from music_mood.display import format_recommendation, format_soundtrack
 from music_mood.images import ImageError
 from music_mood.library import (
-    EMPTY_LIBRARY,
     Database,
     DatabaseError,
     EmptyLibraryError,
@@ -24,18 +22,8 @@ from music_mood.library import (
 )
 from music_mood.models import ModelLoadError
 from music_mood.player import play
-from music_mood.query import image_to_query
-from music_mood.search import (
-    BPM_RANGE_FORMS,
-    DEFAULT_MAX_PER_ARTIST,
-    BpmRange,
-    best_segment_start,
-    check_filters,
-    parse_bpm_range,
-    rank_results,
-    rank_tracks,
-    shared_mood_words,
-)
+from music_mood.recommendation import NoQueryError, Recommendation, Track, recommend
+from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, Filters, parse_bpm_range, rank_tracks
 from music_mood.soundtrack import (
     DEFAULT_SECONDS_PER_PHOTO,
     MAX_PHOTOS,
@@ -48,133 +36,18 @@ from music_mood.soundtrack import (
     check_lengths,
     plan_soundtrack,
 )
-from music_mood.tags import auto_tag_words
 
 __all__ = [
     "EmptyLibraryError",
+    "Filters",
     "NoQueryError",
     "Recommendation",
     "Track",
     "UnknownTrackError",
-    "check_can_recommend",
     "main",
     "rank_tracks",
     "recommend",
 ]
-
-
-class NoQueryError(ValueError):
-    """Neither a photo nor words to search by."""
-
-
-@dataclass
-class Track:
-    """One ranked result; best_segment_start_s is where in the track the query matches best; shared_mood_words are
-    the query's mood words that are among the track's mood/genre tags; bpm is its tempo (None: no beat found, or
-    not read yet)."""
-
-    rank: int
-    title: str
-    artist: str
-    mood: str
-    genre: str
-    file_path: str
-    score: float
-    best_segment_start_s: float | None
-    shared_mood_words: list[str] = field(default_factory=list)
-    # The automatic tags (music_mood.tags) made from the track's vector, {"mood": [...], "genre": [...]}, best
-    # first; mood and genre above are the user's own (folder, file tags) and win where both exist.
-    auto_tags: dict = field(default_factory=dict)
-    bpm: float | None = None
-
-
-@dataclass
-class Recommendation:
-    """Everything a user sees: what the photo was read as, the exact text embedded, and the ranked tracks.
-
-    For "more like this" (recommend(like=...)) caption and mood_words are empty and query_text says which track.
-
-    skipped_missing: file_path of each track that ranked among these results but whose file is gone, best first.
-    """
-
-    caption: str
-    mood_words: list[str]
-    query_text: str
-    results: list[Track] = field(default_factory=list)
-    skipped_missing: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def check_can_recommend(db: Database, moods=None, genres=None, bpm=None) -> None:
-    """Raise EmptyLibraryError when `db` has no track, or none the mood/genre/tempo filters keep (ValueError for a
-    tempo filter that does not parse). Needs no model, so the CLI runs it before loading any; recommend() runs it
-    first too."""
-    if len(db) == 0:
-        raise EmptyLibraryError(EMPTY_LIBRARY)
-    check_filters(db, moods, genres, bpm)
-
-
-def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 10, moods=None, genres=None,
-              max_per_artist: int = DEFAULT_MAX_PER_ARTIST, diversity: float = 0.0, like: str | None = None,
-              bpm=None, **caption_length) -> Recommendation:
-    """Recommend tracks of `db` for an image and/or a text.
-
-    `blip` and `clap` are models from models.load_blip / load_clap_text (blip may be None for text alone);
-    `image` is a path, bytes, numpy array or PIL image; `moods`/`genres` keep only tracks with those tags.
-    Tracks whose file is missing are left out (the next ones take their places) and named in skipped_missing.
-    At most `max_per_artist` tracks of one artist (and of one album) are listed (0: no cap); `diversity` in [0, 1]
-    re-ranks by MMR over the stored track vectors (0: the pure ranking). `like` (a track's id or file path) makes
-    that track's stored vector the query instead of image/text (no model is used; the track itself is left out).
-    `bpm` keeps only tracks whose tempo is in a range: a search.BpmRange, a (low, high) pair (None: open) or text
-    as search.parse_bpm_range reads it ("80-110", "80-", "-110", "120" for about 120); a track without a tempo
-    never matches. Raises UnknownTrackError for a `like` that is no track, ValueError for a bad
-    topk/max_per_artist/diversity/bpm,
-    ImageError for an unreadable image, NoQueryError when there is neither image nor text, and
-    EmptyLibraryError when nothing can be recommended (an empty library, filters that keep no track, checked
-    before any model work, or every matching file missing). `caption_length`: max_caption_tokens /
-    min_caption_tokens of query.image_to_query.
-    """
-    if topk < 1:
-        raise ValueError("topk must be at least 1")
-    if max_per_artist < 0:
-        raise ValueError("max_per_artist must be 0 (no cap) or more")
-    if not 0 <= diversity <= 1:
-        raise ValueError("diversity must be between 0 and 1")
-    check_can_recommend(db, moods, genres, bpm)
-    if like is not None:
-        row = find_track(db, like)
-        caption, mood_words, exclude = "", [], {row}
-        query_text, vector = f"more like {db.tracks[row]['file_path']}", db.vectors[row]
-    else:
-        if image is None and not (text or "").strip():
-            raise NoQueryError("give a photo, some words, or both")
-        query = image_to_query(blip, clap, image=image, text=text, **caption_length)
-        if query.vector.shape[0] != db.dim:
-            raise DatabaseError(f"the database holds {db.dim}-d vectors but the CLAP model gives "
-                                f"{query.vector.shape[0]}-d; rebuild it with: python music_to_vector.py --rebuild")
-        caption, mood_words, query_text, vector = query.caption, query.mood_words, query.query_text, query.vector
-        exclude = set()
-    ranked, missing = rank_results(db, vector, topk, moods, genres, max_per_artist, diversity, exclude, bpm)
-    if not ranked and not missing:  # only "more like this" can rank nothing: its track was the only match
-        raise EmptyLibraryError("no other track in the library matches the filters")
-    if not ranked:
-        raise EmptyLibraryError(f"every matching track's file is missing ({len(missing)} files, e.g. "
-                                f"{db.root / db.tracks[missing[0]]['file_path']}); run python music_to_vector.py "
-                                f"to update the library")
-    results = []
-    for rank, (row, score) in enumerate(ranked, 1):
-        t = db.tracks[row]
-        results.append(Track(rank=rank, title=str(t.get("title", "")), artist=str(t.get("artist", "")),
-                             mood=str(t.get("mood", "")), genre=str(t.get("genre", "")),
-                             file_path=str(t["file_path"]), score=round(score, 6),
-                             best_segment_start_s=best_segment_start(db, row, vector),
-                             shared_mood_words=shared_mood_words(t, mood_words),
-                             auto_tags={kind: auto_tag_words(t, kind) for kind in ("mood", "genre")},
-                             bpm=t.get("bpm")))
-    return Recommendation(caption=caption, mood_words=list(mood_words), query_text=query_text,
-                          results=results, skipped_missing=[str(db.tracks[row]["file_path"]) for row in missing])
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -335,7 +208,8 @@ def soundtrack_main(parser: argparse.ArgumentParser, args, stop: StopSignals) ->
         from music_mood.models import load_blip, load_clap_text
 
         db = load_database(paths, clap_model=args.clap_model)
-        check_can_plan(db, args.mood, args.genre, args.bpm)  # before the models: loading them takes seconds
+        filters = Filters(args.mood, args.genre, args.bpm)
+        check_can_plan(db, filters)  # before the models: loading them takes seconds
         problem = check_outside_library(db, paths, outs)
         if problem:
             print(f"Error: {problem}", file=sys.stderr)
@@ -346,7 +220,7 @@ def soundtrack_main(parser: argparse.ArgumentParser, args, stop: StopSignals) ->
         clap = load_clap_text(args.clap_model, args.precision, args.backend)
         blip = load_blip(args.blip_model, args.precision, args.backend)
         plan = plan_soundtrack(blip, clap, db, args.images, seconds_per_photo=seconds, total_s=args.total_seconds,
-                               text=args.text, moods=args.mood, genres=args.genre, progress=True, bpm=args.bpm)
+                               text=args.text, filters=filters, progress=True)
         for skipped in plan.skipped_photos:
             print(f"Warning: {skipped['error']}; left out", file=sys.stderr)
         if args.json:
@@ -393,7 +267,8 @@ def recommend_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> 
         from music_mood.models import load_blip, load_clap_text
 
         db = load_database(paths, clap_model=args.clap_model)
-        check_can_recommend(db, args.mood, args.genre, args.bpm)  # before the models: loading them takes seconds
+        filters = Filters(args.mood, args.genre, args.bpm)
+        filters.check(db)  # before the models: loading them takes seconds
         if args.like is not None:
             find_track(db, args.like)  # an unknown track fails here, before any model work
         # "More like this" needs no model: the query is a vector the library already holds.
@@ -402,9 +277,8 @@ def recommend_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> 
         first, warned = None, set()
         for image in args.images or [None]:
             try:
-                rec = recommend(blip, clap, db, image=image, text=args.text, topk=args.topk, moods=args.mood,
-                                genres=args.genre, max_per_artist=args.max_per_artist, diversity=args.diversity,
-                                like=args.like, bpm=args.bpm)
+                rec = recommend(blip, clap, db, image=image, text=args.text, topk=args.topk, filters=filters,
+                                max_per_artist=args.max_per_artist, diversity=args.diversity, like=args.like)
             except ImageError as e:
                 print(f"Error: {e}", file=sys.stderr)
                 status = 1

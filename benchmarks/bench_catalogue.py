@@ -177,11 +177,11 @@ def place_ranked_files(records: list[dict], vectors: np.ndarray, folder: Path) -
     vectors, so the same faiss index, built here in memory and not cached), so that rank_results finds the files
     of its top results as it would in a real library. Returns how many files were made."""
     from music_mood.library import Database
-    from music_mood.search import rank_tracks
+    from music_mood.search import Filters, rank_tracks
 
     db = Database(vectors=vectors, tracks=records, root=folder)
     vector = query_vector(vectors.shape[1])
-    rows = {row for moods in (None, FILTER) for row, _ in rank_tracks(db, vector, PLACEHOLDER_ROWS, moods)}
+    rows = {row for moods in (None, FILTER) for row, _ in rank_tracks(db, vector, PLACEHOLDER_ROWS, Filters(moods))}
     for row in rows:
         path = folder / records[row]["file_path"]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,7 @@ def measure_loaded_library(folder: str) -> dict:
     import faiss  # noqa: F401  (imported before the baseline: the library's code, not the catalogue's memory)
 
     from music_mood.library import LibraryPaths, _load_array, _rows_are_unit, find_track, load_database
-    from music_mood.search import index_path, rank_results, tag_values
+    from music_mood.search import Filters, index_path, rank_results, tag_values
     from music_mood.tracks import TrackTable
 
     paths = LibraryPaths.at(folder)
@@ -251,7 +251,7 @@ def measure_loaded_library(folder: str) -> dict:
     vector = query_vector(db.dim)
     for name, filter_ in (("all", None), ("calm", FILTER)):
         for call in ("first", "second"):
-            (chosen, missing), seconds = timed(lambda: rank_results(db, vector, TOPK, filter_, None))
+            (chosen, missing), seconds = timed(lambda: rank_results(db, vector, TOPK, Filters(filter_)))
             out[f"rank_{name}_{call}_s"] = seconds
             out[f"rank_{name}_{call}_results"] = len(chosen)
             out[f"rank_{name}_{call}_missing"] = len(missing)
@@ -270,17 +270,17 @@ def measure_reopened_library(folder: str, missing_files: bool) -> dict:
     import faiss  # noqa: F401  (as in measure_loaded_library)
 
     from music_mood.library import LibraryPaths, load_database
-    from music_mood.search import rank_results, vectors_fingerprint
+    from music_mood.search import Filters, rank_results, vectors_fingerprint
 
     out: dict = {}
     db, out["load_s"] = timed(lambda: load_database(LibraryPaths.at(folder)))
     vector = query_vector(db.dim)
-    _, out["rank_all_s"] = timed(lambda: rank_results(db, vector, TOPK, None, None))
-    _, out["rank_calm_s"] = timed(lambda: rank_results(db, vector, TOPK, FILTER, None))
+    _, out["rank_all_s"] = timed(lambda: rank_results(db, vector, TOPK))
+    _, out["rank_calm_s"] = timed(lambda: rank_results(db, vector, TOPK, Filters(FILTER)))
     _, out["fingerprint_s"] = timed(lambda: vectors_fingerprint(db.vectors))
     if missing_files:
         shutil.rmtree(LibraryPaths.at(folder).processed_music)
-        (chosen, missing), out["rank_no_files_s"] = timed(lambda: rank_results(db, vector, TOPK, None, None))
+        (chosen, missing), out["rank_no_files_s"] = timed(lambda: rank_results(db, vector, TOPK))
         out["rank_no_files_results"], out["rank_no_files_missing"] = len(chosen), len(missing)
     return out
 
@@ -371,7 +371,7 @@ def main(argv=None) -> int:
           f"+{m['peak_columns_mb']:.0f} MB")
     index = (f"faiss index {'used' if m['index_used'] else 'not used (below SEARCH_INDEX_MIN_TRACKS)'}"
              + (f", cached file {m['index_bytes'] / 1e6:.0f} MB" if m["index_bytes"] else ""))
-    print(f"rank_results(db, vector, {TOPK}, moods, None), {placed} rows with a placeholder file; {index}:")
+    print(f"rank_results(db, vector, {TOPK}, Filters(moods)), {placed} rows with a placeholder file; {index}:")
     for name, label in (("all", "no filter"), ("calm", f"moods={FILTER}")):
         print(f"  {label}: first {shown(m[f'rank_{name}_first_s'])}, second {shown(m[f'rank_{name}_second_s'])} "
               f"({m[f'rank_{name}_second_results']} results, {m[f'rank_{name}_second_missing']} missing files "

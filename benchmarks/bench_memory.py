@@ -22,7 +22,7 @@ import json, sys
 from benchmarks.common import current_rss_mb, peak_rss_mb
 from benchmarks.bench_query import LIBRARY_SIZE, synthetic_database
 from music_mood.models import load_blip, load_clap_text, release_freed_memory
-from recommend import recommend
+from music_mood.recommendation import recommend
 
 blip_dir, clap_dir, precision, backend, photo, queries = sys.argv[1:7]
 base = current_rss_mb()

@@ -110,7 +110,7 @@ def main(argv=None) -> int:
 
     from image_to_vector import embed_text, forget_descriptions
     from music_mood.models import default_backend, default_precision, load_blip, load_clap_text
-    from recommend import recommend
+    from music_mood.recommendation import recommend
 
     checkpoints = full_checkpoints()
     precision, backend = args.precision or default_precision(), args.backend or default_backend()

@@ -53,8 +53,8 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, chunk: int = 100_000) ->
 
 
 def measure(n: int, queries_count: int, folder: Path, distribution: str = "clustered") -> dict:
+    from music_mood.search import rank_tracks
     from music_to_vector import SEARCH_INDEX_MIN_TRACKS, Database, LibraryPaths, load_database, save_database
-    from recommend import rank_tracks
 
     rng = np.random.default_rng(n)
     if distribution == "clustered":

@@ -318,9 +318,8 @@ def _load_committed(paths: LibraryPaths, clap_model: str | None, dim: int | None
         raise DatabaseError(f"{paths.metadata} has a track without a file_path; {REBUILD}")
     if not _rows_are_unit(vectors):
         raise DatabaseError(f"{paths.vectors} has rows that are not unit-length (or not finite); {REBUILD}")
-    if dim is not None and len(vectors) and vectors.shape[1] != dim:
-        raise DatabaseError(f"the database holds {vectors.shape[1]}-d vectors but the CLAP model gives {dim}-d; "
-                            f"{REBUILD}")
+    if dim is not None and len(vectors):
+        check_dimension(vectors.shape[1], dim)
     check_clap_model(made_by, clap_model)
     window_s = float(meta.get("embedding", {}).get("window_s", 10.0)) if isinstance(meta, dict) else 10.0
     return Database(vectors=vectors, tracks=tracks, segments=segments, clap_model=made_by, root=paths.root,
@@ -508,6 +507,13 @@ def recover_library(paths: LibraryPaths) -> list[str]:
     except DatabaseError:
         return []  # nothing committed can be read: the load after this says so (or --rebuild starts afresh)
     return finish_commit(paths, meta["commit"]) if isinstance(meta, dict) and meta.get("commit") else []
+
+
+def check_dimension(stored: int, given: int) -> None:
+    """Raise DatabaseError when the library's vectors (`stored` dimensions) cannot be compared with the CLAP model's
+    (`given`): the library was built with another model."""
+    if stored != given:
+        raise DatabaseError(f"the database holds {stored}-d vectors but the CLAP model gives {given}-d; {REBUILD}")
 
 
 def check_clap_model(made_by: str | None, clap_model: str | None) -> None:

@@ -6,12 +6,13 @@ import hashlib
 import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from music_mood.library import Database, EmptyLibraryError
+from music_mood.library import EMPTY_LIBRARY, Database, EmptyLibraryError
 from music_mood.storage import write_atomically
 from music_mood.tags import auto_tag_words
 
@@ -83,14 +84,6 @@ def load_search_index(vectors: np.ndarray, vectors_path: Path | None = None):
     return index
 
 
-def _normalise_filter(values) -> set[str] | None:
-    if values is None or values == "":
-        return None
-    values = [values] if isinstance(values, str) else list(values)
-    values = {str(v).strip().lower() for v in values if str(v).strip()}
-    return values or None
-
-
 class BpmRange(NamedTuple):
     """A tempo filter: the tracks whose bpm is from `low` to `high`, both included; None leaves that side open."""
 
@@ -130,66 +123,101 @@ def parse_bpm_range(text: str) -> BpmRange:
     return BpmRange(low, high)
 
 
-def _bpm_filter(bpm) -> BpmRange | None:
+def _filter_words(values) -> tuple[str, ...]:
+    """Mood or genre filter values (one text, a list, or None) as the tags compare them: stripped, lower-cased,
+    without blanks or repeats, sorted."""
+    if values is None:
+        return ()
+    values = [values] if isinstance(values, str) else list(values)
+    return tuple(sorted({str(v).strip().lower() for v in values if str(v).strip()}))
+
+
+def _tempo_range(bpm) -> BpmRange | None:
     """A tempo filter given as a BpmRange, a (low, high) pair or text (parse_bpm_range); None or "" is none."""
     if bpm is None or (isinstance(bpm, str) and not bpm.strip()):
         return None
     return parse_bpm_range(bpm) if isinstance(bpm, str) else BpmRange(*bpm)
 
 
-def _allowed_rows(db: Database, moods=None, genres=None, bpm=None) -> np.ndarray | None:
-    """Boolean (N,) mask of the tracks the mood/genre/tempo filters keep, or None when there is no filter. A track
-    is kept when its own tag (folder mood, file genre) or one of its automatic tags of that kind is wanted, and
-    when its bpm is in the range (a track without one never is)."""
-    allowed = None
-    tempo = _bpm_filter(bpm)
-    if tempo is not None:
-        values = db.bpm_values()
-        allowed = ~np.isnan(values)
-        if tempo.low is not None:
-            allowed &= values >= tempo.low
-        if tempo.high is not None:
-            allowed &= values <= tempo.high
-    for key, wanted in (("mood", _normalise_filter(moods)), ("genre", _normalise_filter(genres))):
-        if wanted is not None:
-            mask = np.zeros(len(db), dtype=bool)
-            mask[db.rows_tagged(key, wanted)] = True
-            allowed = mask if allowed is None else allowed & mask
-    return allowed
+@dataclass(frozen=True)
+class Filters:
+    """Which tracks a search may return: one of `moods` (a track's own mood tag or one of its automatic ones), one
+    of `genres` (likewise), and a tempo in `bpm` (a track without one never is). An empty side keeps every track.
+
+    Given as users give them (a text or a list of words; a BpmRange, a (low, high) pair or text such as "80-110"),
+    they are kept in one form, so equal filters compare equal and a plan can store them: moods and genres as
+    sorted lower-case tuples, bpm as a BpmRange or None. A tempo text that does not parse raises ValueError here.
+    """
+
+    moods: tuple[str, ...] = ()
+    genres: tuple[str, ...] = ()
+    bpm: BpmRange | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "moods", _filter_words(self.moods))
+        object.__setattr__(self, "genres", _filter_words(self.genres))
+        object.__setattr__(self, "bpm", _tempo_range(self.bpm))
+
+    def to_dict(self) -> dict:
+        """{"moods": [...], "genres": [...], "bpm": [low, high] or None}: JSON as a plan stores it; Filters(**it)
+        reads it back."""
+        return {"moods": list(self.moods), "genres": list(self.genres),
+                "bpm": None if self.bpm is None else list(self.bpm)}
+
+    def mask(self, db: Database) -> np.ndarray | None:
+        """Boolean (N,) mask of the tracks of `db` these filters keep, or None when there is no filter."""
+        allowed = None
+        if self.bpm is not None:
+            values = db.bpm_values()
+            allowed = ~np.isnan(values)
+            if self.bpm.low is not None:
+                allowed &= values >= self.bpm.low
+            if self.bpm.high is not None:
+                allowed &= values <= self.bpm.high
+        for key, wanted in (("mood", self.moods), ("genre", self.genres)):
+            if wanted:
+                mask = np.zeros(len(db), dtype=bool)
+                mask[db.rows_tagged(key, set(wanted))] = True
+                allowed = mask if allowed is None else allowed & mask
+        return allowed
+
+    def check(self, db: Database) -> None:
+        """Raise EmptyLibraryError when `db` has no track, or none these filters keep (naming the moods/genres and
+        the tempos it has).
+
+        Needs no model: callers (recommend, a soundtrack's plan, the CLI before loading any) run it first, so a
+        mistyped filter fails at once.
+        """
+        if len(db) == 0:
+            raise EmptyLibraryError(EMPTY_LIBRARY)
+        allowed = self.mask(db)
+        if allowed is None or allowed.any():
+            return
+        asked, offered = [], []
+        for key, wanted in (("mood", self.moods), ("genre", self.genres)):
+            if wanted:
+                existing = tag_values(db, key)
+                asked.append(f"the {key} {' or '.join(wanted)}")
+                offered.append(f"the {key}s it has: {', '.join(existing) or 'none'}")
+        if self.bpm is not None:
+            values = db.bpm_values()[~np.isnan(db.bpm_values())]
+            asked.append(f"a tempo of {self.bpm}")
+            offered.append(f"the tempos it has: {values.min():g}-{values.max():g} BPM" if len(values) else
+                           "no track has a tempo")
+            untimed = sum(v is _ABSENT for v in db.column("bpm", _ABSENT))
+            if untimed:
+                offered[-1] += (f" ({untimed} tracks added before tempos were stored have none yet: run python "
+                                f"music_to_vector.py to read them)")
+        raise EmptyLibraryError(f"no track in the library has {' and '.join(asked)}; {'; '.join(offered)}")
+
+
+NO_FILTERS = Filters()
 
 
 def tag_values(db: Database, key: str) -> list[str]:
     """The distinct non-empty values of one tag (mood, genre) in the library, its tracks' own and automatic,
     sorted case-insensitively."""
     return db.tag_values(key)
-
-
-def check_filters(db: Database, moods=None, genres=None, bpm=None) -> None:
-    """Raise EmptyLibraryError when the mood/genre/tempo filters keep no track of `db`, naming the moods/genres and
-    the tempos it has; ValueError for a tempo filter that does not parse (parse_bpm_range).
-
-    Needs no model: callers run it before loading or asking one, so a mistyped filter fails at once.
-    """
-    allowed = _allowed_rows(db, moods, genres, bpm)
-    if allowed is None or allowed.any():
-        return
-    asked, offered = [], []
-    for key, wanted in (("mood", _normalise_filter(moods)), ("genre", _normalise_filter(genres))):
-        if wanted is not None:
-            existing = tag_values(db, key)
-            asked.append(f"the {key} {' or '.join(sorted(wanted))}")
-            offered.append(f"the {key}s it has: {', '.join(existing) or 'none'}")
-    tempo = _bpm_filter(bpm)
-    if tempo is not None:
-        values = db.bpm_values()[~np.isnan(db.bpm_values())]
-        asked.append(f"a tempo of {tempo}")
-        offered.append(f"the tempos it has: {values.min():g}-{values.max():g} BPM" if len(values) else
-                       "no track has a tempo")
-        untimed = sum(v is _ABSENT for v in db.column("bpm", _ABSENT))
-        if untimed:
-            offered[-1] += (f" ({untimed} tracks added before tempos were stored have none yet: run python "
-                            f"music_to_vector.py to read them)")
-    raise EmptyLibraryError(f"no track in the library has {' and '.join(asked)}; {'; '.join(offered)}")
 
 
 def _exact_top(vectors: np.ndarray, vector: np.ndarray, topk: int, candidates: np.ndarray | None = None):
@@ -210,18 +238,18 @@ def _exact_top(vectors: np.ndarray, vector: np.ndarray, topk: int, candidates: n
     return [(int(candidates[i]), float(scores[i])) for i in order]
 
 
-def rank_tracks(db: Database, vector: np.ndarray, topk: int, moods=None, genres=None,
-                bpm=None) -> list[tuple[int, float]]:
+def rank_tracks(db: Database, vector: np.ndarray, topk: int,
+                filters: Filters = NO_FILTERS) -> list[tuple[int, float]]:
     """Cosine ranking: (row, score) for the top k rows, best first, ties broken by row order.
 
-    `vector` is a unit float32 (D,); the database rows are unit-length, so the dot product is the cosine. `bpm`
-    is a tempo filter (a BpmRange, a (low, high) pair or text such as "80-110"; see _allowed_rows).
+    `vector` is a unit float32 (D,); the database rows are unit-length, so the dot product is the cosine. Only
+    the rows `filters` keep are ranked.
     Small libraries (and filters that leave fewer than db.index_min_tracks rows) are ranked exactly. Larger
     ones ask the faiss index (db.search_index()) for candidates, oversampled by how much the filters remove,
     and re-score those exactly; if the filters leave fewer than k of them, the exact ranking is used instead.
     """
     vector = np.asarray(vector, dtype=np.float32)
-    allowed = _allowed_rows(db, moods, genres, bpm)
+    allowed = filters.mask(db)
     kept = len(db) if allowed is None else int(allowed.sum())
     if kept == 0:
         return []
@@ -238,8 +266,8 @@ def rank_tracks(db: Database, vector: np.ndarray, topk: int, moods=None, genres=
     return _exact_top(db.vectors, vector, topk, None if allowed is None else np.flatnonzero(allowed))
 
 
-def rank_present_tracks(db: Database, vector: np.ndarray, topk: int, moods=None, genres=None,
-                        bpm=None) -> tuple[list[tuple[int, float]], list[int]]:
+def rank_present_tracks(db: Database, vector: np.ndarray, topk: int,
+                        filters: Filters = NO_FILTERS) -> tuple[list[tuple[int, float]], list[int]]:
     """rank_tracks without the tracks whose file is missing: ((row, score) for the top k, rows skipped), best first.
 
     Only the files of ranked candidates are looked at (one stat each), in rank order until k are found; when
@@ -248,7 +276,7 @@ def rank_present_tracks(db: Database, vector: np.ndarray, topk: int, moods=None,
     present: dict[int, bool] = {}
     want = topk
     while True:
-        ranked = rank_tracks(db, vector, want, moods, genres, bpm)
+        ranked = rank_tracks(db, vector, want, filters)
         kept, skipped = [], []
         for row, score in ranked:
             if row not in present:
@@ -259,6 +287,14 @@ def rank_present_tracks(db: Database, vector: np.ndarray, topk: int, moods=None,
         if len(ranked) < want:  # every allowed track was ranked: fewer than k are there
             return kept, [row for row, _ in skipped]
         want *= 2
+
+
+def missing_files_error(db: Database, missing: list[int]) -> EmptyLibraryError:
+    """The error for a search whose every matching track has lost its file (`missing`: their rows, best first): how
+    many, the first one's path, and what to run."""
+    return EmptyLibraryError(f"every matching track's file is missing ({len(missing)} files, e.g. "
+                             f"{db.root / db.tracks[missing[0]]['file_path']}); run python music_to_vector.py to "
+                             f"update the library")
 
 
 def best_segment_start(db: Database, row: int, vector: np.ndarray) -> float | None:
@@ -351,10 +387,9 @@ def select_results(db: Database, vectors: np.ndarray, ranked: list[tuple[int, fl
     return chosen
 
 
-def rank_results(db: Database, vector: np.ndarray, topk: int, moods=None, genres=None,
+def rank_results(db: Database, vector: np.ndarray, topk: int, filters: Filters = NO_FILTERS,
                  max_per_artist: int = DEFAULT_MAX_PER_ARTIST, diversity: float = 0.0,
-                 exclude: set[int] | frozenset[int] = frozenset(),
-                 bpm=None) -> tuple[list[tuple[int, float]], list[int]]:
+                 exclude: set[int] | frozenset[int] = frozenset()) -> tuple[list[tuple[int, float]], list[int]]:
     """The result list for a query: ((row, score) for up to k tracks, rows skipped for a missing file).
 
     rank_present_tracks' ranking (filters applied, missing files skipped), without the rows in `exclude` (the
@@ -370,7 +405,7 @@ def rank_results(db: Database, vector: np.ndarray, topk: int, moods=None, genres
     if diversity > 0:
         want = max(want, MMR_MIN_POOL, MMR_POOL_PER_RESULT * topk)
     while True:
-        ranked, missing = rank_present_tracks(db, vector, want, moods, genres, bpm)
+        ranked, missing = rank_present_tracks(db, vector, want, filters)
         candidates = [(row, score) for row, score in ranked if row not in exclude]
         chosen = select_results(db, db.vectors, candidates, topk, max_per_artist, diversity)
         if len(chosen) == topk or len(ranked) < want:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from music_mood.library import Database
 from music_mood.models import stoppable
 from music_mood.render import write_outputs, write_thumbnails
+from music_mood.search import NO_FILTERS, Filters
 from music_mood.serve import RENDER_ROUTE, RenderFolders, track_url
 from music_mood.soundtrack import (
     DEFAULT_SECONDS_PER_PHOTO,
@@ -26,34 +27,36 @@ THUMBNAILS = "thumbs"  # the folder of the photos' thumbnails in a render folder
 
 @dataclass
 class Slideshow:
-    """A soundtrack as the page shows it (kept in the session's gr.State): the plan, the filters it was made with
-    (a scene's next-best keeps to them), and the token of the RenderFolders folder holding its files."""
+    """A soundtrack as the page shows it (kept in the session's gr.State): the plan, which holds the filters it was
+    made with (a scene's next-best keeps to them), and the token of the RenderFolders folder holding its files."""
 
     plan: Plan
-    moods: list[str] | None
-    genres: list[str] | None
     token: str
+
+    @property
+    def filters(self) -> Filters:
+        return self.plan.filters
 
 
 def make_slideshow(renders: RenderFolders, blip, clap, db: Database, photos: list[str],
-                   seconds_per_photo: float = DEFAULT_SECONDS_PER_PHOTO, text: str = "", moods=None, genres=None,
-                   should_stop=None, on_progress=None) -> Slideshow:
+                   seconds_per_photo: float = DEFAULT_SECONDS_PER_PHOTO, text: str = "",
+                   filters: Filters = NO_FILTERS, should_stop=None, on_progress=None) -> Slideshow:
     """The /soundtrack work: plan a soundtrack of `db`'s tracks for `photos` (plan_soundtrack: each photo
-    described once, in this order) and render it into a new folder of `renders` (render_slideshow_files).
+    described once, in this order, the tracks kept by `filters`) and render it into a new folder of `renders`
+    (render_slideshow_files).
 
     should_stop() is asked before every model call (models.stoppable) and between rendering steps: True raises
     ModelStopped or RenderCancelled. Raises the core's errors (the page turns them into messages); the folder is
     removed on any failure. Never changes the library.
     """
     should_stop = should_stop or (lambda: False)
-    moods, genres = list(moods or []) or None, list(genres or []) or None
     plan = plan_soundtrack(stoppable(blip, should_stop), clap, db, photos, seconds_per_photo=float(seconds_per_photo),
-                           text=text or "", moods=moods, genres=genres, progress=False)
-    return render_slideshow_files(renders, plan, moods, genres, should_stop, on_progress)
+                           text=text or "", filters=filters, progress=False)
+    return render_slideshow_files(renders, plan, should_stop, on_progress)
 
 
-def render_slideshow_files(renders: RenderFolders, plan: Plan, moods=None, genres=None, should_stop=None,
-                           on_progress=None, thumbnails_from: str | None = None) -> Slideshow:
+def render_slideshow_files(renders: RenderFolders, plan: Plan, should_stop=None, on_progress=None,
+                           thumbnails_from: str | None = None) -> Slideshow:
     """Render `plan` into a new folder of `renders`: SLIDESHOW_FILES (one write_outputs call, all or nothing) and
     the photos' thumbnails (copied from the folder of token `thumbnails_from` when it still has them: the photos
     are the same). Returns its Slideshow; on any failure or cancel the new folder is removed."""
@@ -71,7 +74,7 @@ def render_slideshow_files(renders: RenderFolders, plan: Plan, moods=None, genre
     except BaseException:
         renders.remove(token)
         raise
-    return Slideshow(plan=plan, moods=moods, genres=genres, token=token)
+    return Slideshow(plan=plan, token=token)
 
 
 def next_best_slideshow(renders: RenderFolders, db: Database, slideshow: Slideshow, scene_index: int,
@@ -79,9 +82,8 @@ def next_best_slideshow(renders: RenderFolders, db: Database, slideshow: Slidesh
     """The /next_best_track work: `slideshow` with scene `scene_index`'s track replaced by the next-best
     (replace_scene_track: no photo is described again), rendered into a new folder. The old folder is the
     caller's to remove once the page shows the new one."""
-    plan = replace_scene_track(db, slideshow.plan, scene_index, slideshow.moods, slideshow.genres)
-    return render_slideshow_files(renders, plan, slideshow.moods, slideshow.genres, should_stop, on_progress,
-                                  thumbnails_from=slideshow.token)
+    plan = replace_scene_track(db, slideshow.plan, scene_index)
+    return render_slideshow_files(renders, plan, should_stop, on_progress, thumbnails_from=slideshow.token)
 
 
 def slideshow_answer(slideshow: Slideshow) -> dict:

@@ -11,9 +11,16 @@ import numpy as np
 
 from music_mood.describe import MAX_CAPTION_TOKENS, MOOD_WORDS_PER_IMAGE, describe_pixels, vision_batch_size
 from music_mood.images import ImageError, open_image
-from music_mood.library import EMPTY_LIBRARY, REBUILD, Database, DatabaseError, EmptyLibraryError
+from music_mood.library import REBUILD, Database, DatabaseError, EmptyLibraryError, check_dimension
 from music_mood.query import Query, compose_query_text, embed_text
-from music_mood.search import best_segment_start, check_filters, rank_results, shared_mood_words
+from music_mood.search import (
+    NO_FILTERS,
+    Filters,
+    best_segment_start,
+    missing_files_error,
+    rank_results,
+    shared_mood_words,
+)
 
 DEFAULT_SECONDS_PER_PHOTO = 4.0
 # The longest soundtrack made, and the longest a photo is shown: every edge (the CLI's flags, the page's slider, the
@@ -92,9 +99,11 @@ class Plan:
     photo_crossfade_s: float = PHOTO_CROSSFADE_S
     tracks_repeat: bool = False  # the library had fewer usable tracks than the plan needed
     skipped_photos: list[dict] = field(default_factory=list)  # {"path", "error"}: photos that could not be read
+    # The filters the plan was made with, which a scene's next-best keeps to (a plan stored without: none).
+    filters: Filters = NO_FILTERS
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "filters": self.filters.to_dict()}
 
     def to_served_dict(self) -> dict:
         """to_dict as a server hands the plan to a visitor, naming no path of the server: no library_root (a
@@ -110,7 +119,8 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
         scenes = [Scene(**{**s, "pieces": [Piece(**p) for p in s["pieces"]]}) for s in data["scenes"]]
-        return cls(**{**data, "photos": [PlanPhoto(**p) for p in data["photos"]], "scenes": scenes})
+        return cls(**{**data, "photos": [PlanPhoto(**p) for p in data["photos"]], "scenes": scenes,
+                      "filters": Filters(**data.get("filters") or {})})
 
 
 def named_skipped_photo(skipped: dict) -> dict:
@@ -206,12 +216,11 @@ def duration_seconds(value) -> float:
     return duration if math.isfinite(duration) and duration > 0 else 0.0
 
 
-def check_can_plan(db: Database, moods=None, genres=None, bpm=None) -> None:
-    """Raise EmptyLibraryError when `db` has no track or none the filters keep, DatabaseError when it records no
-    track's length (a soundtrack cuts tracks to length). Needs no model: the CLI runs it before loading any."""
-    if len(db) == 0:
-        raise EmptyLibraryError(EMPTY_LIBRARY)
-    check_filters(db, moods, genres, bpm)
+def check_can_plan(db: Database, filters: Filters = NO_FILTERS) -> None:
+    """Raise EmptyLibraryError when `db` has no track or none `filters` keep (Filters.check), DatabaseError when it
+    records no track's length (a soundtrack cuts tracks to length). Needs no model: the CLI runs it before loading
+    any."""
+    filters.check(db)
     if not any(duration_seconds(d) for d in db.column("duration_s")):
         raise DatabaseError(f"{db.root} records no track lengths (an older database format); {REBUILD}")
 
@@ -232,8 +241,8 @@ class _TrackChooser:
     the best not yet in this scene and not the one just before, then the best but the one just before, then the
     best."""
 
-    def __init__(self, db: Database, moods=None, genres=None, bpm=None):
-        self.db, self.moods, self.genres, self.bpm = db, moods, genres, bpm
+    def __init__(self, db: Database, filters: Filters = NO_FILTERS):
+        self.db, self.filters = db, filters
         self.unusable = {row for row, d in enumerate(db.column("duration_s")) if not duration_seconds(d)}
         self.used: set[int] = set()
         self.previous: set[int] = set()  # the row of the piece just before, if any
@@ -241,8 +250,8 @@ class _TrackChooser:
 
     def pick(self, vector: np.ndarray, in_scene: set[int]) -> tuple[int, float]:
         for tries, avoid in enumerate((self.used, in_scene | self.previous, self.previous, set())):
-            ranked, missing = rank_results(self.db, vector, 1, self.moods, self.genres, max_per_artist=0,
-                                           exclude=self.unusable | avoid, bpm=self.bpm)
+            ranked, missing = rank_results(self.db, vector, 1, self.filters, max_per_artist=0,
+                                           exclude=self.unusable | avoid)
             if ranked:
                 row, score = ranked[0]
                 self.repeated |= tries > 0
@@ -250,9 +259,7 @@ class _TrackChooser:
                 self.previous = {row}
                 return row, score
         if missing:
-            raise EmptyLibraryError(f"every matching track's file is missing ({len(missing)} files, e.g. "
-                                    f"{self.db.root / self.db.tracks[missing[0]]['file_path']}); run python "
-                                    f"music_to_vector.py to update the library")
+            raise missing_files_error(self.db, missing)
         raise EmptyLibraryError(f"no track the filters keep has a known length; {REBUILD}")
 
 
@@ -334,23 +341,23 @@ def read_photos(blip, photos, progress: bool = True, max_caption_tokens: int = M
 
 
 def plan_soundtrack(blip, clap, db: Database, photos, seconds_per_photo: float = DEFAULT_SECONDS_PER_PHOTO,
-                    total_s: float | None = None, text: str = "", moods=None, genres=None, progress: bool = True,
-                    max_caption_tokens: int = MAX_CAPTION_TOKENS, min_caption_tokens: int = 0,
-                    scene_min_drop: float = SCENE_MIN_DROP, bpm=None) -> Plan:
+                    total_s: float | None = None, text: str = "", filters: Filters = NO_FILTERS,
+                    progress: bool = True, max_caption_tokens: int = MAX_CAPTION_TOKENS, min_caption_tokens: int = 0,
+                    scene_min_drop: float = SCENE_MIN_DROP) -> Plan:
     """A soundtrack of `db`'s tracks for `photos` (paths, shown in this order), each on screen
     `seconds_per_photo`, or `total_s` spread evenly over the photos that can be read.
 
     Each photo is described once (caption and mood words); its query is compose_query_text(caption, mood words,
     `text`) embedded by CLAP, as recommend() makes it. arrange_soundtrack does the rest (`scene_min_drop`: see
     split_scenes). A photo that cannot be
-    read is left out and named in plan.skipped_photos. `moods`/`genres`/`bpm` filter the tracks as in recommend().
+    read is left out and named in plan.skipped_photos. `filters` keep tracks as in recommend(); the plan stores them.
     Raises ValueError for fewer than MIN_PHOTOS or more than MAX_PHOTOS photos or a length that is not positive,
     EmptyLibraryError / DatabaseError when the library cannot give a soundtrack (checked before any model work,
     see check_can_plan), NoReadablePhotosError when no photo can be read.
     """
     photos = list(photos)
     check_lengths(len(photos), seconds_per_photo, total_s)
-    check_can_plan(db, moods, genres, bpm)
+    check_can_plan(db, filters)
     described, skipped = read_photos(blip, photos, progress, max_caption_tokens, min_caption_tokens)
     if not described:
         first = skipped[0]["error"]
@@ -360,27 +367,24 @@ def plan_soundtrack(blip, clap, db: Database, photos, seconds_per_photo: float =
     # One CLAP pass per distinct text (a repeated photo repeats its text), each alone as recommend() embeds it,
     # so a photo's vector is the one its own recommendation ranks by.
     vectors = {t: embed_text(clap, [t])[0] for t in dict.fromkeys(texts)}
-    dim = next(iter(vectors.values())).shape[0]
-    if dim != db.dim:
-        raise DatabaseError(f"the database holds {db.dim}-d vectors but the CLAP model gives {dim}-d; {REBUILD}")
+    check_dimension(db.dim, next(iter(vectors.values())).shape[0])
     queries = [(path, Query(caption=caption, mood_words=list(mood_words), query_text=t, vector=vectors[t]))
                for (path, caption, mood_words), t in zip(described, texts)]
-    return arrange_soundtrack(db, queries, seconds_per_photo, total_s, text, moods, genres, skipped, scene_min_drop,
-                              bpm)
+    return arrange_soundtrack(db, queries, seconds_per_photo, total_s, text, filters, skipped, scene_min_drop)
 
 
 def arrange_soundtrack(db: Database, photos: list[tuple[str, Query]],
                        seconds_per_photo: float = DEFAULT_SECONDS_PER_PHOTO, total_s: float | None = None,
-                       text: str = "", moods=None, genres=None, skipped_photos=(),
-                       scene_min_drop: float = SCENE_MIN_DROP, bpm=None) -> Plan:
+                       text: str = "", filters: Filters = NO_FILTERS, skipped_photos=(),
+                       scene_min_drop: float = SCENE_MIN_DROP) -> Plan:
     """The plan for described photos ((path, Query) in the order shown); no model is used.
 
     - Time: photo i is on screen [i, i + 1) x total / n, where total is `total_s` or n x `seconds_per_photo`.
     - Scenes: split_scenes over the photos' unit query vectors, with scene_min_photos(seconds per photo) and
       `scene_min_drop`.
     - A scene's query: its photos' vectors averaged and normalised. Its music: the best-ranked track of the
-      library (rank_results with the filters; missing files and tracks of unknown length skipped) that this
-      soundtrack has not used yet, scenes taken in order, from track_stretch of its best moment
+      library (rank_results with `filters`, which the plan stores; missing files and tracks of unknown length
+      skipped) that this soundtrack has not used yet, scenes taken in order, from track_stretch of its best moment
       (best_segment_start); a track that ends before its scene does is continued by the next-best unused one.
       With too few usable tracks, tracks repeat and plan.tracks_repeat is set.
     - Why: the scene's mood words (shared_words of its photos'), its photos' query texts, and which of its mood
@@ -396,7 +400,7 @@ def arrange_soundtrack(db: Database, photos: list[tuple[str, Query]],
                              mood_words=list(query.mood_words), start_s=bounds[i], end_s=bounds[i + 1])
                    for i, (path, query) in enumerate(photos)]
     vectors = np.stack([np.asarray(query.vector, dtype=np.float32) for _, query in photos])
-    chooser = _TrackChooser(db, moods, genres, bpm)
+    chooser = _TrackChooser(db, filters)
     scenes = []
     for index, rows in enumerate(split_scenes(vectors, scene_min_photos(seconds), scene_min_drop)):
         mean = vectors[rows.start:rows.stop].astype(np.float64).mean(axis=0)
@@ -409,7 +413,8 @@ def arrange_soundtrack(db: Database, photos: list[tuple[str, Query]],
                             vector=[float(x) for x in vector], pieces=list(pieces),
                             shared_mood_words=shared_mood_words(db.tracks[first], mood_words)))
     return Plan(library_root=str(db.root), seconds_per_photo=seconds, total_s=total, text=text, photos=plan_photos,
-                scenes=scenes, tracks_repeat=chooser.repeated, skipped_photos=[dict(s) for s in skipped_photos])
+                scenes=scenes, tracks_repeat=chooser.repeated, skipped_photos=[dict(s) for s in skipped_photos],
+                filters=filters)
 
 
 # ---------------------------------------------------------------------------------------------- one scene again
@@ -420,16 +425,16 @@ class NoOtherTrackError(LookupError):
     does not already play; the message says which scene and why."""
 
 
-def replace_scene_track(db: Database, plan: Plan, scene_index: int, moods=None, genres=None, bpm=None) -> Plan:
+def replace_scene_track(db: Database, plan: Plan, scene_index: int) -> Plan:
     """`plan` with scene `scene_index`'s music replaced by the next-best track for that scene; no model is used.
 
     The scene's query is its stored vector (Scene.vector). The ranking is arrange_soundtrack's (rank_results
-    with the filters `moods`/`genres`/`bpm`, which should be those the plan was made with; missing files and tracks of
-    unknown length skipped). "Next-best" is the best track that ranks below the scene's current first track
-    (ties broken by row, as the ranking breaks them) and that no other scene plays: pressing again walks down the
-    ranking. A current track no longer in the library (or no longer kept by the filters) gives the best track
-    no other scene plays. The new track plays from its best moment (track_stretch); one shorter than the scene
-    is continued as arrange_soundtrack continues it, and only there may a track repeat (tracks_repeat says so).
+    with plan.filters, those the plan was made with; missing files and tracks of unknown length skipped).
+    "Next-best" is the best track that ranks below the scene's current first track (ties broken by row, as the
+    ranking breaks them) and that no other scene plays: pressing again walks down the ranking. A current track
+    no longer in the library (or no longer kept by the filters) gives the best track no other scene plays. The
+    new track plays from its best moment (track_stretch); one shorter than the scene is continued as
+    arrange_soundtrack continues it, and only there may a track repeat (tracks_repeat says so).
 
     Every other scene, the photos and the timing are kept as they are; the result is a new Plan (`plan` is not
     changed). Raises IndexError for a scene the plan does not have, ValueError for a plan made from another
@@ -443,18 +448,18 @@ def replace_scene_track(db: Database, plan: Plan, scene_index: int, moods=None, 
                          f"there is no scene {scene_index}")
     if Path(plan.library_root) != Path(db.root):
         raise ValueError(f"the plan was made from the library in {plan.library_root}, not {db.root}")
-    check_can_plan(db, moods, genres, bpm)
+    filters = plan.filters
+    check_can_plan(db, filters)
     scene = plan.scenes[scene_index]
     elsewhere = {db.row_of_file(piece.file_path) for other in plan.scenes if other is not scene
                  for piece in other.pieces} - {None}
     vector = np.asarray(scene.vector, dtype=np.float32)
-    chooser = _TrackChooser(db, moods, genres, bpm)
+    chooser = _TrackChooser(db, filters)
     chooser.used = elsewhere | _ranked_down_to(db, vector, db.row_of_file(scene.pieces[0].file_path) if scene.pieces
-                                               else None, chooser.unusable, moods, genres, bpm)
+                                               else None, chooser.unusable, filters)
     before = plan.scenes[scene_index - 1].pieces if scene_index > 0 else []
     chooser.previous = {db.row_of_file(before[-1].file_path)} - {None} if before else set()
-    ranked, _ = rank_results(db, vector, 1, moods, genres, max_per_artist=0, exclude=chooser.unusable | chooser.used,
-                             bpm=bpm)
+    ranked, _ = rank_results(db, vector, 1, filters, max_per_artist=0, exclude=chooser.unusable | chooser.used)
     if not ranked:
         current = scene.pieces[0].title or scene.pieces[0].file_path if scene.pieces else "its track"
         if not elsewhere:  # no other scene holds a track back: the ranking itself has run out
@@ -473,15 +478,15 @@ def replace_scene_track(db: Database, plan: Plan, scene_index: int, moods=None, 
     return new
 
 
-def _ranked_down_to(db: Database, vector: np.ndarray, row: int | None, unusable: set[int], moods=None,
-                    genres=None, bpm=None) -> set[int]:
+def _ranked_down_to(db: Database, vector: np.ndarray, row: int | None, unusable: set[int],
+                    filters: Filters = NO_FILTERS) -> set[int]:
     """The rows that rank_results ranks for `vector` from the first down to `row` included: the tracks not below
     it. Empty when `row` is None or not ranked at all (gone from the library, or left out by the filters)."""
     if row is None or row in unusable:
         return set()
     want = 16
     while True:
-        ranked, _ = rank_results(db, vector, want, moods, genres, max_per_artist=0, exclude=unusable, bpm=bpm)
+        ranked, _ = rank_results(db, vector, want, filters, max_per_artist=0, exclude=unusable)
         found = [r for r, _ in ranked]
         if row in found:
             return set(found[:found.index(row) + 1])

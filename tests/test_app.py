@@ -10,11 +10,12 @@ from urllib.parse import quote
 
 import pytest
 
-import music_to_vector
+from music_mood.audio import file_sha256, find_audio_files
+from music_mood.build import build_library, import_sample_library
 from music_mood.edit import set_fields
-from music_mood.library import LiveLibrary
-from music_to_vector import LibraryPaths, load_database
-from recommend import recommend
+from music_mood.library import LibraryPaths, LiveLibrary, load_database
+from music_mood.recommendation import recommend
+from music_mood.search import Filters
 from tests.app_server import (
     file_data,
     foreign_paths,
@@ -326,7 +327,7 @@ def test_recommend_api_filters_by_tempo(client, app_library, default_models):
     tempos = sorted(t["bpm"] for t in db.tracks)
     bpm = f"{tempos[1]}-{tempos[-2]}"  # all but the slowest and the fastest track
     result = client.predict(image=None, text="anything", topk=20, bpm=bpm, api_name="/recommend")
-    expected = recommend(None, default_models[1], db, text="anything", topk=20, bpm=bpm).to_dict()
+    expected = recommend(None, default_models[1], db, text="anything", topk=20, filters=Filters(bpm=bpm)).to_dict()
     assert [t["file_path"] for t in result["results"]] == [t["file_path"] for t in expected["results"]]
     assert sorted(t["bpm"] for t in result["results"]) == tempos[1:-1]
     like = db.tracks[0]["file_path"]
@@ -496,7 +497,7 @@ def test_remove_tracks_moves_their_files_to_removed_and_the_app_forgets_them(app
                       "tracks": len(before) - 2}
     for source, target in moved.items():
         assert not (app_library / source).exists()
-        assert music_to_vector.file_sha256(app_library / target) in (by_id["sha256"], by_path["sha256"])
+        assert file_sha256(app_library / target) in (by_id["sha256"], by_path["sha256"])
     after = load_database(paths)
     assert [t["sha256"] for t in after.tracks] == \
         [t["sha256"] for t in before.tracks if t["file_path"] not in moved]
@@ -678,12 +679,12 @@ def test_library_is_read_again_only_when_a_commit_changed_it(library_copy, check
     library = LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"])
     before = library.current()
     assert library.current() is before
-    listed = music_to_vector.find_audio_files(library_copy / "processed_music")[0]
+    listed = find_audio_files(library_copy / "processed_music")[0]
     put_in_new_music(library_copy, [listed], mood_from_folder=False)  # already listed: the builder commits nothing
-    music_to_vector.build_library(clap_audio, library.paths, progress=False)
+    build_library(clap_audio, library.paths, progress=False)
     assert library.current() is before
     shutil.rmtree(library_copy / "new_music")
-    music_to_vector.build_library(clap_audio, library.paths, rebuild=True, progress=False)
+    build_library(clap_audio, library.paths, rebuild=True, progress=False)
     after = library.current()
     assert after is not before and len(after) == len(before)
 
@@ -869,7 +870,7 @@ def test_start_imports_the_sample_library_when_there_is_no_music(isolated_librar
     import app
 
     def import_two(paths):  # the real import, then all but two files removed, to keep the test fast
-        copied = music_to_vector.import_sample_library(paths)
+        copied = import_sample_library(paths)
         for extra in copied[2:]:
             extra.unlink()
         return copied[:2]

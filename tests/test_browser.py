@@ -8,8 +8,9 @@ from urllib.parse import quote, unquote, urlsplit
 import pytest
 
 from music_mood.edit import remove_tracks, set_fields
-from music_to_vector import LibraryPaths, load_database
-from recommend import recommend
+from music_mood.library import LibraryPaths, load_database
+from music_mood.recommendation import recommend
+from music_mood.search import Filters
 from tests.app_server import get, running_copy
 from tests.conftest import ROOT, WAIT_MS, open_page, run_cli
 
@@ -105,7 +106,7 @@ def test_the_tempo_box_lists_only_the_tracks_in_its_range(page, app, default_mod
     db = load_database(LibraryPaths.at(app.library))
     tempos = sorted(t["bpm"] for t in db.tracks)
     bpm = f"{tempos[1]}-{tempos[-2]}"  # all but the slowest and the fastest track
-    expected = recommend(None, default_models[1], db, text="anything", topk=10, bpm=bpm)
+    expected = recommend(None, default_models[1], db, text="anything", topk=10, filters=Filters(bpm=bpm))
     page.fill("#text textarea", "anything")
     page.fill("#bpm textarea", bpm)
     page.click("#recommend")

@@ -15,6 +15,8 @@ import music_mood.build as build_module
 import music_mood.library as library_module
 import music_to_vector as mtv
 import recommend
+from music_mood.audio import file_sha256
+from music_mood.build import build_library
 from music_mood.edit import remove_tracks, set_fields
 from music_mood.library import (
     EmptyLibraryError,
@@ -25,9 +27,8 @@ from music_mood.library import (
     load_database,
 )
 from music_mood.rows import stack_rows, take_ranges, take_rows
-from music_mood.search import check_filters, rank_results, tag_values
+from music_mood.search import Filters, rank_results, tag_values
 from music_mood.tracks import TrackTable
-from music_to_vector import build_library
 from tests.conftest import put_in_new_music, store_as_table
 
 AUTO_TAGS = {"key": "test", "mood": [["dreamy", 2.1], ["calm", 1.4]], "genre": [["jazz", 1.2]]}
@@ -103,13 +104,14 @@ def test_every_question_asked_of_all_records_has_the_same_answer(both):
     rng = np.random.default_rng(0)
     for query in rng.standard_normal((4, db.dim)).astype(np.float32):
         query /= np.linalg.norm(query)
-        for filters in ({}, {"moods": ["dreamy"]}, {"genres": ["jazz", "acoustic"]}, {"bpm": "100-140"}):
-            assert rank_results(db, query, 5, **filters) == rank_results(expected, query, 5, **filters), filters
+        for filters in (Filters(), Filters(moods=["dreamy"]), Filters(genres=["jazz", "acoustic"]),
+                        Filters(bpm="100-140")):
+            assert rank_results(db, query, 5, filters) == rank_results(expected, query, 5, filters), filters
     for bad in ({"moods": ["no such mood"]}, {"bpm": "300-"}):
         with pytest.raises(EmptyLibraryError) as on_table:
-            check_filters(db, **bad)
+            Filters(**bad).check(db)
         with pytest.raises(EmptyLibraryError) as on_json:
-            check_filters(expected, **bad)
+            Filters(**bad).check(expected)
         assert str(on_table.value) == str(on_json.value)
     assert "1 tracks added before tempos were stored" in str(on_table.value)  # the record without a bpm key
 
@@ -136,7 +138,7 @@ def test_builds_and_edits_keep_a_catalogue_a_table_and_match_the_json_library(bo
     inline, table = both
     paths = {folder: LibraryPaths.at(folder) for folder in both}
     listed = {t["sha256"] for t in load_database(paths[inline]).tracks}
-    new = [t for t in sample_tracks if mtv.file_sha256(t) not in listed][:2]
+    new = [t for t in sample_tracks if file_sha256(t) not in listed][:2]
     for folder in both:
         put_in_new_music(folder, new)
         report = build_library(clap_audio, paths[folder], progress=False)
@@ -255,7 +257,7 @@ def test_a_memory_mapped_library_commits_by_streaming_and_writes_the_same_files(
     mapped = tmp_path / "mapped"
     shutil.copytree(library_copy, mapped)
     listed = {t["sha256"] for t in load_database(LibraryPaths.at(library_copy)).tracks}
-    new = [t for t in sample_tracks if mtv.file_sha256(t) not in listed][:2]
+    new = [t for t in sample_tracks if file_sha256(t) not in listed][:2]
     lazy_stacks = []
     monkeypatch.setattr(build_module, "stack_rows", lambda *a: lazy_stacks.append(1) or stack_rows(*a))
     for folder, threshold in ((library_copy, library_module.SEARCH_INDEX_MIN_TRACKS), (mapped, 1)):

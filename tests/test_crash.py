@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from music_mood.audio import file_sha256, find_audio_files
+from music_mood.build import build_library
+from music_mood.library import LibraryPaths, load_database
 from music_mood.storage import CRASH_AT_ENV, CRASH_LOG_ENV
-from music_to_vector import LibraryPaths, build_library, file_sha256, find_audio_files, load_database
 from tests.conftest import ROOT, put_in_new_music, run_cli
 
 RANDOM_KILLS = 20

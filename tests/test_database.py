@@ -15,17 +15,12 @@ import torch
 
 import music_to_vector as mtv
 from music_mood import build, library
+from music_mood.audio import AudioError, decode_audio, file_sha256
+from music_mood.build import build_library
+from music_mood.embed import embed_track, embed_windows, split_windows
+from music_mood.library import DatabaseError, LibraryPaths, load_database
+from music_mood.storage import LibraryBusyError, write_atomically
 from music_mood.torch_runtime import log_mel_features
-from music_to_vector import (
-    AudioError,
-    DatabaseError,
-    LibraryBusyError,
-    LibraryPaths,
-    build_library,
-    embed_track,
-    load_database,
-    split_windows,
-)
 from tests.conftest import put_in_new_music, run_cli
 
 
@@ -47,7 +42,7 @@ def test_windows_cover_the_whole_track_and_the_last_ends_at_its_end():
 
 def test_last_window_of_a_real_track_is_its_final_window_of_music(sample_tracks):
     for track in (sample_tracks[2], sample_tracks[16]):  # 29.6 s and 32.65 s: three and four windows
-        audio = mtv.decode_audio(track, 48_000)
+        audio = decode_audio(track, 48_000)
         windows, share = split_windows(audio, 480_000)[:2]
         assert len(windows) == math.ceil(len(audio) / 480_000)
         np.testing.assert_array_equal(windows[-1], audio[-480_000:])
@@ -105,19 +100,19 @@ def test_decoding_averages_the_channels_and_resamples_with_soxr(sample_tracks, t
     """A stereo 44.1 kHz wav of real music: the decoded audio is exactly the mean of its channels, resampled."""
     import librosa
 
-    music = mtv.decode_audio(sample_tracks[3], 44_100)[: 44_100 * 4]
+    music = decode_audio(sample_tracks[3], 44_100)[: 44_100 * 4]
     stereo = np.stack([music, 0.5 * music[::-1]])
     soundfile.write(tmp_path / "stereo.wav", stereo.T, 44_100, subtype="FLOAT")
     expected = librosa.resample(stereo.mean(axis=0), orig_sr=44_100, target_sr=48_000, res_type="soxr_hq")
-    np.testing.assert_allclose(mtv.decode_audio(tmp_path / "stereo.wav", 48_000), expected, atol=1e-6)
+    np.testing.assert_allclose(decode_audio(tmp_path / "stereo.wav", 48_000), expected, atol=1e-6)
 
 
 def test_m4a_is_decoded_without_a_system_ffmpeg(sample_tracks, tmp_path, monkeypatch):
     """AAC in an .m4a (what a Mac or an iTunes library holds) decodes in process: no ffmpeg on PATH needed."""
-    music = mtv.decode_audio(sample_tracks[3], 48_000)
+    music = decode_audio(sample_tracks[3], 48_000)
     _encode(music[None], 48_000, tmp_path / "track.m4a", "aac")
     monkeypatch.setenv("PATH", str(tmp_path))  # no ffmpeg, no other program
-    decoded = mtv.decode_audio(tmp_path / "track.m4a", 48_000)
+    decoded = decode_audio(tmp_path / "track.m4a", 48_000)
     assert abs(len(decoded) - len(music)) < 48_000 * 0.1  # within 0.1 s (encoder padding)
     second = music[48_000 * 5:48_000 * 6]  # the same music through a lossy codec, after the encoder's priming
     lag = max(range(0, 4096), key=lambda shift: float(second @ decoded[48_000 * 5 + shift:48_000 * 6 + shift]))
@@ -125,11 +120,11 @@ def test_m4a_is_decoded_without_a_system_ffmpeg(sample_tracks, tmp_path, monkeyp
 
 
 def test_track_vector_is_weighted_mean_of_its_windows(clap_audio, sample_tracks):
-    audio = mtv.decode_audio(sample_tracks[0], 48_000)
+    audio = decode_audio(sample_tracks[0], 48_000)
     vector, segments, last_start_s = embed_track(clap_audio, audio)
     assert len(segments) == int(np.ceil(len(audio) / 480_000))  # whole track, 10 s windows
     assert last_start_s == (len(audio) - 480_000) / 48_000
-    np.testing.assert_allclose(segments[-1], mtv.embed_windows(clap_audio, audio[None, -480_000:])[0], atol=1e-6)
+    np.testing.assert_allclose(segments[-1], embed_windows(clap_audio, audio[None, -480_000:])[0], atol=1e-6)
     share = np.minimum(1, (len(audio) - np.arange(len(segments)) * 480_000) / 480_000)  # the new audio in each
     mean = (segments * share[:, None]).sum(0)
     np.testing.assert_allclose(vector, mean / np.linalg.norm(mean), atol=1e-6)
@@ -138,7 +133,7 @@ def test_track_vector_is_weighted_mean_of_its_windows(clap_audio, sample_tracks)
 def test_log_mel_features_are_the_extractors(clap_audio, sample_tracks):
     """The torch log-mel of real windows (a full one, the zero-padded last one) is the extractor's input_features."""
     extractor = clap_audio.processor.feature_extractor
-    audio = mtv.decode_audio(sample_tracks[21], extractor.sampling_rate)
+    audio = decode_audio(sample_tracks[21], extractor.sampling_rate)
     windows = split_windows(audio, extractor.nb_max_samples)[0][[0, -1]]
     expected = extractor(list(windows), sampling_rate=extractor.sampling_rate, return_tensors="pt").input_features
     # The extractor's STFT is float64, ours float32, whose rounding is ~1e-7 of a frame's loudest bin: bins 60-80 dB
@@ -153,7 +148,7 @@ def test_fused_checkpoint_features_come_from_its_extractor(clap_audio, sample_tr
 
     unfused = clap_audio.processor.feature_extractor
     fusion = ClapFeatureExtractor(**{**unfused.to_dict(), "truncation": "fusion"})
-    audio = mtv.decode_audio(sample_tracks[0], fusion.sampling_rate)
+    audio = decode_audio(sample_tracks[0], fusion.sampling_rate)
     windows = split_windows(audio, fusion.nb_max_samples)[0][:2]
     features = log_mel_features(fusion, windows)
     assert features.shape[:2] == (2, 4)
@@ -192,7 +187,7 @@ def test_fused_audio_attention_matches_transformers(checkpoints, clap_audio, sam
     fused = load_clap_audio(name, "fp32") if shifted_windows else clap_audio
     reference = ClapAudioModelWithProjection.from_pretrained(name).eval()
     extractor = fused.processor.feature_extractor
-    audio = mtv.decode_audio(sample_tracks[0], extractor.sampling_rate)
+    audio = decode_audio(sample_tracks[0], extractor.sampling_rate)
     features = log_mel_features(extractor, split_windows(audio, extractor.nb_max_samples)[0][:3])
     with torch.inference_mode():
         embeds = fused.model(input_features=features).audio_embeds
@@ -217,7 +212,7 @@ def test_built_database_meets_its_contract(built_library, clap_audio):
         assert (built_library / track["file_path"]).is_file()
         assert track["mood"] == track["file_path"].split("/")[1]  # the folder under new_music/
         assert track["genre"] in ("acoustic", "electronic")  # from the file name: the files carry no tags
-        assert track["sha256"] == mtv.file_sha256(built_library / track["file_path"])
+        assert track["sha256"] == file_sha256(built_library / track["file_path"])
         assert 29 < track["duration_s"] < 34
     assert not any((built_library / "new_music").rglob("*.opus"))
 
@@ -352,7 +347,7 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
         raise OSError("interrupted")
 
     with pytest.raises(OSError):
-        mtv.write_atomically(target, half_then_fail)
+        write_atomically(target, half_then_fail)
     assert target.read_text() == "old" and list(target.parent.iterdir()) == [target]
 
 

@@ -18,6 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from music_mood.audio import decode_audio, file_sha256
+from music_mood.build import build_library
+from music_mood.embed import embed_track
+from music_mood.library import LibraryPaths, load_database
 from music_mood.shards import (
     STAGING_FOLDER,
     Shard,
@@ -30,7 +34,6 @@ from music_mood.shards import (
     write_shard,
 )
 from music_mood.storage import CRASH_AT_ENV, CRASH_LOG_ENV
-from music_to_vector import LibraryPaths, build_library, decode_audio, embed_track, file_sha256, load_database
 from tests.conftest import ROOT, put_in_new_music, run_cli
 from tests.test_crash import check_library
 

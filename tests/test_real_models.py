@@ -41,8 +41,9 @@ def test_released_clap_ranks_calm_music_for_calm_words(clap_audio_real, sample_t
 
 @pytest.fixture
 def clap_audio_real():
+    from music_mood.audio import decode_audio
+    from music_mood.embed import embed_track
     from music_mood.models import load_clap_audio
-    from music_to_vector import decode_audio, embed_track
 
     clap = load_clap_audio(DEFAULT_CLAP_MODEL)
     return lambda path: embed_track(clap, decode_audio(path, 48_000))[0]

@@ -15,8 +15,9 @@ import pytest
 
 import recommend as recommend_cli
 from image_to_vector import image_to_query
-from music_to_vector import LibraryPaths, load_database
-from recommend import EmptyLibraryError, rank_tracks, recommend
+from music_mood.library import EmptyLibraryError, LibraryPaths, load_database
+from music_mood.recommendation import recommend
+from music_mood.search import Filters, rank_tracks
 from tests.conftest import ROOT, run_cli
 
 RESULT_KEYS = {"rank", "title", "artist", "mood", "genre", "bpm", "file_path", "score", "best_segment_start_s",
@@ -24,7 +25,7 @@ RESULT_KEYS = {"rank", "title", "artist", "mood", "genre", "bpm", "file_path", "
 
 
 def _random_db(n=50, d=16, seed=0):
-    from music_to_vector import Database
+    from music_mood.library import Database
 
     rng = np.random.default_rng(seed)
     vectors = rng.normal(size=(n, d)).astype(np.float32)
@@ -57,12 +58,12 @@ def test_ties_keep_library_order():
 def test_filters_keep_only_matching_tracks():
     db, _ = _random_db()
     q = db.vectors[7]
-    ranked = rank_tracks(db, q, 10, moods=["Happy"], genres="rock")
+    ranked = rank_tracks(db, q, 10, Filters(moods=["Happy"], genres="rock"))
     assert ranked and all(db.tracks[i]["mood"] == "happy" and db.tracks[i]["genre"] == "rock" for i, _ in ranked)
     allowed = [i for i, t in enumerate(db.tracks) if t["mood"] == "happy" and t["genre"] == "rock"]
     scores = db.vectors @ q
     assert [i for i, _ in ranked] == sorted(allowed, key=lambda i: (-scores[i], i))[:10]
-    assert rank_tracks(db, q, 10, moods=["no such mood"]) == []
+    assert rank_tracks(db, q, 10, Filters(moods=["no such mood"])) == []
 
 
 def _tag_values(db, key):
@@ -76,19 +77,19 @@ def test_unknown_filter_fails_before_any_model_work_and_lists_what_exists(librar
     filters = {"moods": ["Dreamy", "sad"]} if key == "mood" else {"genres": "jazz"}
     asked = "dreamy or sad" if key == "mood" else "jazz"
     with pytest.raises(EmptyLibraryError) as refused:
-        recommend(None, None, db, image=photos["coffee.png"], **filters)
+        recommend(None, None, db, image=photos["coffee.png"], filters=Filters(**filters))
     assert str(refused.value) == (f"no track in the library has the {key} {asked}; "
                                   f"the {key}s it has: {_tag_values(db, key)}")
 
 
 def test_filters_that_exclude_each_other_fail_before_model_work():
-    from music_to_vector import Database
+    from music_mood.library import Database
 
     vectors = np.eye(2, dtype=np.float32)
     db = Database(vectors=vectors, tracks=[{"file_path": "a.mp3", "mood": "calm", "genre": "Jazz"},
                                            {"file_path": "b.mp3", "mood": "happy", "genre": "rock"}])
     with pytest.raises(EmptyLibraryError) as refused:
-        recommend(None, None, db, text="anything", moods="calm", genres="rock")
+        recommend(None, None, db, text="anything", filters=Filters(moods="calm", genres="rock"))
     assert str(refused.value) == ("no track in the library has the mood calm and the genre rock; "
                                   "the moods it has: calm, happy; the genres it has: Jazz, rock")
 
@@ -100,8 +101,8 @@ def _one_hot(*weights):
 
 def test_best_moment_of_a_full_last_window_is_where_it_starts():
     """Window j starts at j * window_s; the last one ends at the track's end, at its recorded start."""
-    from music_to_vector import Database
-    from recommend import best_segment_start
+    from music_mood.library import Database
+    from music_mood.search import best_segment_start
 
     tracks = [{"file_path": "a.mp3", "duration_s": 25.0, "segment_offset": 0, "segment_count": 3,
                "last_window_start_s": 15.0},
@@ -114,8 +115,8 @@ def test_best_moment_of_a_full_last_window_is_where_it_starts():
 
 def test_old_database_never_gives_its_zero_padded_last_window_as_best_moment():
     """A record without last_window_start_s (an older build) has a padded last window: it is left out."""
-    from music_to_vector import Database
-    from recommend import best_segment_start
+    from music_mood.library import Database
+    from music_mood.search import best_segment_start
 
     tracks = [{"file_path": "a.mp3", "duration_s": 25.0, "segment_offset": 0, "segment_count": 3},
               {"file_path": "b.mp3", "duration_s": 4.0, "segment_offset": 3, "segment_count": 1}]
@@ -135,7 +136,7 @@ def _window_starts(db, track) -> list[float]:
 def test_best_moment_never_starts_less_than_a_window_before_the_end(library_copy, blip, clap_text, photos):
     """Every window of every real track asked for, then real queries: the best moment always has a full window
     of music after it, in a new database and in one written before last_window_start_s was recorded."""
-    from recommend import best_segment_start
+    from music_mood.search import best_segment_start
 
     paths = LibraryPaths.at(library_copy)
     db = load_database(paths)

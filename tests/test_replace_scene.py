@@ -3,11 +3,13 @@ every usable track ranked by cosine to the scene's stored vector, ties by row, t
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
 
 from music_mood.library import Database, EmptyLibraryError
+from music_mood.search import Filters
 from music_mood.soundtrack import NoOtherTrackError, Plan, arrange_soundtrack, replace_scene_track, track_stretch
 from tests.test_soundtrack import DIM, axis, check_timeline, make_db, photo_queries, round_trips
 
@@ -26,7 +28,7 @@ def random_db(root, rng, count: int, moods=("calm", "happy")) -> Database:
 def three_scene_plan(db: Database, rng, **filters) -> Plan:
     """Photos in three clear groups (2, 3 and 2 photos, 4 s each): three scenes."""
     vectors = [axis(group, 0.02, rng) for group, size in ((1, 2), (2, 3), (3, 2)) for _ in range(size)]
-    plan = arrange_soundtrack(db, photo_queries(vectors), seconds_per_photo=4.0, **filters)
+    plan = arrange_soundtrack(db, photo_queries(vectors), seconds_per_photo=4.0, filters=Filters(**filters))
     assert len(plan.scenes) == 3
     return plan
 
@@ -114,6 +116,7 @@ def test_filters_missing_files_and_unknown_lengths_are_respected(tmp_path):
     rng = np.random.default_rng(12)
     db = random_db(tmp_path, rng, 16)
     plan = three_scene_plan(db, rng, moods=["calm"])
+    assert plan.filters == Filters(moods=["calm"])  # stored: the next-best needs no caller to repeat them
     order = reference_order(db, plan.scenes[1].vector, moods=["calm"])
     nxt = reference_next(db, plan, 1, moods=["calm"])
     (tmp_path / db.tracks[nxt]["file_path"]).unlink()  # the next-best's file went away: the one after plays
@@ -121,11 +124,11 @@ def test_filters_missing_files_and_unknown_lengths_are_respected(tmp_path):
     unknown = next(row for row in after_gone if row_of(db, plan.scenes[0].pieces[0].file_path) != row
                    and row_of(db, plan.scenes[2].pieces[0].file_path) != row)
     db.tracks[unknown]["duration_s"] = 0  # a seed-format record: no length, never cut to a scene
-    new = replace_scene_track(db, plan, 1, moods=["calm"])
+    new = replace_scene_track(db, plan, 1)
     assert new.scenes[1].pieces[0].file_path == db.tracks[reference_next(db, plan, 1, moods=["calm"])]["file_path"]
     assert db.tracks[row_of(db, new.scenes[1].pieces[0].file_path)]["mood"] == "calm"
     with pytest.raises(EmptyLibraryError, match="no track in the library has the mood dreamy"):
-        replace_scene_track(db, plan, 1, moods=["dreamy"])
+        replace_scene_track(db, dataclasses.replace(plan, filters=Filters(moods=["dreamy"])), 1)
 
 
 def test_a_short_next_best_is_continued_like_a_planned_scene(tmp_path):

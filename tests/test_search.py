@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from music_to_vector import Database, LibraryPaths, index_path, load_database, save_database
-from recommend import rank_tracks
+from music_mood.library import Database, LibraryPaths, load_database, save_database
+from music_mood.search import Filters, index_path, rank_tracks
 
 N, DIM, CLUSTERS = 20_000, 512, 200
 THRESHOLD = 5_000  # lowered from SEARCH_INDEX_MIN_TRACKS so a 20 000-row library takes the index path
@@ -59,7 +59,7 @@ def test_filters_on_the_index_path_keep_only_matching_tracks(library_vectors):
     db = Database(vectors=vectors, tracks=_tracks(N), index_min_tracks=THRESHOLD)
     mood = np.array([t["mood"] for t in db.tracks])
     for query in queries[:5]:
-        ranked = rank_tracks(db, query, 10, moods=["Happy", "calm"])
+        ranked = rank_tracks(db, query, 10, Filters(moods=["Happy", "calm"]))
         assert [row for row, _ in ranked] == _brute_force(vectors, query, 10, np.isin(mood, ["happy", "calm"]))
         assert {db.tracks[row]["mood"] for row, _ in ranked} <= {"happy", "calm"}
 
@@ -68,7 +68,7 @@ def test_a_rare_filter_falls_back_to_exact_search(library_vectors):
     vectors, queries = library_vectors
     db = Database(vectors=vectors, tracks=_tracks(N), index_min_tracks=THRESHOLD)
     genre = np.array([t["genre"] for t in db.tracks])
-    ranked = rank_tracks(db, queries[0], 10, genres="jazz")  # 400 rows: fewer than the threshold
+    ranked = rank_tracks(db, queries[0], 10, Filters(genres="jazz"))  # 400 rows: fewer than the threshold
     assert [row for row, _ in ranked] == _brute_force(vectors, queries[0], 10, genre == "jazz")
 
 
@@ -80,7 +80,7 @@ def test_filter_that_the_candidates_miss_falls_back_to_exact(library_vectors, mo
         track["mood"] = "far" if i not in nearest else "near"  # every candidate the index proposes is filtered out
     db = Database(vectors=vectors, tracks=tracks, index_min_tracks=THRESHOLD)
     far = np.array([t["mood"] == "far" for t in tracks])
-    ranked = rank_tracks(db, queries[0], 10, moods="far")
+    ranked = rank_tracks(db, queries[0], 10, Filters(moods="far"))
     assert [row for row, _ in ranked] == _brute_force(vectors, queries[0], 10, far)
 
 

@@ -12,6 +12,7 @@ import pytest
 from music_mood.library import DatabaseError, LibraryPaths, load_database
 from music_mood.models import ModelStopped, stoppable
 from music_mood.render import RenderCancelled
+from music_mood.search import Filters
 from music_mood.serve import RENDER_TYPES, RenderFolders
 from music_mood.slideshows import (
     SLIDESHOW_FILES,
@@ -47,7 +48,7 @@ def test_a_soundtrack_is_planned_once_and_rendered_into_its_own_folder(library_c
     slideshow = make_slideshow(renders, *default_models, db, album, 3.0, "road trip", on_progress=lambda f, t:
                                steps.append((f, t)))
     expected = plan_soundtrack(*default_models, db, album, seconds_per_photo=3.0, text="road trip", progress=False)
-    assert slideshow.plan == expected and (slideshow.moods, slideshow.genres) == (None, None)
+    assert slideshow.plan == expected and slideshow.filters == Filters()
 
     folder = renders.folder(slideshow.token)
     assert folders_in(renders) == [folder] and folder.parent == renders.root
@@ -89,10 +90,11 @@ def test_the_next_best_keeps_the_photos_and_the_thumbnails(library_copy, default
     db = load_database(LibraryPaths.at(library_copy))
     renders = RenderFolders(tmp_path)
     first = make_slideshow(renders, *default_models, db, [str(photos[name]) for name in ALBUM[:3]], 4.0,
-                           moods=["calm", "happy", "tender", "nostalgic", "energetic"])
+                           filters=Filters(moods=["calm", "happy", "tender", "nostalgic", "energetic"]))
     again = next_best_slideshow(renders, db, first, 0)
-    assert again.plan == replace_scene_track(db, first.plan, 0, first.moods, first.genres)
-    assert again.token != first.token and again.moods == first.moods
+    assert again.plan == replace_scene_track(db, first.plan, 0)
+    assert again.token != first.token and again.filters == first.filters == Filters(moods=["calm", "happy", "tender",
+                                                                                           "nostalgic", "energetic"])
     old, new = renders.folder(first.token), renders.folder(again.token)
     for name in ("000.jpg", "001.jpg", "002.jpg"):  # copied: no photo is opened again
         assert (new / THUMBNAILS / name).read_bytes() == (old / THUMBNAILS / name).read_bytes()
@@ -232,5 +234,5 @@ def test_a_session_that_ends_takes_its_soundtrack_with_it(library_copy, checkpoi
     (folder / "plan.json").write_text("{}")
     plan = Plan(library_root=str(library_copy), seconds_per_photo=4, total_s=8, text="", photos=[], scenes=[])
     state.delete_callback(None)  # a session that made no soundtrack
-    state.delete_callback(Slideshow(plan=plan, moods=None, genres=None, token=token))
+    state.delete_callback(Slideshow(plan=plan, token=token))
     assert not folder.exists() and state.time_to_live == 3600

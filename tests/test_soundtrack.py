@@ -13,6 +13,7 @@ import pytest
 import recommend as recommend_cli
 from music_mood.library import Database, DatabaseError, EmptyLibraryError, LibraryPaths, load_database
 from music_mood.query import Query, image_to_query
+from music_mood.search import Filters
 from music_mood.soundtrack import (
     MAX_PHOTOS,
     MAX_SECONDS_PER_PHOTO,
@@ -248,7 +249,7 @@ def test_filters_and_missing_files_decide_which_tracks_may_play(tmp_path):
                             {"name": "calm", "vector": unit(1, 0.5), "duration": 60.0, "mood": "calm"},
                             {"name": "calmer", "vector": unit(1, 0.9), "duration": 60.0, "mood": "calm"}])
     queries = photo_queries([axis(0)] * 3, mood_words={0: ["calm"], 1: ["calm", "warm"], 2: ["warm"]})
-    plan = arrange_soundtrack(db, queries, moods=["calm"])
+    plan = arrange_soundtrack(db, queries, filters=Filters(moods=["calm"]))
     assert plan.scenes[0].pieces[0].file_path == "processed_music/calm.opus"
     assert plan.scenes[0].mood_words == ["calm", "warm"] and plan.scenes[0].shared_mood_words == ["calm"]
     (tmp_path / "processed_music/best.opus").unlink()
@@ -257,6 +258,22 @@ def test_filters_and_missing_files_decide_which_tracks_may_play(tmp_path):
         (tmp_path / f"processed_music/{name}.opus").unlink()
     with pytest.raises(EmptyLibraryError, match="every matching track's file is missing"):
         arrange_soundtrack(db, queries)
+
+
+def test_a_plan_stores_its_filters_and_an_older_plan_without_them_has_none(tmp_path):
+    db = make_db(tmp_path, [{"name": "calm", "vector": axis(0), "duration": 60.0, "mood": "calm"},
+                            {"name": "happy", "vector": axis(1), "duration": 60.0, "mood": "happy"}])
+    for track, bpm in zip(db.tracks, (90.0, 120.0)):
+        track["bpm"] = bpm
+    filters = Filters(moods=["Calm ", "calm"], bpm="80-100")
+    plan = arrange_soundtrack(db, photo_queries([axis(0)] * 2), filters=filters)
+    assert plan.filters == filters == Filters(moods=("calm",), bpm=(80.0, 100.0))
+    assert plan.to_dict()["filters"] == {"moods": ["calm"], "genres": [], "bpm": [80.0, 100.0]}
+    assert [piece.file_path for scene in plan.scenes for piece in scene.pieces] == ["processed_music/calm.opus"]
+    round_trips(plan)
+    older = plan.to_dict()
+    del older["filters"]  # a plan.json written before plans stored their filters
+    assert Plan.from_dict(json.loads(json.dumps(older))).filters == Filters()
 
 
 def test_a_total_length_is_spread_evenly_over_the_photos(tmp_path):
@@ -390,7 +407,7 @@ def test_bad_requests_fail_before_any_model_work(library_copy, photos):
                                          rf"{MAX_TOTAL_S:g} s \(30 minutes\)$"):
         plan_soundtrack(None, None, db, one * MAX_PHOTOS, seconds_per_photo=50)
     with pytest.raises(EmptyLibraryError, match="no track in the library has the mood dreamy"):
-        plan_soundtrack(None, None, db, one * 2, moods=["dreamy"])
+        plan_soundtrack(None, None, db, one * 2, filters=Filters(moods=["dreamy"]))
     with pytest.raises(EmptyLibraryError, match="the music library is empty"):
         plan_soundtrack(None, None, Database(vectors=np.zeros((0, DIM), np.float32), tracks=[]), one * 2)
     seed_format = Database(vectors=db.vectors, tracks=[{k: v for k, v in t.items() if k != "duration_s"}

@@ -101,9 +101,9 @@ def test_filters_and_explanations_use_automatic_tags_and_the_users_tag_wins(libr
                                                                              default_models):
     from music_mood.build import build_library
     from music_mood.display import format_library
-    from music_mood.search import shared_mood_words, tag_values
+    from music_mood.recommendation import recommend
+    from music_mood.search import Filters, shared_mood_words, tag_values
     from music_mood.tags import Tagger, auto_tag_words
-    from recommend import recommend
 
     paths = LibraryPaths.at(library_copy)
     build_library(clap_audio, paths, progress=False, tagger=Tagger(clap_text))
@@ -112,7 +112,7 @@ def test_filters_and_explanations_use_automatic_tags_and_the_users_tag_wins(libr
                       if set(auto_tag_words(t, "mood")) - {t.get("mood", "")})
     auto_mood = next(m for m in auto_tag_words(track, "mood") if m != track.get("mood"))
     assert auto_mood in tag_values(db, "mood")
-    rec = recommend(None, default_models[1], db, text="anything", topk=len(db), moods=[auto_mood],
+    rec = recommend(None, default_models[1], db, text="anything", topk=len(db), filters=Filters(moods=[auto_mood]),
                     max_per_artist=0)
     assert track["file_path"] in [t.file_path for t in rec.results]
     assert all(auto_mood == t.mood or auto_mood in t.auto_tags["mood"] for t in rec.results)

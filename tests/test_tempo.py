@@ -11,8 +11,8 @@ import music_to_vector
 import recommend as recommend_cli
 from music_mood.audio import decode_audio, estimate_tempo
 from music_mood.library import Database, LibraryPaths, load_database, save_database
-from music_mood.search import BPM_RANGE_FORMS, parse_bpm_range, rank_tracks
-from recommend import recommend
+from music_mood.recommendation import recommend
+from music_mood.search import BPM_RANGE_FORMS, Filters, parse_bpm_range, rank_tracks
 
 RATE = 48_000
 
@@ -209,7 +209,7 @@ def test_the_bpm_filter_equals_brute_force(text, low, high, mood):
     for topk in (1, 5, 80):
         query = rng.normal(size=12).astype(np.float32)
         query /= np.linalg.norm(query)
-        ranked = rank_tracks(db, query, topk, moods=mood, bpm=text)
+        ranked = rank_tracks(db, query, topk, Filters(moods=mood, bpm=text))
         _assert_ranked_as(ranked, _reference(db, query, topk, low, high, mood), db, query)
         assert all(_in_range(db.tracks[row]["bpm"], low, high) for row, _ in ranked)
 
@@ -224,7 +224,7 @@ def test_the_bpm_filter_on_the_index_path_equals_brute_force():
               range(4000)]
     db = Database(vectors=vectors, tracks=tracks, index_min_tracks=1000)
     for query in vectors[:5]:
-        ranked = rank_tracks(db, query, 10, bpm=(100, 140))
+        ranked = rank_tracks(db, query, 10, Filters(bpm=(100, 140)))
         assert db.search_index() is not None
         _assert_ranked_as(ranked, _reference(db, query, 10, 100, 140), db, query)
 
@@ -234,7 +234,7 @@ def test_recommend_with_a_bpm_filter_lists_the_tempo_and_equals_brute_force(libr
     like = db.tracks[0]["file_path"]
     tempos = sorted(t["bpm"] for t in db.tracks[1:])
     low, high = tempos[1], tempos[-2]  # leaves out the slowest and the fastest other track
-    rec = recommend(None, None, db, like=like, topk=10, max_per_artist=0, bpm=(low, high))
+    rec = recommend(None, None, db, like=like, topk=10, max_per_artist=0, filters=Filters(bpm=(low, high)))
     expected = [i for i in _reference(db, db.vectors[0], len(db), low, high) if i != 0]
     assert [t.file_path for t in rec.results] == [db.tracks[i]["file_path"] for i in expected]
     assert [t.bpm for t in rec.results] == [db.tracks[i]["bpm"] for i in expected]

@@ -9,9 +9,9 @@ import pytest
 
 import recommend as recommend_cli
 from music_mood.display import format_recommendation
-from music_mood.search import DEFAULT_MAX_PER_ARTIST, rank_results, rank_tracks, shared_mood_words
-from music_to_vector import Database, LibraryPaths, load_database
-from recommend import UnknownTrackError, recommend
+from music_mood.library import Database, LibraryPaths, UnknownTrackError, load_database
+from music_mood.recommendation import recommend
+from music_mood.search import DEFAULT_MAX_PER_ARTIST, Filters, rank_results, rank_tracks, shared_mood_words
 
 ARTISTS = ["Ana", "ana ", "Bo", "", "Cy"]  # "Ana" and "ana " are one artist; "" is no artist
 
@@ -102,7 +102,7 @@ def test_mmr_equals_brute_force_reference(lam, cap, monkeypatch):
     allowed = [i for i, t in enumerate(db.tracks) if t["mood"] == "calm"]
     for _ in range(3):
         q = _unit(rng)
-        ranked, _ = rank_results(db, q, 8, moods="calm", max_per_artist=cap, diversity=lam)
+        ranked, _ = rank_results(db, q, 8, Filters(moods="calm"), max_per_artist=cap, diversity=lam)
         assert [i for i, _ in ranked] == _mmr_reference(db, q, 8, lam, cap, allowed)
         np.testing.assert_allclose([s for _, s in ranked], db.vectors[[i for i, _ in ranked]] @ q, atol=1e-6)
 
