@@ -11,6 +11,7 @@ import html
 import inspect
 import json
 import mimetypes
+import os
 import re
 import sys
 import threading
@@ -1291,7 +1292,8 @@ def main(argv=None) -> int:
             # Loaded while the page is up, so a visitor sees that it is loading rather than no page at all.
             print(f"Loading models: {args.blip_model}, {args.clap_model} ({args.precision}, backend "
                   f"{args.backend})...", file=sys.stderr)
-            threading.Thread(target=models.load, name="load-models", daemon=True).start()
+            loader = threading.Thread(target=models.load, name="load-models", daemon=True)
+            loader.start()
             while not (stop.requested or models.ready.wait(STOP_POLL_S)):
                 pass
             if not stop.requested:
@@ -1308,6 +1310,13 @@ def main(argv=None) -> int:
         finally:
             demo.close(verbose=False)
             renders.close()  # every soundtrack rendered for a visitor: they lived in the system's temporary folder
+    if loader.is_alive():
+        # Stopped while the models load: the loader is inside torch's or ONNX Runtime's native code, and tearing
+        # the interpreter down under it aborts the process ("terminate called without an active exception",
+        # SIGABRT). Everything the app must clean up is cleaned up above, so leave without the teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
