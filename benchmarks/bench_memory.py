@@ -6,6 +6,7 @@ the figures are the app's own (this script's parent builds the checkpoints with 
     python -m benchmarks.bench_memory --precision fp32 --backend torch
     python -m benchmarks.bench_memory --quick                       # one warm-up query instead of three
     python -m benchmarks.bench_memory --app                         # also `python app.py` itself, as a user runs it
+    python -m benchmarks.bench_memory --requests 200                # only the app: RSS over 200 new photos
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import json
 import os
 import subprocess
 import sys
+
+import numpy as np
 
 from benchmarks.common import ROOT, full_checkpoints, photo
 
@@ -79,6 +82,51 @@ def measure_app(checkpoints: dict, queries: int) -> tuple[dict, dict]:
             return loaded, _status_mb(app.process.pid)
 
 
+def distinct_photos(folder, count: int) -> list:
+    """`count` copies of the benchmark photo, each with one pixel changed: a new photo to the app every time (it
+    remembers the captions of photos it has seen, keyed by their pixels)."""
+    from PIL import Image
+
+    base = np.asarray(Image.open(photo()).convert("RGB")).copy()
+    paths = []
+    for i in range(count):
+        pixels = base.copy()
+        pixels[i // base.shape[1] % base.shape[0], i % base.shape[1]] ^= 0xFF
+        paths.append(folder / f"photo-{i:04d}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+def measure_app_over(checkpoints: dict, requests: int, every: int, app_args=()) -> list[tuple[int, dict, float]]:
+    """`python app.py` (default backend unless app_args say otherwise; 10 000 tracks) answering `requests` new
+    photos through /recommend: (requests so far, its /proc status in MB, seconds of the last request) after the
+    models are loaded and then after every `every` requests."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from gradio_client import Client, handle_file
+
+    from benchmarks.bench_cold import make_library
+    from music_mood.describe import cache_dir
+    from tests.app_server import running_app
+
+    with tempfile.TemporaryDirectory(prefix="bench_memory.") as folder:
+        photos = distinct_photos(Path(folder), requests)
+        library = make_library(Path(folder) / "library", checkpoints["clap"], 512)
+        with running_app(library, checkpoints, Path(folder), *app_args, exports=cache_dir() / "onnx") as app:
+            client = Client(app.url, verbose=False)
+            client.predict(image=None, text="warm", topk=1, api_name="/recommend")  # waits for the models
+            samples = [(0, _status_mb(app.process.pid), 0.0)]
+            for i, path in enumerate(photos, 1):
+                start = time.perf_counter()
+                client.predict(image=handle_file(str(path)), text="", topk=10, api_name="/recommend")
+                seconds = time.perf_counter() - start
+                if i % every == 0 or i == requests:
+                    samples.append((i, _status_mb(app.process.pid), seconds))
+            return samples
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -86,8 +134,24 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default="auto", help="models' precision")
     parser.add_argument("--backend", default="auto", help="models' backend")
     parser.add_argument("--app", action="store_true", help="also measure python app.py (default backend)")
+    parser.add_argument("--requests", type=int, default=0,
+                        help="only python app.py: its RSS over this many new photos through /recommend, sampled "
+                             "every --every requests (issue 21: it must stay flat without a collection per request)")
+    parser.add_argument("--every", type=int, default=20, help="with --requests: RSS sampled every this many")
     args = parser.parse_args(argv)
     checkpoints = full_checkpoints()  # built (or found) before anything is measured
+    if args.requests:
+        app_args = () if args.backend == "auto" else ("--backend", args.backend)
+        app_args += () if args.precision == "auto" else ("--precision", args.precision)
+        print(f"load average before {os.getloadavg()[0]:.1f}; python app.py {' '.join(app_args)}")
+        samples = measure_app_over(checkpoints, args.requests, args.every, app_args)
+        for done, status, seconds in samples:
+            print(f"after {done:>4} new photos: VmRSS {status['VmRSS']:.0f} MB, RssAnon {status['RssAnon']:.0f} MB, "
+                  f"peak {status['VmHWM']:.0f} MB" + (f"; that request {seconds:.2f} s" if done else ""))
+        after_first = [status["VmRSS"] for done, status, _ in samples if done >= args.every]
+        print(f"RSS from request {args.every} to {args.requests}: {min(after_first):.0f}-{max(after_first):.0f} MB "
+              f"(spread {max(after_first) - min(after_first):.0f} MB); load average after {os.getloadavg()[0]:.1f}")
+        return 0
     queries = 1 if args.quick else 3
     # The first process may have to export the models (ONNX Runtime): its figures are the first start's.
     for label in ("first start (exports made if missing)", "a later start (exports cached)"):
