@@ -69,11 +69,13 @@ def measure_app(checkpoints: dict, queries: int) -> tuple[dict, dict]:
 
     from benchmarks.bench_cold import make_library
     from music_mood.describe import cache_dir
+
+    exports = cache_dir() / "onnx"  # read first: importing the tests' code points MUSIC_MOOD_CACHE at a temp folder
     from tests.app_server import running_app
 
     with tempfile.TemporaryDirectory(prefix="bench_memory.") as folder:
         library = make_library(Path(folder) / "library", checkpoints["clap"], 512)
-        with running_app(library, checkpoints, Path(folder), exports=cache_dir() / "onnx") as app:
+        with running_app(library, checkpoints, Path(folder), exports=exports) as app:
             client = Client(app.url, verbose=False)
             client.predict(image=None, text="warm", topk=1, api_name="/recommend")  # waits for the models
             loaded = _status_mb(app.process.pid)
@@ -109,12 +111,14 @@ def measure_app_over(checkpoints: dict, requests: int, every: int, app_args=()) 
 
     from benchmarks.bench_cold import make_library
     from music_mood.describe import cache_dir
+
+    exports = cache_dir() / "onnx"  # read first: importing the tests' code points MUSIC_MOOD_CACHE at a temp folder
     from tests.app_server import running_app
 
     with tempfile.TemporaryDirectory(prefix="bench_memory.") as folder:
         photos = distinct_photos(Path(folder), requests)
         library = make_library(Path(folder) / "library", checkpoints["clap"], 512)
-        with running_app(library, checkpoints, Path(folder), *app_args, exports=cache_dir() / "onnx") as app:
+        with running_app(library, checkpoints, Path(folder), *app_args, exports=exports) as app:
             client = Client(app.url, verbose=False)
             client.predict(image=None, text="warm", topk=1, api_name="/recommend")  # waits for the models
             samples = [(0, _status_mb(app.process.pid), 0.0)]
