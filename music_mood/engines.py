@@ -72,10 +72,10 @@ def stage_engine(stage: str, flags: str) -> Engine:
 
 
 class MixedBlip:
-    """BLIP with its vision tower on torch (torch_runtime.TorchBlip) and its cross-attention keys/values and text
-    decoder on ONNX Runtime (onnx_blip.OnnxBlip): the runtime interface describe.py drives, as each engine's.
-
-    The torch features (1, patches + 1, hidden), in the torch model's dtype, go to the ONNX graphs as float32 numpy.
+    """BLIP with its vision tower on torch (torch_runtime.TorchVision, a torch.export program) and its cross-attention
+    keys/values, text decoder and tokenizer on ONNX Runtime (onnx_blip.OnnxBlip): the runtime interface describe.py
+    drives, as each engine's. The photo is prepared by OnnxBlip's numpy code (BlipImageProcessor's steps), and the
+    torch features (1, patches + 1, hidden) go to the ONNX graphs as float32 numpy.
     """
 
     def __init__(self, vision, text):
@@ -88,11 +88,11 @@ class MixedBlip:
         return {"vision": self.vision.cache_key(), "text": self.text.cache_key()}
 
     def pixel_values(self, image) -> np.ndarray:
-        return self.vision.pixel_values(image)
+        return self.text.pixel_values(image)
 
     def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
         """float32 (B, patches + 1, hidden), computed by torch."""
-        return self.vision.image_features(pixel_values).float().cpu().numpy()
+        return np.asarray(self.vision.image_features(pixel_values), np.float32)
 
     def cross_attention(self, features):
         return self.text.cross_attention(np.asarray(features, np.float32))

@@ -334,14 +334,11 @@ def load_transformers(kind: str, name: str, model_class: str, precision: str):
     return processor, model.to(device).eval()
 
 
-def _load_torch(kind: str, name: str, part: str, precision: str, vision_only: bool = False) -> LoadedModel:
-    """vision_only: BLIP without its text decoder (freed after loading), for a MixedBlip's vision tower."""
+def _load_torch(kind: str, name: str, part: str, precision: str) -> LoadedModel:
     from music_mood import torch_runtime
 
     device, dtype = resolve_device_dtype(precision)
     processor, model = load_transformers(kind, name, MODEL_CLASSES[part], precision)
-    if vision_only:
-        model.text_decoder = None
     if part == "blip":
         torch_runtime.fuse_vision_attention(model)
     if part == "clap-audio":
@@ -368,17 +365,22 @@ def _load_onnx(kind: str, name: str, part: str, precision: str) -> LoadedModel:
 
 def _load_mixed(name: str, vision_precision: str, decoder_precision: str) -> LoadedModel:
     """BLIP with its vision tower on torch and its decoder on ONNX Runtime (engines.MixedBlip), as backend
-    "torch+onnx" and precision "<vision's>+<decoder's>". The export is loaded first: making it needs the fp32
-    model, which is dropped before the torch vision tower is loaded."""
+    "torch+onnx" and precision "<vision's>+<decoder's>". The vision tower is loaded from its torch.export program,
+    so only torch is imported, not transformers."""
     from music_mood.engines import MixedBlip
+    from music_mood.exports import ExportError, load_export
 
     text = _load_onnx("BLIP", name, "blip", decoder_precision)
     if text.backend != "onnx":  # not exportable: the torch model it fell back to runs everything
         return text
-    vision = _load_torch("BLIP", name, "blip", vision_precision, vision_only=True)
-    return LoadedModel(name=name, runtime=MixedBlip(vision.runtime, text.runtime), backend="torch+onnx",
-                       precision=f"{vision_precision}+{decoder_precision}", model=vision.model,
-                       processor=vision.processor, device=vision.device, dtype=vision.dtype)
+    try:
+        vision = load_export("blip-vision", name, vision_precision,
+                             lambda: load_transformers("BLIP", name, MODEL_CLASSES["blip"], "fp32"))
+    except ExportError as e:
+        print(f"The BLIP model {name} runs on ONNX Runtime alone: {e}", file=sys.stderr)
+        return text
+    return LoadedModel(name=name, runtime=MixedBlip(vision, text.runtime), backend="torch+onnx",
+                       precision=f"{vision_precision}+{decoder_precision}")
 
 
 # The stages each part runs: BLIP's two halves may run on two engines (engines.ENGINES).
