@@ -38,11 +38,14 @@ ENGINES: dict[str, dict[str, Engine]] = {
     "avx512": {  # AVX-512 without BF16 (Skylake/Cascade Lake Xeon): no such machine seen yet
         stage: Engine(*_ONNX_INT8, "not measured (no such CPU seen); the AVX2 choice") for stage in STAGES
     },
-    "avx512-bf16": {  # AMD EPYC (Zen 4), avx512_bf16, no AMX: this session's and round 2's machine
-        "blip-vision": Engine(*_ONNX_INT8, "round 2, bench_query stages: 0.60 s 8-bit vs torch fp32 0.81 s"),
-        "blip-decoder": Engine(*_ONNX_INT8, "round 2, bench_onnx_blip: step 13 ms 8-bit vs torch fp32 57 ms"),
-        "clap-text": Engine(*_ONNX_INT8, "round 2, bench_onnx_clap: 25 ms 8-bit vs torch fp32 96 ms"),
-        "clap-audio": Engine(*_ONNX_INT8, "round 2, bench_onnx_clap: 9.4 windows/s 8-bit vs torch fp32 6.0"),
+    "avx512-bf16": {  # AMD EPYC (Zen 4), avx512_bf16, no AMX: bench_stages 2026-12-04, load 4-7 (RESULTS.md)
+        "blip-vision": Engine(*_ONNX_INT8, "bench_stages: 438 ms 8-bit vs torch bf16 429 ms, a tie within the noise "
+                                           "(min 384 vs 333); torch would cost a cold start its import"),
+        "blip-decoder": Engine(*_ONNX_INT8, "bench_stages: 29 ms a step 8-bit vs ONNX fp32 36, torch fp32 864, "
+                                            "torch bf16 1116 (torch under load)"),
+        "clap-text": Engine(*_ONNX_INT8, "bench_stages: 20 ms 8-bit vs ONNX fp32 42, torch bf16 82, fp32 158"),
+        "clap-audio": Engine("torch", "bf16", "bench_stages: 42 ms a window torch bf16 vs ONNX fp32 70, 8-bit 92, "
+                                              "torch fp32 105"),
     },
     "amx": {  # Intel Xeon with AMX and AVX512-BF16 (issue 21's measurements)
         "blip-vision": Engine("torch", "bf16", "issue 21: 0.29 s torch bf16 vs 0.78 s ONNX 8-bit, 0.71 s ONNX fp32"),
