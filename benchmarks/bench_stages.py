@@ -6,7 +6,7 @@ torch bf16, ONNX Runtime fp32, ONNX Runtime 8-bit. Within a stage the engines ru
 load from other processes falls on them alike. Full-size random-weight checkpoints (benchmarks/common.py).
 
 Fidelity against torch fp32, the gate of README's "Backends, precision and performance": for the vision tower, its
-features fed to the exact (ONNX fp32) decoder (also timed there: "export-bf16", the torch.export program of the
+features fed to the exact (ONNX fp32) decoder (also timed there: "export-bf16", the TorchScript of the
 vision tower that a BLIP split between torch and ONNX Runtime runs); for the decoder, torch fp32's features fed to
 it; both teacher-forced on the same 12 tokens, logits' RMS error over their std (gate 0.06). CLAP: the lowest
 cosine of a vector to torch fp32's (gate 0.999).
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         exact_features = exact_runtime.image_features(pixels)
         exact = _logits(exact_runtime, exact_features, ids)
         if "blip-vision" in args.stages:
-            # What a BLIP split between engines runs: the torch.export program of the vision tower, in bf16.
+            # What a BLIP split between engines runs: the TorchScript of the vision tower, in bf16.
             vision = {**blips, "export-bf16": _load_mixed(checkpoints["blip"], "bf16", "int8").runtime.vision}
             fidelity = {name: _gate(_logits(decoder_fp32, _numpy(vision[name].image_features(pixels)), ids), exact)
                         for name in vision}

@@ -75,7 +75,7 @@ def stage_engine(stage: str, flags: str) -> Engine:
 
 
 class MixedBlip:
-    """BLIP with its vision tower on torch (torch_runtime.TorchVision, a torch.export program) and its cross-attention
+    """BLIP with its vision tower on torch (torch_runtime.TorchVision, TorchScript) and its cross-attention
     keys/values, text decoder and tokenizer on ONNX Runtime (onnx_blip.OnnxBlip): the runtime interface describe.py
     drives, as each engine's. The photo is prepared by OnnxBlip's numpy code (BlipImageProcessor's steps), and the
     torch features (1, patches + 1, hidden) go to the ONNX graphs as float32 numpy.

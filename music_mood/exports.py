@@ -1,4 +1,4 @@
-"""ONNX exports of the checkpoints (and BLIP's vision tower alone as a torch.export program, for a BLIP split
+"""ONNX exports of the checkpoints (and BLIP's vision tower alone as TorchScript, for a BLIP split
 between torch and ONNX Runtime): made once per checkpoint from its transformers model, kept in the cache folder,
 and loaded from there without transformers (and, but for that vision tower, without torch).
 
@@ -112,7 +112,7 @@ def onnx_session(path: Path, threads: int | None = None, arena: bool = False):
 
 def _runtime(part: str):
     """(runtime class, export function) of a part; imports onnx_blip or onnx_clap only when asked. "blip-vision" is
-    BLIP's vision tower alone on torch (torch.export), for a BLIP whose decoder runs on ONNX Runtime."""
+    BLIP's vision tower alone on torch (TorchScript), for a BLIP whose decoder runs on ONNX Runtime."""
     if part == "blip-vision":
         from music_mood.torch_runtime import TorchVision, export_vision
 

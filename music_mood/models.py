@@ -365,7 +365,7 @@ def _load_onnx(kind: str, name: str, part: str, precision: str) -> LoadedModel:
 
 def _load_mixed(name: str, vision_precision: str, decoder_precision: str) -> LoadedModel:
     """BLIP with its vision tower on torch and its decoder on ONNX Runtime (engines.MixedBlip), as backend
-    "torch+onnx" and precision "<vision's>+<decoder's>". The vision tower is loaded from its torch.export program,
+    "torch+onnx" and precision "<vision's>+<decoder's>". The vision tower is loaded from its TorchScript export,
     so only torch is imported, not transformers."""
     from music_mood.engines import MixedBlip
     from music_mood.exports import ExportError, load_export

@@ -251,17 +251,20 @@ def fuse_audio_attention(clap_model) -> None:
             block.attention.self.forward = fused(block.attention.self)
 
 
-# A BLIP vision tower saved alone by torch.export, in bf16 or fp32: what a BLIP whose decoder runs on ONNX Runtime
-# (engines.MixedBlip) loads, importing torch but not transformers (seconds of a cold start).
-VISION_FILE, VISION_CONFIG = "vision.pt2", "vision.json"
+# A BLIP vision tower saved alone as TorchScript, in bf16 or fp32: what a BLIP whose decoder runs on ONNX Runtime
+# (engines.MixedBlip) loads, importing torch but not transformers (seconds of a cold start). TorchScript, though
+# torch deprecates it, rather than torch.export: full-size, bf16, one process each (2 cores, load 3), torch.jit.load
+# took 0.15 s and torch.export.load 2.4 s (it imports sympy), and the two ran a photo as fast as eager torch.
+VISION_FILE, VISION_CONFIG = "vision.pt", "vision.json"
 VISION_PRECISIONS = ("fp32", "bf16")
 
 
 def export_vision(model, processor, folder, precision: str) -> None:
-    """Write BLIP's vision tower (fused attention, in `precision`'s dtype) into `folder` as a torch.export program
-    with a dynamic batch size, and vision.json. model: BlipForConditionalGeneration in fp32 (its vision tower is
-    converted in place: the exporter's own copy)."""
+    """Write BLIP's vision tower (fused attention, in `precision`'s dtype) into `folder` as TorchScript traced on a
+    batch of 2 (no batch size is traced in), and vision.json. model: BlipForConditionalGeneration in fp32 (its
+    vision tower is converted in place: the exporter's own copy)."""
     import json
+    import warnings
     from pathlib import Path
 
     import torch
@@ -282,17 +285,17 @@ def export_vision(model, processor, folder, precision: str) -> None:
 
     size = processor.image_processor.size
     example = torch.zeros(2, 3, size["height"], size["width"], dtype=dtype)
-    with torch.inference_mode(False), torch.no_grad():
-        program = torch.export.export(Vision().eval(), (example,),
-                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
-    torch.export.save(program, str(Path(folder) / VISION_FILE))
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice (see VISION_FILE), tracer warnings
+        traced = torch.jit.trace(Vision().eval(), example, check_trace=False)
+    traced.save(str(Path(folder) / VISION_FILE))
     (Path(folder) / VISION_CONFIG).write_text(json.dumps({"precision": precision, "height": size["height"],
                                                           "width": size["width"]}), encoding="utf-8")
 
 
 class TorchVision:
     """BLIP's vision tower saved by export_vision: pixel_values float32 (B, 3, H, W) -> features float32
-    (B, patches + 1, hidden), run by torch (an exported program) without transformers."""
+    (B, patches + 1, hidden), run by torch (TorchScript) without transformers."""
 
     vision_batch_size = TorchBlip.vision_batch_size
 
@@ -303,13 +306,17 @@ class TorchVision:
     @classmethod
     def load(cls, folder, threads: int | None = None) -> TorchVision:
         import json
+        import warnings
         from pathlib import Path
 
         import torch
 
         folder = Path(folder)
         config = json.loads((folder / VISION_CONFIG).read_text(encoding="utf-8"))
-        return cls(folder, torch.export.load(str(folder / VISION_FILE)).module(), config)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # see VISION_FILE
+            module = torch.jit.load(str(folder / VISION_FILE), map_location="cpu").eval()
+        return cls(folder, module, config)
 
     def cache_key(self) -> dict:
         import torch
