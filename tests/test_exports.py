@@ -30,8 +30,6 @@ FLAGS = {"avx2": "fpu sse4_2 avx2 fma f16c", "avx512": "fpu avx2 fma avx512f avx
 
 
 @pytest.mark.parametrize("cpu, gpu, precision, backend, expected", [
-    ("avx2", False, "auto", "auto", ("onnx", "int8")),
-    ("avx512_bf16", False, "auto", "auto", ("onnx", "int8")),
     ("avx512_bf16", False, "auto", "torch", ("torch", "bf16")),
     ("amx_bf16", False, "auto", "torch", ("torch", "bf16")),
     ("amx_bf16", False, "auto", "onnx", ("onnx", "int8")),
@@ -43,7 +41,8 @@ FLAGS = {"avx2": "fpu sse4_2 avx2 fma f16c", "avx512": "fpu avx2 fma avx512f avx
     ("avx2", False, "int8", "torch", ("torch", "int8")),
 ])
 def test_backend_follows_the_hardware_and_the_flags(cpu, gpu, precision, backend, expected):
-    """A --backend or --precision the user gives puts every stage on one engine, whatever the table says."""
+    """A --backend or --precision the user gives, or a GPU, puts every stage on one engine, whatever the table says
+    (test_engines.py tests the table)."""
     for stage in ("blip-vision", "blip-decoder", "clap-text", "clap-audio"):
         assert models.resolve_backend(precision, backend, stage, flags=FLAGS[cpu], gpu=gpu) == expected
 
