@@ -7,6 +7,7 @@ the figures are the app's own (this script's parent builds the checkpoints with 
     python -m benchmarks.bench_memory --quick                       # one warm-up query instead of three
     python -m benchmarks.bench_memory --app                         # also `python app.py` itself, as a user runs it
     python -m benchmarks.bench_memory --requests 200                # only the app: RSS over 200 new photos
+    python -m benchmarks.bench_memory --gc --backend torch          # what a full collection costs, before/after freeze
 """
 from __future__ import annotations
 
@@ -42,6 +43,48 @@ print(json.dumps({"models": [blip.embedded_by, clap.embedded_by], "base": base, 
                   "library_mb": db.vectors.nbytes / 2**20,
                   "torch_imported": "torch" in sys.modules, "transformers_imported": "transformers" in sys.modules}))
 """
+
+
+GC_CHILD = """
+import gc, json, sys, time
+from music_mood.models import freeze_loaded_objects, load_blip, load_clap_text, release_freed_memory
+from recommend import recommend
+from benchmarks.bench_query import synthetic_database
+
+blip_dir, clap_dir, precision, backend, photo = sys.argv[1:6]
+blip, clap = load_blip(blip_dir, precision, backend), load_clap_text(clap_dir, precision, backend)
+db = synthetic_database(1000, clap.runtime.dim)
+recommend(blip, clap, db, image=photo)
+
+def collect_s(n=5):
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        gc.collect()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[n // 2]
+
+objects, before = len(gc.get_objects()), collect_s()
+freeze_loaded_objects()
+after = collect_s()
+start = time.perf_counter()
+for _ in range(5):
+    release_freed_memory()
+release_s = (time.perf_counter() - start) / 5
+print(json.dumps({"models": [blip.embedded_by, clap.embedded_by], "objects": objects, "before": before,
+                  "after": after, "frozen": gc.get_freeze_count(), "release": release_s}))
+"""
+
+
+def measure_gc(checkpoints: dict, precision: str, backend: str) -> dict:
+    """In a new process holding the app's models after one query: a full gc.collect()'s median seconds before and
+    after freeze_loaded_objects, and what release_freed_memory costs after it."""
+    done = subprocess.run([sys.executable, "-c", GC_CHILD, checkpoints["blip"], checkpoints["clap"], precision, backend,
+                           str(photo())], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=1800)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def measure(checkpoints: dict, precision: str, backend: str, queries: int) -> dict:
@@ -142,8 +185,17 @@ def main(argv=None) -> int:
                         help="only python app.py: its RSS over this many new photos through /recommend, sampled "
                              "every --every requests (issue 21: it must stay flat without a collection per request)")
     parser.add_argument("--every", type=int, default=20, help="with --requests: RSS sampled every this many")
+    parser.add_argument("--gc", action="store_true",
+                        help="only what a full garbage collection costs with the models loaded, before and after "
+                             "gc.freeze (models.freeze_loaded_objects), and release_freed_memory after it")
     args = parser.parse_args(argv)
     checkpoints = full_checkpoints()  # built (or found) before anything is measured
+    if args.gc:
+        m = measure_gc(checkpoints, args.precision, args.backend)
+        print(f"{' + '.join(m['models'])}: {m['objects']} objects tracked; gc.collect() {1000 * m['before']:.0f} ms "
+              f"before freezing, {1000 * m['after']:.1f} ms after ({m['frozen']} frozen); release_freed_memory "
+              f"{1000 * m['release']:.1f} ms; load average {os.getloadavg()[0]:.1f}")
+        return 0
     if args.requests:
         app_args = () if args.backend == "auto" else ("--backend", args.backend)
         app_args += () if args.precision == "auto" else ("--precision", args.precision)
