@@ -183,8 +183,14 @@ def bench_app(checkpoints: dict, rounds: int, app_args: tuple[str, ...]) -> int:
     from benchmarks.bench_memory import _status_mb
     from music_mood.describe import cache_dir
 
-    exports = cache_dir() / "onnx"  # read first: importing the tests' code points MUSIC_MOOD_CACHE at a temp folder
+    # Importing the tests' code points MUSIC_MOOD_CACHE at an empty temp folder: the exports are found first, and
+    # the variable put back for the in-process figures that follow.
+    cache = os.environ.get("MUSIC_MOOD_CACHE")
+    exports = cache_dir() / "onnx"
     from tests.app_server import running_app
+
+    if cache is not None:
+        os.environ["MUSIC_MOOD_CACHE"] = cache
 
     with tempfile.TemporaryDirectory(prefix="bench_query_app.") as folder:
         folder = Path(folder)
