@@ -59,9 +59,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, blip: bool = True) -> N
                              "quantised weights (faster, within the fidelity gate)")
     parser.add_argument("--backend", choices=BACKENDS, default=default_backend(),
                         help=f"inference engine (env {BACKEND_ENV}); auto = per stage, the one measured fastest on "
-                             "this kind of CPU (ONNX Runtime, exported once per checkpoint into the cache folder; on "
-                             "AMX, BLIP's vision and CLAP's audio towers on torch bf16), torch on a GPU and for "
-                             "--precision fp32/bf16; torch or onnx runs every stage on that engine")
+                             "this kind of CPU (music_mood/engines.py: mostly ONNX Runtime, exported once per "
+                             "checkpoint into the cache folder), torch on a GPU and for --precision fp32/bf16; "
+                             "torch or onnx runs every stage on that engine")
 
 
 def add_library_arguments(parser: argparse.ArgumentParser) -> None:

@@ -96,8 +96,8 @@ def resolve_backend(precision: str = "auto", backend: str = "auto", stage: str |
 
     With backend "auto" and precision "auto": a CUDA GPU runs torch in bf16; a CPU runs each stage on the engine
     engines.ENGINES names for its kind (AVX2, AVX-512, AVX-512 with BF16, AMX), the one measured fastest there
-    within the fidelity gate: on AMX, BLIP's vision tower on torch bf16 and its decoder on ONNX Runtime 8-bit; on
-    the others, ONNX Runtime 8-bit throughout. "fp32" and "bf16" run torch ("fp32" stays exact); "int8" runs ONNX
+    within the fidelity gate (e.g. on AMX, BLIP's vision tower on torch bf16 and its decoder on ONNX Runtime
+    8-bit; on AVX2, ONNX Runtime 8-bit throughout). "fp32" and "bf16" run torch ("fp32" stays exact); "int8" runs ONNX
     Runtime. With backend "torch" every stage runs on torch ("auto" = bf16 where native, else fp32; "int8" =
     torch's dynamic quantisation). With backend "onnx": "auto" and "int8" are 8-bit weights, "fp32" is ONNX
     Runtime in fp32; bf16 is torch's alone.
