@@ -39,6 +39,7 @@ from music_mood.library import (
 from music_mood.models import (
     BackgroundModels,
     ModelLoadError,
+    freeze_loaded_objects,
     load_clap_audio,
     load_clap_text,
     release_freed_memory,
@@ -1300,6 +1301,7 @@ def main(argv=None) -> int:
                 if models.error:
                     print(f"Error: {models.error}", file=sys.stderr)
                     return 1
+                freeze_loaded_objects()  # requests' collections no longer scan the models' objects
                 tracks = len(library.current())
                 print(f"Models loaded; {tracks} tracks in {paths.root}.", file=sys.stderr)
                 if not tracks:

@@ -132,7 +132,7 @@ def main(argv=None) -> int:
 
     from music_mood.models import resolve_backend
 
-    backend, precision = resolve_backend(args.precision, args.backend)
+    backend, precision = resolve_backend(args.precision, args.backend, "clap-audio")
     print(f"load average {os.getloadavg()[0]:.1f}; torch {torch.get_num_threads()} threads; {len(tracks)} tracks; "
           f"(c) = {backend} {precision}")
     seed_audio, seed_wall = seed_build(checkpoint, tracks)

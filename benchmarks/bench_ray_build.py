@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     from music_mood import cluster
     from music_mood.models import load_clap_audio, resolve_backend
 
-    backend, precision = resolve_backend(args.precision, args.backend)
+    backend, precision = resolve_backend(args.precision, args.backend, "clap-audio")
     clap = load_clap_audio(checkpoint, precision, backend)
     print(f"load average {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs; {len(tracks)} tracks; {backend} {precision}; "
           f"machine shared with other work", flush=True)

@@ -128,15 +128,14 @@ def bench_plan(blip, clap, db, photos: list[Path], rounds: int) -> dict:
 def run_plan(folder: Path, rounds: int) -> None:
     """Load the full-size models (the default precision and backend), then time planning; prints one line each."""
     from benchmarks.common import full_checkpoints
-    from music_mood.models import load_blip, load_clap_text, resolve_backend
+    from music_mood.models import load_blip, load_clap_text
     from music_mood.query import embed_text
 
     checkpoints = full_checkpoints()
     start = time.perf_counter()
     blip, clap = load_blip(checkpoints["blip"]), load_clap_text(checkpoints["clap"])
     dim = embed_text(clap, ["a"]).shape[1]
-    backend, precision = resolve_backend()
-    print(f"models loaded in {time.perf_counter() - start:.1f} s ({backend}, {precision}); RSS "
+    print(f"models loaded in {time.perf_counter() - start:.1f} s ({blip.embedded_by}, {clap.embedded_by}); RSS "
           f"{current_rss_mb():.0f} MB", flush=True)
     (folder / "plan-photos").mkdir()
     photos = make_distinct_photos(folder / "plan-photos")

@@ -55,13 +55,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, blip: bool = True) -> N
     parser.add_argument("--clap-model", default=default_clap_model(),
                         help=f"CLAP checkpoint: hub id or local directory (env {CLAP_MODEL_ENV})")
     parser.add_argument("--precision", choices=PRECISIONS, default=default_precision(),
-                        help=f"model precision (env {PRECISION_ENV}); auto = bf16 on torch where the hardware has "
-                             "it natively, else ONNX Runtime with an int8 text decoder; fp32 = exact; int8 = "
+                        help=f"model precision (env {PRECISION_ENV}); auto = per stage, the one measured fastest on "
+                             "this kind of CPU within the fidelity gate (music_mood/engines.py); fp32 = exact; int8 = "
                              "quantised weights (faster, within the fidelity gate)")
     parser.add_argument("--backend", choices=BACKENDS, default=default_backend(),
-                        help=f"inference engine (env {BACKEND_ENV}); auto = torch on a GPU or a CPU with native "
-                             "bf16 and for --precision fp32/bf16, ONNX Runtime on other CPUs (exported once per "
-                             "checkpoint into the cache folder)")
+                        help=f"inference engine (env {BACKEND_ENV}); auto = per stage, the one measured fastest on "
+                             "this kind of CPU (music_mood/engines.py: mostly ONNX Runtime, exported once per "
+                             "checkpoint into the cache folder), torch on a GPU and for --precision fp32/bf16; "
+                             "torch or onnx runs every stage on that engine")
 
 
 def add_library_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
-"""ONNX exports of the checkpoints: made once per checkpoint from its transformers model, kept in the cache folder,
-and loaded from there without torch or transformers.
+"""ONNX exports of the checkpoints (and BLIP's vision tower alone as TorchScript, for a BLIP split
+between torch and ONNX Runtime): made once per checkpoint from its transformers model, kept in the cache folder,
+and loaded from there without transformers (and, but for that vision tower, without torch).
 
 An export lives in cache_dir()/onnx/<part>-<precision>-<key>/, where the key hashes the checkpoint's files (name,
 size and modification time of each; a hub snapshot's files are content-addressed blobs), the precision, the
@@ -26,7 +27,7 @@ MANIFEST = "export.json"
 THREADS_ENV = "MUSIC_MOOD_THREADS"
 # Libraries whose versions change what an export holds or how it runs.
 _VERSIONED = ("onnxruntime", "onnx", "onnx_ir", "torch", "transformers", "tokenizers")
-_KINDS = {"blip": "BLIP", "clap-text": "CLAP text", "clap-audio": "CLAP audio"}
+_KINDS = {"blip": "BLIP", "blip-vision": "BLIP vision", "clap-text": "CLAP text", "clap-audio": "CLAP audio"}
 
 
 class ExportError(RuntimeError):
@@ -110,7 +111,12 @@ def onnx_session(path: Path, threads: int | None = None, arena: bool = False):
 
 
 def _runtime(part: str):
-    """(runtime class, export function) of a part; imports onnx_blip or onnx_clap only when asked."""
+    """(runtime class, export function) of a part; imports onnx_blip or onnx_clap only when asked. "blip-vision" is
+    BLIP's vision tower alone on torch (TorchScript), for a BLIP whose decoder runs on ONNX Runtime."""
+    if part == "blip-vision":
+        from music_mood.torch_runtime import TorchVision, export_vision
+
+        return TorchVision, export_vision
     if part == "blip":
         from music_mood.onnx_blip import OnnxBlip, export_blip
 
@@ -190,7 +196,8 @@ def load_export(part: str, name: str, precision: str, transformers_model: Callab
             print(f"The cached ONNX export of the {_KINDS[part]} model in {target} is damaged ({reason}); "
                   f"exporting it again.", file=sys.stderr)
         else:
-            print(f"Preparing the {_KINDS[part]} model for ONNX Runtime ({precision}; once per checkpoint, "
+            engine = "torch" if part == "blip-vision" else "ONNX Runtime"
+            print(f"Preparing the {_KINDS[part]} model for {engine} ({precision}; once per checkpoint, "
                   f"about a minute)...", file=sys.stderr)
         _write_export(part, name, precision, target, transformers_model)
         return runtime_class.load(target, onnx_threads())

@@ -81,48 +81,56 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in _cpu_flags() or "avx512_bf16" in _cpu_flags()
 
 
-def cpu_has_amx() -> bool:
-    """True when this CPU has AMX matrix units for bf16 (Xeon Sapphire Rapids and later)."""
-    return "amx_bf16" in _cpu_flags()
-
-
 def has_nvidia_gpu() -> bool:
     """Whether an NVIDIA driver is loaded, known without importing torch (a cold start on ONNX Runtime never does)."""
     return os.path.exists("/proc/driver/nvidia/version")
 
 
-def resolve_backend(precision: str = "auto", backend: str = "auto") -> tuple[str, str]:
-    """(backend, precision) that a model runs in, from the user's --precision and --backend.
+def resolve_backend(precision: str = "auto", backend: str = "auto", stage: str | None = None,
+                    flags: str | None = None, gpu: bool | None = None) -> tuple[str, str]:
+    """(backend, precision) that a stage of a model runs in, from the user's --precision and --backend.
 
-    With backend "auto" and precision "auto": a CUDA GPU, or a CPU with AMX, runs torch in bf16; every other CPU
-    runs ONNX Runtime with 8-bit weights in BLIP and CLAP's towers (within the fidelity gate). On
-    an AVX-512 BF16 CPU without AMX (AMD EPYC, Zen 4) ONNX Runtime measured faster than torch bf16 for a new
-    photo (0.92 s against 1.16 s) and a cold query (2.8 s against 8.6 s), in less memory (0.6 GB against 1.6);
-    on AVX2 CPUs torch has only fp32 (benchmarks/RESULTS.md). AMX CPUs keep torch bf16, not measured against
-    ONNX Runtime yet. "fp32" and "bf16" run torch ("fp32" stays exact); "int8" runs ONNX Runtime. With backend
-    "torch" everything is as before ("auto" = bf16 where native, else fp32; "int8" = torch's dynamic
-    quantisation). With backend "onnx": "auto" and "int8" are 8-bit weights, "fp32" is ONNX Runtime in fp32;
-    bf16 is torch's alone.
+    stage: one of engines.STAGES ("blip-vision", "blip-decoder", "clap-text", "clap-audio"); needed only when both
+    are "auto". flags: the CPU's /proc/cpuinfo flags (default: this machine's); gpu: whether a CUDA GPU is there
+    (default: whether an NVIDIA driver is loaded). Both are parameters so the choice can be tested for any machine.
+
+    With backend "auto" and precision "auto": a CUDA GPU runs torch in bf16; a CPU runs each stage on the engine
+    engines.ENGINES names for its kind (AVX2, AVX-512, AVX-512 with BF16, AMX), the one measured fastest there
+    within the fidelity gate (e.g. on AMX, BLIP's vision tower on torch bf16 and its decoder on ONNX Runtime
+    8-bit; on AVX2, ONNX Runtime 8-bit throughout). "fp32" and "bf16" run torch ("fp32" stays exact); "int8" runs ONNX
+    Runtime. With backend "torch" every stage runs on torch ("auto" = bf16 where native, else fp32; "int8" =
+    torch's dynamic quantisation). With backend "onnx": "auto" and "int8" are 8-bit weights, "fp32" is ONNX
+    Runtime in fp32; bf16 is torch's alone.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    flags = _cpu_flags() if flags is None else flags
     if backend == "auto":
         if precision in ("fp32", "bf16"):
             backend = "torch"
         elif precision == "int8":
             backend = "onnx"
+        elif has_nvidia_gpu() if gpu is None else gpu:
+            backend = "torch"
         else:
-            backend = "torch" if has_nvidia_gpu() or cpu_has_amx() else "onnx"
+            if stage is None:
+                raise ValueError("backend and precision auto are chosen per stage: name the stage")
+            from music_mood.engines import stage_engine
+
+            engine = stage_engine(stage, flags)
+            return engine.backend, engine.precision
     if backend == "onnx":
         if precision == "bf16":
             raise ValueError("bf16 runs on torch only: use --backend torch (or auto) with --precision bf16")
         return "onnx", "fp32" if precision == "fp32" else "int8"
     if precision == "auto":
-        import torch
+        if gpu is None:
+            import torch
 
-        native = torch.cuda.is_available() or cpu_has_native_bf16()
+            gpu = torch.cuda.is_available()
+        native = gpu or "amx_bf16" in flags or "avx512_bf16" in flags
         precision = "bf16" if native else "fp32"
     return "torch", precision
 
@@ -147,17 +155,78 @@ def resolve_device_dtype(precision: str = "auto"):
     return device, torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def release_freed_memory() -> None:
-    """Hand memory freed inside the process back to the OS: glibc keeps freed blocks (replaced weights, a query's
-    activations) in its arenas otherwise, and a long-running process's RSS only grows. Costs a few milliseconds."""
-    import ctypes
-    import gc
+def current_rss_bytes() -> int:
+    """This process's resident memory in bytes (Linux /proc/self/statm; 0 where there is none, so nothing ever
+    looks grown)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
-    gc.collect()
+
+def _malloc_trim() -> None:
+    import ctypes
+
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
         pass
+
+
+class MemoryReleaser:
+    """Hands memory freed inside the process back to the OS after each request, and collects garbage cycles only
+    when memory has grown.
+
+    glibc keeps freed blocks (a query's activations, replaced weights) in its arenas, so a long-running process's
+    RSS only grows unless malloc_trim (2 ms) gives them back: that runs every time. A full gc.collect() scans every
+    object the process holds (~487 000 with torch and transformers loaded: 0.29-0.33 s a request on a 2-core Xeon,
+    issue 21), and a query leaves almost no cycles (refcounting frees its arrays at once): it runs only when RSS,
+    after the trim, is above the RSS measured after the last collection by `growth_bytes`. `read_rss` reads the
+    RSS in bytes (a parameter, so a test can give its own readings).
+    """
+
+    def __init__(self, growth_bytes: int = 64 * 2**20, read_rss=current_rss_bytes):
+        self.growth_bytes, self.read_rss = growth_bytes, read_rss
+        self.baseline: int | None = None  # RSS after the last collection; None: never collected
+        self.collections = 0
+
+    def collect(self) -> None:
+        """A full collection and trim now; the RSS after it is the new baseline."""
+        import gc
+
+        gc.collect()
+        _malloc_trim()
+        self.collections += 1
+        self.baseline = self.read_rss()
+
+    def release(self) -> bool:
+        """Trim; then collect if RSS has grown by growth_bytes since the last collection. True if it collected."""
+        _malloc_trim()
+        if self.baseline is not None and self.read_rss() <= self.baseline + self.growth_bytes:
+            return False
+        self.collect()
+        return True
+
+
+_releaser = MemoryReleaser()
+
+
+def release_freed_memory() -> bool:
+    """Give freed memory back to the OS (malloc_trim) and collect garbage cycles only when RSS has grown since the
+    last collection (MemoryReleaser); called after every request and after loading. True if it collected."""
+    return _releaser.release()
+
+
+def freeze_loaded_objects() -> None:
+    """Once the models are loaded (a server's start-up): collect, then move every object alive now into the
+    garbage collector's permanent generation (gc.freeze), so later collections, automatic or not, never scan the
+    models' and libraries' hundreds of thousands of objects again; RSS now is the baseline release_freed_memory
+    compares with."""
+    import gc
+
+    _releaser.collect()
+    gc.freeze()
 
 
 class ModelStopped(Exception):
@@ -294,16 +363,48 @@ def _load_onnx(kind: str, name: str, part: str, precision: str) -> LoadedModel:
     return LoadedModel(name=name, runtime=runtime, backend="onnx", precision=precision)
 
 
-def _resolved(kind: str, name: str, precision: str, backend: str) -> tuple[str, str, str]:
-    """(checkpoint name, backend, precision) a request resolves to; ModelLoadError for a bad combination or path."""
+def _load_mixed(name: str, vision_precision: str, decoder_precision: str) -> LoadedModel:
+    """BLIP with its vision tower on torch and its decoder on ONNX Runtime (engines.MixedBlip), as backend
+    "torch+onnx" and precision "<vision's>+<decoder's>". The vision tower is loaded from its TorchScript export,
+    so only torch is imported, not transformers."""
+    from music_mood.engines import MixedBlip
+    from music_mood.exports import ExportError, load_export
+
+    text = _load_onnx("BLIP", name, "blip", decoder_precision)
+    if text.backend != "onnx":  # not exportable: the torch model it fell back to runs everything
+        return text
     try:
-        backend, precision = resolve_backend(precision, backend)
+        vision = load_export("blip-vision", name, vision_precision,
+                             lambda: load_transformers("BLIP", name, MODEL_CLASSES["blip"], "fp32"))
+    except ExportError as e:
+        print(f"The BLIP model {name} runs on ONNX Runtime alone: {e}", file=sys.stderr)
+        return text
+    return LoadedModel(name=name, runtime=MixedBlip(vision, text.runtime), backend="torch+onnx",
+                       precision=f"{vision_precision}+{decoder_precision}")
+
+
+# The stages each part runs: BLIP's two halves may run on two engines (engines.ENGINES).
+_STAGES = {"blip": ("blip-vision", "blip-decoder"), "clap-text": ("clap-text",), "clap-audio": ("clap-audio",)}
+
+
+def _resolved(kind: str, name: str, part: str, precision: str, backend: str) -> tuple[str, str, str]:
+    """(checkpoint name, backend, precision) a request resolves to; ModelLoadError for a bad combination or path.
+    A BLIP whose stages run on two engines resolves to "torch+onnx" and "<vision's>+<decoder's>"."""
+    try:
+        engines = [resolve_backend(precision, backend, stage) for stage in _STAGES[part]]
     except ValueError as e:
         raise ModelLoadError(str(e)) from e
-    return _checked_name(kind, name), backend, precision
+    if len(set(engines)) > 1:
+        (vision_backend, vision_precision), (decoder_backend, decoder_precision) = engines
+        if (vision_backend, decoder_backend) != ("torch", "onnx"):  # no such BLIP: the decoder's engine for both
+            return _checked_name(kind, name), decoder_backend, decoder_precision
+        return _checked_name(kind, name), "torch+onnx", f"{vision_precision}+{decoder_precision}"
+    return _checked_name(kind, name), *engines[0]
 
 
 def _load_resolved(kind: str, name: str, part: str, backend: str, precision: str) -> LoadedModel:
+    if backend == "torch+onnx":
+        return _load_mixed(name, *precision.split("+"))
     if backend == "onnx":
         return _load_onnx(kind, name, part, precision)
     return _load_torch(kind, name, part, precision)
@@ -315,13 +416,13 @@ _loaded = functools.lru_cache(maxsize=8)(_load_resolved)
 
 def _load(kind: str, name: str, part: str, precision: str, backend: str) -> LoadedModel:
     """Load a part ("blip", "clap-text", "clap-audio") afresh; the load_* functions keep what this returns."""
-    name, backend, precision = _resolved(kind, name, precision, backend)
+    name, backend, precision = _resolved(kind, name, part, precision, backend)
     return _load_resolved(kind, name, part, backend, precision)
 
 
 def _load_once(kind: str, name: str, part: str, precision: str, backend: str) -> LoadedModel:
     """The part loaded once per process for what it resolves to."""
-    name, backend, precision = _resolved(kind, name, precision, backend)
+    name, backend, precision = _resolved(kind, name, part, precision, backend)
     return _loaded(kind, name, part, backend, precision)
 
 

@@ -249,3 +249,83 @@ def fuse_audio_attention(clap_model) -> None:
     for stage in clap_model.audio_model.audio_encoder.layers:
         for block in stage.blocks:
             block.attention.self.forward = fused(block.attention.self)
+
+
+# A BLIP vision tower saved alone as TorchScript, in bf16 or fp32: what a BLIP whose decoder runs on ONNX Runtime
+# (engines.MixedBlip) loads, importing torch but not transformers (seconds of a cold start). TorchScript, though
+# torch deprecates it, rather than torch.export: full-size, bf16, one process each (2 cores, load 3), torch.jit.load
+# took 0.15 s and torch.export.load 2.4 s (it imports sympy), and the two ran a photo as fast as eager torch.
+VISION_FILE, VISION_CONFIG = "vision.pt", "vision.json"
+VISION_PRECISIONS = ("fp32", "bf16")
+
+
+def export_vision(model, processor, folder, precision: str) -> None:
+    """Write BLIP's vision tower (fused attention, in `precision`'s dtype) into `folder` as TorchScript traced on a
+    batch of 2 (no batch size is traced in), and vision.json. model: BlipForConditionalGeneration in fp32 (its
+    vision tower is converted in place: the exporter's own copy)."""
+    import json
+    import warnings
+    from pathlib import Path
+
+    import torch
+
+    if precision not in VISION_PRECISIONS:
+        raise ValueError(f"a torch vision tower is saved in {' or '.join(VISION_PRECISIONS)}, not {precision!r}")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    fuse_vision_attention(model)
+    vision_model = model.vision_model.to(dtype).eval()
+
+    class Vision(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision_model = vision_model
+
+        def forward(self, pixel_values):
+            return self.vision_model(pixel_values=pixel_values)[0]
+
+    size = processor.image_processor.size
+    example = torch.zeros(2, 3, size["height"], size["width"], dtype=dtype)
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice (see VISION_FILE), tracer warnings
+        traced = torch.jit.trace(Vision().eval(), example, check_trace=False)
+    traced.save(str(Path(folder) / VISION_FILE))
+    (Path(folder) / VISION_CONFIG).write_text(json.dumps({"precision": precision, "height": size["height"],
+                                                          "width": size["width"]}), encoding="utf-8")
+
+
+class TorchVision:
+    """BLIP's vision tower saved by export_vision: pixel_values float32 (B, 3, H, W) -> features float32
+    (B, patches + 1, hidden), run by torch (TorchScript) without transformers."""
+
+    vision_batch_size = TorchBlip.vision_batch_size
+
+    def __init__(self, folder, module, config: dict):
+        self.folder, self.module, self.config = folder, module, config
+        self.precision = config["precision"]
+
+    @classmethod
+    def load(cls, folder, threads: int | None = None) -> TorchVision:
+        import json
+        import warnings
+        from pathlib import Path
+
+        import torch
+
+        folder = Path(folder)
+        config = json.loads((folder / VISION_CONFIG).read_text(encoding="utf-8"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # see VISION_FILE
+            module = torch.jit.load(str(folder / VISION_FILE), map_location="cpu").eval()
+        return cls(folder, module, config)
+
+    def cache_key(self) -> dict:
+        import torch
+
+        return {"export": self.folder.name, "torch": torch.__version__}
+
+    def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
+        import torch
+
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(np.asarray(pixel_values, np.float32)).to(dtype)).float().numpy()

@@ -23,11 +23,16 @@ def own_exports(tmp_path, monkeypatch):
     models._loaded.cache_clear()
 
 
+# /proc/cpuinfo flags of each CPU kind, as much of them as the choice reads.
+FLAGS = {"avx2": "fpu sse4_2 avx2 fma f16c", "avx512": "fpu avx2 fma avx512f avx512bw avx512_vnni",
+         "avx512_bf16": "fpu avx2 fma avx512f avx512bw avx512_vnni avx512_bf16",
+         "amx_bf16": "fpu avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile amx_int8"}
+
+
 @pytest.mark.parametrize("cpu, gpu, precision, backend, expected", [
-    ("avx2", False, "auto", "auto", ("onnx", "int8")),
-    ("avx512_bf16", False, "auto", "auto", ("onnx", "int8")),
     ("avx512_bf16", False, "auto", "torch", ("torch", "bf16")),
-    ("amx_bf16", False, "auto", "auto", ("torch", "bf16")),
+    ("amx_bf16", False, "auto", "torch", ("torch", "bf16")),
+    ("amx_bf16", False, "auto", "onnx", ("onnx", "int8")),
     ("avx2", True, "auto", "auto", ("torch", "bf16")),
     ("avx2", False, "fp32", "auto", ("torch", "fp32")),
     ("avx2", False, "int8", "auto", ("onnx", "int8")),
@@ -35,14 +40,11 @@ def own_exports(tmp_path, monkeypatch):
     ("avx2", False, "auto", "torch", ("torch", "fp32")),
     ("avx2", False, "int8", "torch", ("torch", "int8")),
 ])
-def test_backend_follows_the_hardware_and_the_flags(monkeypatch, cpu, gpu, precision, backend, expected):
-    import torch
-
-    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: cpu in ("amx_bf16", "avx512_bf16"))
-    monkeypatch.setattr(models, "cpu_has_amx", lambda: cpu == "amx_bf16")
-    monkeypatch.setattr(models, "has_nvidia_gpu", lambda: gpu)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
-    assert models.resolve_backend(precision, backend) == expected
+def test_backend_follows_the_hardware_and_the_flags(cpu, gpu, precision, backend, expected):
+    """A --backend or --precision the user gives, or a GPU, puts every stage on one engine, whatever the table says
+    (test_engines.py tests the table)."""
+    for stage in ("blip-vision", "blip-decoder", "clap-text", "clap-audio"):
+        assert models.resolve_backend(precision, backend, stage, flags=FLAGS[cpu], gpu=gpu) == expected
 
 
 def test_bf16_on_onnx_runtime_is_a_clear_error(checkpoints):

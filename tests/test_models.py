@@ -95,3 +95,35 @@ def test_int_argument_accepts_its_range_and_says_what_is_wrong():
                                  (port, "abc", "'abc' is not a port number")]:
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
             parse(text)
+
+
+def test_memory_releaser_collects_only_when_rss_has_grown():
+    import gc
+    import weakref
+
+    from music_mood.models import MemoryReleaser
+
+    class Node:
+        pass
+
+    def cycle():  # garbage only a full collection frees, watched through a weak reference
+        node = Node()
+        node.self = node
+        return weakref.ref(node)
+
+    mb = 2**20
+    readings = iter([500 * mb,  # after the first collection: the baseline
+                     540 * mb,  # 40 MB more: under the 64 MB threshold, no collection
+                     565 * mb,  # 65 MB more: collected...
+                     520 * mb,  # ...and this is the new baseline
+                     580 * mb])  # 60 MB above the new baseline: not collected
+    releaser = MemoryReleaser(growth_bytes=64 * mb, read_rss=lambda: next(readings))
+    gc.disable()  # no automatic collection may free the cycle in between
+    try:
+        assert releaser.release() is True and releaser.baseline == 500 * mb  # never collected yet: collects
+        garbage = cycle()
+        assert releaser.release() is False and garbage() is not None
+        assert releaser.release() is True and garbage() is None and releaser.baseline == 520 * mb
+        assert releaser.release() is False and releaser.collections == 2
+    finally:
+        gc.enable()

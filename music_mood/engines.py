@@ -1,0 +1,116 @@
+"""Which engine runs each stage (BLIP's vision tower, BLIP's text decoder, CLAP's text and audio towers) on which
+kind of CPU: one table, each entry with the measurement that chose it; and the BLIP whose two halves run on two
+engines (vision on torch, decoder on ONNX Runtime) when the table says so.
+
+Nothing here imports torch or transformers: a cold start reads the table, then loads only the engines it names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+STAGES = ("blip-vision", "blip-decoder", "clap-text", "clap-audio")
+CPU_KINDS = ("avx2", "avx512", "avx512-bf16", "amx")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """An engine and precision for one stage, and the measurement that chose it (benchmarks/RESULTS.md)."""
+
+    backend: str  # "torch" or "onnx"
+    precision: str  # torch: "fp32" or "bf16"; onnx: "fp32" or "int8"
+    measured: str
+
+
+_ONNX_INT8 = "onnx", "int8"
+# The fastest engine within the fidelity gate per stage and CPU kind, all on 2 cores with full-size BLIP-base and
+# CLAP-htsat-unfused. "Not measured" says where a row repeats another's choice without a measurement of its own.
+ENGINES: dict[str, dict[str, Engine]] = {
+    "avx2": {  # Intel Xeon, avx2 fma f16c, no avx512: torch has only fp32 there
+        "blip-vision": Engine(*_ONNX_INT8, "not measured per engine on AVX2; ONNX Runtime as round 2 chose for "
+                                           "every CPU without AMX"),
+        "blip-decoder": Engine(*_ONNX_INT8, "AVX2, bench_onnx_blip: 8-bit step 18 ms (onnx_blip.INT8_*); torch "
+                                            "fp32 57 ms on AVX-512 (round 2)"),
+        "clap-text": Engine(*_ONNX_INT8, "not measured on AVX2; ONNX Runtime as round 2 chose"),
+        "clap-audio": Engine(*_ONNX_INT8, "not measured on AVX2; ONNX Runtime as round 2 chose"),
+    },
+    "avx512": {  # AVX-512 without BF16 (Skylake/Cascade Lake Xeon): no such machine seen yet
+        stage: Engine(*_ONNX_INT8, "not measured (no such CPU seen); the AVX2 choice") for stage in STAGES
+    },
+    "avx512-bf16": {  # AMD EPYC (Zen 4), avx512_bf16, no AMX: bench_stages 2026-12-04, load 4-7 (RESULTS.md)
+        "blip-vision": Engine(*_ONNX_INT8, "bench_stages: 438 ms 8-bit vs torch bf16 429 ms, a tie within the noise "
+                                           "(min 384 vs 333); torch would cost a cold start its import"),
+        "blip-decoder": Engine(*_ONNX_INT8, "bench_stages: 29 ms a step 8-bit vs ONNX fp32 36, torch fp32 864, "
+                                            "torch bf16 1116 (torch under load)"),
+        "clap-text": Engine(*_ONNX_INT8, "bench_stages: 20 ms 8-bit vs ONNX fp32 42, torch bf16 82, fp32 158"),
+        "clap-audio": Engine("torch", "bf16", "bench_stages: 42 ms a window torch bf16 vs ONNX fp32 70, 8-bit 92, "
+                                              "torch fp32 105"),
+    },
+    "amx": {  # Intel Xeon with AMX and AVX512-BF16 (issue 21's measurements)
+        "blip-vision": Engine("torch", "bf16", "issue 21: 0.29 s torch bf16 vs 0.78 s ONNX 8-bit, 0.71 s ONNX fp32"),
+        "blip-decoder": Engine(*_ONNX_INT8, "issue 21: step 17 ms ONNX 8-bit vs torch bf16 57 ms, fp32 48 ms"),
+        "clap-text": Engine(*_ONNX_INT8, "issue 21: ONNX Runtime 8-bit for the text towers (no figure given)"),
+        "clap-audio": Engine("torch", "bf16", "not measured against ONNX Runtime on AMX; torch bf16 as before, "
+                                              "so the build is at least as fast as it was"),
+    },
+}
+
+
+def cpu_kind(flags: str) -> str:
+    """The row of ENGINES for a CPU with these /proc/cpuinfo flags (any text holding them)."""
+    words = set(flags.split())
+    if "amx_bf16" in words:
+        return "amx"
+    if "avx512f" in words:
+        return "avx512-bf16" if "avx512_bf16" in words else "avx512"
+    return "avx2"  # AVX2 or less: the slowest row's choices are also the safest
+
+
+def stage_engine(stage: str, flags: str) -> Engine:
+    """The engine ENGINES names for `stage` on a CPU with these flags."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")
+    return ENGINES[cpu_kind(flags)][stage]
+
+
+class MixedBlip:
+    """BLIP with its vision tower on torch (torch_runtime.TorchVision, TorchScript) and its cross-attention
+    keys/values, text decoder and tokenizer on ONNX Runtime (onnx_blip.OnnxBlip): the runtime interface describe.py
+    drives, as each engine's. The photo is prepared by OnnxBlip's numpy code (BlipImageProcessor's steps), and the
+    torch features (1, patches + 1, hidden) go to the ONNX graphs as float32 numpy.
+    """
+
+    def __init__(self, vision, text):
+        self.vision, self.text = vision, text
+        self.bos_token_id, self.sep_token_id = text.bos_token_id, text.sep_token_id
+        self.pad_token_id, self.image_size = text.pad_token_id, text.image_size
+        self.vision_batch_size = vision.vision_batch_size
+
+    def cache_key(self) -> dict:
+        return {"vision": self.vision.cache_key(), "text": self.text.cache_key()}
+
+    def pixel_values(self, image) -> np.ndarray:
+        return self.text.pixel_values(image)
+
+    def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
+        """float32 (B, patches + 1, hidden), computed by torch."""
+        return np.asarray(self.vision.image_features(pixel_values), np.float32)
+
+    def cross_attention(self, features):
+        return self.text.cross_attention(np.asarray(features, np.float32))
+
+    def decode(self, ids, cross, past=None):
+        return self.text.decode(ids, cross, past)
+
+    def last_hidden_state(self, ids, cross, past=None):
+        return self.text.last_hidden_state(ids, cross, past)
+
+    def repeat(self, past, n: int):
+        return self.text.repeat(past, n)
+
+    def encode(self, text: str) -> list[int]:
+        return self.text.encode(text)
+
+    def decode_tokens(self, ids) -> str:
+        return self.text.decode_tokens(ids)
