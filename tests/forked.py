@@ -12,7 +12,9 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 # What the builder imports before it first writes: the fork server imports these once (librosa, for the tempo
@@ -25,7 +27,8 @@ _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(PRELOAD)
 
 
-def _run_main(module: str, argv: list[str], env: dict[str, str], cwd: str, stdout: str, stderr: str) -> None:
+def _run_main(module: str, argv: list[str], env: dict[str, str], cwd: str, stdout: str, stderr: str,
+              stopped: bool) -> None:
     """In the forked child: become the process `python module.py argv...` with `env` in `cwd` would be."""
     os.environ.clear()
     os.environ.update(env)
@@ -37,19 +40,46 @@ def _run_main(module: str, argv: list[str], env: dict[str, str], cwd: str, stdou
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(target, fd)
         os.close(target)
+    if stopped:
+        os.kill(os.getpid(), signal.SIGSTOP)  # until a tracer has attached and sends SIGCONT
     code = importlib.import_module(module).main(argv)
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)  # multiprocessing makes it the exit code, as `raise SystemExit(main())` does
 
 
-def start(module: str, *args, env: dict[str, str], cwd: Path, stdout: Path, stderr: Path):
+def start(module: str, *args, env: dict[str, str], cwd: Path, stdout: Path, stderr: Path, stopped: bool = False):
     """A forked run of `module`'s main(args) (module: "music_to_vector"), started; a multiprocessing.Process
-    (its pid, kill(), is_alive(), join(), exitcode: the code, or -N when signal N ended it)."""
+    (its pid, kill(), is_alive(), join(), exitcode: the code, or -N when signal N ended it).
+
+    `stopped`: the child stops itself (SIGSTOP) just before main, for a tracer to attach (see attach), and runs
+    on at SIGCONT."""
     process = _context.Process(target=_run_main, args=(module, [str(a) for a in args], dict(env), str(cwd),
-                                                       str(stdout), str(stderr)), daemon=True)
+                                                       str(stdout), str(stderr), stopped), daemon=True)
     process.start()
     return process
+
+
+def _status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def attach(process, tracer: list[str], timeout: float = 60):
+    """Run `tracer` (a command ending in `-p`, such as strace's) on a child started with stopped=True, once it
+    has stopped; let the child go on once the tracer holds it. Returns the tracer's subprocess.Popen."""
+    import subprocess
+
+    deadline = time.monotonic() + timeout
+    while not _status(process.pid)["State"].startswith("T"):
+        assert process.exitcode is None and time.monotonic() < deadline, "the child did not stop before main"
+        time.sleep(0.005)
+    traced = subprocess.Popen([*tracer, str(process.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while _status(process.pid)["TracerPid"] == "0":
+        assert traced.poll() is None and time.monotonic() < deadline, "the tracer did not attach"
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGCONT)
+    return traced
 
 
 def wait(process) -> int:

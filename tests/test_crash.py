@@ -168,19 +168,31 @@ def _phase(paths: LibraryPaths) -> str:
 SYSCALLS = {"rename": "rename,renameat,renameat2", "fsync": "fsync,fdatasync"}
 
 
+def _traced_builder(strace: str, options: list[str], checkpoints, folder: Path) -> Result:
+    """run_builder under `strace -f <options>`, attached to the forked child before its main starts (so what
+    strace counts and kills are the builder's system calls, not an interpreter's start-up)."""
+    out, err = folder / "builder-stdout.txt", folder / "builder-stderr.txt"
+    process = forked.start("music_to_vector", "--clap-model", checkpoints["clap"],
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=folder, stdout=out, stderr=err,
+                           stopped=True)
+    tracer = forked.attach(process, [strace, "-f", "-qq", *options, "-p"])
+    code = forked.wait(process)
+    _, tracer_err = tracer.communicate(timeout=60)
+    assert tracer.returncode == 0, tracer_err
+    return Result(code, out.read_text(errors="replace"), err.read_text(errors="replace"))
+
+
 def test_kill_at_each_real_rename_and_fsync_system_call(synthetic_library, clap_audio, checkpoints, tmp_path):
     """The same kills, injected by strace at the system calls themselves rather than at the code's crash points,
-    so a rename or fsync that no crash point announces would be caught too (new processes: strace runs them)."""
+    so a rename or fsync that no crash point announces would be caught too."""
     strace = shutil.which("strace")
     assert strace, "this test needs strace (apt-get install strace), as README's test command installs it"
     library = synthetic_library
     new = make_synthetic_tracks(tmp_path / "new", 2, first_seed=100)
     expected, base = _with_new_tracks(library, new, 2, tmp_path / "base")
-    command = [sys.executable, str(ROOT / "music_to_vector.py"), "--clap-model", checkpoints["clap"]]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     trace = tmp_path / "trace.txt"
-    done = subprocess.run([strace, "-f", "-qq", "-o", str(trace), "-e", f"trace={','.join(SYSCALLS.values())}",
-                           *command], env=env, capture_output=True, text=True, cwd=tmp_path)
+    done = _traced_builder(strace, ["-o", str(trace), "-e", f"trace={','.join(SYSCALLS.values())}"], checkpoints,
+                           tmp_path)
     assert done.returncode == 0, done.stderr
     calls = {kind: sum(1 for line in trace.read_text().splitlines() if any(f" {name}(" in f" {line.split(' ', 1)[1]}"
                                                                            for name in names.split(",")))
@@ -190,9 +202,8 @@ def test_kill_at_each_real_rename_and_fsync_system_call(synthetic_library, clap_
         for number in range(1, calls[kind] + 1):
             shutil.rmtree(library)
             shutil.copytree(base, library)
-            killed = subprocess.run([strace, "-f", "-qq", "-o", os.devnull, "-e", f"trace={names}", "-e",
-                                     f"inject={names}:signal=KILL:when={number}", *command], env=env,
-                                    capture_output=True, text=True, cwd=tmp_path)
+            killed = _traced_builder(strace, ["-o", os.devnull, "-e", f"trace={names}", "-e",
+                                              f"inject={names}:signal=KILL:when={number}"], checkpoints, tmp_path)
             assert killed.returncode == -signal.SIGKILL, f"{kind} #{number}: {killed.stderr}"
             check_library(library, expected)
             _clean_build(library, clap_audio)
