@@ -1,11 +1,12 @@
 """Scripts run many times over, cheaply: each run a child forked from a server that imported the package once.
 
 The crash tests start the library builder dozens of times, and a new interpreter spends seconds importing what
-the builder needs before its first write. Here multiprocessing's fork server imports it once (and nothing else:
-it loads no model and starts no thread, so a fork is safe); every run is a fresh child forked from it, which
+the builder needs before its first write. Here multiprocessing's fork server imports it once and runs nothing:
+no model is loaded there, so no ONNX Runtime or torch thread pool exists for a fork to leave behind (OpenBLAS,
+started by NumPy's import, restarts its own threads in a child). Every run is a fresh child forked from it, which
 takes its own environment, working directory and output files and runs the script's main(argv) as
 `python script.py ...` would: its models loaded afresh, its exit code the process's, killed by a signal as a
-process is. The test process itself is never forked (its model runtimes' threads would not follow).
+process is. The test process itself is never forked (its models' thread pools would not follow).
 """
 from __future__ import annotations
 
