@@ -13,16 +13,15 @@ from typing import NamedTuple
 
 import pytest
 
-# huggingface_hub reads these once, when it is first imported (just below, through transformers): set them before,
-# so models loaded in the test process never look at the hub or the user's cache (each test also gets its own).
+# huggingface_hub reads these once, when it is first imported (through transformers, by the first test that needs a
+# model): set them before, so models loaded in the test process never look at the hub or the user's cache (each
+# test also gets its own).
 # The --real-models tier is the exception: it loads the released checkpoints from the user's cache.
 if "--real-models" not in sys.argv:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="music-mood-tests-hf-")
 # Our own cache too, for whatever a session fixture writes before a test's isolated_library points it elsewhere.
 os.environ["MUSIC_MOOD_CACHE"] = tempfile.mkdtemp(prefix="music-mood-tests-cache-")
-
-from tests.model_factory import build_blip_checkpoint, build_clap_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,28 +46,46 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def shared_exports(tmp_path_factory, checkpoints) -> Path:
-    """One folder of ONNX exports for the whole run, made first: the tiny checkpoints are exported once, not once
-    per test, and an app a test starts finds them (a first start exports, which imports torch), and the crash
-    tests count the builder's writes to the library, not a one-time export's."""
+def exports_folder(tmp_path_factory) -> Path:
+    """Where the run's ONNX exports are kept: every test's cache links to it; shared_exports fills it, and only
+    for the tests that ask for the checkpoints, so a test that loads no model imports no torch and waits for no
+    export."""
+    return tmp_path_factory.mktemp("onnx-exports")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """Tiny BLIP and CLAP checkpoints (real classes, random weights, real processors), saved to disk, not exported
+    yet: use `checkpoints`. model_factory (torch, transformers) is imported here, by the first test that needs it."""
+    from tests.model_factory import build_blip_checkpoint, build_clap_checkpoint
+
+    folder = tmp_path_factory.mktemp("checkpoints")
+    return {"blip": str(build_blip_checkpoint(folder / "blip")), "clap": str(build_clap_checkpoint(folder / "clap"))}
+
+
+@pytest.fixture(scope="session")
+def shared_exports(tmp_path_factory, exports_folder, tiny_checkpoints) -> Path:
+    """The run's ONNX exports of the tiny checkpoints, made once, before the first test that uses the checkpoints:
+    an app a test starts finds them (a first start exports, which imports torch), and the crash tests count the
+    builder's writes to the library, not a one-time export's."""
     from music_mood import models
 
-    folder = tmp_path_factory.mktemp("onnx-exports")
     cache = tmp_path_factory.mktemp("export-cache")
-    (cache / "onnx").symlink_to(folder, target_is_directory=True)
+    (cache / "onnx").symlink_to(exports_folder, target_is_directory=True)
     with pytest.MonkeyPatch.context() as scope:
         scope.setenv("MUSIC_MOOD_CACHE", str(cache))
         for load, kind in ((models.load_blip, "blip"), (models.load_clap_text, "clap"),
                            (models.load_clap_audio, "clap")):
-            load(checkpoints[kind])  # the default backend: ONNX Runtime on most CPUs
-    return folder
+            load(tiny_checkpoints[kind])  # the default backend: ONNX Runtime on most CPUs
+    return exports_folder
 
 
 @pytest.fixture(autouse=True)
-def isolated_library(tmp_path, monkeypatch, shared_exports):
+def isolated_library(tmp_path, monkeypatch, exports_folder):
     """Every test gets its own library folder, Hugging Face cache and our cache; nothing touches the user's.
 
-    Our cache's onnx/ is a link to the run's shared exports (a test of the export cache itself replaces it)."""
+    Our cache's onnx/ is a link to the run's shared exports (a test of the export cache itself replaces it), which
+    are made only when the test uses the checkpoints."""
     library = tmp_path / "library"
     library.mkdir()
     monkeypatch.setenv("MUSIC_MOOD_HOME", str(library))
@@ -76,7 +93,7 @@ def isolated_library(tmp_path, monkeypatch, shared_exports):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("MUSIC_MOOD_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "onnx").symlink_to(shared_exports, target_is_directory=True)
+    (tmp_path / "cache" / "onnx").symlink_to(exports_folder, target_is_directory=True)
     for name in ("MUSIC_MOOD_BLIP_MODEL", "MUSIC_MOOD_CLAP_MODEL", "MUSIC_MOOD_PRECISION", "MUSIC_MOOD_BACKEND",
                  "MUSIC_MOOD_THREADS"):
         monkeypatch.delenv(name, raising=False)
@@ -84,10 +101,9 @@ def isolated_library(tmp_path, monkeypatch, shared_exports):
 
 
 @pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory):
-    """Tiny BLIP and CLAP checkpoints (real classes, random weights, real processors), saved to disk."""
-    folder = tmp_path_factory.mktemp("checkpoints")
-    return {"blip": str(build_blip_checkpoint(folder / "blip")), "clap": str(build_clap_checkpoint(folder / "clap"))}
+def checkpoints(tiny_checkpoints, shared_exports):
+    """The tiny checkpoints' folders by kind ("blip", "clap"), their ONNX exports made (shared_exports)."""
+    return tiny_checkpoints
 
 
 @pytest.fixture(scope="session")

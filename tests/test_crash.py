@@ -1,7 +1,12 @@
 """Crash safety, tested as storage engines test it: the builder is SIGKILLed at each write, fsync, rename and file
 move in turn (music_mood.storage's crash points), and at random moments after its model has loaded; after every
 kill the library must load whole, hold every track exactly once or still have it waiting in new_music/, and the
-next run must finish the job without embedding anything twice."""
+next run must finish the job without embedding anything twice.
+
+The kills land at points that the music's length does not change, so the libraries here are of short synthetic
+tracks, and the runs that are killed are children forked from a process that imported the builder once
+(tests/forked.py), not new interpreters: the same points, in a fraction of the time. What a real process is the
+point of runs as one: the kills that strace injects at system calls, and Ctrl-C on real music."""
 from __future__ import annotations
 
 import collections
@@ -15,16 +20,58 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile
 
 from music_mood.audio import file_sha256, find_audio_files
 from music_mood.build import build_library
 from music_mood.library import LibraryPaths, load_database
 from music_mood.storage import CRASH_AT_ENV, CRASH_LOG_ENV
-from tests.conftest import ROOT, put_in_new_music, run_cli
+from tests import forked
+from tests.conftest import ROOT, Result, put_in_new_music
 
 RANDOM_KILLS = 20
 STARTED = "Updating the library in"  # what music_to_vector.py prints once its model is loaded
+SYNTHETIC_RATE = 48_000  # CLAP's: the builder decodes these tracks without resampling
+SYNTHETIC_SECONDS = 4.0
+REAL_LENGTH_S = 30.0  # about a real track's: a run adding three lasts long enough for a random kill to land in it
+
+
+def make_synthetic_track(target: Path, seed: int, seconds: float = SYNTHETIC_SECONDS) -> Path:
+    """A short track of its own content (its own hash, for each seed): three tones and a pulse of noise, as WAV."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SYNTHETIC_RATE)) / SYNTHETIC_RATE
+    tones = sum(np.sin(2 * np.pi * f * t) for f in rng.uniform(110, 880, 3)) / 3
+    pulse = (np.sin(2 * np.pi * rng.uniform(1.5, 3) * t) > 0.9) * rng.standard_normal(len(t))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(target, (0.3 * tones + 0.1 * pulse).astype(np.float32), SYNTHETIC_RATE, subtype="FLOAT")
+    return target
+
+
+def make_synthetic_tracks(folder: Path, count: int, first_seed: int) -> list[Path]:
+    """`count` synthetic tracks in mood folders under `folder` (to drop into new_music/ with put_in_new_music)."""
+    moods = ("calm", "happy", "tender", "energetic")
+    return [make_synthetic_track(folder / moods[i % len(moods)] / f"tune {first_seed + i}.wav", first_seed + i)
+            for i in range(count)]
+
+
+@pytest.fixture
+def synthetic_library(isolated_library, clap_audio, tmp_path):
+    """A library built from four short synthetic tracks in mood folders, as built_library is from real ones."""
+    put_in_new_music(isolated_library, make_synthetic_tracks(tmp_path / "built-from", 4, first_seed=0))
+    report = build_library(clap_audio, LibraryPaths.at(isolated_library), progress=False)
+    assert not report.failed and len(report.added) == 4
+    return isolated_library
+
+
+def run_builder(checkpoints, folder: Path, env_extra=None, cwd: Path = ROOT) -> Result:
+    """`python music_to_vector.py --clap-model <tiny CLAP>` with env_extra, as a child forked with the builder
+    imported (tests/forked.py); its output is kept in `folder`."""
+    out, err = folder / "builder-stdout.txt", folder / "builder-stderr.txt"
+    process = forked.start("music_to_vector", "--clap-model", checkpoints["clap"],
+                           env={**os.environ, **(env_extra or {})}, cwd=cwd, stdout=out, stderr=err)
+    code = forked.wait(process)
+    return Result(code, out.read_text(errors="replace"), err.read_text(errors="replace"))
 
 
 def _audio_shas(folder: Path) -> dict[str, Path]:
@@ -53,11 +100,12 @@ def _no_leftovers(root: Path) -> None:
     assert not [p.name for p in root.iterdir() if p.name.startswith(".")], "staged or temp files left behind"
 
 
-def _with_new_tracks(library: Path, sample_tracks, count: int, base: Path | None = None) -> tuple[set[str], Path]:
-    """`count` real tracks the library does not hold, dropped into new_music/; returns the hashes of every track
-    that must end up listed, and a copy of this starting state at `base` (when given) to reset to."""
-    listed = {t.name for t in (library / "processed_music").rglob("*.opus")}
-    put_in_new_music(library, [t for t in sample_tracks if t.name not in listed][:count])
+def _with_new_tracks(library: Path, tracks, count: int, base: Path | None = None) -> tuple[set[str], Path]:
+    """`count` of `tracks` (real or synthetic) that the library does not hold, dropped into new_music/; returns the
+    hashes of every track that must end up listed, and a copy of this starting state at `base` (when given) to
+    reset to."""
+    listed = {t.name for t in (library / "processed_music").rglob("*.*")}
+    put_in_new_music(library, [t for t in tracks if t.name not in listed][:count])
     expected = {t["sha256"] for t in load_database(LibraryPaths.at(library)).tracks} | set(
         _audio_shas(library / "new_music"))
     if base is not None:
@@ -75,12 +123,13 @@ def _clean_build(library: Path, clap_audio) -> dict[str, np.ndarray]:
     return {t["sha256"]: db.vectors[i] for i, t in enumerate(db.tracks)}
 
 
-def test_kill_at_every_write_fsync_rename_and_move(library_copy, clap_audio, checkpoints, sample_tracks, tmp_path):
-    library = library_copy
-    expected, base = _with_new_tracks(library, sample_tracks, 2, tmp_path / "base")
+def test_kill_at_every_write_fsync_rename_and_move(synthetic_library, clap_audio, checkpoints, tmp_path):
+    library = synthetic_library
+    new = make_synthetic_tracks(tmp_path / "new", 2, first_seed=100)
+    expected, base = _with_new_tracks(library, new, 2, tmp_path / "base")
 
     log = tmp_path / "points.txt"
-    done = run_cli("music_to_vector.py", "--clap-model", checkpoints["clap"], env_extra={CRASH_LOG_ENV: str(log)})
+    done = run_builder(checkpoints, tmp_path, env_extra={CRASH_LOG_ENV: str(log)})
     assert done.returncode == 0, done.stderr
     points = [line.split("\t", 1) for line in log.read_text().splitlines()]
     kinds = collections.Counter(what.split()[0] for _, what in points)
@@ -90,8 +139,7 @@ def test_kill_at_every_write_fsync_rename_and_move(library_copy, clap_audio, che
     for number, what in points:
         shutil.rmtree(library)
         shutil.copytree(base, library)
-        killed = run_cli("music_to_vector.py", "--clap-model", checkpoints["clap"],
-                         env_extra={CRASH_AT_ENV: number})
+        killed = run_builder(checkpoints, tmp_path, env_extra={CRASH_AT_ENV: number})
         assert killed.returncode == -signal.SIGKILL, f"not killed at point {number} ({what}): {killed.stderr}"
         check_library(library, expected)
         vectors = _clean_build(library, clap_audio)
@@ -122,19 +170,31 @@ def _phase(paths: LibraryPaths) -> str:
 SYSCALLS = {"rename": "rename,renameat,renameat2", "fsync": "fsync,fdatasync"}
 
 
-def test_kill_at_each_real_rename_and_fsync_system_call(library_copy, clap_audio, checkpoints, sample_tracks,
-                                                        tmp_path):
+def _traced_builder(strace: str, options: list[str], checkpoints, folder: Path) -> Result:
+    """run_builder under `strace -f <options>`, attached to the forked child before its main starts (so what
+    strace counts and kills are the builder's system calls, not an interpreter's start-up)."""
+    out, err = folder / "builder-stdout.txt", folder / "builder-stderr.txt"
+    process = forked.start("music_to_vector", "--clap-model", checkpoints["clap"],
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=folder, stdout=out, stderr=err,
+                           stopped=True)
+    tracer = forked.attach(process, [strace, "-f", "-qq", *options, "-p"])
+    code = forked.wait(process)
+    _, tracer_err = tracer.communicate(timeout=60)
+    assert tracer.returncode == 0, tracer_err
+    return Result(code, out.read_text(errors="replace"), err.read_text(errors="replace"))
+
+
+def test_kill_at_each_real_rename_and_fsync_system_call(synthetic_library, clap_audio, checkpoints, tmp_path):
     """The same kills, injected by strace at the system calls themselves rather than at the code's crash points,
     so a rename or fsync that no crash point announces would be caught too."""
     strace = shutil.which("strace")
     assert strace, "this test needs strace (apt-get install strace), as README's test command installs it"
-    library = library_copy
-    expected, base = _with_new_tracks(library, sample_tracks, 2, tmp_path / "base")
-    command = [sys.executable, str(ROOT / "music_to_vector.py"), "--clap-model", checkpoints["clap"]]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    library = synthetic_library
+    new = make_synthetic_tracks(tmp_path / "new", 2, first_seed=100)
+    expected, base = _with_new_tracks(library, new, 2, tmp_path / "base")
     trace = tmp_path / "trace.txt"
-    done = subprocess.run([strace, "-f", "-qq", "-o", str(trace), "-e", f"trace={','.join(SYSCALLS.values())}",
-                           *command], env=env, capture_output=True, text=True, cwd=tmp_path)
+    done = _traced_builder(strace, ["-o", str(trace), "-e", f"trace={','.join(SYSCALLS.values())}"], checkpoints,
+                           tmp_path)
     assert done.returncode == 0, done.stderr
     calls = {kind: sum(1 for line in trace.read_text().splitlines() if any(f" {name}(" in f" {line.split(' ', 1)[1]}"
                                                                            for name in names.split(",")))
@@ -144,9 +204,8 @@ def test_kill_at_each_real_rename_and_fsync_system_call(library_copy, clap_audio
         for number in range(1, calls[kind] + 1):
             shutil.rmtree(library)
             shutil.copytree(base, library)
-            killed = subprocess.run([strace, "-f", "-qq", "-o", os.devnull, "-e", f"trace={names}", "-e",
-                                     f"inject={names}:signal=KILL:when={number}", *command], env=env,
-                                    capture_output=True, text=True, cwd=tmp_path)
+            killed = _traced_builder(strace, ["-o", os.devnull, "-e", f"trace={names}", "-e",
+                                              f"inject={names}:signal=KILL:when={number}"], checkpoints, tmp_path)
             assert killed.returncode == -signal.SIGKILL, f"{kind} #{number}: {killed.stderr}"
             check_library(library, expected)
             _clean_build(library, clap_audio)
@@ -154,21 +213,13 @@ def test_kill_at_each_real_rename_and_fsync_system_call(library_copy, clap_audio
     print(f"killed at each system call: {calls}; every check passed after each")
 
 
-def _louder_copy(source: Path, target: Path, gain: float) -> None:
-    """A new track (other content, other hash) made from a real one."""
-    audio, rate = soundfile.read(source, dtype="float32")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(target, audio * gain, rate, subtype="FLOAT")
-
-
-def test_random_kills_after_the_model_loaded(library_copy, clap_audio, checkpoints, sample_tracks, tmp_path):
+def test_random_kills_after_the_model_loaded(synthetic_library, clap_audio, checkpoints, tmp_path):
     """20 kills at random moments of runs that keep adding music, each followed by the invariants' check."""
-    library = library_copy
+    library = synthetic_library
     paths = LibraryPaths.at(library)
     rng = random.Random(int(os.environ.get("CRASH_TEST_SEED", "8")))
     expected = {t["sha256"] for t in load_database(paths).tracks}
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, str(ROOT / "music_to_vector.py"), "--clap-model", checkpoints["clap"]]
     kills, runs, made, landed = 0, 0, 0, collections.Counter()
     while kills < RANDOM_KILLS:
         runs += 1
@@ -177,22 +228,22 @@ def test_random_kills_after_the_model_loaded(library_copy, clap_audio, checkpoin
             for _ in range(3):
                 made += 1
                 target = paths.new_music / rng.choice(["calm", "happy", ""]) / f"take {made}.wav"
-                _louder_copy(sample_tracks[made % len(sample_tracks)], target, 1 - made / 200)
+                make_synthetic_track(target, seed=1000 + made, seconds=REAL_LENGTH_S)
                 expected.add(file_sha256(target))
         err = tmp_path / f"run-{runs}.txt"
         # Every other run dies at a random one of its writes, fsyncs, renames and moves (they take milliseconds
         # of a run, so a random time alone would almost never land there); the others at a random time.
         at_point = {CRASH_AT_ENV: str(rng.randint(1, 24))} if runs % 2 else {}
-        with open(err, "wb") as stderr:
-            process = subprocess.Popen(command, env={**env, **at_point}, stdout=subprocess.DEVNULL, stderr=stderr,
-                                       cwd=tmp_path)
-        while process.poll() is None and STARTED not in err.read_text(errors="replace"):
+        err.write_bytes(b"")  # there to read before the child opens it
+        process = forked.start("music_to_vector", "--clap-model", checkpoints["clap"], env={**env, **at_point},
+                               cwd=tmp_path, stdout=os.devnull, stderr=err)
+        while process.exitcode is None and STARTED not in err.read_text(errors="replace"):
             time.sleep(0.02)
         if not at_point:
             time.sleep(rng.uniform(0, 1.5))  # somewhere in reading, embedding, committing or moving
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-        if process.wait() == -signal.SIGKILL:
+            if process.exitcode is None:
+                process.kill()
+        if forked.wait(process) == -signal.SIGKILL:
             kills += 1
             landed[_phase(paths)] += 1
         check_library(library, expected)
