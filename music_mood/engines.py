@@ -44,8 +44,10 @@ ENGINES: dict[str, dict[str, Engine]] = {
         "blip-decoder": Engine(*_ONNX_INT8, "bench_stages: 29 ms a step 8-bit vs ONNX fp32 36, torch fp32 864, "
                                             "torch bf16 1116 (torch under load)"),
         "clap-text": Engine(*_ONNX_INT8, "bench_stages: 20 ms 8-bit vs ONNX fp32 42, torch bf16 82, fp32 158"),
-        "clap-audio": Engine("torch", "bf16", "bench_stages: 42 ms a window torch bf16 vs ONNX fp32 70, 8-bit 92, "
-                                              "torch fp32 105"),
+        "clap-audio": Engine(*_ONNX_INT8, "a whole build of 8 sample tracks (music_to_vector.py, A/B x3, load 1): "
+                                          "7.3 s and 945 MiB on ONNX 8-bit vs 12.1 s and 1406 MiB with the tower "
+                                          "on torch bf16 (42 vs 92 ms a window in bench_stages under load 4-7: "
+                                          "not enough to pay torch's import in a build)"),
     },
     "amx": {  # Intel Xeon with AMX and AVX512-BF16 (issue 21's measurements)
         "blip-vision": Engine("torch", "bf16", "issue 21: 0.29 s torch bf16 vs 0.78 s ONNX 8-bit, 0.71 s ONNX fp32"),
