@@ -588,15 +588,21 @@ def test_sigterm_stops_the_app_promptly_and_removes_the_uploads(library_copy, ch
         work = tmp_path / f"run-{attempt}"
         uploads = work / "gradio-uploads"  # GRADIO_TEMP_DIR of the app
         with running_app(library_copy, checkpoints, work, exports=shared_exports, wait=False) as app:
-            ready = "Loading models:" if when == "loading" else "Models loaded;"
             deadline = time.monotonic() + 120
-            while ready not in app.log_text():
-                assert app.process.poll() is None and time.monotonic() < deadline, app.log_text()
-                time.sleep(0.02)
+
+            def wait_for(line: str) -> None:
+                while line not in app.log_text():
+                    assert app.process.poll() is None and time.monotonic() < deadline, app.log_text()
+                    time.sleep(0.02)
+
+            # The page serves before the models load: the photo goes up first, so that the SIGTERM can follow the
+            # "Loading models" line at once (the tiny models load in a second or two).
+            wait_for("Serving at")
             with open(photos["coffee.png"], "rb") as photo:  # kept by Gradio until the app stops
                 httpx.post(f"{app.url}gradio_api/upload", files={"files": ("coffee-upload.png", photo)},
                            timeout=30).raise_for_status()
             assert any(p.name == "coffee-upload.png" for p in uploads.rglob("*"))
+            wait_for("Loading models:" if when == "loading" else "Models loaded;")
             loaded = "Models loaded;" in app.log_text()
             app.process.send_signal(signal.SIGTERM)
             time.sleep(0.3)
