@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from music_mood.exports import onnx_session
+from music_mood.torch_runtime import vision_features_module
 
 PRECISIONS = ("fp32", "int8")
 CONFIG_FILE = "blip.json"
@@ -130,16 +131,8 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_axes) -
 def _export_vision(vision_model, path: Path, height: int, width: int) -> None:
     import torch
 
-    class Vision(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.vision_model = vision_model
-
-        def forward(self, pixel_values):
-            return self.vision_model(pixel_values=pixel_values)[0]
-
-    _export(Vision(), (torch.zeros(1, 3, height, width),), path, ["pixel_values"], ["last_hidden_state"],
-            {"pixel_values": {0: "batch"}, "last_hidden_state": {0: "batch"}})
+    _export(vision_features_module(vision_model), (torch.zeros(1, 3, height, width),), path, ["pixel_values"],
+            ["last_hidden_state"], {"pixel_values": {0: "batch"}, "last_hidden_state": {0: "batch"}})
 
 
 def _export_cross(text_decoder, path: Path, encoder_hidden_size: int) -> None:

@@ -259,6 +259,22 @@ VISION_FILE, VISION_CONFIG = "vision.pt", "vision.json"
 VISION_PRECISIONS = ("fp32", "bf16")
 
 
+def vision_features_module(vision_model):
+    """BLIP's vision tower as a module of one tensor in, one out (pixel_values -> last_hidden_state), in eval mode:
+    the form both exporters trace (TorchScript here, ONNX in onnx_blip)."""
+    import torch
+
+    class Vision(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision_model = vision_model
+
+        def forward(self, pixel_values):
+            return self.vision_model(pixel_values=pixel_values)[0]
+
+    return Vision().eval()
+
+
 def export_vision(model, processor, folder, precision: str) -> None:
     """Write BLIP's vision tower (fused attention, in `precision`'s dtype) into `folder` as TorchScript traced on a
     batch of 2 (no batch size is traced in), and vision.json. model: BlipForConditionalGeneration in fp32 (its
@@ -273,21 +289,12 @@ def export_vision(model, processor, folder, precision: str) -> None:
         raise ValueError(f"a torch vision tower is saved in {' or '.join(VISION_PRECISIONS)}, not {precision!r}")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     fuse_vision_attention(model)
-    vision_model = model.vision_model.to(dtype).eval()
-
-    class Vision(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.vision_model = vision_model
-
-        def forward(self, pixel_values):
-            return self.vision_model(pixel_values=pixel_values)[0]
-
+    vision = vision_features_module(model.vision_model.to(dtype))
     size = processor.image_processor.size
     example = torch.zeros(2, 3, size["height"], size["width"], dtype=dtype)
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notice (see VISION_FILE), tracer warnings
-        traced = torch.jit.trace(Vision().eval(), example, check_trace=False)
+        traced = torch.jit.trace(vision, example, check_trace=False)
     traced.save(str(Path(folder) / VISION_FILE))
     (Path(folder) / VISION_CONFIG).write_text(json.dumps({"precision": precision, "height": size["height"],
                                                           "width": size["width"]}), encoding="utf-8")
