@@ -181,6 +181,19 @@ def _new_shas(library: Path) -> set[str]:
     return {file_sha256(p) for p in (library / "new_music").rglob("*.opus")}
 
 
+@pytest.fixture
+def onnx_workers(clap_audio, isolated_library) -> dict:
+    """build_library_on_ray's options for actors that run CLAP on ONNX Runtime (fp32), for the tests of deaths and
+    deadlines, where the engine is not the point and every actor start is waited for: such an actor starts in about
+    2 s on this 2-core machine, one on torch in about 6 s. Their export is made here, into the run's exports that
+    the workers' cache links to, not by the first actor."""
+    from music_mood.models import load_clap_audio
+
+    options = {"precision": "fp32", "backend": "onnx"}
+    load_clap_audio(clap_audio.name, **options)
+    return options
+
+
 @ON_THE_CLUSTER
 def test_ray_build_gives_the_plain_builders_library(ray_cluster, built_library, isolated_library, clap_audio,
                                                    sample_tracks):
@@ -205,7 +218,7 @@ def test_ray_build_gives_the_plain_builders_library(ray_cluster, built_library, 
 
 @ON_THE_CLUSTER
 def test_a_worker_that_dies_loses_nothing_and_the_rerun_embeds_only_its_file(ray_cluster, library_copy, clap_audio,
-                                                                           sample_tracks, monkeypatch):
+                                                                           sample_tracks, monkeypatch, onnx_workers):
     """The embedding actor exits (os._exit) on one file: that file is reported and stays in new_music/, the others are
     committed; the next run embeds that file alone. A shard of a content the library holds is ignored (a copy of a
     listed track dropped in again is a duplicate, as in a plain build), and a file in the staging folder that is not
@@ -232,7 +245,7 @@ def test_a_worker_that_dies_loses_nothing_and_the_rerun_embeds_only_its_file(ray
     (staging / "README.txt").write_text("a note of the user's")
 
     monkeypatch.setenv(EXIT_ON_ENV, dropped[1].name)
-    first = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False)
+    first = build_library_on_ray(clap_audio, paths, **onnx_workers, progress=False)
     # The crashing file is reported (and, should Ray have handed the restarting actor another one, that one too).
     failed = dict(first.report.failed)
     assert dropped[1] in failed and set(failed.values()) == {WORKER_DIED} and len(failed) < len(dropped)
@@ -242,7 +255,7 @@ def test_a_worker_that_dies_loses_nothing_and_the_rerun_embeds_only_its_file(ray
     check_library(library_copy, expected)
 
     monkeypatch.delenv(EXIT_ON_ENV)
-    second = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False)
+    second = build_library_on_ray(clap_audio, paths, **onnx_workers, progress=False)
     assert not second.report.failed and sorted(second.embedded) == sorted(shas[p] for p in failed)
     assert second.reused == []
     embedded = collections.Counter(first.embedded + second.embedded)
@@ -256,7 +269,7 @@ def test_a_worker_that_dies_loses_nothing_and_the_rerun_embeds_only_its_file(ray
 @ON_THE_CLUSTER
 def test_a_worker_lost_once_is_replaced_and_its_file_embedded_in_the_same_run(ray_cluster, library_copy,
                                                                               clap_audio, sample_tracks, monkeypatch,
-                                                                              tmp_path):
+                                                                              tmp_path, onnx_workers):
     """The embedding actor dies (os._exit) on one file the first time only, as a worker lost with its machine: Ray
     restarts the actor and tries the file again, so the run embeds every file and reports none; each once."""
     from music_mood.cluster import build_library_on_ray
@@ -270,7 +283,7 @@ def test_a_worker_lost_once_is_replaced_and_its_file_embedded_in_the_same_run(ra
     marker = tmp_path / "died once"
     monkeypatch.setenv(EXIT_ON_ENV, dropped[1].name)
     monkeypatch.setenv(EXIT_ONCE_ENV, str(marker))
-    result = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False)
+    result = build_library_on_ray(clap_audio, paths, **onnx_workers, progress=False)
     assert marker.exists(), "the actor never died: the test tested nothing"
     assert result.report.failed == [] and sorted(result.embedded) == shas
     assert not any(p.exists() for p in dropped) and len(load_database(paths)) == len(before) + len(dropped)
@@ -280,13 +293,12 @@ def test_a_worker_lost_once_is_replaced_and_its_file_embedded_in_the_same_run(ra
 @ON_THE_CLUSTER
 @pytest.mark.parametrize("stage", ["decoding", "embedding"])
 def test_a_worker_that_hangs_on_a_file_is_stopped_at_its_deadline_and_the_rest_committed(
-        stage, ray_cluster, library_copy, clap_audio, sample_tracks, monkeypatch, tmp_path):
+        stage, ray_cluster, library_copy, clap_audio, sample_tracks, monkeypatch, tmp_path, onnx_workers):
     """The decoding task or the embedding actor sleeps for good on one file (a decoder stuck in a loop): at that
     file's deadline it is reported, with the reason, its worker is stopped (and an actor replaced), the other files
     are committed, and the run ends. The next run embeds that file alone."""
     from music_mood.cluster import build_library_on_ray
     from music_mood.cluster_pool import HANG_DECODING_ON_ENV, HANG_ON_ENV, file_deadline_s, too_slow
-    from music_mood.models import load_clap_audio
 
     hook = HANG_DECODING_ON_ENV if stage == "decoding" else HANG_ON_ENV
 
@@ -304,12 +316,10 @@ def test_a_worker_that_hangs_on_a_file_is_stopped_at_its_deadline_and_the_rest_c
     shas = {path: file_sha256(path) for path in dropped}
     hung = dropped[1]
     # The limit is the floor of each file's deadline and how long the run may go with nothing back: a replacement
-    # actor must start within it. The workers run CLAP on ONNX Runtime (the run's exports, linked into their cache),
-    # which starts an actor in about 2 s on this 2-core machine (torch: about 6 s; 15 s was too short for it under
-    # load); the engine is not what this test is about, the deadline is.
+    # actor must start within it. On ONNX Runtime (onnx_workers) one starts in about 2 s; on torch (about 6 s) 15 s
+    # was too short under load.
     limit = 15
-    workers = {"precision": "fp32", "backend": "onnx"}
-    load_clap_audio(clap_audio.name, **workers)  # its export made now, not by the first actor within the limit
+    workers = onnx_workers
     monkeypatch.setenv(hook, hung.name)
     start = time.monotonic()
     first = build_library_on_ray(clap_audio, paths, **workers, progress=False, timeout_s=limit)
@@ -340,9 +350,9 @@ def test_a_cluster_that_gives_nothing_back_ends_the_run_with_one_error_line(ray_
     before = {name: (library_copy / name).read_bytes() for name in (paths.vectors.name, paths.metadata.name)}
     dropped = put_in_new_music(library_copy, sample_tracks[-2:])
     start = time.monotonic()
+    # The default engines (the run's exports): the driver's own models load in a second, torch's fp32 take ten.
     done = forked.run("music_to_vector", "--library", str(library_copy), "--ray", ray_cluster, "--ray-timeout", "15",
-                      "--clap-model", checkpoints["clap"], "--precision", "fp32", folder=tmp_path,
-                      env_extra={HANG_ON_ENV: HANG_AT_START})
+                      "--clap-model", checkpoints["clap"], folder=tmp_path, env_extra={HANG_ON_ENV: HANG_AT_START})
     took = time.monotonic() - start
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert done.returncode == 1 and len(errors) == 1, done.stderr
