@@ -199,7 +199,7 @@ def test_messages_name_photos_by_their_file_name(library_copy, default_models, t
     bad, gone = uploads / "notes.png", uploads / "gone.jpg"
     bad.write_text("not a photo")
     db = load_database(LibraryPaths.at(library_copy))
-    with pytest.raises(gr.Error) as raised, user_errors([bad, gone], sentences=True):
+    with pytest.raises(gr.Error) as raised, user_errors([bad, gone], soundtrack=True):
         make_slideshow(RenderFolders(tmp_path / "renders"), *default_models, db, [str(bad), str(gone)])
     assert raised.value.message == ("None of the 2 photos can be read (notes.png is not an image (Pillow cannot "
                                     "identify it), and 1 more).")

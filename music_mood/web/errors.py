@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from music_mood.edit import FieldValueError
 from music_mood.images import ImageError
 from music_mood.library import DatabaseError, EmptyLibraryError, UnknownTrackError
 from music_mood.models import ModelLoadError
@@ -21,27 +22,28 @@ from music_mood.storage import LibraryBusyError
 
 
 @contextlib.contextmanager
-def user_errors(uploads: Iterable = (), *, change: bool = False, sentences: bool = False):
+def user_errors(uploads: Iterable = (), *, change: bool = False, soundtrack: bool = False):
     """The core's errors that the user can act on, raised as one gr.Error each with a message for them (see
     user_message); the server keeps serving, and real faults pass through with their traceback.
 
     `uploads` are the request's uploaded files: a message names each by its file name, never by its temporary path
     on the server. With `change` the request changes the library, and a refusal says that nothing was changed (the
-    core refuses a change whole). With `sentences` a message is written as a sentence, capital first, as the
-    Slideshow tab shows them.
+    core refuses a change whole). With `soundtrack` the request plans or renders a soundtrack: the planner's
+    ValueError and IndexError are the user's too (no photo readable, how many, how long, a scene there is not), and
+    a message is a sentence, capital first, as the Slideshow tab shows them. Elsewhere those two are faults.
     """
     names = {str(upload): Path(str(upload)).name for upload in uploads}
     try:
         yield
     except Exception as e:
-        message = user_message(e, names, change=change, sentences=sentences)
+        message = user_message(e, names, change=change, soundtrack=soundtrack)
         if message is None:
             raise
         raise gr.Error(message) from e
 
 
 def user_message(error: Exception, names: dict[str, str], *, change: bool = False,
-                 sentences: bool = False) -> str | None:
+                 soundtrack: bool = False) -> str | None:
     """What the page says about `error` (user_errors' options), or None when it is not the user's to fix (a fault,
     or already a gr.Error). `names` maps uploads' temporary paths to the file names the user knows them by."""
     text = str(error)
@@ -54,10 +56,10 @@ def user_message(error: Exception, names: dict[str, str], *, change: bool = Fals
         return nothing_changed(str(error.args[0])) if change else text
     if change and isinstance(error, (DatabaseError, LibraryBusyError, OSError)):
         return f"{text}; nothing was changed."
-    if change and isinstance(error, ValueError):  # a value a field cannot hold
+    if change and isinstance(error, FieldValueError):
         return f"{said.removesuffix('.')}; nothing was changed."
     if isinstance(error, EmptyLibraryError):  # no tracks, or none left after the filters
-        return said if sentences else text
+        return said if soundtrack else text
     if isinstance(error, DatabaseError):
         return f"The music database cannot be used: {error}"
     if isinstance(error, (LibraryBusyError, ModelLoadError)):
@@ -68,7 +70,7 @@ def user_message(error: Exception, names: dict[str, str], *, change: bool = Fals
         return "Upload a photo (or type some words) first."
     if isinstance(error, NoOtherTrackError):  # a LookupError, as IndexError is
         return f"{said} Plan the soundtrack again, or add music in the Library tab."
-    if isinstance(error, (ValueError, IndexError)):  # no photo readable, how many, how long, a scene there is not
+    if soundtrack and isinstance(error, (ValueError, IndexError)):
         return said
     if isinstance(error, RenderError):
         return f"The soundtrack could not be rendered: {said}"

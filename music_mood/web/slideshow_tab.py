@@ -160,7 +160,7 @@ class SlideshowTab:
         report = progress_reporter(progress)
 
         def work(should_stop):
-            with user_errors(photos, sentences=True):
+            with user_errors(photos, soundtrack=True):
                 blip, clap = self.models.query_models()
                 try:
                     return make_slideshow(self.renders, blip, clap, self.library.current(), photos,
@@ -176,7 +176,7 @@ class SlideshowTab:
         report = progress_reporter(progress)
 
         def work(should_stop):
-            with user_errors([photo.path for photo in session.plan.photos], sentences=True):
+            with user_errors([photo.path for photo in session.plan.photos], soundtrack=True):
                 return next_best_slideshow(self.renders, self.library.current(), session, int(scene_index),
                                            should_stop, report)
 
