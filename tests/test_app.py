@@ -957,7 +957,7 @@ def test_loading_prepares_the_mood_baseline_before_the_first_request(checkpoints
 
 
 def test_model_that_cannot_load_is_an_error_in_the_page(checkpoints, tmp_path):
-    """The page's status says so, and a request gets the reason (wire_page shows ModelLoadError as gr.Error)."""
+    """The page's status says so, and a request gets the reason (the Recommend tab shows ModelLoadError as gr.Error)."""
     from music_mood.models import BackgroundModels as Models
     from music_mood.models import ModelLoadError
 
