@@ -28,6 +28,7 @@ import secrets
 import stat
 import sys
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
+from music_mood.playlists import check_playlist_name
 from music_mood.storage import fsync_dir
 
 PASSWORD_ENV = "MUSIC_MOOD_SUBSONIC_PASSWORD"
@@ -301,6 +303,8 @@ class _RedactCredentials(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if "/rest/" not in message:  # not a Subsonic request: another user of httpx (the hub, gradio)
+            return True
         redacted = self.PATTERN.sub(r"\1***", message)
         if redacted != message:
             record.msg, record.args = redacted, None
@@ -393,6 +397,8 @@ class SubsonicClient:
         self.auth = auth or ("token" if _version_tuple(api_version) >= TOKEN_AUTH_SINCE else "enc")
         self._password = password
         self._secrets: set[str] = {password, password.encode("utf-8").hex()}
+        # The salts and tokens of the latest requests, blanked in errors too; bounded: a build makes thousands.
+        self._recent_tokens: deque[str] = deque(maxlen=64)
         self._http = httpx.Client(base_url=server.base_url + "/rest/", timeout=timeout, transport=transport,
                                   follow_redirects=False, headers={"Accept-Encoding": "identity"})
         _install_redactor()
@@ -416,7 +422,7 @@ class SubsonicClient:
         if self.auth == "token":
             salt = secrets.token_hex(8)
             token = hashlib.md5((self._password + salt).encode("utf-8")).hexdigest()
-            self._secrets.update((salt, token))
+            self._recent_tokens.extend((salt, token))
             params += [("t", token), ("s", salt)]
         else:
             params.append(("p", "enc:" + self._password.encode("utf-8").hex()))
@@ -424,11 +430,16 @@ class SubsonicClient:
         params += [(key, str(value)) for key, value in items if value is not None]
         return params
 
+    def known_secrets(self) -> set[str]:
+        """What must never be shown: the password, its enc: hex, and the latest tokens and salts."""
+        return {secret for secret in (*self._secrets, *self._recent_tokens) if secret}
+
     def _scrub(self, text: str) -> str:
-        """`text` with every credential of this session (password, its hex, tokens, salts) blanked."""
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            if secret:
-                text = text.replace(secret, "***")
+        """`text` on one line with the credentials of this session (known_secrets, and any t, s or p of a URL)
+        blanked."""
+        text = _RedactCredentials.PATTERN.sub(r"\1***", text)
+        for secret in sorted(self.known_secrets(), key=len, reverse=True):
+            text = text.replace(secret, "***")
         return _one_line(text)
 
     def _unreachable(self, error: httpx.HTTPError) -> ServerUnreachableError:
@@ -641,7 +652,10 @@ class SubsonicClient:
         name is replaced (never a second one of the same name), else a new one is created. Returns it, read back.
 
         Replacing uses createPlaylist with playlistId (every API version has it: the songs are replaced); a server
-        that refuses it gets updatePlaylist (remove every entry, add the new ones; API 1.8+)."""
+        that refuses it gets updatePlaylist (remove every entry, add the new ones; API 1.8+). The song ids go in the
+        URL: a few hundred fit every server's URL limit. A name that cannot be a playlist's is PlaylistNameError
+        (playlists.check_playlist_name: one printable line, no path separator)."""
+        name = check_playlist_name(name)
         existing = self._own_playlist_named(name)
         songs = [("songId", song_id) for song_id in song_ids]
         if existing is None:

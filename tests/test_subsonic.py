@@ -12,6 +12,7 @@ import traceback
 
 import pytest
 
+from music_mood.playlists import PlaylistNameError
 from music_mood.subsonic import (
     PASSWORD_ENV,
     DownloadTooLargeError,
@@ -162,13 +163,16 @@ def test_supysonic_speaks_api_1_10_2_so_the_password_goes_as_enc(supysonic, clie
     assert str(supysonic.port) in repr(client) and PASSWORD not in repr(client)
 
 
-def test_supysonic_refuses_a_token_which_is_why_the_fallback_exists(supysonic):
+def test_supysonic_refuses_a_token_which_is_why_the_fallback_exists(supysonic, caplog):
     """Sent a token anyway, Supysonic 0.7 answers "a required parameter is missing" (it looks for p only)."""
+    caplog.set_level(logging.DEBUG)
     with SubsonicClient(parse_server(supysonic.url), PASSWORD, "1.10.2", auth="token") as token_client:
         with pytest.raises(SubsonicAPIError) as caught:
             token_client.call("ping")
         assert caught.value.code == 10
-        assert_secret_free(caught.value, PASSWORD, *token_client._secrets)
+        assert_secret_free(caught.value, PASSWORD, *token_client.known_secrets())
+        assert "t=***&s=***" in caplog.text
+        assert not any(secret in caplog.text for secret in token_client.known_secrets())
 
 
 def test_token_is_md5_of_password_and_a_fresh_salt_for_api_1_13_and_later():
@@ -234,7 +238,7 @@ def test_no_credential_reaches_the_logs(supysonic, caplog):
         session.download_song(song.id)
         with pytest.raises(SubsonicError):
             session.call("getSong", {"id": "not-a-song"})
-        secrets = set(session._secrets)
+        secrets = session.known_secrets()
     assert "HTTP Request: GET" in caplog.text  # httpx did log the requests
     for secret in secrets | {PASSWORD}:
         assert secret not in caplog.text
@@ -319,6 +323,8 @@ def test_playlist_is_created_then_replaced_by_name_never_duplicated(client, song
     client.replace_playlist_songs(created.id, [ids[1]])  # the updatePlaylist way, which other servers may need
     assert client.get_playlist(created.id).song_ids == [ids[1]]
 
+    with pytest.raises(PlaylistNameError):
+        client.save_playlist("two\nlines", ids[:1])
     other = client.save_playlist("Another one", ids[2:4])
     assert other.id != created.id and client.get_playlist(created.id).song_ids == [ids[1]]
 
@@ -329,3 +335,17 @@ def test_saving_to_a_missing_server_is_one_line():
     with pytest.raises(ServerUnreachableError) as caught:
         client.save_playlist("x", ["1"])
     assert_secret_free(caught.value, PASSWORD)
+
+
+def test_a_range_past_the_end_is_416_passed_on(supysonic, client, songs_by_title):
+    track = supysonic.tracks[2]
+    size = track.path.stat().st_size
+    past = client.proxy_stream(songs_by_title[track.title].id, f"bytes={size + 10}-")
+    assert past.status == 416
+    assert past.headers.get("content-range") == f"bytes */{size}"
+    b"".join(past.body)
+
+
+def test_a_wrong_path_prefix_is_not_a_subsonic_server(supysonic):
+    with pytest.raises(NotSubsonicServerError, match=r"/not-here does not answer as a Subsonic server \(HTTP 404"):
+        connect(parse_server(supysonic.url + "/not-here"), PASSWORD)
