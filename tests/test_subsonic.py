@@ -33,7 +33,7 @@ from music_mood.subsonic import (
     store_password,
     stored_password,
 )
-from tests.subsonic_server import free_port, start_supysonic
+from tests.subsonic_server import Supysonic, free_port, start_supysonic
 
 USER = "alice"
 # Characters that a URL, a form or a hex encoder could get wrong, and non-ASCII ones.
@@ -349,3 +349,17 @@ def test_a_range_past_the_end_is_416_passed_on(supysonic, client, songs_by_title
 def test_a_wrong_path_prefix_is_not_a_subsonic_server(supysonic):
     with pytest.raises(NotSubsonicServerError, match=r"/not-here does not answer as a Subsonic server \(HTTP 404"):
         connect(parse_server(supysonic.url + "/not-here"), PASSWORD)
+
+
+def test_a_server_that_goes_down_mid_session_is_one_line(supysonic):
+    """A second server process on the same library, stopped while a client is connected to it."""
+    second = Supysonic(supysonic.folder, USER, PASSWORD)
+    second.start()
+    try:
+        session = connect(parse_server(second.url), PASSWORD)
+        song = next(session.iter_songs())
+    finally:
+        second.stop()
+    with session, pytest.raises(ServerUnreachableError, match="is unreachable") as caught:
+        session.download_song(song.id)
+    assert_secret_free(caught.value, PASSWORD)
