@@ -37,7 +37,7 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 
 from music_mood.playlists import check_playlist_name
-from music_mood.storage import fsync_dir
+from music_mood.storage import crash_point, fsync_dir
 
 PASSWORD_ENV = "MUSIC_MOOD_SUBSONIC_PASSWORD"
 CONFIG_ENV = "MUSIC_MOOD_CONFIG"  # the folder of per-user settings; default: $XDG_CONFIG_HOME/music-mood
@@ -229,14 +229,19 @@ def store_password(server: SubsonicServer, password: str, path: Path | None = No
 
 
 def _write_store(path: Path, servers: dict[str, str]) -> None:
+    """Replace the store with `servers`. Not storage.write_atomically: that one gives its file the umask's mode
+    (a library is shared), and this file must be 0600 from the moment it exists."""
     payload = json.dumps({"version": 1, "servers": servers}, ensure_ascii=False, indent=1).encode("utf-8")
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mkstemp: mode 0600
     try:
         with os.fdopen(fd, "wb") as f:
+            crash_point(f"write {path.name}")
             f.write(payload)
             f.flush()
+            crash_point(f"fsync {path.name}")
             os.fsync(f.fileno())
+        crash_point(f"rename {path.name}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

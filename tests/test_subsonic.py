@@ -5,14 +5,19 @@ from __future__ import annotations
 import hashlib
 import http.server
 import logging
+import os
+import signal
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import traceback
 
 import pytest
 
 from music_mood.playlists import PlaylistNameError
+from music_mood.storage import CRASH_AT_ENV, CRASH_LOG_ENV
 from music_mood.subsonic import (
     PASSWORD_ENV,
     DownloadTooLargeError,
@@ -33,6 +38,7 @@ from music_mood.subsonic import (
     store_password,
     stored_password,
 )
+from tests.conftest import ROOT
 from tests.subsonic_server import Supysonic, free_port, start_supysonic
 
 USER = "alice"
@@ -363,3 +369,29 @@ def test_a_server_that_goes_down_mid_session_is_one_line(supysonic):
     with session, pytest.raises(ServerUnreachableError, match="is unreachable") as caught:
         session.download_song(song.id)
     assert_secret_free(caught.value, PASSWORD)
+
+
+def test_a_crash_while_storing_a_password_leaves_the_old_store_or_the_new(tmp_path):
+    """Killed (SIGKILL) at each write, fsync and rename in turn: the store reads back whole, 0600, with the
+    old password or the new one, and holds no other file than a 0600 temp file."""
+    store = tmp_path / "config" / "passwords.json"
+    server = parse_server("http://alice@a:1")
+    script = ("import sys; from pathlib import Path; from music_mood.subsonic import parse_server, store_password;"
+              "store_password(parse_server('http://alice@a:1'), 'new ♪', Path(sys.argv[1]))")
+
+    def run(**env):
+        return subprocess.run([sys.executable, "-c", script, str(store)], cwd=ROOT, capture_output=True,
+                              env={**os.environ, **env}, timeout=60)
+
+    log = tmp_path / "points.log"
+    store_password(server, "old", store)
+    assert run(**{CRASH_LOG_ENV: str(log)}).returncode == 0
+    points = log.read_text(encoding="utf-8").splitlines()
+    assert len(points) >= 4, points  # write, fsync, rename, fsync of the folder
+    for number in range(1, len(points) + 1):
+        store_password(server, "old", store)
+        assert run(**{CRASH_AT_ENV: str(number)}).returncode == -signal.SIGKILL
+        assert stored_password(server, store) in ("old", "new ♪")
+        for left in store.parent.iterdir():
+            assert stat.S_IMODE(left.stat().st_mode) == 0o600, left
+    assert stored_password(server, store) == "new ♪"  # killed after the rename: the new store stays
