@@ -4,7 +4,8 @@ What it does, each against the server's own REST API (https://www.subsonic.org/p
 OpenSubsonic extensions at https://opensubsonic.netlify.app):
 - `parse_server("http://alice@host:4533/music")` reads an address into a `SubsonicServer` (no password in it);
 - `password_for(server)` finds the password: `MUSIC_MOOD_SUBSONIC_PASSWORD`, else the password store
-  (`store_password`), else a terminal prompt;
+  (`store_password`: one file, mode 0600, in the user's config folder, never in the library folder or its
+  database; see `password_store_path`), else a terminal prompt;
 - `connect(server, password)` pings the server, learns its API version and chooses how to authenticate: a token
   (`t` = md5(password + salt), `s` = salt) from API 1.13, else `p=enc:<hex>` (Supysonic 0.7 speaks 1.10.2 and
   refuses tokens);
@@ -703,8 +704,9 @@ def probe_api_version(server: SubsonicServer, *, timeout: float = TIMEOUT_S,
             raise TypeError
     except (ValueError, KeyError, TypeError):
         content_type = _one_line(response.headers.get("content-type", ""), 60) or "with no content type"
+        hint = "; it redirects: give the address it redirects to (https://?)" if response.is_redirect else ""
         raise NotSubsonicServerError(f"{server.base_url} does not answer as a Subsonic server "
-                                     f"(HTTP {response.status_code} {content_type} to ping)") from None
+                                     f"(HTTP {response.status_code} {content_type} to ping{hint})") from None
     return version
 
 

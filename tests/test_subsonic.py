@@ -395,3 +395,25 @@ def test_a_crash_while_storing_a_password_leaves_the_old_store_or_the_new(tmp_pa
         for left in store.parent.iterdir():
             assert stat.S_IMODE(left.stat().st_mode) == 0o600, left
     assert stored_password(server, store) == "new ♪"  # killed after the rename: the new store stays
+
+
+def test_a_server_that_redirects_is_told_to_be_given_the_other_address():
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(301)
+            self.send_header("Location", "https://music.example.org" + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(NotSubsonicServerError, match=r"HTTP 301 .*it redirects") as caught:
+            connect(parse_server(f"http://alice@127.0.0.1:{httpd.server_address[1]}"), PASSWORD)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert_secret_free(caught.value, PASSWORD)
