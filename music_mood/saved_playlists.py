@@ -59,10 +59,10 @@ class SavedPlaylist:
         return None if self.file is None else f"{PLAYLISTS_FOLDER}/{self.file.name}"
 
     def to_dict(self) -> dict:
-        """The /save_playlist answer: {"name", "tracks", "saved": [{"to": "m3u8", "path": "playlists/NAME.m3u8",
+        """The /save_playlist answer: {"name", "tracks", "saved": [{"to": "m3u8", "file": "playlists/NAME.m3u8",
         "tracks": n}]}, one item per place the tracks went (a server's playlist will be another), naming no path
         of the server."""
-        saved = [] if self.file is None else [{"to": "m3u8", "path": self.relative_file, "tracks": self.file_tracks}]
+        saved = [] if self.file is None else [{"to": "m3u8", "file": self.relative_file, "tracks": self.file_tracks}]
         return {"name": self.name, "tracks": self.tracks, "saved": saved}
 
     def summary(self) -> str:

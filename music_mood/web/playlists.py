@@ -36,7 +36,8 @@ def save_tracks(library: LiveLibrary, name, tracks) -> dict:
     """The /save_playlist endpoint: `tracks` (ids or file paths of tracks of the current library, in order) saved
     as the playlist `name` (one printable line of at most NAME_MAX_CHARS characters), in the library's
     playlists/NAME.m3u8. Answers SavedPlaylist.to_dict(): {"name", "tracks", "saved": [{"to": "m3u8",
-    "path": "playlists/NAME.m3u8", "tracks"}]}, no path of the server in it.
+    "file": "playlists/NAME.m3u8", "tracks"}]}, no path of the server in it (a dict with a "path" would
+    be taken for a file to download by gradio_client).
 
     Everything is checked before anything is written: a bad name, a track the library does not hold (however it
     is spelled: nothing is looked up outside the library), a file of that name that the product did not save.
@@ -90,7 +91,7 @@ def add_save_playlist_api(library: LiveLibrary) -> None:
     def save_playlist_endpoint(name: str, tracks: list[str]) -> dict:
         """Save tracks of the library (ids or file paths as the library lists them, in order) as the playlist
         `name`: LIBRARY/playlists/NAME.m3u8, replacing the playlist this app saved under that name, never a file
-        of that name it did not save. Answers {"name", "tracks", "saved": [{"to", "path", "tracks"}]}."""
+        of that name it did not save. Answers {"name", "tracks", "saved": [{"to", "file", "tracks"}]}."""
         return save_tracks(library, name, tracks)
 
     gr.api(logged_as_one_line(save_playlist_endpoint), api_name="save_playlist", queue=False)

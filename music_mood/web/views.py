@@ -131,7 +131,7 @@ def slideshow_status(answer: dict) -> str:
 
 def saved_playlist_status(answer: dict) -> str:
     """The "Save as playlist" status: where the playlist went (in the library folder) and how many tracks."""
-    places = "; ".join(f"{place['tracks']} track(s) in {markdown_text(place['path'])}" for place in answer["saved"])
+    places = "; ".join(f"{place['tracks']} track(s) in {markdown_text(place['file'])}" for place in answer["saved"])
     return f"Saved the playlist “{markdown_text(answer['name'])}”: {places} in the library folder."
 
 
