@@ -82,8 +82,10 @@ class SavePlaylistBox:
         def on_save(name, value):
             return saved_playlist_status(save_tracks(library, name, tracks_of(value)))
 
+        # Queued (not in the models' turn: saving needs none): Gradio shows an unqueued event's gr.Error as a bare
+        # "Error" on its output, without the message.
         self.button.click(logged_as_one_line(on_save), inputs=[self.name, source], outputs=self.status,
-                          api_visibility="private", queue=False)
+                          api_visibility="private")
 
 
 def add_save_playlist_api(library: LiveLibrary) -> None:
