@@ -278,3 +278,40 @@ def test_forged_requests_are_refused_and_nothing_is_written(client, api_library)
     assert playlists_folder(api_library) == before
     assert sorted(p.name for p in api_library.parent.iterdir()) == around
     assert not Path("/tmp/evil.m3u8").exists()
+
+
+def test_a_crash_while_saving_leaves_the_old_playlist_or_the_new(library_copy):
+    """Killed (SIGKILL) at each write, fsync, link, rename and folder fsync in turn while replacing a playlist: it
+    reads back whole with the old tracks or the new ones; nothing else is left but a hidden temporary file, which
+    no player takes for a playlist."""
+    import signal
+    import subprocess
+    import sys
+
+    from music_mood.storage import CRASH_AT_ENV, CRASH_LOG_ENV
+    from tests.conftest import ROOT
+
+    db = load_database(LibraryPaths.at(library_copy))
+    old, new = [t["file_path"] for t in db.tracks[:2]], [t["file_path"] for t in db.tracks[2:5]]
+    playlist = library_copy / "playlists" / "mix.m3u8"
+    script = ("import sys; from music_mood.library import LibraryPaths, load_database;"
+              "from music_mood.saved_playlists import save_playlist;"
+              "save_playlist(load_database(LibraryPaths.at(sys.argv[1])), sys.argv[2:], 'mix')")
+
+    def run(**env):
+        return subprocess.run([sys.executable, "-c", script, str(library_copy), *new], cwd=ROOT,
+                              capture_output=True, env={**os.environ, **env}, timeout=120)
+
+    log = library_copy.parent / "points.log"
+    save_playlist(db, old, "mix")
+    assert run(**{CRASH_LOG_ENV: str(log)}).returncode == 0
+    points = log.read_text(encoding="utf-8").splitlines()
+    assert len(points) >= 5, points  # write, fsync, link (refused: the name is taken), rename, fsync of the folder
+    for number in range(1, len(points) + 1):
+        save_playlist(db, old, "mix")
+        assert run(**{CRASH_AT_ENV: str(number)}).returncode == -signal.SIGKILL
+        entries = [path.resolve() for path, _, _ in read_back(playlist)]
+        assert entries in ([(library_copy / p).resolve() for p in old], [(library_copy / p).resolve() for p in new])
+        left = set(playlists_folder(library_copy)) - {"mix.m3u8"}
+        assert all(name.startswith(".mix.m3u8.") and name.endswith(".tmp") for name in left), left
+    assert_lists(playlist, library_copy, new)  # killed after the rename: the new playlist stays
