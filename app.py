@@ -36,13 +36,12 @@ from music_mood.library import (
     UnknownTrackError,
     find_track,
 )
+from music_mood.memory import freeze_loaded_objects, release_freed_memory
 from music_mood.models import (
     BackgroundModels,
     ModelLoadError,
-    freeze_loaded_objects,
     load_clap_audio,
     load_clap_text,
-    release_freed_memory,
 )
 from music_mood.recommendation import NoQueryError, recommend
 from music_mood.render import RenderError

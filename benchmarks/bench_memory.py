@@ -25,7 +25,8 @@ CHILD = """
 import json, sys
 from benchmarks.common import current_rss_mb, peak_rss_mb
 from benchmarks.bench_query import LIBRARY_SIZE, synthetic_database
-from music_mood.models import load_blip, load_clap_text, release_freed_memory
+from music_mood.memory import release_freed_memory
+from music_mood.models import load_blip, load_clap_text
 from music_mood.recommendation import recommend
 
 blip_dir, clap_dir, precision, backend, photo, queries = sys.argv[1:7]
@@ -47,7 +48,8 @@ print(json.dumps({"models": [blip.embedded_by, clap.embedded_by], "base": base, 
 
 GC_CHILD = """
 import gc, json, sys, time
-from music_mood.models import freeze_loaded_objects, load_blip, load_clap_text, release_freed_memory
+from music_mood.memory import freeze_loaded_objects, release_freed_memory
+from music_mood.models import load_blip, load_clap_text
 from recommend import recommend
 from benchmarks.bench_query import synthetic_database
 
@@ -187,7 +189,7 @@ def main(argv=None) -> int:
     parser.add_argument("--every", type=int, default=20, help="with --requests: RSS sampled every this many")
     parser.add_argument("--gc", action="store_true",
                         help="only what a full garbage collection costs with the models loaded, before and after "
-                             "gc.freeze (models.freeze_loaded_objects), and release_freed_memory after it")
+                             "gc.freeze (memory.freeze_loaded_objects), and release_freed_memory after it")
     args = parser.parse_args(argv)
     checkpoints = full_checkpoints()  # built (or found) before anything is measured
     if args.gc:

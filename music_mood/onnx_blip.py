@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from music_mood.exports import onnx_session
+from music_mood.ort import onnx_session
 from music_mood.torch_runtime import vision_features_module
 
 PRECISIONS = ("fp32", "int8")

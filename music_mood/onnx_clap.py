@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from music_mood.exports import onnx_session
+from music_mood.ort import onnx_session
 
 PRECISIONS = ("fp32", "int8")
 FORMAT_VERSION = 1

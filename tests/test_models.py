@@ -101,7 +101,7 @@ def test_memory_releaser_collects_only_when_rss_has_grown():
     import gc
     import weakref
 
-    from music_mood.models import MemoryReleaser
+    from music_mood.memory import MemoryReleaser
 
     class Node:
         pass
