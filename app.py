@@ -22,9 +22,17 @@ from typing import Any
 
 from music_mood.audio import AUDIO_EXTENSIONS
 from music_mood.build import SAMPLE_PACKAGE, build_library, import_sample_library, pending_files
-from music_mood.cli import StopSignals, add_library_arguments, add_model_arguments, int_argument, new_parser
+from music_mood.cli import (
+    StopSignals,
+    add_library_arguments,
+    add_model_arguments,
+    int_argument,
+    model_choice,
+    new_parser,
+)
 from music_mood.display import TAG_COLUMNS, format_bpm, format_duration, track_tags
 from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, FieldValueError, field_value, remove_tracks, set_fields
+from music_mood.engines import AUTO, ModelChoice
 from music_mood.images import ImageError
 from music_mood.library import (
     EMPTY_LIBRARY,
@@ -990,7 +998,7 @@ def wire_page(page: Page, library: LiveLibrary, models: BackgroundModels, render
             raise gr.Error("Choose one or more audio files first.")
         try:
             clap_audio = models.audio_model()  # waits for the start-up loads, as the text tower's load below must
-            tagger = tagger_of(load_clap_text(models.clap_model, models.precision, models.backend))
+            tagger = tagger_of(load_clap_text(models.clap_model, models.choice))
             result, problems = add_uploads(library.paths, clap_audio, files, mood, progress, tagger=tagger)
         except (DatabaseError, LibraryBusyError, ModelLoadError) as e:
             raise gr.Error(str(e)) from e
@@ -1210,7 +1218,7 @@ def build_app(library: LiveLibrary, models: BackgroundModels, renders: RenderFol
 # ---------------------------------------------------------------------------------------------- start-up
 
 
-def prepare_library(library: LiveLibrary, precision: str, backend: str = "auto") -> None:
+def prepare_library(library: LiveLibrary, choice: ModelChoice = AUTO) -> None:
     """Before serving: add whatever waits in new_music/ (or unlisted in processed_music/); if the library has
     nothing at all, import the bundled sample tracks first. Progress goes to stderr."""
     paths = library.paths
@@ -1226,8 +1234,8 @@ def prepare_library(library: LiveLibrary, precision: str, backend: str = "auto")
     if not pending:
         return
     print(f"Adding {len(pending)} audio file(s) to the library in {paths.root}.", file=sys.stderr)
-    report = build_library(load_clap_audio(library.clap_model, precision, backend), paths, progress=True,
-                           tagger=tagger_of(load_clap_text(library.clap_model, precision, backend)))
+    report = build_library(load_clap_audio(library.clap_model, choice), paths, progress=True,
+                           tagger=tagger_of(load_clap_text(library.clap_model, choice)))
     for line in report.problem_lines():
         print(line, file=sys.stderr)
     print(f"{len(report.added)} added, {len(report.failed)} failed, {len(report.duplicates)} already there.",
@@ -1256,7 +1264,8 @@ def main(argv=None) -> int:
         return 1
     try:
         library = LiveLibrary(paths, args.clap_model)
-        prepare_library(library, args.precision, args.backend)
+        choice = model_choice(args)
+        prepare_library(library, choice)
     except (DatabaseError, ModelLoadError, LibraryBusyError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
@@ -1264,7 +1273,7 @@ def main(argv=None) -> int:
         print("Interrupted: nothing was lost; the library is as its last commit left it.", file=sys.stderr)
         return 130
     paths.processed_music.mkdir(parents=True, exist_ok=True)
-    models = BackgroundModels(args.blip_model, args.clap_model, args.precision, args.backend)
+    models = BackgroundModels(args.blip_model, args.clap_model, choice)
     renders = RenderFolders()
     demo = build_app(library, models, renders)
     try:

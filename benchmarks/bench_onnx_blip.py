@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import ROOT, full_checkpoints, interleaved, photo
+from music_mood.engines import ModelChoice
 
 PAST_LENGTH = 10
 FIDELITY_TOKENS = 12
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
     from music_mood.models import load_blip
 
     args.checkpoint = args.checkpoint or full_checkpoints()["blip"]
-    blip = load_blip(args.checkpoint, "fp32")
+    blip = load_blip(args.checkpoint, ModelChoice("fp32"))
     model, processor = blip.model, blip.processor
     realistic_vision_weights(model.vision_model)
     work = Path(tempfile.mkdtemp(prefix="bench-onnx-blip-"))  # ~2.7 GB of exports, removed at the end

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import ROOT
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
-LOAD = ("from music_mood import models; m = models.load_clap_text({name!r}, 'fp32'); "
+LOAD = ("from music_mood import engines, models; m = models.load_clap_text({name!r}, engines.ModelChoice('fp32')); "
         "print(m.model.config.projection_dim)")
 
 
