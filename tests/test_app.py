@@ -851,7 +851,7 @@ def test_start_builds_the_database_from_new_music(isolated_library, checkpoints,
     from app import prepare_library
 
     put_in_new_music(isolated_library, sample_tracks[:2])
-    prepare_library(LiveLibrary(LibraryPaths.at(isolated_library), checkpoints["clap"]), "fp32")
+    prepare_library(LiveLibrary(LibraryPaths.at(isolated_library), checkpoints["clap"]), ModelChoice("fp32"))
     db = load_database(LibraryPaths.at(isolated_library))
     assert sorted(Path(t["file_path"]).name for t in db.tracks) == sorted(t.name for t in sample_tracks[:2])
     assert not any((isolated_library / "new_music").rglob("*.*"))
@@ -868,7 +868,7 @@ def test_start_names_each_file_it_did_not_add(library_copy, checkpoints, capsys)
     copy.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(library_copy / listed, copy)
     broken.write_bytes(b"not audio" * 100)
-    prepare_library(LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"]), "fp32")
+    prepare_library(LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"]), ModelChoice("fp32"))
     err = capsys.readouterr().err
     assert f"Note: {copy} is already in the library as {listed}; left where it is." in err
     assert f"Error: {broken}: cannot decode broken.mp3" in err
@@ -885,7 +885,7 @@ def test_start_imports_the_sample_library_when_there_is_no_music(isolated_librar
         return copied[:2]
 
     monkeypatch.setattr(app, "import_sample_library", import_two)
-    app.prepare_library(LiveLibrary(LibraryPaths.at(isolated_library), checkpoints["clap"]), "fp32")
+    app.prepare_library(LiveLibrary(LibraryPaths.at(isolated_library), checkpoints["clap"]), ModelChoice("fp32"))
     assert len(load_database(LibraryPaths.at(isolated_library))) == 2
     assert (isolated_library / "processed_music" / "immich-memories-music-LICENSE-MUSIC.txt").exists()
     assert "importing the sample tracks of immich-memories-music" in capsys.readouterr().err
@@ -895,7 +895,7 @@ def test_start_leaves_a_built_library_alone(library_copy, checkpoints, capsys):
     from app import prepare_library
 
     before = (library_copy / "music_database_metadata.json").read_bytes()
-    prepare_library(LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"]), "fp32")
+    prepare_library(LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"]), ModelChoice("fp32"))
     assert (library_copy / "music_database_metadata.json").read_bytes() == before
     assert capsys.readouterr().err == ""
 
@@ -961,7 +961,7 @@ def test_model_that_cannot_load_is_an_error_in_the_page(checkpoints, tmp_path):
     from music_mood.models import BackgroundModels as Models
     from music_mood.models import ModelLoadError
 
-    models = Models(str(tmp_path / "no-such-blip"), checkpoints["clap"], "fp32")
+    models = Models(str(tmp_path / "no-such-blip"), checkpoints["clap"], ModelChoice("fp32"))
     models.load()
     assert "cannot load the BLIP model" in models.status()
     with pytest.raises(ModelLoadError, match="cannot load the BLIP model"):

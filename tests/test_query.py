@@ -249,11 +249,11 @@ def test_baseline_cache_key_follows_the_weights(checkpoints, blip, tmp_path):
     from tests.model_factory import build_blip_checkpoint
 
     path = _neutral_cache_path(blip, MOOD_VOCABULARY)
-    assert _neutral_cache_path(models._load("BLIP", checkpoints["blip"], "blip", "fp32", "torch"),
+    assert _neutral_cache_path(models._load("BLIP", checkpoints["blip"], "blip", ModelChoice("fp32", "torch")),
                                MOOD_VOCABULARY) == path
     other = models._load("BLIP", str(build_blip_checkpoint(tmp_path / "other", seed=1)),
-                         "blip", "fp32", "torch")
-    int8 = models._load("BLIP", checkpoints["blip"], "blip", "int8", "torch")
+                         "blip", ModelChoice("fp32", "torch"))
+    int8 = models._load("BLIP", checkpoints["blip"], "blip", ModelChoice("int8", "torch"))
     assert len({path, _neutral_cache_path(other, MOOD_VOCABULARY), _neutral_cache_path(int8, MOOD_VOCABULARY),
                 _neutral_cache_path(blip, MOOD_VOCABULARY[:-1])}) == 4
 
