@@ -132,7 +132,8 @@ def _measure(checkpoint: str, repeats: int, model, processor, work: Path) -> int
     from PIL import Image
     from transformers import DynamicCache, EncoderDecoderCache
 
-    from music_mood.onnx_blip import OnnxBlip, export_blip
+    from music_mood.onnx_blip import OnnxBlip
+    from music_mood.onnx_blip_export import export_blip
 
     folders = {"ORT fp32": work / "fp32"}
     folders.update({name: work / name.replace(" ", "-") for name in INT8_VARIANTS})

@@ -38,7 +38,7 @@ ENGINES: dict[str, dict[str, Engine]] = {
     "avx2": {  # Intel Xeon, avx2 fma f16c, no avx512: torch has only fp32 there
         "blip-vision": Engine(*_ONNX_INT8, "not measured per engine on AVX2; ONNX Runtime as round 2 chose for "
                                            "every CPU without AMX"),
-        "blip-decoder": Engine(*_ONNX_INT8, "AVX2, bench_onnx_blip: 8-bit step 18 ms (onnx_blip.INT8_*); torch "
+        "blip-decoder": Engine(*_ONNX_INT8, "AVX2, bench_onnx_blip: 8-bit step 18 ms (onnx_blip_export.INT8_*); torch "
                                             "fp32 57 ms on AVX-512 (round 2)"),
         "clap-text": Engine(*_ONNX_INT8, "not measured on AVX2; ONNX Runtime as round 2 chose"),
         "clap-audio": Engine(*_ONNX_INT8, "not measured on AVX2; ONNX Runtime as round 2 chose"),

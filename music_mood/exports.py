@@ -91,7 +91,8 @@ def _runtime(part: str):
 
         return TorchVision, export_vision
     if part == "blip":
-        from music_mood.onnx_blip import OnnxBlip, export_blip
+        from music_mood.onnx_blip import OnnxBlip
+        from music_mood.onnx_blip_export import export_blip
 
         return OnnxBlip, export_blip
     from music_mood.onnx_clap import OnnxClapAudio, OnnxClapText, export_clap_audio, export_clap_text
