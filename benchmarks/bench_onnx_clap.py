@@ -43,7 +43,7 @@ def export_folder(checkpoint: str, kind: str, precision: str) -> Path:
         return folder
     import transformers
 
-    from music_mood import onnx_clap
+    from music_mood import onnx_clap_export
 
     print(f"exporting the {kind} tower ({precision}) to {folder} (once)", file=sys.stderr, flush=True)
     temporary = folder.with_name(folder.name + ".tmp")
@@ -52,10 +52,10 @@ def export_folder(checkpoint: str, kind: str, precision: str) -> Path:
     processor = transformers.AutoProcessor.from_pretrained(checkpoint)
     if kind == "text":
         model = transformers.ClapTextModelWithProjection.from_pretrained(checkpoint).eval()
-        onnx_clap.export_clap_text(model, processor, temporary, precision)
+        onnx_clap_export.export_clap_text(model, processor, temporary, precision)
     else:
         model = transformers.ClapAudioModelWithProjection.from_pretrained(checkpoint).eval()
-        onnx_clap.export_clap_audio(model, processor, temporary, precision)
+        onnx_clap_export.export_clap_audio(model, processor, temporary, precision)
     temporary.rename(folder)
     return folder
 

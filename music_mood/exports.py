@@ -84,7 +84,7 @@ def export_path(part: str, folder: Path, precision: str) -> Path:
 
 
 def _runtime(part: str):
-    """(runtime class, export function) of a part; imports onnx_blip or onnx_clap only when asked. "blip-vision" is
+    """(runtime class, export function) of a part; imports a runtime and its exporter only when asked. "blip-vision" is
     BLIP's vision tower alone on torch (TorchScript), for a BLIP whose decoder runs on ONNX Runtime."""
     if part == "blip-vision":
         from music_mood.torch_runtime import TorchVision, export_vision
@@ -95,7 +95,8 @@ def _runtime(part: str):
         from music_mood.onnx_blip_export import export_blip
 
         return OnnxBlip, export_blip
-    from music_mood.onnx_clap import OnnxClapAudio, OnnxClapText, export_clap_audio, export_clap_text
+    from music_mood.onnx_clap import OnnxClapAudio, OnnxClapText
+    from music_mood.onnx_clap_export import export_clap_audio, export_clap_text
 
     return (OnnxClapText, export_clap_text) if part == "clap-text" else (OnnxClapAudio, export_clap_audio)
 
