@@ -1,4 +1,4 @@
-"""The soundtrack's audio mix (the first stage of rendering a soundtrack.Plan; render.py writes the files): each
+"""The soundtrack's audio mix (the first stage of rendering a plan.Plan; render.py writes the files): each
 piece's stretch of its track, levels matched, equal-power cross-fades between pieces, a fade in and a fade out.
 
 Stereo float32 at 44.1 kHz. Each piece plays its stretch of its track; a piece's level is matched to the others

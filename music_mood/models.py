@@ -291,7 +291,8 @@ class BackgroundModels:
     """A server's models, loaded once in the background; the web page is served while they load and says so.
 
     BLIP and CLAP's text tower are loaded by load(); CLAP's audio tower only when music is first added, since
-    nothing else on the page needs it.
+    nothing else on the page needs it. All three run on the engines `choice` (the server's --precision and
+    --backend) resolves to.
     """
 
     def __init__(self, blip_model: str, clap_model: str, choice: ModelChoice = AUTO):

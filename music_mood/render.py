@@ -1,4 +1,4 @@
-"""Rendering a soundtrack plan (music_mood.soundtrack.Plan) into files: write_outputs, what the CLI and the web
+"""Rendering a soundtrack plan (music_mood.plan.Plan) into files: write_outputs, what the CLI and the web
 app call, writes the mixed audio (mix.py) as an audio file, the slideshow video (encoding.py), an M3U8 playlist
 and the plan as JSON; every file it writes is replaced only when complete, and it never writes into the music
 library. Also the page's thumbnails of the photos.
