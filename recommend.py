@@ -279,10 +279,12 @@ def recommend_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> 
         filters.check(db)  # before the models: loading them takes seconds
         if args.like is not None:
             find_track(db, args.like)  # an unknown track fails here, before any model work
-        # "More like this" needs no model: the query is a vector the library already holds.
-        choice = model_choice(args)
-        clap = load_clap_text(args.clap_model, choice) if args.like is None else None
-        blip = load_blip(args.blip_model, choice) if args.images else None
+        # "More like this" needs no model (the query is a vector the library already holds), nor a model choice.
+        clap = blip = None
+        if args.like is None:
+            choice = model_choice(args)
+            clap = load_clap_text(args.clap_model, choice)
+            blip = load_blip(args.blip_model, choice) if args.images else None
         first, warned = None, set()
         for image in args.images or [None]:
             try:
