@@ -7,7 +7,8 @@ import importlib
 import sys
 
 from music_mood.build import SAMPLE_PACKAGE, build_library, import_sample_library, pending_files
-from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser
+from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, model_choice, new_parser
+from music_mood.engines import AUTO, ModelChoice
 from music_mood.library import DatabaseError, LibraryPaths, LiveLibrary
 from music_mood.models import BackgroundModels, ModelLoadError, load_clap_audio, load_clap_text
 from music_mood.serve import port_busy_message, port_in_use
@@ -18,7 +19,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 
 
-def prepare_library(library: LiveLibrary, precision: str, backend: str = "auto") -> None:
+def prepare_library(library: LiveLibrary, choice: ModelChoice = AUTO) -> None:
     """Before serving: add whatever waits in new_music/ (or unlisted in processed_music/); if the library has
     nothing at all, import the bundled sample tracks first. Progress goes to stderr."""
     paths = library.paths
@@ -34,8 +35,8 @@ def prepare_library(library: LiveLibrary, precision: str, backend: str = "auto")
     if not pending:
         return
     print(f"Adding {len(pending)} audio file(s) to the library in {paths.root}.", file=sys.stderr)
-    report = build_library(load_clap_audio(library.clap_model, precision, backend), paths, progress=True,
-                           tagger=tagger_of(load_clap_text(library.clap_model, precision, backend)))
+    report = build_library(load_clap_audio(library.clap_model, choice), paths, progress=True,
+                           tagger=tagger_of(load_clap_text(library.clap_model, choice)))
     for line in report.problem_lines():
         print(line, file=sys.stderr)
     print(f"{len(report.added)} added, {len(report.failed)} failed, {len(report.duplicates)} already there.",
@@ -71,7 +72,8 @@ def main(argv=None) -> int:
         return 1
     try:
         library = LiveLibrary(paths, args.clap_model)
-        prepare_library(library, args.precision, args.backend)
+        choice = model_choice(args)
+        prepare_library(library, choice)
     except (DatabaseError, ModelLoadError, LibraryBusyError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
         return 130
     paths.processed_music.mkdir(parents=True, exist_ok=True)
     server = importlib.import_module("music_mood.web.server")
-    models = BackgroundModels(args.blip_model, args.clap_model, args.precision, args.backend)
+    models = BackgroundModels(args.blip_model, args.clap_model, choice)
     return server.serve(library, models, args.host, args.port, args.share)
 
 

@@ -8,7 +8,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from music_mood.cli import StopSignals, add_library_arguments, add_model_arguments, int_argument, new_parser
+from music_mood.cli import (
+    StopSignals,
+    add_library_arguments,
+    add_model_arguments,
+    int_argument,
+    model_choice,
+    new_parser,
+)
 from music_mood.display import format_recommendation, format_soundtrack
 from music_mood.images import ImageError
 from music_mood.library import (
@@ -225,8 +232,9 @@ def soundtrack_main(parser: argparse.ArgumentParser, args, stop: StopSignals) ->
         write_outputs = None
         if outs:  # imported before the models load: an encoder that is not installed fails at once
             from music_mood.render import RenderCancelled, write_outputs
-        clap = load_clap_text(args.clap_model, args.precision, args.backend)
-        blip = load_blip(args.blip_model, args.precision, args.backend)
+        choice = model_choice(args)
+        clap = load_clap_text(args.clap_model, choice)
+        blip = load_blip(args.blip_model, choice)
         plan = plan_soundtrack(blip, clap, db, args.images, seconds_per_photo=seconds, total_s=args.total_seconds,
                                text=args.text, filters=filters, progress=True)
         for skipped in plan.skipped_photos:
@@ -307,9 +315,12 @@ def recommend_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> 
         filters.check(db)  # before the models: loading them takes seconds
         if args.like is not None:
             find_track(db, args.like)  # an unknown track fails here, before any model work
-        # "More like this" needs no model: the query is a vector the library already holds.
-        clap = load_clap_text(args.clap_model, args.precision, args.backend) if args.like is None else None
-        blip = load_blip(args.blip_model, args.precision, args.backend) if args.images else None
+        # "More like this" needs no model (the query is a vector the library already holds), nor a model choice.
+        clap = blip = None
+        if args.like is None:
+            choice = model_choice(args)
+            clap = load_clap_text(args.clap_model, choice)
+            blip = load_blip(args.blip_model, choice) if args.images else None
         first, warned, listed = None, set(), []
         for image in args.images or [None]:
             try:

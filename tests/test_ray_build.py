@@ -21,6 +21,7 @@ import pytest
 from music_mood.audio import decode_audio, file_sha256
 from music_mood.build import build_library
 from music_mood.embed import embed_track
+from music_mood.engines import ModelChoice
 from music_mood.library import LibraryPaths, load_database
 from music_mood.shards import (
     STAGING_FOLDER,
@@ -185,7 +186,7 @@ def test_ray_build_gives_the_plain_builders_library(ray_cluster, built_library, 
 
     put_in_new_music(isolated_library, sample_tracks[::5])
     paths = LibraryPaths.at(isolated_library)
-    result = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False)
+    result = build_library_on_ray(clap_audio, paths, choice=ModelChoice("fp32"), progress=False)
     assert not result.report.failed and len(result.embedded) == 6 and result.reused == []
     plain, ray_built = load_database(LibraryPaths.at(built_library)), load_database(paths)
     np.testing.assert_allclose(ray_built.vectors, plain.vectors, rtol=0, atol=1e-6)
@@ -227,7 +228,7 @@ def test_a_worker_that_dies_loses_nothing_and_the_rerun_embeds_only_its_file(ray
     (staging / "README.txt").write_text("a note of the user's")
 
     monkeypatch.setenv(EXIT_ON_ENV, dropped[1].name)
-    first = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False)
+    first = build_library_on_ray(clap_audio, paths, choice=ModelChoice("fp32"), progress=False)
     # The crashing file is reported (and, should Ray have handed the restarting actor another one, that one too).
     failed = dict(first.report.failed)
     assert dropped[1] in failed and set(failed.values()) == {WORKER_DIED} and len(failed) < len(dropped)
@@ -237,7 +238,7 @@ def test_a_worker_that_dies_loses_nothing_and_the_rerun_embeds_only_its_file(ray
     check_library(library_copy, expected)
 
     monkeypatch.delenv(EXIT_ON_ENV)
-    second = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False)
+    second = build_library_on_ray(clap_audio, paths, choice=ModelChoice("fp32"), progress=False)
     assert not second.report.failed and sorted(second.embedded) == sorted(shas[p] for p in failed)
     assert second.reused == []
     embedded = collections.Counter(first.embedded + second.embedded)
@@ -265,7 +266,7 @@ def test_a_worker_lost_once_is_replaced_and_its_file_embedded_in_the_same_run(ra
     marker = tmp_path / "died once"
     monkeypatch.setenv(EXIT_ON_ENV, dropped[1].name)
     monkeypatch.setenv(EXIT_ONCE_ENV, str(marker))
-    result = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False)
+    result = build_library_on_ray(clap_audio, paths, choice=ModelChoice("fp32"), progress=False)
     assert marker.exists(), "the actor never died: the test tested nothing"
     assert result.report.failed == [] and sorted(result.embedded) == shas
     assert not any(p.exists() for p in dropped) and len(load_database(paths)) == len(before) + len(dropped)
@@ -295,7 +296,7 @@ def test_a_worker_that_hangs_on_a_file_is_stopped_at_its_deadline_and_the_rest_c
     limit = 45
     monkeypatch.setenv(hook, hung.name)
     start = time.monotonic()
-    first = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False, timeout_s=limit)
+    first = build_library_on_ray(clap_audio, paths, choice=ModelChoice("fp32"), progress=False, timeout_s=limit)
     took = time.monotonic() - start
     deadline = file_deadline_s(hung.stat().st_size, limit)
     assert dict(first.report.failed) == {hung: too_slow(deadline)}
@@ -306,7 +307,7 @@ def test_a_worker_that_hangs_on_a_file_is_stopped_at_its_deadline_and_the_rest_c
     check_library(library_copy, {t["sha256"] for t in before.tracks} | set(shas.values()))
 
     monkeypatch.delenv(hook)
-    second = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False, timeout_s=limit)
+    second = build_library_on_ray(clap_audio, paths, choice=ModelChoice("fp32"), progress=False, timeout_s=limit)
     assert second.report.failed == [] and second.embedded == [shas[hung]]
     assert len(load_database(paths)) == len(before) + len(dropped)
 

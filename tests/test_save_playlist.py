@@ -215,7 +215,7 @@ def client(api_library, checkpoints):
     from music_mood.web.page import build_app
 
     demo = build_app(LiveLibrary(LibraryPaths.at(api_library), checkpoints["clap"]),
-                     BackgroundModels(checkpoints["blip"], checkpoints["clap"], "fp32"))
+                     BackgroundModels(checkpoints["blip"], checkpoints["clap"]))  # never loaded here
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                 ssr_mode=False)
     try:

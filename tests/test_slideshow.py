@@ -9,6 +9,7 @@ from pathlib import Path
 import av
 import pytest
 
+from music_mood.engines import ModelChoice
 from music_mood.library import DatabaseError, LibraryPaths, load_database
 from music_mood.models import ModelStopped, stoppable
 from music_mood.render import RenderCancelled
@@ -229,7 +230,7 @@ def test_a_session_that_ends_takes_its_soundtrack_with_it(library_copy, checkpoi
 
     renders = RenderFolders(tmp_path)
     demo = build_app(LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"]),
-                     BackgroundModels(checkpoints["blip"], checkpoints["clap"], "fp32"), renders)
+                     BackgroundModels(checkpoints["blip"], checkpoints["clap"], ModelChoice("fp32")), renders)
     (state,) = [block for block in demo.blocks.values() if isinstance(block, gr.State)]
     token, folder = renders.new()
     (folder / "plan.json").write_text("{}")

@@ -250,7 +250,7 @@ class LibraryTab:
             with user_errors():
                 models = self.models
                 clap_audio = models.audio_model()  # waits for the start-up loads, as the text tower's load must
-                tagger = tagger_of(load_clap_text(models.clap_model, models.precision, models.backend))
+                tagger = tagger_of(load_clap_text(models.clap_model, models.choice))
                 result, problems = add_uploads(self.library.paths, clap_audio, files, mood, progress, tagger=tagger)
         finally:
             self.discard(files)  # copied into new_music/, or refused: the page clears them from the form anyway

@@ -7,7 +7,8 @@ from pathlib import Path
 import gradio as gr
 
 from music_mood.library import LiveLibrary
-from music_mood.models import BackgroundModels, release_freed_memory
+from music_mood.memory import release_freed_memory
+from music_mood.models import BackgroundModels
 from music_mood.recommendation import Recommendation, recommend
 from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, Filters, parse_bpm_range
 from music_mood.web.errors import logged_as_one_line, user_errors

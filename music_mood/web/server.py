@@ -11,7 +11,8 @@ import time
 
 from music_mood.cli import StopSignals
 from music_mood.library import EMPTY_LIBRARY, LiveLibrary
-from music_mood.models import BackgroundModels, freeze_loaded_objects
+from music_mood.memory import freeze_loaded_objects
+from music_mood.models import BackgroundModels
 from music_mood.serve import RenderFolders, port_busy_message, port_in_use, render_routes, track_routes
 from music_mood.web.page import CSS, build_app
 
@@ -53,8 +54,8 @@ def serve(library: LiveLibrary, models: BackgroundModels, host: str, port: int, 
     # handlers stay until the clean-up is done, so that a second signal cannot cut it short.
     with StopSignals(raise_interrupt=False) as stop:
         try:
-            print(f"Loading models: {models.blip_model}, {models.clap_model} ({models.precision}, backend "
-                  f"{models.backend})...", file=sys.stderr)
+            print(f"Loading models: {models.blip_model}, {models.clap_model} ({models.choice.precision}, backend "
+                  f"{models.choice.backend})...", file=sys.stderr)
             loader = threading.Thread(target=models.load, name="load-models", daemon=True)
             loader.start()
             code = _serve_until_stopped(library, models, stop)

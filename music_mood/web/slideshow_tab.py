@@ -10,7 +10,8 @@ import threading
 import gradio as gr
 
 from music_mood.library import LiveLibrary
-from music_mood.models import BackgroundModels, release_freed_memory
+from music_mood.memory import release_freed_memory
+from music_mood.models import BackgroundModels
 from music_mood.search import Filters
 from music_mood.serve import RenderFolders
 from music_mood.slideshows import (
