@@ -266,7 +266,7 @@ def test_forged_requests_are_refused_and_nothing_is_written(client, api_library)
     folder.mkdir(exist_ok=True)
     (folder / "Mine.m3u8").write_bytes(b"#EXTM3U\n/music/mine.flac\n")
     requests = [*forged_requests(api_library, db.tracks[0]),
-                ("Mine", [db.tracks[0]["id"]], "is not a playlist this program saved")]
+                ("Mine", [db.tracks[0]["id"]], "playlists/Mine.m3u8 in the library folder is not a playlist")]
     before = playlists_folder(api_library)
     around = sorted(p.name for p in api_library.parent.iterdir())
     for name, tracks, says in requests:

@@ -72,8 +72,8 @@ def user_message(error: Exception, names: dict[str, str], *, change: bool = Fals
         return "Upload a photo (or type some words) first."
     if isinstance(error, PlaylistNameError):
         return f"Playlist name: {text}; nothing was saved."
-    if isinstance(error, PlaylistError):  # its message says whether anything was saved
-        return said
+    if isinstance(error, PlaylistError):  # says that nothing was saved; may start with a path (playlists/...)
+        return text
     if isinstance(error, NoOtherTrackError):  # a LookupError, as IndexError is
         return f"{said} Plan the soundtrack again, or add music in the Library tab."
     if soundtrack and isinstance(error, (ValueError, IndexError)):
