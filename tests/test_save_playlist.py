@@ -14,7 +14,7 @@ import pytest
 
 import recommend as recommend_cli
 from music_mood.library import LibraryPaths, UnknownTrackError, load_database
-from music_mood.playlists import PlaylistNameError
+from music_mood.playlists import SAVED_MARK, PlaylistNameError
 from music_mood.saved_playlists import NotOurPlaylistError, PlaylistError, save_playlist, write_library_playlist
 from tests.app_server import free_port
 
@@ -62,6 +62,8 @@ def test_cli_saves_the_results_as_a_playlist_every_entry_resolves(library_copy, 
     assert done.stderr.strip().splitlines() == [f"Saved the playlist {name!r}: 3 track(s) in {playlist}"]
     assert_lists(playlist, library_copy, [track["file_path"] for track in result["results"]])
     assert list(playlists_folder(library_copy)) == [playlist.name]
+    assert playlist.read_text(encoding="utf-8").splitlines()[:3] == [  # the title players show, and the mark
+        "#EXTM3U", f"#PLAYLIST:{name}", SAVED_MARK.format(name=name)]
 
 
 def test_several_photos_make_one_playlist_of_their_tracks_in_order_each_once(library_copy, checkpoints, photos,
