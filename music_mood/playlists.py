@@ -5,10 +5,15 @@ each track `#EXTINF:<seconds>,<artist> - <title>` and its path on the next line.
 the playlist file when the track lies under `root` (the library folder by default), so the library can be moved or
 mounted elsewhere with its playlists; other tracks get absolute paths. Never `file://` URLs: Navidrome's import
 matches plain paths (navidrome#3749, #4241).
+
+A playlist the product saves under a name (render_m3u8's `name`) says so in its header: `#PLAYLIST:NAME` (the
+title VLC shows) and a comment line, SAVED_MARK, that every player skips. saved_under() reads that mark back: a
+file of the same name without it is the user's own, and is never written over (music_mood.saved_playlists).
 """
 from __future__ import annotations
 
 import os
+import stat
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +30,10 @@ NAME_MAX_BYTES = 200
 # unassigned code points; they would break an #EXTINF line, a file name or a server's list.
 _NOT_TEXT = {"Cc", "Cs", "Zl", "Zp", "Cn"}
 _SEPARATORS = ("/", "\\")
+# The comment line that marks a playlist the product saved as NAME: saving NAME again replaces the file. It names
+# the playlist, so a copy the user made under another name (mark and all) is theirs, not a product's playlist.
+SAVED_MARK = '# Saved by music-mood as "{name}"; saving a playlist of that name again replaces this file.'
+HEADER_BYTES = 4096  # where saved_under looks for the mark: #EXTM3U, #PLAYLIST and the mark come first
 
 
 class PlaylistNameError(ValueError):
@@ -95,11 +104,16 @@ def entry_location(track: Path, playlist: Path, root: Path) -> str:
     return str(track_abs)
 
 
-def render_m3u8(entries: Iterable[PlaylistEntry], playlist: Path, root: Path | None = None) -> str:
+def render_m3u8(entries: Iterable[PlaylistEntry], playlist: Path, root: Path | None = None,
+                name: str | None = None) -> str:
     """The text of the M3U8 file at `playlist` listing `entries` in order (root: see entry_location; default: the
-    folder above the playlist's, the library folder for LIBRARY/playlists/NAME.m3u8)."""
+    folder above the playlist's, the library folder for LIBRARY/playlists/NAME.m3u8). With `name` (checked by
+    check_playlist_name), the header names the playlist and carries SAVED_MARK: the product saved it as `name`."""
     root = Path(os.path.abspath(playlist)).parent.parent if root is None else root
     lines = ["#EXTM3U"]
+    if name is not None:
+        name = check_playlist_name(name)
+        lines += [f"#PLAYLIST:{name}", SAVED_MARK.format(name=name)]
     for entry in entries:
         location = entry_location(entry.path, playlist, root)
         if any(c in location for c in "\r\n"):
@@ -108,9 +122,35 @@ def render_m3u8(entries: Iterable[PlaylistEntry], playlist: Path, root: Path | N
     return "\n".join(lines) + "\n"
 
 
-def write_m3u8(playlist: Path, entries: Iterable[PlaylistEntry], root: Path | None = None) -> Path:
-    """Write the M3U8 `playlist` (render_m3u8), in UTF-8 without a byte-order mark, replacing any file of that
-    name atomically: a reader sees the old playlist or the new one. Returns `playlist`."""
-    text = render_m3u8(entries, playlist, root)
+def write_m3u8(playlist: Path, entries: Iterable[PlaylistEntry], root: Path | None = None,
+               name: str | None = None) -> Path:
+    """Write the M3U8 `playlist` (render_m3u8, `name` included), in UTF-8 without a byte-order mark, replacing any
+    file of that name atomically: a reader sees the old playlist or the new one. Returns `playlist`. (A playlist of
+    the library's playlists/ folder is saved by saved_playlists.save_playlist, which never replaces the user's.)"""
+    text = render_m3u8(entries, playlist, root, name)
     write_atomically(Path(playlist), lambda f: f.write(text.encode("utf-8")))
     return Path(playlist)
+
+
+def saved_under(playlist: Path, name: str) -> bool:
+    """Whether the file at `playlist` is a playlist the product saved as `name` (its header holds SAVED_MARK for
+    that name, compared without case: the file systems of macOS and Windows take Mix.m3u8 for mix.m3u8). A link,
+    a folder, a pipe or an unreadable file never is; the file is read without following a link, up to HEADER_BYTES."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block
+    try:
+        fd = os.open(playlist, flags)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return False
+        head = f.read(HEADER_BYTES).decode("utf-8", errors="replace").splitlines()
+    if head[:1] != ["#EXTM3U"]:
+        return False
+    mark = SAVED_MARK.format(name=name).casefold()
+    for line in head[1:]:
+        if not line.startswith("#") or line.startswith("#EXTINF"):
+            return False  # the header ended without the mark
+        if line.casefold() == mark:
+            return True
+    return False

@@ -15,8 +15,10 @@ from music_mood.edit import FieldValueError
 from music_mood.images import ImageError
 from music_mood.library import DatabaseError, EmptyLibraryError, UnknownTrackError
 from music_mood.models import ModelLoadError
+from music_mood.playlists import PlaylistNameError
 from music_mood.recommendation import NoQueryError
 from music_mood.render import RenderError
+from music_mood.saved_playlists import PlaylistError
 from music_mood.soundtrack import NoOtherTrackError
 from music_mood.storage import LibraryBusyError
 
@@ -68,6 +70,10 @@ def user_message(error: Exception, names: dict[str, str], *, change: bool = Fals
         return f"That file is not a photo we can read: {text}."
     if isinstance(error, NoQueryError):
         return "Upload a photo (or type some words) first."
+    if isinstance(error, PlaylistNameError):
+        return f"Playlist name: {text}; nothing was saved."
+    if isinstance(error, PlaylistError):  # says that nothing was saved; may start with a path (playlists/...)
+        return text
     if isinstance(error, NoOtherTrackError):  # a LookupError, as IndexError is
         return f"{said} Plan the soundtrack again, or add music in the Library tab."
     if soundtrack and isinstance(error, (ValueError, IndexError)):

@@ -10,6 +10,7 @@ from music_mood.serve import RenderFolders
 from music_mood.web.errors import logged_as_one_line
 from music_mood.web.guards import UPLOAD_KEEP_S, UPLOAD_SWEEP_S, refuse_foreign_files
 from music_mood.web.library_tab import LibraryTab
+from music_mood.web.playlists import add_save_playlist_api
 from music_mood.web.recommend_tab import RecommendTab
 from music_mood.web.slideshow_tab import SlideshowTab
 from music_mood.web.views import page_asset
@@ -42,6 +43,7 @@ def build_app(library: LiveLibrary, models: BackgroundModels, renders: RenderFol
         for name, tab in (("Recommend", recommending), ("Slideshow", slideshow), ("Library", library_tab)):
             with gr.Tab(name):
                 tab.blocks.render()
+        add_save_playlist_api(library)  # what both tabs' "Save as playlist" does, for clients
         # Every page opens on the library as it is then, not as it was when the server started.
         demo.load(logged_as_one_line(library_tab.show_library), outputs=[*library_tab.view, library_tab.status],
                   api_visibility="private", queue=False)

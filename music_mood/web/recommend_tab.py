@@ -12,6 +12,7 @@ from music_mood.models import BackgroundModels
 from music_mood.recommendation import Recommendation, recommend
 from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, Filters, parse_bpm_range
 from music_mood.web.errors import logged_as_one_line, user_errors
+from music_mood.web.playlists import SavePlaylistBox, recommended_tracks
 from music_mood.web.views import audio_url, page_asset, render_analysis, render_tracks, unreadable_photo_message
 
 TOPK_MAX = 20
@@ -116,6 +117,7 @@ class RecommendTab:
                 self.query_text = gr.Textbox(label="Query text (exactly what CLAP embeds)", interactive=False,
                                              elem_id="query-text")
                 self.tracks = gr.HTML(render_tracks({}), elem_id="tracks", js_on_load=ASK_MORE_LIKE_THIS)
+                self.playlist = SavePlaylistBox("recommend")  # these tracks, as a playlist in the library folder
                 with gr.Accordion("As JSON (what the /recommend API returns)", open=False):
                     self.result = gr.JSON(label="Recommendation", elem_id="result")
                 # What each result's "More like this" button sets and presses (ASK_MORE_LIKE_THIS): in the page
@@ -163,6 +165,7 @@ class RecommendTab:
         ]
         for event in asked:
             event.success(render_analysis, inputs=self.result, outputs=shown, api_visibility="private", queue=False)
+        self.playlist.wire(self.library, self.result, recommended_tracks)
 
     # The variety options, then the tempo box, come last, with their defaults: a client that does not send them
     # still works.

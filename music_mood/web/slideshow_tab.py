@@ -24,6 +24,7 @@ from music_mood.slideshows import (
 from music_mood.soundtrack import DEFAULT_SECONDS_PER_PHOTO, MAX_PHOTOS, MAX_SECONDS_PER_PHOTO, MIN_PHOTOS
 from music_mood.web.errors import logged_as_one_line, user_errors
 from music_mood.web.guards import UPLOAD_KEEP_S, upload_paths
+from music_mood.web.playlists import SavePlaylistBox, soundtrack_tracks
 from music_mood.web.views import page_asset, render_slideshow, slideshow_status
 
 # At most this many photos per soundtrack (the CLI takes MAX_PHOTOS): describing them takes about a second each,
@@ -106,6 +107,7 @@ class SlideshowTab:
                 with gr.Column(scale=2):
                     self.view = gr.HTML(render_slideshow(None), min_height=200, elem_id="slideshow",
                                         js_on_load=ASK_NEXT_BEST)
+                    self.playlist = SavePlaylistBox("slideshow")  # its tracks, in play order
                     with gr.Accordion("As JSON (what the /soundtrack API returns)", open=False):
                         self.result = gr.JSON(label="Soundtrack", elem_id="slideshow-result")
                     # What a scene's "Next-best track" button sets and presses (ASK_NEXT_BEST).
@@ -151,6 +153,7 @@ class SlideshowTab:
                                                api_visibility="private", queue=False)
         self.stop.click(self.on_stop, outputs=self.status, cancels=[making, replacing], api_visibility="private",
                         queue=False)
+        self.playlist.wire(self.library, self.state, soundtrack_tracks)
         for event in (self.photos.upload, self.sort_photos.click):  # file-name order, in the browser
             event(None, inputs=self.photos, outputs=self.photos, js=SORT_BY_NAME, api_visibility="private",
                   queue=False)

@@ -129,6 +129,12 @@ def slideshow_status(answer: dict) -> str:
             f"soundtrack and the files to download are beside.")
 
 
+def saved_playlist_status(answer: dict) -> str:
+    """The "Save as playlist" status: where the playlist went (in the library folder) and how many tracks."""
+    places = "; ".join(f"{place['tracks']} track(s) in {markdown_text(place['file'])}" for place in answer["saved"])
+    return f"Saved the playlist “{markdown_text(answer['name'])}”: {places} in the library folder."
+
+
 def library_rows(db: Database) -> list[list]:
     """The Library tab's table: number, the tag columns, tempo, length and file of every track (of the first
     LIBRARY_TABLE_MAX_ROWS: a catalogue is browsed with python music_to_vector.py --list)."""
