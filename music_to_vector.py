@@ -21,7 +21,14 @@ from music_mood.audio import (
     read_track,
 )
 from music_mood.build import SAMPLE_PACKAGE, BuildReport, build_library, import_sample_library, pending_files
-from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser, print_lines
+from music_mood.cli import (
+    add_library_arguments,
+    add_model_arguments,
+    int_argument,
+    model_choice,
+    new_parser,
+    print_lines,
+)
 from music_mood.cluster_pool import DEADLINE_FLOOR_S
 from music_mood.display import format_bpm, library_lines
 from music_mood.edit import (
@@ -119,15 +126,16 @@ def main(argv=None) -> int:
                 from music_mood import cluster  # imports Ray: only for --ray
 
                 stack.enter_context(cluster.connect(args.ray or None))  # before the models: a bad address fails now
-            clap = load_clap_audio(args.clap_model, args.precision, args.backend)
-            tagger = tagger_of(load_clap_text(args.clap_model, args.precision, args.backend))  # automatic tags
+            choice = model_choice(args)
+            clap = load_clap_audio(args.clap_model, choice)
+            tagger = tagger_of(load_clap_text(args.clap_model, choice))  # automatic tags
             print(f"Updating the library in {paths.root} with {clap.name}...", file=sys.stderr)
             # Tracks added before tempos were stored get theirs now: their files are decoded again, not embedded.
             if args.ray is None:
                 report = build_library(clap, paths, rebuild=args.rebuild, files=files, tagger=tagger,
                                        fill_tempo=True)
             else:
-                result = cluster.build_library_on_ray(clap, paths, args.precision, args.backend,
+                result = cluster.build_library_on_ray(clap, paths, choice,
                                                       rebuild=args.rebuild, files=files, tagger=tagger,
                                                       fill_tempo=True, timeout_s=args.ray_timeout)
                 report = result.report

@@ -8,7 +8,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from music_mood.cli import StopSignals, add_library_arguments, add_model_arguments, int_argument, new_parser
+from music_mood.cli import (
+    StopSignals,
+    add_library_arguments,
+    add_model_arguments,
+    int_argument,
+    model_choice,
+    new_parser,
+)
 from music_mood.display import format_recommendation, format_soundtrack
 from music_mood.images import ImageError
 from music_mood.library import (
@@ -22,7 +29,9 @@ from music_mood.library import (
 )
 from music_mood.models import ModelLoadError
 from music_mood.player import play
+from music_mood.playlists import PlaylistNameError
 from music_mood.recommendation import NoQueryError, Recommendation, Track, recommend
+from music_mood.saved_playlists import PlaylistError, check_can_save, save_playlist
 from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, Filters, parse_bpm_range, rank_tracks
 from music_mood.soundtrack import (
     DEFAULT_SECONDS_PER_PHOTO,
@@ -113,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "tracks already listed (0 = the pure ranking)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image, one per line")
     parser.add_argument("--play", action="store_true", help="play the top track from its best moment")
+    parser.add_argument("--save-playlist", metavar="NAME",
+                        help="also save the tracks as the playlist NAME, LIBRARY/playlists/NAME.m3u8 (an M3U8 that "
+                             "players and music servers import), and say on stderr where it went: with several "
+                             "photos, one playlist of all their tracks in order, each once; with --soundtrack, the "
+                             "soundtrack's tracks in play order (each once too). Saving NAME again replaces it; a "
+                             "file of that name that this program did not save is never written over")
     slideshow = parser.add_argument_group(
         "soundtrack", f"music for a set of {MIN_PHOTOS} to {MAX_PHOTOS} photos, in the order given: scenes of "
                       "photos that belong together, a track for each (--text, --mood, --genre and --json apply; "
@@ -217,8 +232,9 @@ def soundtrack_main(parser: argparse.ArgumentParser, args, stop: StopSignals) ->
         write_outputs = None
         if outs:  # imported before the models load: an encoder that is not installed fails at once
             from music_mood.render import RenderCancelled, write_outputs
-        clap = load_clap_text(args.clap_model, args.precision, args.backend)
-        blip = load_blip(args.blip_model, args.precision, args.backend)
+        choice = model_choice(args)
+        clap = load_clap_text(args.clap_model, choice)
+        blip = load_blip(args.blip_model, choice)
         plan = plan_soundtrack(blip, clap, db, args.images, seconds_per_photo=seconds, total_s=args.total_seconds,
                                text=args.text, filters=filters, progress=True)
         for skipped in plan.skipped_photos:
@@ -234,18 +250,46 @@ def soundtrack_main(parser: argparse.ArgumentParser, args, stop: StopSignals) ->
                 write_outputs(plan, outs, progress=True, should_stop=lambda: stop.requested)
             except RenderCancelled:
                 raise KeyboardInterrupt from None
+        save_tracks(db, [piece.file_path for scene in plan.scenes for piece in scene.pieces], args.save_playlist)
     except KeyboardInterrupt:
         print("Interrupted: no --out file was written." if outs else "Interrupted.", file=sys.stderr)
         return stop.exit_status
-    except (DatabaseError, ModelLoadError, NoReadablePhotosError, ImageError, RuntimeError, OSError) as e:
+    except (DatabaseError, ModelLoadError, NoReadablePhotosError, ImageError, PlaylistError, UnknownTrackError,
+            RuntimeError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)  # ImageError: a photo that went away before rendering
         return 1
     return 1 if plan.skipped_photos else 0
 
 
+def check_playlist_option(args) -> int | None:
+    """--save-playlist NAME checked before any model loads: a name that cannot be a playlist's is one line and exit
+    2 (a usage error, without the usage text), a file of that name the user made is one line and exit 1; None when
+    the playlist can be saved. args.save_playlist becomes the checked name."""
+    try:
+        args.save_playlist = check_can_save(LibraryPaths.at(args.library).root, args.save_playlist)
+    except PlaylistNameError as e:
+        print(f"Error: --save-playlist: {e}", file=sys.stderr)
+        return 2
+    except PlaylistError as e:
+        print(f"Error: --save-playlist: {e}", file=sys.stderr)
+        return 1
+    return None
+
+
+def save_tracks(db: Database, tracks: list[str], name: str | None) -> None:
+    """--save-playlist: `tracks` (file paths of the library, in order) saved as the playlist `name`, and where it
+    went said on stderr (stdout carries the results alone: a JSON reader gets nothing else). No name: nothing."""
+    if name is not None:
+        print(save_playlist(db, tracks, name).summary(), file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.save_playlist is not None:
+        refused = check_playlist_option(args)
+        if refused is not None:
+            return refused
     with StopSignals() as stop:  # SIGTERM stops as Ctrl-C does, cleaning up after itself
         if args.soundtrack:
             return soundtrack_main(parser, args, stop)
@@ -271,10 +315,13 @@ def recommend_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> 
         filters.check(db)  # before the models: loading them takes seconds
         if args.like is not None:
             find_track(db, args.like)  # an unknown track fails here, before any model work
-        # "More like this" needs no model: the query is a vector the library already holds.
-        clap = load_clap_text(args.clap_model, args.precision, args.backend) if args.like is None else None
-        blip = load_blip(args.blip_model, args.precision, args.backend) if args.images else None
-        first, warned = None, set()
+        # "More like this" needs no model (the query is a vector the library already holds), nor a model choice.
+        clap = blip = None
+        if args.like is None:
+            choice = model_choice(args)
+            clap = load_clap_text(args.clap_model, choice)
+            blip = load_blip(args.blip_model, choice) if args.images else None
+        first, warned, listed = None, set(), []
         for image in args.images or [None]:
             try:
                 rec = recommend(blip, clap, db, image=image, text=args.text, topk=args.topk, filters=filters,
@@ -284,6 +331,7 @@ def recommend_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> 
                 status = 1
                 continue
             first = first or rec
+            listed += [track.file_path for track in rec.results]
             for path in rec.skipped_missing:
                 if path not in warned:
                     warned.add(path)
@@ -293,10 +341,11 @@ def recommend_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> 
                 print(json.dumps({"image": image, **rec.to_dict()}, ensure_ascii=False), flush=True)
             else:
                 print(format_recommendation(image or "", rec) + "\n", flush=True)
+        save_tracks(db, listed, args.save_playlist)  # the tracks of the photos that could be read
         if args.play and first is not None:
             top = first.results[0]
             play(str(db.root / top.file_path), top.best_segment_start_s)
-    except (DatabaseError, ModelLoadError, UnknownTrackError, RuntimeError, OSError) as e:
+    except (DatabaseError, ModelLoadError, UnknownTrackError, PlaylistError, RuntimeError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

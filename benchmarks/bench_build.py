@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import full_checkpoints, put_in_new_music, sample_tracks
+from music_mood.engines import ModelChoice
 
 CROP_S = 10.0
 
@@ -60,13 +61,13 @@ def seed_build(checkpoint: str, tracks: list[Path]) -> tuple[float, float]:
     return embedded, time.perf_counter() - start
 
 
-def product_build(checkpoint: str, tracks: list[Path], precision: str, backend: str) -> tuple[float, float, int]:
+def product_build(checkpoint: str, tracks: list[Path], choice: ModelChoice) -> tuple[float, float, int]:
     """(audio seconds embedded, wall seconds, windows) for build_library on a fresh library of `tracks`."""
     from music_mood.audio import estimate_tempo
     from music_mood.models import load_clap_audio
     from music_to_vector import LibraryPaths, build_library, decode_audio, embed_windows, split_windows
 
-    clap = load_clap_audio(checkpoint, precision, backend)  # exported first if it has to be, untimed
+    clap = load_clap_audio(checkpoint, choice)  # exported first if it has to be, untimed
     warm = decode_audio(tracks[0], clap.runtime.sampling_rate)  # warm-up, untimed
     embed_windows(clap, split_windows(warm, clap.runtime.window_samples)[0][:1])
     estimate_tempo(warm, clap.runtime.sampling_rate)  # librosa's imports, once per process (measured in (d))
@@ -130,9 +131,8 @@ def main(argv=None) -> int:
     checkpoint = full_checkpoints()["clap"]
     import torch
 
-    from music_mood.models import resolve_backend
-
-    backend, precision = resolve_backend(args.precision, args.backend, "clap-audio")
+    choice = ModelChoice(args.precision, args.backend)
+    backend, precision = choice.engine("clap-audio")
     print(f"load average {os.getloadavg()[0]:.1f}; torch {torch.get_num_threads()} threads; {len(tracks)} tracks; "
           f"(c) = {backend} {precision}")
     seed_audio, seed_wall = seed_build(checkpoint, tracks)
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     speeds = {"b": [], "c": []}
     for _ in range(rounds):
         for key, (p, b) in (("b", ("fp32", "torch")), ("c", (precision, backend))):
-            audio, wall, windows = product_build(checkpoint, tracks, p, b)
+            audio, wall, windows = product_build(checkpoint, tracks, ModelChoice(p, b))
             speeds[key].append(audio / wall)
             print(f"({key}) {b} {p} (whole tracks, {windows} windows): {audio:.0f} s of audio in {wall:.1f} s "
                   f"= {audio / wall:.1f}x real time; {wall / windows * 1e3:.0f} ms per window", flush=True)
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
           f"(c)/(a) = {c_speed / (seed_audio / seed_wall):.2f} in audio seconds per wall second")
     from music_mood.models import load_clap_audio
 
-    cost = tempo_cost(load_clap_audio(checkpoint, precision, backend), tracks)
+    cost = tempo_cost(load_clap_audio(checkpoint, choice), tracks)
     per_track = {stage: (wall / len(tracks) * 1e3, cpu / len(tracks) * 1e3) for stage, (wall, cpu) in cost.items()}
     print("(d) per track, ms wall / ms CPU: " + ", ".join(f"{stage} {wall:.0f} / {cpu:.0f}"
                                                          for stage, (wall, cpu) in per_track.items()) +

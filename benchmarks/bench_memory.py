@@ -25,13 +25,15 @@ CHILD = """
 import json, sys
 from benchmarks.common import current_rss_mb, peak_rss_mb
 from benchmarks.bench_query import LIBRARY_SIZE, synthetic_database
-from music_mood.models import load_blip, load_clap_text, release_freed_memory
+from music_mood.engines import ModelChoice
+from music_mood.memory import release_freed_memory
+from music_mood.models import load_blip, load_clap_text
 from music_mood.recommendation import recommend
 
 blip_dir, clap_dir, precision, backend, photo, queries = sys.argv[1:7]
 base = current_rss_mb()
-blip = load_blip(blip_dir, precision, backend)
-clap = load_clap_text(clap_dir, precision, backend)
+blip = load_blip(blip_dir, ModelChoice(precision, backend))
+clap = load_clap_text(clap_dir, ModelChoice(precision, backend))
 loaded, loading_peak = current_rss_mb(), peak_rss_mb()
 db = synthetic_database(LIBRARY_SIZE, clap.runtime.dim)
 for _ in range(int(queries)):
@@ -47,12 +49,15 @@ print(json.dumps({"models": [blip.embedded_by, clap.embedded_by], "base": base, 
 
 GC_CHILD = """
 import gc, json, sys, time
-from music_mood.models import freeze_loaded_objects, load_blip, load_clap_text, release_freed_memory
+from music_mood.engines import ModelChoice
+from music_mood.memory import freeze_loaded_objects, release_freed_memory
+from music_mood.models import load_blip, load_clap_text
 from recommend import recommend
 from benchmarks.bench_query import synthetic_database
 
 blip_dir, clap_dir, precision, backend, photo = sys.argv[1:6]
-blip, clap = load_blip(blip_dir, precision, backend), load_clap_text(clap_dir, precision, backend)
+choice = ModelChoice(precision, backend)
+blip, clap = load_blip(blip_dir, choice), load_clap_text(clap_dir, choice)
 db = synthetic_database(1000, clap.runtime.dim)
 recommend(blip, clap, db, image=photo)
 
@@ -187,7 +192,7 @@ def main(argv=None) -> int:
     parser.add_argument("--every", type=int, default=20, help="with --requests: RSS sampled every this many")
     parser.add_argument("--gc", action="store_true",
                         help="only what a full garbage collection costs with the models loaded, before and after "
-                             "gc.freeze (models.freeze_loaded_objects), and release_freed_memory after it")
+                             "gc.freeze (memory.freeze_loaded_objects), and release_freed_memory after it")
     args = parser.parse_args(argv)
     checkpoints = full_checkpoints()  # built (or found) before anything is measured
     if args.gc:

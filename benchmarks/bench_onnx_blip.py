@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import ROOT, full_checkpoints, interleaved, photo
+from music_mood.engines import ModelChoice
 
 PAST_LENGTH = 10
 FIDELITY_TOKENS = 12
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
     from music_mood.models import load_blip
 
     args.checkpoint = args.checkpoint or full_checkpoints()["blip"]
-    blip = load_blip(args.checkpoint, "fp32")
+    blip = load_blip(args.checkpoint, ModelChoice("fp32"))
     model, processor = blip.model, blip.processor
     realistic_vision_weights(model.vision_model)
     work = Path(tempfile.mkdtemp(prefix="bench-onnx-blip-"))  # ~2.7 GB of exports, removed at the end
@@ -131,7 +132,8 @@ def _measure(checkpoint: str, repeats: int, model, processor, work: Path) -> int
     from PIL import Image
     from transformers import DynamicCache, EncoderDecoderCache
 
-    from music_mood.onnx_blip import OnnxBlip, export_blip
+    from music_mood.onnx_blip import OnnxBlip
+    from music_mood.onnx_blip_export import export_blip
 
     folders = {"ORT fp32": work / "fp32"}
     folders.update({name: work / name.replace(" ", "-") for name in INT8_VARIANTS})

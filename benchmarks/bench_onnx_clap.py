@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import CACHE, ROOT, full_checkpoints, interleaved, sample_tracks
+from music_mood.engines import ModelChoice
 
 QUERY = "a dog running on the beach at sunset; happy, warm, playful mood"
 FIDELITY_TEXTS = (QUERY, "calm", "a city street at night in the rain; lonely, melancholic, dark mood",
@@ -42,7 +43,7 @@ def export_folder(checkpoint: str, kind: str, precision: str) -> Path:
         return folder
     import transformers
 
-    from music_mood import onnx_clap
+    from music_mood import onnx_clap_export
 
     print(f"exporting the {kind} tower ({precision}) to {folder} (once)", file=sys.stderr, flush=True)
     temporary = folder.with_name(folder.name + ".tmp")
@@ -51,10 +52,10 @@ def export_folder(checkpoint: str, kind: str, precision: str) -> Path:
     processor = transformers.AutoProcessor.from_pretrained(checkpoint)
     if kind == "text":
         model = transformers.ClapTextModelWithProjection.from_pretrained(checkpoint).eval()
-        onnx_clap.export_clap_text(model, processor, temporary, precision)
+        onnx_clap_export.export_clap_text(model, processor, temporary, precision)
     else:
         model = transformers.ClapAudioModelWithProjection.from_pretrained(checkpoint).eval()
-        onnx_clap.export_clap_audio(model, processor, temporary, precision)
+        onnx_clap_export.export_clap_audio(model, processor, temporary, precision)
     temporary.rename(folder)
     return folder
 
@@ -75,7 +76,7 @@ def bench_text(checkpoint: str, folders: dict[str, Path], threads_list: list[int
     from music_mood.onnx_clap import OnnxClapText
     from music_mood.query import embed_text
 
-    clap = load_clap_text(checkpoint, "fp32")
+    clap = load_clap_text(checkpoint, ModelChoice("fp32"))
     tokens = len(clap.processor.tokenizer(QUERY).input_ids)
     reference = embed_text(clap, list(FIDELITY_TEXTS))
     for precision, folder in folders.items():
@@ -114,7 +115,7 @@ def bench_audio(checkpoint: str, folders: dict[str, Path], threads_list: list[in
     from music_mood.models import load_clap_audio
     from music_mood.onnx_clap import OnnxClapAudio
 
-    clap = load_clap_audio(checkpoint, "fp32")
+    clap = load_clap_audio(checkpoint, ModelChoice("fp32"))
     extractor = clap.processor.feature_extractor
     windows = music_windows(extractor.sampling_rate, extractor.nb_max_samples)
     reference = embed_windows(clap, windows)

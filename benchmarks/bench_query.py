@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import full_checkpoints, interleaved, peak_rss_mb, percentile, photo
+from music_mood.engines import ModelChoice
 
 CAPTION_TOKENS = 12
 SEED_SUFFIX = ", calm mood"
@@ -264,20 +265,21 @@ def main(argv=None) -> int:
     import torch
 
     from image_to_vector import embed_text, forget_descriptions
-    from music_mood.models import default_backend, default_precision, load_blip, load_clap_text
+    from music_mood.engines import default_backend, default_precision
+    from music_mood.models import load_blip, load_clap_text
     from music_mood.recommendation import recommend
 
     checkpoints = full_checkpoints()
-    precision, backend = args.precision or default_precision(), args.backend or default_backend()
-    blip = load_blip(checkpoints["blip"], precision, backend)
-    clap = load_clap_text(checkpoints["clap"], precision, backend)
-    blip_fp32 = load_blip(checkpoints["blip"], "fp32", "torch")
-    clap_fp32 = load_clap_text(checkpoints["clap"], "fp32", "torch")
+    choice = ModelChoice(args.precision or default_precision(), args.backend or default_backend())
+    blip = load_blip(checkpoints["blip"], choice)
+    clap = load_clap_text(checkpoints["clap"], choice)
+    blip_fp32 = load_blip(checkpoints["blip"], ModelChoice("fp32", "torch"))
+    clap_fp32 = load_clap_text(checkpoints["clap"], ModelChoice("fp32", "torch"))
     db = synthetic_database(LIBRARY_SIZE, clap.runtime.dim)
     image = photo()
     print(f"load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{LIBRARY_SIZE} tracks; photo {image.name}; {CAPTION_TOKENS} caption tokens; product "
-          f"--precision {precision} --backend {backend} -> {blip.embedded_by} (BLIP), {clap.embedded_by} (CLAP)")
+          f"{LIBRARY_SIZE} tracks; photo {image.name}; {CAPTION_TOKENS} caption tokens; product --precision "
+          f"{choice.precision} --backend {choice.backend} -> {blip.embedded_by} (BLIP), {clap.embedded_by} (CLAP)")
 
     seed = seed_pipeline(checkpoints, db)
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from benchmarks.bench_build import product_build
 from benchmarks.common import full_checkpoints, put_in_new_music, sample_tracks
+from music_mood.engines import ModelChoice
 
 CATALOGUE_TRACKS = 1_000_000
 CATALOGUE_TRACK_S = 180.0  # a 3-minute average track: 3 x 10^6 minutes of audio, as issue 13 counts it
@@ -37,7 +38,7 @@ GPUS = {"NVIDIA L4": 121e12, "NVIDIA A100": 312e12, "NVIDIA H100 SXM": 989e12}
 GPU_UTILISATION = 0.30
 
 
-def ray_build(clap, tracks: list[Path], precision: str, backend: str, threads: int):
+def ray_build(clap, tracks: list[Path], choice: ModelChoice, threads: int):
     """(audio seconds, wall seconds, windows, ClusterBuild) of build_library_on_ray on a fresh library of `tracks`."""
     from music_mood.cluster import build_library_on_ray
     from music_to_vector import LibraryPaths
@@ -46,7 +47,7 @@ def ray_build(clap, tracks: list[Path], precision: str, backend: str, threads: i
         paths = LibraryPaths.at(folder)
         put_in_new_music(paths, tracks)
         start = time.perf_counter()
-        result = build_library_on_ray(clap, paths, precision, backend, progress=False, actor_threads=threads)
+        result = build_library_on_ray(clap, paths, choice, progress=False, actor_threads=threads)
         wall = time.perf_counter() - start
     if result.report.failed:
         raise RuntimeError(f"build failed: {result.report.failed}")
@@ -62,7 +63,7 @@ def audio_tower_flops(checkpoint: str) -> float:
     from music_mood.models import load_clap_audio
     from music_mood.torch_runtime import log_mel_features
 
-    clap = load_clap_audio(checkpoint, "fp32", "torch")
+    clap = load_clap_audio(checkpoint, ModelChoice("fp32", "torch"))
     features = log_mel_features(clap.processor.feature_extractor,
                                 np.zeros((1, clap.runtime.window_samples), np.float32))
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
@@ -124,10 +125,11 @@ def main(argv=None) -> int:
     tracks = sample_tracks()
     checkpoint = full_checkpoints()["clap"]
     from music_mood import cluster
-    from music_mood.models import load_clap_audio, resolve_backend
+    from music_mood.models import load_clap_audio
 
-    backend, precision = resolve_backend(args.precision, args.backend, "clap-audio")
-    clap = load_clap_audio(checkpoint, precision, backend)
+    choice = ModelChoice(args.precision, args.backend)
+    backend, precision = choice.engine("clap-audio")
+    clap = load_clap_audio(checkpoint, choice)
     print(f"load average {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs; {len(tracks)} tracks; {backend} {precision}; "
           f"machine shared with other work", flush=True)
 
@@ -141,21 +143,21 @@ def main(argv=None) -> int:
         print(f"Ray start-up: import {import_s:.1f} s, local cluster ({args.cpus} CPUs, no dashboard) {init_s:.1f} s",
               flush=True)
         start = time.perf_counter()
-        ray_build(clap, tracks[:1], precision, backend, 1)  # the first job also starts the cluster's worker processes
+        ray_build(clap, tracks[:1], choice, 1)  # the first job also starts the cluster's worker processes
         print(f"first --ray run (one track): {time.perf_counter() - start:.1f} s", flush=True)
         fixed = {}
         for threads in (1, 2):  # what every run costs beyond its tracks: its actor's start-up, the model load
-            audio, wall, windows, _ = ray_build(clap, tracks[:1], precision, backend, threads)
+            audio, wall, windows, _ = ray_build(clap, tracks[:1], choice, threads)
             fixed[threads] = (audio, wall, windows)
             print(f"(r{threads}) one track ({audio:.0f} s of audio, {windows} windows): {wall:.1f} s", flush=True)
         runs = {"p": [], "r1": [], "r2": []}
         for _ in range(args.rounds):
-            audio, wall, windows = product_build(checkpoint, tracks, precision, backend)
+            audio, wall, windows = product_build(checkpoint, tracks, choice)
             runs["p"].append((audio, wall, windows))
             print(f"(p) plain: {audio:.0f} s of audio in {wall:.1f} s = {audio / wall:.1f}x real time; "
                   f"{wall / windows * 1e3:.0f} ms per window", flush=True)
             for threads in (1, 2):
-                audio, wall, windows, result = ray_build(clap, tracks, precision, backend, threads)
+                audio, wall, windows, result = ray_build(clap, tracks, choice, threads)
                 runs[f"r{threads}"].append((audio, wall, windows))
                 a1, w1, n1 = fixed[threads]
                 steady = (audio - a1) / (wall - w1)

@@ -83,19 +83,19 @@ def main(argv=None) -> int:
 
     from image_to_vector import open_image
     from music_mood.describe import caption_image
-    from music_mood.engines import cpu_kind
-    from music_mood.models import _cpu_flags, _load, _load_mixed
+    from music_mood.engines import ModelChoice, cpu_flags, cpu_kind
+    from music_mood.models import _load, _load_mixed
 
     checkpoints = full_checkpoints()
-    flags = set(_cpu_flags().split())
-    print(f"CPU kind {cpu_kind(_cpu_flags())} (flags: "
+    flags = set(cpu_flags().split())
+    print(f"CPU kind {cpu_kind(cpu_flags())} (flags: "
           f"{' '.join(sorted(f for f in flags if f.startswith(('avx512', 'amx', 'avx2'))))}); {os.cpu_count()} CPUs; "
           f"torch {torch.__version__} {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f}; "
           f"{args.rounds} rounds", flush=True)
     names = [f"{b}-{p}" for b, p in ENGINES]
 
     if {"blip-vision", "blip-decoder"} & set(args.stages):
-        blips = {f"{b}-{p}": _load("BLIP", checkpoints["blip"], "blip", p, b).runtime for b, p in ENGINES}
+        blips = {f"{b}-{p}": _load("BLIP", checkpoints["blip"], "blip", ModelChoice(p, b)).runtime for b, p in ENGINES}
         exact_runtime, decoder_fp32 = blips["torch-fp32"], blips["onnx-fp32"]
         pixels = exact_runtime.pixel_values(open_image(photo()))
         words = exact_runtime.encode("a cat lying on a red sofa next to a window in the sun")
@@ -127,7 +127,8 @@ def main(argv=None) -> int:
         gc.collect()
 
     if "clap-text" in args.stages:
-        texts = {f"{b}-{p}": _load("CLAP", checkpoints["clap"], "clap-text", p, b).runtime for b, p in ENGINES}
+        texts = {f"{b}-{p}": _load("CLAP", checkpoints["clap"], "clap-text", ModelChoice(p, b)).runtime
+                 for b, p in ENGINES}
         exact = texts["torch-fp32"].embed_text([QUERY])[0]
         fidelity = {name: float(texts[name].embed_text([QUERY])[0] @ exact) for name in names}
         times = _timed_rounds({name: (lambda r=texts[name]: r.embed_text([QUERY])) for name in names},
@@ -137,7 +138,8 @@ def main(argv=None) -> int:
         gc.collect()
 
     if "clap-audio" in args.stages:
-        audios = {f"{b}-{p}": _load("CLAP", checkpoints["clap"], "clap-audio", p, b).runtime for b, p in ENGINES}
+        audios = {f"{b}-{p}": _load("CLAP", checkpoints["clap"], "clap-audio", ModelChoice(p, b)).runtime
+                  for b, p in ENGINES}
         first = audios["torch-fp32"]
         rng = np.random.default_rng(0)
         seconds = np.arange(first.window_samples) / first.sampling_rate

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import full_checkpoints
+from music_mood.engines import ModelChoice
 
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",
           "hubble_deep_field.jpg", "camera.png", "coins.png")
-BACKENDS = {"auto": ("auto", "auto"), "torch": ("fp32", "torch")}  # name: (precision, backend)
+BACKENDS = {"auto": ModelChoice(), "torch": ModelChoice("fp32", "torch")}
 
 
 def as_array(features) -> np.ndarray:
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
     data = Path(skimage.__file__).parent / "data"
     checkpoint = full_checkpoints()["blip"]
     for name in BACKENDS if args.backend == "both" else [args.backend]:
-        blip = load_blip(checkpoint, *BACKENDS[name])
+        blip = load_blip(checkpoint, BACKENDS[name])
         print(f"{name}: {blip.backend} {blip.precision}", flush=True)
         pixel_values = [blip.runtime.pixel_values(open_image(data / photo)) for photo in PHOTOS]
         for variant, (wall, cpu) in measure(blip, pixel_values, args.repeats).items():

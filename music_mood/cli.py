@@ -7,19 +7,17 @@ import os
 import signal
 import sys
 
-from music_mood.library import HOME_ENV
-from music_mood.models import (
+from music_mood.engines import (
     BACKEND_ENV,
     BACKENDS,
-    BLIP_MODEL_ENV,
-    CLAP_MODEL_ENV,
     PRECISION_ENV,
     PRECISIONS,
+    ModelChoice,
     default_backend,
-    default_blip_model,
-    default_clap_model,
     default_precision,
 )
+from music_mood.library import HOME_ENV
+from music_mood.models import BLIP_MODEL_ENV, CLAP_MODEL_ENV, ModelLoadError, default_blip_model, default_clap_model
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -63,6 +61,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, blip: bool = True) -> N
                              "this kind of CPU (music_mood/engines.py: mostly ONNX Runtime, exported once per "
                              "checkpoint into the cache folder), torch on a GPU and for --precision fp32/bf16; "
                              "torch or onnx runs every stage on that engine")
+
+
+def model_choice(args: argparse.Namespace) -> ModelChoice:
+    """The ModelChoice of the parsed --precision and --backend; ModelLoadError, which the programs print as one
+    "Error: …" line, for a combination no engine runs (bf16 on ONNX Runtime) or a bad value from the environment
+    (argparse checks the flags, not their defaults)."""
+    try:
+        return ModelChoice(args.precision, args.backend)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from e
 
 
 def add_library_arguments(parser: argparse.ArgumentParser) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 from music_mood.audio import AudioError, KnownFile, file_sha256, read_tags
 from music_mood.build import BuildReport, build_library, database_to_build_on, pending_files
 from music_mood.cluster_pool import DEADLINE_FLOOR_S, embed_files
+from music_mood.engines import AUTO, ModelChoice
 from music_mood.library import (
     LibraryPaths,
     recover_library,
@@ -117,17 +118,17 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
                            f"`ray start --head` running, and is this its address?") from e
 
 
-def build_library_on_ray(clap, paths: LibraryPaths, precision: str = "auto", backend: str = "auto",
+def build_library_on_ray(clap, paths: LibraryPaths, choice: ModelChoice = AUTO,
                          rebuild: bool = False, files: list[Path] | None = None, tagger=None, progress: bool = True,
                          lock_timeout: float = 600, actor_threads: int = CPU_THREADS_PER_ACTOR,
                          fill_tempo: bool = False, timeout_s: float = DEADLINE_FLOOR_S) -> ClusterBuild:
     """build.build_library with the decoding and embedding done by the connected Ray cluster (see connect).
 
     `clap` is the CLAP audio model as the driver loads it (models.load_clap_audio): its name, sample rate and window
-    are the job's; the driver embeds nothing with it. The workers load the same checkpoint with `precision` and
-    `backend`, resolved on their own hardware (`actor_threads`: see embed_on_ray). `rebuild`, `files`, `tagger`
-    and `fill_tempo` are build_library's (the tempos of listed tracks are read by the driver, as the plain builder
-    reads them). Holds the library lock throughout.
+    are the job's; the driver embeds nothing with it. The workers load the same checkpoint with `choice` (the
+    user's --precision and --backend), resolved on their own hardware (`actor_threads`: see embed_on_ray).
+    `rebuild`, `files`, `tagger` and `fill_tempo` are build_library's (the tempos of listed tracks are read by the
+    driver, as the plain builder reads them). Holds the library lock throughout.
     """
     import ray
 
@@ -154,7 +155,7 @@ def build_library_on_ray(clap, paths: LibraryPaths, precision: str = "auto", bac
         seconds["list_and_hash"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        embedded, failed = embed_files(wanted, folder, clap, precision, backend, actor_threads, timeout_s, progress)
+        embedded, failed = embed_files(wanted, folder, clap, choice, actor_threads, timeout_s, progress)
         seconds["embed"] = time.perf_counter() - start
 
         start = time.perf_counter()

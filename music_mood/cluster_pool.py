@@ -30,6 +30,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from music_mood.engines import ModelChoice
 from music_mood.shards import ShardEmbedder, decode_for_embedding, write_shard
 
 # The shortest deadline a file is given, in seconds, and what each megabyte of it adds: a 3-minute track takes about
@@ -73,7 +74,7 @@ class EmbedActor(ShardEmbedder):
     """One actor of the embedding pool: loads CLAP's audio tower once (resolved on its own node, so bf16 on a GPU
     with precision "auto"), with `threads` inference threads on a CPU."""
 
-    def __init__(self, clap_model: str, precision: str, backend: str, threads: int | None = None,
+    def __init__(self, clap_model: str, choice: ModelChoice, threads: int | None = None,
                  hooks: dict | None = None):
         from music_mood.models import load_clap_audio
 
@@ -82,7 +83,7 @@ class EmbedActor(ShardEmbedder):
             time.sleep(1e9)
         if threads:
             os.environ.setdefault("MUSIC_MOOD_THREADS", str(threads))
-        super().__init__(load_clap_audio(clap_model, precision, backend), clap_model)
+        super().__init__(load_clap_audio(clap_model, choice), clap_model)
 
     def ready(self) -> bool:
         return True
@@ -118,7 +119,7 @@ class _File:
     decoded: object = None  # the ObjectRef of its decoded audio, once decoding was asked for
 
 
-def embed_files(wanted: dict[str, Path], folder: Path, clap, precision: str, backend: str, actor_threads: int,
+def embed_files(wanted: dict[str, Path], folder: Path, clap, choice: ModelChoice, actor_threads: int,
                 timeout_s: float = DEADLINE_FLOOR_S, progress: bool = True, clock=time.monotonic
                 ) -> tuple[list[str], dict[str, str]]:
     """Decode and embed the files `wanted` ({sha256: path}) on the connected cluster, writing each result as a shard
@@ -139,7 +140,7 @@ def embed_files(wanted: dict[str, Path], folder: Path, clap, precision: str, bac
              if name in os.environ}
     actor_class = ray.remote(EmbedActor).options(
         max_restarts=0, max_task_retries=0, **({"num_gpus": 1} if gpus else {"num_cpus": 1}))
-    actor_args = (clap.name, precision, backend, None if gpus else actor_threads, hooks)
+    actor_args = (clap.name, choice, None if gpus else actor_threads, hooks)
     decode = ray.remote(decode_file).options(num_cpus=1, max_retries=RETRIES_AFTER_A_DEATH)
 
     waiting = deque(_File(sha, path, file_deadline_s(_size(path), timeout_s)) for sha, path in wanted.items())

@@ -1,15 +1,23 @@
-"""Which engine runs each stage (BLIP's vision tower, BLIP's text decoder, CLAP's text and audio towers) on which
-kind of CPU: one table, each entry with the measurement that chose it; and the BLIP whose two halves run on two
-engines (vision on torch, decoder on ONNX Runtime) when the table says so.
+"""Which engine runs each stage (BLIP's vision tower, BLIP's text decoder, CLAP's text and audio towers): the
+user's choice (ModelChoice: --precision and --backend, checked once), the table of what is fastest on each kind
+of CPU, each entry with the measurement that chose it; and the BLIP whose two halves run on two engines (vision on
+torch, decoder on ONNX Runtime) when the table says so.
 
-Nothing here imports torch or transformers: a cold start reads the table, then loads only the engines it names.
+Nothing here imports transformers, nor torch but to ask torch for a GPU when the user chose torch without one:
+a cold start reads the table, then loads only the engines it names.
 """
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
+PRECISION_ENV = "MUSIC_MOOD_PRECISION"
+BACKEND_ENV = "MUSIC_MOOD_BACKEND"
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+BACKENDS = ("auto", "torch", "onnx")
 STAGES = ("blip-vision", "blip-decoder", "clap-text", "clap-audio")
 CPU_KINDS = ("avx2", "avx512", "avx512-bf16", "amx")
 
@@ -30,7 +38,7 @@ ENGINES: dict[str, dict[str, Engine]] = {
     "avx2": {  # Intel Xeon, avx2 fma f16c, no avx512: torch has only fp32 there
         "blip-vision": Engine(*_ONNX_INT8, "not measured per engine on AVX2; ONNX Runtime as round 2 chose for "
                                            "every CPU without AMX"),
-        "blip-decoder": Engine(*_ONNX_INT8, "AVX2, bench_onnx_blip: 8-bit step 18 ms (onnx_blip.INT8_*); torch "
+        "blip-decoder": Engine(*_ONNX_INT8, "AVX2, bench_onnx_blip: 8-bit step 18 ms (onnx_blip_export.INT8_*); torch "
                                             "fp32 57 ms on AVX-512 (round 2)"),
         "clap-text": Engine(*_ONNX_INT8, "not measured on AVX2; ONNX Runtime as round 2 chose"),
         "clap-audio": Engine(*_ONNX_INT8, "not measured on AVX2; ONNX Runtime as round 2 chose"),
@@ -74,6 +82,104 @@ def stage_engine(stage: str, flags: str) -> Engine:
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")
     return ENGINES[cpu_kind(flags)][stage]
+
+
+def default_precision() -> str:
+    return os.environ.get(PRECISION_ENV) or "auto"
+
+
+def default_backend() -> str:
+    return os.environ.get(BACKEND_ENV) or "auto"
+
+
+@functools.cache
+def cpu_flags() -> str:
+    """This machine's /proc/cpuinfo, read once (what cpu_kind reads its flags from)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError:  # not Linux: no flags known, so no bf16 assumed
+        return ""
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (AMX or AVX512-BF16); elsewhere bf16 is emulated and slow."""
+    return "amx_bf16" in cpu_flags() or "avx512_bf16" in cpu_flags()
+
+
+def has_nvidia_gpu() -> bool:
+    """Whether an NVIDIA driver is loaded, known without importing torch (a cold start on ONNX Runtime never does)."""
+    return os.path.exists("/proc/driver/nvidia/version")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The user's --precision and --backend, one value passed wherever a model is loaded; checked when made
+    (ValueError with what to use instead), so a combination no engine runs fails before any loading.
+
+    precision: one of PRECISIONS, backend: one of BACKENDS; "auto" for both lets each stage run on the engine
+    ENGINES measured fastest on this CPU (see engine). Ray workers receive it as it is and resolve it on their own
+    hardware.
+    """
+
+    precision: str = "auto"
+    backend: str = "auto"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.backend == "onnx" and self.precision == "bf16":
+            raise ValueError("bf16 runs on torch only: use --backend torch (or auto) with --precision bf16")
+
+    @classmethod
+    def from_env(cls) -> ModelChoice:
+        """The choice $MUSIC_MOOD_PRECISION and $MUSIC_MOOD_BACKEND make ("auto" for what they leave unset)."""
+        return cls(default_precision(), default_backend())
+
+    def engine(self, stage: str | None = None, flags: str | None = None, gpu: bool | None = None) -> tuple[str, str]:
+        """(backend, precision) that `stage` runs in under this choice.
+
+        stage: one of STAGES; needed only when both are "auto". flags: the CPU's /proc/cpuinfo flags (default: this
+        machine's); gpu: whether a CUDA GPU is there (default: whether an NVIDIA driver is loaded). Both are
+        parameters so the choice can be tested for any machine.
+
+        With backend "auto" and precision "auto": a CUDA GPU runs torch in bf16; a CPU runs each stage on the
+        engine ENGINES names for its kind (AVX2, AVX-512, AVX-512 with BF16, AMX), the one measured fastest there
+        within the fidelity gate (e.g. on AMX, BLIP's vision tower on torch bf16 and its decoder on ONNX Runtime
+        8-bit; on AVX2, ONNX Runtime 8-bit throughout). "fp32" and "bf16" run torch ("fp32" stays exact); "int8"
+        runs ONNX Runtime. With backend "torch" every stage runs on torch ("auto" = bf16 where native, else fp32;
+        "int8" = torch's dynamic quantisation). With backend "onnx": "auto" and "int8" are 8-bit weights, "fp32"
+        is ONNX Runtime in fp32.
+        """
+        flags = cpu_flags() if flags is None else flags
+        precision, backend = self.precision, self.backend
+        if backend == "auto":
+            if precision in ("fp32", "bf16"):
+                backend = "torch"
+            elif precision == "int8":
+                backend = "onnx"
+            elif has_nvidia_gpu() if gpu is None else gpu:
+                backend = "torch"
+            else:
+                if stage is None:
+                    raise ValueError("backend and precision auto are chosen per stage: name the stage")
+                engine = stage_engine(stage, flags)
+                return engine.backend, engine.precision
+        if backend == "onnx":
+            return "onnx", "fp32" if precision == "fp32" else "int8"
+        if precision == "auto":
+            if gpu is None:
+                import torch
+
+                gpu = torch.cuda.is_available()
+            native = gpu or "amx_bf16" in flags or "avx512_bf16" in flags
+            precision = "bf16" if native else "fp32"
+        return "torch", precision
+
+
+AUTO = ModelChoice()  # "auto" for both: each stage on the engine measured fastest here
 
 
 class MixedBlip:

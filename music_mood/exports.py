@@ -20,11 +20,11 @@ from importlib import metadata
 from pathlib import Path
 
 from music_mood.describe import cache_dir
+from music_mood.ort import onnx_threads
 from music_mood.storage import fsync_dir, write_atomically
 
 EXPORT_FORMAT = 2  # bump when an exporter changes what it writes (2: BLIP's vision tower 8-bit in int8 exports)
 MANIFEST = "export.json"
-THREADS_ENV = "MUSIC_MOOD_THREADS"
 # Libraries whose versions change what an export holds or how it runs.
 _VERSIONED = ("onnxruntime", "onnx", "onnx_ir", "torch", "transformers", "tokenizers")
 _KINDS = {"blip": "BLIP", "blip-vision": "BLIP vision", "clap-text": "CLAP text", "clap-audio": "CLAP audio"}
@@ -83,45 +83,20 @@ def export_path(part: str, folder: Path, precision: str) -> Path:
     return cache_dir() / "onnx" / f"{part}-{precision}-{hashlib.sha256(key.encode()).hexdigest()[:24]}"
 
 
-def onnx_threads() -> int | None:
-    """ONNX Runtime's intra-op threads: $MUSIC_MOOD_THREADS, else None (ONNX Runtime's default: one per physical
-    core, which the benchmarks measured as the fastest for the decode loop; see RESULTS.md)."""
-    value = os.environ.get(THREADS_ENV)
-    return int(value) if value and value.isdigit() and int(value) > 0 else None
-
-
-def onnx_session(path: Path, threads: int | None = None, arena: bool = False):
-    """An ONNX Runtime CPU session for one exported graph: every graph optimisation, `threads` intra-op threads
-    (None: ORT's default, one per physical core); `arena`: keep ORT's own memory arena (see below)."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle pool threads would otherwise spin after each run, taking a core from the next session (vision, cross,
-    # decoder and CLAP run one after another on 2 cores): without spinning a decoder step took 28 ms instead of
-    # 34 and the vision tower 1.61 s instead of 1.68 (2 threads, full-size, int8 decoder).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # Without ORT's own arena, activations go back to malloc after each run (and to the OS with the app's
-    # malloc_trim): 58 MB less resident for BLIP + CLAP text after warm-up, at the same speed (full-size, 2 cores).
-    # The audio tower keeps it: its batches' large activations cost 8 % more time when allocated afresh each run.
-    options.enable_cpu_mem_arena = arena
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _runtime(part: str):
-    """(runtime class, export function) of a part; imports onnx_blip or onnx_clap only when asked. "blip-vision" is
+    """(runtime class, export function) of a part; imports a runtime and its exporter only when asked. "blip-vision" is
     BLIP's vision tower alone on torch (TorchScript), for a BLIP whose decoder runs on ONNX Runtime."""
     if part == "blip-vision":
         from music_mood.torch_runtime import TorchVision, export_vision
 
         return TorchVision, export_vision
     if part == "blip":
-        from music_mood.onnx_blip import OnnxBlip, export_blip
+        from music_mood.onnx_blip import OnnxBlip
+        from music_mood.onnx_blip_export import export_blip
 
         return OnnxBlip, export_blip
-    from music_mood.onnx_clap import OnnxClapAudio, OnnxClapText, export_clap_audio, export_clap_text
+    from music_mood.onnx_clap import OnnxClapAudio, OnnxClapText
+    from music_mood.onnx_clap_export import export_clap_audio, export_clap_text
 
     return (OnnxClapText, export_clap_text) if part == "clap-text" else (OnnxClapAudio, export_clap_audio)
 

@@ -1,4 +1,5 @@
-"""Model loading: which checkpoints, on which backend (torch or ONNX Runtime), device and precision; loaded once."""
+"""Model loading: which checkpoints, on the engines (torch or ONNX Runtime) and precisions a ModelChoice resolves to
+(engines.py), on which device; each loaded once."""
 from __future__ import annotations
 
 import functools
@@ -8,14 +9,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from music_mood.engines import AUTO, PRECISIONS, MixedBlip, ModelChoice, cpu_has_native_bf16
+
 DEFAULT_BLIP_MODEL = "Salesforce/blip-image-captioning-base"
 DEFAULT_CLAP_MODEL = "laion/clap-htsat-unfused"
 BLIP_MODEL_ENV = "MUSIC_MOOD_BLIP_MODEL"
 CLAP_MODEL_ENV = "MUSIC_MOOD_CLAP_MODEL"
-PRECISION_ENV = "MUSIC_MOOD_PRECISION"
-BACKEND_ENV = "MUSIC_MOOD_BACKEND"
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
-BACKENDS = ("auto", "torch", "onnx")
 # BLIP, CLAP's text tower and CLAP's audio tower: the transformers class each loads as, and the ONNX export's name.
 MODEL_CLASSES = {"blip": "BlipForConditionalGeneration", "clap-text": "ClapTextModelWithProjection",
                  "clap-audio": "ClapAudioModelWithProjection"}
@@ -59,82 +58,6 @@ def default_clap_model() -> str:
     return os.environ.get(CLAP_MODEL_ENV) or DEFAULT_CLAP_MODEL
 
 
-def default_precision() -> str:
-    return os.environ.get(PRECISION_ENV) or "auto"
-
-
-def default_backend() -> str:
-    return os.environ.get(BACKEND_ENV) or "auto"
-
-
-@functools.cache
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return f.read()
-    except OSError:  # not Linux: no flags known, so no bf16 assumed
-        return ""
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU multiplies bf16 natively (AMX or AVX512-BF16); elsewhere bf16 is emulated and slow."""
-    return "amx_bf16" in _cpu_flags() or "avx512_bf16" in _cpu_flags()
-
-
-def has_nvidia_gpu() -> bool:
-    """Whether an NVIDIA driver is loaded, known without importing torch (a cold start on ONNX Runtime never does)."""
-    return os.path.exists("/proc/driver/nvidia/version")
-
-
-def resolve_backend(precision: str = "auto", backend: str = "auto", stage: str | None = None,
-                    flags: str | None = None, gpu: bool | None = None) -> tuple[str, str]:
-    """(backend, precision) that a stage of a model runs in, from the user's --precision and --backend.
-
-    stage: one of engines.STAGES ("blip-vision", "blip-decoder", "clap-text", "clap-audio"); needed only when both
-    are "auto". flags: the CPU's /proc/cpuinfo flags (default: this machine's); gpu: whether a CUDA GPU is there
-    (default: whether an NVIDIA driver is loaded). Both are parameters so the choice can be tested for any machine.
-
-    With backend "auto" and precision "auto": a CUDA GPU runs torch in bf16; a CPU runs each stage on the engine
-    engines.ENGINES names for its kind (AVX2, AVX-512, AVX-512 with BF16, AMX), the one measured fastest there
-    within the fidelity gate (e.g. on AMX, BLIP's vision tower on torch bf16 and its decoder on ONNX Runtime
-    8-bit; on AVX2, ONNX Runtime 8-bit throughout). "fp32" and "bf16" run torch ("fp32" stays exact); "int8" runs ONNX
-    Runtime. With backend "torch" every stage runs on torch ("auto" = bf16 where native, else fp32; "int8" =
-    torch's dynamic quantisation). With backend "onnx": "auto" and "int8" are 8-bit weights, "fp32" is ONNX
-    Runtime in fp32; bf16 is torch's alone.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    flags = _cpu_flags() if flags is None else flags
-    if backend == "auto":
-        if precision in ("fp32", "bf16"):
-            backend = "torch"
-        elif precision == "int8":
-            backend = "onnx"
-        elif has_nvidia_gpu() if gpu is None else gpu:
-            backend = "torch"
-        else:
-            if stage is None:
-                raise ValueError("backend and precision auto are chosen per stage: name the stage")
-            from music_mood.engines import stage_engine
-
-            engine = stage_engine(stage, flags)
-            return engine.backend, engine.precision
-    if backend == "onnx":
-        if precision == "bf16":
-            raise ValueError("bf16 runs on torch only: use --backend torch (or auto) with --precision bf16")
-        return "onnx", "fp32" if precision == "fp32" else "int8"
-    if precision == "auto":
-        if gpu is None:
-            import torch
-
-            gpu = torch.cuda.is_available()
-        native = gpu or "amx_bf16" in flags or "avx512_bf16" in flags
-        precision = "bf16" if native else "fp32"
-    return "torch", precision
-
-
 def resolve_device_dtype(precision: str = "auto"):
     """The device and dtype every model runs in.
 
@@ -153,80 +76,6 @@ def resolve_device_dtype(precision: str = "auto"):
         native = device.type == "cuda" or cpu_has_native_bf16()
         precision = "bf16" if native else "fp32"
     return device, torch.bfloat16 if precision == "bf16" else torch.float32
-
-
-def current_rss_bytes() -> int:
-    """This process's resident memory in bytes (Linux /proc/self/statm; 0 where there is none, so nothing ever
-    looks grown)."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _malloc_trim() -> None:
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
-        pass
-
-
-class MemoryReleaser:
-    """Hands memory freed inside the process back to the OS after each request, and collects garbage cycles only
-    when memory has grown.
-
-    glibc keeps freed blocks (a query's activations, replaced weights) in its arenas, so a long-running process's
-    RSS only grows unless malloc_trim (2 ms) gives them back: that runs every time. A full gc.collect() scans every
-    object the process holds (~487 000 with torch and transformers loaded: 0.29-0.33 s a request on a 2-core Xeon,
-    issue 21), and a query leaves almost no cycles (refcounting frees its arrays at once): it runs only when RSS,
-    after the trim, is above the RSS measured after the last collection by `growth_bytes`. `read_rss` reads the
-    RSS in bytes (a parameter, so a test can give its own readings).
-    """
-
-    def __init__(self, growth_bytes: int = 64 * 2**20, read_rss=current_rss_bytes):
-        self.growth_bytes, self.read_rss = growth_bytes, read_rss
-        self.baseline: int | None = None  # RSS after the last collection; None: never collected
-        self.collections = 0
-
-    def collect(self) -> None:
-        """A full collection and trim now; the RSS after it is the new baseline."""
-        import gc
-
-        gc.collect()
-        _malloc_trim()
-        self.collections += 1
-        self.baseline = self.read_rss()
-
-    def release(self) -> bool:
-        """Trim; then collect if RSS has grown by growth_bytes since the last collection. True if it collected."""
-        _malloc_trim()
-        if self.baseline is not None and self.read_rss() <= self.baseline + self.growth_bytes:
-            return False
-        self.collect()
-        return True
-
-
-_releaser = MemoryReleaser()
-
-
-def release_freed_memory() -> bool:
-    """Give freed memory back to the OS (malloc_trim) and collect garbage cycles only when RSS has grown since the
-    last collection (MemoryReleaser); called after every request and after loading. True if it collected."""
-    return _releaser.release()
-
-
-def freeze_loaded_objects() -> None:
-    """Once the models are loaded (a server's start-up): collect, then move every object alive now into the
-    garbage collector's permanent generation (gc.freeze), so later collections, automatic or not, never scan the
-    models' and libraries' hundreds of thousands of objects again; RSS now is the baseline release_freed_memory
-    compares with."""
-    import gc
-
-    _releaser.collect()
-    gc.freeze()
 
 
 class ModelStopped(Exception):
@@ -359,7 +208,7 @@ def _load_onnx(kind: str, name: str, part: str, precision: str) -> LoadedModel:
                               lambda: load_transformers(kind, name, MODEL_CLASSES[part], "fp32"))
     except ExportError as e:
         print(f"The {kind} model {name} runs on torch: {e}", file=sys.stderr)
-        return _load_torch(kind, name, part, resolve_backend("auto", "torch")[1])
+        return _load_torch(kind, name, part, ModelChoice(backend="torch").engine()[1])
     return LoadedModel(name=name, runtime=runtime, backend="onnx", precision=precision)
 
 
@@ -367,7 +216,6 @@ def _load_mixed(name: str, vision_precision: str, decoder_precision: str) -> Loa
     """BLIP with its vision tower on torch and its decoder on ONNX Runtime (engines.MixedBlip), as backend
     "torch+onnx" and precision "<vision's>+<decoder's>". The vision tower is loaded from its TorchScript export,
     so only torch is imported, not transformers."""
-    from music_mood.engines import MixedBlip
     from music_mood.exports import ExportError, load_export
 
     text = _load_onnx("BLIP", name, "blip", decoder_precision)
@@ -387,13 +235,10 @@ def _load_mixed(name: str, vision_precision: str, decoder_precision: str) -> Loa
 _STAGES = {"blip": ("blip-vision", "blip-decoder"), "clap-text": ("clap-text",), "clap-audio": ("clap-audio",)}
 
 
-def _resolved(kind: str, name: str, part: str, precision: str, backend: str) -> tuple[str, str, str]:
-    """(checkpoint name, backend, precision) a request resolves to; ModelLoadError for a bad combination or path.
+def _resolved(kind: str, name: str, part: str, choice: ModelChoice) -> tuple[str, str, str]:
+    """(checkpoint name, backend, precision) a choice resolves to for a part; ModelLoadError for a bad path.
     A BLIP whose stages run on two engines resolves to "torch+onnx" and "<vision's>+<decoder's>"."""
-    try:
-        engines = [resolve_backend(precision, backend, stage) for stage in _STAGES[part]]
-    except ValueError as e:
-        raise ModelLoadError(str(e)) from e
+    engines = [choice.engine(stage) for stage in _STAGES[part]]
     if len(set(engines)) > 1:
         (vision_backend, vision_precision), (decoder_backend, decoder_precision) = engines
         if (vision_backend, decoder_backend) != ("torch", "onnx"):  # no such BLIP: the decoder's engine for both
@@ -414,42 +259,44 @@ def _load_resolved(kind: str, name: str, part: str, backend: str, precision: str
 _loaded = functools.lru_cache(maxsize=8)(_load_resolved)
 
 
-def _load(kind: str, name: str, part: str, precision: str, backend: str) -> LoadedModel:
+def _load(kind: str, name: str, part: str, choice: ModelChoice) -> LoadedModel:
     """Load a part ("blip", "clap-text", "clap-audio") afresh; the load_* functions keep what this returns."""
-    name, backend, precision = _resolved(kind, name, part, precision, backend)
+    name, backend, precision = _resolved(kind, name, part, choice)
     return _load_resolved(kind, name, part, backend, precision)
 
 
-def _load_once(kind: str, name: str, part: str, precision: str, backend: str) -> LoadedModel:
-    """The part loaded once per process for what it resolves to."""
-    name, backend, precision = _resolved(kind, name, part, precision, backend)
+def _load_once(kind: str, name: str, part: str, choice: ModelChoice) -> LoadedModel:
+    """The part loaded once per process for what the choice resolves to."""
+    name, backend, precision = _resolved(kind, name, part, choice)
     return _loaded(kind, name, part, backend, precision)
 
 
-def load_blip(name: str, precision: str = "auto", backend: str = "auto") -> LoadedModel:
-    """BLIP captioning model (BlipForConditionalGeneration), by hub id or local directory; see resolve_backend."""
-    return _load_once("BLIP", name, "blip", precision, backend)
+def load_blip(name: str, choice: ModelChoice = AUTO) -> LoadedModel:
+    """BLIP captioning model (BlipForConditionalGeneration), by hub id or local directory; on the engines `choice`
+    names for its two stages (ModelChoice.engine)."""
+    return _load_once("BLIP", name, "blip", choice)
 
 
-def load_clap_text(name: str, precision: str = "auto", backend: str = "auto") -> LoadedModel:
+def load_clap_text(name: str, choice: ModelChoice = AUTO) -> LoadedModel:
     """Only CLAP's text tower and projection (ClapTextModelWithProjection): what a query needs."""
-    return _load_once("CLAP", name, "clap-text", precision, backend)
+    return _load_once("CLAP", name, "clap-text", choice)
 
 
-def load_clap_audio(name: str, precision: str = "auto", backend: str = "auto") -> LoadedModel:
+def load_clap_audio(name: str, choice: ModelChoice = AUTO) -> LoadedModel:
     """Only CLAP's audio tower and projection (ClapAudioModelWithProjection): what the database builder needs."""
-    return _load_once("CLAP", name, "clap-audio", precision, backend)
+    return _load_once("CLAP", name, "clap-audio", choice)
 
 
 class BackgroundModels:
     """A server's models, loaded once in the background; the web page is served while they load and says so.
 
     BLIP and CLAP's text tower are loaded by load(); CLAP's audio tower only when music is first added, since
-    nothing else on the page needs it.
+    nothing else on the page needs it. All three run on the engines `choice` (the server's --precision and
+    --backend) resolves to.
     """
 
-    def __init__(self, blip_model: str, clap_model: str, precision: str, backend: str = "auto"):
-        self.blip_model, self.clap_model, self.precision, self.backend = blip_model, clap_model, precision, backend
+    def __init__(self, blip_model: str, clap_model: str, choice: ModelChoice = AUTO):
+        self.blip_model, self.clap_model, self.choice = blip_model, clap_model, choice
         self.blip = self.clap = None
         self.error: Exception | None = None
         self.ready = threading.Event()
@@ -458,8 +305,8 @@ class BackgroundModels:
         from music_mood.describe import neutral_mood_scores
 
         try:
-            self.blip = load_blip(self.blip_model, self.precision, self.backend)
-            self.clap = load_clap_text(self.clap_model, self.precision, self.backend)
+            self.blip = load_blip(self.blip_model, self.choice)
+            self.clap = load_clap_text(self.clap_model, self.choice)
             neutral_mood_scores(self.blip)  # read from the cache, or computed now rather than in the first request
         except ModelLoadError as e:
             self.error = e
@@ -482,4 +329,4 @@ class BackgroundModels:
         """CLAP's audio tower, loaded after load() has finished: transformers models loaded by two threads at
         once break each other (an upload during start-up killed the app)."""
         self.ready.wait()
-        return load_clap_audio(self.clap_model, self.precision, self.backend)
+        return load_clap_audio(self.clap_model, self.choice)

@@ -1,18 +1,34 @@
-"""A soundtrack for a set of photos: the plan (scenes, the track and the stretch of it under each scene, and why),
-made once and rendered by music_mood.render into a playlist, a mixed audio file and a slideshow video."""
+"""A soundtrack for a set of photos: describing them, splitting them into scenes (scenes.py), choosing the track
+and the stretch of it under each scene, and replacing one scene's track; the result is a plan.Plan, rendered by
+music_mood.render into a playlist, a mixed audio file and a slideshow video."""
 from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from music_mood.describe import MAX_CAPTION_TOKENS, MOOD_WORDS_PER_IMAGE, describe_pixels, vision_batch_size
+from music_mood.describe import MAX_CAPTION_TOKENS, describe_pixels, vision_batch_size
 from music_mood.images import ImageError, open_image
 from music_mood.library import REBUILD, Database, DatabaseError, EmptyLibraryError, check_dimension
+from music_mood.plan import (
+    DEFAULT_SECONDS_PER_PHOTO,
+    MAX_PHOTOS,
+    MAX_SECONDS_PER_PHOTO,
+    MAX_TOTAL_S,
+    MIN_PHOTOS,
+    OUTPUT_EXTENSIONS,
+    NoReadablePhotosError,
+    Piece,
+    Plan,
+    PlanPhoto,
+    Scene,
+    check_lengths,
+    named_skipped_photo,
+)
 from music_mood.query import Query, compose_query_text, embed_text
+from music_mood.scenes import SCENE_MIN_DROP, scene_min_photos, shared_words, split_scenes
 from music_mood.search import (
     NO_FILTERS,
     Filters,
@@ -22,181 +38,12 @@ from music_mood.search import (
     shared_mood_words,
 )
 
-DEFAULT_SECONDS_PER_PHOTO = 4.0
-# The longest soundtrack made, and the longest a photo is shown: every edge (the CLI's flags, the page's slider, the
-# /soundtrack API) takes these. Rendering holds the whole mix in memory (stereo float32 at 44.1 kHz: 0.35 MB a
-# second, and the decoded stretches as much again, about 1.3 GB for 30 minutes) and encodes its video at a few
-# times real time; 30 minutes is MAX_PHOTOS photos at 9 s each. A photo shown longer than a minute is a still.
-MAX_SECONDS_PER_PHOTO = 60.0
-MAX_TOTAL_S = 30 * 60.0
-MIN_PHOTOS, MAX_PHOTOS = 2, 200  # a soundtrack is for a set; the CLI and the API refuse more than MAX_PHOTOS
-FADE_S = 0.5  # fade in at the start of the soundtrack, and the final fade out that ends with the last photo
-CROSSFADE_S = 1.5  # between two pieces of music (two scenes, or a track continued by the next-best one)
-PHOTO_CROSSFADE_S = 0.5  # between two photos in the video
-# What music_mood.render.write_outputs makes, by the output file's extension: the slideshow video, the mixed
-# soundtrack (AAC or uncompressed), the playlist with start offsets, the plan itself.
-OUTPUT_EXTENSIONS = (".mp4", ".m4a", ".wav", ".m3u8", ".m3u", ".json")  # render.OUTPUT_KINDS writes each
-
-
-@dataclass
-class PlanPhoto:
-    """One photo of the set, in the order shown: what it was read as, and when it is on screen (seconds into the
-    soundtrack, end exclusive)."""
-
-    path: str  # as given (a file path); render opens it again
-    name: str  # the file name shown to the user
-    caption: str
-    mood_words: list[str]
-    start_s: float
-    end_s: float
-
-
-@dataclass
-class Piece:
-    """A stretch of one library track under (part of) a scene: it plays [track_start_s, track_end_s) of the track
-    from start_s to end_s of the soundtrack (end_s - start_s == track_end_s - track_start_s). Pieces abut: one's
-    end_s is the next one's start_s. A cross-fade is centred on that boundary: rendering reads up to
-    crossfade_s / 2 more of each track on its side (before track_start_s, after track_end_s), as far as the track
-    has it, and shortens the fade on a side that has less."""
-
-    file_path: str  # relative to Plan.library_root, as in the database
-    title: str
-    artist: str
-    score: float  # cosine of the track's vector to the scene's query
-    track_start_s: float
-    track_end_s: float
-    start_s: float
-    end_s: float
-
-
-@dataclass
-class Scene:
-    """Consecutive photos whose queries belong together, and the music under them."""
-
-    index: int
-    photos: list[int]  # indices into Plan.photos
-    start_s: float
-    end_s: float
-    mood_words: list[str]  # the mood words most of the scene's photos share, best first: why this music
-    query_text: str  # what the scene's query stands for, for the user (its photos' query texts joined)
-    vector: list[float]  # the scene's query: its photos' unit query vectors averaged and normalised
-    pieces: list[Piece] = field(default_factory=list)
-    shared_mood_words: list[str] = field(default_factory=list)  # of mood_words, those the first track is tagged with
-
-
-@dataclass
-class Plan:
-    """Everything a soundtrack is: JSON-serialisable (to_dict / from_dict), and all that render needs."""
-
-    library_root: str
-    seconds_per_photo: float
-    total_s: float  # == len(photos) * seconds_per_photo: the soundtrack ends exactly with the last photo
-    text: str  # the words given for the whole set
-    photos: list[PlanPhoto]
-    scenes: list[Scene]
-    fade_s: float = FADE_S
-    crossfade_s: float = CROSSFADE_S
-    photo_crossfade_s: float = PHOTO_CROSSFADE_S
-    tracks_repeat: bool = False  # the library had fewer usable tracks than the plan needed
-    skipped_photos: list[dict] = field(default_factory=list)  # {"path", "error"}: photos that could not be read
-    # The filters the plan was made with, which a scene's next-best keeps to (a plan stored without: none).
-    filters: Filters = NO_FILTERS
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "filters": self.filters.to_dict()}
-
-    def to_served_dict(self) -> dict:
-        """to_dict as a server hands the plan to a visitor, naming no path of the server: no library_root (a
-        piece's file_path is relative to the library already), each photo by its file name alone (its path is an
-        upload's temporary copy), each skipped photo as {"name", "error"}, its name in the error too."""
-        data = self.to_dict()
-        del data["library_root"]
-        for photo in data["photos"]:
-            del photo["path"]
-        data["skipped_photos"] = [named_skipped_photo(skipped) for skipped in self.skipped_photos]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Plan:
-        scenes = [Scene(**{**s, "pieces": [Piece(**p) for p in s["pieces"]]}) for s in data["scenes"]]
-        return cls(**{**data, "photos": [PlanPhoto(**p) for p in data["photos"]], "scenes": scenes,
-                      "filters": Filters(**data.get("filters") or {})})
-
-
-def named_skipped_photo(skipped: dict) -> dict:
-    """A photo Plan.skipped_photos holds ({"path", "error"}) as {"name", "error"}: named by its file name, in its
-    error message too (an upload's path on the server means nothing to the user)."""
-    name = Path(skipped["path"]).name
-    return {"name": name, "error": skipped["error"].replace(skipped["path"], name)}
-
-
-class NoReadablePhotosError(ValueError):
-    """None of the photos given for a soundtrack could be read; the message names the first and why."""
-
-
-# ---------------------------------------------------------------------------------------------- scenes
-
-# A scene is at least this long: shorter, its music would be little more than its cross-fades.
-MIN_SCENE_S = 8.0
-MIN_SCENE_PHOTOS = 2
-# A neighbour pair's cosine must fall this far below the set's typical neighbour cosine to start a scene ...
-SCENE_MIN_DROP = 0.1
-# ... and this many (robust) standard deviations of the set's neighbour cosines below it.
-SCENE_SPREADS = 3.0
-
-
-def scene_min_photos(seconds_per_photo: float) -> int:
-    """The fewest photos a scene has: MIN_SCENE_PHOTOS, and enough to last MIN_SCENE_S."""
-    return max(MIN_SCENE_PHOTOS, math.ceil(MIN_SCENE_S / seconds_per_photo - 1e-9))
-
-
-def split_scenes(vectors: np.ndarray, min_photos: int = MIN_SCENE_PHOTOS, min_drop: float = SCENE_MIN_DROP,
-                 spreads: float = SCENE_SPREADS) -> list[range]:
-    """Consecutive scenes of photos, as ranges of row indices, from their unit query vectors float32 (n, D).
-
-    The rule: s_i is the cosine between photo i and photo i + 1; the set's typical neighbour cosine is the median
-    of the s_i, and their spread is 1.4826 x their median absolute deviation from it (a standard deviation that
-    the scene changes themselves do not inflate). A pair is a change of scene when its s_i lies more than
-    max(min_drop, spreads x spread) below the typical cosine. Changes are taken deepest first, each only if every
-    scene keeps at least `min_photos` photos; a set without one (a uniform set, or one shorter than
-    2 x min_photos) is one scene. With min_photos >= 2, fewer than half the pairs can be changes, so the median
-    stays a within-scene cosine.
-    """
-    n = len(vectors)
-    if n == 0:
-        return []
-    vectors = np.asarray(vectors, dtype=np.float64)
-    similarity = np.einsum("ij,ij->i", vectors[:-1], vectors[1:])  # (n - 1,): photo i against photo i + 1
-    starts = [0]
-    if n >= 2 * min_photos:
-        typical = float(np.median(similarity))
-        spread = 1.4826 * float(np.median(np.abs(similarity - typical)))
-        drop = typical - similarity
-        threshold = max(min_drop, spreads * spread)
-        for pair in np.argsort(-drop, kind="stable"):  # deepest first; ties: the earlier pair
-            if drop[pair] <= threshold:
-                break
-            start = int(pair) + 1  # the new scene's first photo
-            before = max((s for s in starts if s < start), default=0)
-            after = min((s for s in starts if s > start), default=n)
-            if start - before >= min_photos and after - start >= min_photos:
-                starts.append(start)
-        starts.sort()
-    return [range(start, end) for start, end in zip(starts, [*starts[1:], n])]
-
-
-def shared_words(word_lists: list[list[str]], k: int = MOOD_WORDS_PER_IMAGE) -> list[str]:
-    """The words that at least half of the lists (each best first) hold, most common first; ties go to the word
-    placed better on average, then to the one seen first. When no word is that common, the k most common ones."""
-    count: dict[str, int] = {}
-    places: dict[str, int] = {}
-    for words in word_lists:
-        for place, word in enumerate(words):
-            count[word] = count.get(word, 0) + 1
-            places[word] = places.get(word, 0) + place
-    ranked = sorted(count, key=lambda w: (-count[w], places[w] / count[w]))  # sorted is stable: first seen first
-    common = [word for word in ranked if 2 * count[word] >= len(word_lists)]
-    return common or ranked[:k]
+# The plan's and the scenes' names, which callers have always imported from here.
+__all__ = ["DEFAULT_SECONDS_PER_PHOTO", "MAX_PHOTOS", "MAX_SECONDS_PER_PHOTO", "MAX_TOTAL_S", "MIN_PHOTOS",
+           "OUTPUT_EXTENSIONS", "NoOtherTrackError", "NoReadablePhotosError", "Piece", "Plan", "PlanPhoto", "Scene",
+           "arrange_soundtrack", "check_can_plan", "check_lengths", "duration_seconds", "named_skipped_photo",
+           "plan_soundtrack", "read_photos", "replace_scene_track", "scene_min_photos", "scene_pieces",
+           "shared_words", "split_scenes", "track_duration", "track_stretch"]
 
 
 # ------------------------------------------------------------------------------------------- tracks
@@ -286,25 +133,6 @@ def scene_pieces(db: Database, chooser: _TrackChooser, vector: np.ndarray, start
 
 
 # ---------------------------------------------------------------------------------------------- planning
-
-
-def check_lengths(count: int, seconds_per_photo: float = DEFAULT_SECONDS_PER_PHOTO,
-                  total_s: float | None = None) -> None:
-    """Raise ValueError unless `count` photos is a set (MIN_PHOTOS to MAX_PHOTOS) and the lengths are positive and
-    within the limits: seconds_per_photo at most MAX_SECONDS_PER_PHOTO, the soundtrack (total_s, or count photos
-    of seconds_per_photo) at most MAX_TOTAL_S."""
-    if not MIN_PHOTOS <= count <= MAX_PHOTOS:
-        raise ValueError(f"a soundtrack is for {MIN_PHOTOS} to {MAX_PHOTOS} photos, not {count}")
-    for name, value, limit in (("seconds per photo", seconds_per_photo, MAX_SECONDS_PER_PHOTO),
-                               ("the total length", total_s, MAX_TOTAL_S)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-        if value is not None and value > limit:
-            raise ValueError(f"{name} may be at most {limit:g}, not {value:g}")
-    if total_s is None and count * seconds_per_photo > MAX_TOTAL_S:
-        raise ValueError(f"{count} photos of {seconds_per_photo:g} s would last {count * seconds_per_photo:g} s; a "
-                         f"soundtrack lasts at most {MAX_TOTAL_S:g} s ({MAX_TOTAL_S / 60:g} minutes)")
-
 
 def read_photos(blip, photos, progress: bool = True, max_caption_tokens: int = MAX_CAPTION_TOKENS,
                 min_caption_tokens: int = 0) -> tuple[list[tuple[str, str, list[str]]], list[dict]]:

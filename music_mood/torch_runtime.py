@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from music_mood.memory import release_freed_memory
+
 
 def model_fingerprint(model) -> str:
     """A content hash of a model's weights, cheap enough to take at every start (~20 ms for BLIP-base in RAM): each
@@ -177,8 +179,6 @@ def quantize_linear_layers(model):
     import warnings
 
     import torch
-
-    from music_mood.models import release_freed_memory
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao on every call

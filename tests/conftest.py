@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import pytest
 
+from music_mood.engines import ModelChoice
+
 # huggingface_hub reads these once, when it is first imported (through transformers, by the first test that needs a
 # model): set them before, so models loaded in the test process never look at the hub or the user's cache (each
 # test also gets its own).
@@ -129,14 +131,14 @@ def checkpoints(tiny_checkpoints, shared_exports):
 def blip(checkpoints):
     from music_mood.models import load_blip
 
-    return load_blip(checkpoints["blip"], "fp32")
+    return load_blip(checkpoints["blip"], ModelChoice("fp32"))
 
 
 @pytest.fixture(scope="session")
 def clap_text(checkpoints):
     from music_mood.models import load_clap_text
 
-    return load_clap_text(checkpoints["clap"], "fp32")
+    return load_clap_text(checkpoints["clap"], ModelChoice("fp32"))
 
 
 @pytest.fixture(scope="session")
@@ -151,7 +153,7 @@ def default_models(checkpoints):
 def clap_audio(checkpoints):
     from music_mood.models import load_clap_audio
 
-    return load_clap_audio(checkpoints["clap"], "fp32")
+    return load_clap_audio(checkpoints["clap"], ModelChoice("fp32"))
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import pytest
 from music_mood.audio import file_sha256, find_audio_files
 from music_mood.build import build_library, import_sample_library
 from music_mood.edit import set_fields
+from music_mood.engines import ModelChoice
 from music_mood.library import LibraryPaths, LiveLibrary, load_database
 from music_mood.recommendation import recommend
 from music_mood.search import Filters
@@ -77,14 +78,14 @@ def test_the_app_loads_torch_only_when_its_backend_is_torch(app, client, photos)
     memory."""
     from gradio_client import handle_file
 
-    from music_mood.models import resolve_backend
+    from music_mood.engines import AUTO
 
     result = client.predict(image=handle_file(str(photos["coffee.png"])), text="", topk=3, api_name="/recommend")
     assert len(result["results"]) == 3
     with open(f"/proc/{app.process.pid}/maps", encoding="utf-8") as f:
         mapped = f.read()
     # What the app chose for the stages it runs: it was given no --precision or --backend.
-    backends = {resolve_backend(stage=stage)[0] for stage in ("blip-vision", "blip-decoder", "clap-text")}
+    backends = {AUTO.engine(stage)[0] for stage in ("blip-vision", "blip-decoder", "clap-text")}
     assert ("libtorch_cpu" in mapped) == ("torch" in backends)
     assert ("onnxruntime" in mapped) == ("onnx" in backends)
 
@@ -543,7 +544,7 @@ def test_uploads_do_not_pile_up_in_the_temp_folder(library_copy, checkpoints, sa
     again, and goes when the server stops. What may stay is Gradio's copy of the example photos."""
     from gradio_client import Client, handle_file
 
-    from app import EXAMPLE_PHOTOS
+    from music_mood.web.recommend_tab import EXAMPLE_PHOTOS
 
     def kept(folder: Path) -> set[str]:
         return {p.name for p in folder.rglob("*") if p.is_file()}
@@ -582,7 +583,7 @@ def test_sigterm_stops_the_app_promptly_and_removes_the_uploads(library_copy, ch
 
     import httpx
 
-    from app import EXAMPLE_PHOTOS
+    from music_mood.web.recommend_tab import EXAMPLE_PHOTOS
 
     for attempt in range(3 if when == "loading" else 2):
         work = tmp_path / f"run-{attempt}"
@@ -628,7 +629,7 @@ def test_sigterm_stops_the_app_promptly_and_removes_the_uploads(library_copy, ch
 def test_empty_library_is_an_error_in_the_page(blip, clap_text, checkpoints, isolated_library, photos):
     import gradio as gr
 
-    from app import recommend_photo
+    from music_mood.web.recommend_tab import recommend_photo
 
     library = LiveLibrary(LibraryPaths.at(isolated_library), checkpoints["clap"])
     with pytest.raises(gr.Error, match="the music library is empty"):
@@ -641,7 +642,8 @@ def test_an_edited_cell_corrects_the_track_its_row_names(library_copy, checkpoin
     refused with a message, changing nothing."""
     import gradio as gr
 
-    from app import LIBRARY_COLUMNS, edit_cell, library_rows
+    from music_mood.web.library_tab import edit_cell
+    from music_mood.web.views import LIBRARY_COLUMNS, library_rows
 
     library = LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"])
     db = library.current()
@@ -668,7 +670,7 @@ def test_an_edited_cell_corrects_the_track_its_row_names(library_copy, checkpoin
 def test_removal_asks_first_naming_the_tracks_and_removed(library_copy, checkpoints):
     import gradio as gr
 
-    from app import removal_question
+    from music_mood.web.library_tab import removal_question
 
     library = LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"])
     track = library.current().tracks[0]
@@ -814,7 +816,7 @@ def test_upload_name_strips_only_folders_dots_and_control_characters(name, kept)
 
 
 def test_results_are_escaped_and_play_from_their_best_moment():
-    from app import audio_url, render_tracks
+    from music_mood.web.views import audio_url, render_tracks
 
     file_path = "processed_music/calm/a b#c?.opus"
     track = {"rank": 1, "title": "<script>alert(1)</script>", "artist": 'A "&" B', "mood": "<b>", "genre": "",
@@ -832,7 +834,7 @@ def test_results_are_escaped_and_play_from_their_best_moment():
 
 
 def test_library_table_shows_each_tempo(library_copy):
-    from app import LIBRARY_COLUMNS, library_rows
+    from music_mood.web.views import LIBRARY_COLUMNS, library_rows
 
     db = load_database(LibraryPaths.at(library_copy))
     db.tracks[0].pop("bpm")  # added before tempos were stored: an empty cell
@@ -850,7 +852,7 @@ def test_start_builds_the_database_from_new_music(isolated_library, checkpoints,
     from app import prepare_library
 
     put_in_new_music(isolated_library, sample_tracks[:2])
-    prepare_library(LiveLibrary(LibraryPaths.at(isolated_library), checkpoints["clap"]), "fp32")
+    prepare_library(LiveLibrary(LibraryPaths.at(isolated_library), checkpoints["clap"]), ModelChoice("fp32"))
     db = load_database(LibraryPaths.at(isolated_library))
     assert sorted(Path(t["file_path"]).name for t in db.tracks) == sorted(t.name for t in sample_tracks[:2])
     assert not any((isolated_library / "new_music").rglob("*.*"))
@@ -867,7 +869,7 @@ def test_start_names_each_file_it_did_not_add(library_copy, checkpoints, capsys)
     copy.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(library_copy / listed, copy)
     broken.write_bytes(b"not audio" * 100)
-    prepare_library(LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"]), "fp32")
+    prepare_library(LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"]), ModelChoice("fp32"))
     err = capsys.readouterr().err
     assert f"Note: {copy} is already in the library as {listed}; left where it is." in err
     assert f"Error: {broken}: cannot decode broken.mp3" in err
@@ -884,7 +886,7 @@ def test_start_imports_the_sample_library_when_there_is_no_music(isolated_librar
         return copied[:2]
 
     monkeypatch.setattr(app, "import_sample_library", import_two)
-    app.prepare_library(LiveLibrary(LibraryPaths.at(isolated_library), checkpoints["clap"]), "fp32")
+    app.prepare_library(LiveLibrary(LibraryPaths.at(isolated_library), checkpoints["clap"]), ModelChoice("fp32"))
     assert len(load_database(LibraryPaths.at(isolated_library))) == 2
     assert (isolated_library / "processed_music" / "immich-memories-music-LICENSE-MUSIC.txt").exists()
     assert "importing the sample tracks of immich-memories-music" in capsys.readouterr().err
@@ -894,7 +896,7 @@ def test_start_leaves_a_built_library_alone(library_copy, checkpoints, capsys):
     from app import prepare_library
 
     before = (library_copy / "music_database_metadata.json").read_bytes()
-    prepare_library(LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"]), "fp32")
+    prepare_library(LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"]), ModelChoice("fp32"))
     assert (library_copy / "music_database_metadata.json").read_bytes() == before
     assert capsys.readouterr().err == ""
 
@@ -906,10 +908,10 @@ def test_page_says_models_are_loading_and_requests_wait_for_them(checkpoints, li
     """The page is served while the models load: it says so, and a request made meanwhile waits, then answers."""
     import threading
 
-    from app import build_app
     from music_mood.models import BackgroundModels as Models
+    from music_mood.web.page import build_app
 
-    models = Models(checkpoints["blip"], checkpoints["clap"], "fp32")
+    models = Models(checkpoints["blip"], checkpoints["clap"], ModelChoice("fp32"))
     assert "Loading the models" in models.status()
     build_app(LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"]), models)  # builds while loading
     answered = []
@@ -931,10 +933,10 @@ def test_adding_music_waits_for_the_models_that_are_loading(checkpoints, monkeyp
     from music_mood import models as models_module
     from music_mood.models import BackgroundModels as Models
 
-    models = Models(checkpoints["blip"], checkpoints["clap"], "fp32")
+    models = Models(checkpoints["blip"], checkpoints["clap"], ModelChoice("fp32"))
     loaded_first = []
     monkeypatch.setattr(models_module, "load_clap_audio",
-                        lambda name, precision, backend: loaded_first.append(models.ready.is_set()))
+                        lambda name, choice: loaded_first.append(models.ready.is_set()))
     upload = threading.Thread(target=models.audio_model)
     upload.start()
     models.load()
@@ -948,19 +950,19 @@ def test_loading_prepares_the_mood_baseline_before_the_first_request(checkpoints
     from music_mood.models import BackgroundModels as Models
     from music_mood.models import load_blip
 
-    load_blip(checkpoints["blip"], "fp32").memory.clear()  # as in a new process
-    models = Models(checkpoints["blip"], checkpoints["clap"], "fp32")
+    load_blip(checkpoints["blip"], ModelChoice("fp32")).memory.clear()  # as in a new process
+    models = Models(checkpoints["blip"], checkpoints["clap"], ModelChoice("fp32"))
     models.load()
     assert tuple(image_to_vector.MOOD_VOCABULARY) in image_to_vector.memory_of(models.blip).baselines
     assert list(image_to_vector.cache_dir().glob("mood-baseline-*.json"))
 
 
 def test_model_that_cannot_load_is_an_error_in_the_page(checkpoints, tmp_path):
-    """The page's status says so, and a request gets the reason (wire_page shows ModelLoadError as gr.Error)."""
+    """The page's status says so, and a request gets the reason (the Recommend tab shows ModelLoadError as gr.Error)."""
     from music_mood.models import BackgroundModels as Models
     from music_mood.models import ModelLoadError
 
-    models = Models(str(tmp_path / "no-such-blip"), checkpoints["clap"], "fp32")
+    models = Models(str(tmp_path / "no-such-blip"), checkpoints["clap"], ModelChoice("fp32"))
     models.load()
     assert "cannot load the BLIP model" in models.status()
     with pytest.raises(ModelLoadError, match="cannot load the BLIP model"):

@@ -18,6 +18,7 @@ from music_mood import build, library
 from music_mood.audio import AudioError, decode_audio, file_sha256
 from music_mood.build import build_library
 from music_mood.embed import embed_track, embed_windows, split_windows
+from music_mood.engines import ModelChoice
 from music_mood.library import DatabaseError, LibraryPaths, load_database
 from music_mood.storage import LibraryBusyError, write_atomically
 from music_mood.torch_runtime import log_mel_features
@@ -184,7 +185,7 @@ def test_fused_audio_attention_matches_transformers(checkpoints, clap_audio, sam
     from music_mood.models import load_clap_audio
 
     name = _clap_with_shifted_windows(checkpoints, tmp_path / "clap") if shifted_windows else checkpoints["clap"]
-    fused = load_clap_audio(name, "fp32") if shifted_windows else clap_audio
+    fused = load_clap_audio(name, ModelChoice("fp32")) if shifted_windows else clap_audio
     reference = ClapAudioModelWithProjection.from_pretrained(name).eval()
     extractor = fused.processor.feature_extractor
     audio = decode_audio(sample_tracks[0], extractor.sampling_rate)

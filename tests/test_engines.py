@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from music_mood import engines, models
+from music_mood.engines import ModelChoice
 from tests.test_exports import FLAGS
 
 STAGES = ("blip-vision", "blip-decoder", "clap-text", "clap-audio")
@@ -26,7 +27,7 @@ ONNX_INT8, TORCH_BF16 = ("onnx", "int8"), ("torch", "bf16")
 ])
 def test_auto_runs_each_stage_on_the_engine_measured_fastest_on_that_cpu(cpu, kind, expected):
     assert engines.cpu_kind(FLAGS[cpu]) == kind
-    chosen = {stage: models.resolve_backend("auto", "auto", stage, flags=FLAGS[cpu], gpu=False) for stage in STAGES}
+    chosen = {stage: ModelChoice().engine(stage, flags=FLAGS[cpu], gpu=False) for stage in STAGES}
     assert chosen == expected
     # Every choice says what measured it, and the table has one row per kind and one entry per stage.
     assert set(engines.ENGINES) == set(engines.CPU_KINDS)
@@ -35,9 +36,9 @@ def test_auto_runs_each_stage_on_the_engine_measured_fastest_on_that_cpu(cpu, ki
 
 def test_auto_needs_a_stage_and_a_known_one():
     with pytest.raises(ValueError, match="per stage"):
-        models.resolve_backend("auto", "auto", flags=FLAGS["avx2"], gpu=False)
+        ModelChoice().engine(flags=FLAGS["avx2"], gpu=False)
     with pytest.raises(ValueError, match="stage must be one of"):
-        models.resolve_backend("auto", "auto", "blip", flags=FLAGS["avx2"], gpu=False)
+        ModelChoice().engine("blip", flags=FLAGS["avx2"], gpu=False)
 
 
 def _teacher_forced(runtime, pixel_values, ids):
@@ -57,7 +58,7 @@ def test_mixed_engine_blip_is_within_the_fidelity_gate_of_fp32(checkpoints, shar
 
     models._loaded.cache_clear()
     mixed = models._load_mixed(checkpoints["blip"], "bf16", "int8")
-    reference = models._load("BLIP", checkpoints["blip"], "blip", "fp32", "torch")
+    reference = models._load("BLIP", checkpoints["blip"], "blip", ModelChoice("fp32", "torch"))
     assert isinstance(mixed.runtime, MixedBlip) and mixed.embedded_by == "torch+onnx-bf16+int8"
 
     image = open_image(photos["rocket.jpg"])

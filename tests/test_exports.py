@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from music_mood import exports, models
+from music_mood.engines import ModelChoice
 from music_mood.images import open_image
 from tests.conftest import ROOT
 
@@ -44,16 +45,21 @@ def test_backend_follows_the_hardware_and_the_flags(cpu, gpu, precision, backend
     """A --backend or --precision the user gives, or a GPU, puts every stage on one engine, whatever the table says
     (test_engines.py tests the table)."""
     for stage in ("blip-vision", "blip-decoder", "clap-text", "clap-audio"):
-        assert models.resolve_backend(precision, backend, stage, flags=FLAGS[cpu], gpu=gpu) == expected
+        assert ModelChoice(precision, backend).engine(stage, flags=FLAGS[cpu], gpu=gpu) == expected
 
 
-def test_bf16_on_onnx_runtime_is_a_clear_error(checkpoints):
-    with pytest.raises(models.ModelLoadError, match="bf16 runs on torch only"):
-        models.load_clap_text(checkpoints["clap"], "bf16", "onnx")
+def test_bf16_on_onnx_runtime_is_a_clear_error(call_cli, checkpoints):
+    import music_to_vector
+
+    with pytest.raises(ValueError, match="bf16 runs on torch only"):
+        ModelChoice("bf16", "onnx")
+    done = call_cli(music_to_vector.main, "--clap-model", checkpoints["clap"], "--precision", "bf16", "--backend",
+                    "onnx")
+    assert done.returncode == 1 and "Error: bf16 runs on torch only" in done.stderr, done.stderr
 
 
 def test_export_is_made_once_and_found_again(checkpoints, own_exports, capfd):
-    first = models.load_clap_text(checkpoints["clap"], "fp32", "onnx")
+    first = models.load_clap_text(checkpoints["clap"], ModelChoice("fp32", "onnx"))
     assert "Preparing the CLAP text model for ONNX Runtime" in capfd.readouterr().err
     (folder,) = [p for p in own_exports.iterdir() if not p.name.startswith(".")]  # not the lock
     manifest = json.loads((folder / exports.MANIFEST).read_text())
@@ -61,7 +67,7 @@ def test_export_is_made_once_and_found_again(checkpoints, own_exports, capfd):
     assert all((folder / name).stat().st_size == size for name, size in manifest["files"].items())
 
     models._loaded.cache_clear()
-    again = models.load_clap_text(checkpoints["clap"], "fp32", "onnx")
+    again = models.load_clap_text(checkpoints["clap"], ModelChoice("fp32", "onnx"))
     assert capfd.readouterr().err == ""  # nothing exported, nothing said
     text = ["a cat on a red blanket; calm, warm mood"]
     np.testing.assert_array_equal(first.runtime.embed_text(text), again.runtime.embed_text(text))
@@ -71,7 +77,7 @@ def test_export_is_made_once_and_found_again(checkpoints, own_exports, capfd):
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "manifest"])
 def test_damaged_export_is_made_again_with_a_notice(checkpoints, own_exports, capfd, damage):
     text = ["a quiet lake at dawn; serene mood"]
-    expected = models.load_clap_text(checkpoints["clap"], "fp32", "onnx").runtime.embed_text(text)
+    expected = models.load_clap_text(checkpoints["clap"], ModelChoice("fp32", "onnx")).runtime.embed_text(text)
     (folder,) = [p for p in own_exports.iterdir() if not p.name.startswith(".")]
     graph = max(folder.glob("*.onnx"), key=lambda p: p.stat().st_size)
     if damage == "truncated":  # a copy cut short
@@ -82,7 +88,7 @@ def test_damaged_export_is_made_again_with_a_notice(checkpoints, own_exports, ca
         (folder / exports.MANIFEST).write_text("{")
     capfd.readouterr()
     models._loaded.cache_clear()
-    again = models.load_clap_text(checkpoints["clap"], "fp32", "onnx")
+    again = models.load_clap_text(checkpoints["clap"], ModelChoice("fp32", "onnx"))
     err = capfd.readouterr().err
     assert "is damaged" in err and "exporting it again" in err, err
     np.testing.assert_allclose(again.runtime.embed_text(text), expected, atol=1e-6)
@@ -187,7 +193,7 @@ def test_onnx_runtime_passes_the_fidelity_gate(checkpoints, blip, clap_text, cla
     from music_mood.audio import decode_audio
     from music_mood.embed import embed_windows, split_windows
 
-    fast_blip = models.load_blip(checkpoints["blip"], precision, "onnx").runtime
+    fast_blip = models.load_blip(checkpoints["blip"], ModelChoice(precision, "onnx")).runtime
     exact = blip.runtime
     image = open_image(photos["astronaut.png"])
     np.testing.assert_allclose(fast_blip.pixel_values(image), exact.pixel_values(image), atol=1e-5)
@@ -198,10 +204,10 @@ def test_onnx_runtime_passes_the_fidelity_gate(checkpoints, blip, clap_text, cla
     assert _relative_logit_error(fast_logits, exact_logits) <= (1e-3 if precision == "fp32" else 0.06)
 
     texts = ["a woman in a space suit; epic, triumphant, dramatic mood", "calm piano"]
-    fast_text = models.load_clap_text(checkpoints["clap"], precision, "onnx").runtime.embed_text(texts)
+    fast_text = models.load_clap_text(checkpoints["clap"], ModelChoice(precision, "onnx")).runtime.embed_text(texts)
     assert (np.sum(fast_text * clap_text.runtime.embed_text(texts), axis=1) >= 0.999).all()
 
-    fast_audio = models.load_clap_audio(checkpoints["clap"], precision, "onnx")
+    fast_audio = models.load_clap_audio(checkpoints["clap"], ModelChoice(precision, "onnx"))
     windows = split_windows(decode_audio(sample_tracks[0], fast_audio.runtime.sampling_rate),
                             fast_audio.runtime.window_samples)[0][:4]
     assert (np.sum(embed_windows(fast_audio, windows) * embed_windows(clap_audio, windows), axis=1) >= 0.999).all()
@@ -232,7 +238,7 @@ def test_checkpoint_the_export_cannot_mirror_runs_on_torch(checkpoints, own_expo
     config = json.loads((copy / "processor_config.json").read_text())
     config["feature_extractor"]["top_db"] = 80
     (copy / "processor_config.json").write_text(json.dumps(config))
-    clap = models.load_clap_audio(str(copy), "int8", "onnx")
+    clap = models.load_clap_audio(str(copy), ModelChoice("int8", "onnx"))
     assert clap.backend == "torch"
     err = capfd.readouterr().err
     assert f"The CLAP model {copy} runs on torch:" in err and "top_db" in err, err

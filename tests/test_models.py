@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import ROOT
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
-LOAD = ("from music_mood import models; m = models.load_clap_text({name!r}, 'fp32'); "
+LOAD = ("from music_mood import engines, models; m = models.load_clap_text({name!r}, engines.ModelChoice('fp32')); "
         "print(m.model.config.projection_dim)")
 
 
@@ -101,7 +101,7 @@ def test_memory_releaser_collects_only_when_rss_has_grown():
     import gc
     import weakref
 
-    from music_mood.models import MemoryReleaser
+    from music_mood.memory import MemoryReleaser
 
     class Node:
         pass

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from music_mood.onnx_blip import OnnxBlip, OnnxExportError, export_blip
+from music_mood.onnx_blip import OnnxBlip, OnnxExportError
+from music_mood.onnx_blip_export import export_blip
 from tests.conftest import ROOT
 
 # Largest teacher-forced logit error allowed, relative to the std of torch's logits. fp32 differs by float

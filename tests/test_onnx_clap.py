@@ -13,14 +13,8 @@ import torch
 
 from music_mood import embed, torch_runtime
 from music_mood.audio import decode_audio
-from music_mood.onnx_clap import (
-    OnnxClapAudio,
-    OnnxClapError,
-    OnnxClapText,
-    export_clap_audio,
-    export_clap_text,
-    log_mel_features,
-)
+from music_mood.onnx_clap import OnnxClapAudio, OnnxClapError, OnnxClapText, log_mel_features
+from music_mood.onnx_clap_export import export_clap_audio, export_clap_text
 from music_mood.query import embed_text
 from tests.conftest import ROOT
 

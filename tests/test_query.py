@@ -19,6 +19,7 @@ from image_to_vector import (
     image_to_query,
     open_image,
 )
+from music_mood.engines import ModelChoice
 
 
 def _vision_features(blip, image):
@@ -172,11 +173,12 @@ def test_int8_precision_stays_close_to_fp32(checkpoints, photos):
     from music_mood.models import load_blip, load_clap_text
 
     text = ["a cat on a red blanket; calm, warm, cozy mood"]
-    int8, fp32 = load_clap_text(checkpoints["clap"], "int8", "torch"), load_clap_text(checkpoints["clap"], "fp32")
+    int8 = load_clap_text(checkpoints["clap"], ModelChoice("int8", "torch"))
+    fp32 = load_clap_text(checkpoints["clap"], ModelChoice("fp32"))
     assert int8.device.type == "cpu" and type(int8.model.text_projection.linear1).__name__ == "Linear" and \
         "quantized" in type(int8.model.text_projection.linear1).__module__
     assert float(embed_text(int8, text)[0] @ embed_text(fp32, text)[0]) > 0.99
-    caption, moods = describe_image(load_blip(checkpoints["blip"], "int8", "torch"),
+    caption, moods = describe_image(load_blip(checkpoints["blip"], ModelChoice("int8", "torch")),
                                     open_image(photos["coffee.png"]))
     assert isinstance(caption, str) and len(moods) == MOOD_WORDS_PER_IMAGE
 
@@ -247,11 +249,11 @@ def test_baseline_cache_key_follows_the_weights(checkpoints, blip, tmp_path):
     from tests.model_factory import build_blip_checkpoint
 
     path = _neutral_cache_path(blip, MOOD_VOCABULARY)
-    assert _neutral_cache_path(models._load("BLIP", checkpoints["blip"], "blip", "fp32", "torch"),
+    assert _neutral_cache_path(models._load("BLIP", checkpoints["blip"], "blip", ModelChoice("fp32", "torch")),
                                MOOD_VOCABULARY) == path
     other = models._load("BLIP", str(build_blip_checkpoint(tmp_path / "other", seed=1)),
-                         "blip", "fp32", "torch")
-    int8 = models._load("BLIP", checkpoints["blip"], "blip", "int8", "torch")
+                         "blip", ModelChoice("fp32", "torch"))
+    int8 = models._load("BLIP", checkpoints["blip"], "blip", ModelChoice("int8", "torch"))
     assert len({path, _neutral_cache_path(other, MOOD_VOCABULARY), _neutral_cache_path(int8, MOOD_VOCABULARY),
                 _neutral_cache_path(blip, MOOD_VOCABULARY[:-1])}) == 4
 

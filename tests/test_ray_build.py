@@ -21,6 +21,7 @@ import pytest
 from music_mood.audio import decode_audio, file_sha256, find_audio_files
 from music_mood.build import build_library
 from music_mood.embed import embed_track
+from music_mood.engines import ModelChoice
 from music_mood.library import LibraryPaths, load_database
 from music_mood.shards import (
     STAGING_FOLDER,
@@ -189,7 +190,7 @@ def onnx_workers(clap_audio, isolated_library) -> dict:
     the workers' cache links to, not by the first actor."""
     from music_mood.models import load_clap_audio
 
-    options = {"precision": "fp32", "backend": "onnx"}
+    options = {"choice": ModelChoice("fp32", "onnx")}
     load_clap_audio(clap_audio.name, **options)
     return options
 
@@ -203,7 +204,7 @@ def test_ray_build_gives_the_plain_builders_library(ray_cluster, built_library, 
 
     put_in_new_music(isolated_library, sample_tracks[::5])
     paths = LibraryPaths.at(isolated_library)
-    result = build_library_on_ray(clap_audio, paths, precision="fp32", progress=False)
+    result = build_library_on_ray(clap_audio, paths, choice=ModelChoice("fp32"), progress=False)
     assert not result.report.failed and len(result.embedded) == 6 and result.reused == []
     plain, ray_built = load_database(LibraryPaths.at(built_library)), load_database(paths)
     np.testing.assert_allclose(ray_built.vectors, plain.vectors, rtol=0, atol=1e-6)

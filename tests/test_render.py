@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from music_mood import render
+from music_mood import mix, render
 from music_mood.audio import decode_audio, decode_stretches
 from music_mood.render import RenderCancelled, RenderError, fit_photo, mix_soundtrack, write_outputs
 from music_mood.soundtrack import Plan
@@ -133,7 +133,7 @@ def test_each_track_is_opened_once_even_when_it_plays_twice(library, monkeypatch
         calls.append((Path(path).name, len(stretches)))
         return decode_stretches(path, stretches, sample_rate, *args)
 
-    monkeypatch.setattr(render, "decode_stretches", counting)
+    monkeypatch.setattr(mix, "decode_stretches", counting)
     plan = hand_made_plan(library, tracks(0, 1, 0), ["unused.png"] * 3, 2.0, 1, track_start_s=[3.0, 5.0, 12.0])
     mix_soundtrack(plan, SR)
     assert sorted(calls) == sorted([(Path(TRACKS[0]).name, 2), (Path(TRACKS[1]).name, 1)])
