@@ -18,8 +18,12 @@ from music_mood.engines import ModelChoice
 # huggingface_hub reads these once, when it is first imported (through transformers, by the first test that needs a
 # model): set them before, so models loaded in the test process never look at the hub or the user's cache (each
 # test also gets its own).
-# The --real-models tier is the exception: it loads the released checkpoints from the user's cache.
-if "--real-models" not in sys.argv:
+# The --real-models tier is the exception: it loads the released checkpoints from the user's cache. pytest-xdist's
+# workers are started without the command line's options, so the run's choice reaches them through the environment.
+REAL_MODELS_ENV = "MUSIC_MOOD_TESTS_REAL_MODELS"
+if "--real-models" in sys.argv:
+    os.environ[REAL_MODELS_ENV] = "1"
+if os.environ.get(REAL_MODELS_ENV) != "1":
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="music-mood-tests-hf-")
 # Our own cache too, for whatever a session fixture writes before a test's isolated_library points it elsewhere.
@@ -37,8 +41,23 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "real_models: loads the released checkpoints; run with --real-models")
 
 
+# The modules whose tests wait longest (for a cluster's deadlines, killed builders, app servers, a browser) run
+# first: pytest-xdist hands each of its two workers a whole module at a time (pyproject.toml: --dist loadfile) in
+# collection order, so the long ones start at once and the short ones fill in around them, and both workers end
+# about together. The rest keep their order.
+SLOWEST_MODULES = ("test_ray_build.py", "test_app.py", "test_crash.py", "test_app_slideshow.py", "test_browser.py",
+                   "test_soundtrack.py", "test_browser_slideshow.py", "test_database.py")
+
+
+def _module_rank(item) -> int:
+    name = item.path.name
+    return SLOWEST_MODULES.index(name) if name in SLOWEST_MODULES else len(SLOWEST_MODULES)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Real-checkpoint tests are deselected, not skipped, unless asked for: CI treats any skip as a failure."""
+    """The slowest modules first (SLOWEST_MODULES). Real-checkpoint tests are deselected, not skipped, unless asked
+    for: CI treats any skip as a failure."""
+    items.sort(key=_module_rank)  # stable: each module's tests in their own order
     if config.getoption("--real-models"):
         return
     deselected = [item for item in items if "real_models" in item.keywords]

@@ -87,3 +87,15 @@ def wait(process) -> int:
     """The exit code of a run of start(), once it has ended (-N: signal N ended it)."""
     process.join()
     return process.exitcode
+
+
+def run(module: str, *args, folder: Path, env_extra: dict | None = None, cwd: Path | None = None):
+    """`python module.py args...` as run_cli runs it (this process's environment plus `env_extra`, in `cwd`, by
+    default the source tree), as a forked child: a conftest.Result. Its output is kept in `folder`
+    (<module>-stdout.txt, <module>-stderr.txt), overwritten by the next run there."""
+    from tests.conftest import ROOT, Result
+
+    out, err = folder / f"{module}-stdout.txt", folder / f"{module}-stderr.txt"
+    process = start(module, *args, env={**os.environ, **(env_extra or {})}, cwd=cwd or ROOT, stdout=out, stderr=err)
+    code = wait(process)
+    return Result(code, out.read_text(errors="replace"), err.read_text(errors="replace"))

@@ -39,8 +39,18 @@ def add_photos(page, paths) -> None:
                            timeout=WAIT_MS)
 
 
+LISTED = "[...document.querySelectorAll('#slideshow-photos td.filename')].map(c => c.ariaLabel)"
+
+
 def listed_photos(page) -> list[str]:
-    return page.locator("#slideshow-photos td.filename").evaluate_all("cells => cells.map(c => c.ariaLabel)")
+    return page.evaluate(LISTED)
+
+
+def wait_until_listed(page, names: list[str]) -> None:
+    """Wait for the photo list to read `names`: the upload event sorts the rows after they first appear, in an
+    order of their own, so reading them at once races with it (it lost on a loaded machine)."""
+    page.wait_for_function(f"names => JSON.stringify({LISTED}) === JSON.stringify(names)", arg=names,
+                           timeout=WAIT_MS)
 
 
 def make_soundtrack(page, previous_video: str | None = None) -> str:
@@ -57,8 +67,9 @@ def test_five_photos_become_a_slideshow_that_plays_seeks_and_downloads(page, app
             if urlsplit(r.url).path.endswith("/slideshow.mp4") else None)
     add_photos(page, [photos[name] for name in ("rocket.jpg", "coffee.png", "motorcycle_left.png", "chelsea.png",
                                                 "astronaut.png")])
-    assert listed_photos(page) == ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png",
-                                   "rocket.jpg"]  # file-name order
+    by_name = ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg"]
+    wait_until_listed(page, by_name)  # file-name order
+    assert listed_photos(page) == by_name
     rows = page.locator("#slideshow-photos tr.file")
     rows.nth(4).drag_to(rows.nth(0))  # the rocket first: the slideshow follows the list
     order = ["rocket.jpg", "astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png"]

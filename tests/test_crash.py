@@ -67,11 +67,8 @@ def synthetic_library(isolated_library, clap_audio, tmp_path):
 def run_builder(checkpoints, folder: Path, env_extra=None, cwd: Path = ROOT) -> Result:
     """`python music_to_vector.py --clap-model <tiny CLAP>` with env_extra, as a child forked with the builder
     imported (tests/forked.py); its output is kept in `folder`."""
-    out, err = folder / "builder-stdout.txt", folder / "builder-stderr.txt"
-    process = forked.start("music_to_vector", "--clap-model", checkpoints["clap"],
-                           env={**os.environ, **(env_extra or {})}, cwd=cwd, stdout=out, stderr=err)
-    code = forked.wait(process)
-    return Result(code, out.read_text(errors="replace"), err.read_text(errors="replace"))
+    return forked.run("music_to_vector", "--clap-model", checkpoints["clap"], folder=folder, env_extra=env_extra,
+                      cwd=cwd)
 
 
 def _audio_shas(folder: Path) -> dict[str, Path]:

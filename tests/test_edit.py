@@ -17,7 +17,8 @@ from music_mood.build import build_library
 from music_mood.edit import set_fields
 from music_mood.library import LibraryPaths, UnknownTrackError, load_database
 from music_mood.storage import CRASH_AT_ENV, CRASH_LOG_ENV
-from tests.conftest import run_cli, store_as_table
+from tests import forked
+from tests.conftest import store_as_table
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -202,11 +203,11 @@ def _state(root: Path, removing: dict) -> str:
 
 
 def _kill_at(number: str, what: str, base: Path, library: Path, args: list) -> None:
-    """Put the library back as `base` holds it, then run music_to_vector.py with `args` and have it killed at crash
-    point `number` (`what` names it for the message)."""
+    """Put the library back as `base` holds it, then run music_to_vector.py with `args` (a forked child,
+    tests/forked.py) and have it killed at crash point `number` (`what` names it for the message)."""
     shutil.rmtree(library)
     shutil.copytree(base, library)
-    killed = run_cli("music_to_vector.py", *args, env_extra={CRASH_AT_ENV: number})
+    killed = forked.run("music_to_vector", *args, folder=base.parent, env_extra={CRASH_AT_ENV: number})
     assert killed.returncode == -signal.SIGKILL, f"not killed at point {number} ({what}): {killed.stderr}"
 
 
@@ -224,7 +225,7 @@ def test_a_kill_at_each_crash_point_leaves_the_old_or_the_new_library(library_co
     args = ["--library", library_copy, command, track["id"], *(["sleepy"] if command == "--set-mood" else [])]
 
     log = tmp_path / "points.txt"
-    done = run_cli("music_to_vector.py", *args, env_extra={CRASH_LOG_ENV: str(log)})
+    done = forked.run("music_to_vector", *args, folder=tmp_path, env_extra={CRASH_LOG_ENV: str(log)})
     assert done.returncode == 0, done.stderr
     points = [line.split("\t", 1) for line in log.read_text().splitlines()]
     kinds = collections.Counter(what.split()[0] for _, what in points)
@@ -248,7 +249,7 @@ def test_a_kill_at_each_crash_point_leaves_the_old_or_the_new_library(library_co
             assert record == reference[sha][2], f"after a kill at {what}"
         seen[state] += 1
         # The next run finishes the job (or does it again) and leaves no staged or temp file behind.
-        again = run_cli("music_to_vector.py", *args)
+        again = forked.run("music_to_vector", *args, folder=tmp_path)
         assert again.returncode == (0 if state == "old" else 1 if command == "--remove" else 0), again.stderr
         assert list(_rows(load_database(paths))) == list(new)
         assert not [p.name for p in library_copy.iterdir() if p.name.startswith(".")]
@@ -285,7 +286,7 @@ def test_a_kill_while_a_build_prunes_follows_or_retags_leaves_the_old_or_the_new
     args = ["--library", library_copy, "--clap-model", checkpoints["clap"]]
 
     log = tmp_path / "points.txt"
-    done = run_cli("music_to_vector.py", *args, env_extra={CRASH_LOG_ENV: str(log)})
+    done = forked.run("music_to_vector", *args, folder=tmp_path, env_extra={CRASH_LOG_ENV: str(log)})
     assert done.returncode == 0, done.stderr
     points = [line.split("\t", 1) for line in log.read_text().splitlines()]
     kinds = collections.Counter(what.split()[0] for _, what in points)
@@ -311,7 +312,7 @@ def test_a_kill_while_a_build_prunes_follows_or_retags_leaves_the_old_or_the_new
         state = "old" if _same(rows, before) else "new"
         assert _same(rows, before if state == "old" else new), f"a mixed library after a kill at {what}"
         seen[state] += 1
-        again = run_cli("music_to_vector.py", *args)
+        again = forked.run("music_to_vector", *args, folder=tmp_path)
         assert again.returncode == 0, again.stderr
         assert _same(_rows(load_database(paths)), new), f"not finished after a kill at {what}"
         assert not [p.name for p in library_copy.iterdir() if p.name.startswith(".")]

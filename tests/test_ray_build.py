@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from music_mood.audio import decode_audio, file_sha256
+from music_mood.audio import decode_audio, file_sha256, find_audio_files
 from music_mood.build import build_library
 from music_mood.embed import embed_track
 from music_mood.engines import ModelChoice
@@ -35,8 +35,9 @@ from music_mood.shards import (
     write_shard,
 )
 from music_mood.storage import CRASH_AT_ENV, CRASH_LOG_ENV
+from tests import forked
 from tests.conftest import ROOT, put_in_new_music, run_cli
-from tests.test_crash import check_library
+from tests.test_crash import check_library, make_synthetic_track
 
 # A test on the cluster that has not ended by then fails with the stack of where it waits (pytest-timeout), so a
 # build that stalls can never hang the suite; the slowest took about a minute on a loaded 2-core machine.
@@ -145,19 +146,23 @@ def _ray_processes(marker: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
+def ray_cluster(tmp_path_factory, shared_exports):
     """A local Ray cluster for this module (2 CPUs, no dashboard, its own temp folder and token), shut down at the
     end whatever the tests did: cluster.connect shuts Ray down in a finally. Yields the address a driver in another
-    process joins it at; that process inherits the token through the environment, as README says a driver does."""
+    process joins it at; that process inherits the token through the environment, as README says a driver does.
+    Its workers' cache links to the run's ONNX exports, so an actor on ONNX Runtime starts in a second or two
+    instead of exporting the checkpoint first."""
     from music_mood import cluster
 
     temp = tempfile.mkdtemp(prefix="mm-ray-")  # short: Ray's socket paths must fit in 107 bytes
+    workers_cache = tmp_path_factory.mktemp("ray-workers-cache")
+    (workers_cache / "onnx").symlink_to(shared_exports, target_is_directory=True)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_TMPDIR", temp)
         env.setenv("RAY_AUTH_MODE", "token")  # read when Ray is imported, just below
         env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))  # never ~/.ray/auth_token, the user's
         env.setenv("HF_HUB_OFFLINE", "1")
-        env.setenv("MUSIC_MOOD_CACHE", str(tmp_path_factory.mktemp("ray-workers-cache")))
+        env.setenv("MUSIC_MOOD_CACHE", str(workers_cache))
         import ray
 
         try:
@@ -175,6 +180,19 @@ def ray_cluster(tmp_path_factory):
 
 def _new_shas(library: Path) -> set[str]:
     return {file_sha256(p) for p in (library / "new_music").rglob("*.opus")}
+
+
+@pytest.fixture
+def onnx_workers(clap_audio, isolated_library) -> dict:
+    """build_library_on_ray's options for actors that run CLAP on ONNX Runtime (fp32), for the tests of deaths and
+    deadlines, where the engine is not the point and every actor start is waited for: such an actor starts in about
+    2 s on this 2-core machine, one on torch in about 6 s. Their export is made here, into the run's exports that
+    the workers' cache links to, not by the first actor."""
+    from music_mood.models import load_clap_audio
+
+    options = {"choice": ModelChoice("fp32", "onnx")}
+    load_clap_audio(clap_audio.name, **options)
+    return options
 
 
 @ON_THE_CLUSTER
@@ -201,7 +219,7 @@ def test_ray_build_gives_the_plain_builders_library(ray_cluster, built_library, 
 
 @ON_THE_CLUSTER
 def test_a_worker_that_dies_loses_nothing_and_the_rerun_embeds_only_its_file(ray_cluster, library_copy, clap_audio,
-                                                                           sample_tracks, monkeypatch):
+                                                                           sample_tracks, monkeypatch, onnx_workers):
     """The embedding actor exits (os._exit) on one file: that file is reported and stays in new_music/, the others are
     committed; the next run embeds that file alone. A shard of a content the library holds is ignored (a copy of a
     listed track dropped in again is a duplicate, as in a plain build), and a file in the staging folder that is not
@@ -228,7 +246,7 @@ def test_a_worker_that_dies_loses_nothing_and_the_rerun_embeds_only_its_file(ray
     (staging / "README.txt").write_text("a note of the user's")
 
     monkeypatch.setenv(EXIT_ON_ENV, dropped[1].name)
-    first = build_library_on_ray(clap_audio, paths, choice=ModelChoice("fp32"), progress=False)
+    first = build_library_on_ray(clap_audio, paths, **onnx_workers, progress=False)
     # The crashing file is reported (and, should Ray have handed the restarting actor another one, that one too).
     failed = dict(first.report.failed)
     assert dropped[1] in failed and set(failed.values()) == {WORKER_DIED} and len(failed) < len(dropped)
@@ -238,7 +256,7 @@ def test_a_worker_that_dies_loses_nothing_and_the_rerun_embeds_only_its_file(ray
     check_library(library_copy, expected)
 
     monkeypatch.delenv(EXIT_ON_ENV)
-    second = build_library_on_ray(clap_audio, paths, choice=ModelChoice("fp32"), progress=False)
+    second = build_library_on_ray(clap_audio, paths, **onnx_workers, progress=False)
     assert not second.report.failed and sorted(second.embedded) == sorted(shas[p] for p in failed)
     assert second.reused == []
     embedded = collections.Counter(first.embedded + second.embedded)
@@ -252,7 +270,7 @@ def test_a_worker_that_dies_loses_nothing_and_the_rerun_embeds_only_its_file(ray
 @ON_THE_CLUSTER
 def test_a_worker_lost_once_is_replaced_and_its_file_embedded_in_the_same_run(ray_cluster, library_copy,
                                                                               clap_audio, sample_tracks, monkeypatch,
-                                                                              tmp_path):
+                                                                              tmp_path, onnx_workers):
     """The embedding actor dies (os._exit) on one file the first time only, as a worker lost with its machine: Ray
     restarts the actor and tries the file again, so the run embeds every file and reports none; each once."""
     from music_mood.cluster import build_library_on_ray
@@ -266,7 +284,7 @@ def test_a_worker_lost_once_is_replaced_and_its_file_embedded_in_the_same_run(ra
     marker = tmp_path / "died once"
     monkeypatch.setenv(EXIT_ON_ENV, dropped[1].name)
     monkeypatch.setenv(EXIT_ONCE_ENV, str(marker))
-    result = build_library_on_ray(clap_audio, paths, choice=ModelChoice("fp32"), progress=False)
+    result = build_library_on_ray(clap_audio, paths, **onnx_workers, progress=False)
     assert marker.exists(), "the actor never died: the test tested nothing"
     assert result.report.failed == [] and sorted(result.embedded) == shas
     assert not any(p.exists() for p in dropped) and len(load_database(paths)) == len(before) + len(dropped)
@@ -276,7 +294,7 @@ def test_a_worker_lost_once_is_replaced_and_its_file_embedded_in_the_same_run(ra
 @ON_THE_CLUSTER
 @pytest.mark.parametrize("stage", ["decoding", "embedding"])
 def test_a_worker_that_hangs_on_a_file_is_stopped_at_its_deadline_and_the_rest_committed(
-        stage, ray_cluster, library_copy, clap_audio, sample_tracks, monkeypatch):
+        stage, ray_cluster, library_copy, clap_audio, sample_tracks, monkeypatch, tmp_path, onnx_workers):
     """The decoding task or the embedding actor sleeps for good on one file (a decoder stuck in a loop): at that
     file's deadline it is reported, with the reason, its worker is stopped (and an actor replaced), the other files
     are committed, and the run ends. The next run embeds that file alone."""
@@ -288,33 +306,47 @@ def test_a_worker_that_hangs_on_a_file_is_stopped_at_its_deadline_and_the_rest_c
     paths = LibraryPaths.at(library_copy)
     before = load_database(paths)
     listed = {Path(t["file_path"]).name for t in before.tracks}
-    dropped = put_in_new_music(library_copy, [t for t in sample_tracks if t.name not in listed][:3])
-    shas = {path: file_sha256(path) for path in dropped}
+    real = [t for t in sample_tracks if t.name not in listed]
+    # The hung file is a one-second synthetic track: its deadline is the limit plus 10 s a megabyte
+    # (file_deadline_s), and what the test waits for is that deadline. An actor that hangs gets the second file, so
+    # that a replacement embeds the third. A decoding task that hangs gets the last: it holds one of the cluster's
+    # two CPUs until its deadline and the actor the other, so a file decoded after it would wait for a CPU with its
+    # own deadline running (from when it was handed to Ray), and miss it when a loaded machine is slow to start
+    # its decoder after the cancel.
+    before_it = real[0] if stage == "embedding" else real[1]
+    hung_source = make_synthetic_track(tmp_path / "short" / before_it.parent.name / f"{before_it.stem}_stuck.wav",
+                                       seed=7, seconds=1.0)
+    dropped = put_in_new_music(library_copy, [real[0], hung_source, real[1]])
     hung = dropped[1]
-    # Long enough for a replacement worker to start on a loaded 2-core machine (importing torch, loading the model):
-    # with nothing else in flight meanwhile, a shorter one would end the run as stalled.
-    limit = 45
+    handed_out = find_audio_files(library_copy / "new_music")  # the order the files are handed out in
+    assert handed_out.index(hung) == (1 if stage == "embedding" else 2), handed_out
+    shas = {path: file_sha256(path) for path in dropped}
+    # The limit is the floor of each file's deadline and how long the run may go with nothing back: a replacement
+    # actor must start within it. On ONNX Runtime (onnx_workers) one starts in about 2 s; on torch (about 6 s) 15 s
+    # was too short under load.
+    limit = 15
+    workers = onnx_workers
     monkeypatch.setenv(hook, hung.name)
     start = time.monotonic()
-    first = build_library_on_ray(clap_audio, paths, choice=ModelChoice("fp32"), progress=False, timeout_s=limit)
+    first = build_library_on_ray(clap_audio, paths, **workers, progress=False, timeout_s=limit)
     took = time.monotonic() - start
     deadline = file_deadline_s(hung.stat().st_size, limit)
     assert dict(first.report.failed) == {hung: too_slow(deadline)}
     assert "did not come back from the cluster within" in too_slow(deadline)
     assert sorted(first.embedded) == sorted(shas[p] for p in dropped if p != hung)
     assert hung.exists() and not any(p.exists() for p in dropped if p != hung)
-    assert took < deadline + 240, f"the run took {took:.0f} s for a deadline of {deadline:.0f} s"
+    assert deadline <= took < deadline + 240, f"the run took {took:.0f} s for a deadline of {deadline:.0f} s"
     check_library(library_copy, {t["sha256"] for t in before.tracks} | set(shas.values()))
 
     monkeypatch.delenv(hook)
-    second = build_library_on_ray(clap_audio, paths, choice=ModelChoice("fp32"), progress=False, timeout_s=limit)
+    second = build_library_on_ray(clap_audio, paths, **workers, progress=False, timeout_s=limit)
     assert second.report.failed == [] and second.embedded == [shas[hung]]
     assert len(load_database(paths)) == len(before) + len(dropped)
 
 
 @ON_THE_CLUSTER
 def test_a_cluster_that_gives_nothing_back_ends_the_run_with_one_error_line(ray_cluster, library_copy, checkpoints,
-                                                                         sample_tracks):
+                                                                         sample_tracks, tmp_path):
     """No embedding worker can come up (each hangs while it starts): after --ray-timeout with nothing back, the run
     ends with one Error: line and exit 1; nothing is committed, nothing moved, and no worker is left running on the
     cluster (the next test's build gets its CPUs)."""
@@ -324,8 +356,9 @@ def test_a_cluster_that_gives_nothing_back_ends_the_run_with_one_error_line(ray_
     before = {name: (library_copy / name).read_bytes() for name in (paths.vectors.name, paths.metadata.name)}
     dropped = put_in_new_music(library_copy, sample_tracks[-2:])
     start = time.monotonic()
-    done = run_cli("music_to_vector.py", "--library", str(library_copy), "--ray", ray_cluster, "--ray-timeout", "15",
-                   "--clap-model", checkpoints["clap"], "--precision", "fp32", env_extra={HANG_ON_ENV: HANG_AT_START})
+    # The default engines (the run's exports): the driver's own models load in a second, torch's fp32 take ten.
+    done = forked.run("music_to_vector", "--library", str(library_copy), "--ray", ray_cluster, "--ray-timeout", "15",
+                      "--clap-model", checkpoints["clap"], folder=tmp_path, env_extra={HANG_ON_ENV: HANG_AT_START})
     took = time.monotonic() - start
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert done.returncode == 1 and len(errors) == 1, done.stderr
@@ -338,15 +371,15 @@ def test_a_cluster_that_gives_nothing_back_ends_the_run_with_one_error_line(ray_
 @ON_THE_CLUSTER
 def test_a_killed_driver_resumes_from_its_shards(ray_cluster, built_library, isolated_library, checkpoints,
                                                  sample_tracks, tmp_path):
-    """`music_to_vector.py --ray ADDRESS` in its own process, killed as it writes its third shard: the library is
-    untouched and two shards wait; the re-run embeds only the other files, reuses the two, and gives the plain
-    builder's library."""
+    """`music_to_vector.py --ray ADDRESS` in its own process (a child forked with it imported), killed as it writes
+    its third shard: the library is untouched and two shards wait; the re-run embeds only the other files, reuses the
+    two, and gives the plain builder's library."""
     put_in_new_music(isolated_library, sample_tracks[::5])
     expected = _new_shas(isolated_library)
     staging = isolated_library / STAGING_FOLDER
     log = tmp_path / "points.txt"
-    command = ("music_to_vector.py", "--ray", ray_cluster, "--clap-model", checkpoints["clap"], "--precision", "fp32")
-    killed = run_cli(*command, env_extra={CRASH_AT_ENV: "5", CRASH_LOG_ENV: str(log)})
+    command = ("music_to_vector", "--ray", ray_cluster, "--clap-model", checkpoints["clap"], "--precision", "fp32")
+    killed = forked.run(*command, folder=tmp_path, env_extra={CRASH_AT_ENV: "5", CRASH_LOG_ENV: str(log)})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     points = [line.split("\t")[1] for line in log.read_text().splitlines()]
     assert [p.split()[0] for p in points] == ["write", "rename"] * 2 + ["write"], points  # the third shard's write
@@ -354,7 +387,7 @@ def test_a_killed_driver_resumes_from_its_shards(ray_cluster, built_library, iso
     assert len(list(staging.rglob("*.npz"))) == 2 and len(list(staging.rglob(".*.tmp"))) == 1
     check_library(isolated_library, expected)  # nothing committed, nothing moved
 
-    done = run_cli(*command)
+    done = forked.run(*command, folder=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "4 embedded on the cluster, 2 from shards an earlier run left" in done.stderr
     assert len([line for line in done.stdout.splitlines() if line.startswith("added  ")]) == 6

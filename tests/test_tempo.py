@@ -299,38 +299,55 @@ def test_the_library_listing_shows_each_tempo(library_copy, call_cli):
         assert f"{tracks[row.split()[-1]]['bpm']:.1f}" in row.split()
 
 
-def test_a_kill_while_tempos_are_committed_leaves_the_old_or_the_new_library(library_copy, checkpoints, tmp_path):
+def test_a_kill_while_tempos_are_committed_leaves_the_old_or_the_new_library(isolated_library, clap_audio, checkpoints,
+                                                                            tmp_path):
     """The tempo-only commit of an old library, killed at each of its crash points (music_mood.storage): the library
     loads with every track once and its vectors untouched, and either no track or every track has its tempo; the
-    next run finishes the job."""
+    next run finishes the job. The library is of short click tracks of known tempo (the crash points are the same
+    for any audio; every run reads each track's tempo again, which is quicker on them than on real tracks), and
+    the runs are children forked with the builder imported (tests/forked.py)."""
     import shutil
     import signal
 
+    import soundfile
+
+    from music_mood.build import build_library
     from music_mood.storage import CRASH_AT_ENV, CRASH_LOG_ENV
-    from tests.conftest import run_cli
+    from tests import forked
+    from tests.conftest import put_in_new_music
     from tests.test_crash import check_library
 
-    paths = LibraryPaths.at(library_copy)
+    clicks = []
+    for mood, bpm in (("calm", 84), ("happy", 117.5), ("energetic", 141), ("tender", 100)):
+        clicks.append(tmp_path / "clicks" / mood / f"{bpm} bpm.wav")
+        clicks[-1].parent.mkdir(parents=True)
+        soundfile.write(clicks[-1], click_track(bpm, seconds=8), RATE, subtype="FLOAT")
+    put_in_new_music(isolated_library, clicks)
+    paths = LibraryPaths.at(isolated_library)
+    report = build_library(clap_audio, paths, progress=False)
+    assert not report.failed and len(report.added) == len(clicks)
     was = _forget_tempos(paths)
+    assert sorted(was.values()) == pytest.approx([84, 100, 117.5, 141], abs=2)  # a tempo to lose and to find again
     vectors = load_database(paths).vectors.copy()
     expected = {t["sha256"] for t in load_database(paths).tracks}
     base = tmp_path / "base"
-    shutil.copytree(library_copy, base)
+    shutil.copytree(isolated_library, base)
     log = tmp_path / "points.txt"
-    done = run_cli("music_to_vector.py", "--clap-model", checkpoints["clap"], env_extra={CRASH_LOG_ENV: str(log)})
+    build = ("music_to_vector", "--clap-model", checkpoints["clap"])
+    done = forked.run(*build, folder=tmp_path, env_extra={CRASH_LOG_ENV: str(log)})
     assert done.returncode == 0, done.stderr
     points = [line.split("\t", 1) for line in log.read_text().splitlines()]
     assert len(points) >= 5
     for number, what in points:
-        shutil.rmtree(library_copy)
-        shutil.copytree(base, library_copy)
-        killed = run_cli("music_to_vector.py", "--clap-model", checkpoints["clap"], env_extra={CRASH_AT_ENV: number})
+        shutil.rmtree(isolated_library)
+        shutil.copytree(base, isolated_library)
+        killed = forked.run(*build, folder=tmp_path, env_extra={CRASH_AT_ENV: number})
         assert killed.returncode == -signal.SIGKILL, f"not killed at point {number} ({what}): {killed.stderr}"
-        check_library(library_copy, expected)
+        check_library(isolated_library, expected)
         db = load_database(paths)
         np.testing.assert_array_equal(db.vectors, vectors)
         tempos = {t["file_path"]: t.get("bpm", "none") for t in db.tracks}
         assert tempos in ({path: "none" for path in was}, was), f"a mix after a kill at {what}"
-        again = run_cli("music_to_vector.py", "--clap-model", checkpoints["clap"])
+        again = forked.run(*build, folder=tmp_path)
         assert again.returncode == 0, again.stderr
         assert {t["file_path"]: t["bpm"] for t in load_database(paths).tracks} == was
