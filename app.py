@@ -23,19 +23,12 @@ from typing import Any
 from music_mood.audio import AUDIO_EXTENSIONS
 from music_mood.build import SAMPLE_PACKAGE, build_library, import_sample_library, pending_files
 from music_mood.cli import StopSignals, add_library_arguments, add_model_arguments, int_argument, new_parser
+from music_mood.database import EMPTY_LIBRARY, Database, DatabaseError, EmptyLibraryError, UnknownTrackError, find_track
 from music_mood.display import TAG_COLUMNS, format_bpm, format_duration, track_tags
 from music_mood.edit import EDITABLE_FIELDS, REMOVED_FOLDER, FieldValueError, field_value, remove_tracks, set_fields
 from music_mood.images import ImageError
-from music_mood.library import (
-    EMPTY_LIBRARY,
-    Database,
-    DatabaseError,
-    EmptyLibraryError,
-    LibraryPaths,
-    LiveLibrary,
-    UnknownTrackError,
-    find_track,
-)
+from music_mood.library import LibraryPaths
+from music_mood.live import LiveLibrary
 from music_mood.models import (
     BackgroundModels,
     ModelLoadError,

@@ -9,17 +9,10 @@ import tempfile
 from pathlib import Path
 
 from music_mood.cli import StopSignals, add_library_arguments, add_model_arguments, int_argument, new_parser
+from music_mood.database import Database, DatabaseError, EmptyLibraryError, UnknownTrackError, find_track
 from music_mood.display import format_recommendation, format_soundtrack
 from music_mood.images import ImageError
-from music_mood.library import (
-    Database,
-    DatabaseError,
-    EmptyLibraryError,
-    LibraryPaths,
-    UnknownTrackError,
-    find_track,
-    load_database,
-)
+from music_mood.library import LibraryPaths, load_database
 from music_mood.models import ModelLoadError
 from music_mood.player import play
 from music_mood.recommendation import NoQueryError, Recommendation, Track, recommend

@@ -153,7 +153,8 @@ def measure_json_before(records: list[dict], dim: int, folder: Path) -> dict:
 def commit_library(records: list[dict], vectors: np.ndarray, folder: Path) -> dict:
     """Commit `records` and `vectors` (also the windows: one a track) as a track table in `folder`, by save_database
     under the library lock. Also times tracks.write_table alone, into a scratch file removed after."""
-    from music_mood.library import Database, LibraryPaths, save_database
+    from music_mood.database import Database
+    from music_mood.library import LibraryPaths, save_database
     from music_mood.storage import acquire_lock
     from music_mood.tracks import write_table
 
@@ -176,7 +177,7 @@ def place_ranked_files(records: list[dict], vectors: np.ndarray, folder: Path) -
     """An empty file for each of the PLACEHOLDER_ROWS rows the measured queries rank first (rank_tracks over the same
     vectors, so the same faiss index, built here in memory and not cached), so that rank_results finds the files
     of its top results as it would in a real library. Returns how many files were made."""
-    from music_mood.library import Database
+    from music_mood.database import Database
     from music_mood.search import Filters, rank_tracks
 
     db = Database(vectors=vectors, tracks=records, root=folder)
@@ -196,8 +197,10 @@ def measure_loaded_library(folder: str) -> dict:
     """
     import faiss  # noqa: F401  (imported before the baseline: the library's code, not the catalogue's memory)
 
-    from music_mood.library import LibraryPaths, _load_array, _rows_are_unit, find_track, load_database
-    from music_mood.search import Filters, index_path, rank_results, tag_values
+    from music_mood.database import find_track
+    from music_mood.index import index_path
+    from music_mood.library import LibraryPaths, _load_array, _rows_are_unit, load_database
+    from music_mood.search import Filters, rank_results, tag_values
     from music_mood.tracks import TrackTable
 
     paths = LibraryPaths.at(folder)
@@ -269,8 +272,9 @@ def measure_reopened_library(folder: str, missing_files: bool) -> dict:
     `missing_files`, lastly removes processed_music/ and times a query whose every file is missing."""
     import faiss  # noqa: F401  (as in measure_loaded_library)
 
+    from music_mood.index import vectors_fingerprint
     from music_mood.library import LibraryPaths, load_database
-    from music_mood.search import Filters, rank_results, vectors_fingerprint
+    from music_mood.search import Filters, rank_results
 
     out: dict = {}
     db, out["load_s"] = timed(lambda: load_database(LibraryPaths.at(folder)))

@@ -21,18 +21,9 @@ from music_mood.audio import (
     read_tags,
     read_track,
 )
+from music_mood.database import Database, DatabaseError, check_clap_model, empty_database
 from music_mood.embed import embed_track
-from music_mood.library import (
-    Database,
-    DatabaseError,
-    LibraryPaths,
-    check_clap_model,
-    empty_database,
-    load_database,
-    pending_moves,
-    recover_library,
-    save_database,
-)
+from music_mood.library import LibraryPaths, load_database, pending_moves, recover_library, save_database
 from music_mood.rows import is_lazy, stack_rows, take_ranges, take_rows
 from music_mood.shards import EmbeddedTrack
 from music_mood.storage import acquire_lock, copy_file, move_file, move_obstacle, remove_empty_folders

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from music_mood.database import REBUILD, Database, DatabaseError, EmptyLibraryError, check_dimension
 from music_mood.describe import MAX_CAPTION_TOKENS, MOOD_WORDS_PER_IMAGE, describe_pixels, vision_batch_size
 from music_mood.images import ImageError, open_image
-from music_mood.library import REBUILD, Database, DatabaseError, EmptyLibraryError, check_dimension
 from music_mood.query import Query, compose_query_text, embed_text
 from music_mood.search import (
     NO_FILTERS,
