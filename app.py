@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from music_mood.audio import AUDIO_EXTENSIONS
-from music_mood.build import SAMPLE_PACKAGE, build_library, import_sample_library, pending_files
+from music_mood.build import build_library, pending_files
 from music_mood.cli import StopSignals, add_library_arguments, add_model_arguments, int_argument, new_parser
 from music_mood.database import EMPTY_LIBRARY, Database, DatabaseError, EmptyLibraryError, UnknownTrackError, find_track
 from music_mood.display import TAG_COLUMNS, format_bpm, format_duration, track_tags
@@ -39,6 +39,7 @@ from music_mood.models import (
 )
 from music_mood.recommendation import NoQueryError, recommend
 from music_mood.render import RenderError
+from music_mood.sample import SAMPLE_PACKAGE, import_sample_library
 from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, Filters, parse_bpm_range, tag_values
 from music_mood.serve import (
     RenderFolders,

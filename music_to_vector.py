@@ -20,7 +20,7 @@ from music_mood.audio import (
     read_tags,
     read_track,
 )
-from music_mood.build import SAMPLE_PACKAGE, BuildReport, build_library, import_sample_library, pending_files
+from music_mood.build import BuildReport, build_library, pending_files
 from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, new_parser, print_lines
 from music_mood.cluster_pool import DEADLINE_FLOOR_S
 from music_mood.database import Database, DatabaseError, UnknownTrackError, empty_database
@@ -36,6 +36,7 @@ from music_mood.edit import (
 from music_mood.embed import embed_track, embed_windows, split_windows
 from music_mood.index import SEARCH_INDEX_MIN_TRACKS, index_path, load_search_index
 from music_mood.library import LibraryPaths, MoveBlockedError, committed_state, load_database, save_database
+from music_mood.sample import SAMPLE_PACKAGE, import_sample_library
 from music_mood.storage import LibraryBusyError, write_atomically
 
 __all__ = ["AUDIO_EXTENSIONS", "SAMPLE_PACKAGE", "SEARCH_INDEX_MIN_TRACKS", "AudioError", "BuildReport", "Database",
