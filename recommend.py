@@ -16,7 +16,7 @@ from music_mood.library import LibraryPaths, load_database
 from music_mood.models import ModelLoadError
 from music_mood.player import play
 from music_mood.recommendation import NoQueryError, Recommendation, Track, recommend
-from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, Filters, parse_bpm_range, rank_tracks
+from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, Filters, parse_bpm_range
 from music_mood.soundtrack import (
     DEFAULT_SECONDS_PER_PHOTO,
     MAX_PHOTOS,
@@ -38,7 +38,6 @@ __all__ = [
     "Track",
     "UnknownTrackError",
     "main",
-    "rank_tracks",
     "recommend",
 ]
 

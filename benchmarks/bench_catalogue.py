@@ -198,8 +198,9 @@ def measure_loaded_library(folder: str) -> dict:
     import faiss  # noqa: F401  (imported before the baseline: the library's code, not the catalogue's memory)
 
     from music_mood.database import find_track
+    from music_mood.datafiles import load_array, rows_are_unit
     from music_mood.index import index_path
-    from music_mood.library import LibraryPaths, _load_array, _rows_are_unit, load_database
+    from music_mood.library import LibraryPaths, load_database
     from music_mood.search import Filters, rank_results, tag_values
     from music_mood.tracks import TrackTable
 
@@ -216,9 +217,9 @@ def measure_loaded_library(folder: str) -> dict:
     db, out["load_s"] = timed(lambda: load_database(paths))
     held("load")
     n = len(db)
-    _, out["unit_check_s"] = timed(lambda: _rows_are_unit(db.vectors))
+    _, out["unit_check_s"] = timed(lambda: rows_are_unit(db.vectors))
     out["segments_mmap"] = isinstance(db.segments, np.memmap)
-    segments, out["segments_read_s"] = timed(lambda: _load_array(paths.segments, None, "segments"))
+    segments, out["segments_read_s"] = timed(lambda: load_array(paths.segments, None, "segments"))
     del segments
     table, out["table_open_s"] = timed(lambda: TrackTable(paths.tracks_table))
     table.close()
@@ -356,10 +357,10 @@ def main(argv=None) -> int:
     print(f"load_database in a new process: {shown(m['load_s'])}; held after it VmRSS +{m['rss_load_mb']:.0f} MB "
           f"(RssAnon, its own memory: +{m['anon_load_mb']:.0f} MB; the rest is file pages of memory-mapped vectors), "
           f"peak VmHWM +{m['peak_load_mb']:.0f} MB")
-    print(f"  of which: unit-length check of every vector row (library._rows_are_unit, run again alone) "
+    print(f"  of which: unit-length check of every vector row (datafiles.rows_are_unit, run again alone) "
           f"{shown(m['unit_check_s'])}; the windows (db.segments) "
           f"{'memory-mapped' if m['segments_mmap'] else 'read whole into memory'}, a whole read of that file alone "
-          f"(library._load_array) {shown(m['segments_read_s'])}; opening the track table "
+          f"(datafiles.load_array) {shown(m['segments_read_s'])}; opening the track table "
           f"(TrackTable: count and last row) {shown(m['table_open_s'])}")
     print(f"one record, db.tracks[{n // 2:,}]: first {m['record_first_s'] * 1e3:.2f} ms; mean of {LOOKUPS} "
           f"random rows {m['record_s'] * 1e3:.3f} ms")

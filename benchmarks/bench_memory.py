@@ -48,7 +48,7 @@ print(json.dumps({"models": [blip.embedded_by, clap.embedded_by], "base": base, 
 GC_CHILD = """
 import gc, json, sys, time
 from music_mood.models import freeze_loaded_objects, load_blip, load_clap_text, release_freed_memory
-from recommend import recommend
+from music_mood.recommendation import recommend
 from benchmarks.bench_query import synthetic_database
 
 blip_dir, clap_dir, precision, backend, photo = sys.argv[1:6]
