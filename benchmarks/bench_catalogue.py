@@ -269,7 +269,7 @@ def measure_loaded_library(folder: str) -> dict:
 def measure_reopened_library(folder: str, missing_files: bool) -> dict:
     """In a new process, as a CLI query runs after the first one cached the index: load_database, then the first
     query without a filter (the cached index read and checked against the vectors), then the first with the mood
-    filter (its tag columns made). Also search.vectors_fingerprint alone, the check of the cached index. With
+    filter (its tag columns made). Also index.vectors_fingerprint alone, the check of the cached index. With
     `missing_files`, lastly removes processed_music/ and times a query whose every file is missing."""
     import faiss  # noqa: F401  (as in measure_loaded_library)
 
@@ -384,7 +384,7 @@ def main(argv=None) -> int:
     print(f"  held after the queries: VmRSS +{m['rss_ranked_mb']:.0f} MB (RssAnon +{m['anon_ranked_mb']:.0f} MB), "
           f"peak +{m['peak_ranked_mb']:.0f} MB")
     print(f"again in a new process (the index cached, when one is used): load_database {shown(again['load_s'])}; "
-          f"first query, no filter, {shown(again['rank_all_s'])} (search.vectors_fingerprint alone, the cached "
+          f"first query, no filter, {shown(again['rank_all_s'])} (index.vectors_fingerprint alone, the cached "
           f"index's check: {shown(again['fingerprint_s'])}); then the first with moods={FILTER} "
           f"{shown(again['rank_calm_s'])}")
     if args.missing_files:
