@@ -545,7 +545,7 @@ def test_uploads_do_not_pile_up_in_the_temp_folder(library_copy, checkpoints, sa
     again, and goes when the server stops. What may stay is Gradio's copy of the example photos."""
     from gradio_client import Client, handle_file
 
-    from app import EXAMPLE_PHOTOS
+    from music_mood.web.recommend_tab import EXAMPLE_PHOTOS
 
     def kept(folder: Path) -> set[str]:
         return {p.name for p in folder.rglob("*") if p.is_file()}
@@ -584,7 +584,7 @@ def test_sigterm_stops_the_app_promptly_and_removes_the_uploads(library_copy, ch
 
     import httpx
 
-    from app import EXAMPLE_PHOTOS
+    from music_mood.web.recommend_tab import EXAMPLE_PHOTOS
 
     for attempt in range(3 if when == "loading" else 2):
         work = tmp_path / f"run-{attempt}"
@@ -630,7 +630,7 @@ def test_sigterm_stops_the_app_promptly_and_removes_the_uploads(library_copy, ch
 def test_empty_library_is_an_error_in_the_page(blip, clap_text, checkpoints, isolated_library, photos):
     import gradio as gr
 
-    from app import recommend_photo
+    from music_mood.web.recommend_tab import recommend_photo
 
     library = LiveLibrary(LibraryPaths.at(isolated_library), checkpoints["clap"])
     with pytest.raises(gr.Error, match="the music library is empty"):
@@ -643,7 +643,8 @@ def test_an_edited_cell_corrects_the_track_its_row_names(library_copy, checkpoin
     refused with a message, changing nothing."""
     import gradio as gr
 
-    from app import LIBRARY_COLUMNS, edit_cell, library_rows
+    from music_mood.web.library_tab import edit_cell
+    from music_mood.web.views import LIBRARY_COLUMNS, library_rows
 
     library = LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"])
     db = library.current()
@@ -670,7 +671,7 @@ def test_an_edited_cell_corrects_the_track_its_row_names(library_copy, checkpoin
 def test_removal_asks_first_naming_the_tracks_and_removed(library_copy, checkpoints):
     import gradio as gr
 
-    from app import removal_question
+    from music_mood.web.library_tab import removal_question
 
     library = LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"])
     track = library.current().tracks[0]
@@ -816,7 +817,7 @@ def test_upload_name_strips_only_folders_dots_and_control_characters(name, kept)
 
 
 def test_results_are_escaped_and_play_from_their_best_moment():
-    from app import audio_url, render_tracks
+    from music_mood.web.views import audio_url, render_tracks
 
     file_path = "processed_music/calm/a b#c?.opus"
     track = {"rank": 1, "title": "<script>alert(1)</script>", "artist": 'A "&" B', "mood": "<b>", "genre": "",
@@ -834,7 +835,7 @@ def test_results_are_escaped_and_play_from_their_best_moment():
 
 
 def test_library_table_shows_each_tempo(library_copy):
-    from app import LIBRARY_COLUMNS, library_rows
+    from music_mood.web.views import LIBRARY_COLUMNS, library_rows
 
     db = load_database(LibraryPaths.at(library_copy))
     db.tracks[0].pop("bpm")  # added before tempos were stored: an empty cell
@@ -908,8 +909,8 @@ def test_page_says_models_are_loading_and_requests_wait_for_them(checkpoints, li
     """The page is served while the models load: it says so, and a request made meanwhile waits, then answers."""
     import threading
 
-    from app import build_app
     from music_mood.models import BackgroundModels as Models
+    from music_mood.web.page import build_app
 
     models = Models(checkpoints["blip"], checkpoints["clap"], "fp32")
     assert "Loading the models" in models.status()
@@ -958,7 +959,7 @@ def test_loading_prepares_the_mood_baseline_before_the_first_request(checkpoints
 
 
 def test_model_that_cannot_load_is_an_error_in_the_page(checkpoints, tmp_path):
-    """The page's status says so, and a request gets the reason (wire_page shows ModelLoadError as gr.Error)."""
+    """The page's status says so, and a request gets the reason (the Recommend tab shows ModelLoadError as gr.Error)."""
     from music_mood.models import BackgroundModels as Models
     from music_mood.models import ModelLoadError
 

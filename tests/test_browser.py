@@ -178,7 +178,7 @@ def test_a_new_page_shows_the_library_as_it_is_now(page, app, sample_tracks, che
 
 def library_cell(page, row: int, column: str):
     """A cell of the Library tab's table (the rows are the library's tracks in order)."""
-    from app import LIBRARY_COLUMNS
+    from music_mood.web.views import LIBRARY_COLUMNS
 
     return page.locator(f"#library [data-testid=cell-{row}-{LIBRARY_COLUMNS.index(column)}]")
 

@@ -274,16 +274,16 @@ def test_a_memory_mapped_library_commits_by_streaming_and_writes_the_same_files(
 
 
 def test_the_library_tab_shows_the_first_rows_of_a_catalogue_and_says_so(both, monkeypatch):
-    import app
+    from music_mood.web import views
 
     db = load_database(LibraryPaths.at(both[1]))
-    assert [row[-1] for row in app.library_rows(db)] == [t["file_path"] for t in db.tracks]
-    assert "first" not in app.library_table_note(len(db))
-    monkeypatch.setattr(app, "LIBRARY_TABLE_MAX_ROWS", 4)
-    rows = app.library_rows(db)
+    assert [row[-1] for row in views.library_rows(db)] == [t["file_path"] for t in db.tracks]
+    assert "first" not in views.library_table_note(len(db))
+    monkeypatch.setattr(views, "LIBRARY_TABLE_MAX_ROWS", 4)
+    rows = views.library_rows(db)
     assert [row[0] for row in rows] == [1, 2, 3, 4] and [row[-1] for row in rows] == \
         [t["file_path"] for t in db.tracks[:4]]
-    assert f"The table shows the first 4 of the {len(db)} tracks" in app.library_table_note(len(db))
+    assert f"The table shows the first 4 of the {len(db)} tracks" in views.library_table_note(len(db))
 
 
 def test_list_streams_and_a_reader_that_stops_early_ends_it_quietly(both):

@@ -39,7 +39,7 @@ def folders_in(renders: RenderFolders) -> list[Path]:
 
 def test_a_soundtrack_is_planned_once_and_rendered_into_its_own_folder(library_copy, default_models, photos,
                                                                      tmp_path):
-    from app import render_slideshow
+    from music_mood.web.views import render_slideshow
 
     db = load_database(LibraryPaths.at(library_copy))
     album = [str(photos[name]) for name in ALBUM]
@@ -168,7 +168,7 @@ def test_render_folders_serve_only_their_own_files(tmp_path):
 
 
 def test_the_page_escapes_what_it_shows_and_plays_each_stretch(tmp_path):
-    from app import render_slideshow
+    from music_mood.web.views import render_slideshow
 
     photo = {"path": "/tmp/x/<b>.jpg", "name": "<b>.jpg", "caption": "a <script>", "mood_words": ["calm"],
              "start_s": 0.0, "end_s": 4.0, "thumbnail_url": "/slideshow/T/thumbs/000.jpg"}
@@ -192,14 +192,15 @@ def test_the_page_escapes_what_it_shows_and_plays_each_stretch(tmp_path):
 def test_messages_name_photos_by_their_file_name(library_copy, default_models, tmp_path):
     import gradio as gr
 
-    from app import slideshow_errors, slideshow_photos
+    from music_mood.web.errors import user_errors
+    from music_mood.web.slideshow_tab import slideshow_photos
 
     uploads = tmp_path / "gradio" / "abc123"
     uploads.mkdir(parents=True)
     bad, gone = uploads / "notes.png", uploads / "gone.jpg"
     bad.write_text("not a photo")
     db = load_database(LibraryPaths.at(library_copy))
-    with pytest.raises(gr.Error) as raised, slideshow_errors([bad, gone]):
+    with pytest.raises(gr.Error) as raised, user_errors([bad, gone], soundtrack=True):
         make_slideshow(RenderFolders(tmp_path / "renders"), *default_models, db, [str(bad), str(gone)])
     assert raised.value.message == ("None of the 2 photos can be read (notes.png is not an image (Pillow cannot "
                                     "identify it), and 1 more).")
@@ -212,7 +213,7 @@ def test_messages_name_photos_by_their_file_name(library_copy, default_models, t
         with pytest.raises(gr.Error) as raised:
             slideshow_photos(photos)
         assert raised.value.message.startswith(message)
-    with pytest.raises(gr.Error) as raised, slideshow_errors():
+    with pytest.raises(gr.Error) as raised, user_errors():
         raise DatabaseError("damaged")
     assert raised.value.message == "The music database cannot be used: damaged"
 
@@ -222,10 +223,10 @@ def test_a_session_that_ends_takes_its_soundtrack_with_it(library_copy, checkpoi
     photos are kept); the state's delete_callback then removes the folder of its soundtrack."""
     import gradio as gr
 
-    from app import build_app
     from music_mood.live import LiveLibrary
     from music_mood.models import BackgroundModels
     from music_mood.slideshows import Slideshow
+    from music_mood.web.page import build_app
 
     renders = RenderFolders(tmp_path)
     demo = build_app(LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"]),
