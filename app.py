@@ -6,11 +6,14 @@ import argparse
 import importlib
 import sys
 
-from music_mood.build import SAMPLE_PACKAGE, build_library, import_sample_library, pending_files
+from music_mood.build import build_library, pending_files
 from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, model_choice, new_parser
+from music_mood.database import DatabaseError
 from music_mood.engines import AUTO, ModelChoice
-from music_mood.library import DatabaseError, LibraryPaths, LiveLibrary
+from music_mood.library import LibraryPaths
+from music_mood.live import LiveLibrary
 from music_mood.models import BackgroundModels, ModelLoadError, load_clap_audio, load_clap_text
+from music_mood.sample import SAMPLE_PACKAGE, import_sample_library
 from music_mood.serve import port_busy_message, port_in_use
 from music_mood.storage import LibraryBusyError
 from music_mood.tags import tagger_of

@@ -2,7 +2,7 @@
 
 `python music_to_vector.py` embeds what waits in new_music/ and moves it to processed_music/. The work is done by
 the music_mood package: audio.py reads, embed.py embeds, build.py commits through library.py, which holds the
-database contract. The names users import from here are re-exported.
+database contract; import those from the package, not from here.
 """
 from __future__ import annotations
 
@@ -10,17 +10,7 @@ import argparse
 import contextlib
 import sys
 
-from music_mood.audio import (
-    AUDIO_EXTENSIONS,
-    AudioError,
-    DecodedTrack,
-    decode_audio,
-    file_sha256,
-    find_audio_files,
-    read_tags,
-    read_track,
-)
-from music_mood.build import SAMPLE_PACKAGE, BuildReport, build_library, import_sample_library, pending_files
+from music_mood.build import build_library
 from music_mood.cli import (
     add_library_arguments,
     add_model_arguments,
@@ -30,6 +20,7 @@ from music_mood.cli import (
     print_lines,
 )
 from music_mood.cluster_pool import DEADLINE_FLOOR_S
+from music_mood.database import DatabaseError, UnknownTrackError
 from music_mood.display import format_bpm, library_lines
 from music_mood.edit import (
     EDITABLE_FIELDS,
@@ -39,28 +30,11 @@ from music_mood.edit import (
     remove_tracks,
     set_fields,
 )
-from music_mood.embed import embed_track, embed_windows, split_windows
-from music_mood.library import (
-    SEARCH_INDEX_MIN_TRACKS,
-    Database,
-    DatabaseError,
-    LibraryPaths,
-    MoveBlockedError,
-    UnknownTrackError,
-    committed_state,
-    empty_database,
-    load_database,
-    save_database,
-)
-from music_mood.search import index_path, load_search_index
-from music_mood.storage import LibraryBusyError, write_atomically
+from music_mood.library import LibraryPaths, MoveBlockedError, load_database
+from music_mood.sample import SAMPLE_PACKAGE, import_sample_library
+from music_mood.storage import LibraryBusyError
 
-__all__ = ["AUDIO_EXTENSIONS", "SAMPLE_PACKAGE", "SEARCH_INDEX_MIN_TRACKS", "AudioError", "BuildReport", "Database",
-           "DatabaseError", "DecodedTrack", "LibraryBusyError", "LibraryPaths", "add_library_arguments",
-           "build_library", "committed_state", "decode_audio", "embed_track", "embed_windows", "empty_database",
-           "file_sha256", "find_audio_files", "import_sample_library", "index_path", "load_database",
-           "load_search_index", "main", "pending_files", "read_tags", "read_track",
-           "save_database", "split_windows", "write_atomically"]
+__all__ = ["build_parser", "edit_library", "main"]  # the package holds the rest: import it from there
 
 
 def build_parser() -> argparse.ArgumentParser:

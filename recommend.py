@@ -16,23 +16,16 @@ from music_mood.cli import (
     model_choice,
     new_parser,
 )
+from music_mood.database import Database, DatabaseError, EmptyLibraryError, UnknownTrackError, find_track
 from music_mood.display import format_recommendation, format_soundtrack
 from music_mood.images import ImageError
-from music_mood.library import (
-    Database,
-    DatabaseError,
-    EmptyLibraryError,
-    LibraryPaths,
-    UnknownTrackError,
-    find_track,
-    load_database,
-)
+from music_mood.library import LibraryPaths, load_database
 from music_mood.models import ModelLoadError
 from music_mood.player import play
 from music_mood.playlists import PlaylistNameError
 from music_mood.recommendation import NoQueryError, Recommendation, Track, recommend
 from music_mood.saved_playlists import PlaylistError, check_can_save, save_playlist
-from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, Filters, parse_bpm_range, rank_tracks
+from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, Filters, parse_bpm_range
 from music_mood.soundtrack import (
     DEFAULT_SECONDS_PER_PHOTO,
     MAX_PHOTOS,
@@ -54,7 +47,6 @@ __all__ = [
     "Track",
     "UnknownTrackError",
     "main",
-    "rank_tracks",
     "recommend",
 ]
 

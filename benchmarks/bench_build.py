@@ -1,7 +1,7 @@
 """Building the music database from the 28 tracks of immich-memories-music: audio seconds embedded per wall second.
 
 (a) seed-equivalent: the full ClapModel, one random 10 s crop per track, tracks one after another.
-(b) the product before ONNX Runtime: music_to_vector.build_library with load_clap_audio (audio tower only) on
+(b) the product before ONNX Runtime: music_mood.build.build_library with load_clap_audio (audio tower only) on
     torch fp32, every 10 s window of every track (whole-track coverage), decoding overlapped with embedding.
 (c) the product's default now (`--precision auto --backend auto`: ONNX Runtime with 8-bit weights on a CPU
     without native bf16), the same build.
@@ -63,9 +63,11 @@ def seed_build(checkpoint: str, tracks: list[Path]) -> tuple[float, float]:
 
 def product_build(checkpoint: str, tracks: list[Path], choice: ModelChoice) -> tuple[float, float, int]:
     """(audio seconds embedded, wall seconds, windows) for build_library on a fresh library of `tracks`."""
-    from music_mood.audio import estimate_tempo
+    from music_mood.audio import decode_audio, estimate_tempo
+    from music_mood.build import build_library
+    from music_mood.embed import embed_windows, split_windows
+    from music_mood.library import LibraryPaths
     from music_mood.models import load_clap_audio
-    from music_to_vector import LibraryPaths, build_library, decode_audio, embed_windows, split_windows
 
     clap = load_clap_audio(checkpoint, choice)  # exported first if it has to be, untimed
     warm = decode_audio(tracks[0], clap.runtime.sampling_rate)  # warm-up, untimed

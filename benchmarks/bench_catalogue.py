@@ -153,7 +153,8 @@ def measure_json_before(records: list[dict], dim: int, folder: Path) -> dict:
 def commit_library(records: list[dict], vectors: np.ndarray, folder: Path) -> dict:
     """Commit `records` and `vectors` (also the windows: one a track) as a track table in `folder`, by save_database
     under the library lock. Also times tracks.write_table alone, into a scratch file removed after."""
-    from music_mood.library import Database, LibraryPaths, save_database
+    from music_mood.database import Database
+    from music_mood.library import LibraryPaths, save_database
     from music_mood.storage import acquire_lock
     from music_mood.tracks import write_table
 
@@ -176,7 +177,7 @@ def place_ranked_files(records: list[dict], vectors: np.ndarray, folder: Path) -
     """An empty file for each of the PLACEHOLDER_ROWS rows the measured queries rank first (rank_tracks over the same
     vectors, so the same faiss index, built here in memory and not cached), so that rank_results finds the files
     of its top results as it would in a real library. Returns how many files were made."""
-    from music_mood.library import Database
+    from music_mood.database import Database
     from music_mood.search import Filters, rank_tracks
 
     db = Database(vectors=vectors, tracks=records, root=folder)
@@ -196,8 +197,11 @@ def measure_loaded_library(folder: str) -> dict:
     """
     import faiss  # noqa: F401  (imported before the baseline: the library's code, not the catalogue's memory)
 
-    from music_mood.library import LibraryPaths, _load_array, _rows_are_unit, find_track, load_database
-    from music_mood.search import Filters, index_path, rank_results, tag_values
+    from music_mood.database import find_track
+    from music_mood.datafiles import load_array, rows_are_unit
+    from music_mood.index import index_path
+    from music_mood.library import LibraryPaths, load_database
+    from music_mood.search import Filters, rank_results, tag_values
     from music_mood.tracks import TrackTable
 
     paths = LibraryPaths.at(folder)
@@ -213,9 +217,9 @@ def measure_loaded_library(folder: str) -> dict:
     db, out["load_s"] = timed(lambda: load_database(paths))
     held("load")
     n = len(db)
-    _, out["unit_check_s"] = timed(lambda: _rows_are_unit(db.vectors))
+    _, out["unit_check_s"] = timed(lambda: rows_are_unit(db.vectors))
     out["segments_mmap"] = isinstance(db.segments, np.memmap)
-    segments, out["segments_read_s"] = timed(lambda: _load_array(paths.segments, None, "segments"))
+    segments, out["segments_read_s"] = timed(lambda: load_array(paths.segments, None, "segments"))
     del segments
     table, out["table_open_s"] = timed(lambda: TrackTable(paths.tracks_table))
     table.close()
@@ -265,12 +269,13 @@ def measure_loaded_library(folder: str) -> dict:
 def measure_reopened_library(folder: str, missing_files: bool) -> dict:
     """In a new process, as a CLI query runs after the first one cached the index: load_database, then the first
     query without a filter (the cached index read and checked against the vectors), then the first with the mood
-    filter (its tag columns made). Also search.vectors_fingerprint alone, the check of the cached index. With
+    filter (its tag columns made). Also index.vectors_fingerprint alone, the check of the cached index. With
     `missing_files`, lastly removes processed_music/ and times a query whose every file is missing."""
     import faiss  # noqa: F401  (as in measure_loaded_library)
 
+    from music_mood.index import vectors_fingerprint
     from music_mood.library import LibraryPaths, load_database
-    from music_mood.search import Filters, rank_results, vectors_fingerprint
+    from music_mood.search import Filters, rank_results
 
     out: dict = {}
     db, out["load_s"] = timed(lambda: load_database(LibraryPaths.at(folder)))
@@ -352,10 +357,10 @@ def main(argv=None) -> int:
     print(f"load_database in a new process: {shown(m['load_s'])}; held after it VmRSS +{m['rss_load_mb']:.0f} MB "
           f"(RssAnon, its own memory: +{m['anon_load_mb']:.0f} MB; the rest is file pages of memory-mapped vectors), "
           f"peak VmHWM +{m['peak_load_mb']:.0f} MB")
-    print(f"  of which: unit-length check of every vector row (library._rows_are_unit, run again alone) "
+    print(f"  of which: unit-length check of every vector row (datafiles.rows_are_unit, run again alone) "
           f"{shown(m['unit_check_s'])}; the windows (db.segments) "
           f"{'memory-mapped' if m['segments_mmap'] else 'read whole into memory'}, a whole read of that file alone "
-          f"(library._load_array) {shown(m['segments_read_s'])}; opening the track table "
+          f"(datafiles.load_array) {shown(m['segments_read_s'])}; opening the track table "
           f"(TrackTable: count and last row) {shown(m['table_open_s'])}")
     print(f"one record, db.tracks[{n // 2:,}]: first {m['record_first_s'] * 1e3:.2f} ms; mean of {LOOKUPS} "
           f"random rows {m['record_s'] * 1e3:.3f} ms")
@@ -379,7 +384,7 @@ def main(argv=None) -> int:
     print(f"  held after the queries: VmRSS +{m['rss_ranked_mb']:.0f} MB (RssAnon +{m['anon_ranked_mb']:.0f} MB), "
           f"peak +{m['peak_ranked_mb']:.0f} MB")
     print(f"again in a new process (the index cached, when one is used): load_database {shown(again['load_s'])}; "
-          f"first query, no filter, {shown(again['rank_all_s'])} (search.vectors_fingerprint alone, the cached "
+          f"first query, no filter, {shown(again['rank_all_s'])} (index.vectors_fingerprint alone, the cached "
           f"index's check: {shown(again['fingerprint_s'])}); then the first with moods={FILTER} "
           f"{shown(again['rank_calm_s'])}")
     if args.missing_files:

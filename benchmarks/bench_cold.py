@@ -25,7 +25,8 @@ LIBRARY_SIZE = 10_000
 
 
 def make_library(folder: Path, clap_model: str, dim: int) -> Path:
-    from music_to_vector import Database, LibraryPaths, save_database
+    from music_mood.database import Database
+    from music_mood.library import LibraryPaths, save_database
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((LIBRARY_SIZE, dim)).astype(np.float32)

@@ -52,7 +52,7 @@ import gc, json, sys, time
 from music_mood.engines import ModelChoice
 from music_mood.memory import freeze_loaded_objects, release_freed_memory
 from music_mood.models import load_blip, load_clap_text
-from recommend import recommend
+from music_mood.recommendation import recommend
 from benchmarks.bench_query import synthetic_database
 
 blip_dir, clap_dir, precision, backend, photo = sys.argv[1:6]

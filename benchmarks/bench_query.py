@@ -45,7 +45,7 @@ def synthetic_database(n: int, dim: int):
     """n random unit vectors, each a track whose (empty) file exists, as recommend() skips tracks whose file is gone."""
     import tempfile
 
-    from music_to_vector import Database
+    from music_mood.database import Database
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n, dim)).astype(np.float32)

@@ -41,7 +41,7 @@ GPU_UTILISATION = 0.30
 def ray_build(clap, tracks: list[Path], choice: ModelChoice, threads: int):
     """(audio seconds, wall seconds, windows, ClusterBuild) of build_library_on_ray on a fresh library of `tracks`."""
     from music_mood.cluster import build_library_on_ray
-    from music_to_vector import LibraryPaths
+    from music_mood.library import LibraryPaths
 
     with tempfile.TemporaryDirectory(prefix="bench_ray_build.") as folder:
         paths = LibraryPaths.at(folder)
@@ -73,7 +73,7 @@ def audio_tower_flops(checkpoint: str) -> float:
 
 def decode_seconds_per_audio_second(tracks: list[Path], sample_rate: int) -> float:
     """One core decoding (PyAV + soxr resampling to the model's rate), as a decode task does."""
-    from music_to_vector import decode_audio
+    from music_mood.audio import decode_audio
 
     decode_audio(tracks[0], sample_rate)  # warm-up
     start, audio = time.perf_counter(), 0.0
@@ -84,8 +84,8 @@ def decode_seconds_per_audio_second(tracks: list[Path], sample_rate: int) -> flo
 
 def driver_costs(tracks: list[Path], dim: int, windows: int, count: int = 300) -> dict:
     """The driver's per-file work besides Ray: hashing (MB/s, files in the page cache) and a shard's write + read."""
+    from music_mood.audio import file_sha256
     from music_mood.shards import Shard, encode_shard, read_shard, remove_staging, write_shard
-    from music_to_vector import file_sha256
 
     start, size = time.perf_counter(), 0
     for track in tracks * 3:

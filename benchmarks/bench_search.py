@@ -53,8 +53,10 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, chunk: int = 100_000) ->
 
 
 def measure(n: int, queries_count: int, folder: Path, distribution: str = "clustered") -> dict:
+    from music_mood.database import Database
+    from music_mood.index import SEARCH_INDEX_MIN_TRACKS
+    from music_mood.library import LibraryPaths, load_database, save_database
     from music_mood.search import rank_tracks
-    from music_to_vector import SEARCH_INDEX_MIN_TRACKS, Database, LibraryPaths, load_database, save_database
 
     rng = np.random.default_rng(n)
     if distribution == "clustered":
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
     queries = 50 if args.quick else args.queries
-    from music_to_vector import SEARCH_INDEX_MIN_TRACKS
+    from music_mood.index import SEARCH_INDEX_MIN_TRACKS
 
     print(f"top-{TOPK}, D={DIM}, {args.distribution} vectors, {queries} queries per size; index from "
           f"N >= {SEARCH_INDEX_MIN_TRACKS}")

@@ -91,7 +91,7 @@ def make_vector_library(folder: Path, dim: int, tracks: int = PLAN_LIBRARY_TRACK
     10 s windows each; their files exist (empty), as planning checks that a track's file is there."""
     import numpy as np
 
-    from music_mood.library import Database
+    from music_mood.database import Database
 
     rng = np.random.default_rng(seed)
     unit = lambda rows: (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)

@@ -39,9 +39,10 @@ def main(argv=None) -> int:
     parser.add_argument("-k", type=int, default=5, help="precision@k")
     args = parser.parse_args(argv)
 
-    from music_mood.build import build_library, import_sample_library
+    from music_mood.build import build_library
     from music_mood.library import LibraryPaths, load_database
     from music_mood.models import DEFAULT_CLAP_MODEL, load_clap_audio, load_clap_text
+    from music_mood.sample import import_sample_library
     from music_mood.tags import MOOD_VOCABULARY, choose_tags, tag_text_vectors
 
     random_weights = not (args.clap_model or args.real_models)

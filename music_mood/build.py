@@ -11,33 +11,21 @@ from pathlib import Path
 import numpy as np
 
 from music_mood.audio import (
-    AUDIO_EXTENSIONS,
     DecodedTrack,
     decode_audio,
     estimate_tempo,
-    file_sha256,
     file_tags,
     find_audio_files,
     read_tags,
     read_track,
 )
+from music_mood.database import Database, DatabaseError, check_clap_model, empty_database
 from music_mood.embed import embed_track
-from music_mood.library import (
-    Database,
-    DatabaseError,
-    LibraryPaths,
-    check_clap_model,
-    empty_database,
-    load_database,
-    pending_moves,
-    recover_library,
-    save_database,
-)
+from music_mood.library import LibraryPaths, load_database, pending_moves, recover_library, save_database
 from music_mood.rows import is_lazy, stack_rows, take_ranges, take_rows
 from music_mood.shards import EmbeddedTrack
-from music_mood.storage import acquire_lock, copy_file, move_file, move_obstacle, remove_empty_folders
+from music_mood.storage import acquire_lock, move_file, move_obstacle, remove_empty_folders
 
-SAMPLE_PACKAGE = "immich-memories-music"
 TAG_KEYS = ("title", "artist", "genre", "mood")
 COMMIT_EVERY_S = 300.0  # a long build commits what it has embedded this often (see build_library)
 
@@ -126,113 +114,142 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
     cluster.py commits what a Ray cluster embedded). `lock`: the library lock (storage.acquire_lock) when the
     caller already holds it; the build then runs under it and leaves it held.
     """
-    from tqdm import tqdm
-
-    sample_rate = clap.runtime.sampling_rate
-    window_s = clap.runtime.window_samples / sample_rate
     held = lock
     lock = held or acquire_lock(paths.lock, lock_timeout)
     try:
         report = BuildReport(warnings=recover_library(paths))
-        old, db = database_to_build_on(paths, clap.name, rebuild)
-        # What the old database knew about a file is kept on rebuild (a title fixed by hand, say).
-        previous = {t.get("sha256"): t for t in old.tracks}
-        tracks = [dict(t) for t in db.tracks]  # copies: a relocated track's record changes
-        known = {t.get("sha256"): t for t in tracks}
-        moves, new_rows, new_segments, added = [], [], [], []
-        # A move the last commit could not make (save_database carries it): its file is the listed track's, not
-        # one to add, and its target is taken.
-        pending = pending_moves(paths)
-        taken = {target for _, target in pending}
-        committed = {"at": time.monotonic(), "changes": 0}
-        # The listed tracks whose tempo is to be read, by their file (the same record objects as in `tracks`).
-        untimed = {paths.root / t["file_path"]: t for t in tracks
-                   if fill_tempo and "bpm" not in t and (paths.root / t["file_path"]).is_file()}
-
-        def changes() -> int:
-            return len(report.added) + len(report.relocated) + len(report.tempo_read)
-
-        def commit(keep: list[int]) -> None:
-            """Commit the tracks kept, the ones added since the last commit and the moves that go with them."""
-            nonlocal db, tracks
-            db = compose_database(db, [tracks[i] for i in keep], keep, added, new_rows, new_segments, clap.name,
-                                  window_s)
-            if tagger is not None:
-                stale = [i for i, t in enumerate(db.tracks) if tagger.stale(t)]
-                for i, tags in zip(stale, tagger.tag(db.vectors[stale])):
-                    db.tracks[i]["auto_tags"] = tags
-            report.warnings.extend(save_database(db, paths, sample_rate, moves))
-            tracks = db.tracks
-            for pending in (moves, added, new_rows, new_segments):
-                pending.clear()
-            committed.update(at=time.monotonic(), changes=changes())
-
-        def read(path: Path):
-            if path in untimed:  # a listed track: its tempo alone
-                return estimate_tempo(decode_audio(path, sample_rate), sample_rate)
-            folder = paths.new_music if path.is_relative_to(paths.new_music) else paths.processed_music
-            return (read_file or read_track)(path, folder, sample_rate, known.keys())
-
-        def commit_if_due() -> None:
-            if not rebuild and time.monotonic() - committed["at"] >= commit_every_s:
-                commit(list(range(len(tracks))))  # tracks whose file is gone are dropped at the end only
-
-        waiting = {source for source, _ in pending}
-        candidates = [path for path in pending_files(paths, db, files) if path not in waiting]
-        for path, item in tqdm(_prefetch(read, candidates + list(untimed)), total=len(candidates) + len(untimed),
-                               desc="Embedding music" + (" and reading tempos" if untimed else ""), unit="file",
-                               file=sys.stderr, disable=not progress or None):
-            if path in untimed:
-                record = untimed[path]
-                if isinstance(item, Exception):  # the track stays as it is, without a tempo; the next run tries again
-                    report.warnings.append(f"Warning: cannot read the tempo of {record['file_path']}: {item}")
-                    continue
-                record["bpm"] = item
-                report.tempo_read.append(record)
-                commit_if_due()
-            elif isinstance(item, Exception):
-                report.failed.append((path, str(item)))
-            elif item.sha256 in known:
-                _found_again(known[item.sha256], path, paths, report, moves, taken)
-            else:
-                final = _destination(path, paths, taken) if path.is_relative_to(paths.new_music) else path
-                obstacle = move_obstacle(path, final) if final != path else None
-                if obstacle is not None:  # before embedding: the file could not go where the commit would say
-                    report.failed.append((path, f"cannot move it to {final}: {obstacle}"))
-                    continue
-                try:
-                    vector, segments, last_window_start_s = (
-                        (item.vector, item.segments, item.last_window_start_s) if isinstance(item, EmbeddedTrack)
-                        else embed_track(clap, item.audio))
-                except Exception as e:  # one bad file must not cost the others
-                    report.failed.append((path, f"cannot embed {path.name}: {e}"))
-                    continue
-                taken.add(final)
-                if final != path:
-                    moves.append((path, final))
-                record = _new_record(item, final, paths, len(segments), last_window_start_s,
-                                     previous.get(item.sha256), getattr(item, "embedded_by", clap.embedded_by))
-                known[item.sha256] = record
-                new_rows.append(vector)
-                new_segments.append(segments)
-                added.append(record)
-                report.added.append(record)
-                commit_if_due()
-
-        keep = _tracks_still_there(tracks, paths, taken, report)
-        uncommitted = changes() > committed["changes"]
-        untagged = tagger is not None and any(tagger.stale(tracks[i]) for i in keep)
-        if uncommitted or len(keep) < len(tracks) or rebuild or untagged:
-            commit(keep)
-        else:  # only files of a commit that a crash stopped before its moves: the database already lists them
-            for source, target in moves:
-                move_file(source, target)
-                remove_empty_folders(source.parent, paths.new_music)
-        report.tracks = len(db)
+        build = _Build(clap, paths, report, rebuild, commit_every_s, tagger, fill_tempo, read_file or read_track)
+        build.read_and_embed(files, progress)
+        build.finish()
+        report.tracks = len(build.db)
     finally:
         if held is None:
             lock.release()
     return report
+
+
+class _Build:
+    """One run of build_library, under the library lock: the database it builds on, the records it changes, and
+    what it has embedded and moved since its last commit. The steps: read_and_embed (each file: read → embed, or
+    a tempo read), commit (when due, and at the end), finish."""
+
+    def __init__(self, clap, paths: LibraryPaths, report: BuildReport, rebuild: bool, commit_every_s: float,
+                 tagger, fill_tempo: bool, read_file):
+        self.clap, self.paths, self.report, self.rebuild = clap, paths, report, rebuild
+        self.commit_every_s, self.tagger, self.read_file = commit_every_s, tagger, read_file
+        self.sample_rate = clap.runtime.sampling_rate
+        self.window_s = clap.runtime.window_samples / self.sample_rate
+        old, self.db = database_to_build_on(paths, clap.name, rebuild)
+        # What the old database knew about a file is kept on rebuild (a title fixed by hand, say).
+        self.previous = {t.get("sha256"): t for t in old.tracks}
+        self.tracks = [dict(t) for t in self.db.tracks]  # copies: a relocated track's record changes
+        self.known = {t.get("sha256"): t for t in self.tracks}
+        self.moves, self.new_rows, self.new_segments, self.added = [], [], [], []
+        # A move the last commit could not make (save_database carries it): its file is the listed track's, not
+        # one to add, and its target is taken.
+        pending = pending_moves(paths)
+        self.waiting = {source for source, _ in pending}
+        self.taken = {target for _, target in pending}
+        self.committed_at, self.committed_changes = time.monotonic(), 0
+        # The listed tracks whose tempo is to be read, by their file (the same record objects as in `tracks`).
+        self.untimed = {paths.root / t["file_path"]: t for t in self.tracks
+                        if fill_tempo and "bpm" not in t and (paths.root / t["file_path"]).is_file()}
+
+    def changes(self) -> int:
+        return len(self.report.added) + len(self.report.relocated) + len(self.report.tempo_read)
+
+    def read_and_embed(self, files: list[Path] | None, progress: bool) -> None:
+        """Read every file to add (and every listed file whose tempo is to be read), decoding the next while the
+        last is embedded, and take each in; commit when due."""
+        from tqdm import tqdm
+
+        candidates = [path for path in pending_files(self.paths, self.db, files) if path not in self.waiting]
+        for path, item in tqdm(_prefetch(self.read, candidates + list(self.untimed)),
+                               total=len(candidates) + len(self.untimed),
+                               desc="Embedding music" + (" and reading tempos" if self.untimed else ""), unit="file",
+                               file=sys.stderr, disable=not progress or None):
+            if path in self.untimed:
+                self.take_tempo(self.untimed[path], item)
+            elif isinstance(item, Exception):
+                self.report.failed.append((path, str(item)))
+            elif item.sha256 in self.known:
+                _found_again(self.known[item.sha256], path, self.paths, self.report, self.moves, self.taken)
+            else:
+                self.add(path, item)
+
+    def read(self, path: Path):
+        """A listed file's tempo (fill_tempo), or the file read to be embedded (DecodedTrack, EmbeddedTrack)."""
+        if path in self.untimed:
+            return estimate_tempo(decode_audio(path, self.sample_rate), self.sample_rate)
+        folder = self.paths.new_music if path.is_relative_to(self.paths.new_music) else self.paths.processed_music
+        return self.read_file(path, folder, self.sample_rate, self.known.keys())
+
+    def take_tempo(self, record: dict, item) -> None:
+        """A listed track's tempo read (or the error reading it), its record changed."""
+        if isinstance(item, Exception):  # the track stays as it is, without a tempo; the next run tries again
+            self.report.warnings.append(f"Warning: cannot read the tempo of {record['file_path']}: {item}")
+            return
+        record["bpm"] = item
+        self.report.tempo_read.append(record)
+        self.commit_if_due()
+
+    def add(self, path: Path, item: DecodedTrack | EmbeddedTrack) -> None:
+        """Embed a file whose content is new (unless it comes embedded) and add its record, with its move."""
+        paths, report = self.paths, self.report
+        final = _destination(path, paths, self.taken) if path.is_relative_to(paths.new_music) else path
+        obstacle = move_obstacle(path, final) if final != path else None
+        if obstacle is not None:  # before embedding: the file could not go where the commit would say
+            report.failed.append((path, f"cannot move it to {final}: {obstacle}"))
+            return
+        try:
+            vector, segments, last_window_start_s = (
+                (item.vector, item.segments, item.last_window_start_s) if isinstance(item, EmbeddedTrack)
+                else embed_track(self.clap, item.audio))
+        except Exception as e:  # one bad file must not cost the others
+            report.failed.append((path, f"cannot embed {path.name}: {e}"))
+            return
+        self.taken.add(final)
+        if final != path:
+            self.moves.append((path, final))
+        record = _new_record(item, final, paths, len(segments), last_window_start_s, self.previous.get(item.sha256),
+                             getattr(item, "embedded_by", self.clap.embedded_by))
+        self.known[item.sha256] = record
+        self.new_rows.append(vector)
+        self.new_segments.append(segments)
+        self.added.append(record)
+        report.added.append(record)
+        self.commit_if_due()
+
+    def commit_if_due(self) -> None:
+        if not self.rebuild and time.monotonic() - self.committed_at >= self.commit_every_s:
+            self.commit(list(range(len(self.tracks))))  # tracks whose file is gone are dropped at the end only
+
+    def commit(self, keep: list[int]) -> None:
+        """Commit the tracks kept, the ones added since the last commit and the moves that go with them."""
+        self.db = compose_database(self.db, [self.tracks[i] for i in keep], keep, self.added, self.new_rows,
+                                   self.new_segments, self.clap.name, self.window_s)
+        if self.tagger is not None:
+            stale = [i for i, t in enumerate(self.db.tracks) if self.tagger.stale(t)]
+            for i, tags in zip(stale, self.tagger.tag(self.db.vectors[stale])):
+                self.db.tracks[i]["auto_tags"] = tags
+        self.report.warnings.extend(save_database(self.db, self.paths, self.sample_rate, self.moves))
+        self.tracks = self.db.tracks
+        for pending in (self.moves, self.added, self.new_rows, self.new_segments):
+            pending.clear()
+        self.committed_at, self.committed_changes = time.monotonic(), self.changes()
+
+    def finish(self) -> None:
+        """The last commit: what is not committed yet, and the removal of the tracks whose file is gone; or, with
+        nothing to commit, the moves of files a crash left unmoved."""
+        keep = _tracks_still_there(self.tracks, self.paths, self.taken, self.report)
+        uncommitted = self.changes() > self.committed_changes
+        untagged = self.tagger is not None and any(self.tagger.stale(self.tracks[i]) for i in keep)
+        if uncommitted or len(keep) < len(self.tracks) or self.rebuild or untagged:
+            self.commit(keep)
+        else:  # only files of a commit that a crash stopped before its moves: the database already lists them
+            for source, target in self.moves:
+                move_file(source, target)
+                remove_empty_folders(source.parent, self.paths.new_music)
 
 
 def database_to_build_on(paths: LibraryPaths, clap_name: str, rebuild: bool) -> tuple[Database, Database]:
@@ -356,29 +373,3 @@ def compose_database(db: Database, kept: list[dict], keep: list[int], added: lis
                               *new_segments]).astype(np.float32)
     return Database(vectors=vectors, tracks=kept + added, segments=segments, clap_model=clap_name, root=db.root,
                     window_s=window_s, table=db.table)
-
-
-def import_sample_library(paths: LibraryPaths) -> list[Path]:
-    """Copy the tracks of the immich-memories-music package into new_music/<mood>/, with its licence.
-
-    Tracks already in the library are not copied again. Returns the copied files (to pass to build_library).
-    """
-    try:
-        import immich_memories_music
-    except ImportError as e:
-        raise RuntimeError(f"the sample library needs the {SAMPLE_PACKAGE} package: pip install "
-                           f"{SAMPLE_PACKAGE}") from e
-    from importlib import metadata
-
-    have = set(load_database(paths).column("sha256"))
-    copied = []
-    for source in sorted(immich_memories_music.tracks_dir().glob("*/*")):
-        if source.suffix.lower() not in AUDIO_EXTENSIONS or file_sha256(source) in have:
-            continue
-        target = paths.new_music / source.parent.name / source.name
-        copy_file(source, target)
-        copied.append(target)
-    licence = next(f for f in metadata.distribution(SAMPLE_PACKAGE).files if f.name.startswith("LICENSE"))
-    paths.processed_music.mkdir(parents=True, exist_ok=True)
-    copy_file(Path(licence.locate()), paths.processed_music / f"{SAMPLE_PACKAGE}-{licence.name}.txt")
-    return copied

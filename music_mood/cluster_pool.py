@@ -130,117 +130,158 @@ def embed_files(wanted: dict[str, Path], folder: Path, clap, choice: ModelChoice
     `timeout_s` is the floor of every file's deadline (file_deadline_s) and how long the run may go with nothing
     coming back before it raises ClusterStalled.
     """
-    import ray
     from tqdm import tqdm
 
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-    size = gpus or max(1, cpus - 1)
-    hooks = {name: os.environ[name] for name in (EXIT_ON_ENV, EXIT_ONCE_ENV, HANG_ON_ENV, HANG_DECODING_ON_ENV)
-             if name in os.environ}
-    actor_class = ray.remote(EmbedActor).options(
-        max_restarts=0, max_task_retries=0, **({"num_gpus": 1} if gpus else {"num_cpus": 1}))
-    actor_args = (clap.name, choice, None if gpus else actor_threads, hooks)
-    decode = ray.remote(decode_file).options(num_cpus=1, max_retries=RETRIES_AFTER_A_DEATH)
-
-    waiting = deque(_File(sha, path, file_deadline_s(_size(path), timeout_s)) for sha, path in wanted.items())
-    decoding: dict = {}  # ObjectRef -> (_File, deadline)
-    decoded: deque[_File] = deque()  # decoded (or decoding failed: the actor reports it), waiting for an actor
-    embedding: dict = {}  # ObjectRef -> (_File, actor, deadline)
-    starting: dict = {}  # ready() ObjectRef -> actor
-    idle: list = []
-    embedded, failed = [], {}
-    last_progress = clock()
-
-    def retire(actor):  # a dead or hung actor: a new one takes its place at the top of the loop, if still needed
-        ray.kill(actor, no_restart=True)
-
-    def give_up(file: _File, reason: str):
-        failed[file.sha256] = reason
-        bar.update()
-
+    pool = _Pool(wanted, folder, clap, choice, actor_threads, timeout_s, clock)
     try:
         with tqdm(total=len(wanted), desc="Embedding on the cluster", unit="file", file=sys.stderr,
-                  disable=not progress or None) as bar:
-            while waiting or decoding or decoded or embedding:
-                left = len(waiting) + len(decoding) + len(decoded) + len(embedding)
-                for _ in range(min(size, left) - len(idle) - len(starting) - len(embedding)):
-                    actor = actor_class.remote(*actor_args)
-                    starting[actor.ready.remote()] = actor
-                while waiting and len(decoding) + len(decoded) <= size:  # decode a file ahead of each actor
-                    file = waiting.popleft()
-                    file.decoded = decode.remote(str(file.path), file.sha256, clap.runtime.sampling_rate, hooks)
-                    decoding[file.decoded] = (file, clock() + file.deadline_s)
-                while decoded and idle:
-                    file, actor = decoded.popleft(), idle.pop()
-                    file.attempts += 1
-                    embedding[actor.embed_decoded.remote(file.decoded)] = (file, actor, clock() + file.deadline_s)
-
-                deadlines = [d for _, d in decoding.values()] + [d for _, _, d in embedding.values()]
-                # Stalled: nothing back for timeout_s, and no file in flight that may still come back in time.
-                stalled_at = max([last_progress + timeout_s, *deadlines])
-                until = min([*deadlines, stalled_at])
-                ready, _ = ray.wait([*decoding, *embedding, *starting], num_returns=1,
-                                    timeout=max(0.0, until - clock()))
-                now = clock()
-                for ref in ready:
-                    last_progress = now
-                    if ref in starting:
-                        actor = starting.pop(ref)
-                        try:
-                            ray.get(ref)
-                        except ray.exceptions.RayError as e:  # the model cannot load: no actor ever will
-                            raise ClusterStalled(f"an embedding worker could not start: {_first_line(e)}") from e
-                        idle.append(actor)
-                    elif ref in decoding:  # decoded, or failed: the actor is handed the ref either way
-                        file, _ = decoding.pop(ref)
-                        decoded.append(file)
-                    else:
-                        file, actor, _ = embedding.pop(ref)
-                        try:
-                            result = ray.get(ref)
-                        except ray.exceptions.RayActorError:  # the actor died on this file
-                            retire(actor)
-                            if file.attempts <= RETRIES_AFTER_A_DEATH:
-                                decoded.appendleft(file)
-                            else:
-                                give_up(file, WORKER_DIED)
-                            continue
-                        except ray.exceptions.RayError as e:  # its decoding task died twice, or failed
-                            idle.append(actor)
-                            give_up(file, WORKER_DIED if _worker_died(e) else _first_line(e))
-                            continue
-                        idle.append(actor)
-                        if result["error"]:
-                            give_up(file, result["error"])
-                        else:
-                            write_shard(folder, file.sha256, result["shard"])
-                            embedded.append(file.sha256)
-                            bar.update()
-                for ref, (file, deadline) in list(decoding.items()):
-                    if now >= deadline:
-                        del decoding[ref]
-                        ray.cancel(ref, force=True)  # ends the hung worker process
-                        give_up(file, too_slow(file.deadline_s))
-                        last_progress = now
-                for ref, (file, actor, deadline) in list(embedding.items()):
-                    if now >= deadline:
-                        del embedding[ref]
-                        retire(actor)
-                        give_up(file, too_slow(file.deadline_s))
-                        last_progress = now
-                if now >= stalled_at and last_progress < now:  # this turn neither got nor gave up anything
-                    left = len(waiting) + len(decoding) + len(decoded) + len(embedding)
-                    raise ClusterStalled(
-                        f"the cluster gave nothing back for {timeout_s:.0f} s ({len(starting)} embedding worker(s) "
-                        f"still starting, {left} file(s) left): nothing was committed; the {len(embedded)} file(s) "
-                        f"embedded so far are kept for the next run")
+                  disable=not progress or None) as pool.bar:
+            while pool.left():
+                pool.turn()
     finally:  # nothing of this run goes on working on the cluster: a later run gets every CPU
-        for ref in decoding:
-            ray.cancel(ref, force=True)
-        for actor in [*idle, *starting.values(), *(actor for _, actor, _ in embedding.values())]:
-            ray.kill(actor, no_restart=True)
-    return embedded, failed
+        pool.stop()
+    return pool.embedded, pool.failed
+
+
+class _Pool:
+    """The driver's state of one embed_files run: every file in one place (waiting, decoding, decoded, embedding)
+    and every actor in one (starting, idle, embedding a file). Each turn() starts what can start, waits for the
+    first thing to come back or the nearest deadline, and takes in what came back or gave up."""
+
+    def __init__(self, wanted: dict[str, Path], folder: Path, clap, choice: ModelChoice, actor_threads: int,
+                 timeout_s: float, clock):
+        import ray
+
+        self.ray, self.folder, self.timeout_s, self.clock = ray, folder, timeout_s, clock
+        self.sample_rate = clap.runtime.sampling_rate
+        resources = ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+        self.size = gpus or max(1, cpus - 1)
+        self.hooks = {name: os.environ[name] for name in (EXIT_ON_ENV, EXIT_ONCE_ENV, HANG_ON_ENV, HANG_DECODING_ON_ENV)
+                      if name in os.environ}
+        self.actor_class = ray.remote(EmbedActor).options(
+            max_restarts=0, max_task_retries=0, **({"num_gpus": 1} if gpus else {"num_cpus": 1}))
+        self.actor_args = (clap.name, choice, None if gpus else actor_threads, self.hooks)
+        self.decode = ray.remote(decode_file).options(num_cpus=1, max_retries=RETRIES_AFTER_A_DEATH)
+        self.waiting = deque(_File(sha, path, file_deadline_s(_size(path), timeout_s)) for sha, path in wanted.items())
+        self.decoding: dict = {}  # ObjectRef -> (_File, deadline)
+        self.decoded: deque[_File] = deque()  # decoded (or decoding failed: the actor reports it), for an actor
+        self.embedding: dict = {}  # ObjectRef -> (_File, actor, deadline)
+        self.starting: dict = {}  # ready() ObjectRef -> actor
+        self.idle: list = []
+        self.embedded: list[str] = []
+        self.failed: dict[str, str] = {}
+        self.last_progress = clock()
+        self.bar = None  # the progress bar, set by embed_files
+
+    def left(self) -> int:
+        """How many files are not done yet."""
+        return len(self.waiting) + len(self.decoding) + len(self.decoded) + len(self.embedding)
+
+    def turn(self) -> None:
+        """Start actors, decodings and embeddings; wait for one result (or a deadline); take in what came back;
+        give up the files past their deadline. Raises ClusterStalled when nothing came back for timeout_s."""
+        self.start()
+        deadlines = [d for _, d in self.decoding.values()] + [d for _, _, d in self.embedding.values()]
+        # Stalled: nothing back for timeout_s, and no file in flight that may still come back in time.
+        stalled_at = max([self.last_progress + self.timeout_s, *deadlines])
+        until = min([*deadlines, stalled_at])
+        ready, _ = self.ray.wait([*self.decoding, *self.embedding, *self.starting], num_returns=1,
+                                 timeout=max(0.0, until - self.clock()))
+        now = self.clock()
+        for ref in ready:
+            self.last_progress = now
+            if ref in self.starting:
+                self.started(ref)
+            elif ref in self.decoding:  # decoded, or failed: the actor is handed the ref either way
+                file, _ = self.decoding.pop(ref)
+                self.decoded.append(file)
+            else:
+                self.embedded_one(ref)
+        self.expire(now)
+        if now >= stalled_at and self.last_progress < now:  # this turn neither got nor gave up anything
+            raise ClusterStalled(
+                f"the cluster gave nothing back for {self.timeout_s:.0f} s ({len(self.starting)} embedding "
+                f"worker(s) still starting, {self.left()} file(s) left): nothing was committed; the "
+                f"{len(self.embedded)} file(s) embedded so far are kept for the next run")
+
+    def start(self) -> None:
+        """Start the actors still needed, decode a file ahead of each actor, hand decoded files to idle actors."""
+        for _ in range(min(self.size, self.left()) - len(self.idle) - len(self.starting) - len(self.embedding)):
+            actor = self.actor_class.remote(*self.actor_args)
+            self.starting[actor.ready.remote()] = actor
+        while self.waiting and len(self.decoding) + len(self.decoded) <= self.size:
+            file = self.waiting.popleft()
+            file.decoded = self.decode.remote(str(file.path), file.sha256, self.sample_rate, self.hooks)
+            self.decoding[file.decoded] = (file, self.clock() + file.deadline_s)
+        while self.decoded and self.idle:
+            file, actor = self.decoded.popleft(), self.idle.pop()
+            file.attempts += 1
+            self.embedding[actor.embed_decoded.remote(file.decoded)] = (file, actor, self.clock() + file.deadline_s)
+
+    def started(self, ref) -> None:
+        """An actor came up (or could not: then no actor ever will, and the run ends)."""
+        actor = self.starting.pop(ref)
+        try:
+            self.ray.get(ref)
+        except self.ray.exceptions.RayError as e:  # the model cannot load
+            raise ClusterStalled(f"an embedding worker could not start: {_first_line(e)}") from e
+        self.idle.append(actor)
+
+    def embedded_one(self, ref) -> None:
+        """A file came back from its actor: its shard written, or why it failed; an actor that died is retired and
+        its file tried once more."""
+        file, actor, _ = self.embedding.pop(ref)
+        try:
+            result = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError:  # the actor died on this file
+            self.retire(actor)
+            if file.attempts <= RETRIES_AFTER_A_DEATH:
+                self.decoded.appendleft(file)
+            else:
+                self.give_up(file, WORKER_DIED)
+            return
+        except self.ray.exceptions.RayError as e:  # its decoding task died twice, or failed
+            self.idle.append(actor)
+            self.give_up(file, WORKER_DIED if _worker_died(e) else _first_line(e))
+            return
+        self.idle.append(actor)
+        if result["error"]:
+            self.give_up(file, result["error"])
+        else:
+            write_shard(self.folder, file.sha256, result["shard"])
+            self.embedded.append(file.sha256)
+            self.bar.update()
+
+    def expire(self, now: float) -> None:
+        """Give up the files past their deadline, stopping their worker (a hung decoder or actor)."""
+        for ref, (file, deadline) in list(self.decoding.items()):
+            if now >= deadline:
+                del self.decoding[ref]
+                self.ray.cancel(ref, force=True)  # ends the hung worker process
+                self.give_up(file, too_slow(file.deadline_s))
+                self.last_progress = now
+        for ref, (file, actor, deadline) in list(self.embedding.items()):
+            if now >= deadline:
+                del self.embedding[ref]
+                self.retire(actor)
+                self.give_up(file, too_slow(file.deadline_s))
+                self.last_progress = now
+
+    def retire(self, actor) -> None:
+        """A dead or hung actor: a new one takes its place at the next turn, if still needed."""
+        self.ray.kill(actor, no_restart=True)
+
+    def give_up(self, file: _File, reason: str) -> None:
+        self.failed[file.sha256] = reason
+        self.bar.update()
+
+    def stop(self) -> None:
+        """Cancel the decodings in flight and stop every actor."""
+        for ref in self.decoding:
+            self.ray.cancel(ref, force=True)
+        for actor in [*self.idle, *self.starting.values(), *(actor for _, actor, _ in self.embedding.values())]:
+            self.ray.kill(actor, no_restart=True)
 
 
 def _size(path: Path) -> int:

@@ -8,18 +8,8 @@ import unicodedata
 from pathlib import Path
 
 from music_mood.build import TAG_KEYS, compose_database
-from music_mood.library import (
-    REBUILD,
-    Database,
-    DatabaseError,
-    LibraryPaths,
-    UnknownTrackError,
-    find_track,
-    load_database,
-    pending_moves,
-    recover_library,
-    save_database,
-)
+from music_mood.database import REBUILD, Database, DatabaseError, UnknownTrackError, find_track
+from music_mood.library import LibraryPaths, load_database, pending_moves, recover_library, save_database
 from music_mood.storage import acquire_lock
 
 REMOVED_FOLDER = "removed"  # in the library folder: where --remove puts a track's file (never deleted outright)

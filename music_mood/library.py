@@ -1,4 +1,5 @@
-"""The music database: where a library lives, its data contract, and loading and committing it.
+"""A library on disk: where it lives (LibraryPaths), its data contract, loading it (load_database) and the one
+commit point (save_database, finished by finish_commit). The loaded Database itself: database.py.
 
 Database contract (checked by load_database):
 - music_database.npy: float32 (N, D), every row L2-normalised; row i is track i of the metadata.
@@ -20,8 +21,8 @@ Database contract (checked by load_database):
   under new names first; replacing the metadata JSON, which names them, commits the change; they are renamed
   into place after. A reader sees the old library or the new one, and a crash after the commit is finished from
   the metadata (finish_commit).
-- music_database_index.faiss (libraries of search.SEARCH_INDEX_MIN_TRACKS or more): a cache of the approximate
-  search index, derived from music_database.npy (see search.py). Deleting it is always safe.
+- music_database_index.faiss (libraries of index.SEARCH_INDEX_MIN_TRACKS or more): a cache of the approximate
+  search index, derived from music_database.npy (see index.py). Deleting it is always safe.
 """
 from __future__ import annotations
 
@@ -29,14 +30,23 @@ import json
 import os
 import secrets
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from music_mood.audio import AUDIO_EXTENSIONS, file_sha256
+from music_mood.audio import file_sha256
+from music_mood.database import (
+    REBUILD,
+    Database,
+    DatabaseError,
+    check_clap_model,
+    check_dimension,
+    empty_database,
+)
+from music_mood.datafiles import load_array, load_table, read_metadata, rows_are_unit, staged_path
+from music_mood.index import SEARCH_INDEX_MIN_TRACKS
 from music_mood.rows import save_rows
 from music_mood.storage import (
     LibraryBusyError,
@@ -53,16 +63,7 @@ from music_mood.storage import (
     write_new_file,
     write_new_file_at,
 )
-from music_mood.tracks import (
-    TABLE_MIN_TRACKS,
-    TableError,
-    TrackTable,
-    column,
-    rows_with,
-    tag_rows,
-    tag_values,
-    write_table,
-)
+from music_mood.tracks import TABLE_MIN_TRACKS, write_table
 
 FORMAT_NAME = "music-mood-database"
 FORMAT_VERSION = 1
@@ -71,23 +72,7 @@ EMBEDDING_METHOD = ("whole-track: mean of full 10 s windows (the last ends at th
 HOME_ENV = "MUSIC_MOOD_HOME"
 PROJECT_FOLDER = Path(__file__).resolve().parents[1]  # the source tree: app.py, new_music/ and the package
 INSTALLED_LIBRARY = Path("~/music-mood")  # the default library of a pip-installed copy, which has no new_music/
-NORM_TOLERANCE = 1e-3
-# From this many tracks on, a query is answered by a faiss index (search.py) instead of a scan of every row, and
-# the vectors stay memory-mapped: an exact scan of 200 000 x 512 float32 rows already reads 400 MB per query.
-# Below it, exact search is fast and stays the default.
-SEARCH_INDEX_MIN_TRACKS = 200_000
-REBUILD = "rebuild it with: python music_to_vector.py --rebuild"
-EMPTY_LIBRARY = ("the music library is empty: put audio files in new_music/ and run python music_to_vector.py, "
-                 "or import the bundled tracks with python music_to_vector.py --sample")
 READ_ATTEMPTS = 5  # reads of a library that a builder keeps committing to, before giving up
-
-
-class DatabaseError(RuntimeError):
-    """The database files are missing pieces, corrupt, or were made by another model; the message says what to do."""
-
-
-class EmptyLibraryError(DatabaseError):
-    """There is nothing to recommend from (no tracks, or none left after the filters)."""
 
 
 class MoveBlockedError(OSError):
@@ -141,106 +126,6 @@ class LibraryPaths:
         )
 
 
-@dataclass
-class Database:
-    """The loaded library: vectors float32 (N, D), tracks (N records: a list, or a tracks.TrackTable read lazily),
-    segments float32 (S, D) or None. Ask all records at once through column()/rows_with(), which a table answers
-    by a query, rather than by walking `tracks`."""
-
-    vectors: np.ndarray
-    tracks: list[dict] | TrackTable
-    segments: np.ndarray | None = None
-    clap_model: str | None = None
-    root: Path = field(default_factory=Path)
-    window_s: float = 10.0  # length of one segment: segment j starts at j * window_s, but a track's last one
-    # starts at its record's last_window_start_s (see recommend.best_segment_start)
-    vectors_path: Path | None = None  # where `vectors` was loaded from; the search index is cached next to it
-    index_min_tracks: int = SEARCH_INDEX_MIN_TRACKS  # from this many tracks on, search_index() gives an index
-    table: bool = False  # the records are committed as a track table (set on load; compose and edits carry it)
-    _index: object = field(default=None, repr=False, compare=False)
-    _tag_rows: dict = field(default_factory=dict, repr=False, compare=False)
-    _tag_values: dict = field(default_factory=dict, repr=False, compare=False)
-    _bpm: object = field(default=None, repr=False, compare=False)
-    _file_rows: dict | None = field(default=None, repr=False, compare=False)
-    _lock: object = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def __len__(self) -> int:
-        return len(self.tracks)
-
-    def search_index(self):
-        """The faiss index over `vectors` when the library has index_min_tracks or more, else None.
-
-        Loaded from its cache file (or built, then cached) on first use, once per Database.
-        """
-        from music_mood.search import load_search_index
-
-        if len(self) < self.index_min_tracks:
-            return None
-        with self._lock:
-            if self._index is None:
-                self._index = load_search_index(self.vectors, self.vectors_path)
-        return self._index
-
-    def rows_tagged(self, key: str, wanted) -> np.ndarray:
-        """The rows (int64, ascending) whose own tag of `key` (mood, genre: a folder mood, a file genre) or one of
-        whose automatic tags of that kind, lower-cased, is in `wanted` (lower-case words). A table answers by one
-        query; a list is indexed once per Database."""
-        if isinstance(self.tracks, TrackTable):
-            return np.array(self.tracks.rows_tagged(key, sorted(wanted)), dtype=np.int64)
-        with self._lock:
-            if key not in self._tag_rows:
-                self._tag_rows[key] = tag_rows(self.tracks, key)
-            found = [self._tag_rows[key].get(w, []) for w in wanted]
-        return np.unique(np.concatenate([np.zeros(0, np.int64), *map(np.asarray, found)])).astype(np.int64)
-
-    def tag_values(self, key: str) -> list[str]:
-        """The distinct non-empty values of one tag (mood, genre), the tracks' own and automatic, sorted
-        case-insensitively; cached."""
-        with self._lock:
-            if key not in self._tag_values:
-                self._tag_values[key] = sorted(tag_values(self.tracks, key), key=str.lower)
-            return list(self._tag_values[key])
-
-    def bpm_values(self) -> np.ndarray:
-        """Every track's tempo as float64 (N,), NaN where it has none; cached, so a tempo filter does not walk every
-        record."""
-        with self._lock:
-            if self._bpm is None:
-                self._bpm = np.array([float(v) if isinstance(v, (int, float)) else np.nan
-                                      for v in column(self.tracks, "bpm")], dtype=np.float64)
-            return self._bpm
-
-    def column(self, key: str, default=None) -> list:
-        """Every track's value of `key`, in row order (`default` where a record has none)."""
-        return column(self.tracks, key, default)
-
-    def rows_with(self, key: str, value) -> list[int]:
-        """The rows whose `key` ("id", "file_path" or "sha256") equals `value`."""
-        return rows_with(self.tracks, key, value)
-
-    def row_of_file(self, file_path: str) -> int | None:
-        """The row of the track listed at `file_path` (relative to the library, as stored), or None."""
-        if isinstance(self.tracks, TrackTable):
-            rows = self.tracks.rows_with("file_path", str(file_path))
-            return rows[0] if rows else None
-        with self._lock:
-            if self._file_rows is None:
-                self._file_rows = {str(t["file_path"]): row for row, t in reversed(list(enumerate(self.tracks)))}
-        return self._file_rows.get(str(file_path))
-
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1])
-
-    def track_path(self, i: int) -> Path:
-        return (self.root / self.tracks[i]["file_path"]).resolve()
-
-
-def empty_database(root: Path, clap_model: str | None = None, dim: int = 0) -> Database:
-    return Database(vectors=np.zeros((0, dim), np.float32), tracks=[], segments=np.zeros((0, dim), np.float32),
-                    clap_model=clap_model, root=root)
-
-
 def load_database(paths: LibraryPaths, clap_model: str | None = None, dim: int | None = None,
                   index_min_tracks: int | None = None) -> Database:
     """Load and check the last committed database. No files at all is an empty library; anything inconsistent is
@@ -279,11 +164,11 @@ def _load_committed(paths: LibraryPaths, clap_model: str | None, dim: int | None
         return empty_database(paths.root, clap_model, dim or 0)
     if not paths.metadata.exists():
         raise DatabaseError(f"{paths.metadata} is missing while {paths.vectors} exists; {REBUILD}")
-    meta = _read_metadata(paths)
+    meta = read_metadata(paths.metadata)
     commit = meta.get("commit") if isinstance(meta, dict) else None
     if commit and _unfinished(paths, commit):
         _finish_if_free(paths)
-    vectors = _load_array(paths.vectors, commit, "vectors", mmap_min_rows=index_min_tracks)
+    vectors = load_array(paths.vectors, commit, "vectors", mmap_min_rows=index_min_tracks)
 
     if isinstance(meta, list):  # the seed's format: no checkpoint recorded, no segments
         tracks, made_by, segments = meta, None, None
@@ -293,11 +178,11 @@ def _load_committed(paths: LibraryPaths, clap_model: str | None, dim: int | None
             raise DatabaseError(f"{paths.metadata} has format version {meta.get('version')}, this program reads "
                                 f"{FORMAT_VERSION}; {REBUILD}")
         made_by = meta.get("clap_model")
-        segments = _load_array(paths.segments, commit, "segments", mmap_min_rows=index_min_tracks)
+        segments = load_array(paths.segments, commit, "segments", mmap_min_rows=index_min_tracks)
         if "tracks_table" in meta:
             # The table's size was checked against the commit, as the segments' was: they were written together,
             # so the segment counts need no sum over every row here (a catalogue opens without reading its rows).
-            tracks, expected = _load_table(paths, meta, commit), None
+            tracks, expected = load_table(paths.tracks_table, paths.metadata, meta, commit), None
         else:
             tracks = meta["tracks"]
             expected = sum(int(t.get("segment_count", 0)) for t in tracks if isinstance(t, dict))
@@ -314,9 +199,10 @@ def _load_committed(paths: LibraryPaths, clap_model: str | None, dim: int | None
     if len(vectors) != len(tracks):
         raise DatabaseError(f"{paths.vectors} has {len(vectors)} rows but {paths.metadata} lists {len(tracks)} "
                             f"tracks; {REBUILD}")
-    if isinstance(tracks, list) and not all(isinstance(t, dict) and "file_path" in t for t in tracks):
+    table = isinstance(meta, dict) and "tracks_table" in meta  # its rows were checked as the table was written
+    if not table and not all(isinstance(t, dict) and "file_path" in t for t in tracks):
         raise DatabaseError(f"{paths.metadata} has a track without a file_path; {REBUILD}")
-    if not _rows_are_unit(vectors):
+    if not rows_are_unit(vectors):
         raise DatabaseError(f"{paths.vectors} has rows that are not unit-length (or not finite); {REBUILD}")
     if dim is not None and len(vectors):
         check_dimension(vectors.shape[1], dim)
@@ -324,76 +210,12 @@ def _load_committed(paths: LibraryPaths, clap_model: str | None, dim: int | None
     window_s = float(meta.get("embedding", {}).get("window_s", 10.0)) if isinstance(meta, dict) else 10.0
     return Database(vectors=vectors, tracks=tracks, segments=segments, clap_model=made_by, root=paths.root,
                     window_s=window_s, vectors_path=paths.vectors, index_min_tracks=index_min_tracks,
-                    table=isinstance(tracks, TrackTable))
-
-
-def _load_table(paths: LibraryPaths, meta: dict, commit: dict | None) -> TrackTable:
-    """The committed track table: its staged file while not yet renamed into place, else its final name; its
-    size must be the one the commit recorded, its row count the metadata's."""
-    final = paths.tracks_table
-    if meta["tracks_table"] != final.name or not commit or "tracks_bytes" not in commit:
-        raise DatabaseError(f"{paths.metadata} names the track table {meta['tracks_table']!r}, not {final.name} "
-                            f"with its size; {REBUILD}")
-    for path in (staged_path(final, commit["id"]), final):
-        try:
-            size = path.stat().st_size
-            table = TrackTable(path)
-        except (FileNotFoundError, TableError) as e:
-            if path != final and not path.exists():
-                continue  # renamed into place since we looked: `final` is that file now
-            if isinstance(e, FileNotFoundError):
-                raise DatabaseError(f"{final} is missing while the metadata lists it; {REBUILD}") from e
-            raise DatabaseError(f"{e}; {REBUILD}") from e
-        if size != commit["tracks_bytes"] or len(table) != meta.get("track_count"):
-            table.close()
-            raise DatabaseError(f"{final} ({size} bytes, {len(table)} tracks) is not the table the metadata's last "
-                                f"commit wrote ({commit['tracks_bytes']} bytes, {meta.get('track_count')} tracks); "
-                                f"{REBUILD}")
-        return table
-    raise AssertionError("unreachable: the last candidate is `final`")
-
-
-def _read_metadata(paths: LibraryPaths):
-    try:
-        return json.loads(paths.metadata.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatabaseError(f"cannot read {paths.metadata} ({e}); {REBUILD}") from e
-
-
-def staged_path(final: Path, commit_id: str) -> Path:
-    """Where a commit's new data file is written before the commit names it; renamed to `final` after."""
-    return final.with_name(f".{final.name}.commit-{commit_id}")
-
-
-def _load_array(final: Path, commit: dict | None, kind: str, mmap_min_rows: int | None = None) -> np.ndarray:
-    """One data file of the committed state: its staged file while that is not yet renamed into place, else
-    `final`. Its size must be the one the commit recorded (a commit's files are never mixed with another's).
-    A matrix of `mmap_min_rows` rows or more stays memory-mapped."""
-    candidates = [final] if not commit else [staged_path(final, commit["id"]), final]
-    for path in candidates:
-        try:
-            size = path.stat().st_size
-            # A large library stays memory-mapped: the index answers queries, and only the rows it proposes are read.
-            array = np.load(path, mmap_mode="r" if mmap_min_rows else None, allow_pickle=False)
-        except FileNotFoundError as e:
-            if path != final:
-                continue  # renamed into place since we looked: `final` is that file now
-            raise DatabaseError(f"{final} is missing while the metadata lists it; {REBUILD}") from e
-        except (OSError, ValueError, EOFError) as e:
-            raise DatabaseError(f"cannot read {path} ({e}); {REBUILD}") from e
-        expected = commit.get(f"{kind}_bytes") if commit else None
-        if expected is not None and size != expected:
-            raise DatabaseError(f"{final} ({size} bytes) is not the file the metadata's last commit wrote "
-                                f"({expected} bytes); {REBUILD}")
-        if mmap_min_rows and (array.ndim != 2 or len(array) < mmap_min_rows):
-            array = np.array(array)
-        return array
-    raise AssertionError("unreachable: the last candidate is `final`")
+                    table=table)
 
 
 def _committed_id(paths: LibraryPaths) -> str | None:
     try:
-        meta = _read_metadata(paths)
+        meta = read_metadata(paths.metadata)
     except DatabaseError:
         return None
     return (meta.get("commit") or {}).get("id") if isinstance(meta, dict) else None
@@ -434,7 +256,7 @@ def pending_moves(paths: LibraryPaths) -> list[tuple[Path, Path]]:
 def _last_commit(paths: LibraryPaths) -> dict | None:
     """The committed metadata's "commit" record, or None (no library, or one that cannot be read)."""
     try:
-        meta = _read_metadata(paths) if paths.metadata.exists() else None
+        meta = read_metadata(paths.metadata) if paths.metadata.exists() else None
     except DatabaseError:
         return None
     return meta.get("commit") if isinstance(meta, dict) else None
@@ -503,42 +325,10 @@ def recover_library(paths: LibraryPaths) -> list[str]:
         _remove_leftovers(paths)  # of a first commit that never happened
         return []
     try:
-        meta = _read_metadata(paths)
+        meta = read_metadata(paths.metadata)
     except DatabaseError:
         return []  # nothing committed can be read: the load after this says so (or --rebuild starts afresh)
     return finish_commit(paths, meta["commit"]) if isinstance(meta, dict) and meta.get("commit") else []
-
-
-def check_dimension(stored: int, given: int) -> None:
-    """Raise DatabaseError when the library's vectors (`stored` dimensions) cannot be compared with the CLAP model's
-    (`given`): the library was built with another model."""
-    if stored != given:
-        raise DatabaseError(f"the database holds {stored}-d vectors but the CLAP model gives {given}-d; {REBUILD}")
-
-
-def check_clap_model(made_by: str | None, clap_model: str | None) -> None:
-    """Refuse a database made by another CLAP checkpoint (either name None: nothing is known, nothing refused).
-
-    A local directory is the same model however it is written: relative or absolute, through a symlink.
-    """
-    def identity(name: str) -> str:
-        path = os.path.expanduser(name)
-        return os.path.realpath(path) if os.path.isdir(path) else name
-
-    if clap_model is not None and made_by is not None and identity(made_by) != identity(clap_model):
-        raise DatabaseError(f"the database was made with CLAP model {made_by!r}, not {clap_model!r}; rebuild it "
-                            f"with: python music_to_vector.py --rebuild --clap-model {clap_model}, or pass "
-                            f"--clap-model {made_by}")
-
-
-def _rows_are_unit(vectors: np.ndarray, chunk: int = 65_536) -> bool:
-    """Every row finite and of length 1 within NORM_TOLERANCE; in chunks, so no (N, D) temporary is made."""
-    for start in range(0, len(vectors), chunk):
-        rows = np.asarray(vectors[start:start + chunk], dtype=np.float64)
-        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
-        if not np.all(np.abs(norms - 1) < NORM_TOLERANCE):
-            return False
-    return True
 
 
 def save_database(db: Database, paths: LibraryPaths, sample_rate: int,
@@ -600,74 +390,3 @@ def save_database(db: Database, paths: LibraryPaths, sample_rate: int,
                 raise disk_full_error(paths.metadata.parent) from e
         raise
     return finish_commit(paths, commit)
-
-
-class LiveLibrary:
-    """A library as last committed, for a long-running reader (the web app): each request takes one Database from
-    current() and uses it throughout, so it sees one version even while a builder commits the next."""
-
-    def __init__(self, paths: LibraryPaths, clap_model: str):
-        self.paths = paths
-        self.clap_model = clap_model
-        self._lock = threading.Lock()
-        self._db: Database | None = None
-        self._version: tuple | None = None
-        self.current()  # a library that cannot be read is an error at start-up, not at the first request
-
-    def current(self) -> Database:
-        """The database as last committed, read again only when its commit point changed (after an upload, or
-        `python music_to_vector.py` run meanwhile); one stat per call otherwise. Raises DatabaseError."""
-        with self._lock:  # one reader loads a new version; the requests arriving meanwhile wait for it
-            return self._refresh()
-
-    def track_file(self, file_path: str) -> Path | None:
-        """The file to send for `file_path` when it names a track of the current library, else None.
-
-        A track is sent as listed, through a symlink too (it may point outside the library); a record that names
-        a place outside processed_music/ or a file that is not audio is never sent, whatever the metadata says.
-        """
-        with self._lock:
-            db = self._refresh()
-        listed = db.row_of_file(file_path) is not None
-        parts = PurePosixPath(file_path).parts
-        path = db.root / file_path
-        if (not listed or ".." in parts or path.suffix.lower() not in AUDIO_EXTENSIONS
-                or not path.is_relative_to(self.paths.processed_music)):
-            return None
-        return path
-
-    def _refresh(self) -> Database:
-        """The current Database, read again if the commit point changed; the caller holds the lock."""
-        version = committed_state(self.paths)  # taken before reading: a commit meanwhile is seen next time
-        if self._db is None or version != self._version:
-            self._db = load_database(self.paths, clap_model=self.clap_model)
-            self._version = version
-        return self._db
-
-
-class UnknownTrackError(LookupError):
-    """A path or id that names no track of the library."""
-
-
-def find_track(db: Database, path_or_id: str) -> int:
-    """The row of the track named by its id, or by its file's path (as stored, relative to the library, or any
-    path to the same file). Raises UnknownTrackError naming what was asked for."""
-    wanted = str(path_or_id).strip()
-    if wanted:
-        rows = sorted(db.rows_with("id", wanted) + db.rows_with("file_path", wanted))
-        if rows:
-            return rows[0]
-    try:
-        resolved = Path(wanted).expanduser().resolve()
-        root = db.root.resolve()
-        row = db.row_of_file(resolved.relative_to(root).as_posix()) if resolved.is_relative_to(root) else None
-        if row is not None:
-            return row
-        if not db.table:  # a track listed through a symlink: a walk a catalogue is spared
-            for row, track in enumerate(db.tracks):
-                if (db.root / track["file_path"]).resolve() == resolved:
-                    return row
-    except (OSError, RuntimeError):  # an unresolvable path names no track
-        pass
-    raise UnknownTrackError(f"{wanted!r} is no track of the library in {db.root} (give a file path from "
-                            f"python music_to_vector.py --list, or a track id)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from music_mood.library import Database, EmptyLibraryError, check_dimension, find_track
+from music_mood.database import Database, EmptyLibraryError, check_dimension, find_track
 from music_mood.query import image_to_query
 from music_mood.search import (
     DEFAULT_MAX_PER_ARTIST,

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from music_mood.library import Database, UnknownTrackError
+from music_mood.database import Database, UnknownTrackError
 from music_mood.playlists import (
     PLAYLIST_SUFFIX,
     PLAYLISTS_FOLDER,

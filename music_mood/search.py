@@ -1,22 +1,17 @@
-"""Ranking a library for a query vector: exact cosine search, a faiss index for large libraries, the mood, genre
-and tempo filters, and each result's best moment."""
+"""Ranking a library for a query vector: exact cosine search (or, for a large library, candidates from its faiss
+index, index.py, re-scored exactly), the mood, genre and tempo filters, and each result's best moment."""
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from music_mood.library import EMPTY_LIBRARY, Database, EmptyLibraryError
-from music_mood.storage import write_atomically
+from music_mood.database import EMPTY_LIBRARY, Database, EmptyLibraryError
 from music_mood.tags import auto_tag_words
 
-INDEX_FORMAT = b"music-mood-ivf-sq8-v1"
 # How many rows the index proposes for each wanted result; they are then re-scored exactly.
 INDEX_CANDIDATES_PER_RESULT = 10
 INDEX_MIN_CANDIDATES = 100
@@ -24,64 +19,6 @@ INDEX_MIN_CANDIDATES = 100
 # a tempo estimate either way, and close enough to cut a slideshow to.
 ABOUT_BPM = 0.05
 BPM_RANGE_FORMS = "80-110, 80- (at least 80), -110 (at most 110) or 120 (about 120: within 5 %)"
-
-
-def index_path(vectors_path: Path) -> Path:
-    return vectors_path.with_name(vectors_path.stem + "_index.faiss")
-
-
-def vectors_fingerprint(vectors: np.ndarray, chunk: int = 1 << 16) -> bytes:
-    """SHA-256 of the matrix's shape and float32 bytes: the identity of what an index was built from."""
-    digest = hashlib.sha256(f"{INDEX_FORMAT.decode()} {vectors.shape}".encode())
-    for start in range(0, len(vectors), chunk):
-        digest.update(np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32).data)
-    return digest.digest()
-
-
-def build_search_index(vectors: np.ndarray):
-    """A faiss inner-product index over unit float32 rows (N, D): IVF with about sqrt(N) lists, 8-bit codes.
-
-    Its codes take 1 byte per dimension (a quarter of float32), and a query scans only the nearest lists; the
-    caller re-scores the proposed rows exactly against `vectors`. Training uses a fixed-seed sample, so the same
-    vectors always give the same index.
-    """
-    import faiss
-
-    n, dim = vectors.shape
-    lists = max(1, int(math.sqrt(n)))
-    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_8bit,
-                                          faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = 0
-    sample = np.sort(np.random.default_rng(0).choice(n, min(n, 40 * lists), replace=False))  # 39/list: faiss
-    index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
-    for start in range(0, n, 65_536):
-        index.add(np.ascontiguousarray(vectors[start:start + 65_536], dtype=np.float32))
-    index.nprobe = min(lists, 32)
-    return index
-
-
-def load_search_index(vectors: np.ndarray, vectors_path: Path | None = None):
-    """The index for `vectors`: read from the cache next to `vectors_path` when it was built from exactly these
-    vectors, else built (and cached there when the folder is writable)."""
-    import faiss
-
-    fingerprint = vectors_fingerprint(vectors)
-    cache = index_path(vectors_path) if vectors_path is not None else None
-    if cache is not None and cache.exists():
-        try:
-            data = cache.read_bytes()
-            if data[:len(INDEX_FORMAT)] == INDEX_FORMAT and data[len(INDEX_FORMAT):][:32] == fingerprint:
-                return faiss.deserialize_index(np.frombuffer(data, np.uint8, offset=len(INDEX_FORMAT) + 32))
-        except (OSError, RuntimeError):  # unreadable or corrupt cache: rebuild it below
-            pass
-    index = build_search_index(vectors)
-    if cache is not None:
-        try:
-            blob = faiss.serialize_index(index)
-            write_atomically(cache, lambda f: (f.write(INDEX_FORMAT), f.write(fingerprint), f.write(blob.data)))
-        except OSError as e:  # a read-only library still works; it just rebuilds the index next time
-            print(f"Warning: cannot cache the search index in {cache} ({e})", file=sys.stderr)
-    return index
 
 
 class BpmRange(NamedTuple):

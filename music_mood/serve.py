@@ -13,7 +13,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from music_mood.library import DatabaseError, LiveLibrary
+from music_mood.database import DatabaseError
+from music_mood.live import LiveLibrary
 
 TRACK_ROUTE = "/track/"  # + a track's file_path: the only files of the library the server sends
 RENDER_ROUTE = "/slideshow/"  # + a render's token + "/" + a file name: what the page rendered for one request

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from music_mood.audio import decode_audio, estimate_tempo, file_sha256, file_tags
+from music_mood.database import NORM_TOLERANCE
 from music_mood.embed import embed_track
-from music_mood.library import NORM_TOLERANCE, LibraryPaths
+from music_mood.library import LibraryPaths
 from music_mood.storage import remove, write_atomically
 
 STAGING_FOLDER = ".ray-staging"

@@ -7,7 +7,7 @@ import contextvars
 import shutil
 from dataclasses import dataclass
 
-from music_mood.library import Database
+from music_mood.database import Database
 from music_mood.models import stoppable
 from music_mood.render import write_outputs, write_thumbnails
 from music_mood.search import NO_FILTERS, Filters

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from music_mood.database import REBUILD, Database, DatabaseError, EmptyLibraryError, check_dimension
 from music_mood.describe import MAX_CAPTION_TOKENS, describe_pixels, vision_batch_size
 from music_mood.images import ImageError, open_image
-from music_mood.library import REBUILD, Database, DatabaseError, EmptyLibraryError, check_dimension
 from music_mood.plan import (
     DEFAULT_SECONDS_PER_PHOTO,
     MAX_PHOTOS,

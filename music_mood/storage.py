@@ -161,7 +161,7 @@ def write_new_file(path: Path, write) -> None:
     """Write a file that nothing names yet (a staged data file), whole and fsynced; it must not exist already.
 
     A crash midway leaves a torn file that no committed state refers to; cleaning such files is the
-    committer's job (see music_to_vector.finish_commit).
+    committer's job (see library.finish_commit).
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:

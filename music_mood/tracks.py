@@ -1,6 +1,8 @@
-"""The track records of a library: a list inline in the metadata JSON for a personal library, an SQLite table read
-lazily for a catalogue (from TABLE_MIN_TRACKS tracks on), and the few questions asked of all records at once
-(a column, the rows with a value), answered by a query on the table instead of a walk through every record.
+"""The track records of a library behind one interface, TrackStore: a list in memory (TrackList, inline in the
+metadata JSON) for a personal library, an SQLite table read lazily (TrackTable) for a catalogue (from
+TABLE_MIN_TRACKS tracks on). The questions asked of all records at once (a column, the rows with a value or a tag,
+a tag's values) are the store's methods: a list answers them by a walk (indexed once), a table by a query. A caller
+never asks which store it holds.
 
 Why: the metadata JSON of 1 000 000 tracks is ~900 MB and took 28-42 s and 3 GB of memory to load here, in every
 process (benchmarks/bench_catalogue.py). The table opens in ~50 ms and reads only the rows asked for.
@@ -25,9 +27,12 @@ import errno
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from abc import abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import quote
+
+from music_mood.tags import auto_tag_words
 
 TABLE_MIN_TRACKS = 20_000  # from here on, a library's JSON would take seconds to load and rewrite
 TABLE_VERSION = 1
@@ -37,11 +42,75 @@ TAG_KINDS = ("mood", "genre")
 BATCH = 10_000  # rows read at a time when a table is walked
 
 
+class TrackStore(Sequence):
+    """The records of a library, row i being track i's record (a dict), and the questions asked of all of them at
+    once. TrackList holds them in memory, TrackTable reads them from a catalogue's table."""
+
+    @abstractmethod
+    def column(self, key: str, default=None) -> list:
+        """Every track's value of `key`, in row order; `default` where a record has no such key."""
+
+    @abstractmethod
+    def rows_with(self, key: str, value) -> list[int]:
+        """The rows whose record has `key` (one of LOOKUP_KEYS) equal to `value`, in order."""
+
+    @abstractmethod
+    def rows_tagged(self, kind: str, keys: Iterable[str]) -> list[int]:
+        """The rows with a tag of `kind` (mood, genre; own or automatic) whose lower-cased form is one of `keys`, in
+        order."""
+
+    @abstractmethod
+    def tag_values(self, kind: str) -> set[str]:
+        """The distinct tags of `kind`, own (stripped) and automatic, as shown."""
+
+    def row_of_file(self, file_path: str) -> int | None:
+        """The first row listing `file_path` (relative to the library, as stored), or None."""
+        rows = self.rows_with("file_path", str(file_path))
+        return rows[0] if rows else None
+
+
+class TrackList(list, TrackStore):
+    """The records of a small library, in memory: a list (it compares, copies and serialises as one) whose
+    questions are answered by a walk, each indexed on first use. Thread-safe to ask; change the records before
+    asking, not after (the indexes are not rebuilt)."""
+
+    def __init__(self, records: Iterable[dict] = ()):
+        super().__init__(records)
+        self._lock = threading.Lock()
+        self._tag_rows: dict[str, dict[str, list[int]]] = {}
+        self._file_rows: dict[str, int] | None = None
+
+    def __reduce__(self):
+        return TrackList, (list(self),)  # a copy or a pickle is the records; the indexes are made again
+
+    def column(self, key: str, default=None) -> list:
+        return [t.get(key, default) for t in self]
+
+    def rows_with(self, key: str, value) -> list[int]:
+        return [row for row, t in enumerate(self) if t.get(key) == value]
+
+    def rows_tagged(self, kind: str, keys: Iterable[str]) -> list[int]:
+        with self._lock:
+            if kind not in self._tag_rows:
+                self._tag_rows[kind] = _tag_index(self, kind)
+            index = self._tag_rows[kind]
+        return sorted({row for key in keys for row in index.get(key, ())})
+
+    def tag_values(self, kind: str) -> set[str]:
+        return {tag for record in self for tag, _, _ in record_tags(record, kind)}
+
+    def row_of_file(self, file_path: str) -> int | None:
+        with self._lock:
+            if self._file_rows is None:
+                self._file_rows = {str(t["file_path"]): row for row, t in reversed(list(enumerate(self)))}
+        return self._file_rows.get(str(file_path))
+
+
 class TableError(RuntimeError):
     """A track table that cannot be read or is not one (the message names the file)."""
 
 
-class TrackTable(Sequence):
+class TrackTable(TrackStore):
     """The records of a track table as a read-only sequence of dicts; each access reads its rows from the file.
 
     Thread-safe (the web app answers requests in threads); a record is decoded anew at each access, so a caller
@@ -104,8 +173,8 @@ class TrackTable(Sequence):
             raise ValueError(f"a track table looks rows up by {', '.join(LOOKUP_KEYS)}, not {key!r}")
         return [row for (row,) in self._query(f"SELECT row FROM tracks WHERE {key} = ? ORDER BY row", (value,))]
 
-    def rows_tagged(self, kind: str, keys) -> list[int]:
-        """The rows with a tag of `kind` (own or automatic) whose lower-cased form is one of `keys`, in order."""
+    def rows_tagged(self, kind: str, keys: Iterable[str]) -> list[int]:
+        """By the tags table's index, one query."""
         keys = list(keys)
         if kind not in TAG_KINDS or not keys:
             return []
@@ -113,7 +182,6 @@ class TrackTable(Sequence):
                                               f"({', '.join('?' * len(keys))}) ORDER BY row", (kind, *keys))]
 
     def tag_values(self, kind: str) -> set[str]:
-        """The distinct tags of `kind`, own (stripped) and automatic."""
         return {tag for (tag,) in self._query("SELECT DISTINCT tag FROM tags WHERE kind = ?", (kind,))}
 
     def close(self) -> None:
@@ -184,8 +252,6 @@ def record_tags(record: dict, kind: str) -> list[tuple[str, str, bool]]:
     """A record's tags of `kind` (mood, genre) as (shown, compared, automatic): its own (the record's `mood` or
     `genre`, when not blank; shown stripped, compared lower-cased as the filters compare it), then its automatic
     ones. What the tags table holds, and what a list of records is asked."""
-    from music_mood.tags import auto_tag_words
-
     own = str(record.get(kind, ""))
     tags = [(own.strip(), own.lower(), False)] if own.strip() else []
     return tags + [(tag, tag.lower(), True) for tag in auto_tag_words(record, kind)]
@@ -196,32 +262,10 @@ def _tag_rows(row: int, record: dict) -> list[tuple]:
     return [(kind, tag, key, row, int(auto)) for kind in TAG_KINDS for tag, key, auto in record_tags(record, kind)]
 
 
-def tag_rows(tracks, kind: str) -> dict[str, list[int]]:
-    """{compared tag: rows having it, own or automatic, in order} of a list of records (a table is asked by
-    rows_tagged instead)."""
+def _tag_index(tracks: Iterable[dict], kind: str) -> dict[str, list[int]]:
+    """{compared tag: rows having it, own or automatic, in order} of records in memory (a table has its tags table)."""
     rows: dict[str, list[int]] = {}
     for row, record in enumerate(tracks):
         for key in dict.fromkeys(key for _, key, _ in record_tags(record, kind)):
             rows.setdefault(key, []).append(row)
     return rows
-
-
-def tag_values(tracks, kind: str) -> set[str]:
-    """The distinct tags of `kind` of the records, own and automatic, as shown."""
-    if isinstance(tracks, TrackTable):
-        return tracks.tag_values(kind)
-    return {tag for record in tracks for tag, _, _ in record_tags(record, kind)}
-
-
-def column(tracks, key: str, default=None) -> list:
-    """Every record's value of `key` in order (`default` where it has none): from a table by one query."""
-    if isinstance(tracks, TrackTable):
-        return tracks.column(key, default)
-    return [t.get(key, default) for t in tracks]
-
-
-def rows_with(tracks, key: str, value) -> list[int]:
-    """The rows whose record has `key` equal to `value` (key in LOOKUP_KEYS): from a table by its index."""
-    if isinstance(tracks, TrackTable):
-        return tracks.rows_with(key, value)
-    return [row for row, t in enumerate(tracks) if t.get(key) == value]

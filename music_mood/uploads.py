@@ -9,7 +9,8 @@ from pathlib import Path
 
 from music_mood.audio import AUDIO_EXTENSIONS
 from music_mood.build import build_library
-from music_mood.library import DatabaseError, LibraryPaths
+from music_mood.database import DatabaseError
+from music_mood.library import LibraryPaths
 from music_mood.storage import LibraryBusyError, copy_file
 
 

@@ -188,7 +188,8 @@ def put_in_new_music(library: Path, tracks, mood_from_folder: bool = True) -> li
 @pytest.fixture(scope="session")
 def built_library(tmp_path_factory, clap_audio, sample_tracks):
     """A library built once from six real tracks (one or two of each mood); copy it before changing it."""
-    from music_to_vector import LibraryPaths, build_library
+    from music_mood.build import build_library
+    from music_mood.library import LibraryPaths
 
     library = tmp_path_factory.mktemp("built") / "library"
     put_in_new_music(library, sample_tracks[::5])

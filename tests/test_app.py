@@ -11,11 +11,13 @@ from urllib.parse import quote
 import pytest
 
 from music_mood.audio import file_sha256, find_audio_files
-from music_mood.build import build_library, import_sample_library
+from music_mood.build import build_library
 from music_mood.edit import set_fields
 from music_mood.engines import ModelChoice
-from music_mood.library import LibraryPaths, LiveLibrary, load_database
+from music_mood.library import LibraryPaths, load_database
+from music_mood.live import LiveLibrary
 from music_mood.recommendation import recommend
+from music_mood.sample import import_sample_library
 from music_mood.search import Filters
 from tests.app_server import (
     file_data,

@@ -17,15 +17,10 @@ import music_to_vector as mtv
 import recommend
 from music_mood.audio import file_sha256
 from music_mood.build import build_library
+from music_mood.database import EmptyLibraryError, UnknownTrackError, find_track
 from music_mood.edit import remove_tracks, set_fields
-from music_mood.library import (
-    EmptyLibraryError,
-    LibraryPaths,
-    LiveLibrary,
-    UnknownTrackError,
-    find_track,
-    load_database,
-)
+from music_mood.library import LibraryPaths, load_database
+from music_mood.live import LiveLibrary
 from music_mood.rows import stack_rows, take_ranges, take_rows
 from music_mood.search import Filters, rank_results, tag_values
 from music_mood.tracks import TrackTable

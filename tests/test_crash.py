@@ -152,7 +152,7 @@ def _phase(paths: LibraryPaths) -> str:
     """Where a kill left the library, before anything repairs it."""
     import json
 
-    from music_mood.library import staged_path
+    from music_mood.datafiles import staged_path
 
     commit = json.loads(paths.metadata.read_text()).get("commit") or {}
     if commit and any(staged_path(f, commit["id"]).exists() for f in (paths.vectors, paths.segments)):

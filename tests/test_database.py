@@ -17,9 +17,10 @@ import music_to_vector as mtv
 from music_mood import build, library
 from music_mood.audio import AudioError, decode_audio, file_sha256
 from music_mood.build import build_library
+from music_mood.database import DatabaseError
 from music_mood.embed import embed_track, embed_windows, split_windows
 from music_mood.engines import ModelChoice
-from music_mood.library import DatabaseError, LibraryPaths, load_database
+from music_mood.library import LibraryPaths, load_database
 from music_mood.storage import LibraryBusyError, write_atomically
 from music_mood.torch_runtime import log_mel_features
 from tests.conftest import put_in_new_music, run_cli

@@ -14,8 +14,9 @@ import pytest
 import music_to_vector as mtv
 from music_mood.audio import file_sha256, find_audio_files
 from music_mood.build import build_library
+from music_mood.database import UnknownTrackError
 from music_mood.edit import set_fields
-from music_mood.library import LibraryPaths, UnknownTrackError, load_database
+from music_mood.library import LibraryPaths, load_database
 from music_mood.storage import CRASH_AT_ENV, CRASH_LOG_ENV
 from tests import forked
 from tests.conftest import store_as_table

@@ -13,7 +13,8 @@ from pathlib import Path
 import music_to_vector as mtv
 import recommend
 from music_mood.audio import file_sha256
-from music_mood.library import LibraryPaths, LiveLibrary, load_database
+from music_mood.library import LibraryPaths, load_database
+from music_mood.live import LiveLibrary
 from tests.conftest import ROOT, put_in_new_music
 from tests.test_edit import _tree
 

@@ -15,7 +15,8 @@ import pytest
 
 import recommend as recommend_cli
 from image_to_vector import image_to_query
-from music_mood.library import EmptyLibraryError, LibraryPaths, load_database
+from music_mood.database import EmptyLibraryError
+from music_mood.library import LibraryPaths, load_database
 from music_mood.recommendation import recommend
 from music_mood.search import Filters, rank_tracks
 from tests.conftest import ROOT, run_cli
@@ -25,7 +26,7 @@ RESULT_KEYS = {"rank", "title", "artist", "mood", "genre", "bpm", "file_path", "
 
 
 def _random_db(n=50, d=16, seed=0):
-    from music_mood.library import Database
+    from music_mood.database import Database
 
     rng = np.random.default_rng(seed)
     vectors = rng.normal(size=(n, d)).astype(np.float32)
@@ -83,7 +84,7 @@ def test_unknown_filter_fails_before_any_model_work_and_lists_what_exists(librar
 
 
 def test_filters_that_exclude_each_other_fail_before_model_work():
-    from music_mood.library import Database
+    from music_mood.database import Database
 
     vectors = np.eye(2, dtype=np.float32)
     db = Database(vectors=vectors, tracks=[{"file_path": "a.mp3", "mood": "calm", "genre": "Jazz"},
@@ -101,7 +102,7 @@ def _one_hot(*weights):
 
 def test_best_moment_of_a_full_last_window_is_where_it_starts():
     """Window j starts at j * window_s; the last one ends at the track's end, at its recorded start."""
-    from music_mood.library import Database
+    from music_mood.database import Database
     from music_mood.search import best_segment_start
 
     tracks = [{"file_path": "a.mp3", "duration_s": 25.0, "segment_offset": 0, "segment_count": 3,
@@ -115,7 +116,7 @@ def test_best_moment_of_a_full_last_window_is_where_it_starts():
 
 def test_old_database_never_gives_its_zero_padded_last_window_as_best_moment():
     """A record without last_window_start_s (an older build) has a padded last window: it is left out."""
-    from music_mood.library import Database
+    from music_mood.database import Database
     from music_mood.search import best_segment_start
 
     tracks = [{"file_path": "a.mp3", "duration_s": 25.0, "segment_offset": 0, "segment_count": 3},

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from music_mood.library import Database, EmptyLibraryError
+from music_mood.database import Database, EmptyLibraryError
 from music_mood.search import Filters
 from music_mood.soundtrack import NoOtherTrackError, Plan, arrange_soundtrack, replace_scene_track, track_stretch
 from tests.test_soundtrack import DIM, axis, check_timeline, make_db, photo_queries, round_trips

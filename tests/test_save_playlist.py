@@ -13,7 +13,8 @@ import m3u8
 import pytest
 
 import recommend as recommend_cli
-from music_mood.library import LibraryPaths, UnknownTrackError, load_database
+from music_mood.database import UnknownTrackError
+from music_mood.library import LibraryPaths, load_database
 from music_mood.playlists import SAVED_MARK, PlaylistNameError
 from music_mood.saved_playlists import NotOurPlaylistError, PlaylistError, save_playlist, write_library_playlist
 from tests.app_server import free_port
@@ -212,7 +213,7 @@ def client(api_library, checkpoints):
     """The page served in this process (no model is needed to save a playlist), and a gradio_client of it."""
     from gradio_client import Client
 
-    from music_mood.library import LiveLibrary
+    from music_mood.live import LiveLibrary
     from music_mood.models import BackgroundModels
     from music_mood.web.page import build_app
 

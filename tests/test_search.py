@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from music_mood.library import Database, LibraryPaths, load_database, save_database
-from music_mood.search import Filters, index_path, rank_tracks
+from music_mood.database import Database
+from music_mood.index import index_path
+from music_mood.library import LibraryPaths, load_database, save_database
+from music_mood.search import Filters, rank_tracks
 
 N, DIM, CLUSTERS = 20_000, 512, 200
 THRESHOLD = 5_000  # lowered from SEARCH_INDEX_MIN_TRACKS so a 20 000-row library takes the index path

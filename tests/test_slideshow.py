@@ -9,8 +9,9 @@ from pathlib import Path
 import av
 import pytest
 
+from music_mood.database import DatabaseError
 from music_mood.engines import ModelChoice
-from music_mood.library import DatabaseError, LibraryPaths, load_database
+from music_mood.library import LibraryPaths, load_database
 from music_mood.models import ModelStopped, stoppable
 from music_mood.render import RenderCancelled
 from music_mood.search import Filters
@@ -223,7 +224,7 @@ def test_a_session_that_ends_takes_its_soundtrack_with_it(library_copy, checkpoi
     photos are kept); the state's delete_callback then removes the folder of its soundtrack."""
     import gradio as gr
 
-    from music_mood.library import LiveLibrary
+    from music_mood.live import LiveLibrary
     from music_mood.models import BackgroundModels
     from music_mood.slideshows import Slideshow
     from music_mood.web.page import build_app

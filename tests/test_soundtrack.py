@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import recommend as recommend_cli
-from music_mood.library import Database, DatabaseError, EmptyLibraryError, LibraryPaths, load_database
+from music_mood.database import Database, DatabaseError, EmptyLibraryError
+from music_mood.library import LibraryPaths, load_database
 from music_mood.query import Query, image_to_query
 from music_mood.search import Filters
 from music_mood.soundtrack import (

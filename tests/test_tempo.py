@@ -10,7 +10,8 @@ import pytest
 import music_to_vector
 import recommend as recommend_cli
 from music_mood.audio import decode_audio, estimate_tempo
-from music_mood.library import Database, LibraryPaths, load_database, save_database
+from music_mood.database import Database
+from music_mood.library import LibraryPaths, load_database, save_database
 from music_mood.recommendation import recommend
 from music_mood.search import BPM_RANGE_FORMS, Filters, parse_bpm_range, rank_tracks
 

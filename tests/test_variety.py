@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import recommend as recommend_cli
+from music_mood.database import Database, UnknownTrackError
 from music_mood.display import format_recommendation
-from music_mood.library import Database, LibraryPaths, UnknownTrackError, load_database
+from music_mood.library import LibraryPaths, load_database
 from music_mood.recommendation import recommend
 from music_mood.search import DEFAULT_MAX_PER_ARTIST, Filters, rank_results, rank_tracks, shared_mood_words
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from music_mood.database import DatabaseError, EmptyLibraryError, UnknownTrackError
 from music_mood.edit import FieldValueError
 from music_mood.images import ImageError
-from music_mood.library import DatabaseError, EmptyLibraryError, UnknownTrackError
 from music_mood.models import ModelLoadError
 from music_mood.playlists import PlaylistNameError
 from music_mood.recommendation import NoQueryError

@@ -10,8 +10,9 @@ from pathlib import Path
 import gradio as gr
 
 from music_mood.audio import AUDIO_EXTENSIONS
+from music_mood.database import Database, find_track
 from music_mood.edit import EDITABLE_FIELDS, field_value, remove_tracks, set_fields
-from music_mood.library import Database, LiveLibrary, find_track
+from music_mood.live import LiveLibrary
 from music_mood.models import BackgroundModels, load_clap_text
 from music_mood.search import tag_values
 from music_mood.tags import tagger_of

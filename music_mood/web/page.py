@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from music_mood.library import LiveLibrary
+from music_mood.live import LiveLibrary
 from music_mood.models import BackgroundModels
 from music_mood.serve import RenderFolders
 from music_mood.web.errors import logged_as_one_line

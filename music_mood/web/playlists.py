@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import gradio as gr
 
-from music_mood.library import LiveLibrary
+from music_mood.live import LiveLibrary
 from music_mood.playlists import NAME_MAX_CHARS, check_playlist_name
 from music_mood.saved_playlists import save_playlist
 from music_mood.web.errors import logged_as_one_line, user_errors

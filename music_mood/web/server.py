@@ -10,7 +10,8 @@ import threading
 import time
 
 from music_mood.cli import StopSignals
-from music_mood.library import EMPTY_LIBRARY, LiveLibrary
+from music_mood.database import EMPTY_LIBRARY
+from music_mood.live import LiveLibrary
 from music_mood.memory import freeze_loaded_objects
 from music_mood.models import BackgroundModels
 from music_mood.serve import RenderFolders, port_busy_message, port_in_use, render_routes, track_routes

@@ -9,7 +9,7 @@ import threading
 
 import gradio as gr
 
-from music_mood.library import LiveLibrary
+from music_mood.live import LiveLibrary
 from music_mood.memory import release_freed_memory
 from music_mood.models import BackgroundModels
 from music_mood.search import Filters

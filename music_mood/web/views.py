@@ -8,9 +8,9 @@ from importlib import resources
 
 from PIL import Image, UnidentifiedImageError
 
+from music_mood.database import Database
 from music_mood.display import TAG_COLUMNS, format_bpm, format_duration, track_tags
 from music_mood.edit import REMOVED_FOLDER
-from music_mood.library import Database
 from music_mood.serve import track_url
 from music_mood.slideshows import SLIDESHOW_FILES
 
