@@ -13,7 +13,8 @@ holds each file's state itself, with nothing waited on without a deadline.
 
 The scheduling, in `embed_files`:
 - Files are decoded by Ray tasks (one CPU each, Ray's own retry once when the worker dies), a few ahead of the
-  actors, so decoded audio (~35 MB a 3-minute track) never piles up in the object store.
+  actors, so decoded audio (~35 MB a 3-minute track) never piles up in the object store; no more at once than the
+  CPUs the actors leave free, so a decoding's deadline runs only while it can run.
 - Each embedding actor is handed one decoded file at a time. An actor that dies on a file is replaced by a new one
   and the file is tried once more (RETRIES_AFTER_A_DEATH); dying again, it is reported (WORKER_DIED).
 - Every file in flight has a deadline (file_deadline_s: a generous floor, more for a larger file). A file not back
@@ -157,6 +158,9 @@ class _Pool:
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
         self.size = gpus or max(1, cpus - 1)
+        # Decodings run at once when handed out (a CPU actor holds its CPU for good): a file handed to Ray to wait
+        # for a CPU behind a hung decoder would spend its own deadline waiting and miss it.
+        self.decode_slots = max(1, cpus - (0 if gpus else self.size))
         self.hooks = {name: os.environ[name] for name in (EXIT_ON_ENV, EXIT_ONCE_ENV, HANG_ON_ENV, HANG_DECODING_ON_ENV)
                       if name in os.environ}
         self.actor_class = ray.remote(EmbedActor).options(
@@ -210,7 +214,8 @@ class _Pool:
         for _ in range(min(self.size, self.left()) - len(self.idle) - len(self.starting) - len(self.embedding)):
             actor = self.actor_class.remote(*self.actor_args)
             self.starting[actor.ready.remote()] = actor
-        while self.waiting and len(self.decoding) + len(self.decoded) <= self.size:
+        while (self.waiting and len(self.decoding) < self.decode_slots
+               and len(self.decoding) + len(self.decoded) <= self.size):
             file = self.waiting.popleft()
             file.decoded = self.decode.remote(str(file.path), file.sha256, self.sample_rate, self.hooks)
             self.decoding[file.decoded] = (file, self.clock() + file.deadline_s)

@@ -308,18 +308,19 @@ def test_a_worker_that_hangs_on_a_file_is_stopped_at_its_deadline_and_the_rest_c
     listed = {Path(t["file_path"]).name for t in before.tracks}
     real = [t for t in sample_tracks if t.name not in listed]
     # The hung file is a one-second synthetic track: its deadline is the limit plus 10 s a megabyte
-    # (file_deadline_s), and what the test waits for is that deadline. An actor that hangs gets the second file, so
-    # that a replacement embeds the third. A decoding task that hangs gets the last: it holds one of the cluster's
-    # two CPUs until its deadline and the actor the other, so a file decoded after it would wait for a CPU with its
-    # own deadline running (from when it was handed to Ray), and miss it when a loaded machine is slow to start
-    # its decoder after the cancel.
-    before_it = real[0] if stage == "embedding" else real[1]
-    hung_source = make_synthetic_track(tmp_path / "short" / before_it.parent.name / f"{before_it.stem}_stuck.wav",
-                                       seed=7, seconds=1.0)
-    dropped = put_in_new_music(library_copy, [real[0], hung_source, real[1]])
-    hung = dropped[1]
+    # (file_deadline_s), and what the test waits for is that deadline. It is the first file handed out: an actor
+    # that hangs on it is replaced and the replacement embeds the others; a decoding task that hangs on it holds
+    # the one CPU the actor leaves free, and the next file must wait for that CPU without its own deadline running
+    # (it is handed to Ray only once a CPU is free for it). The next file is as short as the hung one, so its
+    # deadline is as long: counted from a hand-out beside the hung one, it would run out with the hung one's.
+    mood = real[0].parent.name
+    hung_source, tail_source = (
+        make_synthetic_track(tmp_path / "short" / mood / f"0-{name}.wav", seed=seed, seconds=1.0)
+        for name, seed in (("stuck", 7), ("tail", 8)))
+    dropped = put_in_new_music(library_copy, [hung_source, tail_source, real[0]])
+    hung = dropped[0]
     handed_out = find_audio_files(library_copy / "new_music")  # the order the files are handed out in
-    assert handed_out.index(hung) == (1 if stage == "embedding" else 2), handed_out
+    assert handed_out == dropped, handed_out
     shas = {path: file_sha256(path) for path in dropped}
     # The limit is the floor of each file's deadline and how long the run may go with nothing back: a replacement
     # actor must start within it. On ONNX Runtime (onnx_workers) one starts in about 2 s; on torch (about 6 s) 15 s
