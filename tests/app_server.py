@@ -147,10 +147,14 @@ def serving_app(library: Path, checkpoints: dict, work: Path, exports: Path | No
         models = BackgroundModels(args.blip_model, args.clap_model, choice)
         renders = RenderFolders(work / "tmp")
         demo = build_app(live, models, renders)
+        # The forged-request tests put their links in work/gradio-uploads: it must be the folder the page takes
+        # uploads from, or they would test a folder the page does not look at.
+        assert Path(demo.GRADIO_CACHE) == work / "gradio-uploads", demo.GRADIO_CACHE
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
                     app_kwargs={"routes": track_routes(live) + render_routes(renders)},
                     max_file_size=server.MAX_UPLOAD, css=CSS, ssr_mode=False, quiet=True)
         try:
+            assert Path(demo.server_app.uploaded_file_dir) == work / "gradio-uploads", demo.server_app.uploaded_file_dir
             models.load()
             if models.error:
                 raise RuntimeError(f"the models did not load: {models.error}")
