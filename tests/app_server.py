@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import logging
 import os
 import shutil
 import signal
@@ -112,7 +113,8 @@ def serving_app(library: Path, checkpoints: dict, work: Path, exports: Path | No
     - its renders in work/tmp, where TMPDIR put them (RenderFolders' parent; the test process's own temporary
       folder is left alone);
     - gc.freeze() undone (gc.unfreeze), so no object of a later module stays frozen.
-    Its stderr is the test's: a test reads the one-line error log with capfd, as a process's log file before.
+    Its stderr is the test's (uvicorn's error log too): a test reads the one-line error log with capfd, as a
+    process's log file before.
     HF_HOME is the run's (conftest), since huggingface_hub read it when first imported.
     """
     import gc
@@ -153,6 +155,11 @@ def serving_app(library: Path, checkpoints: dict, work: Path, exports: Path | No
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
                     app_kwargs={"routes": track_routes(live) + render_routes(renders)},
                     max_file_size=server.MAX_UPLOAD, css=CSS, ssr_mode=False, quiet=True)
+        # uvicorn's error log (a fault outside Gradio's events, with its traceback) went to app.py's stderr; its
+        # handler holds the stderr of launch() time, which is no test's: make it write to the test's.
+        for handler in logging.getLogger("uvicorn").handlers:
+            if isinstance(handler, logging.StreamHandler):
+                scope.setattr(handler, "stream", _CurrentStderr())
         try:
             assert Path(demo.server_app.uploaded_file_dir) == work / "gradio-uploads", demo.server_app.uploaded_file_dir
             models.load()
@@ -164,6 +171,16 @@ def serving_app(library: Path, checkpoints: dict, work: Path, exports: Path | No
             demo.close(verbose=False)
             renders.close()
             gc.unfreeze()
+
+
+class _CurrentStderr:
+    """A stream that writes to sys.stderr as it is when written to: pytest gives each test its own (capfd)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def _wait_until_serving(app: RunningApp) -> None:
