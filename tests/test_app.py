@@ -49,8 +49,8 @@ def app(app_library, checkpoints, tmp_path_factory, shared_exports):
 
     The tests whose point is the process use app_process (see there); the start-up tests that run app.py (run_cli)
     and the SIGTERM tests (running_app, one process per attempt) start theirs, and the browser tests elsewhere too.
-    The two tests that need a server of their own (its uploads removed, or its renders, when it stops) use
-    serving_app for it.
+    test_uploads_do_not_pile_up_in_the_temp_folder serves a page of its own (serving_app), to close it; that
+    app.py's stop closes it is the SIGTERM tests' point.
     """
     with serving_app(app_library, checkpoints, tmp_path_factory.mktemp("app-run"), exports=shared_exports) as served:
         yield served

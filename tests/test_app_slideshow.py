@@ -21,6 +21,7 @@ from tests.app_server import (
     holds_a_copy,
     make_secret,
     path_sending_client,
+    running_app,
     serving_app,
     upload,
 )
@@ -42,8 +43,8 @@ def app_library(built_library, tmp_path_factory) -> Path:
 def app(app_library, checkpoints, tmp_path_factory, shared_exports):
     """The page served in this process for the module (app_server.serving_app: started as app.py starts it, its
     renders in work/tmp where TMPDIR put a process's). No test here is about the process itself: what the tab
-    answers, serves, refuses, logs (read with capfd) and leaves on disk is the page's, whichever process serves it;
-    the last test serves a page of its own, to stop it."""
+    answers, serves, refuses, logs (read with capfd) and leaves on disk is the page's, whichever process serves it.
+    The last test runs app.py itself, whose stop removes the renders."""
     with serving_app(app_library, checkpoints, tmp_path_factory.mktemp("slideshow-run"),
                      exports=shared_exports) as served:
         yield served
@@ -247,12 +248,14 @@ def test_soundtrack_takes_no_photo_but_an_upload(app, photos, tmp_path):
 
 
 def test_a_cancel_leaves_no_file_and_a_stopped_server_none_at_all(library_copy, checkpoints, photos, tmp_path,
-                                                                 shared_exports, capfd):
+                                                                 shared_exports):
+    """On app.py itself (running_app): its stop is part of the test, and only serve(), which the process runs,
+    removes the renders when the server stops."""
     from gradio_client import Client, handle_file
     from gradio_client.utils import Status
 
     work = tmp_path / "run"
-    with serving_app(library_copy, checkpoints, work, exports=shared_exports) as app:
+    with running_app(library_copy, checkpoints, work, exports=shared_exports) as app:
         client = Client(app.url, verbose=False)
         kept = make(client, [photos["chelsea.png"], photos["coffee.png"]])
         (folder,) = render_folders(work)
@@ -276,5 +279,5 @@ def test_a_cancel_leaves_no_file_and_a_stopped_server_none_at_all(library_copy, 
 
         after = make(client, [photos["rocket.jpg"], photos["astronaut.png"]])  # the server goes on
         assert set(served(app, after).values()) == {200} and len(render_folders(work)) == 1
-        assert "Traceback" not in capfd.readouterr().err  # the server's stderr is this process's
+        assert "Traceback" not in app.log_text()
     assert not list((work / "tmp").glob("music-mood-renders-*"))  # the server stopped: all of it removed
