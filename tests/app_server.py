@@ -1,8 +1,10 @@
-"""Start app.py as a user would, in a process of its own, and wait until its page answers."""
+"""Serve the page for a test: in this process, started as app.py starts it (serving_app), or as `python app.py` in
+a process of its own where the process is the point (running_app); and reach it as a client does."""
 from __future__ import annotations
 
 import contextlib
 import http.client
+import logging
 import os
 import shutil
 import signal
@@ -13,6 +15,9 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -74,6 +79,110 @@ def running_app(library: Path, checkpoints: dict, work: Path, *args: str, export
             process.wait()
 
 
+@dataclass
+class ServedApp:
+    """The page served in this process by serving_app; reached as a RunningApp is (url, port)."""
+
+    url: str  # http://127.0.0.1:PORT/ with the trailing slash
+    port: int
+    work: Path  # its folder, as running_app's: gradio-uploads/ (GRADIO_TEMP_DIR), tmp/ (its renders), cache/
+    demo: Any  # the launched gr.Blocks
+
+
+@contextlib.contextmanager
+def serving_app(library: Path, checkpoints: dict, work: Path, exports: Path | None = None):
+    """The page served in this process on `library` with the tiny checkpoints, started by the product's own code
+    as `python app.py` starts it, and closed at the end as it stops.
+
+    Start-up as app.main: app.py's parser with no --precision, --backend or --host (so the same ModelChoice and
+    127.0.0.1), the library from MUSIC_MOOD_HOME, app.prepare_library, processed_music/ made. Then as
+    music_mood.web.server.serve: build_app, launch() with the same routes and options (MAX_UPLOAD, CSS, no SSR,
+    no allowed_paths) but prevent_thread_lock=True on a free port, the models loaded (here before the test, not
+    while it runs: the start-up tests test the page while they load), freeze_loaded_objects; on the way out
+    demo.close() and the renders removed, as serve's clean-up does. Importing music_mood.web.server also registers
+    the audio types its track route sends (.opus as audio/ogg).
+
+    What a process of its own had, this one gets for as long as the page is served, and gives back after:
+    - the environment running_app gives app.py: no MUSIC_MOOD_* or GRADIO_* of the test run, MUSIC_MOOD_HOME,
+      MUSIC_MOOD_CACHE (work/cache, its onnx/ the run's `exports` when given) and GRADIO_TEMP_DIR
+      (work/gradio-uploads: Gradio reads it when the page is built and launched, and again on each request, to
+      refuse a file outside it). Each test's own isolated_library still points MUSIC_MOOD_CACHE and
+      MUSIC_MOOD_HOME at its tmp_path while it runs; the page reads neither then (its library's paths are fixed at
+      start, the models loaded);
+    - the working directory: work, where app.py ran (Gradio resolves a relative path it is sent against it);
+    - its renders in work/tmp, where TMPDIR put them (RenderFolders' parent; the test process's own temporary
+      folder is left alone);
+    - gc.freeze() undone (gc.unfreeze), so no object of a later module stays frozen.
+    Its stderr is the test's (uvicorn's error log too): a test reads the one-line error log with capfd, as a
+    process's log file before.
+    HF_HOME is the run's (conftest), since huggingface_hub read it when first imported.
+    """
+    import gc
+
+    import app as app_script
+    from music_mood.cli import model_choice
+    from music_mood.library import LibraryPaths, LiveLibrary
+    from music_mood.memory import freeze_loaded_objects
+    from music_mood.models import BackgroundModels
+    from music_mood.serve import RenderFolders, render_routes, track_routes
+    from music_mood.web import server
+    from music_mood.web.page import CSS, build_app
+
+    port = free_port()
+    (work / "tmp").mkdir(parents=True, exist_ok=True)
+    if exports is not None and not (work / "cache" / "onnx").exists():
+        (work / "cache").mkdir(parents=True, exist_ok=True)
+        (work / "cache" / "onnx").symlink_to(exports, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as scope:
+        for name in [name for name in os.environ if name.startswith(("MUSIC_MOOD_", "GRADIO_"))]:
+            scope.delenv(name)
+        for name, value in (("MUSIC_MOOD_HOME", library), ("MUSIC_MOOD_CACHE", work / "cache"),
+                            ("GRADIO_TEMP_DIR", work / "gradio-uploads"), ("GRADIO_ANALYTICS_ENABLED", "False")):
+            scope.setenv(name, str(value))
+        scope.chdir(work)
+        args = app_script.build_parser().parse_args(["--port", str(port), "--blip-model", checkpoints["blip"],
+                                                     "--clap-model", checkpoints["clap"]])
+        paths = LibraryPaths.at(args.library, args.vectors, args.meta)
+        live, choice = LiveLibrary(paths, args.clap_model), model_choice(args)
+        app_script.prepare_library(live, choice)
+        paths.processed_music.mkdir(parents=True, exist_ok=True)
+        models = BackgroundModels(args.blip_model, args.clap_model, choice)
+        renders = RenderFolders(work / "tmp")
+        demo = build_app(live, models, renders)
+        # The forged-request tests put their links in work/gradio-uploads: it must be the folder the page takes
+        # uploads from, or they would test a folder the page does not look at.
+        assert Path(demo.GRADIO_CACHE) == work / "gradio-uploads", demo.GRADIO_CACHE
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
+                    app_kwargs={"routes": track_routes(live) + render_routes(renders)},
+                    max_file_size=server.MAX_UPLOAD, css=CSS, ssr_mode=False, quiet=True)
+        # uvicorn's error log (a fault outside Gradio's events, with its traceback) went to app.py's stderr; its
+        # handler holds the stderr of launch() time, which is no test's: make it write to the test's.
+        for handler in logging.getLogger("uvicorn").handlers:
+            if isinstance(handler, logging.StreamHandler):
+                scope.setattr(handler, "stream", _CurrentStderr())
+        try:
+            assert Path(demo.server_app.uploaded_file_dir) == work / "gradio-uploads", demo.server_app.uploaded_file_dir
+            models.load()
+            if models.error:
+                raise RuntimeError(f"the models did not load: {models.error}")
+            freeze_loaded_objects()
+            yield ServedApp(url=f"http://127.0.0.1:{port}/", port=port, work=work, demo=demo)
+        finally:
+            demo.close(verbose=False)
+            renders.close()
+            gc.unfreeze()
+
+
+class _CurrentStderr:
+    """A stream that writes to sys.stderr as it is when written to: pytest gives each test its own (capfd)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _wait_until_serving(app: RunningApp) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -101,7 +210,7 @@ def running_copy(built_library: Path, checkpoints: dict, tmp_path_factory, expor
         yield running
 
 
-def get(app: RunningApp, path: str, headers: dict | None = None) -> http.client.HTTPResponse:
+def get(app: RunningApp | ServedApp, path: str, headers: dict | None = None) -> http.client.HTTPResponse:
     """GET `path` from the running app exactly as written: no client-side normalisation of `..` or of
     percent-escapes. The body is in the response's `body`."""
     connection = http.client.HTTPConnection("127.0.0.1", app.port, timeout=30)
@@ -112,7 +221,7 @@ def get(app: RunningApp, path: str, headers: dict | None = None) -> http.client.
     return response
 
 
-def path_sending_client(app: RunningApp):
+def path_sending_client(app: RunningApp | ServedApp):
     """A gradio_client Client of `app` that sends a file's path as written instead of uploading the file.
 
     gradio_client uploads the local file a FileData names before each call; a client elsewhere (or any HTTP client)
@@ -155,7 +264,7 @@ def holds_a_copy(folder: Path, secret: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink() and p.read_bytes() == content]
 
 
-def upload(app: RunningApp, path: Path) -> str:
+def upload(app: RunningApp | ServedApp, path: Path) -> str:
     """Upload `path` to the app as its page does; the path the server stored it at."""
     import httpx
 

@@ -27,6 +27,8 @@ from tests.app_server import (
     make_secret,
     path_sending_client,
     running_app,
+    running_copy,
+    serving_app,
 )
 from tests.conftest import ROOT, put_in_new_music, run_cli
 
@@ -43,8 +45,31 @@ def app_library(built_library, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def app(app_library, checkpoints, tmp_path_factory, shared_exports):
-    """One app.py process for the module, started with default --host, serving a library built from real tracks."""
-    with running_app(app_library, checkpoints, tmp_path_factory.mktemp("app-run"), exports=shared_exports) as running:
+    """The page served in this process for the module (app_server.serving_app: started as app.py starts it),
+    serving a library built from real tracks: its API, the files it serves and refuses, its errors and their
+    one-line log (read with capfd) are the page's, whichever process serves it.
+
+    The tests whose point is the process use app_process (see there); the start-up tests that run app.py (run_cli)
+    and the SIGTERM tests (running_app, one process per attempt) start theirs, and the browser tests elsewhere too.
+    test_uploads_do_not_pile_up_in_the_temp_folder serves a page of its own (serving_app), to close it; that
+    app.py's stop closes it is the SIGTERM tests' point.
+    """
+    with serving_app(app_library, checkpoints, tmp_path_factory.mktemp("app-run"), exports=shared_exports) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def app_process(built_library, checkpoints, tmp_path_factory, shared_exports):
+    """`python app.py` itself, started with no --host, --precision or --backend, on a copy of the built library, for
+    the tests whose point is that process:
+    - what it loads (torch or not): read from its own /proc/PID/maps, which the test process, with torch imported
+      for the checkpoints, cannot stand in for;
+    - that it writes nothing into the source tree when run from a folder of its own;
+    - where app.py listens when given no --host (serving_app passes the host itself);
+    - what a second app.py says on its busy port (the second is a process run_cli starts; this one holds the port
+      as a user's running app would).
+    """
+    with running_copy(built_library, checkpoints, tmp_path_factory, shared_exports, "app-process") as running:
         yield running
 
 
@@ -75,16 +100,17 @@ def expected_result(library: Path, blip, clap_text, image, topk: int) -> dict:
 # ---------------------------------------------------------------------------------------------- the API
 
 
-def test_the_app_loads_torch_only_when_its_backend_is_torch(app, client, photos):
+def test_the_app_loads_torch_only_when_its_backend_is_torch(app_process, photos):
     """Where every stage runs on ONNX Runtime (the default on CPUs without AMX) the server answers without torch in
     memory."""
-    from gradio_client import handle_file
+    from gradio_client import Client, handle_file
 
     from music_mood.engines import AUTO
 
+    client = Client(app_process.url, verbose=False)
     result = client.predict(image=handle_file(str(photos["coffee.png"])), text="", topk=3, api_name="/recommend")
     assert len(result["results"]) == 3
-    with open(f"/proc/{app.process.pid}/maps", encoding="utf-8") as f:
+    with open(f"/proc/{app_process.process.pid}/maps", encoding="utf-8") as f:
         mapped = f.read()
     # What the app chose for the stages it runs: it was given no --precision or --backend.
     backends = {AUTO.engine(stage)[0] for stage in ("blip-vision", "blip-decoder", "clap-text")}
@@ -143,7 +169,7 @@ def test_recommend_and_more_like_this_take_the_variety_options(client, app_libra
 # ---------------------------------------------------------------------------------------------- files served
 
 
-def test_app_writes_nothing_into_the_source_tree(app):
+def test_app_writes_nothing_into_the_source_tree(app_process):
     assert not (ROOT / "app.pyi").exists()  # Gradio writes one beside any module that subclasses a component
 
 
@@ -208,7 +234,7 @@ def test_add_music_takes_no_file_but_an_upload(app, app_library, sample_tracks, 
     """A path on the server, or one leading out of the upload folder, is one error, however the file is; the
     secret is not copied, added or served."""
     secret = make_secret(sample_tracks[-3], tmp_path / "secret.opus")
-    upload_dir = app.log.parent / "gradio-uploads"
+    upload_dir = app.work / "gradio-uploads"
     before = library_state(app_library)
 
     def add(client, file):
@@ -223,7 +249,7 @@ def test_add_music_takes_no_file_but_an_upload(app, app_library, sample_tracks, 
 
 def test_recommend_takes_no_photo_but_an_upload(app, client, photos, tmp_path):
     secret = make_secret(photos["rocket.jpg"], tmp_path / "secret.jpg")
-    upload_dir = app.log.parent / "gradio-uploads"
+    upload_dir = app.work / "gradio-uploads"
 
     def ask(client, file):
         return client.predict(image=file, text="", topk=3, api_name="/recommend")
@@ -260,20 +286,20 @@ def test_nothing_but_library_audio_is_served(app, app_library, path):
     assert get(app, "/track/" + path).status == 403
 
 
-def test_listens_on_loopback_only_by_default(app):
+def test_listens_on_loopback_only_by_default(app_process):
     """app.py was started without --host: its listening sockets are on 127.0.0.1 and nowhere else."""
     listening = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             local, state = line.split()[1], line.split()[3]
             address, port = local.split(":")
-            if state == "0A" and int(port, 16) == app.port:  # 0A = LISTEN
+            if state == "0A" and int(port, 16) == app_process.port:  # 0A = LISTEN
                 listening.add(address)
     assert listening == {"0100007F"}  # 127.0.0.1, little-endian hex; 0.0.0.0 would be 00000000
     for address in _non_loopback_addresses():
         with socket.socket() as s, pytest.raises(OSError):
             s.settimeout(5)
-            s.connect((address, app.port))
+            s.connect((address, app_process.port))
 
 
 def _non_loopback_addresses() -> list[str]:
@@ -359,7 +385,7 @@ def test_more_like_this_api_answers_what_recommend_answers(client, app_library):
         client.predict(like="processed_music/nope.mp3", topk=3, api_name="/more_like_this")
 
 
-def test_user_errors_are_one_line_each_in_the_server_log(app, client, tmp_path):
+def test_user_errors_are_one_line_each_in_the_server_log(client, tmp_path, capfd):
     """A user's mistake is answered, not a fault of the program: one line in the log, no traceback."""
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
@@ -368,7 +394,7 @@ def test_user_errors_are_one_line_each_in_the_server_log(app, client, tmp_path):
     notes.write_text("not a photo, not music\n")
     broken = tmp_path / "broken.mp3"
     broken.write_bytes(b"no audio here" * 100)
-    start = len(app.log_text())
+    capfd.readouterr()  # the server's stderr is this process's: what it wrote before is not these requests'
     messages = []
     for call in (dict(image=handle_file(str(notes)), text="", topk=3, api_name="/recommend"),
                  dict(image=None, text=" ", topk=3, api_name="/recommend"),
@@ -382,7 +408,7 @@ def test_user_errors_are_one_line_each_in_the_server_log(app, client, tmp_path):
         with contextlib.suppress(AppError):
             client.predict(files=[handle_file(str(f)) for f in files], mood="", api_name="/add_music")
 
-    log = app.log_text()[start:]
+    log = capfd.readouterr().err
     assert "Traceback" not in log
     for message in messages:
         assert sum(message in line for line in log.splitlines()) == 1, (message, log)
@@ -476,17 +502,17 @@ def test_set_track_fields_corrects_a_track_and_the_app_sees_it_at_once(client, a
     ("TRACK", {"artist": "a\x00b"}, "The artist must be one line of printable text"),
     ("TRACK", {"mood": ["a"]}, "The mood must be text, not list"),
 ])
-def test_a_bad_correction_is_a_clear_error_and_changes_nothing(app, client, app_library, track, fields, message):
+def test_a_bad_correction_is_a_clear_error_and_changes_nothing(client, app_library, track, fields, message, capfd):
     from gradio_client.exceptions import AppError
 
     known = load_database(LibraryPaths.at(app_library)).tracks[0]
     before = library_state(app_library)
-    start = len(app.log_text())
+    capfd.readouterr()  # the server's stderr is this process's: what it wrote before is not this request's
     with pytest.raises(AppError, match=re.escape(message)) as raised:
         client.predict(track=known["id"] if track == "TRACK" else track, fields=fields, api_name="/set_track_fields")
     assert raised.value.message.rstrip(".").endswith("nothing was changed")
     assert library_state(app_library) == before
-    log = app.log_text()[start:]
+    log = capfd.readouterr().err
     assert "Traceback" not in log and log.count("User error: ") == 1, log
 
 
@@ -559,7 +585,7 @@ def test_uploads_do_not_pile_up_in_the_temp_folder(library_copy, checkpoints, sa
     work = tmp_path / "run"
     work.mkdir()
     uploads = work / "gradio-uploads"  # GRADIO_TEMP_DIR of the app
-    with running_app(library_copy, checkpoints, work, exports=shared_exports) as app:
+    with serving_app(library_copy, checkpoints, work, exports=shared_exports) as app:
         client = Client(app.url, verbose=False)
         *_, status, _ = client.predict(files=[handle_file(str(f)) for f in (new, broken, notes)], mood="",
                                        api_name="/add_music")
@@ -982,11 +1008,12 @@ def test_app_with_a_missing_model_exits_1_with_one_line(library_copy, checkpoint
     assert len(errors) == 1 and "cannot load the BLIP model" in errors[0] and "--blip-model" in errors[0]
 
 
-def test_busy_port_is_one_line_naming_the_flag(app, library_copy, checkpoints):
+def test_busy_port_is_one_line_naming_the_flag(app_process, library_copy, checkpoints):
     """A second app.py on the port of a running one says so in one line, before any start-up work."""
-    done = run_cli("app.py", "--port", app.port, "--library", library_copy, "--blip-model", checkpoints["blip"],
+    port = app_process.port
+    done = run_cli("app.py", "--port", port, "--library", library_copy, "--blip-model", checkpoints["blip"],
                    "--clap-model", checkpoints["clap"])
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "server_port" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
-    assert errors == [f"Error: port {app.port} is in use (another app.py?); pass --port, e.g. --port {app.port + 1}"]
+    assert errors == [f"Error: port {port} is in use (another app.py?); pass --port, e.g. --port {port + 1}"]

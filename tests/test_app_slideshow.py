@@ -1,6 +1,6 @@
-"""The Slideshow tab's API through a running app.py and gradio_client: /soundtrack answers the plan and serves its
-files, /next_best_track replaces one scene, bad requests are clear errors, and a cancelled request, a replaced
-soundtrack and a stopped server leave no rendered file behind."""
+"""The Slideshow tab's API through the page served in this process and gradio_client: /soundtrack answers the plan
+and serves its files, /next_best_track replaces one scene, bad requests are clear errors, and a cancelled request, a
+replaced soundtrack and a stopped server leave no rendered file behind."""
 from __future__ import annotations
 
 import json
@@ -22,6 +22,7 @@ from tests.app_server import (
     make_secret,
     path_sending_client,
     running_app,
+    serving_app,
     upload,
 )
 from tests.test_app import library_state
@@ -40,10 +41,13 @@ def app_library(built_library, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def app(app_library, checkpoints, tmp_path_factory, shared_exports):
-    work = tmp_path_factory.mktemp("slideshow-run")
-    with running_app(app_library, checkpoints, work, exports=shared_exports) as running:
-        running.work = work
-        yield running
+    """The page served in this process for the module (app_server.serving_app: started as app.py starts it, its
+    renders in work/tmp where TMPDIR put a process's). No test here is about the process itself: what the tab
+    answers, serves, refuses, logs (read with capfd) and leaves on disk is the page's, whichever process serves it.
+    The last test runs app.py itself, whose stop removes the renders."""
+    with serving_app(app_library, checkpoints, tmp_path_factory.mktemp("slideshow-run"),
+                     exports=shared_exports) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +189,7 @@ def test_what_the_app_serves_of_a_soundtrack_names_no_path_of_the_server(app, cl
         assert "library_root" not in json.loads(bodies[answer["files"]["json"]]) and "library_root" not in answer
 
 
-def test_bad_requests_are_one_clear_error_each(app, client, photos, tmp_path):
+def test_bad_requests_are_one_clear_error_each(client, photos, tmp_path, capfd):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
@@ -197,7 +201,7 @@ def test_bad_requests_are_one_clear_error_each(app, client, photos, tmp_path):
                                          "error": "notes.png is not an image (Pillow cannot identify it)"}]
     assert answer["total_s"] == 8.0
 
-    start = len(app.log_text())
+    capfd.readouterr()  # the server's stderr is this process's: what it wrote before is not these requests'
     unreadable = "None of the 2 photos can be read (notes.png is not an image (Pillow cannot identify it), and 1 more)."
     for call, message in (
             (dict(photos=[notes, notes]), unreadable),
@@ -215,7 +219,7 @@ def test_bad_requests_are_one_clear_error_each(app, client, photos, tmp_path):
                            moods=call.get("moods", []), genres=[], api_name="/soundtrack")
         assert message in raised.value.message
         assert "gradio" not in raised.value.message  # the user's file names, not the server's temporary paths
-    log = app.log_text()[start:]
+    log = capfd.readouterr().err
     assert "Traceback" not in log and log.count("User error: ") == 6, log
 
 
@@ -245,6 +249,8 @@ def test_soundtrack_takes_no_photo_but_an_upload(app, photos, tmp_path):
 
 def test_a_cancel_leaves_no_file_and_a_stopped_server_none_at_all(library_copy, checkpoints, photos, tmp_path,
                                                                  shared_exports):
+    """On app.py itself (running_app): its stop is part of the test, and only serve(), which the process runs,
+    removes the renders when the server stops."""
     from gradio_client import Client, handle_file
     from gradio_client.utils import Status
 
