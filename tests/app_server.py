@@ -96,8 +96,8 @@ def serving_app(library: Path, checkpoints: dict, work: Path, exports: Path | No
 
     Start-up as app.main: app.py's parser with no --precision, --backend or --host (so the same ModelChoice and
     127.0.0.1), the library from MUSIC_MOOD_HOME, app.prepare_library, processed_music/ made. Then as
-    music_mood.web.server.serve: build_app, launch() with the same routes and options (MAX_UPLOAD, CSS, no SSR,
-    no allowed_paths) but prevent_thread_lock=True on a free port, the models loaded (here before the test, not
+    music_mood.web.server.serve: its own launch() (the page built and launched with the same routes and options)
+    on a free port, the models loaded (here before the test, not
     while it runs: the start-up tests test the page while they load), freeze_loaded_objects; on the way out
     demo.close() and the renders removed, as serve's clean-up does. Importing music_mood.web.server also registers
     the audio types its track route sends (.opus as audio/ogg).
@@ -121,12 +121,12 @@ def serving_app(library: Path, checkpoints: dict, work: Path, exports: Path | No
 
     import app as app_script
     from music_mood.cli import model_choice
-    from music_mood.library import LibraryPaths, LiveLibrary
+    from music_mood.library import LibraryPaths
+    from music_mood.live import LiveLibrary
     from music_mood.memory import freeze_loaded_objects
     from music_mood.models import BackgroundModels
-    from music_mood.serve import RenderFolders, render_routes, track_routes
+    from music_mood.serve import RenderFolders
     from music_mood.web import server
-    from music_mood.web.page import CSS, build_app
 
     port = free_port()
     (work / "tmp").mkdir(parents=True, exist_ok=True)
@@ -148,13 +148,10 @@ def serving_app(library: Path, checkpoints: dict, work: Path, exports: Path | No
         paths.processed_music.mkdir(parents=True, exist_ok=True)
         models = BackgroundModels(args.blip_model, args.clap_model, choice)
         renders = RenderFolders(work / "tmp")
-        demo = build_app(live, models, renders)
+        demo = server.launch(live, models, renders, args.host, args.port, args.share)
         # The forged-request tests put their links in work/gradio-uploads: it must be the folder the page takes
         # uploads from, or they would test a folder the page does not look at.
         assert Path(demo.GRADIO_CACHE) == work / "gradio-uploads", demo.GRADIO_CACHE
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
-                    app_kwargs={"routes": track_routes(live) + render_routes(renders)},
-                    max_file_size=server.MAX_UPLOAD, css=CSS, ssr_mode=False, quiet=True)
         # uvicorn's error log (a fault outside Gradio's events, with its traceback) went to app.py's stderr; its
         # handler holds the stderr of launch() time, which is no test's: make it write to the test's.
         for handler in logging.getLogger("uvicorn").handlers:

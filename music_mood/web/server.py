@@ -27,18 +27,26 @@ mimetypes.add_type("audio/mp4", ".m4a")
 mimetypes.add_type("audio/flac", ".flac")
 
 
+def launch(library: LiveLibrary, models: BackgroundModels, renders: RenderFolders, host: str, port: int,
+           share: bool = False):
+    """Build the page and start serving it in Gradio's threads (returning at once): the one launch the app and the
+    tests' in-process page share. Raises OSError when it cannot listen."""
+    demo = build_app(library, models, renders)
+    # No allowed_paths: Gradio serves nothing of the library; its audio goes through track_routes alone, and the
+    # soundtracks the page renders through render_routes.
+    demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True,
+                app_kwargs={"routes": track_routes(library) + render_routes(renders)},
+                max_file_size=MAX_UPLOAD, css=CSS, ssr_mode=False, quiet=True)
+    return demo
+
+
 def serve(library: LiveLibrary, models: BackgroundModels, host: str, port: int, share: bool = False) -> int:
     """Serve the page at host:port (and a gradio.live link with `share`) until Ctrl-C or SIGTERM; `models` load
     meanwhile, in a thread of their own, so a visitor sees that they are loading rather than no page at all.
     Returns the exit code: 0, or 1 when the server cannot listen or the models cannot load (said on stderr)."""
     renders = RenderFolders()
-    demo = build_app(library, models, renders)
     try:
-        # No allowed_paths: Gradio serves nothing of the library; its audio goes through track_routes alone, and
-        # the soundtracks the page renders through render_routes.
-        demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True,
-                    app_kwargs={"routes": track_routes(library) + render_routes(renders)},
-                    max_file_size=MAX_UPLOAD, css=CSS, ssr_mode=False, quiet=True)
+        demo = launch(library, models, renders, host, port, share)
     except OSError:  # Gradio's message tells to edit launch(); the user has flags
         reason = (port_busy_message(port) if port_in_use(host, port) else
                   f"cannot listen on {host}:{port}; check --host and --port")
