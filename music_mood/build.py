@@ -248,7 +248,8 @@ class _Build:
             stale = [i for i, t in enumerate(self.db.tracks) if self.tagger.stale(t)]
             for i, tags in zip(stale, self.tagger.tag(self.db.vectors[stale])):
                 self.db.tracks[i]["auto_tags"] = tags
-        self.report.warnings.extend(save_database(self.db, self.paths, self.sample_rate, self.moves))
+        self.report.warnings.extend(save_database(self.db, self.paths, self.sample_rate, self.moves,
+                                                  self.sources))
         self.tracks = self.db.tracks
         for pending in (self.moves, self.added, self.new_rows, self.new_segments):
             pending.clear()
@@ -367,8 +368,9 @@ def _tracks_still_there(tracks: list[dict], paths: LibraryPaths, taken: set[Path
         if where and where not in registered:
             there = [ok and i not in rows for i, ok in enumerate(there)]
         elif not any(there[i] for i in rows):
-            report.warnings.append(f"Warning: none of the {len(rows)} tracks' files is in "
-                                   f"{where or paths.root}; is the folder there? Its tracks are left as they are.")
+            report.warnings.append(f"Warning: none of the {len(rows)} tracks' files is in {where or paths.root}; is "
+                                   f"the {'source' if where else 'library'} folder right? The database is left as "
+                                   f"it is.")
             there = [ok or i in rows for i, ok in enumerate(there)]
     report.dropped += [t["file_path"] for t, ok in zip(tracks, there) if not ok]
     return [i for i, ok in enumerate(there) if ok]

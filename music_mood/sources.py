@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from music_mood.audio import file_sha256, find_audio_files
+from music_mood.database import DatabaseError
 from music_mood.datafiles import read_metadata
 from music_mood.library import LibraryPaths
 from music_mood.storage import write_atomically
@@ -35,10 +36,12 @@ class SourceError(ValueError):
 
 
 def committed_sources(paths: LibraryPaths) -> list[dict]:
-    """The sources as last committed (copies; [] for a library without any, or none at all)."""
-    if not paths.metadata.exists():
+    """The sources as last committed (copies; [] for a library without any, none at all, or one whose metadata
+    cannot be read: a --rebuild of it starts again without sources)."""
+    try:
+        meta = read_metadata(paths.metadata) if paths.metadata.exists() else None
+    except DatabaseError:
         return []
-    meta = read_metadata(paths.metadata)
     return [dict(s, excluded=list(s.get("excluded", []))) for s in meta.get("sources", [])] \
         if isinstance(meta, dict) else []
 
@@ -120,7 +123,10 @@ class ScanCache:
         return digest
 
     def save(self, sources: list[dict]) -> None:
-        """Note the scan time of `sources` and write the cache (best effort: it is only a cache)."""
+        """Note the scan time of `sources` and write the cache (best effort: it is only a cache); a library
+        without sources has none."""
+        if not sources and not self.files:
+            return
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.scanned = {s["path"]: stamp for s in sources} | {k: v for k, v in self.scanned.items()
                                                                if k not in {s["path"] for s in sources}}
