@@ -364,7 +364,7 @@ def _tracks_still_there(tracks: list[dict], paths: LibraryPaths, taken: set[Path
     there = [os.path.lexists(paths.root / t["file_path"]) or paths.root / t["file_path"] in taken for t in tracks]
     registered = {s["path"] for s in sources}
     for where in {t.get("source") or "" for t in tracks}:
-        rows = [i for i, t in enumerate(tracks) if (t.get("source") or "") == where]
+        rows = {i for i, t in enumerate(tracks) if (t.get("source") or "") == where}
         if where and where not in registered:
             there = [ok and i not in rows for i, ok in enumerate(there)]
         elif not any(there[i] for i in rows):
