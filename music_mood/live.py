@@ -39,6 +39,8 @@ class LiveLibrary:
         """
         with self._lock:
             db, folders = self._refresh(), self._folders
+        if db.row_of_file(file_path) is None and db.row_of_file("/" + file_path) is not None:
+            file_path = "/" + file_path  # a source's track, as track_url spells it
         listed = db.row_of_file(file_path) is not None
         parts = PurePosixPath(file_path).parts
         path = db.root / file_path

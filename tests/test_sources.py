@@ -219,3 +219,64 @@ def test_a_kill_at_each_crash_point_of_a_source_change_leaves_the_old_or_the_new
     assert seen["old"] and seen["new"], seen
     assert not [p for p in music.rglob("*") if p.name.startswith(".")]
     print(f"{command}: killed at each of {len(points)} crash points; left {dict(seen)}; {os.getpid()}")
+
+
+@pytest.fixture(scope="module")
+def source_app(built_library, tmp_path_factory, sample_tracks, clap_audio, checkpoints):
+    """The page served in this process over a library with a read-only folder source of three real tracks, and a
+    gradio_client of it; yields (client, the page's URL, the source folder)."""
+    from gradio_client import Client
+
+    from music_mood.build import build_library
+    from music_mood.edit import add_source
+    from music_mood.live import LiveLibrary
+    from music_mood.models import BackgroundModels
+    from music_mood.serve import track_routes
+    from music_mood.web.page import build_app
+    from tests.app_server import free_port
+
+    root = tmp_path_factory.mktemp("source-app")
+    library, folder = root / "library", root / "Music"
+    shutil.copytree(built_library, library)
+    for track in sample_tracks[3::9]:
+        (folder / "calm").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(track, folder / "calm" / track.name)
+    (folder / "not in the library.opus").write_bytes(sample_tracks[4].read_bytes()[:4096])
+    _set_read_only(folder)
+    paths = LibraryPaths.at(library)
+    add_source(paths, folder)
+    with pytest.MonkeyPatch.context() as scope:
+        scope.setattr("music_mood.sources.find_audio_files",  # the torn copy above is no track: never read
+                      lambda where: [p for p in sorted(where.rglob("*.opus")) if p.parent.name == "calm"])
+        assert len(build_library(clap_audio, paths, progress=False).added) == 3
+    live = LiveLibrary(paths, checkpoints["clap"])
+    demo = build_app(live, BackgroundModels(checkpoints["blip"], checkpoints["clap"]))  # never loaded here
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, ssr_mode=False,
+                app_kwargs={"routes": track_routes(live)})  # as web/server.py serves the library's audio
+    try:
+        yield Client(demo.local_url, verbose=False), demo.local_url, folder
+    finally:
+        demo.close(verbose=False)
+        _set_read_only(folder, False)
+
+
+def test_a_source_track_is_recommended_and_played_through_the_app(source_app):
+    import urllib.error
+    import urllib.request
+    from urllib.parse import quote
+
+    client, url, folder = source_app
+    untouched = _snapshot(folder)
+    like = next(t for t in load_database(LibraryPaths.at(folder.parent / "library")).tracks if t.get("source"))
+    result = client.predict(like=like["id"], topk=20, api_name="/more_like_this")  # no model needed
+    from_source = [t for t in result["results"] if t["file_path"].startswith(folder.as_posix())]
+    assert len(from_source) == 2 and len(result["results"]) == 8  # all but the track asked with
+    for track in from_source:
+        request = urllib.request.Request(url.rstrip("/") + track["audio_url"], headers={"Range": "bytes=0-99"})
+        with urllib.request.urlopen(request) as response:
+            assert response.status == 206 and response.read() == Path(track["file_path"]).read_bytes()[:100]
+    for asked in [folder / "not in the library.opus", folder / "calm" / ".." / "not in the library.opus"]:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url.rstrip("/") + "/track/" + quote(asked.as_posix().lstrip("/")))
+        assert refused.value.code == 403
+    assert _snapshot(folder) == untouched
