@@ -280,3 +280,16 @@ def test_a_source_track_is_recommended_and_played_through_the_app(source_app):
             urllib.request.urlopen(url.rstrip("/") + "/track/" + quote(asked.as_posix().lstrip("/")))
         assert refused.value.code == 403
     assert _snapshot(folder) == untouched
+
+
+def test_the_library_tab_lists_the_sources_with_their_track_counts(source_app):
+    from music_mood.sources import source_lines
+    from music_mood.web.views import sources_note
+
+    _, _, folder = source_app
+    library = folder.parent / "library"
+    paths = LibraryPaths.at(library)
+    note = sources_note(source_lines(paths, load_database(paths).tracks))
+    assert f"- `library  {library / 'processed_music'}  6 tracks`" in note
+    assert f"- `folder  {folder}  3 tracks, last scan 20" in note
+    assert sources_note(source_lines(paths, [])[:1]) == ""  # a library without sources says nothing more
