@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import os
 import shutil
 import signal
 import stat
@@ -218,7 +217,7 @@ def test_a_kill_at_each_crash_point_of_a_source_change_leaves_the_old_or_the_new
         assert _snapshot(music) == untouched
     assert seen["old"] and seen["new"], seen
     assert not [p for p in music.rglob("*") if p.name.startswith(".")]
-    print(f"{command}: killed at each of {len(points)} crash points; left {dict(seen)}; {os.getpid()}")
+    print(f"{command}: killed at each of {len(points)} crash points; left {dict(seen)}")
 
 
 @pytest.fixture(scope="module")
