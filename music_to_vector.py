@@ -26,12 +26,16 @@ from music_mood.edit import (
     EDITABLE_FIELDS,
     REMOVED_FOLDER,
     FieldValueError,
+    add_source,
     committed_track_count,
+    remove_source,
     remove_tracks,
+    restore_tracks,
     set_fields,
 )
 from music_mood.library import LibraryPaths, MoveBlockedError, load_database
 from music_mood.sample import SAMPLE_PACKAGE, import_sample_library
+from music_mood.sources import SourceError, source_lines
 from music_mood.storage import LibraryBusyError
 
 __all__ = ["build_parser", "edit_library", "main"]  # the package holds the rest: import it from there
@@ -52,7 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"import the 28 MIT-licensed tracks of the {SAMPLE_PACKAGE} package")
     action.add_argument("--remove", nargs="+", metavar="TRACK",
                         help=f"remove tracks (a file path or an id of --list) from the library; their files move to "
-                             f"{REMOVED_FOLDER}/ in the library folder, never deleted")
+                             f"{REMOVED_FOLDER}/ in the library folder, never deleted (a source's file stays where "
+                             f"it is, left out of later builds until --restore)")
+    action.add_argument("--add-source", metavar="FOLDER",
+                        help="index a folder of your music where it is (README: Your existing library); every later "
+                             "run adds, follows and drops its files; nothing in it is ever written")
+    action.add_argument("--list-sources", action="store_true",
+                        help="print the library's sources with their track counts and last scan, and exit")
+    action.add_argument("--remove-source", metavar="FOLDER",
+                        help="take a source out of the library with its tracks; its files are not touched")
+    action.add_argument("--restore", nargs="+", metavar="FILE",
+                        help="let files of a source that --remove took out back in (the next run adds them)")
     for name in EDITABLE_FIELDS:
         parser.add_argument(f"--set-{name}", nargs=2, action="append", metavar=("TRACK", name.upper()),
                             help=f"correct a track's {name} (repeatable; kept by --rebuild)")
@@ -79,6 +93,8 @@ def main(argv=None) -> int:
         parser.error("--ray builds the library: not with --list, --remove or --set-...")
     if args.remove or edits:
         return edit_library(paths, args.remove, edits)
+    if args.add_source or args.remove_source or args.list_sources or args.restore:
+        return edit_sources(paths, args)
     try:
         if args.list:
             db = load_database(paths)
@@ -158,12 +174,37 @@ def edit_library(paths: LibraryPaths, remove: list[str] | None, edits: list[tupl
         print(line, file=sys.stderr)
     if remove:
         for record, target in removed:
-            where = target.relative_to(paths.root).as_posix() if target else "its file was already gone"
+            where = (target.relative_to(paths.root).as_posix() if target else
+                     "its file stays in its source, left out until --restore" if record.get("source")
+                     else "its file was already gone")
             print(f"removed  {record['file_path']}  -> {where}")
         print(f"{len(removed)} removed, {committed_track_count(paths)} tracks in the library.", file=sys.stderr)
     else:
         for record, name, old in corrected:
             print(f"set  {record['file_path']}  {name}: {old!r} -> {record[name]!r}")
+    return 0
+
+
+def edit_sources(paths: LibraryPaths, args: argparse.Namespace) -> int:
+    """--add-source, --remove-source, --restore (one commit each, no model loaded) and --list-sources."""
+    try:
+        if args.list_sources:
+            print_lines(source_lines(paths, load_database(paths).tracks))
+        elif args.add_source:
+            source = add_source(paths, args.add_source)
+            print(f"source  {source['kind']}  {source['path']}")
+            print("Run python music_to_vector.py to add its music (nothing in that folder is ever written).",
+                  file=sys.stderr)
+        elif args.remove_source:
+            source, count = remove_source(paths, args.remove_source)
+            print(f"removed source  {source['path']}  ({count} tracks; no file touched)")
+        else:
+            for path in restore_tracks(paths, args.restore):
+                print(f"restored  {path}")
+            print("Run python music_to_vector.py to add them back.", file=sys.stderr)
+    except (SourceError, UnknownTrackError, DatabaseError, LibraryBusyError, OSError) as e:
+        print(f"Error: {e.args[0] if isinstance(e, UnknownTrackError) else e}", file=sys.stderr)
+        return 1
     return 0
 
 

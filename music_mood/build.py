@@ -8,10 +8,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from music_mood.audio import (
     DecodedTrack,
+    KnownFile,
     decode_audio,
     estimate_tempo,
     file_tags,
@@ -19,11 +18,11 @@ from music_mood.audio import (
     read_tags,
     read_track,
 )
-from music_mood.database import Database, DatabaseError, check_clap_model, empty_database
+from music_mood.database import Database, DatabaseError, check_clap_model, compose_database, empty_database
 from music_mood.embed import embed_track
 from music_mood.library import LibraryPaths, load_database, pending_moves, recover_library, save_database
-from music_mood.rows import is_lazy, stack_rows, take_ranges, take_rows
 from music_mood.shards import EmbeddedTrack
+from music_mood.sources import ScanCache, committed_sources, library_path, source_candidates, source_of
 from music_mood.storage import acquire_lock, move_file, move_obstacle, remove_empty_folders
 
 TAG_KEYS = ("title", "artist", "genre", "mood")
@@ -121,6 +120,7 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
         build = _Build(clap, paths, report, rebuild, commit_every_s, tagger, fill_tempo, read_file or read_track)
         build.read_and_embed(files, progress)
         build.finish()
+        build.cache.save(build.sources)
         report.tracks = len(build.db)
     finally:
         if held is None:
@@ -151,6 +151,9 @@ class _Build:
         self.waiting = {source for source, _ in pending}
         self.taken = {target for _, target in pending}
         self.committed_at, self.committed_changes = time.monotonic(), 0
+        # Folders indexed in place (sources.py): read, never written; a file --remove took out stays out.
+        self.sources, self.cache = committed_sources(paths), ScanCache(paths)
+        self.excluded = {sha for source in self.sources for sha in source.get("excluded", [])}
         # The listed tracks whose tempo is to be read, by their file (the same record objects as in `tracks`).
         self.untimed = {paths.root / t["file_path"]: t for t in self.tracks
                         if fill_tempo and "bpm" not in t and (paths.root / t["file_path"]).is_file()}
@@ -164,6 +167,8 @@ class _Build:
         from tqdm import tqdm
 
         candidates = [path for path in pending_files(self.paths, self.db, files) if path not in self.waiting]
+        if files is None:
+            candidates += source_candidates(self.sources, set(self.db.column("file_path")), self.paths)
         for path, item in tqdm(_prefetch(self.read, candidates + list(self.untimed)),
                                total=len(candidates) + len(self.untimed),
                                desc="Embedding music" + (" and reading tempos" if self.untimed else ""), unit="file",
@@ -172,8 +177,11 @@ class _Build:
                 self.take_tempo(self.untimed[path], item)
             elif isinstance(item, Exception):
                 self.report.failed.append((path, str(item)))
+            elif item.sha256 in self.excluded and source_of(path, self.sources):
+                continue  # taken out by --remove: it stays out until --restore
             elif item.sha256 in self.known:
-                _found_again(self.known[item.sha256], path, self.paths, self.report, self.moves, self.taken)
+                _found_again(self.known[item.sha256], path, self.paths, self.report, self.moves, self.taken,
+                             self.sources)
             else:
                 self.add(path, item)
 
@@ -181,7 +189,13 @@ class _Build:
         """A listed file's tempo (fill_tempo), or the file read to be embedded (DecodedTrack, EmbeddedTrack)."""
         if path in self.untimed:
             return estimate_tempo(decode_audio(path, self.sample_rate), self.sample_rate)
-        folder = self.paths.new_music if path.is_relative_to(self.paths.new_music) else self.paths.processed_music
+        source = source_of(path, self.sources)
+        if source is not None:  # a source file is hashed only when it changed (ScanCache), never decoded twice
+            sha256 = self.cache.sha256(path)
+            if sha256 in self.known or sha256 in self.excluded:
+                return KnownFile(source=path, sha256=sha256)
+        folder = (Path(source["path"]) if source else self.paths.new_music if path.is_relative_to(self.paths.new_music)
+                  else self.paths.processed_music)
         return self.read_file(path, folder, self.sample_rate, self.known.keys())
 
     def take_tempo(self, record: dict, item) -> None:
@@ -213,6 +227,8 @@ class _Build:
             self.moves.append((path, final))
         record = _new_record(item, final, paths, len(segments), last_window_start_s, self.previous.get(item.sha256),
                              getattr(item, "embedded_by", self.clap.embedded_by))
+        if (source := source_of(final, self.sources)) is not None:
+            record["source"] = source["path"]
         self.known[item.sha256] = record
         self.new_rows.append(vector)
         self.new_segments.append(segments)
@@ -232,7 +248,8 @@ class _Build:
             stale = [i for i, t in enumerate(self.db.tracks) if self.tagger.stale(t)]
             for i, tags in zip(stale, self.tagger.tag(self.db.vectors[stale])):
                 self.db.tracks[i]["auto_tags"] = tags
-        self.report.warnings.extend(save_database(self.db, self.paths, self.sample_rate, self.moves))
+        self.report.warnings.extend(save_database(self.db, self.paths, self.sample_rate, self.moves,
+                                                  self.sources))
         self.tracks = self.db.tracks
         for pending in (self.moves, self.added, self.new_rows, self.new_segments):
             pending.clear()
@@ -241,7 +258,7 @@ class _Build:
     def finish(self) -> None:
         """The last commit: what is not committed yet, and the removal of the tracks whose file is gone; or, with
         nothing to commit, the moves of files a crash left unmoved."""
-        keep = _tracks_still_there(self.tracks, self.paths, self.taken, self.report)
+        keep = _tracks_still_there(self.tracks, self.paths, self.taken, self.report, self.sources)
         uncommitted = self.changes() > self.committed_changes
         untagged = self.tagger is not None and any(self.tagger.stale(self.tracks[i]) for i in keep)
         if uncommitted or len(keep) < len(self.tracks) or self.rebuild or untagged:
@@ -270,22 +287,32 @@ def database_to_build_on(paths: LibraryPaths, clap_name: str, rebuild: bool) -> 
 
 
 def _found_again(record: dict, path: Path, paths: LibraryPaths, report: BuildReport, moves: list,
-                 taken: set[Path]) -> None:
-    """A file whose content the library lists as `record`: a copy (left alone), the listed file moved or renamed
-    by hand inside processed_music/ (the record follows it), or a file a crashed run had not moved yet."""
+                 taken: set[Path], sources: list[dict] = ()) -> None:
+    """A file whose content the library lists as `record`: a copy (left alone: a duplicate is never a second
+    track), the listed file moved or renamed by hand inside processed_music/ or a source (the record follows it),
+    or a file a crashed run had not moved yet (a new_music/ file of a source track gone goes to processed_music/:
+    nothing is ever moved into a source)."""
     listed = paths.root / record["file_path"]
+    source = source_of(path, sources)
     if os.path.lexists(listed) or listed in taken:
         report.duplicates.append((path, record["file_path"]))
-    elif path.is_relative_to(paths.processed_music):
-        old_path = record["file_path"]
-        tags = file_tags(path)
-        was = record.get("from_file") or read_tags(listed, paths.processed_music, tags)
-        now = read_tags(path, paths.processed_music, tags)
+    elif path.is_relative_to(paths.processed_music) or source is not None or record.get("source"):
+        if path.is_relative_to(paths.new_music):
+            target = _destination(path, paths, taken)
+            moves.append((path, target))
+            path, source = target, None
+        old_path, folder = record["file_path"], Path(source["path"]) if source else paths.processed_music
+        tags = file_tags(path) if path.exists() else {}
+        was = record.get("from_file") or read_tags(listed, folder, tags)
+        now = read_tags(path, folder, tags)
         for key in TAG_KEYS:  # what came from the old name or folder follows the file; a hand edit stays
             if record.get(key) == was.get(key):
                 record[key] = now[key]
         record["from_file"] = now
-        record["file_path"] = path.relative_to(paths.root).as_posix()
+        record["file_path"] = library_path(path, paths)
+        record.pop("source", None)
+        if source is not None:
+            record["source"] = source["path"]
         taken.add(path)
         report.relocated.append((old_path, record["file_path"]))
     elif (obstacle := move_obstacle(path, listed)) is not None:
@@ -310,7 +337,7 @@ def _new_record(track: DecodedTrack | EmbeddedTrack, final: Path, paths: Library
     record = {
         "id": track.sha256[:16],
         **track.tags,
-        "file_path": final.relative_to(paths.root).as_posix(),
+        "file_path": library_path(final, paths),
         "duration_s": round(track.duration_s, 3),
         "sha256": track.sha256,
         "segment_offset": 0,
@@ -326,50 +353,24 @@ def _new_record(track: DecodedTrack | EmbeddedTrack, final: Path, paths: Library
     return record
 
 
-def _tracks_still_there(tracks: list[dict], paths: LibraryPaths, taken: set[Path], report: BuildReport) -> list[int]:
+def _tracks_still_there(tracks: list[dict], paths: LibraryPaths, taken: set[Path], report: BuildReport,
+                        sources: list[dict] = ()) -> list[int]:
     """The rows whose file is there (or about to be moved there); the others are named in report.dropped.
 
     When no listed file at all is there, the library folder is more likely wrong (another --library, a drive not
-    mounted) than every file deleted: nothing is dropped and a warning says so.
+    mounted) than every file deleted: nothing is dropped and a warning says so; likewise for each source's tracks
+    (a NAS not mounted, a folder not reachable), and the tracks of a source no longer registered are dropped.
     """
     there = [os.path.lexists(paths.root / t["file_path"]) or paths.root / t["file_path"] in taken for t in tracks]
-    if tracks and not any(there):
-        report.warnings.append(f"Warning: none of the {len(tracks)} tracks' files is in {paths.root}; is the "
-                               f"library folder right? The database is left as it is.")
-        return list(range(len(tracks)))
+    registered = {s["path"] for s in sources}
+    for where in {t.get("source") or "" for t in tracks}:
+        rows = {i for i, t in enumerate(tracks) if (t.get("source") or "") == where}
+        if where and where not in registered:
+            there = [ok and i not in rows for i, ok in enumerate(there)]
+        elif not any(there[i] for i in rows):
+            report.warnings.append(f"Warning: none of the {len(rows)} tracks' files is in {where or paths.root}; is "
+                                   f"the {'source' if where else 'library'} folder right? The database is left as "
+                                   f"it is.")
+            there = [ok or i in rows for i, ok in enumerate(there)]
     report.dropped += [t["file_path"] for t, ok in zip(tracks, there) if not ok]
     return [i for i, ok in enumerate(there) if ok]
-
-
-def compose_database(db: Database, kept: list[dict], keep: list[int], added: list[dict], new_rows: list[np.ndarray],
-                     new_segments: list[np.ndarray], clap_name: str, window_s: float) -> Database:
-    """The next state of the library: the kept rows of `db` (with their records `kept`), then the added tracks;
-    segment offsets are numbered afresh in that order.
-
-    A catalogue's matrices (memory-mapped when loaded) are stacked lazily (rows.RowStack: slices of the committed
-    files and the new rows), so a commit never holds them whole; a small library's are plain arrays.
-    """
-    dim = len(new_rows[0]) if new_rows else db.dim
-    old_offsets = db.column("segment_offset", 0) if kept else []
-    ranges, offset = [], 0
-    for record, i in zip(kept, keep):
-        count = int(record.get("segment_count", 0))
-        if db.segments is not None and count:
-            start = int(old_offsets[i])
-            ranges.append((start, start + count))
-        if "segment_count" in record:
-            record["segment_offset"] = offset
-        offset += count
-    for record, rows in zip(added, new_segments):
-        record["segment_offset"] = offset
-        offset += len(rows)
-    if is_lazy(db.vectors) or is_lazy(db.segments):
-        vectors = stack_rows([take_rows(db.vectors, keep), *new_rows], dim)
-        segments = stack_rows([take_ranges(db.segments, ranges) if ranges else np.zeros((0, dim), np.float32),
-                               *new_segments], dim)
-    else:
-        vectors = np.vstack([np.asarray(db.vectors).reshape(-1, dim)[keep], *new_rows]).astype(np.float32)
-        segments = np.vstack([np.zeros((0, dim), np.float32), *(db.segments[a:b] for a, b in ranges),
-                              *new_segments]).astype(np.float32)
-    return Database(vectors=vectors, tracks=kept + added, segments=segments, clap_model=clap_name, root=db.root,
-                    window_s=window_s, table=db.table)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from music_mood.index import SEARCH_INDEX_MIN_TRACKS, load_search_index
+from music_mood.rows import is_lazy, stack_rows, take_ranges, take_rows
 from music_mood.tracks import TrackList, TrackStore
 
 NORM_TOLERANCE = 1e-3  # every stored vector is of length 1 within this
@@ -164,3 +165,37 @@ def find_track(db: Database, path_or_id: str) -> int:
         pass
     raise UnknownTrackError(f"{wanted!r} is no track of the library in {db.root} (give a file path from "
                             f"python music_to_vector.py --list, or a track id)")
+
+
+def compose_database(db: Database, kept: list[dict], keep: list[int], added: list[dict], new_rows: list[np.ndarray],
+                     new_segments: list[np.ndarray], clap_name: str, window_s: float) -> Database:
+    """The next state of the library: the kept rows of `db` (with their records `kept`), then the added tracks;
+    segment offsets are numbered afresh in that order.
+
+    A catalogue's matrices (memory-mapped when loaded) are stacked lazily (rows.RowStack: slices of the committed
+    files and the new rows), so a commit never holds them whole; a small library's are plain arrays.
+    """
+    dim = len(new_rows[0]) if new_rows else db.dim
+    old_offsets = db.column("segment_offset", 0) if kept else []
+    ranges, offset = [], 0
+    for record, i in zip(kept, keep):
+        count = int(record.get("segment_count", 0))
+        if db.segments is not None and count:
+            start = int(old_offsets[i])
+            ranges.append((start, start + count))
+        if "segment_count" in record:
+            record["segment_offset"] = offset
+        offset += count
+    for record, rows in zip(added, new_segments):
+        record["segment_offset"] = offset
+        offset += len(rows)
+    if is_lazy(db.vectors) or is_lazy(db.segments):
+        vectors = stack_rows([take_rows(db.vectors, keep), *new_rows], dim)
+        segments = stack_rows([take_ranges(db.segments, ranges) if ranges else np.zeros((0, dim), np.float32),
+                               *new_segments], dim)
+    else:
+        vectors = np.vstack([np.asarray(db.vectors).reshape(-1, dim)[keep], *new_rows]).astype(np.float32)
+        segments = np.vstack([np.zeros((0, dim), np.float32), *(db.segments[a:b] for a, b in ranges),
+                              *new_segments]).astype(np.float32)
+    return Database(vectors=vectors, tracks=kept + added, segments=segments, clap_model=clap_name, root=db.root,
+                    window_s=window_s, table=db.table)

@@ -10,9 +10,19 @@ from pathlib import Path
 from music_mood.build import TAG_KEYS, compose_database
 from music_mood.database import REBUILD, Database, DatabaseError, UnknownTrackError, find_track
 from music_mood.library import LibraryPaths, load_database, pending_moves, recover_library, save_database
+from music_mood.sources import (
+    REMOVED_FOLDER,
+    ScanCache,
+    check_new_folder,
+    committed_sources,
+    find_source,
+    new_source,
+    source_of,
+)
 from music_mood.storage import acquire_lock
 
-REMOVED_FOLDER = "removed"  # in the library folder: where --remove puts a track's file (never deleted outright)
+__all__ = ["REMOVED_FOLDER", "add_source", "remove_source", "remove_tracks", "restore_tracks", "set_fields"]
+
 EDITABLE_FIELDS = TAG_KEYS  # what --set-FIELD corrects; a correction differs from the record's from_file, so a
 # --rebuild keeps it (build._new_record)
 # A field is one line of text of at most this many characters: a name may be long, a tag is a word or two.
@@ -68,9 +78,14 @@ def removed_destination(file_path: str, paths: LibraryPaths, taken: set[Path]) -
 
 def remove_tracks(paths: LibraryPaths, keys: list[str], lock_timeout: float = 600) -> tuple[list, list[str]]:
     """Remove the tracks that `keys` name (see find_track): their rows, their windows and the move of their file
-    to removed/ are one commit. Every key must name a track, else nothing changes (UnknownTrackError). Returns
-    ([(record, where its file went, None if it was already gone)], problem lines for stderr)."""
+    to removed/ are one commit. A source's track (sources.py) keeps its file where it is, untouched: its content
+    is noted in its source's "excluded", so later builds leave it out until restore_tracks. Every key must name a
+    track, else nothing changes (UnknownTrackError). Returns ([(record, where its file went, None if it was
+    already gone or stays in its source)], problem lines for stderr)."""
+    sources = committed_sources(paths)
+
     def change(db: Database):
+        sources[:] = committed_sources(paths)
         rows = sorted({_row(db, key) for key in keys})
         # A move the last commit could not make yet: the track's file is still at its source, its target taken.
         pending = {target: source for source, target in pending_moves(paths)}
@@ -80,7 +95,10 @@ def remove_tracks(paths: LibraryPaths, keys: list[str], lock_timeout: float = 60
             source = paths.root / record["file_path"]
             source = pending.get(source, source)
             target = None
-            if os.path.lexists(source):
+            if record.get("source"):
+                excluded = find_source(sources, record["source"])["excluded"]
+                excluded += [record["sha256"]] if record["sha256"] not in excluded else []
+            elif os.path.lexists(source):
                 target = removed_destination(record["file_path"], paths, taken)
                 taken.add(target)
                 moves.append((source, target))
@@ -89,7 +107,7 @@ def remove_tracks(paths: LibraryPaths, keys: list[str], lock_timeout: float = 60
         return compose_database(db, [dict(db.tracks[i]) for i in keep], keep, [], [], [], db.clap_model, db.window_s), \
             moves, removed
 
-    return _commit_change(paths, change, lock_timeout)
+    return _commit_change(paths, change, lock_timeout, sources)
 
 
 def set_fields(paths: LibraryPaths, edits: list[tuple[str, str, str]],
@@ -117,9 +135,10 @@ def set_fields(paths: LibraryPaths, edits: list[tuple[str, str, str]],
     return _commit_change(paths, change, lock_timeout)
 
 
-def _commit_change(paths: LibraryPaths, change, lock_timeout: float):
-    """Under the lock: finish a half-done commit, load, `change(db)` → (new db, moves, result), commit; returns
-    (result, problem lines of the recovery and the commit's moves)."""
+def _commit_change(paths: LibraryPaths, change, lock_timeout: float, sources: list[dict] | None = None):
+    """Under the lock: finish a half-done commit, load, `change(db)` → (new db, moves, result), commit (with
+    `sources`, which `change` may have changed; None keeps them); returns (result, problem lines of the recovery
+    and the commit's moves)."""
     lock = acquire_lock(paths.lock, lock_timeout)
     try:
         warnings = recover_library(paths)
@@ -127,7 +146,7 @@ def _commit_change(paths: LibraryPaths, change, lock_timeout: float):
         if db.segments is None:
             raise DatabaseError(f"{paths.metadata} is in the old format without windows; {REBUILD}")
         new, moves, result = change(db)
-        warnings += save_database(new, paths, _sample_rate(paths), moves)
+        warnings += save_database(new, paths, _sample_rate(paths), moves, sources)
     finally:
         lock.release()
     return result, warnings
@@ -141,5 +160,54 @@ def committed_track_count(paths: LibraryPaths) -> int:
 
 
 def _sample_rate(paths: LibraryPaths) -> int:
-    """The sample rate the committed library was embedded at (kept by a change that embeds nothing)."""
+    """The sample rate the committed library was embedded at (kept by a change that embeds nothing); 0 for a
+    library not made yet (a source added first: the first build that embeds records the real one)."""
+    if not paths.metadata.exists():
+        return 0
     return int(json.loads(paths.metadata.read_text(encoding="utf-8"))["embedding"]["sample_rate"])
+
+
+def add_source(paths: LibraryPaths, folder: str | Path, lock_timeout: float = 600) -> dict:
+    """Register `folder` as a source of the library (sources.check_new_folder says why not: SourceError), in one
+    commit; its files are added by the next build. Nothing in the folder is read or written here."""
+    def change(db: Database):
+        sources[:] = committed_sources(paths)  # as committed under the lock
+        sources.append(new_source(check_new_folder(folder, paths, sources)))
+        return db, [], sources[-1]
+
+    sources = committed_sources(paths)
+    return _commit_change(paths, change, lock_timeout, sources)[0]
+
+
+def remove_source(paths: LibraryPaths, folder: str | Path, lock_timeout: float = 600) -> tuple[dict, int]:
+    """Take the source of `folder` out of the library with its tracks, in one commit; no file is touched.
+    Returns (the source, how many tracks went)."""
+    def change(db: Database):
+        sources[:] = committed_sources(paths)
+        gone = find_source(sources, folder)
+        sources.remove(gone)
+        keep = [i for i, t in enumerate(db.tracks) if t.get("source") != gone["path"]]
+        new = compose_database(db, [dict(db.tracks[i]) for i in keep], keep, [], [], [], db.clap_model, db.window_s)
+        return new, [], (gone, len(db) - len(keep))
+
+    sources = committed_sources(paths)
+    return _commit_change(paths, change, lock_timeout, sources)[0]
+
+
+def restore_tracks(paths: LibraryPaths, files: list[str], lock_timeout: float = 600) -> list[Path]:
+    """Let files of a source that --remove took out back in (one commit); the next build adds them. Each must be
+    a file of a source, removed by hand (else UnknownTrackError, nothing changed). Returns the files."""
+    wanted = [Path(f).expanduser().resolve() for f in files]
+
+    def change(db: Database):
+        sources[:], cache = committed_sources(paths), ScanCache(paths)
+        for path in wanted:
+            source = source_of(path, sources)
+            sha256 = cache.sha256(path) if source and path.is_file() else None
+            if sha256 is None or sha256 not in source["excluded"]:
+                raise UnknownTrackError(f"{path} is no file of a source that --remove took out; nothing was changed")
+            source["excluded"].remove(sha256)
+        return db, [], wanted
+
+    sources = committed_sources(paths)
+    return _commit_change(paths, change, lock_timeout, sources)[0]

@@ -332,7 +332,7 @@ def recover_library(paths: LibraryPaths) -> list[str]:
 
 
 def save_database(db: Database, paths: LibraryPaths, sample_rate: int,
-                  moves: list[tuple[Path, Path]] = ()) -> list[str]:
+                  moves: list[tuple[Path, Path]] = (), sources: list[dict] | None = None) -> list[str]:
     """Commit `db`, and the moves of files from new_music/ into processed_music/ that it lists, in one step.
 
     1. The vectors and segments (and for a catalogue the track table: db.table, or TABLE_MIN_TRACKS tracks or
@@ -344,14 +344,18 @@ def save_database(db: Database, paths: LibraryPaths, sample_rate: int,
     A full disk before the commit point is a DiskFullError (what was staged is removed: nothing was changed).
     A move whose destination cannot be made is refused first (MoveBlockedError: nothing was changed); the moves
     of the last commit still pending (pending_moves) are carried into this one, so none is forgotten.
-    Must be called under the library lock. Returns finish_commit's problem lines.
+    `sources` (sources.py) are committed with the tracks; None keeps the committed ones. Must be called under
+    the library lock. Returns finish_commit's problem lines.
     """
+    if sources is None:
+        last = read_metadata(paths.metadata) if paths.metadata.exists() else None
+        sources = last.get("sources", []) if isinstance(last, dict) else []
     for source, target in moves:
         obstacle = move_obstacle(source, target)
         if obstacle is not None:
             raise MoveBlockedError(f"cannot move {source} to {target}: {obstacle}")
-    sources = {source for source, _ in moves}
-    moves = [*moves, *(move for move in pending_moves(paths) if move[0] not in sources)]
+    moving = {source for source, _ in moves}
+    moves = [*moves, *(move for move in pending_moves(paths) if move[0] not in moving)]
     commit = {"id": time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4),
               "moves": [[source.relative_to(paths.root).as_posix(), target.relative_to(paths.root).as_posix()]
                         for source, target in moves]}
@@ -377,6 +381,7 @@ def save_database(db: Database, paths: LibraryPaths, sample_rate: int,
             "embedding": {"method": EMBEDDING_METHOD, "sample_rate": sample_rate, "window_s": db.window_s,
                           "dim": db.dim},
             "commit": commit,
+            **({"sources": sources} if sources else {}),
             **({"tracks_table": paths.tracks_table.name, "track_count": len(db)} if as_table
                else {"tracks": list(db.tracks)}),
         }

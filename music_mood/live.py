@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 from music_mood.audio import AUDIO_EXTENSIONS
 from music_mood.database import Database
 from music_mood.library import LibraryPaths, committed_state, load_database
+from music_mood.sources import committed_sources
 
 
 class LiveLibrary:
@@ -20,6 +21,7 @@ class LiveLibrary:
         self._lock = threading.Lock()
         self._db: Database | None = None
         self._version: tuple | None = None
+        self._folders: list[Path] = []  # processed_music/ and the folders of the sources, as last committed
         self.current()  # a library that cannot be read is an error at start-up, not at the first request
 
     def current(self) -> Database:
@@ -32,15 +34,18 @@ class LiveLibrary:
         """The file to send for `file_path` when it names a track of the current library, else None.
 
         A track is sent as listed, through a symlink too (it may point outside the library); a record that names
-        a place outside processed_music/ or a file that is not audio is never sent, whatever the metadata says.
+        a place outside processed_music/ and the registered source folders, or a file that is not audio, is never
+        sent, whatever the metadata says. A source's file that the library does not list is not sent either.
         """
         with self._lock:
-            db = self._refresh()
+            db, folders = self._refresh(), self._folders
+        if db.row_of_file(file_path) is None and db.row_of_file("/" + file_path) is not None:
+            file_path = "/" + file_path  # a source's track, as track_url spells it
         listed = db.row_of_file(file_path) is not None
         parts = PurePosixPath(file_path).parts
         path = db.root / file_path
         if (not listed or ".." in parts or path.suffix.lower() not in AUDIO_EXTENSIONS
-                or not path.is_relative_to(self.paths.processed_music)):
+                or not any(path.is_relative_to(folder) for folder in folders)):
             return None
         return path
 
@@ -49,5 +54,6 @@ class LiveLibrary:
         version = committed_state(self.paths)  # taken before reading: a commit meanwhile is seen next time
         if self._db is None or version != self._version:
             self._db = load_database(self.paths, clap_model=self.clap_model)
+            self._folders = [self.paths.processed_music] + [Path(s["path"]) for s in committed_sources(self.paths)]
             self._version = version
         return self._db

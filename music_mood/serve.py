@@ -27,10 +27,11 @@ _NAME = re.compile(r"(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*/)?[A-Za-z0-9_-][A-Za-z0-9_.
 
 
 def track_url(file_path: str) -> str:
-    """The URL of a library track on this server, by its file_path."""
+    """The URL of a library track on this server, by its file_path (a source's absolute path without its leading
+    "/": a route cannot start with an empty segment; LiveLibrary.track_file puts it back)."""
     from urllib.parse import quote
 
-    return TRACK_ROUTE + quote(file_path)
+    return TRACK_ROUTE + quote(file_path.lstrip("/"))
 
 
 def track_response(library: LiveLibrary, file_path: str):

@@ -15,6 +15,7 @@ from music_mood.edit import EDITABLE_FIELDS, field_value, remove_tracks, set_fie
 from music_mood.live import LiveLibrary
 from music_mood.models import BackgroundModels, load_clap_text
 from music_mood.search import tag_values
+from music_mood.sources import source_lines
 from music_mood.tags import tagger_of
 from music_mood.uploads import add_uploads
 from music_mood.web.errors import logged_as_one_line, user_errors
@@ -29,6 +30,7 @@ from music_mood.web.views import (
     removal_choices,
     removal_status,
     render_removal_question,
+    sources_note,
     upload_status,
 )
 
@@ -236,7 +238,8 @@ class LibraryTab:
     def library_outputs(self, db: Database) -> tuple:
         """What `view` shows of `db`, in its order: both tabs' filters offer the library's moods and genres."""
         moods, genres = gr.update(choices=tag_values(db, "mood")), gr.update(choices=tag_values(db, "genre"))
-        return (*(moods, genres) * len(self.filters), library_rows(db), library_table_note(len(db)))
+        note = library_table_note(len(db)) + sources_note(source_lines(self.library.paths, db.tracks))
+        return (*(moods, genres) * len(self.filters), library_rows(db), note)
 
     def show_library(self):
         """The library as stored, and how many tracks it holds: when a page opens (not as it was when the server

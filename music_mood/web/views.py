@@ -153,6 +153,16 @@ def library_table_note(tracks: int) -> str:
     return note
 
 
+def sources_note(lines: list[str]) -> str:
+    """The Library tab's list of the library's sources (sources.source_lines), as Markdown; "" with none beside
+    processed_music/. Sources are added and removed from the command line only: a page reachable from a network
+    must not point the app at a folder of the machine it runs on."""
+    if len(lines) < 2:
+        return ""
+    return ("\n\nSources (a track's file shows which; `python music_to_vector.py --add-source FOLDER` or "
+            "`--remove-source FOLDER` changes them):\n" + "".join(f"\n- `{line}`" for line in lines))
+
+
 def removal_choices(rows: list[list]) -> list[tuple[str, str]]:
     """The tracks the removal list offers, from the Library table's rows: ("title — file", file)."""
     title = LIBRARY_COLUMNS.index("title")
