@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-import music_mood.build as build_module
+import music_mood.database as database_module
 import music_mood.library as library_module
 import music_to_vector as mtv
 import recommend
@@ -254,7 +254,7 @@ def test_a_memory_mapped_library_commits_by_streaming_and_writes_the_same_files(
     listed = {t["sha256"] for t in load_database(LibraryPaths.at(library_copy)).tracks}
     new = [t for t in sample_tracks if file_sha256(t) not in listed][:2]
     lazy_stacks = []
-    monkeypatch.setattr(build_module, "stack_rows", lambda *a: lazy_stacks.append(1) or stack_rows(*a))
+    monkeypatch.setattr(database_module, "stack_rows", lambda *a: lazy_stacks.append(1) or stack_rows(*a))
     for folder, threshold in ((library_copy, library_module.SEARCH_INDEX_MIN_TRACKS), (mapped, 1)):
         paths = LibraryPaths.at(folder)
         with monkeypatch.context() as scope:
