@@ -26,7 +26,7 @@ from music_mood.playlists import (
     render_m3u8,
     saved_under,
 )
-from music_mood.storage import crash_point, fsync_dir
+from music_mood.storage import crash_point, fsync_dir, write_new_file
 
 FILE = "file"  # where a track lives: a file on this machine (the only kind the library has for now)
 
@@ -165,18 +165,12 @@ def write_library_playlist(library_folder: Path, name: str, entries: list[Playli
     relative = f"{PLAYLISTS_FOLDER}/{path.name}"
     try:
         path.parent.mkdir(exist_ok=True)
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        # 0o666 less the umask, as any new file of the user's: a playlist is for their other programs to read.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as e:
         raise PlaylistError(f"cannot write {relative} in the library folder: {e.strerror or e}") from e
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
-            crash_point(f"write {tmp.name}")
-            f.write(text)
-            f.flush()
-            crash_point(f"fsync {tmp.name}")
-            os.fsync(f.fileno())
+        # The umask's mode, as any new file of the user's: a playlist is for their other programs to read.
+        write_new_file(tmp, lambda f: f.write(text))
         _put_in_place(tmp, path, name)
         fsync_dir(path.parent)
     except OSError as e:

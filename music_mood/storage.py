@@ -89,20 +89,22 @@ def _write_and_sync(f, path: Path, write, durable: bool = True) -> None:
         os.fsync(f.fileno())
 
 
-def write_atomically(path: Path, write, durable: bool = True) -> None:
+def write_atomically(path: Path, write, durable: bool = True, mode: int | None = None) -> None:
     """Replace `path` with what `write(f)` writes: a temp file in the same folder, fsync, then os.replace.
 
     Readers see the old file or the new one, never half of one. The file gets the permissions the umask gives a
-    new file (mkstemp's 0600 would hide a shared library from its other users). `durable=False` skips both fsyncs:
-    still whole after a crash of the process, but a power loss may leave the new name on a torn file, so only for
-    files whose reader checks them and can do without them (a build's staged shards, see shards.py).
+    new file (mkstemp's 0600 would hide a shared library from its other users), or `mode`, set before the rename
+    (the temp file is mkstemp's 0600 from the start, so a secret given 0600 is never readable by others).
+    `durable=False` skips both fsyncs: still whole after a crash of the process, but a power loss may leave the new
+    name on a torn file, so only for files whose reader checks them and can do without them (a build's staged
+    shards, see shards.py).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             _write_and_sync(f, path, write, durable)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
         crash_point(f"rename {path.name}")
         os.replace(tmp, path)
     except BaseException:

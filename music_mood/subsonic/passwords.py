@@ -7,11 +7,10 @@ import json
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from music_mood.storage import crash_point, fsync_dir
+from music_mood.storage import write_atomically
 from music_mood.subsonic.address import PASSWORD_ENV, SubsonicServer
 from music_mood.subsonic.errors import PasswordError
 
@@ -84,24 +83,11 @@ def store_password(server: SubsonicServer, password: str, path: Path | None = No
 
 
 def _write_store(path: Path, servers: dict[str, str]) -> None:
-    """Replace the store with `servers`. Not storage.write_atomically: that one gives its file the umask's mode
-    (a library is shared), and this file must be 0600 from the moment it exists."""
+    """Replace the store with `servers`, atomically: 0600 from the moment it exists (mkstemp's mode, kept), in a
+    folder only the user can enter."""
     payload = json.dumps({"version": 1, "servers": servers}, ensure_ascii=False, indent=1).encode("utf-8")
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            crash_point(f"write {path.name}")
-            f.write(payload)
-            f.flush()
-            crash_point(f"fsync {path.name}")
-            os.fsync(f.fileno())
-        crash_point(f"rename {path.name}")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    write_atomically(path, lambda f: f.write(payload), mode=0o600)
 
 
 def forget_password(server: SubsonicServer, path: Path | None = None) -> bool:
