@@ -78,38 +78,42 @@ class SongListing(SubsonicSession):
         return as_list((body.get("searchResult3") or {}).get("song"))
 
     def _songs_by_search(self, page_size: int) -> Iterator[Song]:
-        seen: set[str] = set()
-        offset = 0
-        while True:
-            page = self._search_page(offset, page_size)
-            for child in page:
-                song = Song.from_child(child)
-                if song.id not in seen:
-                    seen.add(song.id)
-                    yield song
-            if len(page) < page_size:
-                return
-            offset += len(page)
+        pages = _pages(lambda offset: self._search_page(offset, page_size), page_size)
+        return _once_each(Song.from_child(child) for page in pages for child in page)
 
     def _songs_by_albums(self, page_size: int, id3: bool) -> Iterator[Song]:
         list_method, list_key = ("getAlbumList2", "albumList2") if id3 else ("getAlbumList", "albumList")
-        seen: set[str] = set()
-        offset = 0
-        while True:
+
+        def albums_at(offset: int) -> list[dict]:
             body = self.call(list_method, {"type": "alphabeticalByName", "size": page_size, "offset": offset})
-            albums = as_list((body.get(list_key) or {}).get("album"))
-            for album in albums:
-                for child in self._album_songs(str(album["id"]), id3):
-                    song = Song.from_child(child)
-                    if song.id not in seen:
-                        seen.add(song.id)
-                        yield song
-            if len(albums) < page_size:
-                return
-            offset += len(albums)
+            return as_list((body.get(list_key) or {}).get("album"))
+
+        return _once_each(Song.from_child(child) for albums in _pages(albums_at, page_size) for album in albums
+                          for child in self._album_songs(str(album["id"]), id3))
 
     def _album_songs(self, album_id: str, id3: bool) -> list[dict]:
         if id3:
             return as_list((self.call("getAlbum", {"id": album_id}).get("album") or {}).get("song"))
         children = as_list((self.call("getMusicDirectory", {"id": album_id}).get("directory") or {}).get("child"))
         return [child for child in children if not child.get("isDir") and not child.get("isVideo")]
+
+
+def _pages(page_at, page_size: int) -> Iterator[list]:
+    """Each page `page_at(offset)` answers, from offset 0, until one comes back shorter than `page_size`."""
+    offset = 0
+    while True:
+        page = page_at(offset)
+        yield page
+        if len(page) < page_size:
+            return
+        offset += len(page)
+
+
+def _once_each(songs: Iterator[Song]) -> Iterator[Song]:
+    """The songs, each id once: a server's lists need not be stable from page to page (Supysonic's search3 has no
+    ORDER BY), and a song may be on two albums."""
+    seen: set[str] = set()
+    for song in songs:
+        if song.id not in seen:
+            seen.add(song.id)
+            yield song
