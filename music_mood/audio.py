@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".opus", ".m4a")
 GENRE_WORDS = ("acoustic", "electronic", "ambient", "classical", "jazz", "rock", "pop", "folk", "piano",
                "orchestral", "hiphop", "lofi", "blues", "country", "metal", "reggae", "soul", "funk")
+FILE_TAG_KEYS = ("title", "artist", "genre", "mood")  # what file_tags reads (mutagen's easy keys)
 MIX_FRAMES = 256  # decoded frames whose channels are averaged at once (~5 s of Opus)
 # Decoded on each side of a stretch and dropped: more than an Opus decoder's 80 ms pre-roll after a seek, and the
 # resampler's edges fall in it instead of in the stretch.
@@ -40,6 +42,34 @@ TEMPO_MIN_CLARITY = 1.15
 
 class AudioError(ValueError):
     """An audio file cannot be decoded or holds no audio."""
+
+
+@dataclass(frozen=True)
+class AudioBytes:
+    """A whole audio file held in memory (a song downloaded from a server): decoded as a file on disk would be,
+    never written to one. `name` stands for the file's name in errors ("Song Title.mp3")."""
+
+    name: str
+    data: bytes = field(repr=False)
+
+    def open(self):
+        """A PyAV container reading the bytes (close it: `with`)."""
+        import av
+
+        return av.open(io.BytesIO(self.data))
+
+
+AudioSource = Path | AudioBytes  # what the decoders take: a file, or a file's bytes
+
+
+def _open(source: AudioSource):
+    import av
+
+    return source.open() if isinstance(source, AudioBytes) else av.open(str(source))
+
+
+def _is_empty(source: AudioSource) -> bool:
+    return len(source.data) == 0 if isinstance(source, AudioBytes) else source.stat().st_size == 0
 
 
 @dataclass
@@ -82,8 +112,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
-    """Decode to mono float32 at `sample_rate`. Raises AudioError with a reason a user can act on.
+def decode_audio(path: AudioSource, sample_rate: int) -> np.ndarray:
+    """Decode a file (or its bytes, AudioBytes) to mono float32 at `sample_rate`. Raises AudioError with a reason a
+    user can act on.
 
     FFmpeg's decoders, in process through PyAV (its wheel bundles them): every format, m4a/AAC included, with no
     system ffmpeg, and Opus twice as fast as libsndfile. The channels are averaged and the audio resampled with
@@ -92,10 +123,10 @@ def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
     import av
     import librosa
 
-    if path.stat().st_size == 0:
+    if _is_empty(path):
         raise AudioError(f"{path.name} is an empty file (0 bytes)")
     try:
-        with av.open(str(path)) as container:
+        with _open(path) as container:
             if not container.streams.audio:
                 raise AudioError(f"{path.name} holds no audio stream")
             stream = container.streams.audio[0]
@@ -124,7 +155,7 @@ def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
     return audio.astype(np.float32, copy=False)
 
 
-def _decode_failure(path: Path, e: Exception) -> AudioError:
+def _decode_failure(path: AudioSource, e: Exception) -> AudioError:
     import av
 
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -133,7 +164,7 @@ def _decode_failure(path: Path, e: Exception) -> AudioError:
     return AudioError(f"cannot decode {path.name}: {reason}")
 
 
-def decode_stretches(path: Path, stretches: list[tuple[float, float]], sample_rate: int,
+def decode_stretches(path: AudioSource, stretches: list[tuple[float, float]], sample_rate: int,
                      layout: str = "stereo") -> list[np.ndarray]:
     """Samples [start_s, end_s) of each stretch of one file: float32 (n, channels) at `sample_rate`, n ==
     round((end_s - max(start_s, 0)) * sample_rate), or fewer where the file ends before end_s (none when it ends
@@ -144,12 +175,10 @@ def decode_stretches(path: Path, stretches: list[tuple[float, float]], sample_ra
     frame without a timestamp, or one after the place asked for), the stretch is decoded from the file's start.
     Channels are mixed to `layout` by FFmpeg; the rate is converted with soxr at the quality decode_audio uses.
     """
-    import av
-
-    if not path.is_file():
+    if isinstance(path, Path) and not path.is_file():
         raise AudioError(f"{path.name} does not exist" if not path.exists() else f"{path.name} is not a file")
     try:
-        with av.open(str(path)) as container:
+        with _open(path) as container:
             if not container.streams.audio:
                 raise AudioError(f"{path.name} holds no audio stream")
             stream = container.streams.audio[0]
@@ -270,22 +299,22 @@ def _tempo_of(audio: np.ndarray, sample_rate: int) -> float | None:
 
 
 def file_tags(path: Path) -> dict:
-    """title/artist/genre as the file's own tags give them (missing keys are absent); {} when it has none."""
+    """title/artist/genre/mood as the file's own tags give them (missing keys are absent); {} when it has none.
+    mood is ID3's TMOO or a Vorbis/Opus/FLAC MOOD comment."""
     import mutagen
 
     try:
         found = mutagen.File(path, easy=True)
         if found is not None and found.tags is not None:
-            return {key: str(found.tags[key][0]).strip() for key in ("title", "artist", "genre")
-                    if found.tags.get(key)}
+            return {key: str(found.tags[key][0]).strip() for key in FILE_TAG_KEYS if found.tags.get(key)}
     except Exception:  # a tag reader failing must not stop an otherwise decodable file
         pass
     return {}
 
 
 def read_tags(path: Path, library_folder: Path, tags: dict | None = None) -> dict:
-    """title/artist/genre from the file's tags (`tags`, default: read now), else from its name; mood from its
-    first folder under `library_folder`."""
+    """title/artist/genre from the file's tags (`tags`, default: read now), else from its name; mood from its tags,
+    else from its first folder under `library_folder`."""
     tags = file_tags(path) if tags is None else tags
     words = path.stem.lower().replace("-", "_").replace(" ", "_").split("_")
     relative = path.relative_to(library_folder) if path.is_relative_to(library_folder) else Path(path.name)
@@ -293,7 +322,7 @@ def read_tags(path: Path, library_folder: Path, tags: dict | None = None) -> dic
         "title": tags.get("title") or path.stem.replace("_", " "),
         "artist": tags.get("artist", ""),
         "genre": tags.get("genre") or next((w for w in words if w in GENRE_WORDS), ""),
-        "mood": relative.parts[0] if len(relative.parts) > 1 else "",
+        "mood": tags.get("mood") or (relative.parts[0] if len(relative.parts) > 1 else ""),
     }
 
 
