@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 from music_mood.audio import AUDIO_EXTENSIONS
 from music_mood.database import Database
 from music_mood.library import LibraryPaths, committed_state, load_database
+from music_mood.remote import ServerConnections
 from music_mood.sources import committed_sources
 
 
@@ -15,9 +16,12 @@ class LiveLibrary:
     """A library as last committed, for a long-running reader (the web app): each request takes one Database from
     current() and uses it throughout, so it sees one version even while a builder commits the next."""
 
-    def __init__(self, paths: LibraryPaths, clap_model: str):
+    def __init__(self, paths: LibraryPaths, clap_model: str, servers: ServerConnections | None = None):
         self.paths = paths
         self.clap_model = clap_model
+        # The Subsonic servers the library's server tracks live on (remote.py): connected on first use, with no
+        # terminal prompt; closed when the page stops.
+        self.servers = servers or ServerConnections()
         self._lock = threading.Lock()
         self._db: Database | None = None
         self._version: tuple | None = None

@@ -70,6 +70,7 @@ def serve(library: LiveLibrary, models: BackgroundModels, host: str, port: int, 
             code = _serve_until_stopped(library, models, stop)
         finally:
             demo.close(verbose=False)
+            library.servers.close()
             renders.close()  # every soundtrack rendered for a visitor: they lived in the system's temporary folder
     if loader.is_alive():
         # Stopped while the models load: the loader is inside torch's or ONNX Runtime's native code, and tearing
