@@ -15,7 +15,9 @@ from music_mood.live import LiveLibrary
 from music_mood.models import BackgroundModels, ModelLoadError, load_clap_audio, load_clap_text
 from music_mood.sample import SAMPLE_PACKAGE, import_sample_library
 from music_mood.serve import port_busy_message, port_in_use
+from music_mood.sources import committed_sources
 from music_mood.storage import LibraryBusyError
+from music_mood.subsonic import SubsonicError
 from music_mood.tags import tagger_of
 
 DEFAULT_HOST = "127.0.0.1"
@@ -23,23 +25,30 @@ DEFAULT_PORT = 7860
 
 
 def prepare_library(library: LiveLibrary, choice: ModelChoice = AUTO) -> None:
-    """Before serving: add whatever waits in new_music/ (or unlisted in processed_music/); if the library has
-    nothing at all, import the bundled sample tracks first. Progress goes to stderr."""
+    """Before serving: add whatever waits in new_music/ (or unlisted in processed_music/) and bring the sources up
+    to date (a folder's files, a server's songs: README, Your existing library); if the library has nothing at
+    all (and no source), import the bundled sample tracks first. Progress goes to stderr. A server that cannot be listed is a
+    warning: the page serves the library as it is."""
     paths = library.paths
     db = library.current()
-    pending = pending_files(paths, db)
-    if not len(db) and not pending:
+    pending, sources = pending_files(paths, db), committed_sources(paths)
+    if not len(db) and not pending and not sources:  # a library with sources gets its music from them
         print(f"The library is empty: importing the sample tracks of {SAMPLE_PACKAGE}.", file=sys.stderr)
         try:
             pending = import_sample_library(paths)
         except RuntimeError as e:
             print(f"Warning: {e}; serving an empty library (add music in the Library tab).", file=sys.stderr)
             return
-    if not pending:
+    if not pending and not sources:
         return
-    print(f"Adding {len(pending)} audio file(s) to the library in {paths.root}.", file=sys.stderr)
-    report = build_library(load_clap_audio(library.clap_model, choice), paths, progress=True,
-                           tagger=tagger_of(load_clap_text(library.clap_model, choice)))
+    print(f"Adding {len(pending)} audio file(s) to the library in {paths.root}" +
+          (f" and reading its {len(sources)} source(s)." if sources else "."), file=sys.stderr)
+    try:
+        report = build_library(load_clap_audio(library.clap_model, choice), paths, progress=True,
+                               tagger=tagger_of(load_clap_text(library.clap_model, choice)))
+    except SubsonicError as e:
+        print(f"Warning: {e}; serving the library as it is.", file=sys.stderr)
+        return
     for line in report.problem_lines():
         print(line, file=sys.stderr)
     print(f"{len(report.added)} added, {len(report.failed)} failed, {len(report.duplicates)} already there.",

@@ -34,9 +34,11 @@ from music_mood.edit import (
     set_fields,
 )
 from music_mood.library import LibraryPaths, MoveBlockedError, load_database
+from music_mood.remote import ServerConnections, is_server_source
 from music_mood.sample import SAMPLE_PACKAGE, import_sample_library
 from music_mood.sources import SourceError, source_lines
 from music_mood.storage import LibraryBusyError
+from music_mood.subsonic import SubsonicError
 
 __all__ = ["build_parser", "edit_library", "main"]  # the package holds the rest: import it from there
 
@@ -58,12 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"remove tracks (a file path or an id of --list) from the library; their files move to "
                              f"{REMOVED_FOLDER}/ in the library folder, never deleted (a source's file stays where "
                              f"it is, left out of later builds until --restore)")
-    action.add_argument("--add-source", metavar="FOLDER",
-                        help="index a folder of your music where it is (README: Your existing library); every later "
-                             "run adds, follows and drops its files; nothing in it is ever written")
+    action.add_argument("--add-source", metavar="FOLDER|URL",
+                        help="index a folder of your music where it is, or a Subsonic server (http://USER@HOST:PORT; "
+                             "password from $MUSIC_MOOD_SUBSONIC_PASSWORD or asked) (README: Your existing library); "
+                             "every later run adds, follows and drops its music; nothing in it is ever written")
     action.add_argument("--list-sources", action="store_true",
                         help="print the library's sources with their track counts and last scan, and exit")
-    action.add_argument("--remove-source", metavar="FOLDER",
+    action.add_argument("--remove-source", metavar="FOLDER|URL",
                         help="take a source out of the library with its tracks; its files are not touched")
     action.add_argument("--restore", nargs="+", metavar="FILE",
                         help="let files of a source that --remove took out back in (the next run adds them)")
@@ -122,8 +125,9 @@ def main(argv=None) -> int:
             print(f"Updating the library in {paths.root} with {clap.name}...", file=sys.stderr)
             # Tracks added before tempos were stored get theirs now: their files are decoded again, not embedded.
             if args.ray is None:
+                servers = stack.enter_context(contextlib.closing(ServerConnections(interactive=True)))
                 report = build_library(clap, paths, rebuild=args.rebuild, files=files, tagger=tagger,
-                                       fill_tempo=True)
+                                       fill_tempo=True, servers=servers)
             else:
                 result = cluster.build_library_on_ray(clap, paths, choice,
                                                       rebuild=args.rebuild, files=files, tagger=tagger,
@@ -136,7 +140,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 130
     except Exception as e:
-        known = (DatabaseError, LibraryBusyError, RuntimeError, OSError, ValueError)
+        known = (DatabaseError, LibraryBusyError, RuntimeError, OSError, ValueError, SubsonicError)
         if not isinstance(e, known):
             raise
         print(f"Error: {e}", file=sys.stderr)
@@ -193,8 +197,8 @@ def edit_sources(paths: LibraryPaths, args: argparse.Namespace) -> int:
         elif args.add_source:
             source = add_source(paths, args.add_source)
             print(f"source  {source['kind']}  {source['path']}")
-            print("Run python music_to_vector.py to add its music (nothing in that folder is ever written).",
-                  file=sys.stderr)
+            print("Run python music_to_vector.py to add its music (nothing in that "
+                  f"{'server' if is_server_source(source) else 'folder'} is ever written).", file=sys.stderr)
         elif args.remove_source:
             source, count = remove_source(paths, args.remove_source)
             print(f"removed source  {source['path']}  ({count} tracks; no file touched)")
@@ -202,7 +206,7 @@ def edit_sources(paths: LibraryPaths, args: argparse.Namespace) -> int:
             for path in restore_tracks(paths, args.restore):
                 print(f"restored  {path}")
             print("Run python music_to_vector.py to add them back.", file=sys.stderr)
-    except (SourceError, UnknownTrackError, DatabaseError, LibraryBusyError, OSError) as e:
+    except (SourceError, UnknownTrackError, DatabaseError, LibraryBusyError, OSError, SubsonicError) as e:
         print(f"Error: {e.args[0] if isinstance(e, UnknownTrackError) else e}", file=sys.stderr)
         return 1
     return 0

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,19 +12,27 @@ from music_mood.audio import (
     KnownFile,
     decode_audio,
     estimate_tempo,
-    file_tags,
     find_audio_files,
-    read_tags,
     read_track,
 )
 from music_mood.database import Database, DatabaseError, check_clap_model, compose_database, empty_database
 from music_mood.embed import embed_track
 from music_mood.library import LibraryPaths, load_database, pending_moves, recover_library, save_database
+from music_mood.relocate import TAG_KEYS, destination, found_again, tracks_still_there
+from music_mood.remote import ServerConnections
+from music_mood.server_sources import (
+    ServerSong,
+    follow_song,
+    list_server_songs,
+    new_songs,
+    read_song,
+    server_record,
+    songs_still_there,
+)
 from music_mood.shards import EmbeddedTrack
 from music_mood.sources import ScanCache, committed_sources, library_path, source_candidates, source_of
 from music_mood.storage import acquire_lock, move_file, move_obstacle, remove_empty_folders
 
-TAG_KEYS = ("title", "artist", "genre", "mood")
 COMMIT_EVERY_S = 300.0  # a long build commits what it has embedded this often (see build_library)
 
 
@@ -71,16 +78,6 @@ def _prefetch(function, items, ahead: int = 2):
             pending[i] = None  # let the decoded audio go
 
 
-def _destination(source: Path, paths: LibraryPaths, taken: set[Path]) -> Path:
-    """Where a file from new_music/ goes in processed_music/: same sub-folders, never over another file."""
-    target = paths.processed_music / source.relative_to(paths.new_music)
-    stem, n = target.stem, 2
-    while os.path.lexists(target) or target in taken:
-        target = target.with_name(f"{stem} ({n}){target.suffix}")
-        n += 1
-    return target
-
-
 def pending_files(paths: LibraryPaths, db: Database, files: list[Path] | None = None) -> list[Path]:
     """What a build would add: `files` (default: every audio file in new_music/), plus any audio file in
     processed_music/ that `db` does not list (moved there by hand, or by a run that stopped before saving)."""
@@ -93,7 +90,7 @@ def pending_files(paths: LibraryPaths, db: Database, files: list[Path] | None = 
 def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout: float = 600,
                   progress: bool = True, files: list[Path] | None = None,
                   commit_every_s: float = COMMIT_EVERY_S, tagger=None, fill_tempo: bool = False, read_file=None,
-                  lock=None) -> BuildReport:
+                  lock=None, servers: ServerConnections | None = None) -> BuildReport:
     """Bring the database up to date with the music, then move the added files into processed_music/.
 
     Reads (read_track) every file of new_music/ and every file of processed_music/ the database does not list;
@@ -112,17 +109,27 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
     may return a shards.EmbeddedTrack, a file embedded elsewhere, whose vectors are committed as they are (how
     cluster.py commits what a Ray cluster embedded). `lock`: the library lock (storage.acquire_lock) when the
     caller already holds it; the build then runs under it and leaves it held.
+
+    The registered sources are read too (unless `files` is given): every folder's files (sources.py), and every
+    Subsonic server's songs (server_sources.py), through `servers` (a remote.ServerConnections; default: one of
+    its own without a terminal prompt). A server that cannot be listed stops the build before any change
+    (SubsonicError); a song that cannot be downloaded or decoded is a warning, tried again by the next build.
     """
     held = lock
     lock = held or acquire_lock(paths.lock, lock_timeout)
+    own_servers = servers is None
+    servers = servers or ServerConnections()
     try:
         report = BuildReport(warnings=recover_library(paths))
-        build = _Build(clap, paths, report, rebuild, commit_every_s, tagger, fill_tempo, read_file or read_track)
+        build = _Build(clap, paths, report, rebuild, commit_every_s, tagger, fill_tempo, read_file or read_track,
+                       servers)
         build.read_and_embed(files, progress)
         build.finish()
         build.cache.save(build.sources)
         report.tracks = len(build.db)
     finally:
+        if own_servers:
+            servers.close()
         if held is None:
             lock.release()
     return report
@@ -134,8 +141,9 @@ class _Build:
     a tempo read), commit (when due, and at the end), finish."""
 
     def __init__(self, clap, paths: LibraryPaths, report: BuildReport, rebuild: bool, commit_every_s: float,
-                 tagger, fill_tempo: bool, read_file):
+                 tagger, fill_tempo: bool, read_file, servers: ServerConnections):
         self.clap, self.paths, self.report, self.rebuild = clap, paths, report, rebuild
+        self.servers, self.listed = servers, {}  # listed: each server's songs, by its address (when read)
         self.commit_every_s, self.tagger, self.read_file = commit_every_s, tagger, read_file
         self.sample_rate = clap.runtime.sampling_rate
         self.window_s = clap.runtime.window_samples / self.sample_rate
@@ -166,21 +174,27 @@ class _Build:
         last is embedded, and take each in; commit when due."""
         from tqdm import tqdm
 
+        if files is None:  # first: a server that cannot be listed stops the run before anything is read
+            self.listed = list_server_songs(self.servers, self.sources)
         candidates = [path for path in pending_files(self.paths, self.db, files) if path not in self.waiting]
         if files is None:
-            candidates += source_candidates(self.sources, set(self.db.column("file_path")), self.paths)
+            listed_paths = set(self.db.column("file_path"))
+            candidates += source_candidates(self.sources, listed_paths, self.paths)
+            candidates += new_songs(self.listed, listed_paths)
         for path, item in tqdm(_prefetch(self.read, candidates + list(self.untimed)),
                                total=len(candidates) + len(self.untimed),
                                desc="Embedding music" + (" and reading tempos" if self.untimed else ""), unit="file",
                                file=sys.stderr, disable=not progress or None):
             if path in self.untimed:
                 self.take_tempo(self.untimed[path], item)
+            elif isinstance(path, ServerSong):
+                self.take_song(path, item)
             elif isinstance(item, Exception):
                 self.report.failed.append((path, str(item)))
             elif item.sha256 in self.excluded and source_of(path, self.sources):
                 continue  # taken out by --remove: it stays out until --restore
             elif item.sha256 in self.known:
-                _found_again(self.known[item.sha256], path, self.paths, self.report, self.moves, self.taken,
+                found_again(self.known[item.sha256], path, self.paths, self.report, self.moves, self.taken,
                              self.sources)
             else:
                 self.add(path, item)
@@ -189,6 +203,8 @@ class _Build:
         """A listed file's tempo (fill_tempo), or the file read to be embedded (DecodedTrack, EmbeddedTrack)."""
         if path in self.untimed:
             return estimate_tempo(decode_audio(path, self.sample_rate), self.sample_rate)
+        if isinstance(path, ServerSong):
+            return read_song(self.servers, path, self.sample_rate, self.known.keys(), self.excluded, self.cache)
         source = source_of(path, self.sources)
         if source is not None:  # a source file is hashed only when it changed (ScanCache), never decoded twice
             sha256 = self.cache.sha256(path)
@@ -207,10 +223,28 @@ class _Build:
         self.report.tempo_read.append(record)
         self.commit_if_due()
 
-    def add(self, path: Path, item: DecodedTrack | EmbeddedTrack) -> None:
+    def take_song(self, song: ServerSong, item) -> None:
+        """A server's song read: a warning when it could not be (the next build tries again), left out when --remove
+        took it out, a duplicate or a song that came back under a new id when its content is known, else added."""
+        if isinstance(item, Exception):
+            self.report.warnings.append(f"Warning: {song.address}: cannot add the song {song.song.title!r} "
+                                        f"(id {song.song.id}): {item}; the next run tries again")
+        elif item.sha256 in self.excluded:
+            return
+        elif item.sha256 in self.known:
+            record, old = self.known[item.sha256], self.known[item.sha256]["file_path"]
+            if follow_song(record, song, self.listed):
+                self.report.relocated.append((old, record["file_path"]))
+            else:
+                self.report.duplicates.append((song.file_path, old))
+        else:
+            self.add(song, item)
+
+    def add(self, path: Path | ServerSong, item: DecodedTrack | EmbeddedTrack) -> None:
         """Embed a file whose content is new (unless it comes embedded) and add its record, with its move."""
         paths, report = self.paths, self.report
-        final = _destination(path, paths, self.taken) if path.is_relative_to(paths.new_music) else path
+        server = isinstance(path, ServerSong)
+        final = path if server or not path.is_relative_to(paths.new_music) else destination(path, paths, self.taken)
         obstacle = move_obstacle(path, final) if final != path else None
         if obstacle is not None:  # before embedding: the file could not go where the commit would say
             report.failed.append((path, f"cannot move it to {final}: {obstacle}"))
@@ -222,13 +256,17 @@ class _Build:
         except Exception as e:  # one bad file must not cost the others
             report.failed.append((path, f"cannot embed {path.name}: {e}"))
             return
-        self.taken.add(final)
         if final != path:
             self.moves.append((path, final))
-        record = _new_record(item, final, paths, len(segments), last_window_start_s, self.previous.get(item.sha256),
+        record = _new_record(item, path.file_path if server else library_path(final, paths), len(segments),
+                             last_window_start_s, self.previous.get(item.sha256),
                              getattr(item, "embedded_by", self.clap.embedded_by))
-        if (source := source_of(final, self.sources)) is not None:
-            record["source"] = source["path"]
+        if server:
+            server_record(record, path)
+        else:
+            self.taken.add(final)
+            if (source := source_of(final, self.sources)) is not None:
+                record["source"] = source["path"]
         self.known[item.sha256] = record
         self.new_rows.append(vector)
         self.new_segments.append(segments)
@@ -258,7 +296,8 @@ class _Build:
     def finish(self) -> None:
         """The last commit: what is not committed yet, and the removal of the tracks whose file is gone; or, with
         nothing to commit, the moves of files a crash left unmoved."""
-        keep = _tracks_still_there(self.tracks, self.paths, self.taken, self.report, self.sources)
+        keep = tracks_still_there(self.tracks, self.paths, self.taken, self.report, self.sources,
+                                   songs_still_there(self.tracks, self.listed))
         uncommitted = self.changes() > self.committed_changes
         untagged = self.tagger is not None and any(self.tagger.stale(self.tracks[i]) for i in keep)
         if uncommitted or len(keep) < len(self.tracks) or self.rebuild or untagged:
@@ -286,43 +325,7 @@ def database_to_build_on(paths: LibraryPaths, clap_name: str, rebuild: bool) -> 
     return old, old
 
 
-def _found_again(record: dict, path: Path, paths: LibraryPaths, report: BuildReport, moves: list,
-                 taken: set[Path], sources: list[dict] = ()) -> None:
-    """A file whose content the library lists as `record`: a copy (left alone: a duplicate is never a second
-    track), the listed file moved or renamed by hand inside processed_music/ or a source (the record follows it),
-    or a file a crashed run had not moved yet (a new_music/ file of a source track gone goes to processed_music/:
-    nothing is ever moved into a source)."""
-    listed = paths.root / record["file_path"]
-    source = source_of(path, sources)
-    if os.path.lexists(listed) or listed in taken:
-        report.duplicates.append((path, record["file_path"]))
-    elif path.is_relative_to(paths.processed_music) or source is not None or record.get("source"):
-        if path.is_relative_to(paths.new_music):
-            target = _destination(path, paths, taken)
-            moves.append((path, target))
-            path, source = target, None
-        old_path, folder = record["file_path"], Path(source["path"]) if source else paths.processed_music
-        tags = file_tags(path) if path.exists() else {}
-        was = record.get("from_file") or read_tags(listed, folder, tags)
-        now = read_tags(path, folder, tags)
-        for key in TAG_KEYS:  # what came from the old name or folder follows the file; a hand edit stays
-            if record.get(key) == was.get(key):
-                record[key] = now[key]
-        record["from_file"] = now
-        record["file_path"] = library_path(path, paths)
-        record.pop("source", None)
-        if source is not None:
-            record["source"] = source["path"]
-        taken.add(path)
-        report.relocated.append((old_path, record["file_path"]))
-    elif (obstacle := move_obstacle(path, listed)) is not None:
-        report.failed.append((path, f"cannot move it to {listed}: {obstacle}"))
-    else:
-        moves.append((path, listed))
-        taken.add(listed)
-
-
-def _new_record(track: DecodedTrack | EmbeddedTrack, final: Path, paths: LibraryPaths, segment_count: int,
+def _new_record(track: DecodedTrack | EmbeddedTrack, file_path: str, segment_count: int,
                 last_window_start_s: float, previous: dict | None, embedded_by: str) -> dict:
     """The metadata of a newly embedded track (segment_offset is set when the database is composed).
 
@@ -337,7 +340,7 @@ def _new_record(track: DecodedTrack | EmbeddedTrack, final: Path, paths: Library
     record = {
         "id": track.sha256[:16],
         **track.tags,
-        "file_path": library_path(final, paths),
+        "file_path": file_path,
         "duration_s": round(track.duration_s, 3),
         "sha256": track.sha256,
         "segment_offset": 0,
@@ -351,26 +354,3 @@ def _new_record(track: DecodedTrack | EmbeddedTrack, final: Path, paths: Library
         if previous and key in previous and previous[key] != (previous.get("from_file") or {}).get(key, object()):
             record[key] = previous[key]
     return record
-
-
-def _tracks_still_there(tracks: list[dict], paths: LibraryPaths, taken: set[Path], report: BuildReport,
-                        sources: list[dict] = ()) -> list[int]:
-    """The rows whose file is there (or about to be moved there); the others are named in report.dropped.
-
-    When no listed file at all is there, the library folder is more likely wrong (another --library, a drive not
-    mounted) than every file deleted: nothing is dropped and a warning says so; likewise for each source's tracks
-    (a NAS not mounted, a folder not reachable), and the tracks of a source no longer registered are dropped.
-    """
-    there = [os.path.lexists(paths.root / t["file_path"]) or paths.root / t["file_path"] in taken for t in tracks]
-    registered = {s["path"] for s in sources}
-    for where in {t.get("source") or "" for t in tracks}:
-        rows = {i for i, t in enumerate(tracks) if (t.get("source") or "") == where}
-        if where and where not in registered:
-            there = [ok and i not in rows for i, ok in enumerate(there)]
-        elif not any(there[i] for i in rows):
-            report.warnings.append(f"Warning: none of the {len(rows)} tracks' files is in {where or paths.root}; is "
-                                   f"the {'source' if where else 'library'} folder right? The database is left as "
-                                   f"it is.")
-            there = [ok or i in rows for i, ok in enumerate(there)]
-    report.dropped += [t["file_path"] for t, ok in zip(tracks, there) if not ok]
-    return [i for i, ok in enumerate(there) if ok]

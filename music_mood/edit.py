@@ -7,9 +7,11 @@ import os
 import unicodedata
 from pathlib import Path
 
-from music_mood.build import TAG_KEYS, compose_database
-from music_mood.database import REBUILD, Database, DatabaseError, UnknownTrackError, find_track
+from music_mood.database import REBUILD, Database, DatabaseError, UnknownTrackError, compose_database, find_track
 from music_mood.library import LibraryPaths, load_database, pending_moves, recover_library, save_database
+from music_mood.relocate import TAG_KEYS
+from music_mood.remote import is_server_source
+from music_mood.server_sources import check_new_server, is_server_address, log_in, new_server_source
 from music_mood.sources import (
     REMOVED_FOLDER,
     ScanCache,
@@ -20,6 +22,7 @@ from music_mood.sources import (
     source_of,
 )
 from music_mood.storage import acquire_lock
+from music_mood.subsonic import forget_password, parse_server, store_password
 
 __all__ = ["REMOVED_FOLDER", "add_source", "remove_source", "remove_tracks", "restore_tracks", "set_fields"]
 
@@ -167,12 +170,25 @@ def _sample_rate(paths: LibraryPaths) -> int:
     return int(json.loads(paths.metadata.read_text(encoding="utf-8"))["embedding"]["sample_rate"])
 
 
-def add_source(paths: LibraryPaths, folder: str | Path, lock_timeout: float = 600) -> dict:
+def add_source(paths: LibraryPaths, folder: str | Path, lock_timeout: float = 600, interactive: bool = True) -> dict:
     """Register `folder` as a source of the library (sources.check_new_folder says why not: SourceError), in one
-    commit; its files are added by the next build. Nothing in the folder is read or written here."""
+    commit; its files are added by the next build. Nothing in the folder is read or written here.
+
+    `folder` may be a Subsonic server's address (http(s)://USER@HOST:PORT[/prefix]): it is logged in to first, with
+    the password of $MUSIC_MOOD_SUBSONIC_PASSWORD or typed on the terminal (`interactive`), which is then stored
+    for later runs (subsonic.passwords: mode 0600, outside the library); a wrong password or a server that does
+    not answer registers nothing (SubsonicError)."""
+    server = None
+    if is_server_address(str(folder)):
+        server = check_new_server(str(folder), committed_sources(paths))
+        store_password(server, log_in(server, interactive))
+
     def change(db: Database):
         sources[:] = committed_sources(paths)  # as committed under the lock
-        sources.append(new_source(check_new_folder(folder, paths, sources)))
+        if server is None:
+            sources.append(new_source(check_new_folder(folder, paths, sources)))
+        else:
+            sources.append(new_server_source(check_new_server(str(server), sources)))
         return db, [], sources[-1]
 
     sources = committed_sources(paths)
@@ -180,18 +196,24 @@ def add_source(paths: LibraryPaths, folder: str | Path, lock_timeout: float = 60
 
 
 def remove_source(paths: LibraryPaths, folder: str | Path, lock_timeout: float = 600) -> tuple[dict, int]:
-    """Take the source of `folder` out of the library with its tracks, in one commit; no file is touched.
-    Returns (the source, how many tracks went)."""
+    """Take the source of `folder` (a folder or a server's address) out of the library with its tracks, in one
+    commit; no file is touched. A server's stored password is forgotten. Returns (the source, how many tracks
+    went)."""
+    key = str(parse_server(str(folder))) if is_server_address(str(folder)) else None
+
     def change(db: Database):
         sources[:] = committed_sources(paths)
-        gone = find_source(sources, folder)
+        gone = find_source(sources, folder, key)
         sources.remove(gone)
         keep = [i for i, t in enumerate(db.tracks) if t.get("source") != gone["path"]]
         new = compose_database(db, [dict(db.tracks[i]) for i in keep], keep, [], [], [], db.clap_model, db.window_s)
         return new, [], (gone, len(db) - len(keep))
 
     sources = committed_sources(paths)
-    return _commit_change(paths, change, lock_timeout, sources)[0]
+    gone, count = _commit_change(paths, change, lock_timeout, sources)[0]
+    if is_server_source(gone):
+        forget_password(parse_server(gone["path"]))
+    return gone, count
 
 
 def restore_tracks(paths: LibraryPaths, files: list[str], lock_timeout: float = 600) -> list[Path]:

@@ -5,8 +5,8 @@ Stored in the committed metadata (library.save_database), so a source is added o
 tracks: "sources": [{"kind": "folder", "path": absolute resolved path, "added": ISO time, "excluded": [sha256 of
 files --remove took out, which later builds leave out until --restore]}]. A track of a source has "source": that
 path, and its file_path is absolute (relative to the library folder when the source lies inside it); a track
-without "source" lives in processed_music/ (every library made before sources). The kind leaves room for other
-sources (a Subsonic server) later.
+without "source" lives in processed_music/ (every library made before sources). A Subsonic server is a source of kind
+"subsonic" whose "path" is its address (remote.py, server_sources.py); the functions here about folders skip it.
 
 The scan cache (SCAN_CACHE_SUFFIX beside the vectors) keeps (path, size, mtime_ns) → sha256 of the source files
 read, and each source's last scan time: a re-run hashes only files that changed. It is a cache, never a commit:
@@ -51,9 +51,14 @@ def library_path(path: Path, paths: LibraryPaths) -> str:
     return path.relative_to(paths.root).as_posix() if path.is_relative_to(paths.root) else path.as_posix()
 
 
+def folder_sources(sources: list[dict]) -> list[dict]:
+    """The folder sources of `sources` (not the servers)."""
+    return [s for s in sources if s.get("kind", FOLDER_KIND) == FOLDER_KIND]
+
+
 def source_of(path: Path, sources: list[dict]) -> dict | None:
-    """The source whose folder holds `path`, or None."""
-    return next((s for s in sources if path.is_relative_to(s["path"])), None)
+    """The folder source that holds `path`, or None."""
+    return next((s for s in folder_sources(sources) if path.is_relative_to(s["path"])), None)
 
 
 def check_new_folder(folder: str | Path, paths: LibraryPaths, sources: list[dict]) -> Path:
@@ -66,7 +71,7 @@ def check_new_folder(folder: str | Path, paths: LibraryPaths, sources: list[dict
     own = (paths.new_music, paths.processed_music, paths.root / REMOVED_FOLDER)
     if any(path.is_relative_to(f) for f in own) or paths.root.is_relative_to(path):
         raise SourceError(f"{path} is the library's own folder or holds it; drop files into new_music/ instead")
-    for source in sources:
+    for source in folder_sources(sources):
         other = Path(source["path"])
         if path == other:
             raise SourceError(f"{path} is already a source")
@@ -80,9 +85,10 @@ def new_source(path: Path) -> dict:
             "excluded": []}
 
 
-def find_source(sources: list[dict], folder: str | Path) -> dict:
-    """The registered source of `folder` (as given, or resolved); SourceError when none."""
-    wanted = {str(folder), Path(folder).expanduser().resolve().as_posix()}
+def find_source(sources: list[dict], folder: str | Path, key: str | None = None) -> dict:
+    """The registered source of `folder` (as given, or resolved; or `key`, a server's normalised address);
+    SourceError when none."""
+    wanted = {str(folder), Path(folder).expanduser().resolve().as_posix(), key}
     for source in sources:
         if source["path"] in wanted:
             return source
@@ -92,7 +98,7 @@ def find_source(sources: list[dict], folder: str | Path) -> dict:
 def source_candidates(sources: list[dict], listed: set[str], paths: LibraryPaths) -> list[Path]:
     """The audio files of every reachable source that the library does not list at their path: found by a walk and
     a set look-up, no stat beyond the walk's and no hash (an unchanged, listed file costs nothing more)."""
-    return [p for s in sources if Path(s["path"]).is_dir()
+    return [p for s in folder_sources(sources) if Path(s["path"]).is_dir()
             for p in find_audio_files(Path(s["path"])) if library_path(p, paths) not in listed]
 
 
@@ -122,6 +128,11 @@ class ScanCache:
             self.files[key], self.changed = [st.st_size, st.st_mtime_ns, digest], True
         return digest
 
+    def remember(self, key: str, size: int, mtime_ns: int | None, sha256: str) -> None:
+        """Note a hash read another way (a server song's download: its file_path, its size, no mtime)."""
+        with self._lock:
+            self.files[key], self.changed = [size, mtime_ns, sha256], True
+
     def save(self, sources: list[dict]) -> None:
         """Note the scan time of `sources` and write the cache (best effort: it is only a cache); a library
         without sources has none."""
@@ -146,7 +157,7 @@ def source_lines(paths: LibraryPaths, tracks: list[dict]) -> list[str]:
     lines = [f"library  {paths.processed_music}  {counts.get('', 0)} tracks"]
     for s in committed_sources(paths):
         excluded = f", {len(s['excluded'])} removed by hand" if s.get("excluded") else ""
-        reach = "" if Path(s["path"]).is_dir() else "  (not reachable now)"
+        reach = "" if s["kind"] != FOLDER_KIND or Path(s["path"]).is_dir() else "  (not reachable now)"
         lines.append(f"{s['kind']}  {s['path']}  {counts.get(s['path'], 0)} tracks{excluded}, last scan "
                      f"{cache.scanned.get(s['path'], 'never')}{reach}")
     return lines
