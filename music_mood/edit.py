@@ -10,7 +10,7 @@ from pathlib import Path
 from music_mood.database import REBUILD, Database, DatabaseError, UnknownTrackError, compose_database, find_track
 from music_mood.library import LibraryPaths, load_database, pending_moves, recover_library, save_database
 from music_mood.relocate import TAG_KEYS
-from music_mood.remote import is_server_source
+from music_mood.remote import SONG_MARK, is_server_source
 from music_mood.server_sources import check_new_server, is_server_address, log_in, new_server_source
 from music_mood.sources import (
     REMOVED_FOLDER,
@@ -216,20 +216,32 @@ def remove_source(paths: LibraryPaths, folder: str | Path, lock_timeout: float =
     return gone, count
 
 
-def restore_tracks(paths: LibraryPaths, files: list[str], lock_timeout: float = 600) -> list[Path]:
+def restore_tracks(paths: LibraryPaths, files: list[str], lock_timeout: float = 600) -> list[str]:
     """Let files of a source that --remove took out back in (one commit); the next build adds them. Each must be
-    a file of a source, removed by hand (else UnknownTrackError, nothing changed). Returns the files."""
-    wanted = [Path(f).expanduser().resolve() for f in files]
-
+    a file of a source (or a server track's file_path, ADDRESS#song=ID), removed by hand (else UnknownTrackError,
+    nothing changed). Returns the files."""
     def change(db: Database):
         sources[:], cache = committed_sources(paths), ScanCache(paths)
-        for path in wanted:
-            source = source_of(path, sources)
-            sha256 = cache.sha256(path) if source and path.is_file() else None
+        restored = []
+        for name in files:
+            source, sha256, shown = _removed_content(name, sources, cache)
             if sha256 is None or sha256 not in source["excluded"]:
-                raise UnknownTrackError(f"{path} is no file of a source that --remove took out; nothing was changed")
+                raise UnknownTrackError(f"{shown} is no file of a source that --remove took out; nothing was changed")
             source["excluded"].remove(sha256)
-        return db, [], wanted
+            restored.append(shown)
+        return db, [], restored
 
     sources = committed_sources(paths)
     return _commit_change(paths, change, lock_timeout, sources)[0]
+
+
+def _removed_content(name: str, sources: list[dict], cache: ScanCache) -> tuple[dict | None, str | None, str]:
+    """(the source, the content's hash, the name as shown) of a file or a server song given to --restore."""
+    if is_server_address(name) and SONG_MARK in name:
+        address = name.split(SONG_MARK)[0]
+        source = next((s for s in sources if is_server_source(s) and s["path"] == address), None)
+        known = cache.files.get(name)  # the build noted every downloaded song's hash
+        return source, known[2] if source and known else None, name
+    path = Path(name).expanduser().resolve()
+    source = source_of(path, sources)
+    return source, cache.sha256(path) if source and path.is_file() else None, path.as_posix()

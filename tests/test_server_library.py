@@ -155,6 +155,22 @@ def test_a_server_is_added_built_followed_and_removed(isolated_library, server, 
     done = build()
     assert "0 added" in done.stderr and removing["sha256"] not in load_database(paths).column("sha256")
     assert downloads == []
+    done = call_cli(mtv.main, "--library", library, "--restore", removing["file_path"])
+    assert done.returncode == 0 and done.stdout == f"restored  {removing['file_path']}\n", done.stderr
+    assert "1 added" in build().stderr and removing["sha256"] in load_database(paths).column("sha256")
+
+    # A song moved on the server's disk comes back under a new id: downloaded once more, and followed, not added.
+    moving = server.tracks[0]
+    old_record = next(t for t in load_database(paths).tracks if t["title"] == moving.title)
+    (server.music / "Moved").mkdir()
+    moving.path.rename(server.music / "Moved" / moving.path.name)
+    _rescan(server)
+    done = build()
+    assert done.returncode == 0 and "0 added" in done.stderr, done.stderr
+    assert f"{old_record['file_path']} was moved to {server.url}#song=" in done.stderr
+    followed = next(t for t in load_database(paths).tracks if t["title"] == moving.title)
+    assert followed["song_id"] != old_record["song_id"] and followed["sha256"] == old_record["sha256"]
+    assert followed["file_path"] == server_file_path(server.url, followed["song_id"])
 
     done = call_cli(mtv.main, "--library", library, "--remove-source", server.url)
     assert done.returncode == 0, done.stderr
