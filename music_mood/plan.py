@@ -46,7 +46,7 @@ class Piece:
     crossfade_s / 2 more of each track on its side (before track_start_s, after track_end_s), as far as the track
     has it, and shortens the fade on a side that has less."""
 
-    file_path: str  # relative to Plan.library_root, as in the database
+    file_path: str  # relative to Plan.library_root, as in the database (a server's song: see source)
     title: str
     artist: str
     score: float  # cosine of the track's vector to the scene's query
@@ -54,6 +54,14 @@ class Piece:
     track_end_s: float
     start_s: float
     end_s: float
+    # A song of a Subsonic server (remote.py): its server's address (the track's "source") and song id, which
+    # rendering downloads it by; "" for a file. Its file_path is then remote.server_file_path, not on any disk.
+    source: str = ""
+    song_id: str = ""
+
+    @property
+    def on_server(self) -> bool:
+        return bool(self.song_id)
 
 
 @dataclass
