@@ -123,13 +123,15 @@ def _decode_pieces(plan: Plan, pieces: list[Piece], reads: list[tuple[float, flo
 
 def _server_song(piece: Piece, servers: ServerConnections | None) -> AudioBytes:
     """A server piece's whole song, downloaded into memory; RenderError (one line) when it cannot be."""
-    name = f"“{piece.title or piece.song_id}” of the server {piece.source}"
+    name = f"“{piece.title or piece.song_id}”"
     if servers is None:
-        raise RenderError(f"cannot play {name}: this render has no connection to its servers")
+        raise RenderError(f"cannot play {name} of the server {piece.source}: this render has no connection to its "
+                          f"servers")
     try:
         return servers.song_audio({"source": piece.source, "song_id": piece.song_id, "title": piece.title})
     except SubsonicError as e:
-        raise RenderError(f"cannot download {name}: {e}") from e
+        named = "" if piece.source in str(e) else f" of the server {piece.source}"  # most errors name it already
+        raise RenderError(f"cannot download {name}{named}: {e}") from e
 
 
 def _check_pieces(plan: Plan, pieces: list[Piece]) -> None:
