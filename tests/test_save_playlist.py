@@ -16,7 +16,13 @@ import recommend as recommend_cli
 from music_mood.database import UnknownTrackError
 from music_mood.library import LibraryPaths, load_database
 from music_mood.playlists import SAVED_MARK, PlaylistNameError
-from music_mood.saved_playlists import NotOurPlaylistError, PlaylistError, save_playlist, write_library_playlist
+from music_mood.saved_playlists import (
+    NotOurPlaylistError,
+    PlaylistError,
+    save_playlist,
+    track_title,
+    write_library_playlist,
+)
 from tests.app_server import free_port
 
 
@@ -177,8 +183,9 @@ def test_tracks_are_named_as_the_library_lists_them_only(library_copy):
     db = load_database(LibraryPaths.at(library_copy))
     first = db.tracks[0]
     saved = save_playlist(db, [first["id"], db.tracks[1]["file_path"], first["file_path"]], "by id")
-    assert saved.to_dict() == {"name": "by id", "tracks": 2,
-                               "saved": [{"to": "m3u8", "file": "playlists/by id.m3u8", "tracks": 2}]}
+    assert saved.to_dict() == {"name": "by id", "tracks": 2, "failed": [],
+                               "saved": [{"to": "m3u8", "file": "playlists/by id.m3u8", "tracks": 2,
+                                          "titles": [track_title(first), track_title(db.tracks[1])]}]}
     for forged in (str(library_copy / first["file_path"]), f"processed_music/../{first['file_path']}",
                    "../../etc/passwd", "/etc/passwd", "no-such-id"):
         with pytest.raises(UnknownTrackError, match="is no track of the library"):
@@ -231,8 +238,9 @@ def test_save_playlist_api_saves_library_tracks_and_answers_the_relative_path(cl
     db = load_database(LibraryPaths.at(api_library))
     tracks = [db.tracks[2]["id"], db.tracks[0]["file_path"], db.tracks[4]["id"]]
     answer = client.predict("Évening ♪", tracks, api_name="/save_playlist")
-    assert answer == {"name": "Évening ♪", "tracks": 3,
-                      "saved": [{"to": "m3u8", "file": "playlists/Évening ♪.m3u8", "tracks": 3}]}
+    assert answer == {"name": "Évening ♪", "tracks": 3, "failed": [],
+                      "saved": [{"to": "m3u8", "file": "playlists/Évening ♪.m3u8", "tracks": 3,
+                                 "titles": [track_title(db.tracks[i]) for i in (2, 0, 4)]}]}
     assert str(api_library) not in json.dumps(answer)
     assert_lists(api_library / "playlists" / "Évening ♪.m3u8", api_library,
                  [db.tracks[i]["file_path"] for i in (2, 0, 4)])
