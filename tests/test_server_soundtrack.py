@@ -118,7 +118,7 @@ def test_cli_renders_a_soundtrack_of_server_songs_and_saves_it_on_the_server(lib
         [listed] = [p for p in client.list_playlists() if p["name"] == "Trip ♪"]
         assert client.get_playlist(str(listed["id"])).song_ids == list(dict.fromkeys(p["song_id"] for p in pieces))
     assert not (library / "playlists").exists()
-    assert f"Saved the playlist 'Trip ♪': " in done.stderr and f"on the server {server.url}" in done.stderr
+    assert "Saved the playlist 'Trip ♪': " in done.stderr and f"on the server {server.url}" in done.stderr
 
 
 def test_cli_a_server_that_fails_is_one_error_line_and_no_file(library, checkpoints, photos, call_cli, tmp_path):
