@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--play", action="store_true", help="play the top track from its best moment")
     parser.add_argument("--save-playlist", metavar="NAME",
                         help="also save the tracks as the playlist NAME, LIBRARY/playlists/NAME.m3u8 (an M3U8 that "
-                             "players and music servers import), and say on stderr where it went: with several "
+                             "players and music servers import; a Subsonic server's songs go to the playlist NAME "
+                             "on their server), and say on stderr which tracks went where: with several "
                              "photos, one playlist of all their tracks in order, each once; with --soundtrack, the "
                              "soundtrack's tracks in play order (each once too). Saving NAME again replaces it; a "
                              "file of that name that this program did not save is never written over")

@@ -103,9 +103,12 @@ class Plan:
     def to_served_dict(self) -> dict:
         """to_dict as a server hands the plan to a visitor, naming no path of the server: no library_root (a
         piece's file_path is relative to the library already), each photo by its file name alone (its path is an
-        upload's temporary copy), each skipped photo as {"name", "error"}, its name in the error too."""
+        upload's temporary copy), each skipped photo as {"name", "error"}, its name in the error too; a server
+        song's piece without its server's address (its "source": the page plays it through this server)."""
         data = self.to_dict()
         del data["library_root"]
+        for piece in (piece for scene in data["scenes"] for piece in scene["pieces"]):
+            piece["source"] = ""
         for photo in data["photos"]:
             del photo["path"]
         data["skipped_photos"] = [named_skipped_photo(skipped) for skipped in self.skipped_photos]

@@ -132,3 +132,29 @@ def test_cli_a_server_that_fails_is_one_error_line_and_no_file(library, checkpoi
     assert len(errors) == 1 and "cannot download" in errors[0], done.stderr
     assert "Traceback" not in done.stderr and "not the password" not in done.stderr
     assert list(out.parent.iterdir()) == []
+
+
+def test_the_pages_slideshow_renders_a_server_song_and_serves_no_address(library, photos, tmp_path):
+    from music_mood.serve import RenderFolders
+    from music_mood.slideshows import SLIDESHOW_FILES, render_slideshow_files
+
+    db = load_database(LibraryPaths.at(library))
+    song = next(t for t in db.tracks if t.get("song_id"))
+    local = next(t for t in db.tracks if not t.get("song_id"))
+    plan = hand_made_plan(library, [local["file_path"], song["file_path"]],
+                          [photos["coffee.png"], photos["chelsea.png"]], 2.0, 1)
+    piece = plan.scenes[1].pieces[0]
+    piece.source, piece.song_id, piece.title, piece.artist = song["source"], song["song_id"], song["title"], "Ana"
+    (tmp_path / "renders").mkdir()
+    renders = RenderFolders(tmp_path / "renders")
+    with closing(ServerConnections()) as servers:
+        slideshow = render_slideshow_files(renders, plan, servers=servers)
+    folder = renders.folder(slideshow.token)
+    served = (folder / SLIDESHOW_FILES["json"]).read_text(encoding="utf-8")
+    assert song["song_id"] in served and "127.0.0.1" not in served.replace(song["file_path"], "")
+    playlist = (folder / SLIDESHOW_FILES["m3u8"]).read_text(encoding="utf-8").splitlines()
+    assert local["file_path"] in playlist  # the file as an entry; the song as a comment, not a path
+    assert [line for line in playlist if song["song_id"] in line] == [
+        f"# Ana - {song['title']}: a song of a Subsonic server (song id {song['song_id']}), 5.000 s to 7.000 s"]
+    mixed = decode_stretches(folder / SLIDESHOW_FILES["m4a"], [(2.8, 3.5)], SR)[0]
+    assert float(np.sqrt(np.mean(mixed ** 2))) > 0.01  # the server's piece is music, not silence
