@@ -6,6 +6,7 @@ import json
 import math
 import sys
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
 from music_mood.cli import (
@@ -24,6 +25,7 @@ from music_mood.models import ModelLoadError
 from music_mood.player import play
 from music_mood.playlists import PlaylistNameError
 from music_mood.recommendation import NoQueryError, Recommendation, Track, recommend
+from music_mood.remote import ServerConnections
 from music_mood.saved_playlists import PlaylistError, check_can_save, save_playlist
 from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, Filters, parse_bpm_range
 from music_mood.soundtrack import (
@@ -116,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--play", action="store_true", help="play the top track from its best moment")
     parser.add_argument("--save-playlist", metavar="NAME",
                         help="also save the tracks as the playlist NAME, LIBRARY/playlists/NAME.m3u8 (an M3U8 that "
-                             "players and music servers import), and say on stderr where it went: with several "
+                             "players and music servers import; a Subsonic server's songs go to the playlist NAME "
+                             "on their server), and say on stderr which tracks went where: with several "
                              "photos, one playlist of all their tracks in order, each once; with --soundtrack, the "
                              "soundtrack's tracks in play order (each once too). Saving NAME again replaces it; a "
                              "file of that name that this program did not save is never written over")
@@ -237,12 +240,15 @@ def soundtrack_main(parser: argparse.ArgumentParser, args, stop: StopSignals) ->
             print(format_soundtrack(plan), flush=True)
         if write_outputs is not None:
             # should_stop as well as the KeyboardInterrupt: a stop whose exception Python swallowed (raised in a
-            # __del__) still ends the render at its next step.
+            # __del__) still ends the render at its next step. A server's songs are fetched through one connection
+            # per server for the run; its password may be asked for on the terminal.
             try:
-                write_outputs(plan, outs, progress=True, should_stop=lambda: stop.requested)
+                with closing(ServerConnections(interactive=True)) as servers:
+                    write_outputs(plan, outs, progress=True, should_stop=lambda: stop.requested, servers=servers)
             except RenderCancelled:
                 raise KeyboardInterrupt from None
-        save_tracks(db, [piece.file_path for scene in plan.scenes for piece in scene.pieces], args.save_playlist)
+        if save_tracks(db, [piece.file_path for scene in plan.scenes for piece in scene.pieces], args.save_playlist):
+            return 1
     except KeyboardInterrupt:
         print("Interrupted: no --out file was written." if outs else "Interrupted.", file=sys.stderr)
         return stop.exit_status
@@ -268,11 +274,19 @@ def check_playlist_option(args) -> int | None:
     return None
 
 
-def save_tracks(db: Database, tracks: list[str], name: str | None) -> None:
-    """--save-playlist: `tracks` (file paths of the library, in order) saved as the playlist `name`, and where it
-    went said on stderr (stdout carries the results alone: a JSON reader gets nothing else). No name: nothing."""
-    if name is not None:
-        print(save_playlist(db, tracks, name).summary(), file=sys.stderr, flush=True)
+def save_tracks(db: Database, tracks: list[str], name: str | None) -> int:
+    """--save-playlist: `tracks` (file paths of the library, in order) saved as the playlist `name` (files in an
+    M3U8, a server's songs on their server), and which went where said on stderr (stdout carries the results
+    alone: a JSON reader gets nothing else). Returns 1 when a server failed (one line each; what could be saved
+    was), else 0. No name: nothing."""
+    if name is None:
+        return 0
+    with closing(ServerConnections(interactive=True)) as servers:
+        saved = save_playlist(db, tracks, name, servers)
+    print(saved.summary(), file=sys.stderr, flush=True)
+    for problem in saved.problems():
+        print(f"Error: {problem}", file=sys.stderr, flush=True)
+    return 1 if saved.failed else 0
 
 
 def main(argv=None) -> int:
@@ -333,7 +347,7 @@ def recommend_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> 
                 print(json.dumps({"image": image, **rec.to_dict()}, ensure_ascii=False), flush=True)
             else:
                 print(format_recommendation(image or "", rec) + "\n", flush=True)
-        save_tracks(db, listed, args.save_playlist)  # the tracks of the photos that could be read
+        status = save_tracks(db, listed, args.save_playlist) or status  # the tracks of the photos read
         if args.play and first is not None:
             top = first.results[0]
             play(str(db.root / top.file_path), top.best_segment_start_s)

@@ -46,7 +46,7 @@ class Piece:
     crossfade_s / 2 more of each track on its side (before track_start_s, after track_end_s), as far as the track
     has it, and shortens the fade on a side that has less."""
 
-    file_path: str  # relative to Plan.library_root, as in the database
+    file_path: str  # relative to Plan.library_root, as in the database (a server's song: see source)
     title: str
     artist: str
     score: float  # cosine of the track's vector to the scene's query
@@ -54,6 +54,14 @@ class Piece:
     track_end_s: float
     start_s: float
     end_s: float
+    # A song of a Subsonic server (remote.py): its server's address (the track's "source") and song id, which
+    # rendering downloads it by; "" for a file. Its file_path is then remote.server_file_path, not on any disk.
+    source: str = ""
+    song_id: str = ""
+
+    @property
+    def on_server(self) -> bool:
+        return bool(self.song_id)
 
 
 @dataclass
@@ -95,9 +103,12 @@ class Plan:
     def to_served_dict(self) -> dict:
         """to_dict as a server hands the plan to a visitor, naming no path of the server: no library_root (a
         piece's file_path is relative to the library already), each photo by its file name alone (its path is an
-        upload's temporary copy), each skipped photo as {"name", "error"}, its name in the error too."""
+        upload's temporary copy), each skipped photo as {"name", "error"}, its name in the error too; a server
+        song's piece without its server's address (its "source": the page plays it through this server)."""
         data = self.to_dict()
         del data["library_root"]
+        for piece in (piece for scene in data["scenes"] for piece in scene["pieces"]):
+            piece["source"] = ""
         for photo in data["photos"]:
             del photo["path"]
         data["skipped_photos"] = [named_skipped_photo(skipped) for skipped in self.skipped_photos]

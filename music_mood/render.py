@@ -26,6 +26,7 @@ from music_mood.encoding import (
 from music_mood.images import ImageError, open_image
 from music_mood.mix import SAMPLE_RATE, RenderError, Step, mix_soundtrack
 from music_mood.plan import Plan
+from music_mood.remote import ServerConnections
 from music_mood.storage import replace_together
 
 # What the rest of the product imports from here: the stages' own names, with write_outputs.
@@ -44,11 +45,16 @@ class RenderCancelled(Exception):
 def playlist_text(plan: Plan, served: bool = False) -> str:
     """An M3U8 playlist: one entry per piece, in order, with VLC's start and stop times in its track. Each names its
     track's file by its absolute path, which a player on this machine opens; `served` (for a server's visitor, to
-    whom the server's paths mean nothing and should not be told): by its path in the library."""
+    whom the server's paths mean nothing and should not be told): by its path in the library. A Subsonic server's
+    song is a comment line naming it, since nothing a player could open without the server's password names it."""
     lines = ["#EXTM3U"]
     for piece in (p for scene in plan.scenes for p in scene.pieces):
         title, artist = _one_line(piece.title), _one_line(piece.artist)
         name = f"{artist} - {title}" if artist else title
+        if piece.on_server:  # no path or URL plays it without the server's password: a comment, not an entry
+            lines.append(f"# {name}: a song of a Subsonic server (song id {_one_line(piece.song_id)}), "
+                         f"{piece.track_start_s:.3f} s to {piece.track_end_s:.3f} s")
+            continue
         lines += [f"#EXTINF:{round(piece.track_end_s - piece.track_start_s)},{name}",
                   f"#EXTVLCOPT:start-time={piece.track_start_s:.3f}",
                   f"#EXTVLCOPT:stop-time={piece.track_end_s:.3f}",
@@ -103,11 +109,13 @@ def write_thumbnails(plan: Plan, folder: Path, box: tuple[int, int] = THUMBNAIL_
 
 def write_outputs(plan: Plan, outs: list[Path], progress: bool = True, should_stop: Callable[[], bool] | None = None,
                   size: tuple[int, int] = VIDEO_SIZE, on_progress: Callable[[float, str], None] | None = None,
-                  fps: int = FPS, sample_rate: int = SAMPLE_RATE, served: bool = False) -> None:
+                  fps: int = FPS, sample_rate: int = SAMPLE_RATE, served: bool = False,
+                  servers: ServerConnections | None = None) -> None:
     """Write each of `outs`, chosen by extension (OUTPUT_KINDS): .mp4 slideshow, .m4a / .wav soundtrack,
     .m3u8 / .m3u playlist, .json plan. The audio is mixed once for all that need it. The playlist and the plan
     name the tracks and photos by their paths on this machine; `served` (files a server hands to its visitors):
-    by their paths in the library and their file names (playlist_text, Plan.to_served_dict).
+    by their paths in the library and their file names (playlist_text, Plan.to_served_dict). A piece of a
+    Subsonic server's song is downloaded through `servers` (remote.ServerConnections), once per call.
 
     All or nothing: every output is written to a temporary file beside it and the files are renamed over their
     targets together, once all are complete; on an error, KeyboardInterrupt or cancel no target is touched and no
@@ -115,7 +123,7 @@ def write_outputs(plan: Plan, outs: list[Path], progress: bool = True, should_st
     no output is a file of the music library (ValueError), and that each folder can be written (OSError naming
     the path). should_stop() is asked between steps (tracks, frames, seconds of audio): True raises
     RenderCancelled. Progress: tqdm bars on stderr when `progress`, and on_progress(fraction, text) if given.
-    Raises RenderError when a track or photo cannot be read.
+    Raises RenderError when a track or photo cannot be read, or a server does not give its song.
     """
     outs = [Path(out) for out in outs]
     kinds = [_output_kind(out) for out in outs]
@@ -132,7 +140,7 @@ def write_outputs(plan: Plan, outs: list[Path], progress: bool = True, should_st
         samples = None
         if needs_audio:
             with tracker.stage() as step:
-                samples = mix_soundtrack(plan, sample_rate, step)
+                samples = mix_soundtrack(plan, sample_rate, step, servers)
         for out, tmp, kind in zip(outs, temps, kinds):
             with tracker.stage() as step:
                 if kind == "video":
@@ -158,7 +166,7 @@ def _output_kind(path: Path) -> str:
 def _refuse_library_files(plan: Plan, outs: list[Path]) -> None:
     """Rendering never changes the library: no output may be one of its tracks or lie in its music folders."""
     root = Path(plan.library_root).resolve()
-    tracks = {(root / p.file_path).resolve() for scene in plan.scenes for p in scene.pieces}
+    tracks = {(root / p.file_path).resolve() for scene in plan.scenes for p in scene.pieces if not p.on_server}
     for out in outs:
         target = out.resolve()
         if target in tracks or any(target.is_relative_to(root / folder) for folder in ("new_music",

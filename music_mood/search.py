@@ -10,6 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from music_mood.database import EMPTY_LIBRARY, Database, EmptyLibraryError
+from music_mood.remote import is_server_track
 from music_mood.tags import auto_tag_words
 
 # How many rows the index proposes for each wanted result; they are then re-scored exactly.
@@ -206,6 +207,7 @@ def rank_tracks(db: Database, vector: np.ndarray, topk: int,
 def rank_present_tracks(db: Database, vector: np.ndarray, topk: int,
                         filters: Filters = NO_FILTERS) -> tuple[list[tuple[int, float]], list[int]]:
     """rank_tracks without the tracks whose file is missing: ((row, score) for the top k, rows skipped), best first.
+    A server's song (remote.is_server_track) counts as present: its server is asked only when it plays.
 
     Only the files of ranked candidates are looked at (one stat each), in rank order until k are found; when
     some are missing, rank_tracks is asked for twice as many and the next ones are looked at.
@@ -217,7 +219,8 @@ def rank_present_tracks(db: Database, vector: np.ndarray, topk: int,
         kept, skipped = [], []
         for row, score in ranked:
             if row not in present:
-                present[row] = os.path.isfile(db.root / db.tracks[row]["file_path"])
+                track = db.tracks[row]  # a server's song has no file here: its server is asked when it plays
+                present[row] = is_server_track(track) or os.path.isfile(db.root / track["file_path"])
             (kept if present[row] else skipped).append((row, score))
             if len(kept) == topk:
                 return kept, [row for row, _ in skipped]

@@ -40,10 +40,10 @@ class Slideshow:
 
 def make_slideshow(renders: RenderFolders, blip, clap, db: Database, photos: list[str],
                    seconds_per_photo: float = DEFAULT_SECONDS_PER_PHOTO, text: str = "",
-                   filters: Filters = NO_FILTERS, should_stop=None, on_progress=None) -> Slideshow:
+                   filters: Filters = NO_FILTERS, should_stop=None, on_progress=None, servers=None) -> Slideshow:
     """The /soundtrack work: plan a soundtrack of `db`'s tracks for `photos` (plan_soundtrack: each photo
     described once, in this order, the tracks kept by `filters`) and render it into a new folder of `renders`
-    (render_slideshow_files).
+    (render_slideshow_files; `servers`, the library's remote.ServerConnections, give its servers' songs).
 
     should_stop() is asked before every model call (models.stoppable) and between rendering steps: True raises
     ModelStopped or RenderCancelled. Raises the core's errors (the page turns them into messages); the folder is
@@ -52,11 +52,11 @@ def make_slideshow(renders: RenderFolders, blip, clap, db: Database, photos: lis
     should_stop = should_stop or (lambda: False)
     plan = plan_soundtrack(stoppable(blip, should_stop), clap, db, photos, seconds_per_photo=float(seconds_per_photo),
                            text=text or "", filters=filters, progress=False)
-    return render_slideshow_files(renders, plan, should_stop, on_progress)
+    return render_slideshow_files(renders, plan, should_stop, on_progress, servers=servers)
 
 
 def render_slideshow_files(renders: RenderFolders, plan: Plan, should_stop=None, on_progress=None,
-                           thumbnails_from: str | None = None) -> Slideshow:
+                           thumbnails_from: str | None = None, servers=None) -> Slideshow:
     """Render `plan` into a new folder of `renders`: SLIDESHOW_FILES (one write_outputs call, all or nothing) and
     the photos' thumbnails (copied from the folder of token `thumbnails_from` when it still has them: the photos
     are the same). Returns its Slideshow; on any failure or cancel the new folder is removed."""
@@ -70,7 +70,8 @@ def render_slideshow_files(renders: RenderFolders, plan: Plan, should_stop=None,
         # Outside the caller's context: a Gradio page tracks the tqdm bars made in it (gr.Progress(track_tqdm=True),
         # for the photos being described), and render's own would show beside the fraction on_progress reports.
         contextvars.Context().run(write_outputs, plan, [folder / name for name in SLIDESHOW_FILES.values()],
-                                  progress=False, should_stop=should_stop, on_progress=on_progress, served=True)
+                                  progress=False, should_stop=should_stop, on_progress=on_progress, served=True,
+                                  servers=servers)
     except BaseException:
         renders.remove(token)
         raise
@@ -78,12 +79,13 @@ def render_slideshow_files(renders: RenderFolders, plan: Plan, should_stop=None,
 
 
 def next_best_slideshow(renders: RenderFolders, db: Database, slideshow: Slideshow, scene_index: int,
-                        should_stop=None, on_progress=None) -> Slideshow:
+                        should_stop=None, on_progress=None, servers=None) -> Slideshow:
     """The /next_best_track work: `slideshow` with scene `scene_index`'s track replaced by the next-best
     (replace_scene_track: no photo is described again), rendered into a new folder. The old folder is the
     caller's to remove once the page shows the new one."""
     plan = replace_scene_track(db, slideshow.plan, scene_index)
-    return render_slideshow_files(renders, plan, should_stop, on_progress, thumbnails_from=slideshow.token)
+    return render_slideshow_files(renders, plan, should_stop, on_progress, thumbnails_from=slideshow.token,
+                                  servers=servers)
 
 
 def slideshow_answer(slideshow: Slideshow) -> dict:

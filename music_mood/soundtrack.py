@@ -28,6 +28,7 @@ from music_mood.plan import (
     named_skipped_photo,
 )
 from music_mood.query import Query, compose_query_text, embed_text
+from music_mood.remote import is_server_track
 from music_mood.scenes import SCENE_MIN_DROP, scene_min_photos, shared_words, split_scenes
 from music_mood.search import (
     NO_FILTERS,
@@ -110,6 +111,13 @@ class _TrackChooser:
         raise EmptyLibraryError(f"no track the filters keep has a known length; {REBUILD}")
 
 
+def server_song(track: dict) -> dict:
+    """A Piece's source and song_id for a server's song (what rendering downloads it by); none for a file."""
+    if not is_server_track(track):
+        return {}
+    return {"source": str(track["source"]), "song_id": str(track["song_id"])}
+
+
 def scene_pieces(db: Database, chooser: _TrackChooser, vector: np.ndarray, start_s: float,
                  end_s: float) -> list[tuple[int, Piece]]:
     """(row, piece) of each piece under one scene [start_s, end_s): its best track from its best moment
@@ -126,7 +134,8 @@ def scene_pieces(db: Database, chooser: _TrackChooser, vector: np.ndarray, start
         last = at + (track_end - track_start) >= end_s or track_end - track_start >= end_s - at
         pieces.append(Piece(file_path=str(track["file_path"]), title=str(track.get("title", "")),
                             artist=str(track.get("artist", "")), score=round(score, 6), track_start_s=track_start,
-                            track_end_s=track_end, start_s=at, end_s=end_s if last else at + (track_end - track_start)))
+                            track_end_s=track_end, start_s=at, end_s=end_s if last else at + (track_end - track_start),
+                            **server_song(track)))
         if last:
             return list(zip(rows, pieces))
         at = pieces[-1].end_s

@@ -16,8 +16,15 @@ import recommend as recommend_cli
 from music_mood.database import UnknownTrackError
 from music_mood.library import LibraryPaths, load_database
 from music_mood.playlists import SAVED_MARK, PlaylistNameError
-from music_mood.saved_playlists import NotOurPlaylistError, PlaylistError, save_playlist, write_library_playlist
+from music_mood.saved_playlists import (
+    NotOurPlaylistError,
+    PlaylistError,
+    save_playlist,
+    track_title,
+    write_library_playlist,
+)
 from tests.app_server import free_port
+from tests.conftest import store_as_table
 
 
 def read_back(playlist: Path) -> list[tuple[Path, float, str]]:
@@ -177,8 +184,9 @@ def test_tracks_are_named_as_the_library_lists_them_only(library_copy):
     db = load_database(LibraryPaths.at(library_copy))
     first = db.tracks[0]
     saved = save_playlist(db, [first["id"], db.tracks[1]["file_path"], first["file_path"]], "by id")
-    assert saved.to_dict() == {"name": "by id", "tracks": 2,
-                               "saved": [{"to": "m3u8", "file": "playlists/by id.m3u8", "tracks": 2}]}
+    assert saved.to_dict() == {"name": "by id", "tracks": 2, "failed": [],
+                               "saved": [{"to": "m3u8", "file": "playlists/by id.m3u8", "tracks": 2,
+                                          "titles": [track_title(first), track_title(db.tracks[1])]}]}
     for forged in (str(library_copy / first["file_path"]), f"processed_music/../{first['file_path']}",
                    "../../etc/passwd", "/etc/passwd", "no-such-id"):
         with pytest.raises(UnknownTrackError, match="is no track of the library"):
@@ -231,8 +239,9 @@ def test_save_playlist_api_saves_library_tracks_and_answers_the_relative_path(cl
     db = load_database(LibraryPaths.at(api_library))
     tracks = [db.tracks[2]["id"], db.tracks[0]["file_path"], db.tracks[4]["id"]]
     answer = client.predict("Évening ♪", tracks, api_name="/save_playlist")
-    assert answer == {"name": "Évening ♪", "tracks": 3,
-                      "saved": [{"to": "m3u8", "file": "playlists/Évening ♪.m3u8", "tracks": 3}]}
+    assert answer == {"name": "Évening ♪", "tracks": 3, "failed": [],
+                      "saved": [{"to": "m3u8", "file": "playlists/Évening ♪.m3u8", "tracks": 3,
+                                 "titles": [track_title(db.tracks[i]) for i in (2, 0, 4)]}]}
     assert str(api_library) not in json.dumps(answer)
     assert_lists(api_library / "playlists" / "Évening ♪.m3u8", api_library,
                  [db.tracks[i]["file_path"] for i in (2, 0, 4)])
@@ -318,3 +327,153 @@ def test_a_crash_while_saving_leaves_the_old_playlist_or_the_new(library_copy):
         left = set(playlists_folder(library_copy)) - {"mix.m3u8"}
         assert all(name.startswith(".mix.m3u8.") and name.endswith(".tmp") for name in left), left
     assert_lists(playlist, library_copy, new)  # killed after the rename: the new playlist stays
+
+
+# ---------------------------------------------------------------------------------------------- on a server
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory, sample_tracks):
+    """Two real Supysonic servers, holding three of the built library's six files: two on the first, one on the
+    second."""
+    from tests.server_library import start_server
+
+    built = sample_tracks[::5]
+    started = []
+    try:
+        started.append(start_server(tmp_path_factory.mktemp("north"), built[:2], "North"))
+        started.append(start_server(tmp_path_factory.mktemp("south"), built[2:3], "South"))
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def server_library(library_copy, servers, monkeypatch) -> Path:
+    """The built library with the servers' files turned into their songs (tests/server_library.py)."""
+    from music_mood.subsonic import PASSWORD_ENV
+    from tests.server_library import PASSWORD, move_to_servers
+
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    move_to_servers(library_copy, servers)
+    return library_copy
+
+
+def server_playlists(server, name: str) -> list[list[str]]:
+    """The song ids, in order, of each playlist called `name` on `server`, read back with getPlaylist."""
+    from music_mood.subsonic import connect, parse_server
+    from tests.server_library import PASSWORD
+
+    with connect(parse_server(server.url), PASSWORD) as client:
+        return [client.get_playlist(str(p["id"])).song_ids for p in client.list_playlists() if p["name"] == name]
+
+
+def tracks_by_place(library: Path, servers) -> tuple[list[dict], list[dict], list[dict]]:
+    """The library's records: (files, songs of the first server, songs of the second)."""
+    db = load_database(LibraryPaths.at(library))
+    return tuple([t for t in db.tracks if t.get("source", "") == place or (not place and not t.get("song_id"))]
+                 for place in ("", servers[0].url, servers[1].url))
+
+
+def test_server_songs_become_a_playlist_on_their_server_in_order(server_library, servers):
+    _, north, _ = tracks_by_place(server_library, servers)
+    db = load_database(LibraryPaths.at(server_library))
+    order = [north[1], north[0]]
+    saved = save_playlist(db, [order[0]["id"], order[1]["file_path"]], "Évening ♪")
+    assert server_playlists(servers[0], "Évening ♪") == [[t["song_id"] for t in order]]
+    assert saved.file is None and not (server_library / "playlists").exists()  # no file track: no M3U8
+    [place] = saved.to_dict()["saved"]
+    assert place == {"to": "subsonic", "server": servers[0].url, "tracks": 2, "playlist_id": place["playlist_id"],
+                     "titles": [f"North Band - {t['title']}" for t in order]}
+
+
+def test_the_same_name_again_updates_the_one_playlist_on_the_server(server_library, servers):
+    _, north, _ = tracks_by_place(server_library, servers)
+    db = load_database(LibraryPaths.at(server_library))
+    first = save_playlist(db, [t["id"] for t in north], "Again")
+    second = save_playlist(db, [north[1]["id"]], "Again")
+    assert server_playlists(servers[0], "Again") == [[north[1]["song_id"]]]  # one playlist, the new songs
+    assert first.servers[0].playlist_id == second.servers[0].playlist_id
+
+
+def test_a_mixed_result_saves_each_part_where_it_lives_and_says_which_went_where(server_library, servers):
+    files, north, south = tracks_by_place(server_library, servers)
+    db = load_database(LibraryPaths.at(server_library))
+    order = [files[0], north[0], files[1], south[0], north[1]]
+    saved = save_playlist(db, [t["id"] for t in order], "Mixed")
+    playlist = server_library / "playlists" / "Mixed.m3u8"
+    assert_lists(playlist, server_library, [files[0]["file_path"], files[1]["file_path"]])
+    assert server_playlists(servers[0], "Mixed") == [[north[0]["song_id"], north[1]["song_id"]]]
+    assert server_playlists(servers[1], "Mixed") == [[south[0]["song_id"]]]
+    answer = saved.to_dict()
+    assert answer["tracks"] == 5 and answer["failed"] == []
+    assert [(p["to"], p.get("file") or p.get("server"), p["titles"]) for p in answer["saved"]] == [
+        ("m3u8", "playlists/Mixed.m3u8", [track_title(files[0]), track_title(files[1])]),
+        ("subsonic", servers[0].url, [track_title(north[0]), track_title(north[1])]),
+        ("subsonic", servers[1].url, [track_title(south[0])])]
+    lines = saved.summary().splitlines()
+    saved_as = "Saved the playlist 'Mixed'"
+    assert lines == [f"{saved_as}: 2 track(s) in {playlist}: {track_title(files[0])}, {track_title(files[1])}",
+                     (f"{saved_as}: 2 track(s) on the server {servers[0].url}: {track_title(north[0])}, "
+                      f"{track_title(north[1])}"),
+                     f"{saved_as}: 1 track(s) on the server {servers[1].url}: {track_title(south[0])}"]
+    from music_mood.web.views import saved_playlist_status
+
+    status = saved_playlist_status(answer)
+    assert "in playlists/Mixed.m3u8 in the library folder" in status and servers[1].url in status
+
+
+def test_cli_a_server_that_fails_is_one_line_and_the_m3u8_part_is_saved(server_library, servers, checkpoints,
+                                                                        call_cli):
+    from tests.subsonic_server import free_port
+
+    dead = f"http://carol@127.0.0.1:{free_port()}"  # nothing listens there
+
+    def to_dead_server(records):
+        for record in records:
+            if record.get("source") == servers[1].url:
+                record["source"] = dead
+
+    store_as_table(server_library, table=False, change=to_dead_server)
+    files, _, _ = tracks_by_place(server_library, servers)
+    done = _cli(call_cli, checkpoints, "--like", files[0]["id"], "--topk", "5", "--max-per-artist", "0", "--json",
+                "--save-playlist", "Half")
+    assert done.returncode == 1
+    results = json.loads(done.stdout)["results"]
+    db = load_database(LibraryPaths.at(server_library))
+    kept = [r["file_path"] for r in results if not db.tracks[db.row_of_file(r["file_path"])].get("song_id")]
+    gone = [db.tracks[db.row_of_file(r["file_path"])] for r in results
+            if db.tracks[db.row_of_file(r["file_path"])].get("source") == dead]
+    assert kept and gone  # the result holds files and the dead server's song
+    playlist = server_library / "playlists" / "Half.m3u8"
+    assert_lists(playlist, server_library, kept)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [errors[0]] and errors[0].startswith(
+        f"Error: the playlist 'Half' was not saved on the server {dead} (1 track(s): {track_title(gone[0])}): ")
+    assert errors[0].endswith(f"; the other tracks were saved in {playlist}") and "Traceback" not in done.stderr
+    assert f"track(s) on the server {servers[0].url}" in done.stderr  # the live server got its songs
+
+
+def test_save_playlist_api_answers_where_each_part_went(server_library, servers, checkpoints):
+    from gradio_client import Client
+
+    from music_mood.live import LiveLibrary
+    from music_mood.models import BackgroundModels
+    from music_mood.web.page import build_app
+
+    files, north, south = tracks_by_place(server_library, servers)
+    library = LiveLibrary(LibraryPaths.at(server_library), checkpoints["clap"])
+    demo = build_app(library, BackgroundModels(checkpoints["blip"], checkpoints["clap"]))
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                ssr_mode=False)
+    try:
+        answer = Client(demo.local_url, verbose=False).predict(
+            "Page ♪", [south[0]["id"], files[2]["file_path"], north[0]["id"]], api_name="/save_playlist")
+    finally:
+        demo.close(verbose=False)
+        library.servers.close()
+    assert [(p["to"], p.get("file") or p.get("server"), p["tracks"]) for p in answer["saved"]] == [
+        ("m3u8", "playlists/Page ♪.m3u8", 1), ("subsonic", servers[1].url, 1), ("subsonic", servers[0].url, 1)]
+    assert answer["tracks"] == 3 and answer["failed"] == [] and str(server_library) not in json.dumps(answer)
+    assert server_playlists(servers[1], "Page ♪") == [[south[0]["song_id"]]]
+    assert server_playlists(servers[0], "Page ♪") == [[north[0]["song_id"]]]

@@ -34,10 +34,12 @@ def requested_tracks(tracks) -> list[str]:
 
 def save_tracks(library: LiveLibrary, name, tracks) -> dict:
     """The /save_playlist endpoint: `tracks` (ids or file paths of tracks of the current library, in order) saved
-    as the playlist `name` (one printable line of at most NAME_MAX_CHARS characters), in the library's
-    playlists/NAME.m3u8. Answers SavedPlaylist.to_dict(): {"name", "tracks", "saved": [{"to": "m3u8",
-    "file": "playlists/NAME.m3u8", "tracks"}]}, no path of the server in it (a dict with a "path" would
-    be taken for a file to download by gradio_client).
+    as the playlist `name` (one printable line of at most NAME_MAX_CHARS characters): files in the library's
+    playlists/NAME.m3u8, a Subsonic server's songs in the playlist `name` on their server (through the library's
+    connections). Answers SavedPlaylist.to_dict(): {"name", "tracks", "saved": [{"to": "m3u8", "file":
+    "playlists/NAME.m3u8", "tracks", "titles"}, {"to": "subsonic", "server", "playlist_id", "tracks", "titles"}],
+    "failed": [{"to": "subsonic", "server", "tracks", "titles", "error"}]}, no path of the machine in it (a dict
+    with a "path" would be taken for a file to download by gradio_client).
 
     Everything is checked before anything is written: a bad name, a track the library does not hold (however it
     is spelled: nothing is looked up outside the library), a file of that name that the product did not save.
@@ -46,7 +48,7 @@ def save_tracks(library: LiveLibrary, name, tracks) -> dict:
         name = check_playlist_name(name)
     keys = requested_tracks(tracks)
     with user_errors():
-        return save_playlist(library.current(), keys, name).to_dict()
+        return save_playlist(library.current(), keys, name, library.servers).to_dict()
 
 
 def recommended_tracks(result) -> list[str]:
@@ -92,8 +94,9 @@ def add_save_playlist_api(library: LiveLibrary) -> None:
     """The /save_playlist endpoint, in the gr.Blocks being built."""
     def save_playlist_endpoint(name: str, tracks: list[str]) -> dict:
         """Save tracks of the library (ids or file paths as the library lists them, in order) as the playlist
-        `name`: LIBRARY/playlists/NAME.m3u8, replacing the playlist this app saved under that name, never a file
-        of that name it did not save. Answers {"name", "tracks", "saved": [{"to", "file", "tracks"}]}."""
+        `name`: LIBRARY/playlists/NAME.m3u8 for files, replacing the playlist this app saved under that name,
+        never a file of that name it did not save; a server's songs as the playlist `name` on their server.
+        Answers {"name", "tracks", "saved": [{"to", "file" or "server", "tracks", "titles"}], "failed": [...]}."""
         return save_tracks(library, name, tracks)
 
     gr.api(logged_as_one_line(save_playlist_endpoint), api_name="save_playlist", queue=False)

@@ -168,7 +168,8 @@ class SlideshowTab:
                 blip, clap = self.models.query_models()
                 try:
                     return make_slideshow(self.renders, blip, clap, self.library.current(), photos,
-                                          seconds_per_photo, text, Filters(moods, genres), should_stop, report)
+                                          seconds_per_photo, text, Filters(moods, genres), should_stop, report,
+                                          servers=self.library.servers)
                 finally:
                     release_freed_memory()
 
@@ -182,7 +183,7 @@ class SlideshowTab:
         def work(should_stop):
             with user_errors([photo.path for photo in session.plan.photos], soundtrack=True):
                 return next_best_slideshow(self.renders, self.library.current(), session, int(scene_index),
-                                           should_stop, report)
+                                           should_stop, report, servers=self.library.servers)
 
         return self.done(await run_until_cancelled(work), session)
 

@@ -130,9 +130,22 @@ def slideshow_status(answer: dict) -> str:
 
 
 def saved_playlist_status(answer: dict) -> str:
-    """The "Save as playlist" status: where the playlist went (in the library folder) and how many tracks."""
-    places = "; ".join(f"{place['tracks']} track(s) in {markdown_text(place['file'])}" for place in answer["saved"])
-    return f"Saved the playlist “{markdown_text(answer['name'])}”: {places} in the library folder."
+    """The "Save as playlist" status: where the playlist went (a file in the library folder, a playlist on a
+    server) and how many tracks; which tracks, when they went to more than one place; and each server that failed,
+    with the tracks it did not get and why."""
+    several = len(answer["saved"]) + len(answer.get("failed", [])) > 1
+
+    def tracks(place: dict) -> str:
+        titles = f" ({markdown_text(', '.join(place.get('titles', [])))})" if several else ""
+        return f"{place['tracks']} track(s){titles}"
+
+    places = "; ".join(f"{tracks(place)} in {markdown_text(place['file'])} in the library folder"
+                       if place["to"] == "m3u8" else f"{tracks(place)} on the server {markdown_text(place['server'])}"
+                       for place in answer["saved"])
+    lines = [f"Saved the playlist “{markdown_text(answer['name'])}”: {places}."]
+    lines += [f"Not saved on the server {markdown_text(place['server'])}: {tracks(place)}: "
+              f"{markdown_text(place['error'])}" for place in answer.get("failed", [])]
+    return "\n\n".join(lines)
 
 
 def library_rows(db: Database) -> list[list]:
