@@ -58,6 +58,13 @@ class Piece:
     # rendering downloads it by; "" for a file. Its file_path is then remote.server_file_path, not on any disk.
     source: str = ""
     song_id: str = ""
+    # Beat sync (issue 24): the track's tempo (its record's bpm; None: no steady beat), the beats and downbeats of
+    # the stretch that plays, in soundtrack time (empty for a plan cut by the clock), and the cross-fade centred on
+    # this piece's start (whole beats; None: the plan's crossfade_s).
+    tempo_bpm: float | None = None
+    beats_s: list[float] = field(default_factory=list)
+    downbeats_s: list[float] = field(default_factory=list)
+    crossfade_s: float | None = None
 
     @property
     def on_server(self) -> bool:
@@ -93,6 +100,7 @@ class Plan:
     crossfade_s: float = CROSSFADE_S
     photo_crossfade_s: float = PHOTO_CROSSFADE_S
     tracks_repeat: bool = False  # the library had fewer usable tracks than the plan needed
+    beat_sync: bool = False  # photos change on the beat and music on the bar (issue 24); False: by the clock
     skipped_photos: list[dict] = field(default_factory=list)  # {"path", "error"}: photos that could not be read
     # The filters the plan was made with, which a scene's next-best keeps to (a plan stored without: none).
     filters: Filters = NO_FILTERS
