@@ -10,6 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from music_mood.database import EMPTY_LIBRARY, Database, EmptyLibraryError
+from music_mood.remote import is_server_track
 from music_mood.tags import auto_tag_words
 
 # How many rows the index proposes for each wanted result; they are then re-scored exactly.
@@ -208,7 +209,9 @@ def rank_present_tracks(db: Database, vector: np.ndarray, topk: int,
     """rank_tracks without the tracks whose file is missing: ((row, score) for the top k, rows skipped), best first.
 
     Only the files of ranked candidates are looked at (one stat each), in rank order until k are found; when
-    some are missing, rank_tracks is asked for twice as many and the next ones are looked at.
+    some are missing, rank_tracks is asked for twice as many and the next ones are looked at. A server's song
+    (remote.is_server_track) has no file here and counts as present: asking its server for every candidate would
+    make a search wait on the network, and a song gone from it is dropped by the next build.
     """
     present: dict[int, bool] = {}
     want = topk
@@ -217,7 +220,8 @@ def rank_present_tracks(db: Database, vector: np.ndarray, topk: int,
         kept, skipped = [], []
         for row, score in ranked:
             if row not in present:
-                present[row] = os.path.isfile(db.root / db.tracks[row]["file_path"])
+                track = db.tracks[row]
+                present[row] = is_server_track(track) or os.path.isfile(db.root / track["file_path"])
             (kept if present[row] else skipped).append((row, score))
             if len(kept) == topk:
                 return kept, [row for row, _ in skipped]

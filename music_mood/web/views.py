@@ -25,9 +25,9 @@ def page_asset(name: str) -> str:
     return (resources.files(__package__) / "assets" / name).read_text(encoding="utf-8")
 
 
-def audio_url(file_path: str, start_s: float | None = None) -> str:
-    """The URL the page plays a track from, by its file_path; `#t=` makes the browser start at `start_s` seconds."""
-    url = track_url(file_path)
+def audio_url(track_id: str, start_s: float | None = None) -> str:
+    """The URL the page plays a track from, by its id; `#t=` makes the browser start at `start_s` seconds."""
+    url = track_url(track_id)
     return url if start_s is None else f"{url}#t={start_s:g}"
 
 
