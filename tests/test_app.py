@@ -882,6 +882,7 @@ def test_library_table_shows_each_tempo(library_copy):
     assert all(len(row) == len(LIBRARY_COLUMNS) for row in rows)
     assert [row[column] for row in rows] == [""] + [f"{t['bpm']:.1f}" for t in db.tracks[1:]]
     assert [row[LIBRARY_COLUMNS.index("file")] for row in rows] == [t["file_path"] for t in db.tracks]
+    assert {row[LIBRARY_COLUMNS.index("source")] for row in rows} == {"library"}  # all in processed_music/
 
 
 # ---------------------------------------------------------------------------------------------- start-up
