@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from music_mood.audio import AudioError, decode_stretches
+from music_mood.audio import AudioError, AudioSource, decode_stretches
 from music_mood.plan import Piece, Plan
+from music_mood.remote import ServerConnections, server_song
+from music_mood.subsonic import SubsonicError
 
 SAMPLE_RATE = 44100
 # Loudness: each piece's gain brings its RMS to the duration-weighted mean (in dB) of all pieces' RMS, within
@@ -30,13 +32,16 @@ class RenderError(RuntimeError):
     """A plan cannot be rendered: a track or photo is missing or unreadable, or the plan contradicts itself."""
 
 
-def mix_soundtrack(plan: Plan, sample_rate: int = SAMPLE_RATE, on_step: Step | None = None) -> np.ndarray:
+def mix_soundtrack(plan: Plan, sample_rate: int = SAMPLE_RATE, on_step: Step | None = None,
+                   servers: ServerConnections | None = None) -> np.ndarray:
     """The soundtrack: float32 (round(plan.total_s * sample_rate), 2), stereo, peak at most 1.
 
     Each piece plays [track_start_s, track_end_s) of its track at [start_s, end_s). At a boundary the outgoing
     track is read on past its end and the incoming one from before its start, up to crossfade_s / 2 each, as far
     as each track has audio, and they cross-fade with equal power (cos/sin gains) over the stretch where both
-    have it. Each track is opened once and only its stretches are decoded. Raises RenderError.
+    have it. Each track is opened once and only its stretches are decoded; a server's song (remote.server_song)
+    is downloaded into memory through `servers` (a connection of this call's own, without a terminal prompt, when
+    None). Raises RenderError.
     """
     pieces = [piece for scene in plan.scenes for piece in scene.pieces]
     _check_pieces(plan, pieces)
@@ -51,20 +56,7 @@ def mix_soundtrack(plan: Plan, sample_rate: int = SAMPLE_RATE, on_step: Step | N
         from_s = max(0.0, piece.track_start_s - (half if k > 0 else 0.0))
         to_s = piece.track_start_s + (edges[k + 1] - edges[k]) / sample_rate + (half if k < last else 0.0)
         reads.append((from_s, to_s))
-    by_file: dict[str, list[int]] = {}
-    for k, piece in enumerate(pieces):
-        by_file.setdefault(piece.file_path, []).append(k)
-    audio: list[np.ndarray] = [np.zeros((0, 2), np.float32)] * len(pieces)
-    for done, (file_path, indices) in enumerate(by_file.items(), 1):
-        path = Path(plan.library_root) / file_path
-        try:
-            stretches = decode_stretches(path, [reads[k] for k in indices], sample_rate)
-        except AudioError as e:
-            raise RenderError(f"cannot play {path}: {e}") from e
-        for k, stretch in zip(indices, stretches):
-            audio[k] = stretch
-        if on_step:
-            on_step(done, len(by_file))
+    audio = _decode_pieces(plan, pieces, reads, sample_rate, on_step, servers)
     # Per piece: samples before its start (`before`), its body, samples after its end (`after`).
     before, after = [], []
     for k, piece in enumerate(pieces):
@@ -104,6 +96,47 @@ def mix_soundtrack(plan: Plan, sample_rate: int = SAMPLE_RATE, on_step: Step | N
     if peak > 1.0:  # two loud tracks summed in a cross-fade: the whole soundtrack is turned down, not clipped
         mix *= PEAK / peak
     return mix
+
+
+def _decode_pieces(plan: Plan, pieces: list[Piece], reads: list[tuple[float, float]], sample_rate: int,
+                   on_step: Step | None, servers: ServerConnections | None) -> list[np.ndarray]:
+    """The samples each piece reads (`reads`: from, to in seconds of its track), each track opened once."""
+    by_file: dict[str, list[int]] = {}
+    for k, piece in enumerate(pieces):
+        by_file.setdefault(piece.file_path, []).append(k)
+    audio: list[np.ndarray] = [np.zeros((0, 2), np.float32)] * len(pieces)
+    own = servers is None and any(server_song(file_path) for file_path in by_file)
+    servers = ServerConnections() if own else servers
+    try:
+        for done, (file_path, indices) in enumerate(by_file.items(), 1):
+            try:
+                source = _track_audio(plan, file_path, servers)
+                stretches = decode_stretches(source, [reads[k] for k in indices], sample_rate)
+            except AudioError as e:
+                raise RenderError(f"cannot play {_track_name(plan, file_path)}: {e}") from e
+            for k, stretch in zip(indices, stretches):
+                audio[k] = stretch
+            if on_step:
+                on_step(done, len(by_file))
+    finally:
+        if own:
+            servers.close()
+    return audio
+
+
+def _track_audio(plan: Plan, file_path: str, servers: ServerConnections | None) -> AudioSource:
+    """A piece's track to decode: its file in the library, or a server's song read into memory (never to disk)."""
+    song = server_song(file_path)
+    if song is None:
+        return Path(plan.library_root) / file_path
+    try:
+        return servers.song_audio({"source": song[0], "song_id": song[1]})
+    except SubsonicError as e:
+        raise AudioError(f"its server did not give it ({e})") from e
+
+
+def _track_name(plan: Plan, file_path: str) -> str:
+    return file_path if server_song(file_path) else str(Path(plan.library_root) / file_path)
 
 
 def _check_pieces(plan: Plan, pieces: list[Piece]) -> None:

@@ -27,8 +27,8 @@ from tests.subsonic_server import Supysonic, start_supysonic
 
 USER = "bob"
 PASSWORD = "sé&cret=pass #%+ ♪"
-TAGS = [{"title": "Harbour Lights", "artist": "Ana Lima", "album": "Harbour", "genre": "Acoustic"},
-        {"title": "Neon Run", "artist": "The Pulse", "album": "Neon", "genre": "Electronic"}]
+TAGS = [{"title": "Harbour Lights", "artist": "Ana Lima", "album": "Harbour", "genre": "Harbour Chanson"},
+        {"title": "Neon Run", "artist": "The Pulse", "album": "Neon", "genre": "Neon Zeuhl"}]
 # What the app adds of its own to an answer (uvicorn's and Starlette's), beside what it relays of the server's.
 APP_HEADERS = {"date", "server", "content-type", "content-length", "connection", "transfer-encoding"}
 
@@ -372,3 +372,35 @@ def test_a_networked_page_cannot_point_the_app_at_a_folder_or_a_server(networked
                     client.predict(track=listed["id"], fields={field: given}, api_name="/set_track_fields")
     assert committed_sources(paths) == sources
     assert library_files(library) == files and library_files(folder) == music
+
+
+def test_a_soundtrack_mixes_server_tracks_downloaded_into_memory(server_library, supysonic, password,
+                                                                 default_models, photos, tmp_path):
+    """A soundtrack of the server's songs alone (a genre only they have) mixes exactly as the same plan does from
+    local copies of the server's files: each song read from its server, nothing written."""
+    from dataclasses import replace
+
+    from music_mood.mix import mix_soundtrack
+    from music_mood.search import Filters
+    from music_mood.soundtrack import plan_soundtrack
+
+    db = load_database(LibraryPaths.at(server_library))
+    genres = [s.genre for s in supysonic.tracks]
+    plan = plan_soundtrack(*default_models, db, [str(photos["coffee.png"]), str(photos["rocket.jpg"])], 4.0,
+                           filters=Filters(genres=genres), progress=False)
+    played = {piece.file_path for scene in plan.scenes for piece in scene.pieces}
+    assert played and played <= {t["file_path"] for t in server_tracks(server_library)}
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    by_song = {t["file_path"]: t for t in server_tracks(server_library)}
+    for file_path in played:
+        served = next(s for s in supysonic.tracks if s.title == by_song[file_path]["title"])
+        shutil.copyfile(served.path, copies / f"{by_song[file_path]['song_id']}.opus")
+    local = replace(plan, library_root=str(copies), scenes=[
+        replace(scene, pieces=[replace(p, file_path=f"{by_song[p.file_path]['song_id']}.opus") for p in scene.pieces])
+        for scene in plan.scenes])
+    before = library_files(server_library)
+    mixed = mix_soundtrack(plan)
+    assert mixed.shape == (round(plan.total_s * 44100), 2) and float(abs(mixed).max()) > 0.01
+    assert (mixed == mix_soundtrack(local)).all()
+    assert library_files(server_library) == before
