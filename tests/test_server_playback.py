@@ -404,3 +404,32 @@ def test_a_soundtrack_mixes_server_tracks_downloaded_into_memory(server_library,
     assert mixed.shape == (round(plan.total_s * 44100), 2) and float(abs(mixed).max()) > 0.01
     assert (mixed == mix_soundtrack(local)).all()
     assert library_files(server_library) == before
+
+
+def test_recommend_play_streams_a_server_track_into_the_player(server_library, supysonic, password, checkpoints,
+                                                               tmp_path, call_cli):
+    """recommend.py --play of a server track: its song downloaded into memory and fed to the player's standard
+    input (nothing written); with no player that reads a stream, a note says it plays in the app."""
+    import os
+    import stat
+
+    import recommend
+
+    top = supysonic.tracks[0]
+    args = ["--library", server_library, "--clap-model", checkpoints["clap"], "--text", "harbour",
+            "--genre", top.genre, "--play", "--json"]
+    bin_dir, fed, said = tmp_path / "bin", tmp_path / "fed.bin", tmp_path / "args.txt"
+    bin_dir.mkdir()
+    (bin_dir / "mpv").write_text(f"#!/bin/sh\necho \"$@\" > {said}\ncat > {fed}\n")
+    (bin_dir / "mpv").chmod(0o755 | stat.S_IEXEC)
+    done = call_cli(recommend.main, *args, env_extra={"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["results"][0]["title"] == top.title
+    assert fed.read_bytes() == top.path.read_bytes() and said.read_text().split()[-1] == "-"
+
+    (bin_dir / "mpv").unlink()
+    done = call_cli(recommend.main, *args, env_extra={"PATH": str(bin_dir)})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"Note: {top.title} is on a music server and no player here reads a stream (install mpv or ffmpeg); it "
+        f"plays in the app (python app.py).")
