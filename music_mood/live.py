@@ -26,6 +26,7 @@ class LiveLibrary:
         self._db: Database | None = None
         self._version: tuple | None = None
         self._folders: list[Path] = []  # processed_music/ and the folders of the sources, as last committed
+        self._servers: set[str] = set()  # the addresses of the server sources, as last committed
         self.current()  # a library that cannot be read is an error at start-up, not at the first request
 
     def current(self) -> Database:
@@ -62,12 +63,23 @@ class LiveLibrary:
             return None
         return path
 
+    def track_server(self, track: dict) -> str | None:
+        """The address of the server to relay a server track (remote.is_server_track) from, or None when it names
+        no server source of the current library: only a server registered from the command line is ever asked."""
+        with self._lock:
+            self._refresh()
+            servers = self._servers
+        address = track.get("source") if is_server_track(track) else None
+        return address if address in servers else None
+
     def _refresh(self) -> Database:
         """The current Database, read again if the commit point changed; the caller holds the lock."""
         version = committed_state(self.paths)  # taken before reading: a commit meanwhile is seen next time
         if self._db is None or version != self._version:
             self._db = load_database(self.paths, clap_model=self.clap_model)
-            self._folders = [self.paths.processed_music] + [Path(s["path"]) for s in committed_sources(self.paths)
+            sources = committed_sources(self.paths)
+            self._folders = [self.paths.processed_music] + [Path(s["path"]) for s in sources
                                                             if not is_server_source(s)]
+            self._servers = {s["path"] for s in sources if is_server_source(s)}
             self._version = version
         return self._db

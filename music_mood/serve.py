@@ -55,6 +55,8 @@ def track_response(library: LiveLibrary, track_id: str, range_header: str | None
     except DatabaseError as e:
         return PlainTextResponse(f"The music database cannot be used: {e}", status_code=503)
     if track is not None and is_server_track(track):
+        if library.track_server(track) is None:
+            return PlainTextResponse(NOT_A_TRACK, status_code=403)
         return server_track_response(library.servers, track, range_header)
     path = None if track is None else library.track_file(track)
     if path is None:

@@ -50,6 +50,21 @@ def password():
         yield PASSWORD
 
 
+def commit_records(library: Path, change, sources: list[dict] | None = None) -> None:
+    """Commit `library` again through save_database, under its lock, after `change(tracks)` edits its records (and
+    with `sources` when given, else the committed ones)."""
+    paths = LibraryPaths.at(library)
+    lock = acquire_lock(paths.lock, timeout=5)
+    try:
+        db = load_database(paths)
+        db.tracks = [dict(t) for t in db.tracks]
+        change(db.tracks)
+        sample_rate = json.loads(paths.metadata.read_text(encoding="utf-8"))["embedding"]["sample_rate"]
+        save_database(db, paths, sample_rate, sources=sources)
+    finally:
+        lock.release()
+
+
 def add_server_tracks(library: Path, server: Supysonic) -> None:
     """Make the tracks of `library` whose files the server holds into the server's songs, as a build of the server
     source records them (remote.py): "source" its address, "song_id", "file_path" server_file_path, "album", and
@@ -58,11 +73,9 @@ def add_server_tracks(library: Path, server: Supysonic) -> None:
     paths = LibraryPaths.at(library)
     with connect(parse_server(server.url), server.password) as client:
         songs = {song.title: song for song in client.iter_songs()}
-    lock = acquire_lock(paths.lock, timeout=5)
-    try:
-        db = load_database(paths)
-        db.tracks = [dict(t) for t in db.tracks]
-        by_name = {Path(t["file_path"]).name: t for t in db.tracks}
+
+    def change(tracks: list[dict]) -> None:
+        by_name = {Path(t["file_path"]).name: t for t in tracks}
         for served in server.tracks:
             track, song = by_name[served.path.name], songs[served.title]
             (library / track["file_path"]).unlink()
@@ -70,11 +83,9 @@ def add_server_tracks(library: Path, server: Supysonic) -> None:
             track.update(source=server.url, song_id=song.id, file_path=server_file_path(server.url, song.id),
                          title=served.title, artist=served.artist, album=served.album, genre=served.genre,
                          id=digest[:16], sha256=digest, size=served.path.stat().st_size)
-        source = {"kind": SERVER_KIND, "path": server.url, "added": "2026-12-01T10:00:00+0000", "excluded": []}
-        sample_rate = json.loads(paths.metadata.read_text(encoding="utf-8"))["embedding"]["sample_rate"]
-        save_database(db, paths, sample_rate, sources=[*committed_sources(paths), source])
-    finally:
-        lock.release()
+
+    source = {"kind": SERVER_KIND, "path": server.url, "added": "2026-12-01T10:00:00+0000", "excluded": []}
+    commit_records(library, change, [*committed_sources(paths), source])
 
 
 @pytest.fixture(scope="module")
@@ -187,22 +198,19 @@ def test_a_server_that_is_down_is_a_502_of_one_line_and_the_next_request_connect
 
     second = Supysonic(supysonic.folder, supysonic.user, supysonic.password)
     second.start()
-    library = tmp_path / "copy"
-    shutil.copytree(server_library, library)
-    other = {"kind": SERVER_KIND, "path": second.url}
-    paths = LibraryPaths.at(library)
-    lock = acquire_lock(paths.lock, timeout=5)
-    try:  # the same songs, on the second server
-        db = load_database(paths)
-        db.tracks = [dict(t, source=second.url, file_path=server_file_path(second.url, t["song_id"]))
-                     if is_server_track(t) else dict(t) for t in db.tracks]
-        sample_rate = json.loads(paths.metadata.read_text(encoding="utf-8"))["embedding"]["sample_rate"]
-        save_database(db, paths, sample_rate, sources=[{**committed_sources(paths)[0], **other}])
-    finally:
-        lock.release()
-    live = LiveLibrary(paths, checkpoints["clap"])
-    track = server_tracks(library)[0]
     try:
+        library = tmp_path / "copy"
+        shutil.copytree(server_library, library)
+        paths = LibraryPaths.at(library)
+
+        def on_the_second(tracks: list[dict]) -> None:  # the same songs, on the second server
+            for t in tracks:
+                if is_server_track(t):
+                    t.update(source=second.url, file_path=server_file_path(second.url, t["song_id"]))
+
+        commit_records(library, on_the_second, [{**committed_sources(paths)[0], "path": second.url}])
+        live = LiveLibrary(paths, checkpoints["clap"])
+        track = server_tracks(library)[0]
         with TestClient(Starlette(routes=track_routes(live))) as app:
             assert app.get(f"/track/{track['id']}").status_code == 200
             second.stop()
@@ -217,12 +225,13 @@ def test_a_server_that_is_down_is_a_502_of_one_line_and_the_next_request_connect
                 second.start()
             again = app.get(f"/track/{track['id']}", headers={"Range": "bytes=0-99"})
             assert again.status_code == 206 and len(again.content) == 100
-    finally:
         live.servers.close()
+    finally:
         second.stop()
 
 
-def test_a_song_gone_from_its_server_is_404(server_library, supysonic, password, checkpoints, tmp_path):
+def test_a_song_gone_from_its_server_is_404_and_only_registered_servers_are_asked(server_library, password,
+                                                                                  checkpoints, tmp_path):
     from music_mood.serve import server_track_response, track_response
 
     library = tmp_path / "copy"
@@ -233,6 +242,11 @@ def test_a_song_gone_from_its_server_is_404(server_library, supysonic, password,
         assert track_response(live, track["id"]).status_code == 200
         gone = dict(track, song_id="00000000-0000-0000-0000-000000000000")  # as a song removed since the build
         assert server_track_response(live.servers, gone, None).status_code == 404
+        # A record naming a server that is no source of the library is never relayed (nothing asks that server).
+        elsewhere = f"http://{USER}@127.0.0.1:{free_port()}"
+        commit_records(library, lambda tracks: [t.update(source=elsewhere) for t in tracks if t["id"] == track["id"]])
+        assert live.track_server(live.served_track(track["id"])) is None
+        assert track_response(live, track["id"]).status_code == 403
     finally:
         live.servers.close()
 
