@@ -22,10 +22,10 @@ from music_mood.display import format_recommendation, format_soundtrack
 from music_mood.images import ImageError
 from music_mood.library import LibraryPaths, load_database
 from music_mood.models import ModelLoadError
-from music_mood.player import play
+from music_mood.player import play, play_bytes
 from music_mood.playlists import PlaylistNameError
 from music_mood.recommendation import NoQueryError, Recommendation, Track, recommend
-from music_mood.remote import ServerConnections
+from music_mood.remote import ServerConnections, is_server_track, song_file_name
 from music_mood.saved_playlists import PlaylistError, check_can_save, save_playlist
 from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, Filters, parse_bpm_range
 from music_mood.soundtrack import (
@@ -40,6 +40,7 @@ from music_mood.soundtrack import (
     check_lengths,
     plan_soundtrack,
 )
+from music_mood.subsonic import SubsonicError
 
 __all__ = [
     "EmptyLibraryError",
@@ -289,6 +290,25 @@ def save_tracks(db: Database, tracks: list[str], name: str | None) -> int:
     return 1 if saved.failed else 0
 
 
+def play_top(db: Database, top: Track) -> None:
+    """--play: the top track from its best moment. A server's song is downloaded into memory (no file written)
+    and played through a player that reads a stream; where none is found here, a note says it plays in the app.
+    Raises RuntimeError (no player, a failed one) or SubsonicError (the server would not give the song)."""
+    row = db.row_of_file(top.file_path)
+    track = db.tracks[row] if row is not None else {}
+    if not is_server_track(track):
+        play(str(db.root / top.file_path), top.best_segment_start_s)
+        return
+    servers = ServerConnections(interactive=True)  # a terminal may be asked for the password
+    try:
+        audio = servers.song_audio(track)
+    finally:
+        servers.close()
+    if not play_bytes(audio.data, song_file_name(track), top.best_segment_start_s):
+        print(f"Note: {song_file_name(track)} is on a music server and no player here reads a stream (install mpv "
+              f"or ffmpeg); it plays in the app (python app.py).", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -349,9 +369,9 @@ def recommend_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> 
                 print(format_recommendation(image or "", rec) + "\n", flush=True)
         status = save_tracks(db, listed, args.save_playlist) or status  # the tracks of the photos read
         if args.play and first is not None:
-            top = first.results[0]
-            play(str(db.root / top.file_path), top.best_segment_start_s)
-    except (DatabaseError, ModelLoadError, UnknownTrackError, PlaylistError, RuntimeError, OSError) as e:
+            play_top(db, first.results[0])
+    except (DatabaseError, ModelLoadError, UnknownTrackError, PlaylistError, RuntimeError, OSError,
+            SubsonicError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -111,9 +111,6 @@ class Database:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
-    def track_path(self, i: int) -> Path:
-        return (self.root / self.tracks[i]["file_path"]).resolve()
-
 
 def empty_database(root: Path, clap_model: str | None = None, dim: int = 0) -> Database:
     """A library of no tracks in `root`, of `dim`-dimensional vectors (0 when not known yet)."""

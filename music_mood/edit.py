@@ -10,7 +10,7 @@ from pathlib import Path
 from music_mood.database import REBUILD, Database, DatabaseError, UnknownTrackError, compose_database, find_track
 from music_mood.library import LibraryPaths, load_database, pending_moves, recover_library, save_database
 from music_mood.relocate import TAG_KEYS
-from music_mood.remote import SONG_MARK, is_server_source
+from music_mood.remote import is_server_source, server_song
 from music_mood.server_sources import check_new_server, is_server_address, log_in, new_server_source
 from music_mood.sources import (
     REMOVED_FOLDER,
@@ -237,8 +237,8 @@ def restore_tracks(paths: LibraryPaths, files: list[str], lock_timeout: float = 
 
 def _removed_content(name: str, sources: list[dict], cache: ScanCache) -> tuple[dict | None, str | None, str]:
     """(the source, the content's hash, the name as shown) of a file or a server song given to --restore."""
-    if is_server_address(name) and SONG_MARK in name:
-        address = name.split(SONG_MARK)[0]
+    if (song := server_song(name)) is not None:
+        address = song[0]
         source = next((s for s in sources if is_server_source(s) and s["path"] == address), None)
         known = cache.files.get(name)  # the build noted every downloaded song's hash
         return source, known[2] if source and known else None, name

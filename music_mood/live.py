@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 from music_mood.audio import AUDIO_EXTENSIONS
 from music_mood.database import Database
 from music_mood.library import LibraryPaths, committed_state, load_database
-from music_mood.remote import ServerConnections
+from music_mood.remote import ServerConnections, is_server_source, is_server_track
 from music_mood.sources import committed_sources
 
 
@@ -26,6 +26,7 @@ class LiveLibrary:
         self._db: Database | None = None
         self._version: tuple | None = None
         self._folders: list[Path] = []  # processed_music/ and the folders of the sources, as last committed
+        self._servers: set[str] = set()  # the addresses of the server sources, as last committed
         self.current()  # a library that cannot be read is an error at start-up, not at the first request
 
     def current(self) -> Database:
@@ -34,30 +35,51 @@ class LiveLibrary:
         with self._lock:  # one reader loads a new version; the requests arriving meanwhile wait for it
             return self._refresh()
 
-    def track_file(self, file_path: str) -> Path | None:
-        """The file to send for `file_path` when it names a track of the current library, else None.
+    def served_track(self, track_id: str) -> dict | None:
+        """The record of the current library's track whose id is `track_id`, or None (any string is safe to pass:
+        what the page plays is named by the id alone, so no URL holds a path of this machine or a server's
+        address)."""
+        with self._lock:
+            db = self._refresh()
+        rows = db.rows_with("id", track_id) if isinstance(track_id, str) and track_id else []
+        return dict(db.tracks[rows[0]]) if rows else None
+
+    def track_file(self, track: dict) -> Path | None:
+        """The file to send for a track record of the current library (served_track), or None for a server's song
+        (remote.is_server_track: it has no file here) and for a record that names a place it must not.
 
         A track is sent as listed, through a symlink too (it may point outside the library); a record that names
         a place outside processed_music/ and the registered source folders, or a file that is not audio, is never
-        sent, whatever the metadata says. A source's file that the library does not list is not sent either.
+        sent, whatever the metadata says.
         """
+        if is_server_track(track):
+            return None
         with self._lock:
             db, folders = self._refresh(), self._folders
-        if db.row_of_file(file_path) is None and db.row_of_file("/" + file_path) is not None:
-            file_path = "/" + file_path  # a source's track, as track_url spells it
-        listed = db.row_of_file(file_path) is not None
-        parts = PurePosixPath(file_path).parts
+        file_path = str(track["file_path"])
         path = db.root / file_path
-        if (not listed or ".." in parts or path.suffix.lower() not in AUDIO_EXTENSIONS
+        if (".." in PurePosixPath(file_path).parts or path.suffix.lower() not in AUDIO_EXTENSIONS
                 or not any(path.is_relative_to(folder) for folder in folders)):
             return None
         return path
+
+    def track_server(self, track: dict) -> str | None:
+        """The address of the server to relay a server track (remote.is_server_track) from, or None when it names
+        no server source of the current library: only a server registered from the command line is ever asked."""
+        with self._lock:
+            self._refresh()
+            servers = self._servers
+        address = track.get("source") if is_server_track(track) else None
+        return address if address in servers else None
 
     def _refresh(self) -> Database:
         """The current Database, read again if the commit point changed; the caller holds the lock."""
         version = committed_state(self.paths)  # taken before reading: a commit meanwhile is seen next time
         if self._db is None or version != self._version:
             self._db = load_database(self.paths, clap_model=self.clap_model)
-            self._folders = [self.paths.processed_music] + [Path(s["path"]) for s in committed_sources(self.paths)]
+            sources = committed_sources(self.paths)
+            self._folders = [self.paths.processed_music] + [Path(s["path"]) for s in sources
+                                                            if not is_server_source(s)]
+            self._servers = {s["path"] for s in sources if is_server_source(s)}
             self._version = version
         return self._db

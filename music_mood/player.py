@@ -36,3 +36,28 @@ def play(path: str, start_s: float | None) -> None:
         detail = (result.stderr or "").strip().splitlines()
         raise RuntimeError(f"cannot play {path}: {command[0]} failed (exit {result.returncode})"
                            + (f": {detail[-1]}" if detail else ""))
+
+
+def bytes_player_command(start_s: float | None) -> list[str] | None:
+    """A command that plays audio read from its standard input from `start_s`, or None when no player found here
+    takes a stream (mpv and ffplay do; cvlc and afplay want a file)."""
+    start = f"{start_s or 0:.1f}"
+    if shutil.which("mpv"):
+        return ["mpv", "--no-video", f"--start={start}", "-"]
+    if shutil.which("ffplay"):
+        return ["ffplay", "-nodisp", "-autoexit", "-loglevel", "error", "-ss", start, "-i", "pipe:0"]
+    return None
+
+
+def play_bytes(data: bytes, name: str, start_s: float | None) -> bool:
+    """Play a track's audio held in memory (a server's song, never written to disk) in the foreground, through a
+    player's standard input. False when no player here takes audio that way; RuntimeError when it fails."""
+    command = bytes_player_command(start_s)
+    if command is None:
+        return False
+    result = subprocess.run(command, input=data, check=False, stderr=subprocess.PIPE)
+    if result.returncode != 0:
+        detail = result.stderr.decode(errors="replace").strip().splitlines()
+        raise RuntimeError(f"cannot play {name}: {command[0]} failed (exit {result.returncode})"
+                           + (f": {detail[-1]}" if detail else ""))
+    return True

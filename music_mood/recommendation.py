@@ -41,6 +41,7 @@ class Track:
     # first; mood and genre above are the user's own (folder, file tags) and win where both exist.
     auto_tags: dict = field(default_factory=dict)
     bpm: float | None = None
+    id: str = ""  # the record's id: how the web app serves the track (/track/<id>) and --like names it
 
 
 @dataclass
@@ -112,6 +113,6 @@ def recommend(blip, clap, db: Database, image=None, text: str = "", topk: int = 
                              best_segment_start_s=best_segment_start(db, row, vector),
                              shared_mood_words=shared_mood_words(t, mood_words),
                              auto_tags={kind: auto_tag_words(t, kind) for kind in ("mood", "genre")},
-                             bpm=t.get("bpm")))
+                             bpm=t.get("bpm"), id=str(t.get("id", ""))))
     return Recommendation(caption=caption, mood_words=list(mood_words), query_text=query_text,
                           results=results, skipped_missing=[str(db.tracks[row]["file_path"]) for row in missing])

@@ -38,6 +38,15 @@ def server_file_path(address: str, song_id: str) -> str:
     return f"{address}{SONG_MARK}{song_id}"
 
 
+def server_song(file_path: str) -> tuple[str, str] | None:
+    """(address, song id) of a server track's file_path (server_file_path), else None: a soundtrack's plan names
+    its pieces by file_path alone. A file of a folder cannot be taken for one: its path is no http(s) address."""
+    address, mark, song_id = str(file_path).rpartition(SONG_MARK)
+    if not mark or not song_id or not address.startswith(("http://", "https://")):
+        return None
+    return address, song_id
+
+
 class ServerConnections:
     """One logged-in client per server address, made on first use and kept for the process: the API version and
     the way to authenticate are learnt once. Thread-safe. The password comes from passwords.password_for, without a

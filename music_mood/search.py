@@ -207,10 +207,11 @@ def rank_tracks(db: Database, vector: np.ndarray, topk: int,
 def rank_present_tracks(db: Database, vector: np.ndarray, topk: int,
                         filters: Filters = NO_FILTERS) -> tuple[list[tuple[int, float]], list[int]]:
     """rank_tracks without the tracks whose file is missing: ((row, score) for the top k, rows skipped), best first.
-    A server's song (remote.is_server_track) counts as present: its server is asked only when it plays.
 
     Only the files of ranked candidates are looked at (one stat each), in rank order until k are found; when
-    some are missing, rank_tracks is asked for twice as many and the next ones are looked at.
+    some are missing, rank_tracks is asked for twice as many and the next ones are looked at. A server's song
+    (remote.is_server_track) has no file here and counts as present: asking its server for every candidate would
+    make a search wait on the network, and a song gone from it is dropped by the next build.
     """
     present: dict[int, bool] = {}
     want = topk
@@ -219,7 +220,7 @@ def rank_present_tracks(db: Database, vector: np.ndarray, topk: int,
         kept, skipped = [], []
         for row, score in ranked:
             if row not in present:
-                track = db.tracks[row]  # a server's song has no file here: its server is asked when it plays
+                track = db.tracks[row]
                 present[row] = is_server_track(track) or os.path.isfile(db.root / track["file_path"])
             (kept if present[row] else skipped).append((row, score))
             if len(kept) == topk:

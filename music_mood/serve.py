@@ -1,5 +1,6 @@
-"""Serving the library's audio over HTTP, decided per request from the library as it is now; the files the page renders
-for one request (a slideshow), from temporary folders of their own; and checking the port before a server starts."""
+"""Serving the library's audio over HTTP by track id, decided per request from the library as it is now (a server's
+songs relayed from their server); the files the page renders for one request (a slideshow), from temporary folders
+of their own; and checking the port before a server starts."""
 from __future__ import annotations
 
 import errno
@@ -9,14 +10,19 @@ import secrets
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 import threading
 from pathlib import Path
 
 from music_mood.database import DatabaseError
 from music_mood.live import LiveLibrary
+from music_mood.remote import ServerConnections, is_server_track
+from music_mood.subsonic import ERROR_NOT_FOUND, SubsonicAPIError, SubsonicError
 
-TRACK_ROUTE = "/track/"  # + a track's file_path: the only files of the library the server sends
+TRACK_ROUTE = "/track/"  # + a track's id: the only audio of the library the server sends
+_TRACK_ID = re.compile(r"[0-9a-f]{16}")  # a record's id: the first 16 hex digits of its file's sha256
+NOT_A_TRACK = "Not a track of this library."
 RENDER_ROUTE = "/slideshow/"  # + a render's token + "/" + a file name: what the page rendered for one request
 # What a render folder may hold and how each is sent: players need the right type (an MP4 sent as
 # application/octet-stream is not played), and nothing else in such a folder is ever served.
@@ -26,29 +32,35 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _NAME = re.compile(r"(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # a file, or one folder down
 
 
-def track_url(file_path: str) -> str:
-    """The URL of a library track on this server, by its file_path (a source's absolute path without its leading
-    "/": a route cannot start with an empty segment; LiveLibrary.track_file puts it back)."""
-    from urllib.parse import quote
-
-    return TRACK_ROUTE + quote(file_path.lstrip("/"))
+def track_url(track_id: str) -> str:
+    """The URL of a library track on this server, by its record's id: never a path of this machine or a server's
+    address, which a URL would show to the browser and invite it to change."""
+    return TRACK_ROUTE + track_id
 
 
-def track_response(library: LiveLibrary, file_path: str):
-    """GET /track/<file_path>: the audio of one track of the library as it is now, decided per request.
+def track_response(library: LiveLibrary, track_id: str, range_header: str | None = None):
+    """GET /track/<id>: the audio of one track of the library as it is now, decided per request.
 
-    403 for anything that is not a track (the database, a note dropped into processed_music/, the rest of the
-    disk), 404 for a listed track whose file is gone. Starlette's FileResponse answers Range requests (206),
-    which players use to start at a track's best moment.
+    403 for anything that is not the id of a track of the current library (a path, `..`, a file of a source that
+    the library does not list, a server's URL), 404 for a listed track whose file is gone. A file is sent by
+    Starlette's FileResponse, which answers Range requests (206): players use them to start at a track's best
+    moment. A server's song is relayed from its server (server_track_response).
     """
     from starlette.responses import FileResponse, PlainTextResponse
 
+    if not isinstance(track_id, str) or not _TRACK_ID.fullmatch(track_id):
+        return PlainTextResponse(NOT_A_TRACK, status_code=403)
     try:
-        path = library.track_file(file_path)
+        track = library.served_track(track_id)
     except DatabaseError as e:
         return PlainTextResponse(f"The music database cannot be used: {e}", status_code=503)
+    if track is not None and is_server_track(track):
+        if library.track_server(track) is None:
+            return PlainTextResponse(NOT_A_TRACK, status_code=403)
+        return server_track_response(library.servers, track, range_header)
+    path = None if track is None else library.track_file(track)
     if path is None:
-        return PlainTextResponse("Not a track of this library.", status_code=403)
+        return PlainTextResponse(NOT_A_TRACK, status_code=403)
     try:
         found = os.stat(path)  # through a symlink: the track's audio, wherever it is kept
     except OSError:
@@ -58,15 +70,59 @@ def track_response(library: LiveLibrary, file_path: str):
     return FileResponse(path, stat_result=found)
 
 
+def server_track_response(servers: ServerConnections, track: dict, range_header: str | None):
+    """A server track's audio, relayed from its server's `stream` (SubsonicClient.proxy_stream) with the browser's
+    Range header: the server's status (200, 206, 416), only the PROXY_HEADERS it sent, and its bytes as they come.
+
+    The browser sees this app's URL only: no address, user or credential of the server is in the answer. A server
+    that cannot be reached or refuses is a 502 of one line (the reason, which names the server, goes to the log),
+    and the connection is forgotten so that the next request connects again (a server restarted, a password
+    changed). The upstream is closed when the body ends or the browser goes away: a player that seeks drops
+    requests all the time, and each would otherwise hold a connection to the server.
+    """
+    from starlette.background import BackgroundTask
+    from starlette.concurrency import iterate_in_threadpool
+    from starlette.responses import PlainTextResponse, StreamingResponse
+
+    address = track["source"]
+    try:
+        upstream = servers.client(address).proxy_stream(str(track["song_id"]), range_header)
+    except SubsonicAPIError as e:
+        if e.code == ERROR_NOT_FOUND:
+            return PlainTextResponse("This track is no longer on its music server.", status_code=404)
+        return _server_failed(servers, address, e)
+    except SubsonicError as e:
+        return _server_failed(servers, address, e)
+
+    async def body():
+        try:
+            async for chunk in iterate_in_threadpool(upstream.body):
+                yield chunk
+        finally:
+            upstream.close()
+
+    return StreamingResponse(body(), status_code=upstream.status, headers=upstream.headers,
+                             background=BackgroundTask(upstream.close))
+
+
+def _server_failed(servers: ServerConnections, address: str, error: Exception):
+    from starlette.responses import PlainTextResponse
+
+    servers.forget(address)
+    print(f"Warning: a server track could not be played: {error}", file=sys.stderr)
+    return PlainTextResponse("This track's music server cannot be reached now; try again later.", status_code=502)
+
+
 def track_routes(library: LiveLibrary) -> list:
     """The server's route for the library's audio, in place of Gradio's file route, whose allowed and blocked
-    paths are fixed at launch and so could not follow the library as it changes."""
+    paths are fixed at launch and so could not follow the library as it changes. The whole rest of the path is
+    taken, so that a forged path (/track/etc/passwd) is refused here, not left to another route."""
     from starlette.routing import Route
 
     def endpoint(request):
-        return track_response(library, request.path_params["file_path"])
+        return track_response(library, request.path_params["track_id"], request.headers.get("range"))
 
-    return [Route(TRACK_ROUTE + "{file_path:path}", endpoint, methods=["GET"])]  # HEAD is answered too
+    return [Route(TRACK_ROUTE + "{track_id:path}", endpoint, methods=["GET"])]  # HEAD is answered too
 
 
 class RenderFolders:

@@ -88,11 +88,12 @@ def next_best_slideshow(renders: RenderFolders, db: Database, slideshow: Slidesh
                                   servers=servers)
 
 
-def slideshow_answer(slideshow: Slideshow) -> dict:
+def slideshow_answer(slideshow: Slideshow, db: Database) -> dict:
     """What /soundtrack and /next_best_track answer: the plan as served (Plan.to_served_dict: no path of the
     server, each photo named by its file name only), each photo's thumbnail_url, each piece's audio_url (the
-    library's track on this server), and "files": the URL of each rendered file by kind (SLIDESHOW_FILES), all
-    relative to the server.
+    library's track on this server, by its id in `db`: a plan names its pieces by file_path; a track removed
+    meanwhile gets the bare route, which plays nothing), and "files": the URL of each rendered file by kind
+    (SLIDESHOW_FILES), all relative to the server.
 
     A photo's path is its temporary copy on the server, of no use to a client; and gradio_client takes any dict
     with a "path" for a file to download, so an answer holding one would reach the client changed."""
@@ -102,7 +103,8 @@ def slideshow_answer(slideshow: Slideshow) -> dict:
         photo["thumbnail_url"] = f"{base}{THUMBNAILS}/{i:03d}.jpg"
     for scene in answer["scenes"]:
         for piece in scene["pieces"]:
-            piece["audio_url"] = track_url(piece["file_path"])
+            row = db.row_of_file(piece["file_path"])
+            piece["audio_url"] = track_url("" if row is None else str(db.tracks[row]["id"]))
     answer["files"] = {kind: base + name for kind, name in SLIDESHOW_FILES.items()}
     return answer
 

@@ -90,9 +90,10 @@ class ServedApp:
 
 
 @contextlib.contextmanager
-def serving_app(library: Path, checkpoints: dict, work: Path, exports: Path | None = None):
+def serving_app(library: Path, checkpoints: dict, work: Path, exports: Path | None = None, host: str | None = None):
     """The page served in this process on `library` with the tiny checkpoints, started by the product's own code
-    as `python app.py` starts it, and closed at the end as it stops.
+    as `python app.py` starts it, and closed at the end as it stops; with `host`, as `python app.py --host HOST`
+    (0.0.0.0: a page reached from the network), still reached at 127.0.0.1.
 
     Start-up as app.main: app.py's parser with no --precision, --backend or --host (so the same ModelChoice and
     127.0.0.1), the library from MUSIC_MOOD_HOME, app.prepare_library, processed_music/ made. Then as
@@ -141,7 +142,8 @@ def serving_app(library: Path, checkpoints: dict, work: Path, exports: Path | No
             scope.setenv(name, str(value))
         scope.chdir(work)
         args = app_script.build_parser().parse_args(["--port", str(port), "--blip-model", checkpoints["blip"],
-                                                     "--clap-model", checkpoints["clap"]])
+                                                     "--clap-model", checkpoints["clap"],
+                                                     *(["--host", host] if host else [])])
         paths = LibraryPaths.at(args.library, args.vectors, args.meta)
         live, choice = LiveLibrary(paths, args.clap_model), model_choice(args)
         app_script.prepare_library(live, choice)

@@ -80,7 +80,13 @@ def client(app):
     return Client(app.url, verbose=False)
 
 
-def track_url(file_path: str) -> str:
+def track_url(track_id: str) -> str:
+    """Where the page plays a track: by its record's id, nothing else."""
+    return "/track/" + track_id
+
+
+def path_url(file_path: str) -> str:
+    """A forged URL naming a file by its path, as the route took before tracks were served by id."""
     return "/track/" + quote(file_path)
 
 
@@ -88,7 +94,7 @@ def with_urls(rec) -> dict:
     """A Recommendation as the API answers it: its dict, each track with its URL."""
     result = rec.to_dict()
     for track in result["results"]:
-        track["audio_url"] = track_url(track["file_path"])
+        track["audio_url"] = track_url(track["id"])
     return result
 
 
@@ -175,11 +181,12 @@ def test_app_writes_nothing_into_the_source_tree(app_process):
 
 def test_library_audio_is_served_with_ranges(app, app_library):
     """Players seek (to a track's best moment) with Range requests: the answer is the bytes asked for."""
-    file_path = load_database(LibraryPaths.at(app_library)).tracks[0]["file_path"]
-    data = (app_library / file_path).read_bytes()
-    response = get(app, track_url(file_path))
+    track = load_database(LibraryPaths.at(app_library)).tracks[0]
+    data = (app_library / track["file_path"]).read_bytes()
+    response = get(app, track_url(track["id"]))
     assert response.status == 200 and response.getheader("content-type") == "audio/ogg" and response.body == data
-    response = get(app, track_url(file_path), headers={"Range": "bytes=1000-1999"})
+    assert get(app, path_url(track["file_path"])).status == 403  # its path names nothing: only its id does
+    response = get(app, track_url(track["id"]), headers={"Range": "bytes=1000-1999"})
     assert response.status == 206 and response.body == data[1000:2000]
     assert response.getheader("content-range") == f"bytes 1000-1999/{len(data)}"
 
@@ -193,7 +200,8 @@ def test_files_dropped_into_processed_music_after_start_are_not_served(app, app_
     try:
         for path in (notes, unlisted):
             assert get(app, "/gradio_api/file=" + quote(str(path))).status == 403
-            assert get(app, track_url(path.relative_to(app_library).as_posix())).status == 403
+            assert get(app, path_url(path.relative_to(app_library).as_posix())).status == 403
+            assert get(app, track_url(file_sha256(path)[:16])).status == 403  # an id, but of no track
     finally:  # an unlisted audio file would be added by the next build
         notes.unlink()
         unlisted.unlink()
@@ -244,7 +252,8 @@ def test_add_music_takes_no_file_but_an_upload(app, app_library, sample_tracks, 
     assert answers == {"That is not an uploaded file: send the file itself (upload it), not a path on the server."}
     assert library_state(app_library) == before
     assert not holds_a_copy(app_library, secret) and not holds_a_copy(upload_dir, secret)
-    assert get(app, track_url("processed_music/secret.opus")).status == 403
+    assert get(app, path_url("processed_music/secret.opus")).status == 403
+    assert get(app, track_url(file_sha256(secret)[:16])).status == 403
 
 
 def test_recommend_takes_no_photo_but_an_upload(app, client, photos, tmp_path):
@@ -379,7 +388,7 @@ def test_more_like_this_api_answers_what_recommend_answers(client, app_library):
         result = client.predict(like=like, topk=20, api_name="/more_like_this")
         expected = recommend(None, None, db, topk=20, like=db.tracks[1]["file_path"]).to_dict()
         for track in expected["results"]:
-            track["audio_url"] = track_url(track["file_path"])
+            track["audio_url"] = track_url(track["id"])
         assert result == expected and db.tracks[1]["file_path"] not in [t["file_path"] for t in result["results"]]
     with pytest.raises(AppError, match=re.escape("'processed_music/nope.mp3' is no track of the library")):
         client.predict(like="processed_music/nope.mp3", topk=3, api_name="/more_like_this")
@@ -536,8 +545,9 @@ def test_remove_tracks_moves_their_files_to_removed_and_the_app_forgets_them(app
     # At once: not recommended, not served, not a track to be like.
     result = client.predict(image=None, text="anything", topk=20, max_per_artist=0, api_name="/recommend")
     assert len(result["results"]) == len(after) and not moved.keys() & {t["file_path"] for t in result["results"]}
-    for source in moved:
-        assert get(app, track_url(source)).status == 403
+    for track in (by_id, by_path):
+        assert get(app, track_url(track["id"])).status == 403
+        assert get(app, path_url(track["file_path"])).status == 403
     with pytest.raises(AppError, match="is no track of the library"):
         client.predict(like=by_id["id"], topk=3, api_name="/more_like_this")
 
@@ -846,19 +856,20 @@ def test_upload_name_strips_only_folders_dots_and_control_characters(name, kept)
 def test_results_are_escaped_and_play_from_their_best_moment():
     from music_mood.web.views import audio_url, render_tracks
 
-    file_path = "processed_music/calm/a b#c?.opus"
+    file_path, track_id = "processed_music/calm/a b#c?.opus", "0123456789abcdef"
     track = {"rank": 1, "title": "<script>alert(1)</script>", "artist": 'A "&" B', "mood": "<b>", "genre": "",
-             "score": 0.5, "best_segment_start_s": 30.0, "file_path": file_path, "audio_url": audio_url(file_path)}
+             "score": 0.5, "best_segment_start_s": 30.0, "file_path": file_path, "id": track_id,
+             "audio_url": audio_url(track_id)}
     second = {**track, "rank": 2, "best_segment_start_s": None}
     page = render_tracks({"results": [track, second]})
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "A &quot;&amp;&quot; B" in page and "mood: &lt;b&gt;" in page
     assert "genre: – · score" in page  # a track without a tempo says nothing about it
     assert "genre: – · 96.4 BPM · score" in render_tracks({"results": [{**track, "bpm": 96.4}]})
-    src = track_url(file_path)
+    src = track_url(track_id)  # the id alone: a path's # or ? could not cut the URL short
     assert f'<audio controls preload="auto" src="{src}#t=30">' in page
     assert f'<audio controls preload="metadata" src="{src}">' in page
-    assert "%23" in src and "#" not in src
+    assert file_path not in src
 
 
 def test_library_table_shows_each_tempo(library_copy):
@@ -871,6 +882,7 @@ def test_library_table_shows_each_tempo(library_copy):
     assert all(len(row) == len(LIBRARY_COLUMNS) for row in rows)
     assert [row[column] for row in rows] == [""] + [f"{t['bpm']:.1f}" for t in db.tracks[1:]]
     assert [row[LIBRARY_COLUMNS.index("file")] for row in rows] == [t["file_path"] for t in db.tracks]
+    assert {row[LIBRARY_COLUMNS.index("source")] for row in rows} == {"library"}  # all in processed_music/
 
 
 # ---------------------------------------------------------------------------------------------- start-up

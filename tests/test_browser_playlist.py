@@ -3,10 +3,12 @@ and the Slideshow tab's soundtrack, saved as LIBRARY/playlists/NAME.m3u8, which 
 there is anything to save, the page says what to do first."""
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from music_mood.library import LibraryPaths, load_database
 from tests.app_server import running_copy
 from tests.conftest import WAIT_MS, open_page
 from tests.test_save_playlist import assert_lists, playlists_folder
@@ -18,10 +20,12 @@ def app(built_library, checkpoints, tmp_path_factory, shared_exports):
         yield running
 
 
-def shown_tracks(page, selector: str) -> list[str]:
-    """The library file paths of the players under `selector`, in the page's order (from their /track/ URLs)."""
+def shown_tracks(page, selector: str, library: Path) -> list[str]:
+    """The library file paths of the players under `selector`, in the page's order (from the track ids of their
+    /track/ URLs)."""
     sources = page.locator(f"{selector} audio").evaluate_all("players => players.map(p => p.getAttribute('src'))")
-    return [unquote(urlsplit(src).path).removeprefix("/track/") for src in sources]
+    paths = {t["id"]: t["file_path"] for t in load_database(LibraryPaths.at(library)).tracks}
+    return [paths[urlsplit(src).path.removeprefix("/track/")] for src in sources]
 
 
 def save_as(page, prefix: str, name: str) -> str:
@@ -41,7 +45,7 @@ def test_recommend_tab_saves_the_tracks_it_shows(browser, app, photos):
 
         page.locator("#photo input[type=file]").set_input_files(str(photos["chelsea.png"]))
         page.wait_for_function("document.querySelectorAll('#tracks audio').length > 0", timeout=WAIT_MS)
-        shown = shown_tracks(page, "#tracks")
+        shown = shown_tracks(page, "#tracks", app.library)
         status = save_as(page, "recommend", "Cat nap ♪")
         assert status == (f"Saved the playlist “Cat nap ♪”: {len(shown)} track(s) in playlists/Cat nap ♪.m3u8 "
                           f"in the library folder.")

@@ -183,15 +183,15 @@ def test_a_reader_keeps_its_version_while_a_commit_replaces_the_table(both):
     live = LiveLibrary(paths, clap_model=load_database(paths).clap_model)
     old = live.current()
     track = old.tracks[2]
-    assert live.track_file(track["file_path"]) == table / track["file_path"]
-    assert live.track_file("processed_music/none.mp3") is None
+    assert live.track_file(live.served_track(track["id"])) == table / track["file_path"]
+    assert live.served_track("0123456789abcdef") is None
 
     set_fields(paths, [(track["id"], "mood", "sleepy")])
     remove_tracks(paths, [track["id"]])
     assert old.tracks[2] == track and old.column("mood")[2] == track["mood"]  # the file it opened, as it was
     new = live.current()
     assert new is not old and new.row_of_file(track["file_path"]) is None
-    assert live.track_file(track["file_path"]) is None
+    assert live.served_track(track["id"]) is None
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "garbage", "other table"])

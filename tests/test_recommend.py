@@ -22,7 +22,7 @@ from music_mood.search import Filters, rank_tracks
 from tests.conftest import ROOT, run_cli
 
 RESULT_KEYS = {"rank", "title", "artist", "mood", "genre", "bpm", "file_path", "score", "best_segment_start_s",
-               "shared_mood_words", "auto_tags"}
+               "shared_mood_words", "auto_tags", "id"}
 
 
 def _random_db(n=50, d=16, seed=0):

@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import pytest
 
-from music_mood.database import DatabaseError
+from music_mood.database import DatabaseError, empty_database
 from music_mood.engines import ModelChoice
 from music_mood.library import LibraryPaths, load_database
 from music_mood.models import ModelStopped, stoppable
@@ -64,7 +64,7 @@ def test_a_soundtrack_is_planned_once_and_rendered_into_its_own_folder(library_c
     assert {t for _, t in steps} >= {"Mixing audio", "Rendering video"}
     assert library_state(library_copy) == before  # rendering never changes the library
 
-    answer = slideshow_answer(slideshow)
+    answer = slideshow_answer(slideshow, db)
     base = f"/slideshow/{slideshow.token}/"
     page = render_slideshow(answer)
     assert page.count("<video") == 1 and f'src="{base}slideshow.mp4"' in page
@@ -84,8 +84,11 @@ def test_a_soundtrack_is_planned_once_and_rendered_into_its_own_folder(library_c
     assert answer["skipped_photos"] == []
     assert {k: v for k, v in answer.items() if k not in ("files", "photos", "scenes")} == \
         {k: v for k, v in plan.items() if k not in ("photos", "scenes")}
-    assert all(piece["audio_url"] == "/track/" + piece["file_path"].replace(" ", "%20")
+    ids = {t["file_path"]: t["id"] for t in db.tracks}
+    assert all(piece["audio_url"] == "/track/" + ids[piece["file_path"]]
                for scene in answer["scenes"] for piece in scene["pieces"])
+    gone = slideshow_answer(slideshow, empty_database(db.root))  # its tracks removed since
+    assert {piece["audio_url"] for scene in gone["scenes"] for piece in scene["pieces"]} == {"/track/"}
 
 
 def test_the_next_best_keeps_the_photos_and_the_thumbnails(library_copy, default_models, photos, tmp_path):
@@ -175,7 +178,7 @@ def test_the_page_escapes_what_it_shows_and_plays_each_stretch(tmp_path):
              "start_s": 0.0, "end_s": 4.0, "thumbnail_url": "/slideshow/T/thumbs/000.jpg"}
     piece = {"file_path": "processed_music/a&b.opus", "title": "<i>Song</i>", "artist": "A \"B\"", "score": 0.5,
              "track_start_s": 30.0, "track_end_s": 34.0, "start_s": 0.0, "end_s": 4.0,
-             "audio_url": "/track/processed_music/a%26b.opus"}
+             "audio_url": "/track/0123456789abcdef"}
     scene = {"index": 0, "photos": [0, 1], "start_s": 0.0, "end_s": 8.0, "mood_words": ["calm"], "query_text": "q<",
              "vector": [1.0], "pieces": [piece, {**piece, "track_start_s": 0.0, "track_end_s": 4.0}],
              "shared_mood_words": ["calm"]}
@@ -184,7 +187,7 @@ def test_the_page_escapes_what_it_shows_and_plays_each_stretch(tmp_path):
               "files": {kind: f"/slideshow/T/x.{kind}" for kind in ("mp4", "m4a", "m3u8", "json")}}
     page = render_slideshow(answer)
     assert "<script>" not in page and "<i>Song</i>" not in page and "&lt;i&gt;Song&lt;/i&gt;" in page
-    assert 'src="/track/processed_music/a%26b.opus#t=30.00,34.00"' in page
+    assert 'src="/track/0123456789abcdef#t=30.00,34.00"' in page
     assert "then <b" in page  # the track that continues the scene
     assert "fewer tracks than this soundtrack needs" in page and "bad.png" in page and "/tmp/x" not in page
     assert page.count('download="') == 4 and "No soundtrack yet" in render_slideshow(None)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import music_to_vector as mtv
+from music_mood.audio import file_sha256
 from music_mood.library import LibraryPaths, committed_state, load_database
 from music_mood.sources import committed_sources
 from music_mood.storage import CRASH_AT_ENV, CRASH_LOG_ENV
@@ -173,11 +174,15 @@ def test_a_source_file_is_served_only_as_a_track_of_the_library(library_copy, mu
     (music / "later.opus").write_bytes(b"not in the library")  # added after the build: not a track
     live = LiveLibrary(LibraryPaths.at(library_copy), checkpoints["clap"])
     track = next(t for t in live.current().tracks if t.get("source"))
-    assert live.track_file(track["file_path"]) == Path(track["file_path"])
-    assert track_response(live, track["file_path"]).status_code == 200
+    assert live.track_file(live.served_track(track["id"])) == Path(track["file_path"])
+    assert track_response(live, track["id"]).status_code == 200
     for asked in [(music / "later.opus").as_posix(), (music / "secret.txt").as_posix(),
-                  f"{music}/calm/../later.opus", "/etc/passwd", "../../etc/passwd"]:
-        assert live.track_file(asked) is None and track_response(live, asked).status_code == 403, asked
+                  f"{music}/calm/../later.opus", "/etc/passwd", "../../etc/passwd", track["file_path"],
+                  file_sha256(music / "later.opus")[:16], file_sha256(music / "secret.txt")[:16]]:
+        assert live.served_track(asked) is None and track_response(live, asked).status_code == 403, asked
+    # A record that names a place outside the library's folders is not sent, whatever the metadata says.
+    for forged in ["/etc/passwd", f"{music}/../{music.name}/secret.txt", "../outside.opus"]:
+        assert live.track_file({**track, "file_path": forged}) is None, forged
 
 
 def _library_state(paths: LibraryPaths) -> tuple:
@@ -274,9 +279,11 @@ def test_a_source_track_is_recommended_and_played_through_the_app(source_app):
         request = urllib.request.Request(url.rstrip("/") + track["audio_url"], headers={"Range": "bytes=0-99"})
         with urllib.request.urlopen(request) as response:
             assert response.status == 206 and response.read() == Path(track["file_path"]).read_bytes()[:100]
-    for asked in [folder / "not in the library.opus", folder / "calm" / ".." / "not in the library.opus"]:
+    unlisted = folder / "not in the library.opus"
+    for asked in [quote(unlisted.as_posix()), quote(unlisted.as_posix().lstrip("/")),
+                  quote((folder / "calm" / ".." / unlisted.name).as_posix()), file_sha256(unlisted)[:16]]:
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(url.rstrip("/") + "/track/" + quote(asked.as_posix().lstrip("/")))
+            urllib.request.urlopen(url.rstrip("/") + "/track/" + asked)
         assert refused.value.code == 403
     assert _snapshot(folder) == untouched
 

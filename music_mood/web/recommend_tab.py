@@ -74,7 +74,7 @@ def answer_of(rec: Recommendation) -> dict:
         gr.Warning(f"{path} is in the library but its file is missing; left out of the results.")
     result = rec.to_dict()
     for track in result["results"]:
-        track["audio_url"] = audio_url(track["file_path"])
+        track["audio_url"] = audio_url(track["id"])
     return result
 
 

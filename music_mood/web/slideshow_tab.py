@@ -194,7 +194,9 @@ class SlideshowTab:
             gr.Warning(f"{skipped['error']}: left out of the soundtrack.")
         if before is not None and before.token != slideshow.token:
             self.renders.remove(before.token)
-        return slideshow_answer(slideshow), slideshow
+        with user_errors():
+            db = self.library.current()  # the library the page's players will ask /track/ of
+        return slideshow_answer(slideshow, db), slideshow
 
     def on_stop(self):
         return "Cancelled: the work in progress stopped, and the files it had started were removed."

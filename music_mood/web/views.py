@@ -14,9 +14,10 @@ from music_mood.edit import REMOVED_FOLDER
 from music_mood.serve import track_url
 from music_mood.slideshows import SLIDESHOW_FILES
 
-LIBRARY_COLUMNS = ["#", *(key for key, _ in TAG_COLUMNS), "bpm", "length", "file"]
+LIBRARY_COLUMNS = ["#", *(key for key, _ in TAG_COLUMNS), "bpm", "length", "source", "file"]
 FILE_COLUMN = LIBRARY_COLUMNS.index("file")  # what names a row's track when one of its cells is edited
 LIBRARY_TABLE_MAX_ROWS = 5_000  # a browser table of a whole catalogue would freeze the page
+LIBRARY_SOURCE = "library"  # the source column of a track of processed_music/, the library's own folder
 AUTO_MARK = " (auto)"  # how the table shows a track's best automatic tag where it has no mood/genre of its own
 
 
@@ -25,9 +26,9 @@ def page_asset(name: str) -> str:
     return (resources.files(__package__) / "assets" / name).read_text(encoding="utf-8")
 
 
-def audio_url(file_path: str, start_s: float | None = None) -> str:
-    """The URL the page plays a track from, by its file_path; `#t=` makes the browser start at `start_s` seconds."""
-    url = track_url(file_path)
+def audio_url(track_id: str, start_s: float | None = None) -> str:
+    """The URL the page plays a track from, by its id; `#t=` makes the browser start at `start_s` seconds."""
+    url = track_url(track_id)
     return url if start_s is None else f"{url}#t={start_s:g}"
 
 
@@ -149,10 +150,16 @@ def saved_playlist_status(answer: dict) -> str:
 
 
 def library_rows(db: Database) -> list[list]:
-    """The Library tab's table: number, the tag columns, tempo, length and file of every track (of the first
-    LIBRARY_TABLE_MAX_ROWS: a catalogue is browsed with python music_to_vector.py --list)."""
+    """The Library tab's table: number, the tag columns, tempo, length, source (source_name) and file of every track
+    (of the first LIBRARY_TABLE_MAX_ROWS: a catalogue is browsed with python music_to_vector.py --list)."""
     return [[i, *track_tags(t), format_bpm(t.get("bpm"), unit=""), format_duration(float(t.get("duration_s", 0) or 0)),
-             str(t["file_path"])] for i, t in enumerate(db.tracks[:LIBRARY_TABLE_MAX_ROWS], 1)]
+             source_name(t), str(t["file_path"])] for i, t in enumerate(db.tracks[:LIBRARY_TABLE_MAX_ROWS], 1)]
+
+
+def source_name(track: dict) -> str:
+    """Where a track comes from, as the Library table says it: LIBRARY_SOURCE for processed_music/, else its
+    source's key as --list-sources shows it (a folder's path, a server's address: a user, never a password)."""
+    return str(track.get("source") or LIBRARY_SOURCE)
 
 
 def library_table_note(tracks: int) -> str:
@@ -172,8 +179,9 @@ def sources_note(lines: list[str]) -> str:
     must not point the app at a folder of the machine it runs on."""
     if len(lines) < 2:
         return ""
-    return ("\n\nSources (a track's file shows which; `python music_to_vector.py --add-source FOLDER` or "
-            "`--remove-source FOLDER` changes them):\n" + "".join(f"\n- `{line}`" for line in lines))
+    return ("\n\nSources (the table's source column says each track's; `python music_to_vector.py --add-source "
+            "FOLDER_OR_SERVER` or `--remove-source` changes them, from the command line only):\n"
+            + "".join(f"\n- `{line}`" for line in lines))
 
 
 def removal_choices(rows: list[list]) -> list[tuple[str, str]]:
