@@ -82,6 +82,7 @@ class DecodedTrack:
     sample_rate: int
     tags: dict
     bpm: float | None = None  # estimate_tempo(audio, sample_rate)
+    beats: dict | None = None  # beats.track_beats: the beat grid (None: no steady beat)
 
     @property
     def duration_s(self) -> float:
@@ -334,4 +335,14 @@ def read_track(path: Path, library_folder: Path, sample_rate: int,
         return KnownFile(source=path, sha256=sha256)
     audio = decode_audio(path, sample_rate)
     return DecodedTrack(source=path, sha256=sha256, audio=audio, sample_rate=sample_rate,
-                        tags=read_tags(path, library_folder), bpm=estimate_tempo(audio, sample_rate))
+                        tags=read_tags(path, library_folder), **read_rhythm(audio, sample_rate))
+
+
+def read_rhythm(audio: np.ndarray, sample_rate: int) -> dict:
+    """{"bpm": the tempo (estimate_tempo), "beats": the beat grid (beats.track_beats)}: what every track added gets,
+    and what a listed track without them gets from its file decoded again. BLAS on one thread, as for the tempo."""
+    from music_mood.beats import track_beats
+
+    bpm = estimate_tempo(audio, sample_rate)
+    with _blas_pools().limit(limits=1, user_api="blas"):
+        return {"bpm": bpm, "beats": track_beats(audio, sample_rate, bpm)}

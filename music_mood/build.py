@@ -11,8 +11,8 @@ from music_mood.audio import (
     DecodedTrack,
     KnownFile,
     decode_audio,
-    estimate_tempo,
     find_audio_files,
+    read_rhythm,
     read_track,
 )
 from music_mood.database import Database, DatabaseError, check_clap_model, compose_database, empty_database
@@ -102,9 +102,9 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
     that fails stays where it is and is named in the report. Holds the library lock throughout, and first
     finishes a commit that a crash left half done. With a `tagger` (tags.Tagger), every commit also gives each
     track without current automatic tags its tags, from its stored vector (no audio is read for that), and a run
-    with nothing else to do commits them when some are missing or stale. Every track added gets its tempo (`bpm`,
-    audio.estimate_tempo) from the audio decoded to embed it; with `fill_tempo`, a listed track without one (added
-    before tempos were stored) has its file decoded again for the tempo alone, never embedded, after the new
+    with nothing else to do commits them when some are missing or stale. Every track added gets its tempo and beats (`bpm`,
+    `beats`: audio.read_rhythm) from the audio decoded to embed it; with `fill_tempo`, a listed track without them
+    (added before they were stored) has its file decoded again for them alone, never embedded, after the new
     files, in the same pipeline and commits. `read_file` replaces read_track as the reader (same arguments); it
     may return a shards.EmbeddedTrack, a file embedded elsewhere, whose vectors are committed as they are (how
     cluster.py commits what a Ray cluster embedded). `lock`: the library lock (storage.acquire_lock) when the
@@ -164,7 +164,8 @@ class _Build:
         self.excluded = {sha for source in self.sources for sha in source.get("excluded", [])}
         # The listed tracks whose tempo is to be read, by their file (the same record objects as in `tracks`).
         self.untimed = {paths.root / t["file_path"]: t for t in self.tracks
-                        if fill_tempo and "bpm" not in t and (paths.root / t["file_path"]).is_file()}
+                        if fill_tempo and ("bpm" not in t or "beats" not in t)
+                        and (paths.root / t["file_path"]).is_file()}
 
     def changes(self) -> int:
         return len(self.report.added) + len(self.report.relocated) + len(self.report.tempo_read)
@@ -202,7 +203,7 @@ class _Build:
     def read(self, path: Path):
         """A listed file's tempo (fill_tempo), or the file read to be embedded (DecodedTrack, EmbeddedTrack)."""
         if path in self.untimed:
-            return estimate_tempo(decode_audio(path, self.sample_rate), self.sample_rate)
+            return read_rhythm(decode_audio(path, self.sample_rate), self.sample_rate)
         if isinstance(path, ServerSong):
             return read_song(self.servers, path, self.sample_rate, self.known.keys(), self.excluded, self.cache)
         source = source_of(path, self.sources)
@@ -215,11 +216,12 @@ class _Build:
         return self.read_file(path, folder, self.sample_rate, self.known.keys())
 
     def take_tempo(self, record: dict, item) -> None:
-        """A listed track's tempo read (or the error reading it), its record changed."""
+        """A listed track's tempo and beats read (audio.read_rhythm; or the error reading them), its record
+        changed."""
         if isinstance(item, Exception):  # the track stays as it is, without a tempo; the next run tries again
             self.report.warnings.append(f"Warning: cannot read the tempo of {record['file_path']}: {item}")
             return
-        record["bpm"] = item
+        record.update(item)
         self.report.tempo_read.append(record)
         self.commit_if_due()
 
@@ -348,6 +350,7 @@ def _new_record(track: DecodedTrack | EmbeddedTrack, file_path: str, segment_cou
         "last_window_start_s": round(last_window_start_s, 3),
         "embedded_by": embedded_by,
         "bpm": track.bpm,
+        **({"beats": track.beats} if isinstance(track, DecodedTrack) else {}),  # a cluster's: read by a later run
         "from_file": dict(track.tags),
     }
     for key in TAG_KEYS:

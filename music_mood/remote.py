@@ -80,6 +80,12 @@ class ServerConnections:
         for client in clients:
             client.close()
 
+    def __enter__(self) -> ServerConnections:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def song_audio(self, track: dict) -> AudioBytes:
         """A server track's whole file, downloaded into memory (never to disk), for the decoders
         (audio.decode_audio, audio.decode_stretches). SubsonicError when the server does not give it."""

@@ -18,7 +18,7 @@ import io
 import time
 from dataclasses import dataclass
 
-from music_mood.audio import AudioBytes, DecodedTrack, KnownFile, decode_audio, estimate_tempo
+from music_mood.audio import AudioBytes, DecodedTrack, KnownFile, decode_audio, read_rhythm
 from music_mood.remote import SERVER_KIND, ServerConnections, is_server_source, is_server_track, server_file_path
 from music_mood.subsonic import (
     ServerAddressError,
@@ -115,7 +115,7 @@ def read_song(servers: ServerConnections, item: ServerSong, sample_rate: int, kn
         return KnownFile(source=item, sha256=sha256)
     audio = decode_audio(AudioBytes(name=item.song.title, data=data), sample_rate)
     return DecodedTrack(source=item, sha256=sha256, audio=audio, sample_rate=sample_rate,
-                        tags=song_tags(item.song, data), bpm=estimate_tempo(audio, sample_rate))
+                        tags=song_tags(item.song, data), **read_rhythm(audio, sample_rate))
 
 
 def song_tags(song: Song, data: bytes) -> dict:

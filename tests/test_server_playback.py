@@ -17,7 +17,7 @@ import pytest
 from music_mood.audio import file_sha256
 from music_mood.library import LibraryPaths, load_database, save_database
 from music_mood.live import LiveLibrary
-from music_mood.remote import SERVER_KIND, is_server_track, server_file_path
+from music_mood.remote import SERVER_KIND, ServerConnections, is_server_track, server_file_path
 from music_mood.sources import committed_sources
 from music_mood.storage import acquire_lock
 from music_mood.subsonic import PASSWORD_ENV, PROXY_HEADERS, connect, parse_server
@@ -411,10 +411,12 @@ def test_a_soundtrack_mixes_server_tracks_downloaded_into_memory(server_library,
         served = next(s for s in supysonic.tracks if s.title == by_song[file_path]["title"])
         shutil.copyfile(served.path, copies / f"{by_song[file_path]['song_id']}.opus")
     local = replace(plan, library_root=str(copies), scenes=[
-        replace(scene, pieces=[replace(p, file_path=f"{by_song[p.file_path]['song_id']}.opus") for p in scene.pieces])
+        replace(scene, pieces=[replace(p, file_path=f"{by_song[p.file_path]['song_id']}.opus", source="", song_id="")
+                               for p in scene.pieces])
         for scene in plan.scenes])
     before = library_files(server_library)
-    mixed = mix_soundtrack(plan)
+    with ServerConnections() as servers:
+        mixed = mix_soundtrack(plan, servers=servers)
     assert mixed.shape == (round(plan.total_s * 44100), 2) and float(abs(mixed).max()) > 0.01
     assert (mixed == mix_soundtrack(local)).all()
     assert library_files(server_library) == before
