@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
+from music_mood.mix import RenderError
 from music_mood.plan import Piece, Plan
 
 # Frames a second of every timeline: the plan's times are rounded to frames of this rate (25, PAL's, is one that
@@ -23,8 +24,9 @@ AUDIO_CROSSFADE_EFFECT = {"name": "Cross Fade (+3dB)", "effectid": "KGAudioTrans
                           "effectcategory": "audio", "effecttype": "transition", "mediatype": "audio"}
 
 
-class TimelineError(RuntimeError):
-    """A timeline could not be made: OpenTimelineIO or its adapter is not installed, or refused the timeline."""
+class TimelineError(RenderError):
+    """A timeline could not be made: OpenTimelineIO or its adapter is not installed, or refused the timeline (a
+    RenderError, which the CLI and the page report as one line)."""
 
 
 def is_timeline(path: Path) -> bool:

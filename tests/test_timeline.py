@@ -4,6 +4,7 @@ with OpenTimelineIO's own adapters."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -12,7 +13,7 @@ import opentimelineio as otio
 import pytest
 
 from music_mood.render import write_outputs
-from music_mood.timeline import TIMELINE_RATE, plan_timeline, with_mixed_audio
+from music_mood.timeline import TIMELINE_RATE, TimelineError, plan_timeline, with_mixed_audio
 from tests.plan_factory import hand_made_plan
 
 TRACKS = ("nostalgic/nostalgic_acoustic_1.opus", "happy/happy_acoustic_s411.opus",
@@ -145,3 +146,13 @@ def test_a_served_timeline_names_files_relatively_and_a_server_song_by_its_title
     assert third.media_reference.name == "Night Drive" and "music.example.org" not in otio.adapters.write_to_string(
         timeline, "otio_json")
     assert clips(mix)[0].media_reference.target_url == "timeline.wav"
+
+
+def test_without_opentimelineio_a_timeline_is_one_clear_error_and_no_file_is_written(library, photos, tmp_path,
+                                                                                      monkeypatch):
+    plan = beat_plan(library, photos)
+    monkeypatch.setitem(sys.modules, "opentimelineio", None)  # as if it were not installed
+    (tmp_path / "out").mkdir()
+    with pytest.raises(TimelineError, match="needs OpenTimelineIO: pip install opentimelineio otio-fcp-adapter"):
+        write_outputs(plan, [tmp_path / "out" / "trip.m4a", tmp_path / "out" / "trip.xml"], progress=False)
+    assert list((tmp_path / "out").iterdir()) == []  # neither the .m4a, nor the .wav beside the timeline
