@@ -3,6 +3,7 @@ copies of real tracks and real photos, written as .otio, .xml (Final Cut Pro 7) 
 with OpenTimelineIO's own adapters."""
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ import av
 import opentimelineio as otio
 import pytest
 
+import recommend as recommend_cli
 from music_mood.render import write_outputs
+from music_mood.soundtrack import Plan
 from music_mood.timeline import TIMELINE_RATE, TimelineError, plan_timeline, with_mixed_audio
 from tests.plan_factory import hand_made_plan
 
@@ -156,3 +159,30 @@ def test_without_opentimelineio_a_timeline_is_one_clear_error_and_no_file_is_wri
     with pytest.raises(TimelineError, match="needs OpenTimelineIO: pip install opentimelineio otio-fcp-adapter"):
         write_outputs(plan, [tmp_path / "out" / "trip.m4a", tmp_path / "out" / "trip.xml"], progress=False)
     assert list((tmp_path / "out").iterdir()) == []  # neither the .m4a, nor the .wav beside the timeline
+
+
+def test_cli_writes_a_timeline_with_the_mix_beside_it_and_refuses_one_in_the_library(library_copy, checkpoints,
+                                                                                     photos, tmp_path, call_cli):
+    album = [photos[name] for name in ("coffee.png", "chelsea.png", "rocket.jpg")]
+    model_args = ("--blip-model", checkpoints["blip"], "--clap-model", checkpoints["clap"])
+    out = tmp_path / "out"
+    out.mkdir()
+    done = call_cli(recommend_cli.main, *album, "--soundtrack", "--seconds-per-photo", "2", "--json",
+                    "--out", out / "trip.xml", *model_args)
+    assert done.returncode == 0, done.stderr
+    plan = Plan.from_dict(json.loads(done.stdout))
+    assert sorted(p.name for p in out.iterdir()) == ["trip.wav", "trip.xml"]
+    photos_track, music, mix = read(out / "trip.xml").tracks
+    assert [file_path(clip) for clip in clips(photos_track)] == [Path(p).absolute() for p in album]
+    assert [file_path(clip) for clip in clips(music)] == \
+        [(library_copy / piece.file_path).absolute() for scene in plan.scenes for piece in scene.pieces]
+    assert seconds(mix.duration()) == pytest.approx(plan.total_s, abs=FRAME) == 6.0
+
+    # A timeline in the library's music folder (and the .wav beside it) is refused before any model loads: nothing
+    # is written, not even the timeline asked for elsewhere.
+    inside = library_copy / "processed_music" / "trip.otio"
+    done = call_cli(recommend_cli.main, *album, "--soundtrack", "--out", out / "x.otio", "--out", inside,
+                    *model_args)
+    assert done.returncode == 1 and done.stderr.startswith(f"Error: cannot write {inside}:")
+    assert not inside.exists() and not inside.with_suffix(".wav").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["trip.wav", "trip.xml"]
