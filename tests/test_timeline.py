@@ -16,7 +16,7 @@ import pytest
 import recommend as recommend_cli
 from music_mood.render import write_outputs
 from music_mood.soundtrack import Plan
-from music_mood.timeline import TIMELINE_RATE, TimelineError, plan_timeline, with_mixed_audio
+from music_mood.timeline import TIMELINE_RATE, TimelineError, plan_timeline, with_mixed_audio, write_timeline
 from tests.plan_factory import hand_made_plan
 
 TRACKS = ("nostalgic/nostalgic_acoustic_1.opus", "happy/happy_acoustic_s411.opus",
@@ -135,7 +135,7 @@ def test_one_wav_serves_several_timelines_and_a_named_wav_is_not_written_twice(t
     assert with_mixed_audio(outs) == [*outs, tmp_path / "trip.wav"]
 
 
-def test_a_served_timeline_names_files_relatively_and_a_server_song_by_its_title(library, photos):
+def test_a_served_timeline_names_files_relatively_and_a_server_song_by_its_title(library, photos, tmp_path):
     plan = beat_plan(library, photos)
     song = plan.scenes[2].pieces[0]
     song.song_id, song.source, song.title = "s-42", "https://music.example.org", "Night Drive"
@@ -149,6 +149,14 @@ def test_a_served_timeline_names_files_relatively_and_a_server_song_by_its_title
     assert third.media_reference.name == "Night Drive" and "music.example.org" not in otio.adapters.write_to_string(
         timeline, "otio_json")
     assert clips(mix)[0].media_reference.target_url == "timeline.wav"
+    for suffix in KINDS:  # and each adapter writes it: the song an offline clip
+        write_timeline(plan, tmp_path / f"timeline{suffix}", suffix, "timeline.wav", served=True)
+        written = read(tmp_path / f"timeline{suffix}")
+        assert [clip.name for clip in clips(written.tracks[0])] == list(PHOTOS)
+        if suffix == ".xml":
+            song_clip = clips(written.tracks[1])[2]
+            assert song_clip.name == "Sample Artist - Night Drive"
+            assert isinstance(song_clip.media_reference, otio.schema.MissingReference)
 
 
 def test_without_opentimelineio_a_timeline_is_one_clear_error_and_no_file_is_written(library, photos, tmp_path,
