@@ -59,7 +59,9 @@ def write_timeline(plan: Plan, path: Path, suffix: str, mixed_audio: Path | str 
     otio = _opentimelineio()
     adapter = TIMELINE_ADAPTERS[suffix.lower()]
     # Final Cut Pro 7 XML places a transition's cut at its middle: a fade longer on one side would move the cut.
-    timeline = plan_timeline(plan, mixed_audio, served, name, centred_fades=adapter == "fcp_xml")
+    # OpenTimelineIO's EDL writer turns a dissolve into events that move the cuts: an EDL's photos cut.
+    timeline = plan_timeline(plan, mixed_audio, served, name, centred_fades=adapter == "fcp_xml",
+                             dissolves=adapter != "cmx_3600")
     if adapter == "cmx_3600":
         _markers_onto_photos(timeline)
     try:
@@ -69,9 +71,10 @@ def write_timeline(plan: Plan, path: Path, suffix: str, mixed_audio: Path | str 
 
 
 def plan_timeline(plan: Plan, mixed_audio: Path | str | None = None, served: bool = False, name: str = "",
-                  centred_fades: bool = False):
+                  centred_fades: bool = False, dissolves: bool = True):
     """`plan` as an otio.schema.Timeline at TIMELINE_RATE, starting at 0: a video track "Photos" (a clip per photo
-    at its time, for its length), an audio track "Music" (a clip per piece: its track's file, played from its in
+    at its time, for its length; with `dissolves`, cross-dissolves of the plan's photo_crossfade_s centred on each
+    change, as in the MP4), an audio track "Music" (a clip per piece: its track's file, played from its in
     point for its length, a Transition where a cross-fade joins two), then, given `mixed_audio` (the mixed
     soundtrack's file), an audio track "Mix" holding it whole. Markers on the timeline's stack: each scene's start
     (red), and each piece's downbeats (orange) and other beats (yellow) when the plan has them, in time order.
@@ -84,7 +87,7 @@ def plan_timeline(plan: Plan, mixed_audio: Path | str | None = None, served: boo
     otio = _opentimelineio()
     timeline = otio.schema.Timeline(name=name or plan.text or "Soundtrack",
                                     global_start_time=otio.opentime.RationalTime(0, TIMELINE_RATE))
-    timeline.tracks.append(_photo_track(otio, plan, served))
+    timeline.tracks.append(_photo_track(otio, plan, served, dissolves))
     timeline.tracks.append(_music_track(otio, plan, served, centred_fades))
     if mixed_audio is not None:
         mix = otio.schema.Track(name="Mix", kind=otio.schema.TrackKind.Audio)
@@ -96,20 +99,29 @@ def plan_timeline(plan: Plan, mixed_audio: Path | str | None = None, served: boo
     return timeline
 
 
-def _photo_track(otio, plan: Plan, served: bool):
+def _photo_track(otio, plan: Plan, served: bool, dissolves: bool):
     """The photos in order, each a still clip at its frames. A still has no time of its own: its source range is
-    its place on the timeline, so an EDL's source and record timecodes agree (and so do its markers')."""
+    its place on the timeline, so an EDL's source and record timecodes agree (and so do its markers'), and it has
+    half a dissolve more on each side (what a dissolve shows of it beyond its cut)."""
     track = otio.schema.Track(name="Photos", kind=otio.schema.TrackKind.Video)
-    at = 0
+    half = round(plan.photo_crossfade_s / 2 * TIMELINE_RATE) if dissolves else 0
+    at, shown_before = 0, 0  # frames: where the last photo ends, how long it is shown
     for photo in plan.photos:
         start, end = _frame(photo.start_s), _frame(photo.end_s)
         if start > at:
             track.append(otio.schema.Gap(source_range=_range(otio, at, start)))
-        shown = _range(otio, start, end)
         reference = otio.schema.ExternalReference(
-            target_url=_url(Path(photo.name) if served else Path(photo.path), served), available_range=shown)
-        track.append(otio.schema.Clip(name=photo.name, media_reference=reference, source_range=shown))
-        at = max(at, end)
+            target_url=_url(Path(photo.name) if served else Path(photo.path), served),
+            available_range=_range(otio, max(start - half, 0), end + half))
+        clip = otio.schema.Clip(name=photo.name, media_reference=reference, source_range=_range(otio, start, end))
+        side = min(half, (end - start) // 2, shown_before // 2) if start == at else 0  # photos that abut
+        if side > 0:
+            track.append(otio.schema.Transition(
+                name="Cross Dissolve", transition_type=otio.schema.TransitionTypes.SMPTE_Dissolve,
+                in_offset=otio.opentime.RationalTime(side, TIMELINE_RATE),
+                out_offset=otio.opentime.RationalTime(side, TIMELINE_RATE)))
+        track.append(clip)
+        at, shown_before = max(at, end), end - start
     return track
 
 

@@ -84,6 +84,11 @@ def test_a_timeline_read_back_has_the_photos_the_stretches_and_the_markers_of_th
         assert seconds(placed.start_time) == pytest.approx(photo.start_s, abs=FRAME)
         assert seconds(placed.end_time_exclusive()) == pytest.approx(photo.end_s, abs=FRAME)
         assert file_path(clip) == Path(photo.path).absolute() and file_path(clip).is_file()
+    # Cross-dissolves centred on each change, as in the MP4 (an EDL's dissolve events would move the cuts: cuts).
+    dissolves = [item for item in video[0] if isinstance(item, otio.schema.Transition)]
+    half = plan.photo_crossfade_s / 2
+    assert [seconds(t) for d in dissolves for t in (d.in_offset, d.out_offset)] == \
+        ([] if suffix == ".edl" else pytest.approx([half] * 2 * (len(PHOTOS) - 1), abs=FRAME))
 
     markers = timeline.tracks.markers if suffix != ".edl" else [m for clip in shown for m in clip.markers]
     scenes = [m for m in markers if m.name.lower().startswith("scene")]
