@@ -41,6 +41,7 @@ from music_mood.soundtrack import (
     plan_soundtrack,
 )
 from music_mood.subsonic import SubsonicError
+from music_mood.timeline import with_mixed_audio
 
 __all__ = [
     "EmptyLibraryError",
@@ -139,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                               f"{MAX_TOTAL_S:g} s ({MAX_TOTAL_S / 60:g} minutes), however it is given")
     slideshow.add_argument("--out", action="append", type=Path, metavar="FILE",
                            help=f"also write the soundtrack to FILE, by its extension: {', '.join(OUTPUT_EXTENSIONS)} "
-                                "(repeat for several)")
+                                "(repeat for several); a video editor's timeline (.otio, .xml, .edl) comes with the "
+                                "mixed soundtrack beside it, as a .wav of the same name")
     add_library_arguments(parser)
     add_model_arguments(parser)
     return parser
@@ -209,7 +211,7 @@ def soundtrack_main(parser: argparse.ArgumentParser, args, stop: StopSignals) ->
         check_lengths(len(args.images), seconds, args.total_seconds)  # photos × seconds, within the limit
     except ValueError as e:
         parser.error(str(e))
-    outs = args.out or []
+    outs = with_mixed_audio(args.out or [])  # and the .wav beside a timeline: checked as the others
     problem = check_outputs(parser, outs)  # before anything slow: a typo in a folder fails at once
     if problem:
         print(f"Error: {problem}", file=sys.stderr)

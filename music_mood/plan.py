@@ -21,8 +21,9 @@ FADE_S = 0.5  # fade in at the start of the soundtrack, and the final fade out t
 CROSSFADE_S = 1.5  # between two pieces of music (two scenes, or a track continued by the next-best one)
 PHOTO_CROSSFADE_S = 0.5  # between two photos in the video
 # What music_mood.render.write_outputs makes, by the output file's extension: the slideshow video, the mixed
-# soundtrack (AAC or uncompressed), the playlist with start offsets, the plan itself.
-OUTPUT_EXTENSIONS = (".mp4", ".m4a", ".wav", ".m3u8", ".m3u", ".json")  # render.OUTPUT_KINDS writes each
+# soundtrack (AAC or uncompressed), the playlist with start offsets, the plan itself, an editor's timeline
+# (OpenTimelineIO, Final Cut Pro 7 XML, CMX 3600 EDL: timeline.py).
+OUTPUT_EXTENSIONS = (".mp4", ".m4a", ".wav", ".m3u8", ".m3u", ".json", ".otio", ".xml", ".edl")  # render.OUTPUT_KINDS
 
 
 @dataclass

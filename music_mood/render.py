@@ -28,6 +28,7 @@ from music_mood.mix import SAMPLE_RATE, RenderError, Step, mix_soundtrack
 from music_mood.plan import Plan
 from music_mood.remote import ServerConnections
 from music_mood.storage import replace_together
+from music_mood.timeline import mixed_audio_path, with_mixed_audio, write_timeline
 
 # What the rest of the product imports from here: the stages' own names, with write_outputs.
 __all__ = ["FPS", "HOLD_S", "OUTPUT_KINDS", "SAMPLE_RATE", "VIDEO_SIZE", "X264_PRESET", "RenderCancelled",
@@ -35,7 +36,7 @@ __all__ = ["FPS", "HOLD_S", "OUTPUT_KINDS", "SAMPLE_RATE", "VIDEO_SIZE", "X264_P
            "write_plan", "write_playlist", "write_thumbnails", "write_video"]
 
 OUTPUT_KINDS = {".mp4": "video", ".m4a": "audio", ".wav": "audio", ".m3u8": "playlist", ".m3u": "playlist",
-                ".json": "plan"}
+                ".json": "plan", ".otio": "timeline", ".xml": "timeline", ".edl": "timeline"}
 
 
 class RenderCancelled(Exception):
@@ -112,10 +113,12 @@ def write_outputs(plan: Plan, outs: list[Path], progress: bool = True, should_st
                   fps: int = FPS, sample_rate: int = SAMPLE_RATE, served: bool = False,
                   servers: ServerConnections | None = None) -> None:
     """Write each of `outs`, chosen by extension (OUTPUT_KINDS): .mp4 slideshow, .m4a / .wav soundtrack,
-    .m3u8 / .m3u playlist, .json plan. The audio is mixed once for all that need it. The playlist and the plan
-    name the tracks and photos by their paths on this machine; `served` (files a server hands to its visitors):
-    by their paths in the library and their file names (playlist_text, Plan.to_served_dict). A piece of a
-    Subsonic server's song is downloaded through `servers` (remote.ServerConnections), once per call.
+    .m3u8 / .m3u playlist, .json plan, .otio / .xml / .edl editor's timeline (timeline.py), with the mixed
+    soundtrack beside it as a .wav of the same name (timeline.with_mixed_audio). The audio is mixed once for all
+    that need it. The playlist, the plan and the timelines name the tracks and photos by their paths on this
+    machine; `served` (files a server hands to its visitors): by their paths in the library and their file names
+    (playlist_text, Plan.to_served_dict, timeline.plan_timeline). A piece of a Subsonic server's song is
+    downloaded through `servers` (remote.ServerConnections), once per call.
 
     All or nothing: every output is written to a temporary file beside it and the files are renamed over their
     targets together, once all are complete; on an error, KeyboardInterrupt or cancel no target is touched and no
@@ -123,15 +126,17 @@ def write_outputs(plan: Plan, outs: list[Path], progress: bool = True, should_st
     no output is a file of the music library (ValueError), and that each folder can be written (OSError naming
     the path). should_stop() is asked between steps (tracks, frames, seconds of audio): True raises
     RenderCancelled. Progress: tqdm bars on stderr when `progress`, and on_progress(fraction, text) if given.
-    Raises RenderError when a track or photo cannot be read, or a server does not give its song.
+    Raises RenderError when a track or photo cannot be read, or a server does not give its song; TimelineError
+    when OpenTimelineIO cannot write a timeline.
     """
-    outs = [Path(out) for out in outs]
+    outs = with_mixed_audio(outs)
     kinds = [_output_kind(out) for out in outs]
     _refuse_library_files(plan, outs)
     if "video" in kinds:
         check_size(size)
     needs_audio = any(kind in ("audio", "video") for kind in kinds)
-    weights = {"audio": 1.0, "video": 6.0, "playlist": 0.0, "plan": 0.0}  # rough shares of the time each takes
+    # rough shares of the time each takes
+    weights = {"audio": 1.0, "video": 6.0, "playlist": 0.0, "plan": 0.0, "timeline": 0.0}
     stages = ([("Mixing audio", "track", 1.0)] if needs_audio else []) + [
         ({"video": "Rendering video", "audio": "Encoding audio"}.get(kind, f"Writing {out.name}"),
          "frame" if kind == "video" else "sample", weights[kind]) for out, kind in zip(outs, kinds)]
@@ -149,6 +154,9 @@ def write_outputs(plan: Plan, outs: list[Path], progress: bool = True, should_st
                     encode_audio_file(samples, sample_rate, tmp, out.suffix.lower(), step)
                 elif kind == "playlist":
                     tmp.write_text(playlist_text(plan, served), encoding="utf-8")
+                elif kind == "timeline":
+                    wav = mixed_audio_path(out)
+                    write_timeline(plan, tmp, out.suffix, wav.name if served else wav.absolute(), served, out.stem)
                 else:
                     data = plan.to_served_dict() if served else plan.to_dict()
                     tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

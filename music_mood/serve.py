@@ -27,7 +27,9 @@ RENDER_ROUTE = "/slideshow/"  # + a render's token + "/" + a file name: what the
 # What a render folder may hold and how each is sent: players need the right type (an MP4 sent as
 # application/octet-stream is not played), and nothing else in such a folder is ever served.
 RENDER_TYPES = {".mp4": "video/mp4", ".m4a": "audio/mp4", ".wav": "audio/wav", ".json": "application/json",
-                ".m3u8": "application/vnd.apple.mpegurl", ".jpg": "image/jpeg"}
+                ".m3u8": "application/vnd.apple.mpegurl", ".jpg": "image/jpeg",
+                # editors' timelines (timeline.py): OpenTimelineIO's JSON, Final Cut Pro 7 XML, a CMX 3600 EDL
+                ".otio": "application/json", ".xml": "application/xml", ".edl": "text/plain"}
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _NAME = re.compile(r"(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # a file, or one folder down
 

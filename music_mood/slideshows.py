@@ -20,8 +20,10 @@ from music_mood.soundtrack import (
     replace_scene_track,
 )
 
-# What the page renders for a soundtrack (all four from one write_outputs call), by the kind the API names them.
-SLIDESHOW_FILES = {"mp4": "slideshow.mp4", "m4a": "soundtrack.m4a", "m3u8": "playlist.m3u8", "json": "plan.json"}
+# What the page renders for a soundtrack (all from one write_outputs call), by the kind the API names them: the
+# editors' timelines share the mixed soundtrack beside them, timeline.wav (timeline.mixed_audio_path).
+SLIDESHOW_FILES = {"mp4": "slideshow.mp4", "m4a": "soundtrack.m4a", "m3u8": "playlist.m3u8", "json": "plan.json",
+                   "otio": "timeline.otio", "xml": "timeline.xml", "edl": "timeline.edl", "wav": "timeline.wav"}
 THUMBNAILS = "thumbs"  # the folder of the photos' thumbnails in a render folder: 000.jpg, 001.jpg...
 
 

@@ -8,8 +8,10 @@ import re
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import av
+import opentimelineio as otio
 import pytest
 
 from music_mood.library import LibraryPaths, load_database
@@ -29,7 +31,9 @@ from tests.test_app import library_state
 
 ALBUM = ("coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png")
 TYPES = {"mp4": {"video/mp4"}, "m4a": {"audio/mp4", "audio/x-m4a"},
-         "m3u8": {"audio/x-mpegurl", "application/vnd.apple.mpegurl"}, "json": {"application/json"}}
+         "m3u8": {"audio/x-mpegurl", "application/vnd.apple.mpegurl"}, "json": {"application/json"},
+         "otio": {"application/json"}, "xml": {"application/xml", "text/xml"}, "edl": {"text/plain"},
+         "wav": {"audio/wav", "audio/x-wav"}}
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +121,14 @@ def test_soundtrack_api_answers_the_plan_and_serves_its_files(app, client, app_l
     assert playlist.startswith("#EXTM3U\n")
     assert [line for line in playlist.splitlines() if not line.startswith("#")] == \
         [piece.file_path for scene in plan.scenes for piece in scene.pieces]
+    # The editors' timelines: photos by their names, tracks by their paths in the library, the mixed .wav beside.
+    for kind in ("otio", "xml"):
+        (tmp_path / f"timeline.{kind}").write_bytes(files[kind])
+        photos_track, music, mix = otio.adapters.read_from_file(str(tmp_path / f"timeline.{kind}")).tracks
+        assert [clip.media_reference.target_url for clip in photos_track.find_clips()] == list(ALBUM)
+        assert [unquote(clip.media_reference.target_url) for clip in music.find_clips()] == \
+            [piece.file_path for scene in plan.scenes for piece in scene.pieces]
+        assert [clip.media_reference.target_url for clip in mix.find_clips()] == ["timeline.wav"]
     # The video player seeks with Range requests.
     response = get(app, answer["files"]["mp4"], headers={"Range": "bytes=1000-1999"})
     assert response.status == 206 and response.body == files["mp4"][1000:2000]

@@ -17,7 +17,9 @@ from tests.test_app_slideshow import plan_of
 
 SCREENSHOT = ROOT / "test-artifacts" / "slideshow.png"
 TYPES = {"mp4": {"video/mp4"}, "m4a": {"audio/mp4", "audio/x-m4a"},
-         "m3u8": {"audio/x-mpegurl", "application/vnd.apple.mpegurl"}, "json": {"application/json"}}
+         "m3u8": {"audio/x-mpegurl", "application/vnd.apple.mpegurl"}, "json": {"application/json"},
+         "otio": {"application/json"}, "xml": {"application/xml", "text/xml"}, "edl": {"text/plain"},
+         "wav": {"audio/wav", "audio/x-wav"}}
 VIDEO = "document.querySelector('#slideshow video')"
 
 

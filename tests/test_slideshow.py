@@ -168,7 +168,8 @@ def test_render_folders_serve_only_their_own_files(tmp_path):
     root = renders.root
     renders.close()
     assert not root.exists() and renders.folder(token) is None
-    assert set(RENDER_TYPES) >= {".mp4", ".m4a", ".m3u8", ".json", ".jpg"}
+    assert set(RENDER_TYPES) >= {".mp4", ".m4a", ".m3u8", ".json", ".jpg"} | \
+        {Path(name).suffix for name in SLIDESHOW_FILES.values()}  # every file the page renders is served
 
 
 def test_the_page_escapes_what_it_shows_and_plays_each_stretch(tmp_path):
@@ -184,13 +185,14 @@ def test_the_page_escapes_what_it_shows_and_plays_each_stretch(tmp_path):
              "shared_mood_words": ["calm"]}
     answer = {"photos": [photo, {**photo, "name": "two.jpg"}], "scenes": [scene], "tracks_repeat": True,
               "skipped_photos": [{"name": "bad.png", "error": "bad.png is not an image"}],
-              "files": {kind: f"/slideshow/T/x.{kind}" for kind in ("mp4", "m4a", "m3u8", "json")}}
+              "files": {kind: f"/slideshow/T/x.{kind}" for kind in SLIDESHOW_FILES}}
     page = render_slideshow(answer)
     assert "<script>" not in page and "<i>Song</i>" not in page and "&lt;i&gt;Song&lt;/i&gt;" in page
     assert 'src="/track/0123456789abcdef#t=30.00,34.00"' in page
     assert "then <b" in page  # the track that continues the scene
     assert "fewer tracks than this soundtrack needs" in page and "bad.png" in page and "/tmp/x" not in page
-    assert page.count('download="') == 4 and "No soundtrack yet" in render_slideshow(None)
+    assert page.count('download="') == len(SLIDESHOW_FILES) and "No soundtrack yet" in render_slideshow(None)
+    assert 'href="/slideshow/T/x.xml" download="timeline.xml"' in page
 
 
 def test_messages_name_photos_by_their_file_name(library_copy, default_models, tmp_path):

@@ -67,6 +67,13 @@ def render_analysis(result: dict) -> tuple[str, str, str, str]:
             render_tracks(result))
 
 
+# The download links of a slideshow, by the kind of file (SLIDESHOW_FILES): the video and its parts, then what a video
+# editor opens (README: Slideshows says which editor takes which).
+DOWNLOADS = (("mp4", "Video (MP4)"), ("m4a", "Soundtrack (M4A)"), ("m3u8", "Playlist (M3U8)"), ("json", "Plan (JSON)"),
+             ("otio", "Timeline (OTIO)"), ("xml", "Premiere / Resolve (FCP XML)"), ("edl", "EDL (CMX 3600)"),
+             ("wav", "Mixed audio (WAV)"))
+
+
 def render_slideshow(answer: dict | None) -> str:
     """A /soundtrack answer as HTML: the slideshow's video, the mixed soundtrack's player, the download links, then
     each scene (render_scene). All text escaped."""
@@ -75,8 +82,7 @@ def render_slideshow(answer: dict | None) -> str:
                 "“Make the soundtrack”.</p>")
     files = {kind: html.escape(url) for kind, url in answer["files"].items()}
     links = " ".join(f'<a class="download" data-kind="{kind}" href="{files[kind]}" download="{SLIDESHOW_FILES[kind]}">'
-                     f"{label}</a>" for kind, label in (("mp4", "Video (MP4)"), ("m4a", "Soundtrack (M4A)"),
-                                                       ("m3u8", "Playlist (M3U8)"), ("json", "Plan (JSON)")))
+                     f"{label}</a>" for kind, label in DOWNLOADS)
     notes = []
     if answer.get("tracks_repeat"):
         notes.append("The library has fewer tracks than this soundtrack needs: some tracks play twice.")
