@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     lengths.add_argument("--total-seconds", type=seconds_argument(MAX_TOTAL_S), default=None, metavar="S",
                          help=f"the soundtrack's length, spread evenly over the photos; a soundtrack lasts at most "
                               f"{MAX_TOTAL_S:g} s ({MAX_TOTAL_S / 60:g} minutes), however it is given")
+    slideshow.add_argument("--no-beat-sync", dest="beat_sync", action="store_false",
+                           help="change photos by the clock, every --seconds-per-photo exactly, instead of on the "
+                                "beat of the music (photos on beats, scenes on downbeats, music changing on a bar "
+                                "line; README: Slideshows)")
     slideshow.add_argument("--out", action="append", type=Path, metavar="FILE",
                            help=f"also write the soundtrack to FILE, by its extension: {', '.join(OUTPUT_EXTENSIONS)} "
                                 "(repeat for several); a video editor's timeline (.otio, .xml, .edl) comes with the "
@@ -234,7 +238,7 @@ def soundtrack_main(parser: argparse.ArgumentParser, args, stop: StopSignals) ->
         clap = load_clap_text(args.clap_model, choice)
         blip = load_blip(args.blip_model, choice)
         plan = plan_soundtrack(blip, clap, db, args.images, seconds_per_photo=seconds, total_s=args.total_seconds,
-                               text=args.text, filters=filters, progress=True)
+                               text=args.text, filters=filters, progress=True, beat_sync=args.beat_sync)
         for skipped in plan.skipped_photos:
             print(f"Warning: {skipped['error']}; left out", file=sys.stderr)
         if args.json:
@@ -327,8 +331,8 @@ def main(argv=None) -> int:
 def recommend_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> int:
     """recommend.py without --soundtrack: the recommendations on stdout (0; 1 on an error, 2 for a usage error,
     128 + the signal's number when stopped by SIGINT or SIGTERM)."""
-    if args.seconds_per_photo is not None or args.total_seconds is not None or args.out:
-        parser.error("--seconds-per-photo, --total-seconds and --out go with --soundtrack")
+    if args.seconds_per_photo is not None or args.total_seconds is not None or args.out or not args.beat_sync:
+        parser.error("--seconds-per-photo, --total-seconds, --no-beat-sync and --out go with --soundtrack")
     if args.like is not None and (args.images or args.text.strip()):
         parser.error("--like is the query on its own: give it without IMAGE or --text")
     if args.like is None and not args.images and not args.text.strip():

@@ -102,13 +102,13 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
     that fails stays where it is and is named in the report. Holds the library lock throughout, and first
     finishes a commit that a crash left half done. With a `tagger` (tags.Tagger), every commit also gives each
     track without current automatic tags its tags, from its stored vector (no audio is read for that), and a run
-    with nothing else to do commits them when some are missing or stale. Every track added gets its tempo and beats (`bpm`,
-    `beats`: audio.read_rhythm) from the audio decoded to embed it; with `fill_tempo`, a listed track without them
-    (added before they were stored) has its file decoded again for them alone, never embedded, after the new
-    files, in the same pipeline and commits. `read_file` replaces read_track as the reader (same arguments); it
-    may return a shards.EmbeddedTrack, a file embedded elsewhere, whose vectors are committed as they are (how
-    cluster.py commits what a Ray cluster embedded). `lock`: the library lock (storage.acquire_lock) when the
-    caller already holds it; the build then runs under it and leaves it held.
+    with nothing else to do commits them when some are missing or stale. Every track added gets its tempo and
+    beats (`bpm`, `beats`: audio.read_rhythm) from the audio decoded to embed it; with `fill_tempo`, a listed
+    track without them (added before they were stored) has its file decoded again for them alone, never embedded,
+    after the new files, in the same pipeline and commits. `read_file` replaces read_track as the reader (same
+    arguments); it may return a shards.EmbeddedTrack, a file embedded elsewhere, whose vectors are committed as
+    they are (how cluster.py commits what a Ray cluster embedded). `lock`: the library lock (storage.acquire_lock)
+    when the caller already holds it; the build then runs under it and leaves it held.
 
     The registered sources are read too (unless `files` is given): every folder's files (sources.py), and every
     Subsonic server's songs (server_sources.py), through `servers` (a remote.ServerConnections; default: one of

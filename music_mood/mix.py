@@ -46,14 +46,15 @@ def mix_soundtrack(plan: Plan, sample_rate: int = SAMPLE_RATE, on_step: Step | N
     _check_pieces(plan, pieces)
     n = round(plan.total_s * sample_rate)
     edges = [min(round(p.start_s * sample_rate), n) for p in pieces] + [n]
-    half = plan.crossfade_s / 2
+    # Half of the cross-fade centred on each piece's start (its own, else the plan's; none before the first).
+    half = [0.0] + [(p.crossfade_s if p.crossfade_s is not None else plan.crossfade_s) / 2 for p in pieces[1:]] + [0.0]
     last = len(pieces) - 1
-    # What each piece reads: from up to `half` before its start (not for the first) to `half` after its end (not
-    # for the last); grouped by file so that each track is opened once.
+    # What each piece reads: from up to its start's half cross-fade before its start to its end's half after its
+    # end; grouped by file so that each track is opened once.
     reads = []
     for k, piece in enumerate(pieces):
-        from_s = max(0.0, piece.track_start_s - (half if k > 0 else 0.0))
-        to_s = piece.track_start_s + (edges[k + 1] - edges[k]) / sample_rate + (half if k < last else 0.0)
+        from_s = max(0.0, piece.track_start_s - half[k])
+        to_s = piece.track_start_s + (edges[k + 1] - edges[k]) / sample_rate + half[k + 1]
         reads.append((from_s, to_s))
     audio = _decode_pieces(plan, pieces, reads, sample_rate, on_step, servers)
     # Per piece: samples before its start (`before`), its body, samples after its end (`after`).
@@ -86,11 +87,15 @@ def mix_soundtrack(plan: Plan, sample_rate: int = SAMPLE_RATE, on_step: Step | N
         offset = before[k] - (edges[k] - lo)
         mix[lo:hi] += audio[k][offset:offset + hi - lo] * envelope[:, None]
         audio[k] = None  # its samples are in the mix now
-    fade = min(round(plan.fade_s * sample_rate), n // 2)
-    if fade > 1:
-        curve = np.sin(np.linspace(0.0, np.pi / 2, fade, dtype=np.float32)) ** 2  # 0 → 1, flat at both ends
-        mix[:fade] *= curve[:, None]
-        mix[n - fade:] *= curve[::-1, None]  # its last value is 0: silent exactly at total_s
+    fade_out_s = plan.fade_out_s if plan.fade_out_s is not None else plan.fade_s
+    for fade, at_end in ((min(round(plan.fade_s * sample_rate), n // 2), False),
+                         (min(round(fade_out_s * sample_rate), n // 2), True)):
+        if fade > 1:
+            curve = np.sin(np.linspace(0.0, np.pi / 2, fade, dtype=np.float32)) ** 2  # 0 → 1, flat at both ends
+            if at_end:
+                mix[n - fade:] *= curve[::-1, None]  # its last value is 0: silent exactly at total_s
+            else:
+                mix[:fade] *= curve[:, None]
     peak = float(np.abs(mix).max(initial=0.0))
     if peak > 1.0:  # two loud tracks summed in a cross-fade: the whole soundtrack is turned down, not clipped
         mix *= PEAK / peak

@@ -102,6 +102,7 @@ class Plan:
     photo_crossfade_s: float = PHOTO_CROSSFADE_S
     tracks_repeat: bool = False  # the library had fewer usable tracks than the plan needed
     beat_sync: bool = False  # photos change on the beat and music on the bar (issue 24); False: by the clock
+    fade_out_s: float | None = None  # the final fade's length (beat sync: the last bar); None: fade_s
     skipped_photos: list[dict] = field(default_factory=list)  # {"path", "error"}: photos that could not be read
     # The filters the plan was made with, which a scene's next-best keeps to (a plan stored without: none).
     filters: Filters = NO_FILTERS

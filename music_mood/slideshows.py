@@ -42,7 +42,8 @@ class Slideshow:
 
 def make_slideshow(renders: RenderFolders, blip, clap, db: Database, photos: list[str],
                    seconds_per_photo: float = DEFAULT_SECONDS_PER_PHOTO, text: str = "",
-                   filters: Filters = NO_FILTERS, should_stop=None, on_progress=None, servers=None) -> Slideshow:
+                   filters: Filters = NO_FILTERS, should_stop=None, on_progress=None, servers=None,
+                   beat_sync: bool = True) -> Slideshow:
     """The /soundtrack work: plan a soundtrack of `db`'s tracks for `photos` (plan_soundtrack: each photo
     described once, in this order, the tracks kept by `filters`) and render it into a new folder of `renders`
     (render_slideshow_files; `servers`, the library's remote.ServerConnections, give its servers' songs).
@@ -53,7 +54,7 @@ def make_slideshow(renders: RenderFolders, blip, clap, db: Database, photos: lis
     """
     should_stop = should_stop or (lambda: False)
     plan = plan_soundtrack(stoppable(blip, should_stop), clap, db, photos, seconds_per_photo=float(seconds_per_photo),
-                           text=text or "", filters=filters, progress=False)
+                           text=text or "", filters=filters, progress=False, beat_sync=beat_sync)
     return render_slideshow_files(renders, plan, should_stop, on_progress, servers=servers)
 
 

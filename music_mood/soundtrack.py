@@ -3,15 +3,22 @@ and the stretch of it under each scene, and replacing one scene's track; the res
 music_mood.render into a playlist, a mixed audio file and a slideshow video."""
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from music_mood.database import REBUILD, Database, DatabaseError, EmptyLibraryError, check_dimension
+from music_mood.database import Database, check_dimension
 from music_mood.describe import MAX_CAPTION_TOKENS, describe_pixels, vision_batch_size
 from music_mood.images import ImageError, open_image
+from music_mood.pieces import (
+    TrackChooser,
+    check_can_plan,
+    duration_seconds,
+    scene_pieces,
+    track_duration,
+    track_stretch,
+)
 from music_mood.plan import (
     DEFAULT_SECONDS_PER_PHOTO,
     MAX_PHOTOS,
@@ -28,16 +35,14 @@ from music_mood.plan import (
     named_skipped_photo,
 )
 from music_mood.query import Query, compose_query_text, embed_text
-from music_mood.remote import is_server_track
 from music_mood.scenes import SCENE_MIN_DROP, scene_min_photos, shared_words, split_scenes
 from music_mood.search import (
     NO_FILTERS,
     Filters,
-    best_segment_start,
-    missing_files_error,
     rank_results,
     shared_mood_words,
 )
+from music_mood.timing import set_crossfades, synced_scene
 
 # The plan's and the scenes' names, which callers have always imported from here.
 __all__ = ["DEFAULT_SECONDS_PER_PHOTO", "MAX_PHOTOS", "MAX_SECONDS_PER_PHOTO", "MAX_TOTAL_S", "MIN_PHOTOS",
@@ -45,100 +50,6 @@ __all__ = ["DEFAULT_SECONDS_PER_PHOTO", "MAX_PHOTOS", "MAX_SECONDS_PER_PHOTO", "
            "arrange_soundtrack", "check_can_plan", "check_lengths", "duration_seconds", "named_skipped_photo",
            "plan_soundtrack", "read_photos", "replace_scene_track", "scene_min_photos", "scene_pieces",
            "shared_words", "split_scenes", "track_duration", "track_stretch"]
-
-
-# ------------------------------------------------------------------------------------------- tracks
-
-
-def track_duration(track: dict) -> float:
-    """A record's length in seconds; 0 when the database does not know it (a seed-format file)."""
-    return duration_seconds(track.get("duration_s"))
-
-
-def duration_seconds(value) -> float:
-    """A stored `duration_s` value as seconds; 0 when it is missing or not a length."""
-    try:
-        duration = float(value or 0)
-    except (TypeError, ValueError):
-        return 0.0
-    return duration if math.isfinite(duration) and duration > 0 else 0.0
-
-
-def check_can_plan(db: Database, filters: Filters = NO_FILTERS) -> None:
-    """Raise EmptyLibraryError when `db` has no track or none `filters` keep (Filters.check), DatabaseError when it
-    records no track's length (a soundtrack cuts tracks to length). Needs no model: the CLI runs it before loading
-    any."""
-    filters.check(db)
-    if not any(duration_seconds(d) for d in db.column("duration_s")):
-        raise DatabaseError(f"{db.root} records no track lengths (an older database format); {REBUILD}")
-
-
-def track_stretch(duration_s: float, best_start_s: float, length_s: float) -> tuple[float, float]:
-    """[start, end) seconds of a track `duration_s` long to play for `length_s`: from its best moment when enough
-    of the track follows it, else as much earlier as needed to end with the track; the whole track when it is
-    not longer than `length_s` (the caller continues with another). Never loops."""
-    if duration_s <= length_s:
-        return 0.0, duration_s
-    start = max(0.0, min(best_start_s, duration_s - length_s))
-    return start, min(start + length_s, duration_s)
-
-
-class _TrackChooser:
-    """Picks each piece's track: the best-ranked usable track (file present, length known, filters kept) that
-    this soundtrack has not used yet. When the library has none left, tracks repeat (`repeated` is set): first
-    the best not yet in this scene and not the one just before, then the best but the one just before, then the
-    best."""
-
-    def __init__(self, db: Database, filters: Filters = NO_FILTERS):
-        self.db, self.filters = db, filters
-        self.unusable = {row for row, d in enumerate(db.column("duration_s")) if not duration_seconds(d)}
-        self.used: set[int] = set()
-        self.previous: set[int] = set()  # the row of the piece just before, if any
-        self.repeated = False
-
-    def pick(self, vector: np.ndarray, in_scene: set[int]) -> tuple[int, float]:
-        for tries, avoid in enumerate((self.used, in_scene | self.previous, self.previous, set())):
-            ranked, missing = rank_results(self.db, vector, 1, self.filters, max_per_artist=0,
-                                           exclude=self.unusable | avoid)
-            if ranked:
-                row, score = ranked[0]
-                self.repeated |= tries > 0
-                self.used.add(row)
-                self.previous = {row}
-                return row, score
-        if missing:
-            raise missing_files_error(self.db, missing)
-        raise EmptyLibraryError(f"no track the filters keep has a known length; {REBUILD}")
-
-
-def server_song(track: dict) -> dict:
-    """A Piece's source and song_id for a server's song (what rendering downloads it by); none for a file."""
-    if not is_server_track(track):
-        return {}
-    return {"source": str(track["source"]), "song_id": str(track["song_id"])}
-
-
-def scene_pieces(db: Database, chooser: _TrackChooser, vector: np.ndarray, start_s: float,
-                 end_s: float) -> list[tuple[int, Piece]]:
-    """(row, piece) of each piece under one scene [start_s, end_s): its best track from its best moment
-    (track_stretch); where that track ends before the scene does, the next-best track continues, and so on.
-    They abut exactly and the last ends at end_s."""
-    pieces: list[Piece] = []
-    at, rows = start_s, []
-    while True:
-        row, score = chooser.pick(vector, set(rows))
-        rows.append(row)
-        track = db.tracks[row]
-        best = best_segment_start(db, row, vector)
-        track_start, track_end = track_stretch(track_duration(track), best or 0.0, end_s - at)
-        last = at + (track_end - track_start) >= end_s or track_end - track_start >= end_s - at
-        pieces.append(Piece(file_path=str(track["file_path"]), title=str(track.get("title", "")),
-                            artist=str(track.get("artist", "")), score=round(score, 6), track_start_s=track_start,
-                            track_end_s=track_end, start_s=at, end_s=end_s if last else at + (track_end - track_start),
-                            **server_song(track)))
-        if last:
-            return list(zip(rows, pieces))
-        at = pieces[-1].end_s
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -180,7 +91,7 @@ def read_photos(blip, photos, progress: bool = True, max_caption_tokens: int = M
 def plan_soundtrack(blip, clap, db: Database, photos, seconds_per_photo: float = DEFAULT_SECONDS_PER_PHOTO,
                     total_s: float | None = None, text: str = "", filters: Filters = NO_FILTERS,
                     progress: bool = True, max_caption_tokens: int = MAX_CAPTION_TOKENS, min_caption_tokens: int = 0,
-                    scene_min_drop: float = SCENE_MIN_DROP) -> Plan:
+                    scene_min_drop: float = SCENE_MIN_DROP, beat_sync: bool = True) -> Plan:
     """A soundtrack of `db`'s tracks for `photos` (paths, shown in this order), each on screen
     `seconds_per_photo`, or `total_s` spread evenly over the photos that can be read.
 
@@ -207,23 +118,28 @@ def plan_soundtrack(blip, clap, db: Database, photos, seconds_per_photo: float =
     check_dimension(db.dim, next(iter(vectors.values())).shape[0])
     queries = [(path, Query(caption=caption, mood_words=list(mood_words), query_text=t, vector=vectors[t]))
                for (path, caption, mood_words), t in zip(described, texts)]
-    return arrange_soundtrack(db, queries, seconds_per_photo, total_s, text, filters, skipped, scene_min_drop)
+    return arrange_soundtrack(db, queries, seconds_per_photo, total_s, text, filters, skipped, scene_min_drop,
+                              beat_sync)
 
 
 def arrange_soundtrack(db: Database, photos: list[tuple[str, Query]],
                        seconds_per_photo: float = DEFAULT_SECONDS_PER_PHOTO, total_s: float | None = None,
                        text: str = "", filters: Filters = NO_FILTERS, skipped_photos=(),
-                       scene_min_drop: float = SCENE_MIN_DROP) -> Plan:
+                       scene_min_drop: float = SCENE_MIN_DROP, beat_sync: bool = True) -> Plan:
     """The plan for described photos ((path, Query) in the order shown); no model is used.
 
-    - Time: photo i is on screen [i, i + 1) x total / n, where total is `total_s` or n x `seconds_per_photo`.
+    - Time: by the clock, photo i is on screen [i, i + 1) x total / n, where total is `total_s` or n x
+      `seconds_per_photo`. With `beat_sync` (the default), timing.py moves each change onto the beat of the music
+      playing then (a scene change onto a downbeat), staying within half a bar of the clock and ending within a
+      beat of the total; tracks without a steady beat keep the clock.
     - Scenes: split_scenes over the photos' unit query vectors, with scene_min_photos(seconds per photo) and
       `scene_min_drop`.
     - A scene's query: its photos' vectors averaged and normalised. Its music: the best-ranked track of the
       library (rank_results with `filters`, which the plan stores; missing files and tracks of unknown length
       skipped) that this soundtrack has not used yet, scenes taken in order, from track_stretch of its best moment
-      (best_segment_start); a track that ends before its scene does is continued by the next-best unused one.
-      With too few usable tracks, tracks repeat and plan.tracks_repeat is set.
+      (best_segment_start; with beat sync, from the downbeat before it); a track that ends before its scene does
+      is continued by the next-best unused one. With too few usable tracks, tracks repeat and plan.tracks_repeat
+      is set.
     - Why: the scene's mood words (shared_words of its photos'), its photos' query texts, and which of its mood
       words the first track is tagged with.
     """
@@ -232,26 +148,37 @@ def arrange_soundtrack(db: Database, photos: list[tuple[str, Query]],
         raise NoReadablePhotosError("no photo to make a soundtrack for")
     total = float(total_s) if total_s is not None else n * float(seconds_per_photo)
     seconds = total / n
-    bounds = [i * total / n for i in range(n)] + [total]  # photo i: [bounds[i], bounds[i + 1])
-    plan_photos = [PlanPhoto(path=str(path), name=Path(path).name, caption=query.caption,
-                             mood_words=list(query.mood_words), start_s=bounds[i], end_s=bounds[i + 1])
-                   for i, (path, query) in enumerate(photos)]
+    bounds = [i * total / n for i in range(n)] + [total]  # photo i by the clock: [bounds[i], bounds[i + 1])
     vectors = np.stack([np.asarray(query.vector, dtype=np.float32) for _, query in photos])
-    chooser = _TrackChooser(db, filters)
-    scenes = []
-    for index, rows in enumerate(split_scenes(vectors, scene_min_photos(seconds), scene_min_drop)):
+    chooser = TrackChooser(db, filters)
+    scenes, starts, at, fade_out = [], [], 0.0, None
+    split = split_scenes(vectors, scene_min_photos(seconds), scene_min_drop)
+    for index, rows in enumerate(split):
         mean = vectors[rows.start:rows.stop].astype(np.float64).mean(axis=0)
         vector = (mean / (np.linalg.norm(mean) or 1.0)).astype(np.float32)
-        start_s, end_s = bounds[rows.start], bounds[rows.stop]
+        if beat_sync:
+            cut = synced_scene(db, chooser, vector, at, bounds[rows.stop], bounds[rows.start:rows.stop],
+                               final=index == len(split) - 1)
+            placed, end_s, fade_out = cut.pieces, cut.end_s, cut.fade_out_s
+            starts += cut.photo_starts
+        else:
+            placed, end_s = scene_pieces(db, chooser, vector, at, bounds[rows.stop]), bounds[rows.stop]
+            starts += bounds[rows.start:rows.stop]
         mood_words = shared_words([photos[i][1].mood_words for i in rows])
-        (first, *_), pieces = zip(*scene_pieces(db, chooser, vector, start_s, end_s))
-        scenes.append(Scene(index=index, photos=list(rows), start_s=start_s, end_s=end_s, mood_words=mood_words,
+        (first, *_), pieces = zip(*placed)
+        scenes.append(Scene(index=index, photos=list(rows), start_s=at, end_s=end_s, mood_words=mood_words,
                             query_text=" | ".join(dict.fromkeys(photos[i][1].query_text for i in rows)),
                             vector=[float(x) for x in vector], pieces=list(pieces),
                             shared_mood_words=shared_mood_words(db.tracks[first], mood_words)))
-    return Plan(library_root=str(db.root), seconds_per_photo=seconds, total_s=total, text=text, photos=plan_photos,
+        at = end_s
+    if beat_sync:
+        set_crossfades([piece for scene in scenes for piece in scene.pieces])
+    plan_photos = [PlanPhoto(path=str(path), name=Path(path).name, caption=query.caption,
+                             mood_words=list(query.mood_words), start_s=start, end_s=end)
+                   for (path, query), start, end in zip(photos, starts, [*starts[1:], at])]
+    return Plan(library_root=str(db.root), seconds_per_photo=seconds, total_s=at, text=text, photos=plan_photos,
                 scenes=scenes, tracks_repeat=chooser.repeated, skipped_photos=[dict(s) for s in skipped_photos],
-                filters=filters)
+                filters=filters, beat_sync=beat_sync, fade_out_s=fade_out)
 
 
 # ---------------------------------------------------------------------------------------------- one scene again
@@ -291,7 +218,7 @@ def replace_scene_track(db: Database, plan: Plan, scene_index: int) -> Plan:
     elsewhere = {db.row_of_file(piece.file_path) for other in plan.scenes if other is not scene
                  for piece in other.pieces} - {None}
     vector = np.asarray(scene.vector, dtype=np.float32)
-    chooser = _TrackChooser(db, filters)
+    chooser = TrackChooser(db, filters)
     chooser.used = elsewhere | _ranked_down_to(db, vector, db.row_of_file(scene.pieces[0].file_path) if scene.pieces
                                                else None, chooser.unusable, filters)
     before = plan.scenes[scene_index - 1].pieces if scene_index > 0 else []
@@ -304,12 +231,23 @@ def replace_scene_track(db: Database, plan: Plan, scene_index: int) -> Plan:
                                     f"matches the filters after “{current}”")
         raise NoOtherTrackError(f"scene {scene_index + 1} has no next-best track: every track the library (and the "
                                 f"filters) offer after “{current}” for this scene plays in another scene already")
-    (first, *_), pieces = zip(*scene_pieces(db, chooser, vector, scene.start_s, scene.end_s))
     new = copy.deepcopy(plan)
+    if plan.beat_sync:  # the scene keeps its start and end; its photos move onto the new track's beats
+        ideal = [plan.photos[i].start_s for i in scene.photos]
+        cut = synced_scene(db, chooser, vector, scene.start_s, scene.end_s, ideal, final=False,
+                           fixed_end_s=scene.end_s)
+        placed = cut.pieces
+        for i, start, end in zip(scene.photos, cut.photo_starts, [*cut.photo_starts[1:], scene.end_s]):
+            new.photos[i].start_s, new.photos[i].end_s = start, end
+    else:
+        placed = scene_pieces(db, chooser, vector, scene.start_s, scene.end_s)
+    (first, *_), pieces = zip(*placed)
     new.scenes[scene_index] = Scene(index=scene.index, photos=list(scene.photos), start_s=scene.start_s,
                                     end_s=scene.end_s, mood_words=list(scene.mood_words),
                                     query_text=scene.query_text, vector=list(scene.vector), pieces=list(pieces),
                                     shared_mood_words=shared_mood_words(db.tracks[first], scene.mood_words))
+    if plan.beat_sync:
+        set_crossfades([piece for other in new.scenes for piece in other.pieces])
     played = [piece.file_path for other in new.scenes for piece in other.pieces]
     new.tracks_repeat = len(played) != len(set(played))
     return new

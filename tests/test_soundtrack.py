@@ -96,6 +96,12 @@ def check_timeline(plan: Plan, db: Database) -> None:
         assert 0.0 <= piece.track_start_s < piece.track_end_s <= durations[piece.file_path]
 
 
+def last_beat(plan: Plan) -> float:
+    """The beat period of the music that ends the plan (0 for music cut by the clock)."""
+    beats = plan.scenes[-1].pieces[-1].beats_s
+    return float(np.median(np.diff(beats))) if plan.beat_sync and len(beats) > 1 else 0.0
+
+
 def round_trips(plan: Plan) -> None:
     again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert again == plan
@@ -336,7 +342,8 @@ def test_plan_on_real_photos_and_music_splits_two_groups(library_copy, blip, cla
     plan = plan_soundtrack(blip, clap_text, db, album, seconds_per_photo=4.0, text="road trip", progress=False,
                            scene_min_drop=TINY_MIN_DROP)
     assert [scene.photos for scene in plan.scenes] == [[0, 1, 2], [3, 4, 5]]
-    assert plan.total_s == 6 * 4.0 and plan.text == "road trip" and plan.skipped_photos == []
+    assert plan.beat_sync and abs(plan.total_s - 6 * 4.0) <= last_beat(plan) + 1e-6  # within a beat of the clock
+    assert plan.text == "road trip" and plan.skipped_photos == []
     assert plan.library_root == str(library_copy)
     used = [piece.file_path for scene in plan.scenes for piece in scene.pieces]
     assert len(used) == len(set(used)) and not plan.tracks_repeat
@@ -370,7 +377,7 @@ def test_unreadable_photos_are_left_out_and_named(library_copy, blip, clap_text,
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
     album = [photos["coffee.png"], bad, photos["rocket.jpg"], tmp_path / "gone.jpg"]
-    plan = plan_soundtrack(blip, clap_text, db, album, total_s=9.0, progress=False)
+    plan = plan_soundtrack(blip, clap_text, db, album, total_s=9.0, progress=False, beat_sync=False)
     assert [p.path for p in plan.photos] == [str(photos["coffee.png"]), str(photos["rocket.jpg"])]
     gone = tmp_path / "gone.jpg"
     assert plan.skipped_photos == [{"path": str(bad), "error": f"{bad} is not an image (Pillow cannot identify it)"},
@@ -427,14 +434,20 @@ def _cli(call_cli, checkpoints, *args, **kwargs):
 
 def test_cli_json_is_the_plan(library_copy, checkpoints, photos, call_cli):
     album = [photos[name] for name in ("coffee.png", "chelsea.png", "rocket.jpg")]
-    done = _cli(call_cli, checkpoints, *album, "--soundtrack", "--json", "--seconds-per-photo", "5", "--text", "cats")
-    assert done.returncode == 0, done.stderr
-    (line,) = done.stdout.splitlines()
-    plan = Plan.from_dict(json.loads(line))
-    assert [p.path for p in plan.photos] == [str(p) for p in album]
-    assert plan.total_s == 15.0 and plan.text == "cats" and plan.scenes
-    check_timeline(plan, load_database(LibraryPaths.at(library_copy)))
-    assert "Warning" not in done.stderr and "Error" not in done.stderr
+    for clock in (False, True):
+        done = _cli(call_cli, checkpoints, *album, "--soundtrack", "--json", "--seconds-per-photo", "5", "--text",
+                    "cats", *(["--no-beat-sync"] if clock else []))
+        assert done.returncode == 0, done.stderr
+        (line,) = done.stdout.splitlines()
+        plan = Plan.from_dict(json.loads(line))
+        assert [p.path for p in plan.photos] == [str(p) for p in album]
+        assert plan.beat_sync is not clock and plan.text == "cats" and plan.scenes
+        if clock:  # exactly by the clock
+            assert plan.total_s == 15.0 and [p.start_s for p in plan.photos] == [0.0, 5.0, 10.0]
+        else:
+            assert abs(plan.total_s - 15.0) <= last_beat(plan) + 1e-6
+        check_timeline(plan, load_database(LibraryPaths.at(library_copy)))
+        assert "Warning" not in done.stderr and "Error" not in done.stderr
 
 
 def test_cli_writes_every_output_the_renderer_knows(library_copy, checkpoints, photos, tmp_path, call_cli):
@@ -450,14 +463,15 @@ def test_cli_writes_every_output_the_renderer_knows(library_copy, checkpoints, p
                 *[arg for out in outs.values() for arg in ("--out", out)])
     assert done.returncode == 0, done.stderr
     plan = Plan.from_dict(json.loads(outs[".json"].read_text(encoding="utf-8")))
-    assert plan.total_s == 6.0 and [p.path for p in plan.photos] == [str(p) for p in album]
+    assert abs(plan.total_s - 6.0) <= last_beat(plan) + 1e-6
+    assert [p.path for p in plan.photos] == [str(p) for p in album]
     with av.open(str(outs[".mp4"])) as video:
         assert [s.type for s in video.streams] == ["video", "audio"]
         assert (video.streams.video[0].codec_context.name, video.streams.audio[0].codec_context.name) == \
             ("h264", "aac")
-        assert abs(video.duration / av.time_base - 6.0) <= 0.1
+        assert abs(video.duration / av.time_base - plan.total_s) <= 0.1
     with av.open(str(outs[".m4a"])) as audio:
-        assert abs(audio.duration / av.time_base - 6.0) <= 0.1
+        assert abs(audio.duration / av.time_base - plan.total_s) <= 0.1
     playlist = outs[".m3u8"].read_text(encoding="utf-8").splitlines()
     assert playlist[0] == "#EXTM3U"
     assert [line for line in playlist if not line.startswith("#")] == \
