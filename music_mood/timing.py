@@ -86,7 +86,7 @@ def synced_scene(db: Database, chooser: TrackChooser, vector: np.ndarray, start_
             end = min(target, at + track_end - track_start)
             pieces.append((row, new_piece(track, score, track_start, at, end, tempo_bpm=track.get("bpm"))))
             if end >= target - 1e-9:
-                return SyncedScene(pieces, _snap_photos(pieces, ideal_starts, end), end)
+                return SyncedScene(pieces, _snap_photos(pieces, ideal_starts, ideal_end_s, end), end)
             at = end
             continue
         track_start = _start_downbeat(grid, best, duration)
@@ -101,7 +101,7 @@ def synced_scene(db: Database, chooser: TrackChooser, vector: np.ndarray, start_
         pieces.append((row, new_piece(track, score, track_start, at, end, **_beats_in(grid, offset, at, end),
                                       tempo_bpm=track.get("bpm"))))
         if done:
-            return SyncedScene(pieces, _snap_photos(pieces, ideal_starts, end), end, fade_out)
+            return SyncedScene(pieces, _snap_photos(pieces, ideal_starts, ideal_end_s, end), end, fade_out)
         at = end
 
 
@@ -143,13 +143,17 @@ def _beats_in(grid: Grid, offset: float, start_s: float, end_s: float) -> dict:
             "downbeats_s": [round(float(t), 3) for t in downbeats[down_within]]}
 
 
-def _snap_photos(pieces: list[tuple[int, Piece]], ideal_starts: list[float], end_s: float) -> list[float]:
+def _snap_photos(pieces: list[tuple[int, Piece]], ideal_starts: list[float], ideal_end_s: float,
+                 end_s: float) -> list[float]:
     """The scene's photo starts: the first at the scene's start, each other on the beat nearest its clock time
-    (of the piece playing then), at least one beat after the one before and one before the scene's end; by the
-    clock where no beat fits (music without a beat)."""
+    (of the piece playing then) stretched by as much as the scene's end moved onto its bar line (so the photos
+    share that change rather than the last one taking it all), at least one beat after the one before and one
+    before the scene's end; by the clock where no beat fits (music without a beat)."""
     beats = np.array([t for _, piece in pieces for t in piece.beats_s], dtype=np.float64)
     starts = [pieces[0][1].start_s]
-    for ideal in ideal_starts[1:]:
+    clock = ideal_end_s - ideal_starts[0]
+    scale = (end_s - starts[0]) / clock if clock > 0 else 1.0
+    for ideal in (starts[0] + (t - ideal_starts[0]) * scale for t in ideal_starts[1:]):
         left = len(ideal_starts) - len(starts)  # photos still to place, this one included
         gap = float(np.median(np.diff(beats))) if len(beats) > 1 else 0.0
         fits = beats[(beats > starts[-1] + gap / 2) & (beats < end_s - left * gap + gap / 2)] if gap else beats[:0]
