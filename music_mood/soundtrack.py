@@ -112,10 +112,11 @@ class _TrackChooser:
 
 
 def server_song(track: dict) -> dict:
-    """A Piece's source and song_id for a server's song (what rendering downloads it by); none for a file."""
+    """A Piece's source and song_id for a server's song (what rendering downloads it by) and its track's id (what a
+    served plan names it by); none for a file."""
     if not is_server_track(track):
         return {}
-    return {"source": str(track["source"]), "song_id": str(track["song_id"])}
+    return {"source": str(track["source"]), "song_id": str(track["song_id"]), "track_id": str(track["id"])}
 
 
 def scene_pieces(db: Database, chooser: _TrackChooser, vector: np.ndarray, start_s: float,
