@@ -339,7 +339,7 @@ def page_handler(app, name: str):
 
 
 def test_no_answer_html_or_served_file_of_the_page_names_the_server(server_library, supysonic, checkpoints,
-                                                                   shared_exports, photos, sample_tracks, tmp_path):
+                                                                   shared_exports, photos, tmp_path):
     """Every endpoint of the page served in process, on a library holding the server's songs: the answers (through
     gradio_client and raw /gradio_api calls), the HTML the page makes of them, the Library tab, the soundtrack's
     served files and the saved playlist's answer name a server's song by its id and the server by its label, never
@@ -374,8 +374,10 @@ def test_no_answer_html_or_served_file_of_the_page_names_the_server(server_libra
                   ("raw /more_like_this", raw_call(app, "more_like_this", [songs[0]["id"], 10, [], [], 2, 0.0, ""]))]
 
         tab = page_handler(app, "show_library")()
-        shown += [("Library tab", tab), ("/add_music", client.predict(
-            files=[handle_file(str(sample_tracks[0]))], mood="", api_name="/add_music"))]
+        # The server's own file, uploaded: the library has it already, as the server's song.
+        again = client.predict(files=[handle_file(str(supysonic.tracks[0].path))], mood="", api_name="/add_music")
+        assert "already in the library as Subsonic server 1" in json.dumps(again, ensure_ascii=False)
+        shown += [("Library tab", tab), ("/add_music", again)]
         fixed = client.predict(track=songs[0]["id"], fields={"mood": "calm"}, api_name="/set_track_fields")
         assert fixed["file_path"] == songs[0]["id"] and fixed["mood"] == "calm"
         shown.append(("/set_track_fields", fixed))

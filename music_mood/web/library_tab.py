@@ -257,14 +257,16 @@ class LibraryTab:
     def on_add_music(self, files, mood, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio asks)
         if not files:
             raise gr.Error("Choose one or more audio files first.")
+        servers = self.library.server_labels()  # an upload that is a server's song names it: by its label
         try:
-            with user_errors():
+            with user_errors(servers=servers):
                 models = self.models
                 clap_audio = models.audio_model()  # waits for the start-up loads, as the text tower's load must
                 tagger = tagger_of(load_clap_text(models.clap_model, models.choice))
                 result, problems = add_uploads(self.library.paths, clap_audio, files, mood, progress, tagger=tagger)
         finally:
             self.discard(files)  # copied into new_music/, or refused: the page clears them from the form anyway
+        problems = [hidden_servers(problem, servers) for problem in problems]
         for problem in problems:
             gr.Warning(problem)
         db = current_library(self.library)
