@@ -348,7 +348,8 @@ def test_no_answer_html_or_served_file_of_the_page_names_the_server(server_libra
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    from music_mood.web.views import render_analysis, render_slideshow, saved_playlist_status
+    from music_mood.web.library_tab import edit_cell
+    from music_mood.web.views import LIBRARY_COLUMNS, render_analysis, render_slideshow, saved_playlist_status
 
     library = tmp_path / "copy"
     shutil.copytree(server_library, library)
@@ -380,7 +381,12 @@ def test_no_answer_html_or_served_file_of_the_page_names_the_server(server_libra
         shown += [("Library tab", tab), ("/add_music", again)]
         fixed = client.predict(track=songs[0]["id"], fields={"mood": "calm"}, api_name="/set_track_fields")
         assert fixed["file_path"] == songs[0]["id"] and fixed["mood"] == "calm"
-        shown.append(("/set_track_fields", fixed))
+        # A cell of the table edited: the row's file column (a song's id) names the track.
+        rows, title = tab[-3], LIBRARY_COLUMNS.index("title")
+        row = next(i for i, r in enumerate(rows) if r[LIBRARY_COLUMNS.index("file")] == songs[0]["id"])
+        edited = edit_cell(LiveLibrary(LibraryPaths.at(library), checkpoints["clap"]), rows, (row, title), "Harbour")
+        assert edited == f"Set the title of {songs[0]['id']} to “Harbour”."
+        shown += [("/set_track_fields", fixed), ("a cell edited", edited)]
 
         slideshow = client.predict(photos=[handle_file(str(photos[name])) for name in ("coffee.png", "rocket.jpg")],
                                    seconds_per_photo=2.0, text="", moods=[], genres=genres, api_name="/soundtrack")
