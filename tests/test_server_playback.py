@@ -310,6 +310,32 @@ def test_the_library_tab_says_each_tracks_source_and_lists_the_server(server_lib
     assert_nothing_of_the_server([("note", note)], supysonic)
 
 
+def test_a_servers_failure_is_said_in_the_page_by_its_label():
+    """A server's errors name it (its address, its URL, its host and port): a failed /save_playlist part and a
+    soundtrack's error say its label instead, and a server that is no source of the library is "a Subsonic
+    server"."""
+    import gradio as gr
+
+    from music_mood.render import RenderError
+    from music_mood.web.errors import user_errors
+    from music_mood.web.playlists import servers_hidden
+
+    address, other = "http://bob@nas.local:4533/music", "http://eve@old.local:80"
+    labels = {address: "Subsonic server 1"}
+    said = f"{address} refused; http://nas.local:4533/music/rest/ping.view down; bob@nas.local:4533, nas.local:4533"
+    failed = [{"to": "subsonic", "server": server, "tracks": 1, "titles": ["a"], "error": error}
+              for server, error in ((address, said), (other, f"{other} refused; eve@old.local:80"))]
+    answer = servers_hidden({"name": "x", "tracks": 0, "saved": [], "failed": failed}, labels)
+    assert [place["server"] for place in answer["failed"]] == ["Subsonic server 1", "a Subsonic server"]
+    assert answer["failed"][0]["error"].startswith("Subsonic server 1 refused; Subsonic server 1/rest/ping.view")
+    for secret in ("nas.local", "bob", "old.local", "eve"):
+        assert secret not in json.dumps(answer), secret
+    with pytest.raises(gr.Error) as raised, user_errors(soundtrack=True, servers=labels):
+        raise RenderError(f"cannot play “Neon” of the server {address}: {said}")
+    assert "Cannot play “Neon” of the server Subsonic server 1: Subsonic server 1 refused" in raised.value.message
+    assert "nas.local" not in raised.value.message and "bob" not in raised.value.message
+
+
 def assert_nothing_of_the_server(shown: list[tuple[str, object]], server: Supysonic) -> None:
     """No (what, answer) of `shown` names the server: its host and port, its user (in an address or alone), its
     password. An answer is text, bytes (a served file) or JSON-able data."""
