@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 from music_mood.audio import AUDIO_EXTENSIONS
 from music_mood.database import Database
 from music_mood.library import LibraryPaths, committed_state, load_database
-from music_mood.remote import ServerConnections, is_server_source, is_server_track
+from music_mood.remote import ServerConnections, is_server_source, is_server_track, server_labels
 from music_mood.sources import committed_sources
 
 
@@ -26,7 +26,7 @@ class LiveLibrary:
         self._db: Database | None = None
         self._version: tuple | None = None
         self._folders: list[Path] = []  # processed_music/ and the folders of the sources, as last committed
-        self._servers: set[str] = set()  # the addresses of the server sources, as last committed
+        self._servers: dict[str, str] = {}  # the server sources' addresses, as last committed, and their labels
         self.current()  # a library that cannot be read is an error at start-up, not at the first request
 
     def current(self) -> Database:
@@ -72,6 +72,13 @@ class LiveLibrary:
         address = track.get("source") if is_server_track(track) else None
         return address if address in servers else None
 
+    def server_labels(self) -> dict[str, str]:
+        """{address: label} of the current library's server sources (remote.server_labels): how the page names
+        each server, and what it replaces in a message that names one."""
+        with self._lock:
+            self._refresh()
+            return dict(self._servers)
+
     def _refresh(self) -> Database:
         """The current Database, read again if the commit point changed; the caller holds the lock."""
         version = committed_state(self.paths)  # taken before reading: a commit meanwhile is seen next time
@@ -80,6 +87,6 @@ class LiveLibrary:
             sources = committed_sources(self.paths)
             self._folders = [self.paths.processed_music] + [Path(s["path"]) for s in sources
                                                             if not is_server_source(s)]
-            self._servers = {s["path"] for s in sources if is_server_source(s)}
+            self._servers = server_labels(sources)
             self._version = version
         return self._db

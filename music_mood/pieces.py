@@ -75,10 +75,11 @@ class TrackChooser:
 
 
 def server_song(track: dict) -> dict:
-    """A Piece's source and song_id for a server's song (what rendering downloads it by); none for a file."""
+    """A Piece's source and song_id for a server's song (what rendering downloads it by) and its track's id (what a
+    served plan names it by); none for a file."""
     if not is_server_track(track):
         return {}
-    return {"source": str(track["source"]), "song_id": str(track["song_id"])}
+    return {"source": str(track["source"]), "song_id": str(track["song_id"]), "track_id": str(track["id"])}
 
 
 def new_piece(track: dict, score: float, track_start_s: float, start_s: float, end_s: float, **beats) -> Piece:

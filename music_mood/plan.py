@@ -56,9 +56,11 @@ class Piece:
     start_s: float
     end_s: float
     # A song of a Subsonic server (remote.py): its server's address (the track's "source") and song id, which
-    # rendering downloads it by; "" for a file. Its file_path is then remote.server_file_path, not on any disk.
+    # rendering downloads it by, and its track's id in the library, which a served plan names it by (its file_path,
+    # remote.server_file_path, holds the server's address); "" for a file.
     source: str = ""
     song_id: str = ""
+    track_id: str = ""
     # Beat sync (issue 24): the track's tempo (its record's bpm; None: no steady beat), the beats and downbeats of
     # the stretch that plays, in soundtrack time (empty for a plan cut by the clock), and the cross-fade centred on
     # this piece's start (whole beats; None: the plan's crossfade_s).
@@ -114,11 +116,13 @@ class Plan:
         """to_dict as a server hands the plan to a visitor, naming no path of the server: no library_root (a
         piece's file_path is relative to the library already), each photo by its file name alone (its path is an
         upload's temporary copy), each skipped photo as {"name", "error"}, its name in the error too; a server
-        song's piece without its server's address (its "source": the page plays it through this server)."""
+        song's piece without its server's address or user (the page plays it through this server): no "source",
+        and its track's id for file_path (remote.page_file_path), which the page's requests may send back."""
         data = self.to_dict()
         del data["library_root"]
         for piece in (piece for scene in data["scenes"] for piece in scene["pieces"]):
-            piece["source"] = ""
+            if piece["song_id"]:
+                piece["source"], piece["file_path"] = "", piece["track_id"]
         for photo in data["photos"]:
             del photo["path"]
         data["skipped_photos"] = [named_skipped_photo(skipped) for skipped in self.skipped_photos]

@@ -16,12 +16,15 @@ the server and in a folder is one track, not two.
 from __future__ import annotations
 
 import threading
+from urllib.parse import urlsplit
 
 from music_mood.audio import AudioBytes
 from music_mood.subsonic import SubsonicClient, SubsonicError, connect, parse_server, password_for
 
 SERVER_KIND = "subsonic"
 SONG_MARK = "#song="  # between a server's address and a song id in a server track's file_path
+SERVER_LABEL = "Subsonic server {}"  # how a page names the library's Nth server source (server_labels)
+UNKNOWN_SERVER = "a Subsonic server"  # how a page names a server that is no source of the library (anymore)
 
 
 def is_server_track(track) -> bool:
@@ -45,6 +48,42 @@ def server_song(file_path: str) -> tuple[str, str] | None:
     if not mark or not song_id or not address.startswith(("http://", "https://")):
         return None
     return address, song_id
+
+
+def page_file_path(track: dict) -> str:
+    """How a page (its HTML, its API's answers, the files it serves) names a track where it names one by file: a
+    server track by its record id, since its file_path holds its server's address and user, which a page reachable
+    from a network (--host, --share) must not tell a visitor; a file by its file_path as stored (relative to the
+    library, or a folder source's absolute path). What a page sends back works either way: database.find_track
+    and saved_playlists.track_rows take a track's id wherever they take a file path."""
+    return str(track["id"]) if is_server_track(track) else str(track["file_path"])
+
+
+def server_labels(sources: list[dict]) -> dict[str, str]:
+    """{address: "Subsonic server N"} of the server sources among `sources` (the committed ones, in the order they
+    were added, as --list-sources lists them): how a page names a server. Not its host alone: a host and port name
+    a machine of the user's network, which a visitor of a page reached from outside has no business learning, and
+    the user name is half of a login. The user's own command line keeps the whole address."""
+    servers = [s["path"] for s in sources if is_server_source(s)]
+    return {address: SERVER_LABEL.format(n) for n, address in enumerate(servers, 1)}
+
+
+def address_forms(address: str) -> list[str]:
+    """The ways a message may spell the server at `address` (the address itself, its URL without the user, its
+    host and port with and without the user), longest first: what a page replaces by the server's label."""
+    parts = urlsplit(address)
+    host_port = parts.netloc.rpartition("@")[2]
+    forms = [address, f"{parts.scheme}://{host_port}{parts.path}", f"{parts.scheme}://{host_port}", parts.netloc,
+             host_port]
+    return sorted({form for form in forms if form}, key=len, reverse=True)
+
+
+def hidden_servers(text: str, labels: dict[str, str]) -> str:
+    """`text` (a message, a server's error) with every server of `labels` ({address: label}) named by its label."""
+    for address, label in labels.items():
+        for form in address_forms(address):
+            text = text.replace(form, label)
+    return text
 
 
 class ServerConnections:

@@ -96,7 +96,8 @@ def slideshow_answer(slideshow: Slideshow, db: Database) -> dict:
     server, each photo named by its file name only), each photo's thumbnail_url, each piece's audio_url (the
     library's track on this server, by its id in `db`: a plan names its pieces by file_path; a track removed
     meanwhile gets the bare route, which plays nothing), and "files": the URL of each rendered file by kind
-    (SLIDESHOW_FILES), all relative to the server.
+    (SLIDESHOW_FILES), all relative to the server. A server's song is named by its track's id, never by its
+    server's address (Plan.to_served_dict).
 
     A photo's path is its temporary copy on the server, of no use to a client; and gradio_client takes any dict
     with a "path" for a file to download, so an answer holding one would reach the client changed."""
@@ -104,9 +105,9 @@ def slideshow_answer(slideshow: Slideshow, db: Database) -> dict:
     base = f"{RENDER_ROUTE}{slideshow.token}/"
     for i, photo in enumerate(answer["photos"]):
         photo["thumbnail_url"] = f"{base}{THUMBNAILS}/{i:03d}.jpg"
-    for scene in answer["scenes"]:
-        for piece in scene["pieces"]:
-            row = db.row_of_file(piece["file_path"])
+    for scene, planned in zip(answer["scenes"], slideshow.plan.scenes):
+        for piece, kept in zip(scene["pieces"], planned.pieces):
+            row = db.row_of_file(kept.file_path)  # as planned: a served server song's file_path is its id
             piece["audio_url"] = track_url("" if row is None else str(db.tracks[row]["id"]))
     answer["files"] = {kind: base + name for kind, name in SLIDESHOW_FILES.items()}
     return answer

@@ -198,9 +198,10 @@ def built_library(tmp_path_factory, clap_audio, sample_tracks):
     return library
 
 
-def store_as_table(library: Path, table: bool = True, change=None) -> None:
+def store_as_table(library: Path, table: bool = True, change=None, sources: list[dict] | None = None) -> None:
     """Commit the library in `library` again, its records as a track table (or inline JSON with table=False), as
-    a catalogue's are; `change(tracks)` may edit the records first. Through the product's own commit."""
+    a catalogue's are; `change(tracks)` may edit the records first, `sources` replace the committed sources. Through
+    the product's own commit."""
     from music_mood.library import LibraryPaths, load_database, save_database
     from music_mood.storage import acquire_lock
 
@@ -212,7 +213,7 @@ def store_as_table(library: Path, table: bool = True, change=None) -> None:
         if change is not None:
             change(db.tracks)
         sample_rate = json.loads(paths.metadata.read_text(encoding="utf-8"))["embedding"]["sample_rate"]
-        save_database(db, paths, sample_rate)
+        save_database(db, paths, sample_rate, sources=sources)
     finally:
         lock.release()
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from music_mood.library import LibraryPaths, load_database
-from music_mood.remote import server_file_path
+from music_mood.remote import SERVER_KIND, server_file_path
+from music_mood.sources import committed_sources
 from music_mood.subsonic import connect, parse_server
 from tests.conftest import store_as_table
 from tests.subsonic_server import Supysonic, start_supysonic
@@ -27,7 +28,8 @@ def start_server(folder: Path, files: list[Path], album: str) -> Supysonic:
 
 def move_to_servers(library: Path, servers: list[Supysonic]) -> dict[str, dict]:
     """Turn the library's records of the files each server holds into records of that server's songs (found by
-    the server's own song list), committed; their files are removed. Returns the new records by file_path."""
+    the server's own song list), committed with the servers registered as sources, in this order (as a build of
+    them commits them); their files are removed. Returns the new records by file_path."""
     by_name = {}
     for server in servers:
         with connect(parse_server(server.url), PASSWORD) as client:
@@ -47,7 +49,9 @@ def move_to_servers(library: Path, servers: list[Supysonic]) -> dict[str, dict]:
                           title=track.title, artist=track.artist, album=track.album, genre=track.genre)
             moved[record["file_path"]] = dict(record)
 
-    store_as_table(library, table=False, change=change)
+    added = [{"kind": SERVER_KIND, "path": server.url, "added": "2026-12-01T10:00:00+0000", "excluded": []}
+             for server in servers]
+    store_as_table(library, table=False, change=change, sources=[*committed_sources(LibraryPaths.at(library)), *added])
     assert len(moved) == len(by_name), "every server file is a track of the library"
     return moved
 

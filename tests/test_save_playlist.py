@@ -472,8 +472,11 @@ def test_save_playlist_api_answers_where_each_part_went(server_library, servers,
     finally:
         demo.close(verbose=False)
         library.servers.close()
+    # A server is named as the Library tab lists the sources, never by its address or user.
     assert [(p["to"], p.get("file") or p.get("server"), p["tracks"]) for p in answer["saved"]] == [
-        ("m3u8", "playlists/Page ♪.m3u8", 1), ("subsonic", servers[1].url, 1), ("subsonic", servers[0].url, 1)]
+        ("m3u8", "playlists/Page ♪.m3u8", 1), ("subsonic", "Subsonic server 2", 1),
+        ("subsonic", "Subsonic server 1", 1)]
     assert answer["tracks"] == 3 and answer["failed"] == [] and str(server_library) not in json.dumps(answer)
+    assert not [s for s in servers for shown in (f":{s.port}", f"{s.user}@") if shown in json.dumps(answer)]
     assert server_playlists(servers[1], "Page ♪") == [[south[0]["song_id"]]]
     assert server_playlists(servers[0], "Page ♪") == [[north[0]["song_id"]]]

@@ -6,6 +6,7 @@ server source; and a page reached from a network cannot point the app at a folde
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import time
@@ -289,19 +290,160 @@ def assert_password_free(response, server: Supysonic) -> None:
 
 
 def test_the_library_tab_says_each_tracks_source_and_lists_the_server(server_library, supysonic):
+    """A server track's source is the server's label and its file its id; the sources list names it the same."""
+    from music_mood.remote import hidden_servers, server_labels
     from music_mood.sources import source_lines
     from music_mood.web.views import LIBRARY_COLUMNS, library_rows, sources_note
 
     paths = LibraryPaths.at(server_library)
     db = load_database(paths)
-    rows = library_rows(db)
+    labels = server_labels(committed_sources(paths))
+    assert labels == {supysonic.url: "Subsonic server 1"}
+    rows = library_rows(db, labels)
     source, file = LIBRARY_COLUMNS.index("source"), LIBRARY_COLUMNS.index("file")
-    assert [row[source] for row in rows] == [t.get("source") or "library" for t in db.tracks]
-    assert {row[source] for row in rows if row[file].startswith(supysonic.url)} == {supysonic.url}
+    assert [row[source] for row in rows] == ["Subsonic server 1" if is_server_track(t) else "library"
+                                             for t in db.tracks]
+    assert [row[file] for row in rows] == [t["id"] if is_server_track(t) else t["file_path"] for t in db.tracks]
     assert sum(row[source] == "library" for row in rows) == len(db) - len(supysonic.tracks)
-    note = sources_note(source_lines(paths, db.tracks))
-    assert f"- `{SERVER_KIND}  {supysonic.url}  {len(supysonic.tracks)} tracks, last scan " in note
-    assert supysonic.password not in note
+    note = sources_note([hidden_servers(line, labels) for line in source_lines(paths, db.tracks)])
+    assert f"- `{SERVER_KIND}  Subsonic server 1  {len(supysonic.tracks)} tracks, last scan " in note
+    assert_nothing_of_the_server([("note", note)], supysonic)
+
+
+def test_a_servers_failure_is_said_in_the_page_by_its_label():
+    """A server's errors name it (its address, its URL, its host and port): a failed /save_playlist part and a
+    soundtrack's error say its label instead, and a server that is no source of the library is "a Subsonic
+    server"."""
+    import gradio as gr
+
+    from music_mood.render import RenderError
+    from music_mood.web.errors import user_errors
+    from music_mood.web.playlists import servers_hidden
+
+    address, other = "http://bob@nas.local:4533/music", "http://eve@old.local:80"
+    labels = {address: "Subsonic server 1"}
+    said = f"{address} refused; http://nas.local:4533/music/rest/ping.view down; bob@nas.local:4533, nas.local:4533"
+    failed = [{"to": "subsonic", "server": server, "tracks": 1, "titles": ["a"], "error": error}
+              for server, error in ((address, said), (other, f"{other} refused; eve@old.local:80"))]
+    answer = servers_hidden({"name": "x", "tracks": 0, "saved": [], "failed": failed}, labels)
+    assert [place["server"] for place in answer["failed"]] == ["Subsonic server 1", "a Subsonic server"]
+    assert answer["failed"][0]["error"].startswith("Subsonic server 1 refused; Subsonic server 1/rest/ping.view")
+    for secret in ("nas.local", "bob", "old.local", "eve"):
+        assert secret not in json.dumps(answer), secret
+    with pytest.raises(gr.Error) as raised, user_errors(soundtrack=True, servers=labels):
+        raise RenderError(f"cannot play “Neon” of the server {address}: {said}")
+    assert "Cannot play “Neon” of the server Subsonic server 1: Subsonic server 1 refused" in raised.value.message
+    assert "nas.local" not in raised.value.message and "bob" not in raised.value.message
+
+
+def assert_nothing_of_the_server(shown: list[tuple[str, object]], server: Supysonic) -> None:
+    """No (what, answer) of `shown` names the server: its host and port, its user (in an address or alone), its
+    password. An answer is text, bytes (a served file) or JSON-able data."""
+    for what, answer in shown:
+        if isinstance(answer, bytes):
+            text = answer.decode("utf-8", errors="replace")
+        else:
+            text = answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False, default=str)
+        for secret in (f"127.0.0.1:{server.port}", f":{server.port}", f"{server.user}@", server.password,
+                       quote(server.password)):
+            assert secret not in text, (what, secret)
+        assert not re.search(rf"\b{server.user}\b", text), what
+
+
+def raw_call(app, endpoint: str, data: list) -> str:
+    """What a plain HTTP client reads of /gradio_api/call/ENDPOINT (the event's stream, as text)."""
+    import httpx
+
+    asked = httpx.post(f"{app.url}gradio_api/call/{endpoint}", json={"data": data}, timeout=60)
+    asked.raise_for_status()
+    return httpx.get(f"{app.url}gradio_api/call/{endpoint}/{asked.json()['event_id']}", timeout=120).text
+
+
+def page_handler(app, name: str):
+    """The page's own handler `name` (an event the browser runs, not in the API), as the launched page holds it."""
+    return next(f.fn for f in app.demo.fns.values() if getattr(f.fn, "__name__", "") == name)
+
+
+def test_no_answer_html_or_served_file_of_the_page_names_the_server(server_library, supysonic, checkpoints,
+                                                                   shared_exports, photos, tmp_path):
+    """Every endpoint of the page served in process, on a library holding the server's songs: the answers (through
+    gradio_client and raw /gradio_api calls), the HTML the page makes of them, the Library tab, the soundtrack's
+    served files and the saved playlist's answer name a server's song by its id and the server by its label, never
+    its address or user; and what the page sends back of them works: More like this on a server song, a playlist
+    of them made on the server (read back with getPlaylist), a song's tags corrected, a song removed."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from music_mood.web.library_tab import edit_cell
+    from music_mood.web.views import LIBRARY_COLUMNS, render_analysis, render_slideshow, saved_playlist_status
+
+    library = tmp_path / "copy"
+    shutil.copytree(server_library, library)
+    songs = server_tracks(library)
+    genres = [t.genre for t in supysonic.tracks]
+    shown: list[tuple[str, object]] = []
+    with serving_app(library, checkpoints, tmp_path / "run", exports=shared_exports) as app, \
+            pytest.MonkeyPatch.context() as scope:
+        scope.setenv(PASSWORD_ENV, PASSWORD)  # serving_app gives the page no MUSIC_MOOD_* of the test run
+        shown += [(path, get(app, path).body) for path in ("/", "/config", "/gradio_api/info")]
+        client = Client(app.url, verbose=False)
+
+        found = client.predict(image=handle_file(str(photos["coffee.png"])), text="harbour", topk=10, moods=[],
+                               genres=genres, api_name="/recommend")
+        assert sorted(t["file_path"] for t in found["results"]) == sorted(t["id"] for t in songs)
+        html = render_analysis(found)[3]
+        assert all(f'data-file="{t["id"]}"' in html for t in songs)
+        like = client.predict(like=found["results"][0]["file_path"], topk=10, api_name="/more_like_this")
+        assert like["results"] and found["results"][0]["id"] not in [t["id"] for t in like["results"]]
+        assert found["results"][0]["id"] in like["query_text"]
+        shown += [("/recommend", found), ("results HTML", html), ("/more_like_this", like),
+                  ("More like this HTML", render_analysis(like)[3]),
+                  ("raw /more_like_this", raw_call(app, "more_like_this", [songs[0]["id"], 10, [], [], 2, 0.0, ""]))]
+
+        tab = page_handler(app, "show_library")()
+        # The server's own file, uploaded: the library has it already, as the server's song.
+        again = client.predict(files=[handle_file(str(supysonic.tracks[0].path))], mood="", api_name="/add_music")
+        assert "already in the library as Subsonic server 1" in json.dumps(again, ensure_ascii=False)
+        shown += [("Library tab", tab), ("/add_music", again)]
+        fixed = client.predict(track=songs[0]["id"], fields={"mood": "calm"}, api_name="/set_track_fields")
+        assert fixed["file_path"] == songs[0]["id"] and fixed["mood"] == "calm"
+        # A cell of the table edited: the row's file column (a song's id) names the track.
+        rows, title = tab[-3], LIBRARY_COLUMNS.index("title")
+        row = next(i for i, r in enumerate(rows) if r[LIBRARY_COLUMNS.index("file")] == songs[0]["id"])
+        edited = edit_cell(LiveLibrary(LibraryPaths.at(library), checkpoints["clap"]), rows, (row, title), "Harbour")
+        assert edited == f"Set the title of {songs[0]['id']} to “Harbour”."
+        shown += [("/set_track_fields", fixed), ("a cell edited", edited)]
+
+        slideshow = client.predict(photos=[handle_file(str(photos[name])) for name in ("coffee.png", "rocket.jpg")],
+                                   seconds_per_photo=2.0, text="", moods=[], genres=genres, api_name="/soundtrack")
+        played = [piece["file_path"] for scene in slideshow["scenes"] for piece in scene["pieces"]]
+        assert played and set(played) <= {t["id"] for t in songs}
+        shown += [("/soundtrack", slideshow), ("slideshow HTML", render_slideshow(slideshow))]
+        files = [*slideshow["files"].values(), *(photo["thumbnail_url"] for photo in slideshow["photos"])]
+        for url in files:
+            served = get(app, url)
+            assert served.status == 200, url
+            shown.append((url, served.body))
+        try:
+            again = client.predict(scene_index=0, api_name="/next_best_track")
+            shown += [("/next_best_track", again), ("its HTML", render_slideshow(again))]
+        except AppError as e:  # the filter may leave no other song: the refusal names no server either
+            shown.append(("/next_best_track refused", str(e)))
+
+        saved = client.predict(name="Hidden ♪", tracks=[t["file_path"] for t in found["results"]],
+                               api_name="/save_playlist")
+        assert [(p["to"], p.get("server"), p["tracks"]) for p in saved["saved"]] == [
+            ("subsonic", "Subsonic server 1", len(songs))]
+        shown += [("/save_playlist", saved), ("its status", saved_playlist_status(saved))]
+        with connect(parse_server(supysonic.url), PASSWORD) as server:
+            assert server.get_playlist(saved["saved"][0]["playlist_id"]).song_ids == [
+                next(t["song_id"] for t in songs if t["id"] == r["id"]) for r in found["results"]]
+
+        removed = client.predict(tracks=[songs[1]["id"]], api_name="/remove_tracks")
+        assert [item["file_path"] for item in removed["removed"]] == [songs[1]["id"]]
+        shown.append(("/remove_tracks", removed))
+    assert [t["id"] for t in server_tracks(library)] == [songs[0]["id"]]
+    assert_nothing_of_the_server(shown, supysonic)
 
 
 # ---------------------------------------------------------------------------------------------- a networked page

@@ -145,13 +145,16 @@ def test_the_pages_slideshow_renders_a_server_song_and_serves_no_address(library
                           [photos["coffee.png"], photos["chelsea.png"]], 2.0, 1)
     piece = plan.scenes[1].pieces[0]
     piece.source, piece.song_id, piece.title, piece.artist = song["source"], song["song_id"], song["title"], "Ana"
+    piece.track_id = song["id"]
     (tmp_path / "renders").mkdir()
     renders = RenderFolders(tmp_path / "renders")
     with closing(ServerConnections()) as servers:
         slideshow = render_slideshow_files(renders, plan, servers=servers)
     folder = renders.folder(slideshow.token)
     served = (folder / SLIDESHOW_FILES["json"]).read_text(encoding="utf-8")
-    assert song["song_id"] in served and "127.0.0.1" not in served.replace(song["file_path"], "")
+    assert song["song_id"] in served and "127.0.0.1" not in served and "carol" not in served
+    assert [p["file_path"] for s in json.loads(served)["scenes"] for p in s["pieces"]] == [local["file_path"],
+                                                                                         song["id"]]
     playlist = (folder / SLIDESHOW_FILES["m3u8"]).read_text(encoding="utf-8").splitlines()
     assert local["file_path"] in playlist  # the file as an entry; the song as a comment, not a path
     assert [line for line in playlist if song["song_id"] in line] == [

@@ -17,6 +17,7 @@ from music_mood.images import ImageError
 from music_mood.models import ModelLoadError
 from music_mood.playlists import PlaylistNameError
 from music_mood.recommendation import NoQueryError
+from music_mood.remote import address_forms
 from music_mood.render import RenderError
 from music_mood.saved_playlists import PlaylistError
 from music_mood.soundtrack import NoOtherTrackError
@@ -24,7 +25,8 @@ from music_mood.storage import LibraryBusyError
 
 
 @contextlib.contextmanager
-def user_errors(uploads: Iterable = (), *, change: bool = False, soundtrack: bool = False):
+def user_errors(uploads: Iterable = (), *, change: bool = False, soundtrack: bool = False,
+                servers: dict[str, str] | None = None):
     """The core's errors that the user can act on, raised as one gr.Error each with a message for them (see
     user_message); the server keeps serving, and real faults pass through with their traceback.
 
@@ -33,8 +35,11 @@ def user_errors(uploads: Iterable = (), *, change: bool = False, soundtrack: boo
     core refuses a change whole). With `soundtrack` the request plans or renders a soundtrack: the planner's
     ValueError and IndexError are the user's too (no photo readable, how many, how long, a scene there is not), and
     a message is a sentence, capital first, as the Slideshow tab shows them. Elsewhere those two are faults.
+    `servers` ({address: label}, LiveLibrary.server_labels) are the servers the request may reach: a message (a
+    song that did not download, a server that is down) names each by its label, never by its address or user.
     """
     names = {str(upload): Path(str(upload)).name for upload in uploads}
+    names |= {form: label for address, label in (servers or {}).items() for form in address_forms(address)}
     try:
         yield
     except Exception as e:

@@ -14,6 +14,7 @@ from music_mood.database import Database, find_track
 from music_mood.edit import EDITABLE_FIELDS, field_value, remove_tracks, set_fields
 from music_mood.live import LiveLibrary
 from music_mood.models import BackgroundModels, load_clap_text
+from music_mood.remote import hidden_servers, page_file_path
 from music_mood.search import tag_values
 from music_mood.sources import source_lines
 from music_mood.tags import tagger_of
@@ -51,8 +52,8 @@ def correct_track(library: LiveLibrary, track: str, fields: dict) -> dict:
     text, of bounded length). One commit under the library lock (edit.set_fields); the vectors stay, and --rebuild
     keeps the corrections. Values equal to the stored ones commit nothing.
 
-    Returns {"id", "file_path", "title", "artist", "genre", "mood"} of the track after the change. An unknown
-    track or field is a gr.Error, and nothing is changed.
+    Returns {"id", "file_path", "title", "artist", "genre", "mood"} of the track after the change (file_path as a
+    page names it: remote.page_file_path). An unknown track or field is a gr.Error, and nothing is changed.
     """
     if not isinstance(fields, dict) or not fields:
         raise gr.Error(f"Say which fields to set, e.g. {{\"mood\": \"calm\"}} (a track's editable fields are "
@@ -73,7 +74,8 @@ def correct_track(library: LiveLibrary, track: str, fields: dict) -> dict:
             record = done[-1][0]
             for problem in problems:
                 gr.Warning(problem)
-    return {key: str(record.get(key, "") or "") for key in ("id", "file_path", *EDITABLE_FIELDS)}
+    return {**{key: str(record.get(key, "") or "") for key in ("id", *EDITABLE_FIELDS)},
+            "file_path": page_file_path(record)}
 
 
 def track_keys(tracks) -> list[str]:
@@ -90,8 +92,9 @@ def remove_from_library(library: LiveLibrary, tracks: list[str]) -> dict:
 
     Their rows, their windows and the move of their files to removed/ in the library folder are one commit
     (edit.remove_tracks); nothing is deleted. Every name must be a track of the library, else nothing changes
-    (gr.Error). Returns {"removed": [{"file_path", "moved_to"}], "tracks": how many are left}: moved_to is
-    relative to the library folder, None for a file that was already gone.
+    (gr.Error). Returns {"removed": [{"file_path", "moved_to"}], "tracks": how many are left}: file_path as a page
+    names it (remote.page_file_path), moved_to relative to the library folder, None for a file that was already
+    gone (and for a server's song, which has none here).
     """
     keys = track_keys(tracks)
     if not keys:
@@ -101,7 +104,7 @@ def remove_from_library(library: LiveLibrary, tracks: list[str]) -> dict:
     for problem in problems:
         gr.Warning(problem)
     root = library.paths.root
-    return {"removed": [{"file_path": record["file_path"],
+    return {"removed": [{"file_path": page_file_path(record),
                          "moved_to": target.relative_to(root).as_posix() if target else None}
                         for record, target in removed],
             "tracks": len(current_library(library))}
@@ -109,7 +112,8 @@ def remove_from_library(library: LiveLibrary, tracks: list[str]) -> dict:
 
 def edit_cell(library: LiveLibrary, table: list[list], index, value) -> str:
     """A cell of the Library table edited in the page: row index[0] of `table` (the table as the page showed it,
-    whose file column names the track), column index[1]. Commits it through correct_track; returns the status line.
+    whose file column names the track: its file_path, or a server song's id), column index[1]. Commits it through
+    correct_track; returns the status line.
 
     The "(auto)" mark of an automatic tag is the table's, not part of a word: "calm (auto)" sets "calm".
     """
@@ -124,7 +128,8 @@ def edit_cell(library: LiveLibrary, table: list[list], index, value) -> str:
         file_path = ""
     if not file_path:
         raise gr.Error("That row is no track of the library: add music with the upload above.")
-    if current_library(library).row_of_file(file_path) is None:
+    db = current_library(library)
+    if db.row_of_file(file_path) is None and not db.rows_with("id", file_path):
         raise gr.Error(f"{file_path} is no longer in the library (removed or moved meanwhile); the table now shows "
                        f"the library as it is.")
     value = str(value or "").strip().removesuffix(AUTO_MARK.strip()).strip()
@@ -238,8 +243,10 @@ class LibraryTab:
     def library_outputs(self, db: Database) -> tuple:
         """What `view` shows of `db`, in its order: both tabs' filters offer the library's moods and genres."""
         moods, genres = gr.update(choices=tag_values(db, "mood")), gr.update(choices=tag_values(db, "genre"))
-        note = library_table_note(len(db)) + sources_note(source_lines(self.library.paths, db.tracks))
-        return (*(moods, genres) * len(self.filters), library_rows(db), note)
+        servers = self.library.server_labels()  # a server is shown by its label, never its address
+        lines = [hidden_servers(line, servers) for line in source_lines(self.library.paths, db.tracks)]
+        note = library_table_note(len(db)) + sources_note(lines)
+        return (*(moods, genres) * len(self.filters), library_rows(db, servers), note)
 
     def show_library(self):
         """The library as stored, and how many tracks it holds: when a page opens (not as it was when the server
@@ -250,14 +257,16 @@ class LibraryTab:
     def on_add_music(self, files, mood, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio asks)
         if not files:
             raise gr.Error("Choose one or more audio files first.")
+        servers = self.library.server_labels()  # an upload that is a server's song names it: by its label
         try:
-            with user_errors():
+            with user_errors(servers=servers):
                 models = self.models
                 clap_audio = models.audio_model()  # waits for the start-up loads, as the text tower's load must
                 tagger = tagger_of(load_clap_text(models.clap_model, models.choice))
                 result, problems = add_uploads(self.library.paths, clap_audio, files, mood, progress, tagger=tagger)
         finally:
             self.discard(files)  # copied into new_music/, or refused: the page clears them from the form anyway
+        problems = [hidden_servers(problem, servers) for problem in problems]
         for problem in problems:
             gr.Warning(problem)
         db = current_library(self.library)

@@ -8,6 +8,7 @@ import gradio as gr
 
 from music_mood.live import LiveLibrary
 from music_mood.playlists import NAME_MAX_CHARS, check_playlist_name
+from music_mood.remote import UNKNOWN_SERVER, hidden_servers
 from music_mood.saved_playlists import save_playlist
 from music_mood.web.errors import logged_as_one_line, user_errors
 from music_mood.web.views import saved_playlist_status
@@ -43,16 +44,32 @@ def save_tracks(library: LiveLibrary, name, tracks) -> dict:
 
     Everything is checked before anything is written: a bad name, a track the library does not hold (however it
     is spelled: nothing is looked up outside the library), a file of that name that the product did not save.
-    Each is one gr.Error, and nothing is written."""
+    Each is one gr.Error, and nothing is written. A server is named by its label (LiveLibrary.server_labels), in
+    its errors too, never by its address or user."""
     with user_errors():
         name = check_playlist_name(name)
     keys = requested_tracks(tracks)
-    with user_errors():
-        return save_playlist(library.current(), keys, name, library.servers).to_dict()
+    servers = library.server_labels()
+    with user_errors(servers=servers):
+        return servers_hidden(save_playlist(library.current(), keys, name, library.servers).to_dict(), servers)
+
+
+def servers_hidden(answer: dict, servers: dict[str, str]) -> dict:
+    """A SavedPlaylist.to_dict() answer with each server named by its label in `servers` ({address: label}), or
+    remote.UNKNOWN_SERVER when it is no source of the library, in "server" and in its "error"."""
+    for place in (place for places in (answer["saved"], answer["failed"]) for place in places):
+        if place["to"] == "m3u8":
+            continue
+        label = servers.get(place["server"], UNKNOWN_SERVER)
+        if "error" in place:
+            place["error"] = hidden_servers(place["error"], {place["server"]: label, **servers})
+        place["server"] = label
+    return answer
 
 
 def recommended_tracks(result) -> list[str]:
-    """The file paths of a /recommend answer's tracks, in order; gr.Error when there is none yet."""
+    """The tracks of a /recommend answer, in order, as it names them (a file path, or a server song's id);
+    gr.Error when there is none yet."""
     tracks = (result or {}).get("results") if isinstance(result, dict) else None
     if not tracks:
         raise gr.Error("Get some recommendations first, then save them as a playlist.")
@@ -96,7 +113,8 @@ def add_save_playlist_api(library: LiveLibrary) -> None:
         """Save tracks of the library (ids or file paths as the library lists them, in order) as the playlist
         `name`: LIBRARY/playlists/NAME.m3u8 for files, replacing the playlist this app saved under that name,
         never a file of that name it did not save; a server's songs as the playlist `name` on their server.
-        Answers {"name", "tracks", "saved": [{"to", "file" or "server", "tracks", "titles"}], "failed": [...]}."""
+        Answers {"name", "tracks", "saved": [{"to", "file" or "server", "tracks", "titles"}], "failed": [...]},
+        a server named by its label ("Subsonic server 1", as the Library tab lists the sources), not its address."""
         return save_tracks(library, name, tracks)
 
     gr.api(logged_as_one_line(save_playlist_endpoint), api_name="save_playlist", queue=False)

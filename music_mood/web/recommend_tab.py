@@ -6,10 +6,12 @@ from pathlib import Path
 
 import gradio as gr
 
+from music_mood.database import Database, find_track
 from music_mood.live import LiveLibrary
 from music_mood.memory import release_freed_memory
 from music_mood.models import BackgroundModels
 from music_mood.recommendation import Recommendation, recommend
+from music_mood.remote import page_file_path
 from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, Filters, parse_bpm_range
 from music_mood.web.errors import logged_as_one_line, user_errors
 from music_mood.web.playlists import SavePlaylistBox, recommended_tracks
@@ -49,7 +51,7 @@ def recommend_photo(library: LiveLibrary, blip, clap, image, text: str = "", top
         db = library.current()  # one version of the library for the whole request
         rec = recommend(blip, clap, db, image=image, text=text, topk=int(topk), filters=Filters(moods, genres, tempo),
                         max_per_artist=int(max_per_artist), diversity=float(diversity))
-    return answer_of(rec)
+    return answer_of(rec, db)
 
 
 def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, genres=None,
@@ -64,17 +66,24 @@ def recommend_like(library: LiveLibrary, like: str, topk: int = 10, moods=None, 
         db = library.current()
         rec = recommend(None, None, db, topk=int(topk), filters=Filters(moods, genres, tempo), like=like,
                         max_per_artist=int(max_per_artist), diversity=float(diversity))
-    return answer_of(rec)
+        liked = db.tracks[find_track(db, like)]
+    # The query says which track, by its file_path: a server track's would tell its server's address.
+    rec.query_text = rec.query_text.replace(str(liked["file_path"]), page_file_path(liked))
+    return answer_of(rec, db)
 
 
-def answer_of(rec: Recommendation) -> dict:
-    """A Recommendation as the API answers it: its dict, each track with its player's URL; a track whose file is
-    missing is named in a warning."""
+def answer_of(rec: Recommendation, db: Database) -> dict:
+    """A Recommendation of `db`'s tracks as the API answers it: its dict, each track with its player's URL and named
+    as a page names it (remote.page_file_path: a server's song by its id, never by its server's address); a track
+    whose file is missing is named in a warning."""
     for path in rec.skipped_missing:
         gr.Warning(f"{path} is in the library but its file is missing; left out of the results.")
     result = rec.to_dict()
     for track in result["results"]:
         track["audio_url"] = audio_url(track["id"])
+        rows = db.rows_with("id", track["id"])
+        if rows:
+            track["file_path"] = page_file_path(db.tracks[rows[0]])
     return result
 
 

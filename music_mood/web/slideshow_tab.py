@@ -164,7 +164,7 @@ class SlideshowTab:
         report = progress_reporter(progress)
 
         def work(should_stop):
-            with user_errors(photos, soundtrack=True):
+            with user_errors(photos, soundtrack=True, servers=self.library.server_labels()):
                 blip, clap = self.models.query_models()
                 try:
                     return make_slideshow(self.renders, blip, clap, self.library.current(), photos,
@@ -181,7 +181,8 @@ class SlideshowTab:
         report = progress_reporter(progress)
 
         def work(should_stop):
-            with user_errors([photo.path for photo in session.plan.photos], soundtrack=True):
+            with user_errors([photo.path for photo in session.plan.photos], soundtrack=True,
+                             servers=self.library.server_labels()):
                 return next_best_slideshow(self.renders, self.library.current(), session, int(scene_index),
                                            should_stop, report, servers=self.library.servers)
 

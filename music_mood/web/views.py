@@ -11,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from music_mood.database import Database
 from music_mood.display import TAG_COLUMNS, format_bpm, format_duration, track_tags
 from music_mood.edit import REMOVED_FOLDER
+from music_mood.remote import UNKNOWN_SERVER, is_server_track, page_file_path
 from music_mood.serve import track_url
 from music_mood.slideshows import SLIDESHOW_FILES
 
@@ -138,8 +139,8 @@ def slideshow_status(answer: dict) -> str:
 
 def saved_playlist_status(answer: dict) -> str:
     """The "Save as playlist" status: where the playlist went (a file in the library folder, a playlist on a
-    server) and how many tracks; which tracks, when they went to more than one place; and each server that failed,
-    with the tracks it did not get and why."""
+    server, named by its label: "Subsonic server 1") and how many tracks; which tracks, when they went to more
+    than one place; and each server that failed, with the tracks it did not get and why."""
     several = len(answer["saved"]) + len(answer.get("failed", [])) > 1
 
     def tracks(place: dict) -> str:
@@ -147,24 +148,30 @@ def saved_playlist_status(answer: dict) -> str:
         return f"{place['tracks']} track(s){titles}"
 
     places = "; ".join(f"{tracks(place)} in {markdown_text(place['file'])} in the library folder"
-                       if place["to"] == "m3u8" else f"{tracks(place)} on the server {markdown_text(place['server'])}"
+                       if place["to"] == "m3u8" else f"{tracks(place)} on {markdown_text(place['server'])}"
                        for place in answer["saved"])
     lines = [f"Saved the playlist “{markdown_text(answer['name'])}”: {places}."]
-    lines += [f"Not saved on the server {markdown_text(place['server'])}: {tracks(place)}: "
+    lines += [f"Not saved on {markdown_text(place['server'])}: {tracks(place)}: "
               f"{markdown_text(place['error'])}" for place in answer.get("failed", [])]
     return "\n\n".join(lines)
 
 
-def library_rows(db: Database) -> list[list]:
+def library_rows(db: Database, servers: dict[str, str] | None = None) -> list[list]:
     """The Library tab's table: number, the tag columns, tempo, length, source (source_name) and file of every track
-    (of the first LIBRARY_TABLE_MAX_ROWS: a catalogue is browsed with python music_to_vector.py --list)."""
+    (of the first LIBRARY_TABLE_MAX_ROWS: a catalogue is browsed with python music_to_vector.py --list); a server's
+    song is filed under its id (remote.page_file_path). `servers`: the labels of the library's servers."""
+    servers = servers or {}
     return [[i, *track_tags(t), format_bpm(t.get("bpm"), unit=""), format_duration(float(t.get("duration_s", 0) or 0)),
-             source_name(t), str(t["file_path"])] for i, t in enumerate(db.tracks[:LIBRARY_TABLE_MAX_ROWS], 1)]
+             source_name(t, servers), page_file_path(t)]
+            for i, t in enumerate(db.tracks[:LIBRARY_TABLE_MAX_ROWS], 1)]
 
 
-def source_name(track: dict) -> str:
-    """Where a track comes from, as the Library table says it: LIBRARY_SOURCE for processed_music/, else its
-    source's key as --list-sources shows it (a folder's path, a server's address: a user, never a password)."""
+def source_name(track: dict, servers: dict[str, str]) -> str:
+    """Where a track comes from, as the Library table says it: LIBRARY_SOURCE for processed_music/, a folder
+    source's path as --list-sources shows it, a server's label in `servers` ({address: "Subsonic server N"},
+    remote.server_labels), never its address."""
+    if is_server_track(track):
+        return servers.get(str(track.get("source")), UNKNOWN_SERVER)
     return str(track.get("source") or LIBRARY_SOURCE)
 
 
@@ -186,7 +193,8 @@ def sources_note(lines: list[str]) -> str:
     if len(lines) < 2:
         return ""
     return ("\n\nSources (the table's source column says each track's; `python music_to_vector.py --add-source "
-            "FOLDER_OR_SERVER` or `--remove-source` changes them, from the command line only):\n"
+            "FOLDER_OR_SERVER` or `--remove-source` changes them, from the command line only, and "
+            "`--list-sources` gives the servers' addresses, in this order):\n"
             + "".join(f"\n- `{line}`" for line in lines))
 
 
@@ -199,7 +207,7 @@ def removal_choices(rows: list[list]) -> list[tuple[str, str]]:
 def render_removal_question(db: Database, rows: list[int]) -> str:
     """What the page asks before removing the tracks at `rows` of `db` (as Markdown): which tracks, and where their
     files will go."""
-    lines = [f"- {markdown_text(db.tracks[i].get('title') or '')} — {markdown_text(db.tracks[i]['file_path'])}"
+    lines = [f"- {markdown_text(db.tracks[i].get('title') or '')} — {markdown_text(page_file_path(db.tracks[i]))}"
              for i in rows]
     return (f"**Remove {len(rows)} track(s) from the library?**\n\n" + "\n".join(lines) +
             f"\n\nTheir files move to `{REMOVED_FOLDER}/` in the library folder; nothing is deleted (to add a track "
