@@ -9,7 +9,7 @@ For each scene, in order, from the bar line where the last one ended (0 for the 
 - each photo inside the scene starts on the beat nearest the time the clock gives it: photo lengths are whole
   numbers of beats close to the length asked for;
 - the last scene ends on the beat nearest the length asked for (within half a beat), or on the track's own
-  ending where that falls within one beat of it; otherwise the music fades out over its last bar;
+  ending where that falls within ENDING_BEATS of it; otherwise the music fades out over its last bar;
 - a cross-fade between two pieces is whole beats of the outgoing one (about plan.CROSSFADE_S), centred on the bar
   line; neither tempo is stretched.
 A track without a steady beat (no beats in its record) keeps the clock, as a plan with beat sync off does.
@@ -27,6 +27,7 @@ from music_mood.pieces import TrackChooser, new_piece, track_duration, track_str
 from music_mood.plan import CROSSFADE_S, Piece
 from music_mood.search import best_segment_start
 
+ENDING_BEATS = 0.75  # the soundtrack ends on its track's own ending when that is this close to the length asked
 END_MARGIN_S = 0.05  # a stretch ends at least this much before its track does (decoders differ by a frame)
 
 
@@ -94,7 +95,8 @@ def synced_scene(db: Database, chooser: TrackChooser, vector: np.ndarray, start_
         last_s = duration - END_MARGIN_S + offset  # the latest the stretch may end
         end, done = _scene_end(grid, offset, at, max(min_end, at + grid.bar), last_s, ideal_end_s, final,
                                fixed_end_s)
-        if done and final and fixed_end_s is None and abs(duration + offset - ideal_end_s) <= grid.period:
+        ending = duration + offset  # the track's own ending, in soundtrack time
+        if done and final and fixed_end_s is None and abs(ending - ideal_end_s) <= ENDING_BEATS * grid.period:
             end = min(duration + offset, last_s + END_MARGIN_S)  # the track's own ending, within a beat
         elif done and final:
             fade_out = grid.bar
