@@ -80,6 +80,14 @@ def format_recommendation(label: str, rec) -> str:
     return "\n".join(lines)
 
 
+def bar_and_beat(piece) -> str:
+    """Where a beat-synced piece starts in its track, "bar 5.1" (bar 5, beat 1); "-" by the clock."""
+    bar, beat = getattr(piece, "start_bar", None), getattr(piece, "start_beat", None)
+    if isinstance(piece, dict):
+        bar, beat = piece.get("start_bar"), piece.get("start_beat")
+    return f"bar {bar}.{beat}" if bar is not None and beat is not None else "-"
+
+
 def format_soundtrack(plan) -> str:
     """The readable soundtrack plan (soundtrack.Plan): each scene with its photos, then the music under it, where
     in each track it plays, and why it was picked."""
@@ -99,10 +107,12 @@ def format_soundtrack(plan) -> str:
             photo = plan.photos[i]
             lines.append(f"  {i + 1:>3}  {photo.name}: {photo.caption}" +
                          (f" ({', '.join(photo.mood_words)})" if photo.mood_words else ""))
-        lines.append(f"  {'':<8}{'in track':>11}  {'score':>6}  {'title':<30} {'artist':<18} file")
+        lines.append(f"  {'':<8}{'in track':>11}  {'from':>9}  {'tempo':>9}  {'score':>6}  {'title':<30} "
+                     f"{'artist':<18} file")
         for j, piece in enumerate(scene.pieces):
             span = f"{format_duration(piece.track_start_s)}-{format_duration(piece.track_end_s)}"
-            lines.append(f"  {'music' if j == 0 else 'then':<8}{span:>11}  {piece.score:>6.3f}  {piece.title[:30]:<30} "
+            lines.append(f"  {'music' if j == 0 else 'then':<8}{span:>11}  {bar_and_beat(piece):>9}  "
+                         f"{format_bpm(piece.tempo_bpm, '-'):>9}  {piece.score:>6.3f}  {piece.title[:30]:<30} "
                          f"{piece.artist[:18]:<18} {piece.file_path}")
         why = f"  why:  {', '.join(scene.mood_words)} mood" if scene.mood_words else "  why:  the photos' captions"
         if scene.shared_mood_words:

@@ -68,6 +68,8 @@ class Piece:
     beats_s: list[float] = field(default_factory=list)
     downbeats_s: list[float] = field(default_factory=list)
     crossfade_s: float | None = None
+    start_bar: int | None = None  # where the stretch starts in its track, as bar and beat (1-based; beat sync)
+    start_beat: int | None = None
 
     @property
     def on_server(self) -> bool:

@@ -101,7 +101,7 @@ def synced_scene(db: Database, chooser: TrackChooser, vector: np.ndarray, start_
         elif done and final:
             fade_out = grid.bar
         pieces.append((row, new_piece(track, score, track_start, at, end, **_beats_in(grid, offset, at, end),
-                                      tempo_bpm=track.get("bpm"))))
+                                      **_bar_and_beat(grid, track_start), tempo_bpm=track.get("bpm"))))
         if done:
             return SyncedScene(pieces, _snap_photos(pieces, ideal_starts, ideal_end_s, end), end, fade_out)
         at = end
@@ -143,6 +143,16 @@ def _beats_in(grid: Grid, offset: float, start_s: float, end_s: float) -> dict:
     down_within = (downbeats >= start_s - 1e-6) & (downbeats < end_s - 1e-6)
     return {"beats_s": [round(float(t), 3) for t in beats[within]],
             "downbeats_s": [round(float(t), 3) for t in downbeats[down_within]]}
+
+
+def _bar_and_beat(grid: Grid, track_s: float) -> dict:
+    """Where `track_s` falls in the track: {"start_bar", "start_beat"}, 1-based, counted from its first downbeat
+    (a beat before it is in bar 0)."""
+    beat = int(np.argmin(np.abs(grid.beats - track_s)))
+    first_down = int(np.argmin(np.abs(grid.beats - grid.downbeats[0])))
+    meter = max(1, round(grid.bar / grid.period))
+    bar, in_bar = divmod(beat - first_down, meter)
+    return {"start_bar": bar + 1, "start_beat": in_bar + 1}
 
 
 def _snap_photos(pieces: list[tuple[int, Piece]], ideal_starts: list[float], ideal_end_s: float,

@@ -61,11 +61,11 @@ def client(app):
     return Client(app.url, verbose=False)
 
 
-def make(client, album, seconds: float = 4, text: str = "", moods=(), genres=()) -> dict:
+def make(client, album, seconds: float = 4, text: str = "", moods=(), genres=(), beat_sync=True) -> dict:
     from gradio_client import handle_file
 
     return client.predict(photos=[handle_file(str(p)) for p in album], seconds_per_photo=seconds, text=text,
-                          moods=list(moods), genres=list(genres), api_name="/soundtrack")
+                          moods=list(moods), genres=list(genres), beat_sync=beat_sync, api_name="/soundtrack")
 
 
 def plan_of(answer: dict, library: Path, photos: dict | None = None) -> Plan:
@@ -293,3 +293,24 @@ def test_a_cancel_leaves_no_file_and_a_stopped_server_none_at_all(library_copy, 
         assert set(served(app, after).values()) == {200} and len(render_folders(work)) == 1
         assert "Traceback" not in app.log_text()
     assert not list((work / "tmp").glob("music-mood-renders-*"))  # the server stopped: all of it removed
+
+
+def test_the_beat_sync_box_off_keeps_the_exact_clock_and_a_forged_value_is_refused(app, client, photos):
+    """The Slideshow tab's "Cut on the beat" box (on by default): off, each photo lasts exactly the seconds asked;
+    anything but true or false is one clear error. On, each scene shows its track's tempo and where its stretch
+    starts in bars and beats."""
+    from gradio_client.exceptions import AppError
+
+    from music_mood.web.views import render_slideshow
+
+    album = [photos[name] for name in ("rocket.jpg", "coffee.png", "chelsea.png")]
+    clock = make(client, album, seconds=3, beat_sync=False)
+    assert not clock["beat_sync"] and clock["total_s"] == 9.0
+    assert [photo["start_s"] for photo in clock["photos"]] == [0.0, 3.0, 6.0]
+    synced = make(client, album, seconds=3)
+    assert synced["beat_sync"] and abs(synced["total_s"] - 9.0) <= 0.5
+    first = synced["scenes"][0]["pieces"][0]
+    assert first["start_bar"] >= 1 and 1 <= first["start_beat"] <= 4 and first["tempo_bpm"]
+    assert f"BPM, from bar {first['start_bar']} beat {first['start_beat']}" in render_slideshow(synced)
+    with pytest.raises(AppError, match="beat_sync is true or false"):
+        make(client, album, seconds=3, beat_sync="yes")

@@ -12,6 +12,7 @@ import soundfile
 
 from music_mood.beats import beat_times, downbeat_times
 from music_mood.build import build_library
+from music_mood.display import format_soundtrack
 from music_mood.library import LibraryPaths, load_database
 from music_mood.mix import mix_soundtrack
 from music_mood.plan import Plan
@@ -133,6 +134,11 @@ def test_photos_change_on_the_beat_and_scenes_on_the_downbeat(clicks_library):
             assert piece_data["beats_s"] and set(piece_data["downbeats_s"]) <= set(piece_data["beats_s"])
             assert all(piece.start_s - 1e-3 <= t < piece.end_s for t in piece_data["beats_s"])
     assert Plan.from_dict(data) == plan
+    first = plan.scenes[0].pieces[0]  # where its stretch starts, in bars and beats: on a downbeat, beat 1
+    downs = true_beats(_true_bpm(first.file_path))[::4]
+    assert first.start_beat == 1 and first.start_bar == int(np.abs(downs - first.track_start_s).argmin()) + 1
+    table = format_soundtrack(plan)
+    assert f"bar {first.start_bar}.1" in table and f"{first.tempo_bpm:.1f} BPM" in table
     mixed = mix_soundtrack(plan)
     assert mixed.shape == (round(plan.total_s * 44100), 2) and float(np.abs(mixed).max()) > 0.05
 

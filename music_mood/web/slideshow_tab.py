@@ -131,6 +131,9 @@ class SlideshowTab:
                                  label="Only these moods", elem_id="slideshow-moods")
         self.genres = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
                                   label="Only these genres", elem_id="slideshow-genres")
+        self.beat_sync = gr.Checkbox(True, label="Cut on the beat", info="photos change on the music's beats, scenes "
+                                     "on its downbeats; off: every photo lasts exactly the seconds above",
+                                     elem_id="beat-sync")
         with gr.Row():
             self.make = gr.Button("Make the soundtrack", variant="primary", scale=2, elem_id="make-soundtrack")
             self.stop = gr.Button("Cancel", variant="stop", scale=1, elem_id="cancel-soundtrack")
@@ -142,7 +145,7 @@ class SlideshowTab:
         answered = [self.result, self.state]
         making = self.make.click(
             logged_as_one_line(self.on_make), inputs=[self.photos, self.seconds, self.text, self.moods, self.genres,
-                                                      self.state],
+                                                      self.beat_sync, self.state],
             outputs=answered, api_name="soundtrack", concurrency_id="models", show_progress_on=self.view)
         replacing = self.next_best.click(
             logged_as_one_line(self.on_next_best), inputs=[self.next_scene, self.state], outputs=answered,
@@ -158,8 +161,10 @@ class SlideshowTab:
             event(None, inputs=self.photos, outputs=self.photos, js=SORT_BY_NAME, api_visibility="private",
                   queue=False)
 
-    async def on_make(self, photos, seconds_per_photo, text, moods, genres, session,
+    async def on_make(self, photos, seconds_per_photo, text, moods, genres, beat_sync, session,
                       progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio asks for it)
+        if not isinstance(beat_sync, bool):  # a forged request: the checkbox sends true or false
+            raise gr.Error("beat_sync is true or false.")
         photos = slideshow_photos(photos)
         report = progress_reporter(progress)
 
@@ -169,7 +174,7 @@ class SlideshowTab:
                 try:
                     return make_slideshow(self.renders, blip, clap, self.library.current(), photos,
                                           seconds_per_photo, text, Filters(moods, genres), should_stop, report,
-                                          servers=self.library.servers)
+                                          servers=self.library.servers, beat_sync=beat_sync)
                 finally:
                     release_freed_memory()
 

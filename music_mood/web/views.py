@@ -98,6 +98,15 @@ def render_slideshow(answer: dict | None) -> str:
             + f'<ol class="scenes">{scenes}</ol></div>')
 
 
+def beat_place(piece: dict) -> str:
+    """A beat-synced piece's tempo and where its stretch starts, in bars and beats (" · 120.0 BPM, from bar 5
+    beat 1"); its tempo alone by the clock; nothing for music without a beat."""
+    tempo = format_bpm(piece.get("tempo_bpm"))
+    if piece.get("start_bar") is not None:
+        return f' · <span class="tempo">{tempo}, from bar {piece["start_bar"]} beat {piece["start_beat"]}</span>'
+    return f' · <span class="tempo">{tempo}</span>' if tempo else ""
+
+
 def render_scene(scene: dict, photos: list[dict]) -> str:
     """One scene of a soundtrack as an HTML list item: its photos' thumbnails, its music (a player per piece,
     playing just the stretch the soundtrack uses), why it was picked and its "Next-best track" button."""
@@ -115,8 +124,8 @@ def render_scene(scene: dict, photos: list[dict]) -> str:
         pieces.append(
             f'<div class="piece" data-file="{html.escape(piece["file_path"])}">{then}<b class="title">'
             f'{html.escape(piece["title"] or piece["file_path"])}</b>{by} · '
-            f'{format_duration(piece["track_start_s"])}–{format_duration(piece["track_end_s"])} of the track · '
-            f'score {piece["score"]:.3f}'
+            f'{format_duration(piece["track_start_s"])}–{format_duration(piece["track_end_s"])} of the track'
+            f'{beat_place(piece)} · score {piece["score"]:.3f}'
             f'<audio controls preload="none" src="{html.escape(piece["audio_url"] + stretch)}"></audio></div>')
     why = [f"these photos read as {html.escape(', '.join(scene['mood_words']) or '–')}"]
     if scene.get("shared_mood_words"):
