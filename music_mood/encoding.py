@@ -71,7 +71,7 @@ def keep_aac_true_peak(samples: np.ndarray, sample_rate: int, target_lufs: float
     ceiling = LIMITER_CEILING_DBTP
     for _ in range(AAC_PEAK_ROUNDS):
         peak = aac_true_peak_dbtp(samples, sample_rate)
-        if peak <= TRUE_PEAK_DBTP:
+        if peak <= TRUE_PEAK_DBTP - AAC_PEAK_MARGIN_DB / 2:  # a margin for other meters' resamplers
             break
         ceiling -= peak - (TRUE_PEAK_DBTP - AAC_PEAK_MARGIN_DB)
         master_loudness(samples, sample_rate, target_lufs, ceiling)
