@@ -27,6 +27,7 @@ LIMITER_RAMP_S = 0.01  # the limiter's gain falls over this before a peak, holds
 MAX_PIECE_GAIN_DB = 30.0  # a near-silent stretch is not lifted into its noise floor
 LOUDNESS_ROUNDS = 3  # limiting lowers the loudness a little: gain again and limit again, up to this many times
 LOUDNESS_TOLERANCE_LU = 0.2  # close enough to stop (the promise is ±1 LU)
+LOUDNESS_CHUNK_S = 60.0  # audio measured at a time (integrated_loudness)
 _CHUNK = 1 << 18  # samples oversampled at a time (the whole of a 30-minute mix at once would take 5 GB)
 _MARGIN = 64  # samples of context each side of a chunk: longer than resample_poly's filter reaches
 
@@ -48,9 +49,14 @@ def check_loudness(lufs: float) -> float:
     return float(lufs)
 
 
-def integrated_loudness(samples: np.ndarray, sample_rate: int) -> float:
-    """BS.1770-4 integrated loudness of float (n, channels) or (n,) samples, in LUFS (pyloudnorm's meter); -inf
-    for silence. A stretch shorter than the meter's 400 ms block is measured repeated to that length."""
+def integrated_loudness(samples: np.ndarray, sample_rate: int, chunk_s: float = LOUDNESS_CHUNK_S) -> float:
+    """BS.1770-4 integrated loudness of float (n, channels) or (n,) samples, in LUFS; -inf for silence. A stretch
+    shorter than the meter's 400 ms block is measured repeated to that length.
+
+    pyloudnorm's meter filters and measures the 400 ms blocks (its blockwise_loudness), chunk_s of audio at a time
+    with a second of the audio before each chunk to settle its filters; the blocks' gates and mean (BS.1770-4
+    eq. 5-7) are then taken over all of them. Its own integrated_loudness over a 30-minute mix at once would hold
+    three copies of it (one in float64)."""
     import pyloudnorm
 
     samples = np.asarray(samples, dtype=np.float32)
@@ -58,8 +64,36 @@ def integrated_loudness(samples: np.ndarray, sample_rate: int) -> float:
         return -math.inf
     block = math.ceil(0.4 * sample_rate) + 1
     if len(samples) < block:
-        samples = np.resize(samples, (block,) + samples.shape[1:])
-    return float(pyloudnorm.Meter(sample_rate).integrated_loudness(samples))
+        samples = np.resize(samples, (block, *samples.shape[1:]))
+    meter = pyloudnorm.Meter(sample_rate)
+    hop = round(0.1 * sample_rate)  # a block starts every 100 ms (75 % overlap), block j at j * hop
+    per_chunk, settle = max(1, round(chunk_s * 10)), 10  # in hops
+    count, blocks = _block_count(len(samples), sample_rate), []
+    for first in range(0, count, per_chunk):
+        lead = min(settle, first)  # the blocks measured before `first` only to settle the filters
+        # The chunk's last block ends 3 hops after it starts; the last chunk takes the rest, as the meter would.
+        end = len(samples) if first + per_chunk >= count else (first + per_chunk + 3) * hop
+        meter.integrated_loudness(samples[(first - lead) * hop:end])
+        blocks.extend(meter.blockwise_loudness[lead:lead + per_chunk])
+    return _gated_mean(np.array(blocks, np.float64))
+
+
+def _block_count(n: int, sample_rate: int) -> int:
+    """How many 400 ms blocks pyloudnorm measures in n samples (as it counts them)."""
+    return int(np.round((n / sample_rate - 0.4) / 0.1)) + 1
+
+
+def _gated_mean(block_lufs: np.ndarray) -> float:
+    """BS.1770-4 eq. 5-7 over the blocks' loudness: the mean power of the blocks above -70 LUFS and above the
+    relative gate (10 LU under the mean of those above -70), as loudness; -inf when no block passes."""
+    with np.errstate(divide="ignore"):
+        power = 10 ** ((block_lufs + 0.691) / 10)  # sum over channels of G_i z_ij, which the blocks' loudness is
+        loud = block_lufs >= -70.0
+        if not loud.any():
+            return -math.inf
+        relative = -0.691 + 10 * np.log10(power[loud].mean()) - 10.0
+        gated = (block_lufs > relative) & (block_lufs > -70.0)
+        return float(-0.691 + 10 * np.log10(power[gated].mean())) if gated.any() else -math.inf
 
 
 def true_peak_dbtp(samples: np.ndarray) -> float:
@@ -88,8 +122,10 @@ def sample_true_peaks(samples: np.ndarray) -> np.ndarray:
         lo, hi = max(start - _MARGIN, 0), min(end + _MARGIN, n)
         up = resample_poly(samples[lo:hi], OVERSAMPLING, 1, axis=0)[(start - lo) * OVERSAMPLING:
                                                                       (end - lo) * OVERSAMPLING]
-        peaks[start:end] = np.abs(up.reshape(end - start, -1)).max(axis=1)  # a row: a sample's phases, channels
-    return np.maximum(peaks, np.abs(samples).max(axis=1))  # the samples themselves are on the oversampled signal
+        up = np.abs(up.reshape(end - start, -1)).max(axis=1)  # a row: one sample's phases, of every channel
+        # the samples themselves are on the oversampled signal, exactly (the filter's phase 0 nearly)
+        peaks[start:end] = np.maximum(up, np.abs(samples[start:end]).max(axis=1))
+    return peaks
 
 
 class TruePeakMeter:
@@ -166,13 +202,18 @@ def limit_true_peak(mix: np.ndarray, sample_rate: int, ceiling_dbtp: float,
     Returns whether anything was lowered."""
     from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
-    ceiling = 10 ** (ceiling_dbtp / 20)
-    peaks = sample_true_peaks(mix)
-    if not len(peaks) or peaks.max() <= ceiling:
+    ceiling = np.float32(10 ** (ceiling_dbtp / 20))
+    need = sample_true_peaks(mix)
+    if not len(need) or need.max() <= ceiling:
         return False
-    need = np.minimum(1.0, ceiling / np.maximum(peaks, 1e-12)).astype(np.float32)
-    del peaks
+    # In place, two arrays of one float32 a sample at most: a 30-minute mix is 80 million samples.
+    np.maximum(need, np.float32(1e-12), out=need)
+    np.divide(ceiling, need, out=need)
+    np.minimum(need, np.float32(1.0), out=need)
     size = 2 * max(1, round(ramp_s * sample_rate)) + 1
-    gain = uniform_filter1d(minimum_filter1d(need, size, mode="nearest"), size, mode="nearest")
-    mix *= np.minimum(gain, 1.0)[:, None]
+    held = minimum_filter1d(need, size, mode="nearest")
+    gain = uniform_filter1d(held, size, output=need, mode="nearest")
+    del held
+    np.minimum(gain, np.float32(1.0), out=gain)
+    mix *= gain[:, None]
     return True

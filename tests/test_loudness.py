@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +136,14 @@ def test_the_limiter_lowers_only_around_the_peaks_and_smoothly():
     assert np.array_equal(limited[~near], music[~near])  # the music between the hits is untouched
     assert np.abs(np.diff(gain)).max() <= 1.0 / ramp + 1e-4  # it ramps over LIMITER_RAMP_S: no click
     assert abs(lufs(limited) - lufs(music)) < 1.0
+
+
+def test_loudness_measured_a_chunk_at_a_time_is_pyloudnorms_over_the_whole(sample_tracks):
+    # Three tracks at levels 20 and 40 dB apart, with a silence: the gates decide which blocks count.
+    parts = [decode_stretches(track, [(0.0, 12.0)], SR)[0] * gain for track, gain in zip(sample_tracks, (1, 0.1, 0.01))]
+    music = np.concatenate([parts[0], np.zeros((3 * SR, 2), np.float32), parts[1], parts[2]])
+    for chunk_s in (60.0, 7.3, 0.5):
+        assert loudness.integrated_loudness(music, SR, chunk_s) == pytest.approx(lufs(music), abs=1e-6)
 
 
 def test_a_silent_soundtrack_stays_silent():
