@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_LOUDNESS_LUFS = -14.0  # the streaming services' level (Spotify, YouTube, Tidal)
-# What --loudness accepts: quieter than -40 LUFS is near inaudible at a normal volume; louder than -8 LUFS cannot
-# keep a -1 dBTP true peak without heavy limiting (-8 LUFS came out 0.8 LU short on the sample library).
+# What --loudness accepts: quieter than -40 LUFS is near inaudible at a normal volume; louder than -10 LUFS needs
+# limiting that grows fast (asked for -8 LUFS, the sample library came out 0.8 LU short, within the promise barely).
 MIN_LOUDNESS_LUFS, MAX_LOUDNESS_LUFS = -40.0, -10.0
 TRUE_PEAK_DBTP = -1.0  # the promised ceiling (EBU R128, the services' delivery specs)
 # What the limiter aims for: under the promise, since the AAC encoder's output, decoded, overshoots the samples it
-# was given by a few tenths of a dB (benchmarks/RESULTS.md, Soundtrack: the decoded .m4a is measured).
+# was given by a few tenths of a dB (benchmarks/RESULTS.md, "Soundtrack: one loudness"; encoding.keep_aac_true_peak).
 LIMITER_CEILING_DBTP = -1.8
 OVERSAMPLING = 4  # BS.1770-4 Annex 2: the true peak is the peak of the signal oversampled 4 times
 LIMITER_RAMP_S = 0.01  # the limiter's gain falls over this before a peak, holds 2× this, and rises over this after
