@@ -108,6 +108,13 @@ def test_pieces_20_db_apart_come_out_at_one_loudness_and_the_target(library, pho
     assert json.loads(outs[3].read_text(encoding="utf-8"))["loudness_lufs"] == target  # the plan says what it met
 
 
+def test_a_plan_stored_before_loudness_renders_at_the_default(library, photos):
+    data = alternating_plan(library, photos, loudness_lufs=-20.0).to_dict()
+    assert data["loudness_lufs"] == -20.0 and Plan.from_dict(data).loudness_lufs == -20.0
+    del data["loudness_lufs"]
+    assert Plan.from_dict(data).loudness_lufs == loudness.DEFAULT_LOUDNESS_LUFS == -14.0
+
+
 def test_true_peak_sees_between_the_samples():
     # A sine at a quarter of the sample rate, sampled 45° off its crests: every sample is at -3 dB of its peak.
     t = np.arange(SR) / SR
