@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -21,6 +22,7 @@ from music_mood.database import Database, DatabaseError, EmptyLibraryError, Unkn
 from music_mood.display import format_recommendation, format_soundtrack
 from music_mood.images import ImageError
 from music_mood.library import LibraryPaths, load_database
+from music_mood.loudness import DEFAULT_LOUDNESS_LUFS, TRUE_PEAK_DBTP, check_loudness
 from music_mood.models import ModelLoadError
 from music_mood.player import play, play_bytes
 from music_mood.playlists import PlaylistNameError
@@ -85,6 +87,18 @@ def seconds_argument(limit: float):
     return seconds
 
 
+def loudness_argument(text: str) -> float:
+    """An argparse `type` for a loudness target in LUFS, within what loudness.check_loudness allows."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    try:
+        return check_loudness(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def bpm_range(text: str) -> BpmRange:
     """An argparse `type` for a tempo range (search.parse_bpm_range)."""
     try:
@@ -138,10 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     lengths.add_argument("--total-seconds", type=seconds_argument(MAX_TOTAL_S), default=None, metavar="S",
                          help=f"the soundtrack's length, spread evenly over the photos; a soundtrack lasts at most "
                               f"{MAX_TOTAL_S:g} s ({MAX_TOTAL_S / 60:g} minutes), however it is given")
-    slideshow.add_argument("--no-beat-sync", dest="beat_sync", action="store_false",
+    parser.set_defaults(beat_sync=True)  # SUPPRESS below: the help shows no "(default: True)" for a switch that is off
+    slideshow.add_argument("--no-beat-sync", dest="beat_sync", action="store_false", default=argparse.SUPPRESS,
                            help="change photos by the clock, every --seconds-per-photo exactly, instead of on the "
                                 "beat of the music (photos on beats, scenes on downbeats, music changing on a bar "
                                 "line; README: Slideshows)")
+    slideshow.add_argument("--loudness", type=loudness_argument, default=None, metavar="LUFS",
+                           help=f"the --out audio's integrated loudness (ITU-R BS.1770), each piece brought to it, "
+                                f"true peak at most {TRUE_PEAK_DBTP:g} dBTP (default: {DEFAULT_LOUDNESS_LUFS:g}, "
+                                f"the streaming services' level)")
     slideshow.add_argument("--out", action="append", type=Path, metavar="FILE",
                            help=f"also write the soundtrack to FILE, by its extension: {', '.join(OUTPUT_EXTENSIONS)} "
                                 "(repeat for several); a video editor's timeline (.otio, .xml, .edl) comes with the "
@@ -239,6 +258,8 @@ def soundtrack_main(parser: argparse.ArgumentParser, args, stop: StopSignals) ->
         blip = load_blip(args.blip_model, choice)
         plan = plan_soundtrack(blip, clap, db, args.images, seconds_per_photo=seconds, total_s=args.total_seconds,
                                text=args.text, filters=filters, progress=True, beat_sync=args.beat_sync)
+        if args.loudness is not None:
+            plan = dataclasses.replace(plan, loudness_lufs=args.loudness)
         for skipped in plan.skipped_photos:
             print(f"Warning: {skipped['error']}; left out", file=sys.stderr)
         if args.json:
@@ -331,8 +352,10 @@ def main(argv=None) -> int:
 def recommend_main(parser: argparse.ArgumentParser, args, stop: StopSignals) -> int:
     """recommend.py without --soundtrack: the recommendations on stdout (0; 1 on an error, 2 for a usage error,
     128 + the signal's number when stopped by SIGINT or SIGTERM)."""
-    if args.seconds_per_photo is not None or args.total_seconds is not None or args.out or not args.beat_sync:
-        parser.error("--seconds-per-photo, --total-seconds, --no-beat-sync and --out go with --soundtrack")
+    if args.seconds_per_photo is not None or args.total_seconds is not None or args.out \
+            or args.loudness is not None or not args.beat_sync:
+        parser.error("--seconds-per-photo, --total-seconds, --no-beat-sync, --loudness and --out go with "
+                     "--soundtrack")
     if args.like is not None and (args.images or args.text.strip()):
         parser.error("--like is the query on its own: give it without IMAGE or --text")
     if args.like is None and not args.images and not args.text.strip():

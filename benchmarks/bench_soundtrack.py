@@ -1,4 +1,4 @@
-"""A soundtrack for 20 photos × 4 s: time to plan it and to render it, render speed, peak RSS.
+"""A soundtrack for 20 photos × 4 s: time to plan it and to render it, render speed, peak RSS; its loudness.
 
 Time to plan on full-size models, to mix the audio and to render the 1280×720 MP4; render speed in video seconds
 per wall second (target ≥ 4× on this 2-core CPU); peak RSS.
@@ -17,6 +17,12 @@ It runs after rendering, so the peak RSS after rendering is that of rendering al
     python -m benchmarks.bench_soundtrack              # 3 rounds, the variants (frame rate, presets), planning
     python -m benchmarks.bench_soundtrack --quick      # 1 round, no variants
     python -m benchmarks.bench_soundtrack --plan-only  # planning alone
+    python -m benchmarks.bench_soundtrack --loudness-only  # the loudness figures alone
+
+Loudness (bench_loudness, issue 24): the whole sample library, a 6 s stretch of each of its 28 tracks in turn, and
+the four-scene plan above, rendered to .wav and .m4a at the default target: the integrated loudness of each file
+(pyloudnorm, BS.1770-4), the spread of the pieces' loudness in the files (each piece away from its cross-fades)
+against their spread in the tracks, and the true peak of the .wav and of the decoded .m4a (4× oversampled).
 """
 from __future__ import annotations
 
@@ -146,6 +152,66 @@ def run_plan(folder: Path, rounds: int) -> None:
           f"{result['plan_cpu']:.1f} CPU s, {result['scenes']} scene(s); peak RSS {peak_rss_mb():.0f} MB", flush=True)
 
 
+def bench_loudness(plan, out_folder: Path) -> dict:
+    """The loudness figures of `plan` rendered to .wav and .m4a (see the module's docstring), and the seconds
+    write_outputs took for both.
+
+    A piece is heard alone only away from its cross-fades, so its gain is measured there: the loudness of that
+    middle in the file less that of the same middle in its track. Its stretch's loudness in the file is then its
+    whole stretch's in the track plus that gain ("level"), what the mix sets; "middle" is the middles' own spread,
+    which also holds how far each middle is from its whole stretch in the music itself."""
+    import pyloudnorm
+
+    from music_mood.audio import decode_stretches
+    from music_mood.loudness import true_peak_dbtp
+    from music_mood.render import SAMPLE_RATE, write_outputs
+
+    meter = pyloudnorm.Meter(SAMPLE_RATE)
+    pieces = [p for scene in plan.scenes for p in scene.pieces]
+    margin = round((max(plan.crossfade_s / 2, plan.fade_s) + 0.25) * SAMPLE_RATE)  # away from the fades
+    outs = [out_folder / "loudness.wav", out_folder / "loudness.m4a"]
+    start = time.perf_counter()
+    write_outputs(plan, outs, progress=False)
+    seconds = time.perf_counter() - start
+    stretches = [decode_stretches(Path(plan.library_root) / p.file_path, [(p.track_start_s, p.track_end_s)],
+                                  SAMPLE_RATE)[0] for p in pieces]
+    wholes = [meter.integrated_loudness(s) for s in stretches]
+    result = {"seconds": seconds, "target": plan.loudness_lufs, "source_spread": max(wholes) - min(wholes)}
+    for out in outs:
+        (samples,) = decode_stretches(out, [(0.0, plan.total_s + 1.0)], SAMPLE_RATE)
+        middles = [meter.integrated_loudness(samples[round(p.start_s * SAMPLE_RATE) + margin:
+                                                     round(p.end_s * SAMPLE_RATE) - margin]) for p in pieces]
+        levels = [whole + middle - meter.integrated_loudness(stretch[margin:-margin])
+                  for whole, middle, stretch in zip(wholes, middles, stretches)]
+        result[out.suffix] = {"lufs": meter.integrated_loudness(samples), "level": max(levels) - min(levels),
+                              "off": max(abs(level - plan.loudness_lufs) for level in levels),
+                              "middle": max(middles) - min(middles), "true_peak": true_peak_dbtp(samples)}
+    return result
+
+
+def print_loudness(name: str, plan, out_folder: Path) -> None:
+    result = bench_loudness(plan, out_folder)
+    files = "; ".join(f"{kind} {r['lufs']:.2f} LUFS, pieces within {r['level']:.2f} LU of each other and "
+                      f"{r['off']:.2f} LU of the target (their middles within {r['middle']:.2f} LU), true peak "
+                      f"{r['true_peak']:.2f} dBTP" for kind, r in result.items() if kind.startswith("."))
+    print(f"loudness, {name} (target {result['target']:g} LUFS; the pieces {result['source_spread']:.1f} LU apart in "
+          f"their tracks): {files}; .wav + .m4a written in {result['seconds']:.2f} s", flush=True)
+
+
+def sample_library_plan(folder: Path):
+    """A plan over the whole sample library: a 6 s stretch (from 8 s) of each of its tracks in turn, a scene each."""
+    from tests.plan_factory import hand_made_plan
+
+    tracks = sample_tracks()
+    for track in tracks:
+        target = folder / "processed_music" / track.parent.name / track.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(track, target)
+    photos = make_photos(folder, small=True)
+    return hand_made_plan(folder, [f"processed_music/{t.parent.name}/{t.name}" for t in tracks],
+                          [photos[i % len(photos)] for i in range(len(tracks))], 6.0, 1, 8.0)
+
+
 def bench_render(plan, out_folder: Path, rounds: int, size=(1280, 720), **video) -> dict:
     """Median wall seconds to mix, to render the MP4 from the mix, and for write_outputs([.mp4]) (both, as the CLI
     runs them); video seconds per wall second of the latter two; the MP4's CPU seconds (all threads: steadier than
@@ -184,6 +250,7 @@ def main(argv=None) -> int:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--plan-only", action="store_true", help="time planning alone (no rendering)")
     what.add_argument("--no-plan", action="store_true", help="time rendering alone (no models are loaded)")
+    what.add_argument("--loudness-only", action="store_true", help="the loudness figures alone")
     args = parser.parse_args(argv)
     rounds = 1 if args.quick else args.rounds
     if args.plan_only:
@@ -203,6 +270,10 @@ def main(argv=None) -> int:
         (folder / "out").mkdir()
         photos = make_photos(folder / "photos", args.small_photos)
         plan = hand_made_plan(root, tracks, photos, SECONDS_PER_PHOTO, PHOTOS_PER_SCENE)
+        if args.loudness_only:
+            print_loudness(f"the {len(tracks)}-scene plan", plan, folder / "out")
+            print_loudness("the sample library's 28 tracks", sample_library_plan(folder / "whole"), folder / "out")
+            return 0
         print(f"load average {os.getloadavg()[0]:.1f}; {PHOTOS} photos × {SECONDS_PER_PHOTO:g} s = {plan.total_s:g} s "
               f"at 1280×720, {len(tracks)} scenes; photos "
               f"{'as shipped' if args.small_photos else f'{CAMERA_SIZE[0]}×{CAMERA_SIZE[1]} JPEG'}; "
@@ -222,6 +293,8 @@ def main(argv=None) -> int:
                 print(f"{name}: MP4 from the mix {other['video']:.2f} s = {other['speed_video']:.1f}× real time "
                       f"({other['video_cpu']:.1f} CPU s), {other['mp4_mb']:.1f} MB", flush=True)
         print(f"peak RSS after rendering {peak_rss_mb():.0f} MB", flush=True)
+        print_loudness(f"the {len(tracks)}-scene plan", plan, folder / "out")
+        print_loudness("the sample library's 28 tracks", sample_library_plan(folder / "whole"), folder / "out")
         if not args.no_plan:
             run_plan(folder, rounds)
     print(f"load average at the end {os.getloadavg()[0]:.1f}; peak RSS {peak_rss_mb():.0f} MB")

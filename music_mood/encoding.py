@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from music_mood.images import ImageError, open_image
+from music_mood.loudness import LIMITER_CEILING_DBTP, TRUE_PEAK_DBTP, TruePeakMeter, master_loudness
 from music_mood.mix import RenderError, Step
 from music_mood.plan import Plan
 from music_mood.storage import replace_together
@@ -26,6 +27,8 @@ HOLD_S = 1.0  # a still photo's frame is repeated at least this often, for playe
 X264_PRESET = "superfast"
 AAC_BIT_RATE = 192_000
 AAC_OPTIONS = {"aac_coder": "fast"}  # 2.5× faster than FFmpeg's default (twoloop), transparent enough at 192 kb/s
+AAC_PEAK_MARGIN_DB = 0.2  # how far under TRUE_PEAK_DBTP the decoded AAC is brought when it overshoots
+AAC_PEAK_ROUNDS = 3
 
 
 def write_audio(samples: np.ndarray, sample_rate: int, path: Path, on_step: Step | None = None) -> None:
@@ -54,6 +57,47 @@ def encode_audio_file(samples: np.ndarray, sample_rate: int, tmp: Path, suffix: 
             if on_step:
                 on_step(min(at + chunk, len(samples)), len(samples))
         container.mux(stream.encode(None))
+
+
+def keep_aac_true_peak(samples: np.ndarray, sample_rate: int, target_lufs: float) -> float:
+    """Make sure the AAC of `samples` (the mix, float32 (n, channels), changed in place), decoded, keeps its true
+    peak at most TRUE_PEAK_DBTP; returns that true peak (dBTP).
+
+    The encoder's output overshoots its input's peaks, the more so the more of them a limiter has put at its
+    ceiling (about 0.3 dB at -14 LUFS, 0.8 dB at -10 on the sample library). The mix is encoded here as .m4a and
+    .mp4 encode it and measured decoded; if it passes, the mix is limited again under a ceiling lowered by the
+    overshoot and brought back to `target_lufs` (loudness.master_loudness). The same samples then feed every
+    output, so a .wav is what the .m4a decodes to, less the codec's noise."""
+    ceiling = LIMITER_CEILING_DBTP
+    for _ in range(AAC_PEAK_ROUNDS):
+        peak = aac_true_peak_dbtp(samples, sample_rate)
+        if peak <= TRUE_PEAK_DBTP - AAC_PEAK_MARGIN_DB / 2:  # a margin for other meters' resamplers
+            break
+        ceiling -= peak - (TRUE_PEAK_DBTP - AAC_PEAK_MARGIN_DB)
+        master_loudness(samples, sample_rate, target_lufs, ceiling)
+    return peak
+
+
+def aac_true_peak_dbtp(samples: np.ndarray, sample_rate: int) -> float:
+    """The true peak (dBTP) of `samples` encoded as AAC with the settings .m4a and .mp4 use, decoded: encoded into
+    memory (ADTS, no container) and measured a frame at a time."""
+    import io
+
+    import av
+
+    samples = _as_channels(samples)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="adts") as container:
+        stream = _add_audio_stream(container, "aac", sample_rate, samples.shape[1])
+        for at in range(0, len(samples), sample_rate * 5):
+            _encode_audio(container, stream, samples, sample_rate, at, min(at + sample_rate * 5, len(samples)))
+        container.mux(stream.encode(None))
+    buffer.seek(0)
+    meter = TruePeakMeter()
+    with av.open(buffer, "r", format="adts") as container:
+        for frame in container.decode(audio=0):
+            meter.add(frame.to_ndarray().T)  # fltp: (channels, n)
+    return meter.dbtp()
 
 
 def _as_channels(samples: np.ndarray) -> np.ndarray:

@@ -1,9 +1,10 @@
 """The soundtrack's audio mix (the first stage of rendering a plan.Plan; render.py writes the files): each
-piece's stretch of its track, levels matched, equal-power cross-fades between pieces, a fade in and a fade out.
+piece's stretch of its track, at one loudness, equal-power cross-fades between pieces, a fade in and a fade out.
 
-Stereo float32 at 44.1 kHz. Each piece plays its stretch of its track; a piece's level is matched to the others
-(below); an equal-power cross-fade joins two pieces; the soundtrack fades in and ends with a fade that reaches zero
-on its last sample.
+Stereo float32 at 44.1 kHz. Each piece plays its stretch of its track, brought to the plan's loudness
+(loudness.py: BS.1770 integrated loudness, not RMS); an equal-power cross-fade joins two pieces; the soundtrack
+fades in and ends with a fade that reaches zero on its last sample; then the whole is brought to the plan's loudness
+with its true peak under a ceiling (loudness.master_loudness).
 """
 from __future__ import annotations
 
@@ -13,15 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from music_mood.audio import AudioBytes, AudioError, decode_stretches
+from music_mood.loudness import master_loudness, piece_gains
 from music_mood.plan import Piece, Plan
 from music_mood.remote import ServerConnections
 from music_mood.subsonic import SubsonicError
 
 SAMPLE_RATE = 44100
-# Loudness: each piece's gain brings its RMS to the duration-weighted mean (in dB) of all pieces' RMS, within
-# ±GAIN_LIMIT_DB (a quiet intro is not lifted into noise), and never so far that the piece's own peak passes PEAK.
-GAIN_LIMIT_DB = 12.0
-PEAK = 0.98
 SHORT_TRACK_TOLERANCE_S = 0.1  # a track may end this much before the plan says (decoders differ by a frame)
 MIN_CROSSFADE_S = 0.02  # two pieces with less overlap than this are joined by a short dip instead
 DIP_S = 0.01
@@ -34,7 +32,8 @@ class RenderError(RuntimeError):
 
 def mix_soundtrack(plan: Plan, sample_rate: int = SAMPLE_RATE, on_step: Step | None = None,
                    servers: ServerConnections | None = None) -> np.ndarray:
-    """The soundtrack: float32 (round(plan.total_s * sample_rate), 2), stereo, peak at most 1.
+    """The soundtrack: float32 (round(plan.total_s * sample_rate), 2), stereo, at plan.loudness_lufs integrated
+    loudness (±1 LU) with its true peak under -1 dBTP (loudness.py).
 
     Each piece plays [track_start_s, track_end_s) of its track at [start_s, end_s). At a boundary the outgoing
     track is read on past its end and the incoming one from before its start, up to crossfade_s / 2 each, as far
@@ -71,7 +70,8 @@ def mix_soundtrack(plan: Plan, sample_rate: int = SAMPLE_RATE, on_step: Step | N
             audio[k] = np.concatenate([audio[k], np.zeros((missing, 2), np.float32)])
         before.append(start)
         after.append(len(audio[k]) - start - length)
-    gains = _matched_gains([a[b:len(a) - e] for a, b, e in zip(audio, before, after)])
+    gains = piece_gains([a[b:len(a) - e] for a, b, e in zip(audio, before, after)], sample_rate,
+                        plan.loudness_lufs)
     mix = np.zeros((n, 2), np.float32)
     fades = [_crossfade_span(edges[k], after[k - 1], before[k], sample_rate, n) for k in range(1, len(pieces))]
     for k in range(len(pieces)):
@@ -96,9 +96,7 @@ def mix_soundtrack(plan: Plan, sample_rate: int = SAMPLE_RATE, on_step: Step | N
                 mix[n - fade:] *= curve[::-1, None]  # its last value is 0: silent exactly at total_s
             else:
                 mix[:fade] *= curve[:, None]
-    peak = float(np.abs(mix).max(initial=0.0))
-    if peak > 1.0:  # two loud tracks summed in a cross-fade: the whole soundtrack is turned down, not clipped
-        mix *= PEAK / peak
+    master_loudness(mix, sample_rate, plan.loudness_lufs)
     return mix
 
 
@@ -159,25 +157,6 @@ def _check_pieces(plan: Plan, pieces: list[Piece]) -> None:
             fail(f"piece {k} ({piece.file_path}) is not as long in its track as in the soundtrack")
         if k and abs(piece.start_s - pieces[k - 1].end_s) > tolerance:
             fail(f"piece {k} ({piece.file_path}) does not start where piece {k - 1} ends")
-
-
-def _matched_gains(bodies: list[np.ndarray]) -> list[float]:
-    """One gain per piece: its RMS brought to the length-weighted mean level of all pieces (in dB), so a quiet
-    track after a loud one does not drop; within ±GAIN_LIMIT_DB, and never past PEAK at the piece's own peak.
-
-    Plain RMS over the piece, not a perceptual loudness (ITU BS.1770): close enough for music against music, and
-    the pieces are long enough that a passing quiet bar does not move it much."""
-    rms = np.array([max(float(np.sqrt(np.mean(np.square(b, dtype=np.float64)))) if b.size else 0.0, 1e-6)
-                    for b in bodies])
-    weights = np.array([max(len(b), 1) for b in bodies], np.float64)
-    target = np.exp(np.average(np.log(rms), weights=weights))
-    limit = 10 ** (GAIN_LIMIT_DB / 20)
-    gains = []
-    for body, level in zip(bodies, rms):
-        gain = float(np.clip(target / level, 1 / limit, limit))
-        peak = float(np.abs(body).max(initial=0.0))
-        gains.append(min(gain, PEAK / peak) if peak * gain > PEAK else gain)
-    return gains
 
 
 def _crossfade_span(boundary: int, after: int, before: int, sample_rate: int, n: int):

@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from music_mood.loudness import DEFAULT_LOUDNESS_LUFS
 from music_mood.search import NO_FILTERS, Filters
 
 DEFAULT_SECONDS_PER_PHOTO = 4.0
@@ -104,6 +105,7 @@ class Plan:
     fade_s: float = FADE_S
     crossfade_s: float = CROSSFADE_S
     photo_crossfade_s: float = PHOTO_CROSSFADE_S
+    loudness_lufs: float = DEFAULT_LOUDNESS_LUFS  # the soundtrack's integrated loudness (BS.1770), rendered ±1 LU
     tracks_repeat: bool = False  # the library had fewer usable tracks than the plan needed
     beat_sync: bool = False  # photos change on the beat and music on the bar (issue 24); False: by the clock
     fade_out_s: float | None = None  # the final fade's length (beat sync: the last bar); None: fade_s

@@ -20,6 +20,7 @@ from music_mood.encoding import (
     encode_audio_file,
     encode_video,
     fit_photo,
+    keep_aac_true_peak,
     write_audio,
     write_video,
 )
@@ -146,6 +147,8 @@ def write_outputs(plan: Plan, outs: list[Path], progress: bool = True, should_st
         if needs_audio:
             with tracker.stage() as step:
                 samples = mix_soundtrack(plan, sample_rate, step, servers)
+                if "video" in kinds or ".m4a" in (out.suffix.lower() for out in outs):
+                    keep_aac_true_peak(samples, sample_rate, plan.loudness_lufs)  # the codec's overshoot too
         for out, tmp, kind in zip(outs, temps, kinds):
             with tracker.stage() as step:
                 if kind == "video":

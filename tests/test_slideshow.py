@@ -9,9 +9,11 @@ from pathlib import Path
 import av
 import pytest
 
+from music_mood.audio import decode_stretches
 from music_mood.database import DatabaseError, empty_database
 from music_mood.engines import ModelChoice
 from music_mood.library import LibraryPaths, load_database
+from music_mood.loudness import DEFAULT_LOUDNESS_LUFS, TRUE_PEAK_DBTP, integrated_loudness, true_peak_dbtp
 from music_mood.models import ModelStopped, stoppable
 from music_mood.render import RenderCancelled
 from music_mood.search import Filters
@@ -60,6 +62,11 @@ def test_a_soundtrack_is_planned_once_and_rendered_into_its_own_folder(library_c
         assert video.duration / 1e6 == pytest.approx(expected.total_s, abs=0.1)  # on the beat: within one of 15 s
     assert abs(expected.total_s - len(ALBUM) * 3.0) <= 0.5
     assert len(list((folder / THUMBNAILS).glob("*.jpg"))) == len(ALBUM)
+    # The page's soundtrack is as loud as the command line's without --loudness: -14 LUFS, under -1 dBTP.
+    (sound,) = decode_stretches(folder / "soundtrack.m4a", [(0.0, len(ALBUM) * 3.0 + 1.0)], 44100)
+    assert expected.loudness_lufs == DEFAULT_LOUDNESS_LUFS == -14.0
+    assert abs(integrated_loudness(sound, 44100) - DEFAULT_LOUDNESS_LUFS) <= 1.0
+    assert true_peak_dbtp(sound) <= TRUE_PEAK_DBTP
     fractions = [f for f, _ in steps]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert {t for _, t in steps} >= {"Mixing audio", "Rendering video"}
