@@ -27,8 +27,8 @@ DEFAULT_PORT = 7860
 def prepare_library(library: LiveLibrary, choice: ModelChoice = AUTO) -> None:
     """Before serving: add whatever waits in new_music/ (or unlisted in processed_music/) and bring the sources up
     to date (a folder's files, a server's songs: README, Your existing library); if the library has nothing at
-    all (and no source), import the bundled sample tracks first. Progress goes to stderr. A server that cannot be listed is a
-    warning: the page serves the library as it is."""
+    all (and no source), import the bundled sample tracks first. Progress goes to stderr. A server that cannot be
+    listed is a warning: the page serves the library as it is."""
     paths = library.paths
     db = library.current()
     pending, sources = pending_files(paths, db), committed_sources(paths)
