@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import tempfile
 from contextlib import closing
@@ -14,22 +13,26 @@ from music_mood.cli import (
     StopSignals,
     add_library_arguments,
     add_model_arguments,
+    bpm_range,
     int_argument,
+    loudness_argument,
     model_choice,
     new_parser,
+    seconds_argument,
+    unit_interval,
 )
 from music_mood.database import Database, DatabaseError, EmptyLibraryError, UnknownTrackError, find_track
 from music_mood.display import format_recommendation, format_soundtrack
 from music_mood.images import ImageError
 from music_mood.library import LibraryPaths, load_database
-from music_mood.loudness import DEFAULT_LOUDNESS_LUFS, TRUE_PEAK_DBTP, check_loudness
+from music_mood.loudness import DEFAULT_LOUDNESS_LUFS, TRUE_PEAK_DBTP
 from music_mood.models import ModelLoadError
 from music_mood.player import play, play_bytes
 from music_mood.playlists import PlaylistNameError
 from music_mood.recommendation import NoQueryError, Recommendation, Track, recommend
 from music_mood.remote import ServerConnections, is_server_track, song_file_name
 from music_mood.saved_playlists import PlaylistError, check_can_save, save_playlist
-from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, BpmRange, Filters, parse_bpm_range
+from music_mood.search import BPM_RANGE_FORMS, DEFAULT_MAX_PER_ARTIST, Filters
 from music_mood.soundtrack import (
     DEFAULT_SECONDS_PER_PHOTO,
     MAX_PHOTOS,
@@ -58,53 +61,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-
-
-def unit_interval(text: str) -> float:
-    """An argparse `type` for a number from 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 1:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{value:g} is not between 0 and 1")
-    return value
-
-
-def seconds_argument(limit: float):
-    """An argparse `type` for a length in seconds greater than 0 and at most `limit`."""
-    def seconds(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (math.isfinite(value) and value > 0):  # also refuses nan and inf
-            raise argparse.ArgumentTypeError(f"{value:g} is not a length in seconds greater than 0")
-        if value > limit:
-            raise argparse.ArgumentTypeError(f"{value:g} s is more than the limit of {limit:g} s")
-        return value
-
-    return seconds
-
-
-def loudness_argument(text: str) -> float:
-    """An argparse `type` for a loudness target in LUFS, within what loudness.check_loudness allows."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    try:
-        return check_loudness(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def bpm_range(text: str) -> BpmRange:
-    """An argparse `type` for a tempo range (search.parse_bpm_range)."""
-    try:
-        return parse_bpm_range(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

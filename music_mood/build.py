@@ -350,7 +350,7 @@ def _new_record(track: DecodedTrack | EmbeddedTrack, file_path: str, segment_cou
         "last_window_start_s": round(last_window_start_s, 3),
         "embedded_by": embedded_by,
         "bpm": track.bpm,
-        **({"beats": track.beats} if isinstance(track, DecodedTrack) else {}),  # a cluster's: read by a later run
+        "beats": track.beats,
         "from_file": dict(track.tags),
     }
     for key in TAG_KEYS:

@@ -3,6 +3,7 @@ options, and stop signals."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -17,7 +18,9 @@ from music_mood.engines import (
     default_precision,
 )
 from music_mood.library import HOME_ENV
+from music_mood.loudness import check_loudness
 from music_mood.models import BLIP_MODEL_ENV, CLAP_MODEL_ENV, ModelLoadError, default_blip_model, default_clap_model
+from music_mood.search import BpmRange, parse_bpm_range
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -43,6 +46,53 @@ def int_argument(low: int, high: int | None = None, noun: str = "a whole number"
             raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
         return value
     return parse
+
+
+def unit_interval(text: str) -> float:
+    """An argparse `type` for a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{value:g} is not between 0 and 1")
+    return value
+
+
+def seconds_argument(limit: float):
+    """An argparse `type` for a length in seconds greater than 0 and at most `limit`."""
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and value > 0):  # also refuses nan and inf
+            raise argparse.ArgumentTypeError(f"{value:g} is not a length in seconds greater than 0")
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{value:g} s is more than the limit of {limit:g} s")
+        return value
+
+    return seconds
+
+
+def loudness_argument(text: str) -> float:
+    """An argparse `type` for a loudness target in LUFS, within what loudness.check_loudness allows."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    try:
+        return check_loudness(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def bpm_range(text: str) -> BpmRange:
+    """An argparse `type` for a tempo range (search.parse_bpm_range)."""
+    try:
+        return parse_bpm_range(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, blip: bool = True) -> None:

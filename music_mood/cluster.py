@@ -210,5 +210,5 @@ def _shard_reader(folder: Path, hashes: dict[Path, str], unreadable: dict[Path, 
         return EmbeddedTrack(source=path, sha256=sha, tags=read_tags(path, library_folder, shard.file_tags),
                              duration_s=shard.duration_s, vector=shard.vector, segments=shard.segments,
                              last_window_start_s=shard.last_window_start_s, embedded_by=shard.embedded_by,
-                             bpm=shard.bpm)
+                             bpm=shard.bpm, beats=shard.beats)
     return read

@@ -5,7 +5,7 @@ A shard is `.ray-staging/<sha[:2]>/<sha>.npz` in the library folder, holding `ve
 float32 (W, D) (unit rows, exactly what embed.embed_track returns) and `info`: a JSON object stored as uint8 bytes,
 so reading a shard never unpickles anything (format, version, sha256, clap_model, embedded_by, sample_rate,
 window_samples, duration_s, last_window_start_s, bpm (audio.estimate_tempo, null when no beat stands out),
-and file_tags, the tags the file itself carries). It is written
+beats (beats.track_beats, null likewise) and file_tags, the tags the file itself carries). It is written
 whole under a temp name and renamed, without fsync: a shard is a cache of work that nothing names. read_shard refuses
 a torn shard (the zip's CRC), one of another model or window, or one whose vectors break the database contract;
 that file is simply embedded again. The library's commit (library.save_database) stays the one commit point, and the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from music_mood.audio import decode_audio, estimate_tempo, file_sha256, file_tags
+from music_mood.audio import decode_audio, file_sha256, file_tags, read_rhythm
 from music_mood.database import NORM_TOLERANCE
 from music_mood.embed import embed_track
 from music_mood.library import LibraryPaths
@@ -29,7 +29,7 @@ from music_mood.storage import remove, write_atomically
 
 STAGING_FOLDER = ".ray-staging"
 SHARD_FORMAT = "music-mood-shard"
-SHARD_VERSION = 2  # 2: the tempo (bpm); a shard of version 1 has none, so its file is embedded again
+SHARD_VERSION = 3  # 2: the tempo (bpm), 3: the beats; an older shard has not them, so its file is embedded again
 _SHA = re.compile(r"[0-9a-f]{64}")
 
 
@@ -46,6 +46,7 @@ class Shard:
     embedded_by: str  # backend-precision of the worker that embedded it ("onnx-int8", "torch-bf16"...)
     file_tags: dict  # what audio.file_tags gave: the file's own title/artist/genre tags
     bpm: float | None = None  # audio.estimate_tempo of the decoded audio
+    beats: dict | None = None  # beats.track_beats of the decoded audio
 
 
 @dataclass
@@ -62,6 +63,7 @@ class EmbeddedTrack:
     last_window_start_s: float
     embedded_by: str
     bpm: float | None = None  # the tempo the decoding stage read (audio.estimate_tempo)
+    beats: dict | None = None  # and its beats (beats.track_beats)
 
 
 def staging_folder(paths: LibraryPaths) -> Path:
@@ -78,7 +80,7 @@ def encode_shard(shard: Shard, clap_model: str, sample_rate: int, window_samples
     info = {"format": SHARD_FORMAT, "version": SHARD_VERSION, "sha256": shard.sha256, "clap_model": clap_model,
             "embedded_by": shard.embedded_by, "sample_rate": int(sample_rate), "window_samples": int(window_samples),
             "duration_s": float(shard.duration_s), "last_window_start_s": float(shard.last_window_start_s),
-            "bpm": shard.bpm, "file_tags": shard.file_tags}
+            "bpm": shard.bpm, "beats": shard.beats, "file_tags": shard.file_tags}
     out = io.BytesIO()
     np.savez(out, vector=np.asarray(shard.vector, np.float32), segments=np.asarray(shard.segments, np.float32),
              info=np.frombuffer(json.dumps(info, ensure_ascii=False).encode(), np.uint8))
@@ -119,7 +121,8 @@ def read_shard(folder: Path, sha256: str, clap_model: str, sample_rate: int, win
     return Shard(sha256=sha256, vector=vector, segments=segments,
                  last_window_start_s=float(info["last_window_start_s"]), duration_s=float(info["duration_s"]),
                  embedded_by=str(info["embedded_by"]), file_tags=dict(info.get("file_tags") or {}),
-                 bpm=None if info.get("bpm") is None else float(info["bpm"]))
+                 bpm=None if info.get("bpm") is None else float(info["bpm"]),
+                 beats=info.get("beats") if isinstance(info.get("beats"), dict) else None)
 
 
 def remove_staging(folder: Path) -> None:
@@ -152,8 +155,8 @@ def _remove_if_empty(folder: Path) -> None:
 
 def decode_for_embedding(path: str, sha256: str, sample_rate: int) -> dict:
     """The decoding stage: one file → {"sha256", "path", "audio" float32 (n,), "file_tags" (JSON), "bpm" (its tempo,
-    NaN for none: a column of floats), "error"}. The tempo is read here, from the audio just decoded, as the plain
-    builder's reader does.
+    NaN for none: a column of floats), "beats" (JSON: its beat grid, or null), "error"}. The tempo and beats are
+    read here, from the audio just decoded, as the plain builder's reader does.
 
     The file must still have the content the driver hashed (`sha256`): a shard is keyed by content, so audio of
     another content must never be stored under that name. A file that cannot be read or decoded gives an empty
@@ -165,12 +168,13 @@ def decode_for_embedding(path: str, sha256: str, sample_rate: int) -> dict:
         if file_sha256(source) != sha256:
             raise OSError(f"{source.name} changed while it was being added; run again to add it as it is now")
         audio, tags = decode_audio(source, sample_rate), file_tags(source)
-        bpm = estimate_tempo(audio, sample_rate)
+        rhythm = read_rhythm(audio, sample_rate)
     except Exception as e:  # every reason a file cannot be read is that file's failure, reported with its name
         return {"sha256": sha256, "path": path, "audio": np.zeros(0, np.float32), "file_tags": "{}",
-                "bpm": float("nan"), "error": str(e) or type(e).__name__}
+                "bpm": float("nan"), "beats": "null", "error": str(e) or type(e).__name__}
     return {"sha256": sha256, "path": path, "audio": audio, "file_tags": json.dumps(tags, ensure_ascii=False),
-            "bpm": float("nan") if bpm is None else bpm, "error": ""}
+            "bpm": float("nan") if rhythm["bpm"] is None else rhythm["bpm"], "beats": json.dumps(rhythm["beats"]),
+            "error": ""}
 
 
 class ShardEmbedder:
@@ -184,14 +188,15 @@ class ShardEmbedder:
         self.clap = clap
         self.clap_model = clap_model or clap.name
 
-    def embed(self, sha256: str, audio: np.ndarray, tags: dict, bpm: float | None = None) -> bytes:
+    def embed(self, sha256: str, audio: np.ndarray, tags: dict, bpm: float | None = None,
+              beats: dict | None = None) -> bytes:
         """One decoded track (float32 (n,) at the model's rate, and its tempo) → the bytes of its shard
         (encode_shard)."""
         runtime = self.clap.runtime
         vector, segments, last_window_start_s = embed_track(self.clap, audio)
         shard = Shard(sha256=sha256, vector=vector, segments=segments, last_window_start_s=last_window_start_s,
                       duration_s=len(audio) / runtime.sampling_rate, embedded_by=self.clap.embedded_by,
-                      file_tags=tags, bpm=bpm)
+                      file_tags=tags, bpm=bpm, beats=beats)
         return encode_shard(shard, self.clap_model, runtime.sampling_rate, runtime.window_samples)
 
     def embed_decoded(self, decoded: dict) -> dict:
@@ -203,7 +208,8 @@ class ShardEmbedder:
         try:
             bpm = float(decoded["bpm"])
             shard = self.embed(str(decoded["sha256"]), np.asarray(decoded["audio"], np.float32),
-                               json.loads(str(decoded["file_tags"])), None if np.isnan(bpm) else bpm)
+                               json.loads(str(decoded["file_tags"])), None if np.isnan(bpm) else bpm,
+                               json.loads(str(decoded.get("beats", "null"))))
         except Exception as e:  # one bad file must not cost the others
             return {"shard": b"", "error": f"cannot embed {path.name}: {e}"}
         return {"shard": shard, "error": ""}

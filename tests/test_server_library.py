@@ -244,3 +244,60 @@ def test_the_app_start_up_reads_the_server_and_serves_what_it_has_when_the_serve
     assert [line for line in err.splitlines() if line.startswith(("Warning: ", "Error: "))] == [
         next(line for line in err.splitlines() if line.startswith("Warning: cannot list the songs of " + server.url))]
     assert "serving the library as it is" in err and committed_state(paths) == state and len(live.current()) == 4
+
+
+def _library_state(paths: LibraryPaths) -> tuple:
+    db = load_database(paths) if paths.metadata.exists() else None
+    return (tuple(s["path"] for s in committed_sources(paths)),
+            tuple(sorted(db.column("sha256"))) if db is not None else ())
+
+
+@pytest.mark.parametrize("command", ["--add-source", "build", "--remove-source"])
+def test_a_kill_at_each_crash_point_of_a_server_source_change_leaves_the_old_or_the_new_library(
+        isolated_library, server, config, tmp_path, call_cli, checkpoints, command):
+    """Adding a server, building from it and removing it, each killed at every crash point of its commit (and of
+    the password store's write, for --add-source): the library loads as before the command or as after it, never
+    in between, and the server's music is untouched. The runs are children forked with the builder imported."""
+    import collections
+    import shutil
+    import signal
+
+    from music_mood.storage import CRASH_AT_ENV, CRASH_LOG_ENV
+    from tests import forked
+
+    library, paths = isolated_library, LibraryPaths.at(isolated_library)
+    env = {PASSWORD_ENV: PASSWORD}
+    if command != "--add-source":
+        assert call_cli(mtv.main, "--library", library, "--add-source", server.url, env_extra=env).returncode == 0
+    if command == "--remove-source":
+        assert call_cli(mtv.main, "--library", library, "--clap-model", checkpoints["clap"]).returncode == 0
+    served = {p: p.read_bytes() for p in server.music.rglob("*") if p.is_file()}
+    base, base_config = tmp_path / "base", tmp_path / "base-config"
+    shutil.copytree(library, base)
+    if config.exists():  # the password store: each run starts from it as it was, as from the library
+        shutil.copytree(config, base_config)
+    old = _library_state(paths)
+    args = ["--library", library, "--clap-model", checkpoints["clap"],
+            *([] if command == "build" else [command, server.url])]
+    log = tmp_path / "points.txt"
+    done = forked.run("music_to_vector", *args, folder=tmp_path, env_extra={**env, CRASH_LOG_ENV: str(log)})
+    assert done.returncode == 0, done.stderr
+    new = _library_state(paths)
+    assert new != old
+    points = [line.split("\t", 1) for line in log.read_text().splitlines()]
+    assert len(points) >= 3, points
+    seen = collections.Counter()
+    for number, what in points:
+        shutil.rmtree(library)
+        shutil.copytree(base, library)
+        shutil.rmtree(config, ignore_errors=True)
+        if base_config.exists():
+            shutil.copytree(base_config, config)
+        killed = forked.run("music_to_vector", *args, folder=tmp_path, env_extra={**env, CRASH_AT_ENV: number})
+        assert killed.returncode == -signal.SIGKILL, f"not killed at {what}: {killed.stderr}"
+        state = _library_state(paths)
+        assert state in (old, new), f"after a kill at {what}"
+        seen["old" if state == old else "new"] += 1
+    assert seen["old"] and seen["new"], seen
+    assert {p: p.read_bytes() for p in server.music.rglob("*") if p.is_file()} == served
+    print(f"{command}: killed at each of {len(points)} crash points; left {dict(seen)}")
