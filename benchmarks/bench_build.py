@@ -87,14 +87,16 @@ def product_build(checkpoint: str, tracks: list[Path], choice: ModelChoice) -> t
 
 
 def tempo_cost(clap, tracks: list[Path]) -> dict[str, tuple[float, float]]:
-    """{"decode", "tempo", "embed": (wall seconds, CPU seconds)} summed over `tracks`, each track decoded, timed
-    for its tempo and embedded in turn (embed.embed_track with `clap`), so the machine's load falls on all three
-    alike. Run after a build, so every first call has been paid."""
+    """{"decode", "tempo", "beats", "embed": (wall seconds, CPU seconds)} summed over `tracks`, each track decoded,
+    timed for its tempo, then its beats (beats.track_beats, which every build now runs too), and embedded in turn
+    (embed.embed_track with `clap`), so the machine's load falls on all of them alike. Run after a build, so every
+    first call has been paid."""
     from music_mood.audio import decode_audio, estimate_tempo
+    from music_mood.beats import track_beats
     from music_mood.embed import embed_track
 
     rate = clap.runtime.sampling_rate
-    totals = {"decode": [0.0, 0.0], "tempo": [0.0, 0.0], "embed": [0.0, 0.0]}
+    totals = {"decode": [0.0, 0.0], "tempo": [0.0, 0.0], "beats": [0.0, 0.0], "embed": [0.0, 0.0]}
 
     def timed_stage(stage, function, *args):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -105,7 +107,8 @@ def tempo_cost(clap, tracks: list[Path]) -> dict[str, tuple[float, float]]:
 
     for track in tracks:
         audio = timed_stage("decode", decode_audio, track, rate)
-        timed_stage("tempo", estimate_tempo, audio, rate)
+        bpm = timed_stage("tempo", estimate_tempo, audio, rate)
+        timed_stage("beats", track_beats, audio, rate, bpm)
         timed_stage("embed", embed_track, clap, audio)
     return {stage: (wall, cpu) for stage, (wall, cpu) in totals.items()}
 
@@ -157,7 +160,8 @@ def main(argv=None) -> int:
     print("(d) per track, ms wall / ms CPU: " + ", ".join(f"{stage} {wall:.0f} / {cpu:.0f}"
                                                          for stage, (wall, cpu) in per_track.items()) +
           f"; the tempo costs {cost['tempo'][0] / cost['embed'][0]:.1%} of the embedding's wall time, "
-          f"{cost['tempo'][1] / cost['embed'][1]:.1%} of its CPU time")
+          f"{cost['tempo'][1] / cost['embed'][1]:.1%} of its CPU time; the beats "
+          f"{cost['beats'][0] / cost['embed'][0]:.1%} and {cost['beats'][1] / cost['embed'][1]:.1%}")
     first = subprocess.run([sys.executable, "-c", FIRST_TEMPO], capture_output=True, text=True, check=True,
                            cwd=Path(__file__).resolve().parents[1])
     print(f"(d) the first tempo of a new process (librosa's imports and numba's compilation, once per run): "
