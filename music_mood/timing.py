@@ -6,8 +6,9 @@ For each scene, in order, from the bar line where the last one ended (0 for the 
 - the scene ends on the downbeat nearest the time the clock gives its end (photo lengths × photos so far), so the
   soundtrack never drifts by more than half a bar from the clock; where the track ends first, it stops at its
   last bar line and the next-best track goes on from its own downbeat;
-- each photo inside the scene starts on the beat nearest the time the clock gives it: photo lengths are whole
-  numbers of beats close to the length asked for;
+- each photo inside the scene starts on the strong beat (the bar's one or three) nearest the time the clock gives
+  it: photo lengths are whole numbers of beats close to the length asked for, and a listener (or another tracker)
+  who hears the music at half or double our tempo still hears the change on a beat;
 - the last scene ends on the beat nearest the length asked for (within half a beat), or on the track's own
   ending where that falls within ENDING_BEATS of it; otherwise the music fades out over its last bar;
 - a cross-fade between two pieces is whole beats of the outgoing one (about plan.CROSSFADE_S), centred on the bar
@@ -93,7 +94,8 @@ def synced_scene(db: Database, chooser: TrackChooser, vector: np.ndarray, start_
         track_start = _start_downbeat(grid, best, duration)
         offset = at - track_start  # soundtrack time = track time + offset
         last_s = duration - END_MARGIN_S + offset  # the latest the stretch may end
-        end, done = _scene_end(grid, offset, at, max(min_end, at + grid.bar), last_s, ideal_end_s, final,
+        end, done = _scene_end(grid, offset, at, max(min_end, at + (grid.period if final else grid.bar)), last_s,
+                               ideal_end_s, final,
                                fixed_end_s)
         ending = duration + offset  # the track's own ending, in soundtrack time
         if done and final and fixed_end_s is None and abs(ending - ideal_end_s) <= ENDING_BEATS * grid.period:
@@ -155,13 +157,22 @@ def _bar_and_beat(grid: Grid, track_s: float) -> dict:
     return {"start_bar": bar + 1, "start_beat": in_bar + 1}
 
 
+def _strong_beats(piece: Piece) -> list[float]:
+    """The beats a photo may change on: every other beat from the piece's first downbeat (the bar's one and three),
+    which a tracker that hears the music at half or double our tempo, or a beat late, still hears as beats."""
+    if not piece.downbeats_s:
+        return piece.beats_s
+    first = int(np.argmin(np.abs(np.asarray(piece.beats_s) - piece.downbeats_s[0])))
+    return piece.beats_s[first % 2::2]
+
+
 def _snap_photos(pieces: list[tuple[int, Piece]], ideal_starts: list[float], ideal_end_s: float,
                  end_s: float) -> list[float]:
     """The scene's photo starts: the first at the scene's start, each other on the beat nearest its clock time
     (of the piece playing then) stretched by as much as the scene's end moved onto its bar line (so the photos
     share that change rather than the last one taking it all), at least one beat after the one before and one
     before the scene's end; by the clock where no beat fits (music without a beat)."""
-    beats = np.array([t for _, piece in pieces for t in piece.beats_s], dtype=np.float64)
+    beats = np.array([t for _, piece in pieces for t in _strong_beats(piece)], dtype=np.float64)
     starts = [pieces[0][1].start_s]
     clock = ideal_end_s - ideal_starts[0]
     scale = (end_s - starts[0]) / clock if clock > 0 else 1.0
