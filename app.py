@@ -7,7 +7,14 @@ import importlib
 import sys
 
 from music_mood.build import build_library, pending_files
-from music_mood.cli import add_library_arguments, add_model_arguments, int_argument, model_choice, new_parser
+from music_mood.cli import (
+    add_library_arguments,
+    add_model_arguments,
+    int_argument,
+    model_choice,
+    new_parser,
+    quiet_request_logs,
+)
 from music_mood.database import DatabaseError
 from music_mood.engines import AUTO, ModelChoice
 from music_mood.library import LibraryPaths
@@ -78,6 +85,7 @@ def main(argv=None) -> int:
     and a busy port answer at once, and a library that cannot be used is said before the wait.
     """
     args = build_parser().parse_args(argv)
+    quiet_request_logs()
     paths = LibraryPaths.at(args.library, args.vectors, args.meta)
     if port_in_use(args.host, args.port):
         print(f"Error: {port_busy_message(args.port)}", file=sys.stderr)

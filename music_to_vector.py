@@ -18,6 +18,7 @@ from music_mood.cli import (
     model_choice,
     new_parser,
     print_lines,
+    quiet_request_logs,
 )
 from music_mood.cluster_pool import DEADLINE_FLOOR_S
 from music_mood.database import DatabaseError, UnknownTrackError
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_request_logs()
     paths = LibraryPaths.at(args.library, args.vectors, args.meta)
     edits = [(key, name, value) for name in EDITABLE_FIELDS for key, value in getattr(args, f"set_{name}") or []]
     if edits and (args.rebuild or args.list or args.sample or args.remove):

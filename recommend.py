@@ -18,6 +18,7 @@ from music_mood.cli import (
     loudness_argument,
     model_choice,
     new_parser,
+    quiet_request_logs,
     seconds_argument,
     unit_interval,
 )
@@ -295,6 +296,7 @@ def play_top(db: Database, top: Track) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_request_logs()
     if args.save_playlist is not None:
         refused = check_playlist_option(args)
         if refused is not None:

@@ -3,6 +3,7 @@ options, and stop signals."""
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import signal
@@ -132,6 +133,13 @@ def add_library_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vectors", default=None, help="database matrix (default: LIBRARY/music_database.npy)")
     parser.add_argument("--meta", default=None,
                         help="database metadata (default: LIBRARY/music_database_metadata.json)")
+
+
+def quiet_request_logs() -> None:
+    """Keep httpx's line per request (a Subsonic server's every song listed, downloaded or played) out of a
+    program's output: a library imported on the way (ONNX Runtime's quantizer) may set the root logger to INFO.
+    Its warnings still show."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def new_parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:

@@ -172,6 +172,7 @@ def test_supysonic_speaks_api_1_10_2_so_the_password_goes_as_enc(supysonic, clie
 def test_supysonic_refuses_a_token_which_is_why_the_fallback_exists(supysonic, caplog):
     """Sent a token anyway, Supysonic 0.7 answers "a required parameter is missing" (it looks for p only)."""
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="httpx")  # a program run in this process quietens it (cli)
     with SubsonicClient(parse_server(supysonic.url), PASSWORD, "1.10.2", auth="token") as token_client:
         with pytest.raises(SubsonicAPIError) as caught:
             token_client.call("ping")
@@ -239,6 +240,7 @@ def test_a_web_server_that_is_not_subsonic_is_said_so(tmp_path):
 def test_no_credential_reaches_the_logs(supysonic, caplog):
     """httpx logs every request's URL at INFO; the token, salt and enc: password in it are blanked."""
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="httpx")  # a program run in this process quietens it (cli)
     with connect(parse_server(supysonic.url), PASSWORD) as session:
         song = next(session.iter_songs())
         session.download_song(song.id)
