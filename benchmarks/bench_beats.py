@@ -8,7 +8,8 @@ vectors are drawn near tracks of the library (no photo model needed: timing does
 (mix.mix_soundtrack). madmom then finds the beats and downbeats of each mix, and the figures are:
 - photo changes within ±50 ms of a detected beat (target ≥ 95 %);
 - scene changes within ±70 ms of a detected downbeat (target ≥ 90 %);
-- how far each plan's length is from the length asked, in beats.
+- how far each plan's length is from the length asked, in beats;
+- each mix's integrated loudness (BS.1770) and true peak.
 
 madmom's release on PyPI (0.16.1) does not build on Python 3.11; its repository's master does:
     pip install cython wheel && pip install --no-build-isolation git+https://github.com/CPJKU/madmom
@@ -73,9 +74,11 @@ def hits(changes: list[float], marks: np.ndarray, tolerance: float) -> tuple[int
 
 
 def measure(plan, track) -> dict:
+    from music_mood.loudness import integrated_loudness, true_peak_dbtp
     from music_mood.mix import mix_soundtrack
 
-    audio = mix_soundtrack(plan).mean(axis=1).astype(np.float32)
+    mixed = mix_soundtrack(plan)
+    audio = mixed.mean(axis=1).astype(np.float32)
     beats, downbeats = track(audio)
     last = plan.scenes[-1].pieces[-1].beats_s
     period = float(np.median(np.diff(last))) if len(last) > 1 else float("nan")
@@ -83,7 +86,8 @@ def measure(plan, track) -> dict:
     return {"photos": hits([p.start_s for p in plan.photos[1:]], beats, BEAT_TOLERANCE_S),
             "scenes": hits([s.start_s for s in plan.scenes[1:]], downbeats if len(downbeats) else beats,
                            DOWNBEAT_TOLERANCE_S),
-            "off_beats": abs(plan.total_s - asked) / period if period == period else 0.0}
+            "off_beats": abs(plan.total_s - asked) / period if period == period else 0.0,
+            "lufs": integrated_loudness(mixed, 44100), "peak": true_peak_dbtp(mixed)}
 
 
 def main(argv=None) -> int:
@@ -109,8 +113,8 @@ def main(argv=None) -> int:
         steady = sum(t.get("beats") is not None for t in db.tracks)
         print(f"{len(db)} tracks, {steady} with a steady beat; {args.plans} plans of {PHOTOS} photos; "
               f"{os.cpu_count()} CPUs")
-        totals = {True: {"photos": [0, 0], "scenes": [0, 0], "off_beats": []},
-                  False: {"photos": [0, 0], "scenes": [0, 0], "off_beats": []}}
+        totals = {synced: {"photos": [0, 0], "scenes": [0, 0], "off_beats": [], "lufs": [], "peak": []}
+                  for synced in (True, False)}
         for photos, seconds in photo_sets(db, args.plans):
             for synced in (True, False):
                 plan = arrange_soundtrack(db, photos, seconds_per_photo=seconds, beat_sync=synced,
@@ -119,14 +123,16 @@ def main(argv=None) -> int:
                 for key in ("photos", "scenes"):
                     totals[synced][key][0] += figures[key][0]
                     totals[synced][key][1] += figures[key][1]
-                totals[synced]["off_beats"].append(figures["off_beats"])
+                for key in ("off_beats", "lufs", "peak"):
+                    totals[synced][key].append(figures[key])
     for synced, label in ((True, "beat sync (default)"), (False, "by the clock (--no-beat-sync)")):
         t = totals[synced]
         print(f"{label}: photo changes on a beat (±{BEAT_TOLERANCE_S * 1000:.0f} ms) {t['photos'][0]}/"
               f"{t['photos'][1]} = {100 * t['photos'][0] / max(1, t['photos'][1]):.1f} %; scene changes on a "
               f"downbeat (±{DOWNBEAT_TOLERANCE_S * 1000:.0f} ms) {t['scenes'][0]}/{t['scenes'][1]} = "
               f"{100 * t['scenes'][0] / max(1, t['scenes'][1]):.1f} %; length off by at most "
-              f"{max(t['off_beats']):.2f} beats")
+              f"{max(t['off_beats']):.2f} beats; loudness {min(t['lufs']):.2f} to {max(t['lufs']):.2f} LUFS "
+              f"(target {plan.loudness_lufs:g}), true peak at most {max(t['peak']):.2f} dBTP")
     return 0
 
 
