@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from music_mood.beats import averaged_down, track_beats
+
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".opus", ".m4a")
 GENRE_WORDS = ("acoustic", "electronic", "ambient", "classical", "jazz", "rock", "pop", "folk", "piano",
                "orchestral", "hiphop", "lofi", "blues", "country", "metal", "reggae", "soul", "funk")
@@ -276,11 +278,7 @@ def _tempo_of(audio: np.ndarray, sample_rate: int) -> float | None:
         audio = audio[start:start + excerpt]
     if len(audio) < TEMPO_MIN_S * sample_rate:
         return None
-    # The mean of each `factor` samples (a crude low-pass, enough for onsets), as one matrix-vector product.
-    factor = max(1, sample_rate // TEMPO_RATE)
-    usable = len(audio) // factor * factor
-    y = np.asarray(audio[:usable], dtype=np.float32).reshape(-1, factor) @ np.full(factor, 1 / factor, np.float32)
-    rate = sample_rate / factor
+    y, rate = averaged_down(audio, sample_rate, TEMPO_RATE)
     onsets = librosa.onset.onset_strength(y=y, sr=rate, n_fft=TEMPO_N_FFT, hop_length=TEMPO_HOP, n_mels=TEMPO_MELS)
     if not np.any(onsets > 0):
         return None
@@ -341,8 +339,6 @@ def read_track(path: Path, library_folder: Path, sample_rate: int,
 def read_rhythm(audio: np.ndarray, sample_rate: int) -> dict:
     """{"bpm": the tempo (estimate_tempo), "beats": the beat grid (beats.track_beats)}: what every track added gets,
     and what a listed track without them gets from its file decoded again. BLAS on one thread, as for the tempo."""
-    from music_mood.beats import track_beats
-
     bpm = estimate_tempo(audio, sample_rate)
     with _blas_pools().limit(limits=1, user_api="blas"):
         return {"bpm": bpm, "beats": track_beats(audio, sample_rate, bpm)}

@@ -37,10 +37,7 @@ def track_beats(audio: np.ndarray, sample_rate: int, bpm: float | None) -> dict 
 
     if bpm is None:
         return None
-    factor = max(1, sample_rate // BEAT_RATE)
-    usable = len(audio) // factor * factor
-    y = np.asarray(audio[:usable], dtype=np.float32).reshape(-1, factor) @ np.full(factor, 1 / factor, np.float32)
-    rate = sample_rate / factor
+    y, rate = averaged_down(audio, sample_rate, BEAT_RATE)
     power = librosa.feature.melspectrogram(y=y, sr=rate, n_fft=BEAT_N_FFT, hop_length=BEAT_HOP, n_mels=BEAT_MELS)
     mel = librosa.power_to_db(power)
     # The spectrogram's frames are centred already: the onset strength is not shifted again (onset_strength's
@@ -75,6 +72,16 @@ def _refined(frames: np.ndarray, onsets: np.ndarray) -> np.ndarray:
         curvature = before - 2 * at + after
         out[i] = peak + (float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5)) if curvature < 0 else 0.0)
     return out
+
+
+def averaged_down(audio: np.ndarray, sample_rate: int, rate: int) -> tuple[np.ndarray, float]:
+    """(mono float32 audio brought down to about `rate` Hz, its exact rate): the mean of each sample_rate // rate
+    samples, a crude low-pass that onsets need no more than, as one matrix-vector product (audio.estimate_tempo
+    and track_beats read their onsets from it)."""
+    factor = max(1, sample_rate // rate)
+    usable = len(audio) // factor * factor
+    y = np.asarray(audio[:usable], dtype=np.float32).reshape(-1, factor) @ np.full(factor, 1 / factor, np.float32)
+    return y, sample_rate / factor
 
 
 def _downbeat_phase(frames: np.ndarray, onsets: np.ndarray, low: np.ndarray) -> int:
