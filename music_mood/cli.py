@@ -49,12 +49,17 @@ def int_argument(low: int, high: int | None = None, noun: str = "a whole number"
     return parse
 
 
-def unit_interval(text: str) -> float:
-    """An argparse `type` for a number from 0 to 1."""
+def _number(text: str) -> float:
+    """`text` as a float, or the ArgumentTypeError the argument types below raise."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def unit_interval(text: str) -> float:
+    """An argparse `type` for a number from 0 to 1."""
+    value = _number(text)
     if not 0 <= value <= 1:  # also refuses nan
         raise argparse.ArgumentTypeError(f"{value:g} is not between 0 and 1")
     return value
@@ -63,10 +68,7 @@ def unit_interval(text: str) -> float:
 def seconds_argument(limit: float):
     """An argparse `type` for a length in seconds greater than 0 and at most `limit`."""
     def seconds(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        value = _number(text)
         if not (math.isfinite(value) and value > 0):  # also refuses nan and inf
             raise argparse.ArgumentTypeError(f"{value:g} is not a length in seconds greater than 0")
         if value > limit:
@@ -78,10 +80,7 @@ def seconds_argument(limit: float):
 
 def loudness_argument(text: str) -> float:
     """An argparse `type` for a loudness target in LUFS, within what loudness.check_loudness allows."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     try:
         return check_loudness(value)
     except ValueError as e:
