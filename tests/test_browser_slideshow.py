@@ -4,7 +4,6 @@ types, a scene's next-best button replaces its track, and Cancel stops a long so
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from urllib.parse import urlsplit
 
@@ -82,7 +81,8 @@ def test_five_photos_become_a_slideshow_that_plays_seeks_and_downloads(page, app
     assert page.locator("#slideshow figure img").evaluate_all("images => images.map(i => i.alt)") == order
     # Cut on the beat (the box is on by default): within a beat of 5 x 4 s, each scene with its tempo and bar.
     assert page.locator("#beat-sync input[type=checkbox]").is_checked()
-    assert re.match(r"A soundtrack of 0:(19|20|21) for 5 photos", page.locator("#slideshow-status").inner_text())
+    page.wait_for_function("/^A soundtrack of 0:(19|20|21) for 5 photos/.test("
+                           "document.querySelector('#slideshow-status').innerText)", timeout=WAIT_MS)
     assert "BPM, from bar " in page.locator("#slideshow .piece").first.inner_text()
 
     # The video element: loaded, as long as the photos, seekable (the server answers Range requests), playing.
