@@ -25,15 +25,21 @@ TRACKS = ("nostalgic/nostalgic_acoustic_1.opus", "happy/happy_acoustic_s411.opus
           "energetic/energetic_electronic_2.opus")
 
 
+def with_tracks(folder: Path, sample_tracks) -> Path:
+    """`folder`, a library folder, with copies of the three TRACKS in processed_music/ (no database: a hand-made
+    plan names them)."""
+    by_name = {f"{t.parent.name}/{t.name}": t for t in sample_tracks}
+    for name in TRACKS:
+        target = folder / "processed_music" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(by_name[name], target)
+    return folder
+
+
 @pytest.fixture
 def library(isolated_library, sample_tracks) -> Path:
     """The test's library folder with copies of the three TRACKS in processed_music/."""
-    by_name = {f"{t.parent.name}/{t.name}": t for t in sample_tracks}
-    for name in TRACKS:
-        target = isolated_library / "processed_music" / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(by_name[name], target)
-    return isolated_library
+    return with_tracks(isolated_library, sample_tracks)
 
 
 def tracks(*indices: int) -> list[str]:

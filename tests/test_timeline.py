@@ -4,7 +4,6 @@ with OpenTimelineIO's own adapters."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -18,9 +17,8 @@ from music_mood.render import write_outputs
 from music_mood.soundtrack import Plan
 from music_mood.timeline import TIMELINE_RATE, TimelineError, plan_timeline, with_mixed_audio, write_timeline
 from tests.plan_factory import hand_made_plan
+from tests.test_render import TRACKS, with_tracks
 
-TRACKS = ("nostalgic/nostalgic_acoustic_1.opus", "happy/happy_acoustic_s411.opus",
-          "energetic/energetic_electronic_2.opus")
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg")
 FRAME = 1 / TIMELINE_RATE
 KINDS = (".otio", ".xml", ".edl")
@@ -28,13 +26,8 @@ KINDS = (".otio", ".xml", ".edl")
 
 @pytest.fixture
 def library(isolated_library, sample_tracks) -> Path:
-    """The test's library folder with copies of the three TRACKS in processed_music/."""
-    by_name = {f"{t.parent.name}/{t.name}": t for t in sample_tracks}
-    for name in TRACKS:
-        target = isolated_library / "processed_music" / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(by_name[name], target)
-    return isolated_library
+    """The test's library folder with copies of the render tests' three TRACKS in processed_music/."""
+    return with_tracks(isolated_library, sample_tracks)
 
 
 def beat_plan(library: Path, photos: dict[str, Path]):
