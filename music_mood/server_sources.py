@@ -18,7 +18,7 @@ import io
 import time
 from dataclasses import dataclass
 
-from music_mood.audio import AudioBytes, DecodedTrack, KnownFile, decode_audio, read_rhythm
+from music_mood.audio import DecodedTrack, KnownFile, decode_audio, read_rhythm
 from music_mood.remote import SERVER_KIND, ServerConnections, is_server_source, is_server_track, server_file_path
 from music_mood.subsonic import (
     ServerAddressError,
@@ -104,18 +104,14 @@ def read_song(servers: ServerConnections, item: ServerSong, sample_rate: int, kn
     cached = cache.files.get(item.file_path)
     if cached and cached[0] == size and (cached[2] in known or cached[2] in skipped):
         return KnownFile(source=item, sha256=cached[2])
-    try:
-        data = servers.client(item.address).download_song(item.song.id)
-    except SubsonicError:
-        servers.forget(item.address)
-        raise
-    sha256 = hashlib.sha256(data).hexdigest()
+    song = servers.song_audio({"source": item.address, "song_id": item.song.id, "title": item.song.title})
+    sha256 = hashlib.sha256(song.data).hexdigest()
     cache.remember(item.file_path, size, None, sha256)
     if sha256 in known or sha256 in skipped:
         return KnownFile(source=item, sha256=sha256)
-    audio = decode_audio(AudioBytes(name=item.song.title, data=data), sample_rate)
+    audio = decode_audio(song, sample_rate)
     return DecodedTrack(source=item, sha256=sha256, audio=audio, sample_rate=sample_rate,
-                        tags=song_tags(item.song, data), **read_rhythm(audio, sample_rate))
+                        tags=song_tags(item.song, song.data), **read_rhythm(audio, sample_rate))
 
 
 def song_tags(song: Song, data: bytes) -> dict:
