@@ -297,13 +297,13 @@ def _tempo_of(audio: np.ndarray, sample_rate: int) -> float | None:
     return round(60 * rate / (TEMPO_HOP * (lag + offset)), 1)
 
 
-def file_tags(path: Path) -> dict:
-    """title/artist/genre/mood as the file's own tags give them (missing keys are absent); {} when it has none.
-    mood is ID3's TMOO or a Vorbis/Opus/FLAC MOOD comment."""
+def file_tags(path: AudioSource) -> dict:
+    """title/artist/genre/mood as the file's own tags (or its bytes', AudioBytes) give them (missing keys are
+    absent); {} when it has none. mood is ID3's TMOO or a Vorbis/Opus/FLAC MOOD comment."""
     import mutagen
 
     try:
-        found = mutagen.File(path, easy=True)
+        found = mutagen.File(io.BytesIO(path.data) if isinstance(path, AudioBytes) else path, easy=True)
         if found is not None and found.tags is not None:
             return {key: str(found.tags[key][0]).strip() for key in FILE_TAG_KEYS if found.tags.get(key)}
     except Exception:  # a tag reader failing must not stop an otherwise decodable file

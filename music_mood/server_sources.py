@@ -14,11 +14,10 @@ The records are remote.py's. What a build does with a server (build.py calls the
 from __future__ import annotations
 
 import hashlib
-import io
 import time
 from dataclasses import dataclass
 
-from music_mood.audio import DecodedTrack, KnownFile, decode_audio, read_rhythm
+from music_mood.audio import DecodedTrack, KnownFile, decode_audio, file_tags, read_rhythm
 from music_mood.remote import SERVER_KIND, ServerConnections, is_server_source, is_server_track, server_file_path
 from music_mood.subsonic import (
     ServerAddressError,
@@ -111,21 +110,13 @@ def read_song(servers: ServerConnections, item: ServerSong, sample_rate: int, kn
         return KnownFile(source=item, sha256=sha256)
     audio = decode_audio(song, sample_rate)
     return DecodedTrack(source=item, sha256=sha256, audio=audio, sample_rate=sample_rate,
-                        tags=song_tags(item.song, song.data), **read_rhythm(audio, sample_rate))
+                        tags={**server_tags(item.song), "mood": file_tags(song).get("mood", "")},
+                        **read_rhythm(audio, sample_rate))
 
 
-def song_tags(song: Song, data: bytes) -> dict:
-    """title/artist/genre as the server lists them; mood from the file's own tag (the server lists none)."""
-    import mutagen
-
-    mood = ""
-    try:
-        found = mutagen.File(io.BytesIO(data), easy=True)
-        if found is not None and found.tags is not None and found.tags.get("mood"):
-            mood = str(found.tags["mood"][0]).strip()
-    except Exception:  # a tag reader failing must not stop an otherwise decodable song
-        pass
-    return {"title": song.title, "artist": song.artist or "", "genre": song.genre or "", "mood": mood}
+def server_tags(song: Song) -> dict:
+    """title/artist/genre as the server lists them."""
+    return {"title": song.title, "artist": song.artist or "", "genre": song.genre or ""}
 
 
 def server_record(record: dict, item: ServerSong) -> dict:
@@ -141,7 +132,7 @@ def follow_song(record: dict, item: ServerSong, listed: dict[str, list[Song]]) -
     if record.get("source") != item.address or song_listed(record, listed):
         return False
     record.update(file_path=item.file_path, song_id=item.song.id, album=item.song.album or "", size=item.song.size)
-    now = {key: value for key, value in song_tags(item.song, b"").items() if key != "mood"}
+    now = server_tags(item.song)
     was = record.get("from_file") or {}
     for key, value in now.items():  # what came from the server follows the song; a hand edit stays
         if record.get(key) == was.get(key):
