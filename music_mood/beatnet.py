@@ -44,12 +44,14 @@ def available() -> bool:
 
 def activations(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """Mono float32 audio at any rate -> float32 (frames, 2): [beat, downbeat] probabilities, the mean of BeatNet's
-    three models; frame i is at i / FPS seconds. Raises FileNotFoundError when BeatNet's weights are not installed."""
+    three models; frame i is at i / FPS seconds. The classes exclude each other, as madmom's downbeat activations do:
+    a downbeat is not also counted as a beat, so a beat of either kind is the sum of the two columns. Raises
+    FileNotFoundError when BeatNet's weights are not installed."""
     import torch
 
     networks = _load_networks()
     features = spectral_features(_resampled(audio, sample_rate))
-    if len(features) == 0:
+    if len(features) == 0:  # the LSTM takes no empty sequence
         return np.zeros((0, 2), np.float32)
     with torch.inference_mode():
         # The three convolutions run as one of six channels (a third of the time, the same numbers): on one input
@@ -85,6 +87,8 @@ def _magnitudes(audio: np.ndarray) -> np.ndarray:
     them. The float32 samples are windowed and transformed in float64 and the spectrum kept as complex64, as madmom
     does; its FFT size is the odd frame size, and it drops the last of the rfft's bins."""
     num_frames = -(-len(audio) // HOP)
+    if num_frames == 0:
+        return np.zeros((0, NUM_BINS), np.float32)
     left = FRAME_SIZE // 2
     right = max(0, (num_frames - 1) * HOP + FRAME_SIZE - left - len(audio))
     padded = np.pad(np.asarray(audio, np.float32), (left, right))
