@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from music_mood.beats import averaged_down, track_beats
+from music_mood.beats import averaged_down, grid_tempo, track_beats
 
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".opus", ".m4a")
 GENRE_WORDS = ("acoustic", "electronic", "ambient", "classical", "jazz", "rock", "pop", "folk", "piano",
@@ -337,8 +337,11 @@ def read_track(path: Path, library_folder: Path, sample_rate: int,
 
 
 def read_rhythm(audio: np.ndarray, sample_rate: int) -> dict:
-    """{"bpm": the tempo (estimate_tempo), "beats": the beat grid (beats.track_beats)}: what every track added gets,
-    and what a listed track without them gets from its file decoded again. BLAS on one thread, as for the tempo."""
+    """{"bpm": the tempo, "beats": the beat grid (beats.track_beats)}: what every track added gets, and what a listed
+    track without them (or with a grid found by a weaker tracker) gets from its file decoded again. estimate_tempo
+    tells whether there is a steady beat at all; where there is, the tempo is the grid's own, so that a soundtrack's
+    table shows the tempo its cuts follow. BLAS on one thread, as for the tempo."""
     bpm = estimate_tempo(audio, sample_rate)
     with _blas_pools().limit(limits=1, user_api="blas"):
-        return {"bpm": bpm, "beats": track_beats(audio, sample_rate, bpm)}
+        beats = track_beats(audio, sample_rate, bpm)
+    return {"bpm": grid_tempo(beats) if beats else bpm, "beats": beats}

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from music_mood import beatnet
 from music_mood.audio import (
     DecodedTrack,
     KnownFile,
@@ -15,6 +16,7 @@ from music_mood.audio import (
     read_rhythm,
     read_track,
 )
+from music_mood.beats import needs_tracking
 from music_mood.database import Database, DatabaseError, check_clap_model, compose_database, empty_database
 from music_mood.embed import embed_track
 from music_mood.library import LibraryPaths, load_database, pending_moves, recover_library, save_database
@@ -104,8 +106,9 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
     track without current automatic tags its tags, from its stored vector (no audio is read for that), and a run
     with nothing else to do commits them when some are missing or stale. Every track added gets its tempo and
     beats (`bpm`, `beats`: audio.read_rhythm) from the audio decoded to embed it; with `fill_tempo`, a listed
-    track without them (added before they were stored) has its file decoded again for them alone, never embedded,
-    after the new files, in the same pipeline and commits. `read_file` replaces read_track as the reader (same
+    track without them (added before they were stored, or whose beats a weaker tracker found:
+    beats.needs_tracking) has its file decoded again for them alone, never embedded, after the new files, in the
+    same pipeline and commits. `read_file` replaces read_track as the reader (same
     arguments); it may return a shards.EmbeddedTrack, a file embedded elsewhere, whose vectors are committed as
     they are (how cluster.py commits what a Ray cluster embedded). `lock`: the library lock (storage.acquire_lock)
     when the caller already holds it; the build then runs under it and leaves it held.
@@ -124,6 +127,10 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
         build = _Build(clap, paths, report, rebuild, commit_every_s, tagger, fill_tempo, read_file or read_track,
                        servers)
         build.read_and_embed(files, progress)
+        if (report.added or report.tempo_read) and not beatnet.available():
+            report.warnings.append(f"Warning: BeatNet's weights are not installed ({beatnet.INSTALL}): the beats "
+                                   "were found by librosa's less accurate tracker, and a build with them finds them "
+                                   "again")
         build.finish()
         build.cache.save(build.sources)
         report.tracks = len(build.db)
@@ -162,9 +169,9 @@ class _Build:
         # Folders indexed in place (sources.py): read, never written; a file --remove took out stays out.
         self.sources, self.cache = committed_sources(paths), ScanCache(paths)
         self.excluded = {sha for source in self.sources for sha in source.get("excluded", [])}
-        # The listed tracks whose tempo is to be read, by their file (the same record objects as in `tracks`).
-        self.untimed = {paths.root / t["file_path"]: t for t in self.tracks
-                        if fill_tempo and ("bpm" not in t or "beats" not in t)
+        # The listed tracks whose tempo is to be read, by their file (the same record objects as in `tracks`): those
+        # without it, or whose beats a weaker tracker found.
+        self.untimed = {paths.root / t["file_path"]: t for t in self.tracks if fill_tempo and needs_tracking(t)
                         and (paths.root / t["file_path"]).is_file()}
 
     def changes(self) -> int:

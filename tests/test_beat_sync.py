@@ -1,7 +1,8 @@
 """Soundtracks cut on the beat (issue 24 §1), on click tracks whose beats and downbeats are known: the beats stored
 when a track is added, photo changes on the beat of the music playing, scene changes on downbeats, photo lengths of
 whole beats, the end within a beat of the length asked, whole-beat cross-fades, the beat grid in the plan, a track
-without a beat kept on the clock, and --no-beat-sync's exact clock."""
+without a beat kept on the clock, and --no-beat-sync's exact clock; each tracker (BeatNet's network, librosa's onsets
+as the floor without it) on the clicks, and a library's beats found again once the network is installed."""
 from __future__ import annotations
 
 import itertools
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from music_mood.beats import beat_times, downbeat_times
+from music_mood.audio import estimate_tempo
+from music_mood.beats import beat_times, downbeat_times, grid_tempo, track_beats
 from music_mood.build import build_library
 from music_mood.display import format_soundtrack
 from music_mood.library import LibraryPaths, load_database
@@ -157,3 +159,45 @@ def test_without_beat_sync_or_without_a_beat_the_clock_is_kept(clicks_library):
     assert drone.beat_sync and drone.total_s == pytest.approx(4 * 2.2)  # no beat in the music: by the clock
     assert [p.start_s for p in drone.photos] == pytest.approx([i * 2.2 for i in range(4)], abs=1e-9)
     assert all(a.end_s == b.start_s for a, b in itertools.pairwise(drone.photos))
+
+
+@pytest.mark.parametrize("network", [True, False], ids=["beatnet", "floor"])
+def test_each_tracker_finds_the_clicks_and_their_downbeats(network):
+    """BeatNet's network and the floor (librosa's onsets alone) each place every click's beat within 25 ms, and
+    the downbeats on the accented clicks."""
+    for _, bpm in CLICKS:
+        audio = accented_clicks(bpm)
+        grid = track_beats(audio, RATE, estimate_tempo(audio, RATE), network=network)
+        truth = true_beats(bpm)
+        assert grid["tracker"] == ("beatnet" if network else "librosa")
+        assert np.mean([np.abs(beat_times(grid) - t).min() <= TOLERANCE_S for t in truth]) >= 0.95, bpm
+        assert _near(downbeat_times(grid)[1:-1], truth[::4], TOLERANCE_S), (bpm, downbeat_times(grid)[:3])
+        assert grid_tempo(grid) == pytest.approx(bpm, abs=1.5)
+
+
+def test_a_build_without_beatnet_says_so_and_the_next_with_it_finds_the_beats_again(isolated_library, clap_audio,
+                                                                                   sample_tracks, monkeypatch):
+    """Without BeatNet's weights a build finds the beats with the floor and warns; once they are installed, a build
+    with fill_tempo finds those beats again from a decode, embedding nothing, in one commit; then nothing is left."""
+    from music_mood import beatnet, build
+
+    paths = LibraryPaths.at(isolated_library)
+    put_in_new_music(isolated_library, sample_tracks[:2])
+    with monkeypatch.context() as missing:
+        missing.setattr(beatnet, "available", lambda: False)
+        report = build_library(clap_audio, paths, progress=False)
+    assert [w for w in report.warnings if "BeatNet's weights are not installed" in w]
+    before = load_database(paths)
+    assert len(before) == 2 and {t["beats"]["tracker"] for t in before.tracks} == {"librosa"}
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("a track was embedded again to find its beats")
+
+    monkeypatch.setattr(build, "embed_track", no_embedding)
+    report = build_library(clap_audio, paths, progress=False, fill_tempo=True)
+    after = load_database(paths)
+    assert len(report.tempo_read) == 2 and not report.warnings
+    assert {t["beats"]["tracker"] for t in after.tracks} == {"beatnet"}
+    assert all(t["bpm"] == grid_tempo(t["beats"]) for t in after.tracks)
+    np.testing.assert_array_equal(after.vectors, before.vectors)
+    assert not build_library(clap_audio, paths, progress=False, fill_tempo=True).tempo_read
