@@ -26,7 +26,9 @@ def test_pasted_help_is_the_real_help(script, call_cli):
 def test_quick_start_has_exactly_the_two_commands_ci_runs():
     quick_start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"```bash\n(.*?)\n```", quick_start, re.S)
-    assert commands == ["pip install -r requirements.txt && python app.py",
+    assert commands == [("pip install -r requirements.txt && pip install --no-deps -r requirements-beats.txt "
+                         "&& python app.py"),
                         ("apt-get update && apt-get install -y chromium strace supysonic python3-waitress "
-                         "&& pip install -r requirements-test.txt && python -m pytest")]
+                         "&& pip install -r requirements-test.txt && pip install --no-deps -r requirements-beats.txt "
+                         "&& python -m pytest")]
     assert commands[1] in (ROOT / ".ci" / "run").read_text()
