@@ -10,6 +10,8 @@ vectors are drawn near tracks of the library (no photo model needed: timing does
 - scene changes within ±70 ms of a detected downbeat (target ≥ 90 %);
 - how far each plan's length is from the length asked, in beats;
 - each mix's integrated loudness (BS.1770) and true peak.
+Before the plans, each tracker's beats on the sample tracks themselves are compared with madmom's: BeatNet's network
+(what builds use where its weights are installed) and librosa's onsets alone (the floor without them).
 
 madmom's release on PyPI (0.16.1) does not build on Python 3.11; its repository's master does:
     pip install cython wheel && pip install --no-build-isolation git+https://github.com/CPJKU/madmom
@@ -90,9 +92,37 @@ def measure(plan, track) -> dict:
             "lufs": integrated_loudness(mixed, 44100), "peak": true_peak_dbtp(mixed)}
 
 
+def tracker_agreement(track) -> None:
+    """Print how often each tracker's beats (and downbeats) on the sample tracks lie within the tolerances of
+    madmom's, the mean over the tracks."""
+    from music_mood import beatnet
+    from music_mood.audio import decode_audio, estimate_tempo
+    from music_mood.beats import beat_times, downbeat_times, track_beats
+
+    trackers = {"floor (librosa's onsets)": False}
+    if beatnet.available():
+        trackers["BeatNet's network"] = True
+    agree = {name: ([], []) for name in trackers}
+    for path in sample_tracks():
+        beats, downbeats = track(decode_audio(path, 44100))
+        audio = decode_audio(path, 48_000)
+        bpm = estimate_tempo(audio, 48_000)
+        for name, network in trackers.items():
+            grid = track_beats(audio, 48_000, bpm, network=network)
+            for found, marks, tolerance, into in ((beat_times(grid), beats, BEAT_TOLERANCE_S, agree[name][0]),
+                                                  (downbeat_times(grid), downbeats, DOWNBEAT_TOLERANCE_S,
+                                                   agree[name][1])):
+                hit, count = hits(list(found), marks, tolerance)
+                into.append(hit / max(1, count))
+    for name, (on_beats, on_downbeats) in agree.items():
+        print(f"{name}: beats on madmom's beats {100 * np.mean(on_beats):.1f} % (mean of {len(on_beats)} tracks; "
+              f"{sum(np.array(on_beats) >= 0.9)} tracks at 90 % or more), downbeats on its downbeats "
+              f"{100 * np.mean(on_downbeats):.1f} %")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--plans", type=int, default=8)
+    parser.add_argument("--plans", type=int, default=24)
     args = parser.parse_args(argv)
     track = madmom_tracker()
     if track is None:
@@ -104,6 +134,7 @@ def main(argv=None) -> int:
     from music_mood.models import load_clap_audio
     from music_mood.soundtrack import arrange_soundtrack
 
+    tracker_agreement(track)
     clap = load_clap_audio(full_checkpoints()["clap"], AUTO)
     with tempfile.TemporaryDirectory(prefix="bench_beats.") as folder:
         paths = LibraryPaths.at(folder)
