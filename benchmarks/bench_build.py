@@ -6,6 +6,8 @@
 (c) the product's default now (`--precision auto --backend auto`: ONNX Runtime with 8-bit weights on a CPU
     without native bf16), the same build.
 (b) and (c) alternate for --rounds rounds; medians are reported.
+(e) with --beat-trackers: (c)'s build with BeatNet's network finding the beats (the default where its weights are
+    installed) against the same build with librosa's floor (as if they were not), alternating for --rounds rounds.
 (d) the tempo estimate (audio.estimate_tempo, which every build runs on each decoded track) against embedding the
     same track with (c)'s model, per track, alternating in one process: wall time, and CPU time (the process's,
     ONNX Runtime's threads included), which a busy machine distorts less; and its first call in a new process
@@ -91,6 +93,8 @@ def tempo_cost(clap, tracks: list[Path]) -> dict[str, tuple[float, float]]:
     timed for its tempo, then its beats (beats.track_beats, which every build now runs too), and embedded in turn
     (embed.embed_track with `clap`), so the machine's load falls on all of them alike. Run after a build, so every
     first call has been paid."""
+    from threadpoolctl import threadpool_limits
+
     from music_mood.audio import decode_audio, estimate_tempo
     from music_mood.beats import track_beats
     from music_mood.embed import embed_track
@@ -108,9 +112,34 @@ def tempo_cost(clap, tracks: list[Path]) -> dict[str, tuple[float, float]]:
     for track in tracks:
         audio = timed_stage("decode", decode_audio, track, rate)
         bpm = timed_stage("tempo", estimate_tempo, audio, rate)
-        timed_stage("beats", track_beats, audio, rate, bpm)
+        with threadpool_limits(limits=1, user_api="blas"):  # as audio.read_rhythm runs it
+            timed_stage("beats", track_beats, audio, rate, bpm)
         timed_stage("embed", embed_track, clap, audio)
     return {stage: (wall, cpu) for stage, (wall, cpu) in totals.items()}
+
+
+def beat_tracker_builds(checkpoint: str, tracks: list[Path], choice: ModelChoice, rounds: int) -> int:
+    """(e): print each build's speed, the network's and the floor's alternating, and their medians."""
+    from music_mood import beatnet
+
+    if not beatnet.available():
+        print(f"BeatNet's weights are not installed ({beatnet.INSTALL})", file=sys.stderr)
+        return 2
+    installed, speeds = beatnet.available, {"network": [], "floor": []}
+    try:
+        for _ in range(rounds):
+            for tracker in speeds:
+                beatnet.available = installed if tracker == "network" else (lambda: False)
+                audio, wall, _ = product_build(checkpoint, tracks, choice)
+                speeds[tracker].append(audio / wall)
+                print(f"(e) beats by the {tracker}: {audio:.0f} s of audio in {wall:.1f} s = {audio / wall:.1f}x "
+                      f"real time", flush=True)
+    finally:
+        beatnet.available = installed
+    network, floor = (float(np.median(speeds[t])) for t in ("network", "floor"))
+    print(f"(e) medians: network {network:.1f}x, floor {floor:.1f}x real time; network / floor = "
+          f"{network / floor:.2f}; load average at the end {os.getloadavg()[0]:.1f}")
+    return 0
 
 
 FIRST_TEMPO = """
@@ -130,6 +159,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="builds of (b) and of (c), alternating")
     parser.add_argument("--precision", default="auto", help="(c)'s precision")
     parser.add_argument("--backend", default="auto", help="(c)'s backend")
+    parser.add_argument("--beat-trackers", action="store_true", help="only (e): the build with each beat tracker")
     args = parser.parse_args(argv)
     tracks = sample_tracks()[::7] if args.quick else sample_tracks()
     rounds = 1 if args.quick else args.rounds
@@ -138,6 +168,8 @@ def main(argv=None) -> int:
 
     choice = ModelChoice(args.precision, args.backend)
     backend, precision = choice.engine("clap-audio")
+    if args.beat_trackers:
+        return beat_tracker_builds(checkpoint, tracks, choice, args.rounds)
     print(f"load average {os.getloadavg()[0]:.1f}; torch {torch.get_num_threads()} threads; {len(tracks)} tracks; "
           f"(c) = {backend} {precision}")
     seed_audio, seed_wall = seed_build(checkpoint, tracks)
