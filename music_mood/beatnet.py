@@ -5,8 +5,8 @@ Only BeatNet's weights are taken from its package (`pip install --no-deps BeatNe
 pyaudio and madmom when imported, and madmom's release does not build on Python 3.11. So its input features, which it
 computes with madmom, are computed here in NumPy the way madmom computes them (madmom's framing, STFT, logarithmic
 filterbank and spectral difference; BSD licence, definitions followed step by step), and its small network (a
-convolution over each frame's features, two LSTM layers) is rewritten below under the same parameter names, so its
-state dicts load unchanged. The three released models (each trained leaving one corpus out: GTZAN, Ballroom, the Rock
+convolution over each frame's features, two LSTM layers) is rewritten below as an ONNX graph made from its state
+dicts, read without torch. The three released models (each trained leaving one corpus out: GTZAN, Ballroom, the Rock
 corpus) are averaged.
 """
 from __future__ import annotations
@@ -47,20 +47,10 @@ def activations(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     three models; frame i is at i / FPS seconds. The classes exclude each other, as madmom's downbeat activations do:
     a downbeat is not also counted as a beat, so a beat of either kind is the sum of the two columns. Raises
     FileNotFoundError when BeatNet's weights are not installed."""
-    import torch
-
-    networks = _load_networks()
     features = spectral_features(_resampled(audio, sample_rate))
-    if len(features) == 0:  # the LSTM takes no empty sequence
+    if len(features) == 0:  # an LSTM takes no empty sequence
         return np.zeros((0, 2), np.float32)
-    with torch.inference_mode():
-        # The three convolutions run as one of six channels (a third of the time, the same numbers): on one input
-        # channel the convolution is slow, as slow as an LSTM.
-        weight = torch.cat([network.conv1.weight for network in networks])
-        bias = torch.cat([network.conv1.bias for network in networks])
-        convolved = torch.nn.functional.conv1d(torch.from_numpy(features).unsqueeze(1), weight, bias)
-        mean = sum(network.head(part) for network, part in zip(networks, convolved.split(2, dim=1), strict=True))
-    return (mean[:, :2] / len(networks)).numpy().astype(np.float32)
+    return _session().run(None, {"features": features})[0]
 
 
 def _resampled(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -137,39 +127,95 @@ def _weights_folder() -> Path | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _load_networks() -> tuple:
-    """BeatNet's three networks on the CPU in float32, in eval mode (they are small: 0.5 M parameters each, and
-    run frame by frame). Raises FileNotFoundError when the weights are not installed."""
-    import torch
-    import torch.nn.functional as F
-
-    class BeatDownbeatNetwork(torch.nn.Module):
-        """BeatNet's BDA(272, 150, 2): a two-channel convolution along each frame's features, max-pooled, a linear
-        layer into two unidirectional LSTM layers, and a softmax over [beat, downbeat, no beat]."""
-
-        def __init__(self):
-            super().__init__()
-            self.conv1 = torch.nn.Conv1d(1, 2, KERNEL)
-            self.linear0 = torch.nn.Linear(2 * ((NUM_FEATURES - KERNEL + 1) // 2), HIDDEN)
-            self.lstm = torch.nn.LSTM(HIDDEN, HIDDEN, num_layers=2, batch_first=True)
-            self.linear = torch.nn.Linear(HIDDEN, 3)
-
-        def forward(self, features: torch.Tensor) -> torch.Tensor:
-            """(frames, NUM_FEATURES) -> (frames, 3) probabilities of [beat, downbeat, no beat]."""
-            return self.head(self.conv1(features.unsqueeze(1)))
-
-        def head(self, convolved: torch.Tensor) -> torch.Tensor:
-            """The rest after the convolution: (frames, 2, 263) -> (frames, 3). The LSTM starts from zeros on every
-            call (BeatNet's own class carries its state from one track into the next)."""
-            x = F.max_pool1d(F.relu(convolved), 2).flatten(1)
-            x, _ = self.lstm(self.linear0(x).unsqueeze(0))
-            return torch.softmax(self.linear(x[0]), dim=-1)
+def _session():
+    """ONNX Runtime running BeatNet's three networks side by side on one thread (a build reads the next track in a
+    thread beside the embedding, which has the cores; ONNX Runtime, not torch, so that a build on ONNX Runtime
+    never imports torch). The graph is made here from the weights (_network_graph). Raises FileNotFoundError when
+    the weights are not installed."""
+    from music_mood.ort import onnx_session
 
     if not available():
         raise FileNotFoundError(f"BeatNet's weights are not installed: {INSTALL}")
-    networks = []
-    for name in WEIGHTS:
-        network = BeatDownbeatNetwork()
-        network.load_state_dict(torch.load(_weights_folder() / name, map_location="cpu", weights_only=True))
-        networks.append(network.eval())
-    return tuple(networks)
+    graph = _network_graph([read_state_dict(_weights_folder() / name) for name in WEIGHTS])
+    return onnx_session(graph.SerializeToString(), threads=1)
+
+
+def _network_graph(networks: list[dict]):
+    """An ONNX graph of BeatNet's BDA(272, 150, 2) for each state dict, their softmaxes averaged: features
+    (frames, NUM_FEATURES) -> (frames, 2) [beat, downbeat]. Each network: a two-channel convolution along each
+    frame's features, ReLU, max-pooled by 2, a linear layer, two unidirectional LSTM layers from zero state (BeatNet's
+    own class carries its state from one track into the next: not copied), a linear layer to [beat, downbeat, no
+    beat] and a softmax. torch orders an LSTM's gates input, forget, cell, output; ONNX input, output, forget, cell."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, weights = [], []
+
+    def constant(name: str, value: np.ndarray) -> str:
+        weights.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype=value.dtype), name))
+        return name
+
+    onnx_gates = np.concatenate([np.arange(g * HIDDEN, (g + 1) * HIDDEN) for g in (0, 3, 1, 2)])
+    outputs = []
+    for n, w in enumerate(networks):
+        def node(op, inputs, **attributes):
+            out = f"n{n}_{len(nodes)}"
+            nodes.append(helper.make_node(op, inputs, [out], **attributes))
+            return out
+
+        x = node("Unsqueeze", ["features", constant(f"n{n}_axis1", np.array([1], np.int64))])
+        x = node("Conv", [x, constant(f"n{n}_conv_w", w["conv1.weight"]), constant(f"n{n}_conv_b", w["conv1.bias"])])
+        x = node("MaxPool", [node("Relu", [x])], kernel_shape=[2], strides=[2])
+        x = node("Flatten", [x], axis=1)
+        x = node("Gemm", [x, constant(f"n{n}_l0_w", w["linear0.weight"]), constant(f"n{n}_l0_b", w["linear0.bias"])],
+                 transB=1)
+        for layer in (0, 1):  # (frames, 1, HIDDEN) in, Y (frames, 1, 1, HIDDEN) out
+            x = node("Unsqueeze", [x, constant(f"n{n}_l{layer}_axis", np.array([1], np.int64))]) if layer == 0 else x
+            lstm = [w[f"lstm.{kind}_l{layer}"][onnx_gates] for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            x = node("LSTM", [x, constant(f"n{n}_W{layer}", lstm[0][None]), constant(f"n{n}_R{layer}", lstm[1][None]),
+                              constant(f"n{n}_B{layer}", np.concatenate(lstm[2:])[None])], hidden_size=HIDDEN)
+            x = node("Squeeze", [x, constant(f"n{n}_dir{layer}", np.array([1], np.int64))])
+        x = node("Squeeze", [x, constant(f"n{n}_batch", np.array([1], np.int64))])
+        x = node("Gemm", [x, constant(f"n{n}_l_w", w["linear.weight"]), constant(f"n{n}_l_b", w["linear.bias"])],
+                 transB=1)
+        outputs.append(node("Softmax", [x], axis=-1))
+    mean = helper.make_node("Mean", outputs, ["mean"])
+    first_two = helper.make_node("Slice", ["mean", constant("from", np.array([0], np.int64)),
+                                           constant("to", np.array([2], np.int64)),
+                                           constant("along", np.array([1], np.int64))], ["activations"])
+    graph = helper.make_graph(
+        [*nodes, mean, first_two], "beatnet",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["frames", NUM_FEATURES])],
+        [helper.make_tensor_value_info("activations", TensorProto.FLOAT, ["frames", 2])], initializer=weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def read_state_dict(path: Path) -> dict[str, np.ndarray]:
+    """A torch state dict saved by torch.save (a zip holding data.pkl and one file per storage) as float32 NumPy
+    arrays, without torch: the pickle is read with only the three names such a file uses (an ordered dict, float
+    storages and the tensor rebuilder), so it runs nothing else, as torch.load(weights_only=True) would."""
+    import pickle
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        root = archive.namelist()[0].split("/", 1)[0]
+
+        def tensor(storage, offset, size, stride, *_):
+            return np.lib.stride_tricks.as_strided(storage[offset:], size, [4 * s for s in stride]).copy()
+
+        class StateDict(dict):  # torch sets a _metadata attribute on its OrderedDict
+            pass
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module, name):
+                allowed = {("collections", "OrderedDict"): StateDict, ("torch._utils", "_rebuild_tensor_v2"): tensor,
+                           ("torch", "FloatStorage"): np.float32}
+                if (module, name) not in allowed:
+                    raise pickle.UnpicklingError(f"{path.name}: {module}.{name} is not part of a state dict")
+                return allowed[module, name]
+
+            def persistent_load(self, pid):
+                _, _, key, _, count = pid  # ('storage', its type, its file, its device, its length)
+                return np.frombuffer(archive.read(f"{root}/data/{key}"), dtype="<f4", count=count)
+
+        with archive.open(f"{root}/data.pkl") as pickled:
+            return dict(Unpickler(pickled).load())

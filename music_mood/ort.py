@@ -15,9 +15,10 @@ def onnx_threads() -> int | None:
     return int(value) if value and value.isdigit() and int(value) > 0 else None
 
 
-def onnx_session(path: Path, threads: int | None = None, arena: bool = False):
-    """An ONNX Runtime CPU session for one exported graph: every graph optimisation, `threads` intra-op threads
-    (None: ORT's default, one per physical core); `arena`: keep ORT's own memory arena (see below)."""
+def onnx_session(path: Path | bytes, threads: int | None = None, arena: bool = False):
+    """An ONNX Runtime CPU session for one exported graph (its file, or the serialised graph): every graph
+    optimisation, `threads` intra-op threads (None: ORT's default, one per physical core); `arena`: keep ORT's own
+    memory arena (see below)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -32,4 +33,5 @@ def onnx_session(path: Path, threads: int | None = None, arena: bool = False):
     # malloc_trim): 58 MB less resident for BLIP + CLAP text after warm-up, at the same speed (full-size, 2 cores).
     # The audio tower keeps it: its batches' large activations cost 8 % more time when allocated afresh each run.
     options.enable_cpu_mem_arena = arena
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    graph = path if isinstance(path, bytes) else str(path)
+    return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])

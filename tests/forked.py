@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 # What the builder imports before it first writes: the fork server imports these once (librosa, for the tempo
-# of each track read, alone takes seconds; librosa.beat, for its beats, compiles its numba kernels on import, 1.1 s).
+# of each track read, alone takes seconds; librosa.beat, for its beats, compiles its numba kernels on import, 1.1 s;
+# onnx makes BeatNet's graph).
 PRELOAD = ["music_to_vector", "music_mood.build", "music_mood.models", "music_mood.exports", "music_mood.onnx_clap",
-           "music_mood.tags", "onnxruntime", "av", "soundfile", "librosa", "librosa.feature", "librosa.onset",
-           "librosa.beat", "threadpoolctl"]
+           "music_mood.tags", "music_mood.beatnet", "onnxruntime", "onnx", "av", "soundfile", "librosa",
+           "librosa.feature", "librosa.onset", "librosa.beat", "threadpoolctl"]
 
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(PRELOAD)
