@@ -1,7 +1,10 @@
 """BeatNet's activations (music_mood.beatnet) on real audio: the shape and range of a sample track's, and on a click
-track of known tempo, a beat on every click. The features and network are checked against BeatNet's own (with madmom)
-outside the suite: madmom does not install on Python 3.11."""
+track of known tempo, a beat on every click; its weights read without torch as torch reads them, a weights file that
+would run code refused, and no torch imported to find a track's beats. The features and network are checked against
+BeatNet's own (with madmom) outside the suite: madmom does not install on Python 3.11."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,3 +74,44 @@ def test_a_click_track_at_another_rate_gives_the_same_beats():
 def test_silence_too_short_for_a_frame_gives_frames_as_madmom_counts_them(seconds):
     result = beatnet.activations(np.zeros(int(seconds * RATE), np.float32), RATE)
     assert result.shape == (int(np.ceil(seconds * beatnet.FPS)), 2)
+
+
+def test_the_weights_are_read_without_torch_as_torch_reads_them():
+    import torch
+    for name in beatnet.WEIGHTS:
+        path = beatnet._weights_folder() / name
+        ours, theirs = beatnet.read_state_dict(path), torch.load(path, map_location="cpu", weights_only=True)
+        assert list(ours) == list(theirs)
+        for key, tensor in theirs.items():
+            np.testing.assert_array_equal(ours[key], tensor.numpy())
+
+
+def test_a_weights_file_that_would_run_code_is_refused(tmp_path):
+    """A pickle that names anything but a state dict's three names (here os.system) is refused, never called."""
+    import pickle
+    import zipfile
+
+    class Payload:
+        def __reduce__(self):
+            return (__import__("os").system, ("touch " + str(tmp_path / "ran"),))
+
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"conv1.weight": Payload()}, protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match="is not part of a state dict"):
+        beatnet.read_state_dict(path)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_build_on_onnx_runtime_never_imports_torch(tmp_path, sample_tracks):
+    """BeatNet runs on ONNX Runtime from weights read without torch: finding a track's beats imports no torch."""
+    import subprocess
+    import sys
+
+    script = ("import sys, pathlib; from music_mood.audio import decode_audio, read_rhythm; "
+              "r = read_rhythm(decode_audio(pathlib.Path(sys.argv[1]), 48000), 48000); "
+              "assert r['beats']['tracker'] == 'beatnet', r; print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script, str(sample_tracks[0])], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
