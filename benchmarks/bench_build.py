@@ -7,7 +7,8 @@
     without native bf16), the same build.
 (b) and (c) alternate for --rounds rounds; medians are reported.
 (e) with --beat-trackers: (c)'s build with BeatNet's network finding the beats (the default where its weights are
-    installed) against the same build with librosa's floor (as if they were not), alternating for --rounds rounds.
+    installed) against the same build with librosa's floor ($MUSIC_MOOD_BEAT_TRACKER=librosa), alternating for
+    --rounds rounds.
 (d) the tempo estimate (audio.estimate_tempo, which every build runs on each decoded track) against embedding the
     same track with (c)'s model, per track, alternating in one process: wall time, and CPU time (the process's,
     ONNX Runtime's threads included), which a busy machine distorts less; and its first call in a new process
@@ -121,21 +122,22 @@ def tempo_cost(clap, tracks: list[Path]) -> dict[str, tuple[float, float]]:
 def beat_tracker_builds(checkpoint: str, tracks: list[Path], choice: ModelChoice, rounds: int) -> int:
     """(e): print each build's speed, the network's and the floor's alternating, and their medians."""
     from music_mood import beatnet
+    from music_mood.beats import ONSET_TRACKER, TRACKER_ENV
 
     if not beatnet.available():
         print(f"BeatNet's weights are not installed ({beatnet.INSTALL})", file=sys.stderr)
         return 2
-    installed, speeds = beatnet.available, {"network": [], "floor": []}
-    try:
-        for _ in range(rounds):
-            for tracker in speeds:
-                beatnet.available = installed if tracker == "network" else (lambda: False)
-                audio, wall, _ = product_build(checkpoint, tracks, choice)
-                speeds[tracker].append(audio / wall)
-                print(f"(e) beats by the {tracker}: {audio:.0f} s of audio in {wall:.1f} s = {audio / wall:.1f}x "
-                      f"real time", flush=True)
-    finally:
-        beatnet.available = installed
+    speeds = {"network": [], "floor": []}
+    for _ in range(rounds):
+        for tracker in speeds:
+            os.environ.pop(TRACKER_ENV, None)
+            if tracker == "floor":
+                os.environ[TRACKER_ENV] = ONSET_TRACKER
+            audio, wall, _ = product_build(checkpoint, tracks, choice)
+            speeds[tracker].append(audio / wall)
+            print(f"(e) beats by the {tracker}: {audio:.0f} s of audio in {wall:.1f} s = {audio / wall:.1f}x "
+                  f"real time", flush=True)
+    os.environ.pop(TRACKER_ENV, None)
     network, floor = (float(np.median(speeds[t])) for t in ("network", "floor"))
     print(f"(e) medians: network {network:.1f}x, floor {floor:.1f}x real time; network / floor = "
           f"{network / floor:.2f}; load average at the end {os.getloadavg()[0]:.1f}")

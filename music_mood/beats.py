@@ -21,6 +21,7 @@ network is installed)}, about 2 bytes a beat (a 4-minute song: under 1 KB); None
 from __future__ import annotations
 
 import base64
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,7 @@ UPSAMPLE = 2
 MIN_BPM, MAX_BPM, PRIOR_BPM = 40.0, 240.0, 120.0
 NETWORK_TIGHTNESS = 1600.0
 NETWORK_TRACKER, ONSET_TRACKER = "beatnet", "librosa"  # which found a grid (kept in its record)
+TRACKER_ENV = "MUSIC_MOOD_BEAT_TRACKER"  # "librosa": the floor even where BeatNet's weights are installed
 
 
 def track_beats(audio: np.ndarray, sample_rate: int, bpm: float | None, network: bool | None = None) -> dict | None:
@@ -52,7 +54,7 @@ def track_beats(audio: np.ndarray, sample_rate: int, bpm: float | None, network:
     if bpm is None:
         return None
     onsets = OnsetEnvelopes.of(audio, sample_rate)
-    if beatnet.available() if network is None else network:
+    if network_chosen() if network is None else network:
         return _network_grid(beatnet.activations(audio, sample_rate), beatnet.FPS, onsets)
     return _onset_grid(onsets, bpm)
 
@@ -203,15 +205,26 @@ def grid_tempo(beats: dict | None) -> float | None:
     return round(60 / float(np.median(np.diff(times))), 1) if len(times) > 1 else None
 
 
-def needs_tracking(record: dict) -> bool:
-    """Whether a listed track's beats are to be found (again): it has none yet, or a grid the floor found where
-    BeatNet's weights are now installed. A track without a steady beat (None) stays so."""
+def floor_chosen() -> bool:
+    """Whether $MUSIC_MOOD_BEAT_TRACKER chooses the floor ("librosa"): builds about a sixth faster, beats less
+    accurate (benchmarks/RESULTS.md)."""
+    return os.environ.get(TRACKER_ENV, "").strip().lower() == ONSET_TRACKER
+
+
+def network_chosen() -> bool:
+    """Whether beats are found by BeatNet's network: its weights are installed and the floor is not chosen."""
     from music_mood import beatnet
 
+    return not floor_chosen() and beatnet.available()
+
+
+def needs_tracking(record: dict) -> bool:
+    """Whether a listed track's beats are to be found (again): it has none yet, or a grid the floor found where
+    the network is now installed and chosen. A track without a steady beat (None) stays so."""
     if "beats" not in record or "bpm" not in record:
         return True
     beats = record["beats"]
-    return isinstance(beats, dict) and beats.get("tracker") != NETWORK_TRACKER and beatnet.available()
+    return isinstance(beats, dict) and beats.get("tracker") != NETWORK_TRACKER and network_chosen()
 
 
 def beat_times(beats: dict | None) -> np.ndarray:

@@ -16,7 +16,7 @@ from music_mood.audio import (
     read_rhythm,
     read_track,
 )
-from music_mood.beats import needs_tracking
+from music_mood.beats import floor_chosen, needs_tracking
 from music_mood.database import Database, DatabaseError, check_clap_model, compose_database, empty_database
 from music_mood.embed import embed_track
 from music_mood.library import LibraryPaths, load_database, pending_moves, recover_library, save_database
@@ -127,7 +127,7 @@ def build_library(clap, paths: LibraryPaths, rebuild: bool = False, lock_timeout
         build = _Build(clap, paths, report, rebuild, commit_every_s, tagger, fill_tempo, read_file or read_track,
                        servers)
         build.read_and_embed(files, progress)
-        if (report.added or report.tempo_read) and not beatnet.available():
+        if (report.added or report.tempo_read) and not beatnet.available() and not floor_chosen():
             report.warnings.append(f"Warning: BeatNet's weights are not installed ({beatnet.INSTALL}): the beats "
                                    "were found by librosa's less accurate tracker, and a build with them finds them "
                                    "again")

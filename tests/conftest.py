@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import pytest
 
+from music_mood.beats import ONSET_TRACKER, TRACKER_ENV
 from music_mood.engines import ModelChoice
 
 # huggingface_hub reads these once, when it is first imported (through transformers, by the first test that needs a
@@ -118,7 +119,18 @@ def isolated_library(tmp_path, monkeypatch, exports_folder):
     for name in ("MUSIC_MOOD_BLIP_MODEL", "MUSIC_MOOD_CLAP_MODEL", "MUSIC_MOOD_PRECISION", "MUSIC_MOOD_BACKEND",
                  "MUSIC_MOOD_THREADS"):
         monkeypatch.delenv(name, raising=False)
+    # Beats by the floor (librosa's onsets alone) in tests that are not about beats: BeatNet's network costs about
+    # 0.1 s a track, over a hundred seconds of the suite's CPU. The tests of beats and tempo use the default,
+    # the network (default_beat_tracker), as does the session's built_library (built before this runs).
+    monkeypatch.setenv(TRACKER_ENV, ONSET_TRACKER)
     return library
+
+
+@pytest.fixture
+def default_beat_tracker(monkeypatch):
+    """The product's default beat tracker (BeatNet's network), for tests of beats and tempo: a module uses it with
+    `pytestmark = pytest.mark.usefixtures("default_beat_tracker")`."""
+    monkeypatch.delenv(TRACKER_ENV, raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 import soundfile
 
 from music_mood.audio import estimate_tempo
-from music_mood.beats import beat_times, downbeat_times, grid_tempo, track_beats
+from music_mood.beats import TRACKER_ENV, beat_times, downbeat_times, grid_tempo, track_beats
 from music_mood.build import build_library
 from music_mood.display import format_soundtrack
 from music_mood.library import LibraryPaths, load_database
@@ -22,6 +22,7 @@ from music_mood.query import Query
 from music_mood.soundtrack import arrange_soundtrack
 from tests.conftest import put_in_new_music
 
+pytestmark = pytest.mark.usefixtures("default_beat_tracker")
 RATE = 48_000
 FIRST_BEAT_S = 0.25
 # (mood folder, bpm): tempos whose beats do not fall on whole multiples of the photo length asked for
@@ -200,4 +201,15 @@ def test_a_build_without_beatnet_says_so_and_the_next_with_it_finds_the_beats_ag
     assert {t["beats"]["tracker"] for t in after.tracks} == {"beatnet"}
     assert all(t["bpm"] == grid_tempo(t["beats"]) for t in after.tracks)
     np.testing.assert_array_equal(after.vectors, before.vectors)
+    assert not build_library(clap_audio, paths, progress=False, fill_tempo=True).tempo_read
+
+
+def test_the_floor_can_be_chosen_where_beatnet_is_installed(isolated_library, clap_audio, sample_tracks,
+                                                            monkeypatch):
+    """$MUSIC_MOOD_BEAT_TRACKER=librosa: beats by the floor, no warning, and a build with fill_tempo leaves them."""
+    monkeypatch.setenv(TRACKER_ENV, "librosa")
+    paths = LibraryPaths.at(isolated_library)
+    put_in_new_music(isolated_library, sample_tracks[:1])
+    report = build_library(clap_audio, paths, progress=False)
+    assert not report.warnings and load_database(paths).tracks[0]["beats"]["tracker"] == "librosa"
     assert not build_library(clap_audio, paths, progress=False, fill_tempo=True).tempo_read

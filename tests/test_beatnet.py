@@ -4,6 +4,7 @@ would run code refused, and no torch imported to find a track's beats. The featu
 BeatNet's own (with madmom) outside the suite: madmom does not install on Python 3.11."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from music_mood import beatnet
 from music_mood.audio import decode_audio
+from music_mood.beats import TRACKER_ENV
 
 RATE = 44_100
 TOLERANCE_S = 0.040  # a beat is found when the activation peaks within this of the click (two frames)
@@ -111,7 +113,8 @@ def test_a_build_on_onnx_runtime_never_imports_torch(tmp_path, sample_tracks):
     script = ("import sys, pathlib; from music_mood.audio import decode_audio, read_rhythm; "
               "r = read_rhythm(decode_audio(pathlib.Path(sys.argv[1]), 48000), 48000); "
               "assert r['beats']['tracker'] == 'beatnet', r; print('torch' in sys.modules)")
+    env = {key: value for key, value in os.environ.items() if key != TRACKER_ENV}  # the default tracker
     done = subprocess.run([sys.executable, "-c", script, str(sample_tracks[0])], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+                          cwd=Path(__file__).resolve().parents[1], timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"

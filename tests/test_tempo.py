@@ -15,6 +15,7 @@ from music_mood.library import LibraryPaths, load_database, save_database
 from music_mood.recommendation import recommend
 from music_mood.search import BPM_RANGE_FORMS, Filters, parse_bpm_range, rank_tracks
 
+pytestmark = pytest.mark.usefixtures("default_beat_tracker")  # the tempo of the beats the product finds
 RATE = 48_000
 
 
