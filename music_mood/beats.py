@@ -47,8 +47,8 @@ TRACKER_ENV = "MUSIC_MOOD_BEAT_TRACKER"  # "librosa": the floor even where BeatN
 
 def track_beats(audio: np.ndarray, sample_rate: int, bpm: float | None, network: bool | None = None) -> dict | None:
     """The beat grid of mono float32 audio (see the module), or None when `bpm` is None (no steady beat): by BeatNet's
-    network where its weights are installed (or `network` says so), else by librosa's onsets alone (the floor,
-    started from `bpm`; or where `network` is False)."""
+    network where network_chosen() (or `network` says so), else by librosa's onsets alone (the floor, started from
+    `bpm`)."""
     from music_mood import beatnet
 
     if bpm is None:
