@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from music_mood.beats import averaged_down, grid_tempo, track_beats
+from music_mood.beats import averaged_down, grid_tempo, peak_offset, track_beats
 
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".opus", ".m4a")
 GENRE_WORDS = ("acoustic", "electronic", "ambient", "classical", "jazz", "rock", "pop", "folk", "piano",
@@ -291,10 +291,7 @@ def _tempo_of(audio: np.ndarray, sample_rate: int) -> float | None:
     band = strength[round(60 * rate / (TEMPO_HOP * 240)):round(60 * rate / (TEMPO_HOP * 40)) + 1]
     if not 0 < lag < lags - 1 or not strength[lag] >= TEMPO_MIN_CLARITY * np.median(band):
         return None
-    before, peak, after = strength[lag - 1:lag + 2]
-    curvature = before - 2 * peak + after
-    offset = float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5)) if curvature < 0 else 0.0
-    return round(60 * rate / (TEMPO_HOP * (lag + offset)), 1)
+    return round(60 * rate / (TEMPO_HOP * (lag + peak_offset(*strength[lag - 1:lag + 2]))), 1)
 
 
 def file_tags(path: AudioSource) -> dict:

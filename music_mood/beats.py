@@ -98,10 +98,7 @@ def _strongest_tempo(envelope: np.ndarray, rate: float) -> float | None:
     lag = int(np.argmax(weighted)) + 1
     if weighted[lag - 1] <= 0 or not 1 <= lag < len(lags):
         return None
-    before, peak, after = repeats[lag - 1:lag + 2]
-    curvature = before - 2 * peak + after
-    offset = float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5)) if curvature < 0 else 0.0
-    return 60 * rate / (lag + offset)
+    return 60 * rate / (lag + peak_offset(*repeats[lag - 1:lag + 2]))
 
 
 @dataclass(frozen=True)
@@ -168,10 +165,15 @@ def _refined(frames: np.ndarray, onsets: np.ndarray) -> np.ndarray:
         peak = lo + int(np.argmax(onsets[lo:hi]))
         if peak <= 0 or peak >= len(onsets) - 1 or onsets[peak] <= 0:
             continue
-        before, at, after = onsets[peak - 1], onsets[peak], onsets[peak + 1]
-        curvature = before - 2 * at + after
-        out[i] = peak + (float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5)) if curvature < 0 else 0.0)
+        out[i] = peak + peak_offset(*onsets[peak - 1:peak + 2])
     return out
+
+
+def peak_offset(before: float, peak: float, after: float) -> float:
+    """Where the parabola through three equally spaced values peaks, relative to the middle one (-0.5 to 0.5; 0
+    where they do not bend down): a peak placed between frames or lags."""
+    curvature = before - 2 * peak + after
+    return float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5)) if curvature < 0 else 0.0
 
 
 def averaged_down(audio: np.ndarray, sample_rate: int, rate: int) -> tuple[np.ndarray, float]:
